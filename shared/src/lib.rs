@@ -1,0 +1,12 @@
+//! Polarizer's shared vocabulary: the wire protocol, its frame codec and the data both sides agree on.
+//!
+//! Plain data and codecs over bytes only: no sockets, no async runtime, no database.
+
+pub mod facts;
+pub mod frame;
+pub mod membership;
+pub mod protocol;
+
+pub use facts::{AgentFacts, PlatformKind};
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_BYTES};
+pub use protocol::PROTOCOL_VERSION;

@@ -1,0 +1,243 @@
+//! The messages agents, operators and the coordinator exchange over QUIC.
+//!
+//! Encoding is postcard, which is not self-describing: the protocol is versioned in the hello, new enum
+//! variants go at the end, and fields are never reordered. A client opens one bidirectional stream, sends
+//! [`ClientFrame::Hello`] and reads one [`ServerFrame`]: `Welcome` or `Refused`. Then agents stream
+//! [`AgentMessage`]s and operators send [`OperatorRequest`]s, each answered by one [`OperatorResponse`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{AgentFacts, PlatformKind};
+
+/// Bumped whenever a message changes shape. Peers with another version are refused with
+/// [`Refusal::VersionMismatch`] rather than misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// QUIC application close codes, so a peer can tell why a connection ended without a frame.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const PROTOCOL_ERROR: u32 = 2;
+    pub const REVOKED: u32 = 3;
+    pub const SHUTTING_DOWN: u32 = 4;
+    pub const REPLACED: u32 = 5;
+}
+
+/// ALPN protocol id: a coordinator refuses TLS from anything that is not a Polarizer client.
+pub const ALPN: &[u8] = b"polarizer/1";
+/// The DNS name in the coordinator's certificate. Agents reach the coordinator by an address learned from
+/// gossip, so they verify this fixed name against the pinned CA instead of the address.
+pub const COORDINATOR_SERVER_NAME: &str = "polarizer-coordinator";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// Always variant 0 with the version first, in every protocol version: see [`peek_hello_version`].
+    Hello(Hello),
+    Agent(AgentMessage),
+    Operator(OperatorRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub peer: Peer,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Peer {
+    Agent { credential: AgentCredential, facts: AgentFacts },
+    Operator { token: String },
+}
+
+/// How an agent proves who it is. The enrollment token is shared by all new agents; the coordinator
+/// answers a successful enrollment with a per-agent credential that the agent uses from then on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentCredential {
+    EnrollmentToken(String),
+    Issued { secret: String },
+}
+
+impl fmt::Debug for AgentCredential {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never reach logs.
+        match self {
+            AgentCredential::EnrollmentToken(_) => formatter.write_str("EnrollmentToken(..)"),
+            AgentCredential::Issued { .. } => formatter.write_str("Issued(..)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Refused(Refusal),
+    Operator(OperatorResponse),
+    Agent(CoordinatorMessage),
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub coordinator_version: String,
+    /// Set when the agent enrolled: keep it, and present it instead of the enrollment token from now on.
+    pub issued_secret: Option<String>,
+    /// How often the agent must send [`AgentMessage::Heartbeat`].
+    pub heartbeat_interval_ms: u32,
+}
+
+impl fmt::Debug for Welcome {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Welcome")
+            .field("protocol_version", &self.protocol_version)
+            .field("coordinator_version", &self.coordinator_version)
+            .field("issued_secret", &self.issued_secret.as_ref().map(|_| ".."))
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .finish()
+    }
+}
+
+/// Why the coordinator refused a peer. Each is final for the credential presented: retrying with the
+/// same one gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    VersionMismatch { coordinator: u32, peer: u32 },
+    BadEnrollmentToken,
+    BadOperatorToken,
+    /// The credential is not one the coordinator issued (its store was reset, or the credential is forged).
+    UnknownCredential { name: String },
+    Revoked { name: String },
+    /// Another agent holds this name; enrolling again would steal its identity.
+    NameTaken { name: String },
+    InvalidHello { reason: String },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::VersionMismatch { coordinator, peer } => write!(
+                formatter,
+                "protocol version mismatch: coordinator speaks {coordinator}, this peer speaks {peer}"
+            ),
+            Refusal::BadEnrollmentToken => formatter.write_str("the enrollment token is wrong"),
+            Refusal::BadOperatorToken => formatter.write_str("the operator token is wrong"),
+            Refusal::UnknownCredential { name } => write!(
+                formatter,
+                "agent {name:?} presented a credential the coordinator did not issue"
+            ),
+            Refusal::Revoked { name } => write!(formatter, "agent {name:?} is revoked"),
+            Refusal::NameTaken { name } => write!(
+                formatter,
+                "agent name {name:?} is already enrolled by another agent; revoke it first or use another name"
+            ),
+            Refusal::InvalidHello { reason } => write!(formatter, "invalid hello: {reason}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Heartbeat,
+    FactsChanged(AgentFacts),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    HeartbeatAck,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OperatorRequest {
+    ListAgents,
+    RevokeAgent { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OperatorResponse {
+    Agents(Vec<AgentRecord>),
+    Revoked { name: String, was_online: bool },
+    Error { message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    Online,
+    Offline,
+    Revoked,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Online => "online",
+            AgentState::Offline => "offline",
+            AgentState::Revoked => "revoked",
+        }
+    }
+}
+
+/// One inventory row as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub state: AgentState,
+    pub facts: AgentFacts,
+    /// Unix milliseconds.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// The address the agent's current (or last) connection came from.
+    pub address: String,
+    /// Whether gossip currently sees the agent alive. A hint only, never trusted for identity.
+    pub gossip_live: bool,
+}
+
+impl AgentRecord {
+    pub fn platform(&self) -> PlatformKind {
+        self.facts.platform
+    }
+}
+
+/// Reads the protocol version of a hello frame without decoding the rest, so a peer speaking another
+/// version gets [`Refusal::VersionMismatch`] instead of a decode error. Returns `None` when the frame is
+/// not a hello at all.
+pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(frame).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    Some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_version_can_be_read_without_decoding_the_rest() {
+        let hello = ClientFrame::Hello(Hello {
+            protocol_version: 77,
+            peer: Peer::Operator { token: "t".into() },
+        });
+        let bytes = postcard::to_stdvec(&hello).unwrap();
+        assert_eq!(peek_hello_version(&bytes), Some(77));
+        let not_hello = postcard::to_stdvec(&ClientFrame::Agent(AgentMessage::Heartbeat)).unwrap();
+        assert_eq!(peek_hello_version(&not_hello), None);
+        assert_eq!(peek_hello_version(&[]), None);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let credential = AgentCredential::Issued { secret: "hunter2".into() };
+        assert!(!format!("{credential:?}").contains("hunter2"));
+        let welcome = Welcome {
+            protocol_version: 1,
+            coordinator_version: "0.1.0".into(),
+            issued_secret: Some("hunter2".into()),
+            heartbeat_interval_ms: 500,
+        };
+        assert!(!format!("{welcome:?}").contains("hunter2"));
+    }
+}
