@@ -1,1 +1,12 @@
-//! placeholder
+//! The Polarizer coordinator: `polarizer serve` (the daemon) and the operator's client commands.
+
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod config;
+pub mod data_dir;
+pub mod http;
+pub mod inventory;
+pub mod serve;
+pub mod server;
+pub mod store;

@@ -1,0 +1,187 @@
+//! The `polarizer` command line: `serve` runs the daemon, `demo` shows it working, every other
+//! subcommand is an operator client of a running coordinator.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use polarizer_shared::protocol::{AgentRecord, OperatorRequest, OperatorResponse};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientArgs, OperatorClient};
+use crate::config::ServeSettings;
+
+#[derive(Debug, Parser)]
+#[command(name = "polarizer", version, about = "Run the right tests on the right machines as soon as something changes.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator daemon.
+    Serve {
+        /// A TOML file with any of the flags below as keys (flags and POLARIZER_* variables win)
+        #[arg(long, env = "POLARIZER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Validate the configuration and exit
+        #[arg(long)]
+        check_config: bool,
+        #[command(flatten)]
+        settings: ServeSettings,
+    },
+    /// List the agent inventory, or act on an agent.
+    Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+        /// Print JSON (an array of objects) instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a coordinator and local agents in a temporary directory and watch them join.
+    Demo {
+        /// How many local agents to start
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// Keep everything running until Ctrl-C instead of stopping once all agents are online
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Revoke an agent: its credential stops working and its connection is closed.
+    Revoke { name: String },
+}
+
+/// Runs a parsed command line. The caller prints errors as `error: {:#}` and exits non-zero.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, check_config, settings } => {
+            let file_settings = match &config {
+                Some(path) => ServeSettings::from_file(path)?,
+                None => ServeSettings::default(),
+            };
+            let config = settings.or(file_settings).validate()?;
+            if check_config {
+                println!("configuration is valid");
+                return Ok(());
+            }
+            crate::serve::run(config, shutdown, None).await
+        }
+        Command::Agents { action, json, client } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = agents_command(&mut client, action, json).await;
+            client.close().await;
+            outcome
+        }
+        Command::Demo { agents, keep_running } => crate::demo::run(agents, keep_running, shutdown).await,
+    }
+}
+
+async fn agents_command(client: &mut OperatorClient, action: Option<AgentsAction>, json: bool) -> anyhow::Result<()> {
+    match action {
+        None => {
+            let OperatorResponse::Agents(agents) = client.request(OperatorRequest::ListAgents).await? else {
+                anyhow::bail!("the coordinator answered a listing with something else");
+            };
+            if json {
+                let rows: Vec<_> = agents.iter().map(agent_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows).context("cannot encode JSON")?);
+            } else {
+                print!("{}", agents_table(&agents));
+            }
+        }
+        Some(AgentsAction::Revoke { name }) => {
+            let response = client.request(OperatorRequest::RevokeAgent { name: name.clone() }).await?;
+            if let OperatorResponse::Revoked { was_online, .. } = response {
+                if json {
+                    println!("{}", json!({ "name": name, "revoked": true, "was_online": was_online }));
+                } else if was_online {
+                    println!("revoked {name}; its connection was closed");
+                } else {
+                    println!("revoked {name}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn rfc3339(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// One agent as `polarizer agents --json` prints it. Field names are a public interface: add, never rename.
+pub fn agent_json(agent: &AgentRecord) -> serde_json::Value {
+    let facts = &agent.facts;
+    json!({
+        "name": agent.name,
+        "state": agent.state.as_str(),
+        "platform": facts.platform.as_str(),
+        "arch": facts.arch,
+        "os": facts.os,
+        "distro": facts.distro(),
+        "distro_id": facts.distro_id,
+        "distro_version": facts.distro_version,
+        "kernel": facts.kernel,
+        "hostname": facts.hostname,
+        "cpus": facts.cpus,
+        "memory_bytes": facts.memory_bytes,
+        "labels": facts.labels,
+        "agent_version": facts.agent_version,
+        "address": agent.address,
+        "gossip_live": agent.gossip_live,
+        "first_seen": rfc3339(agent.first_seen_ms),
+        "last_seen": rfc3339(agent.last_seen_ms),
+    })
+}
+
+pub fn agents_table(agents: &[AgentRecord]) -> String {
+    let headers = ["NAME", "STATE", "PLATFORM", "ARCH", "DISTRO", "CPUS", "MEMORY", "LAST SEEN", "LABELS"];
+    let rows: Vec<[String; 9]> = agents
+        .iter()
+        .map(|agent| {
+            let facts = &agent.facts;
+            let labels: Vec<String> = facts.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            [
+                agent.name.clone(),
+                agent.state.as_str().to_string(),
+                facts.platform.as_str().to_string(),
+                facts.arch.clone(),
+                facts.distro(),
+                facts.cpus.to_string(),
+                format!("{:.1} GiB", facts.memory_bytes as f64 / (1u64 << 30) as f64),
+                rfc3339(agent.last_seen_ms),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&headers.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    if agents.is_empty() {
+        out.push_str("(no agents yet: start one with polarizer-agent --join HOST:7700 ...)\n");
+    }
+    out
+}

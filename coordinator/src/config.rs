@@ -1,0 +1,179 @@
+//! `polarizer serve` configuration: flags, then `POLARIZER_*` environment variables, then the TOML file
+//! given by `--config`, then defaults. Unknown keys and bad values are errors naming the file and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Every key `coordinator.toml` may hold; each has a flag of the same name (with `-` for `_`).
+#[derive(Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Where the database, certificates and tokens live [default: $STATE_DIRECTORY, else ~/.local/share/polarizer]
+    #[arg(long, env = "POLARIZER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Gossip (UDP) listen address [default: 0.0.0.0:7700]
+    #[arg(long, env = "POLARIZER_GOSSIP")]
+    pub gossip: Option<SocketAddr>,
+    /// QUIC listen address for agents and operators [default: 0.0.0.0:7701]
+    #[arg(long, env = "POLARIZER_QUIC")]
+    pub quic: Option<SocketAddr>,
+    /// HTTP listen address for /healthz and /metrics [default: 127.0.0.1:7702]
+    #[arg(long, env = "POLARIZER_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// The address other hosts reach this one at, when listening on 0.0.0.0 [default: detected]
+    #[arg(long, env = "POLARIZER_ADVERTISE")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Gossip seeds to join (HOST:PORT), comma-separated or repeated
+    #[arg(long, env = "POLARIZER_JOIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Gossip cluster id; nodes of other clusters are ignored [default: polarizer]
+    #[arg(long, env = "POLARIZER_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Gossip interval in milliseconds [default: 200]
+    #[arg(long, env = "POLARIZER_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// How often agents must send a heartbeat, in milliseconds [default: 500]
+    #[arg(long, env = "POLARIZER_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub gossip: SocketAddr,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub advertise: Option<std::net::IpAddr>,
+    pub join: Vec<String>,
+    pub cluster: String,
+    pub gossip_interval: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl ServeSettings {
+    /// Reads a TOML file into settings.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string() })?;
+        toml::from_str(&text).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string().trim_end().to_string() })
+    }
+
+    /// Fills every key this one leaves unset from `lower` (flags over file).
+    pub fn or(self, lower: ServeSettings) -> ServeSettings {
+        ServeSettings {
+            data_dir: self.data_dir.or(lower.data_dir),
+            gossip: self.gossip.or(lower.gossip),
+            quic: self.quic.or(lower.quic),
+            http: self.http.or(lower.http),
+            advertise: self.advertise.or(lower.advertise),
+            join: if self.join.is_empty() { lower.join } else { self.join },
+            cluster: self.cluster.or(lower.cluster),
+            gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
+        }
+    }
+
+    pub fn validate(self) -> Result<ServeConfig, ConfigError> {
+        let gossip_interval_ms = self.gossip_interval_ms.unwrap_or(200);
+        if !(10..=60_000).contains(&gossip_interval_ms) {
+            return Err(ConfigError::Invalid { key: "gossip_interval_ms", message: format!("{gossip_interval_ms} is outside 10..=60000") });
+        }
+        let heartbeat_interval_ms = self.heartbeat_interval_ms.unwrap_or(500);
+        if !(50..=60_000).contains(&heartbeat_interval_ms) {
+            return Err(ConfigError::Invalid { key: "heartbeat_interval_ms", message: format!("{heartbeat_interval_ms} is outside 50..=60000") });
+        }
+        let cluster = self.cluster.unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string());
+        if cluster.is_empty() {
+            return Err(ConfigError::Invalid { key: "cluster", message: "must not be empty".into() });
+        }
+        Ok(ServeConfig {
+            data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
+            quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
+            http: self.http.unwrap_or(([127, 0, 0, 1], 7702).into()),
+            advertise: self.advertise,
+            join: self.join,
+            cluster,
+            gossip_interval: Duration::from_millis(gossip_interval_ms),
+            heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+        })
+    }
+}
+
+/// `--data-dir`, else `$STATE_DIRECTORY` (systemd), else `~/.local/share/polarizer`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
+        // systemd may pass several, colon-separated; the first is ours.
+        let first = state.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/polarizer")
+}
+
+impl ServeConfig {
+    /// Loopback on ephemeral ports, fast gossip: for tests.
+    pub fn for_test(data_dir: &Path) -> ServeConfig {
+        ServeConfig {
+            data_dir: data_dir.to_path_buf(),
+            gossip: ([127, 0, 0, 1], 0).into(),
+            quic: ([127, 0, 0, 1], 0).into(),
+            http: ([127, 0, 0, 1], 0).into(),
+            advertise: None,
+            join: Vec::new(),
+            cluster: polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string(),
+            gossip_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_key() {
+        let (_dir, path) = write("quic = \"127.0.0.1:1\"\nbogus = 1\n");
+        let err = ServeSettings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("coordinator.toml") && err.contains("bogus") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let (_dir, path) = write("\nquic = \"not an address\"\n");
+        let err = ServeSettings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("quic") && err.contains("line 2"), "{err}");
+        let err = ServeSettings { gossip_interval_ms: Some(0), ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(err.contains("gossip_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let (_dir, path) = write("quic = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\n");
+        let file = ServeSettings::from_file(&path).unwrap();
+        let flags = ServeSettings { quic: Some("127.0.0.1:9".parse().unwrap()), ..Default::default() };
+        let config = flags.or(file).validate().unwrap();
+        assert_eq!(config.quic.port(), 9);
+        assert_eq!(config.http.port(), 2);
+        assert_eq!(config.gossip.port(), 7700);
+    }
+}

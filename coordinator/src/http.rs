@@ -1,0 +1,45 @@
+//! The coordinator's HTTP side: `/healthz` for probes and `/metrics` in Prometheus text format.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use polarizer_shared::protocol::AgentState;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let router = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(shared);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> String {
+    let agents = shared.list_agents().await.unwrap_or_default();
+    let count = |state: AgentState| agents.iter().filter(|agent| agent.state == state).count();
+    let counters = &shared.counters;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "# HELP polarizer_agents Agents in the inventory by state.\n\
+         # TYPE polarizer_agents gauge\n\
+         polarizer_agents{{state=\"online\"}} {}\n\
+         polarizer_agents{{state=\"offline\"}} {}\n\
+         polarizer_agents{{state=\"revoked\"}} {}\n\
+         # HELP polarizer_connections_total QUIC connections accepted.\n\
+         # TYPE polarizer_connections_total counter\n\
+         polarizer_connections_total {}\n\
+         # HELP polarizer_refusals_total Hellos refused (bad token, revoked, version, ...).\n\
+         # TYPE polarizer_refusals_total counter\n\
+         polarizer_refusals_total {}\n\
+         # HELP polarizer_protocol_errors_total Connections closed for an oversize or undecodable frame.\n\
+         # TYPE polarizer_protocol_errors_total counter\n\
+         polarizer_protocol_errors_total {}\n",
+        count(AgentState::Online),
+        count(AgentState::Offline),
+        count(AgentState::Revoked),
+        load(&counters.connections),
+        load(&counters.refusals),
+        load(&counters.protocol_errors),
+    )
+}

@@ -1,0 +1,359 @@
+//! The coordinator's QUIC side: accepts connections, authenticates each hello, keeps one session per
+//! online agent and answers operator requests. A bad peer gets a reason and a closed connection; it never
+//! disturbs anyone else.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use polarizer_shared::facts::validate_agent_name;
+use polarizer_shared::frame::{self, FrameError};
+use polarizer_shared::protocol::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::state_files::{random_secret, secret_digest};
+use polarizer_transport::{FramedStream, StreamError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::inventory::{self, Admission};
+use crate::store::{StoreError, StoreHandle};
+
+const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub refusals: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+struct LiveSession {
+    connection: quinn::Connection,
+    last_frame: Instant,
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub store: StoreHandle,
+    pub counters: Counters,
+    pub heartbeat_interval: Duration,
+    /// Digests of the tokens; the files are read once at start.
+    pub enrollment_token_digest: String,
+    pub operator_token_digest: String,
+    /// Agent names gossip currently sees alive (a hint, never trusted for identity).
+    pub gossip_live: watch::Receiver<BTreeSet<String>>,
+    sessions: Mutex<HashMap<String, LiveSession>>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Shared {
+    pub fn new(
+        store: StoreHandle,
+        heartbeat_interval: Duration,
+        enrollment_token_digest: String,
+        operator_token_digest: String,
+        gossip_live: watch::Receiver<BTreeSet<String>>,
+    ) -> Shared {
+        Shared {
+            store,
+            counters: Counters::default(),
+            heartbeat_interval,
+            enrollment_token_digest,
+            operator_token_digest,
+            gossip_live,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The inventory as operators see it: stored rows, with live sessions' last frame time and gossip's view.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut agents = self.store.read(|reader| reader.agents()).await?;
+        let gossip_live = self.gossip_live.borrow().clone();
+        let now = Instant::now();
+        let wall_now = now_ms();
+        let sessions = self.sessions.lock().expect("sessions lock");
+        for agent in &mut agents {
+            agent.gossip_live = gossip_live.contains(&agent.name);
+            if let Some(session) = sessions.get(&agent.name) {
+                agent.state = AgentState::Online;
+                agent.last_seen_ms = wall_now - now.duration_since(session.last_frame).as_millis() as i64;
+            } else if agent.state == AgentState::Online {
+                // Committed as online, but its session has already ended: the offline write is in flight.
+                agent.state = AgentState::Offline;
+            }
+        }
+        Ok(agents)
+    }
+
+    fn touch(&self, name: &str, connection_id: usize) {
+        if let Some(session) = self.sessions.lock().expect("sessions lock").get_mut(name) {
+            if session.connection.stable_id() == connection_id {
+                session.last_frame = Instant::now();
+            }
+        }
+    }
+
+    fn silent_for(&self, name: &str) -> Option<Duration> {
+        self.sessions.lock().expect("sessions lock").get(name).map(|session| session.last_frame.elapsed())
+    }
+
+    async fn revoke(&self, name: &str) -> OperatorResponse {
+        match self.store.revoke(name, now_ms()).await {
+            Ok(false) => OperatorResponse::Error { message: format!("no agent named {name:?} in the inventory") },
+            Ok(true) => {
+                let session = self.sessions.lock().expect("sessions lock").remove(name);
+                let was_online = session.is_some();
+                if let Some(session) = session {
+                    session.connection.close(close_code::REVOKED.into(), b"revoked by an operator");
+                }
+                info!(agent = %name, was_online, "agent revoked");
+                OperatorResponse::Revoked { name: name.to_string(), was_online }
+            }
+            Err(err) => OperatorResponse::Error { message: err.to_string() },
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, each on its own task.
+pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let peer = incoming.remote_address();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                match incoming.await {
+                    Ok(connection) => {
+                        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        handle_connection(connection, shared, shutdown).await;
+                    }
+                    Err(err) => debug!(error = %err, "handshake failed"),
+                }
+            }
+            .instrument(tracing::info_span!("connection", %peer)),
+        );
+    }
+    // Tell every peer why we are going away; agents reconnect to the next coordinator incarnation.
+    endpoint.close(close_code::SHUTTING_DOWN.into(), b"coordinator shutting down");
+}
+
+async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let peer = connection.remote_address();
+    let hello = tokio::time::timeout(HELLO_DEADLINE, async {
+        let mut stream = FramedStream::accept(&connection).await?;
+        let bytes = stream.recv_bytes().await?.ok_or(StreamError::Closed)?;
+        Ok::<_, StreamError>((stream, bytes))
+    })
+    .await;
+    let (mut stream, hello_bytes) = match hello {
+        Ok(Ok(received)) => received,
+        Ok(Err(err)) => return protocol_error(&connection, &shared, &err.to_string()),
+        Err(_) => return protocol_error(&connection, &shared, "no hello within 5 s"),
+    };
+    let peer_version = polarizer_shared::protocol::peek_hello_version(&hello_bytes);
+    if let Some(version) = peer_version.filter(|version| *version != PROTOCOL_VERSION) {
+        return refuse(&connection, &shared, stream, Refusal::VersionMismatch { coordinator: PROTOCOL_VERSION, peer: version }).await;
+    }
+    let hello = match frame::decode::<ClientFrame>(&hello_bytes) {
+        Ok(ClientFrame::Hello(hello)) => hello,
+        Ok(_) => {
+            return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason: "the first frame must be a hello".into() }).await;
+        }
+        Err(err) => return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason: err.to_string() }).await,
+    };
+    match hello.peer {
+        Peer::Operator { token } => {
+            if secret_digest(&token) != shared.operator_token_digest {
+                return refuse(&connection, &shared, stream, Refusal::BadOperatorToken).await;
+            }
+            if stream.send(&welcome(None, &shared)).await.is_err() {
+                return;
+            }
+            operator_session(connection, stream, shared).await;
+        }
+        Peer::Agent { credential, facts } => {
+            if let Err(reason) = validate_agent_name(&facts.name) {
+                return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason }).await;
+            }
+            let name = facts.name.clone();
+            let stored = {
+                let name = name.clone();
+                shared.store.read(move |reader| reader.agent(&name)).await
+            };
+            let stored = match stored {
+                Ok(stored) => stored,
+                Err(err) => {
+                    warn!(agent = %name, error = %err, "cannot read the inventory");
+                    connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
+                    return;
+                }
+            };
+            let issued_secret = match inventory::admit_agent(&name, &credential, stored.as_ref(), &shared.enrollment_token_digest) {
+                Admission::Refuse(refusal) => return refuse(&connection, &shared, stream, refusal).await,
+                Admission::Known => {
+                    if shared.store.agent_connected(&name, facts.clone(), peer.to_string(), now_ms()).is_err() {
+                        return;
+                    }
+                    None
+                }
+                Admission::Enroll => {
+                    let secret = random_secret();
+                    match shared.store.enroll(&name, secret_digest(&secret), facts.clone(), peer.to_string(), now_ms()).await {
+                        Ok(()) => Some(secret),
+                        Err(StoreError::NameTaken { name }) => {
+                            return refuse(&connection, &shared, stream, Refusal::NameTaken { name }).await;
+                        }
+                        Err(err) => {
+                            warn!(agent = %name, error = %err, "cannot enroll agent");
+                            return;
+                        }
+                    }
+                }
+            };
+            let enrolled = issued_secret.is_some();
+            if stream.send(&welcome(issued_secret, &shared)).await.is_err() {
+                return;
+            }
+            agent_session(connection, stream, shared, facts, enrolled, shutdown).instrument(tracing::info_span!("agent", agent = %name)).await;
+        }
+    }
+}
+
+fn welcome(issued_secret: Option<String>, shared: &Shared) -> ServerFrame {
+    ServerFrame::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+        issued_secret,
+        heartbeat_interval_ms: shared.heartbeat_interval.as_millis() as u32,
+    })
+}
+
+/// Sends the refusal, waits (briefly) until the peer has it, then closes.
+async fn refuse(connection: &quinn::Connection, shared: &Shared, mut stream: FramedStream, refusal: Refusal) {
+    shared.counters.refusals.fetch_add(1, Ordering::Relaxed);
+    warn!(reason = %refusal, "refused peer");
+    let reason = refusal.to_string();
+    if stream.send(&ServerFrame::Refused(refusal)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.finish()).await;
+    }
+    connection.close(close_code::REFUSED.into(), reason.as_bytes());
+}
+
+fn protocol_error(connection: &quinn::Connection, shared: &Shared, reason: &str) {
+    shared.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    warn!(reason, "closing connection after a protocol error");
+    connection.close(close_code::PROTOCOL_ERROR.into(), reason.as_bytes());
+}
+
+async fn agent_session(
+    connection: quinn::Connection,
+    mut stream: FramedStream,
+    shared: Arc<Shared>,
+    facts: AgentFacts,
+    enrolled: bool,
+    shutdown: CancellationToken,
+) {
+    let name = facts.name.clone();
+    let connection_id = connection.stable_id();
+    let replaced = shared
+        .sessions
+        .lock()
+        .expect("sessions lock")
+        .insert(name.clone(), LiveSession { connection: connection.clone(), last_frame: Instant::now() });
+    if let Some(previous) = replaced {
+        // The agent restarted before its old connection timed out: the new one is the truth.
+        previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection of the same agent");
+    }
+    info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
+    let mut liveness_check = tokio::time::interval(shared.heartbeat_interval / 2);
+    let end = loop {
+        tokio::select! {
+            frame = stream.recv::<ClientFrame>() => match frame {
+                Ok(Some(ClientFrame::Agent(AgentMessage::Heartbeat))) => {
+                    shared.touch(&name, connection_id);
+                }
+                Ok(Some(ClientFrame::Agent(AgentMessage::FactsChanged(new_facts)))) => {
+                    shared.touch(&name, connection_id);
+                    if new_facts.name != name {
+                        protocol_error(&connection, &shared, "facts may not change the agent's name");
+                        break "renamed";
+                    }
+                    let _ = shared.store.facts_changed(&name, new_facts);
+                }
+                Ok(Some(_)) => {
+                    protocol_error(&connection, &shared, "unexpected frame from an agent");
+                    break "protocol error";
+                }
+                Ok(None) => break "agent closed its stream",
+                Err(StreamError::Frame(err @ (FrameError::Oversize { .. } | FrameError::Decode { .. } | FrameError::Truncated { .. }))) => {
+                    protocol_error(&connection, &shared, &err.to_string());
+                    break "protocol error";
+                }
+                Err(_) => break "connection lost",
+            },
+            _ = liveness_check.tick() => {
+                let gossip_sees_alive = shared.gossip_live.borrow().contains(&name);
+                let allowed = inventory::silence_allowed(shared.heartbeat_interval, gossip_sees_alive);
+                match shared.silent_for(&name) {
+                    Some(silence) if silence > allowed => {
+                        connection.close(close_code::NORMAL.into(), b"no heartbeat");
+                        break "heartbeat lapsed";
+                    }
+                    Some(_) => {}
+                    None => break "session removed",
+                }
+            }
+            () = shutdown.cancelled() => {
+                connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator shutting down");
+                break "coordinator shutting down";
+            }
+        }
+    };
+    // Only the session that still owns the name marks the agent offline; a replaced one leaves it be.
+    let owned = {
+        let mut sessions = shared.sessions.lock().expect("sessions lock");
+        let owns = sessions.get(&name).is_some_and(|session| session.connection.stable_id() == connection_id);
+        if owns {
+            sessions.remove(&name);
+        }
+        owns
+    };
+    if owned && end != "coordinator shutting down" {
+        let _ = shared.store.agent_disconnected(&name, now_ms());
+        info!(reason = end, "agent offline");
+    }
+}
+
+async fn operator_session(connection: quinn::Connection, mut stream: FramedStream, shared: Arc<Shared>) {
+    loop {
+        let request = match stream.recv::<ClientFrame>().await {
+            Ok(Some(ClientFrame::Operator(request))) => request,
+            Ok(None) => break,
+            Ok(Some(_)) => return protocol_error(&connection, &shared, "unexpected frame from an operator"),
+            Err(StreamError::Frame(err)) => return protocol_error(&connection, &shared, &err.to_string()),
+            Err(_) => return,
+        };
+        let response = match request {
+            OperatorRequest::ListAgents => match shared.list_agents().await {
+                Ok(agents) => OperatorResponse::Agents(agents),
+                Err(err) => OperatorResponse::Error { message: err.to_string() },
+            },
+            OperatorRequest::RevokeAgent { name } => shared.revoke(&name).await,
+        };
+        if stream.send(&ServerFrame::Operator(response)).await.is_err() {
+            return;
+        }
+    }
+    stream.finish().await;
+}

@@ -1,0 +1,425 @@
+//! The coordinator's SQLite store. One writer thread owns the write connection and commits every command
+//! that is waiting in one transaction; readers open their own connections (WAL lets them run alongside).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use polarizer_shared::protocol::{AgentRecord, AgentState};
+use polarizer_shared::AgentFacts;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+/// Numbered migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the agent inventory.
+    "CREATE TABLE agents (
+        name TEXT PRIMARY KEY NOT NULL,
+        credential_sha256 TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('online', 'offline', 'revoked')),
+        facts_json TEXT NOT NULL,
+        address TEXT NOT NULL DEFAULT '',
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    ) STRICT;",
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this polarizer understands ({supported}); upgrade polarizer")]
+    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("agent {name:?} is already enrolled")]
+    NameTaken { name: String },
+    #[error("stored facts of agent {name:?} are unreadable: {reason}")]
+    CorruptFacts { name: String, reason: String },
+    #[error("store transaction failed: {reason}")]
+    Transaction { reason: String },
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// An agent row as the coordinator needs it to authenticate a hello.
+#[derive(Clone, Debug)]
+pub struct StoredAgent {
+    pub credential_sha256: String,
+    pub revoked: bool,
+}
+
+enum Command {
+    Enroll { name: String, credential_sha256: String, facts: AgentFacts, address: String, now_ms: i64, reply: oneshot::Sender<Result<(), StoreError>> },
+    Connected { name: String, facts: AgentFacts, address: String, now_ms: i64 },
+    FactsChanged { name: String, facts: AgentFacts },
+    Disconnected { name: String, now_ms: i64 },
+    Revoke { name: String, now_ms: i64, reply: oneshot::Sender<Result<bool, StoreError>> },
+    Flush { reply: oneshot::Sender<()> },
+}
+
+/// Cheap to clone; every clone talks to the one writer thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    commands_tx: std_mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+pub struct Store;
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it, marks every agent offline (no connection
+    /// survives a coordinator restart), and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
+        let mut connection = open_connection(path)?;
+        migrate(&mut connection, path)?;
+        connection
+            .execute("UPDATE agents SET state = 'offline' WHERE state = 'online'", [])
+            .map_err(sqlite_error(path))?;
+        let (commands_tx, commands_rx) = std_mpsc::channel();
+        let writer_path = path.to_path_buf();
+        let join = thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(connection, commands_rx, writer_path))
+            .map_err(|err| StoreError::Sqlite { path: path.to_path_buf(), source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)) })?;
+        Ok((StoreHandle { commands_tx, path: path.to_path_buf() }, join))
+    }
+}
+
+fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(sqlite_error(path))?;
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+        .map_err(sqlite_error(path))?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite_error(path))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let transaction = connection.transaction().map_err(sqlite_error(path))?;
+        transaction.execute_batch(migration).map_err(sqlite_error(path))?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1).map_err(sqlite_error(path))?;
+        transaction.commit().map_err(sqlite_error(path))?;
+    }
+    Ok(())
+}
+
+fn facts_json(facts: &AgentFacts) -> String {
+    serde_json::to_string(&FactsJson::from(facts)).expect("facts serialize")
+}
+
+/// The stored form of facts: JSON with named fields, so the database stays readable with `sqlite3`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FactsJson {
+    name: String,
+    hostname: String,
+    os: String,
+    distro_id: String,
+    distro_version: String,
+    kernel: String,
+    arch: String,
+    cpus: u32,
+    memory_bytes: u64,
+    agent_version: String,
+    labels: std::collections::BTreeMap<String, String>,
+    platform: String,
+}
+
+impl From<&AgentFacts> for FactsJson {
+    fn from(facts: &AgentFacts) -> Self {
+        FactsJson {
+            name: facts.name.clone(),
+            hostname: facts.hostname.clone(),
+            os: facts.os.clone(),
+            distro_id: facts.distro_id.clone(),
+            distro_version: facts.distro_version.clone(),
+            kernel: facts.kernel.clone(),
+            arch: facts.arch.clone(),
+            cpus: facts.cpus,
+            memory_bytes: facts.memory_bytes,
+            agent_version: facts.agent_version.clone(),
+            labels: facts.labels.clone(),
+            platform: facts.platform.as_str().to_string(),
+        }
+    }
+}
+
+impl FactsJson {
+    fn into_facts(self) -> Result<AgentFacts, String> {
+        Ok(AgentFacts {
+            platform: self.platform.parse().map_err(|err: polarizer_shared::facts::UnknownPlatformKind| err.to_string())?,
+            name: self.name,
+            hostname: self.hostname,
+            os: self.os,
+            distro_id: self.distro_id,
+            distro_version: self.distro_version,
+            kernel: self.kernel,
+            arch: self.arch,
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            agent_version: self.agent_version,
+            labels: self.labels,
+        })
+    }
+}
+
+fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Command>, path: PathBuf) {
+    // Block for the first command, then take everything else already waiting: one transaction for all.
+    while let Ok(first) = commands_rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(next) = commands_rx.try_recv() {
+            batch.push(next);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let mut replies: Vec<Box<dyn FnOnce(Result<(), &StoreError>)>> = Vec::new();
+        let outcome = (|| -> Result<(), StoreError> {
+            let transaction = connection.transaction().map_err(sqlite_error(&path))?;
+            for command in batch {
+                apply(&transaction, command, &path, &mut replies)?;
+            }
+            transaction.commit().map_err(sqlite_error(&path))
+        })();
+        if let Err(err) = &outcome {
+            tracing::error!(error = %err, "store transaction failed; its commands are rolled back");
+        }
+        // Replies go out only after the commit, so a caller never acts on uncommitted state.
+        for reply in replies {
+            reply(outcome.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn apply(
+    transaction: &rusqlite::Transaction<'_>,
+    command: Command,
+    path: &Path,
+    replies: &mut Vec<Box<dyn FnOnce(Result<(), &StoreError>)>>,
+) -> Result<(), StoreError> {
+    let on_sqlite = sqlite_error(path);
+    match command {
+        Command::Enroll { name, credential_sha256, facts, address, now_ms, reply } => {
+            let exists: bool = transaction
+                .query_row("SELECT 1 FROM agents WHERE name = ?1", [&name], |_| Ok(true))
+                .optional()
+                .map_err(&on_sqlite)?
+                .unwrap_or(false);
+            if exists {
+                let _ = reply.send(Err(StoreError::NameTaken { name }));
+                return Ok(());
+            }
+            transaction
+                .execute(
+                    "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms)
+                     VALUES (?1, ?2, 'online', ?3, ?4, ?5, ?5)",
+                    params![name, credential_sha256, facts_json(&facts), address, now_ms],
+                )
+                .map_err(&on_sqlite)?;
+            replies.push(Box::new(move |outcome| {
+                let _ = reply.send(outcome.map_err(|err| StoreError::Transaction { reason: err.to_string() }));
+            }));
+        }
+        Command::Connected { name, facts, address, now_ms } => {
+            transaction
+                .execute(
+                    "UPDATE agents SET state = 'online', facts_json = ?2, address = ?3, last_seen_ms = ?4
+                     WHERE name = ?1 AND state != 'revoked'",
+                    params![name, facts_json(&facts), address, now_ms],
+                )
+                .map_err(&on_sqlite)?;
+        }
+        Command::FactsChanged { name, facts } => {
+            transaction
+                .execute("UPDATE agents SET facts_json = ?2 WHERE name = ?1", params![name, facts_json(&facts)])
+                .map_err(&on_sqlite)?;
+        }
+        Command::Disconnected { name, now_ms } => {
+            transaction
+                .execute(
+                    "UPDATE agents SET state = 'offline', last_seen_ms = ?2 WHERE name = ?1 AND state = 'online'",
+                    params![name, now_ms],
+                )
+                .map_err(&on_sqlite)?;
+        }
+        Command::Revoke { name, now_ms, reply } => {
+            let changed = transaction
+                .execute(
+                    "UPDATE agents SET state = 'revoked', revoked_at_ms = ?2 WHERE name = ?1",
+                    params![name, now_ms],
+                )
+                .map_err(&on_sqlite)?;
+            replies.push(Box::new(move |outcome| {
+                let _ = reply.send(outcome.map(|_| changed > 0).map_err(|err| StoreError::Transaction { reason: err.to_string() }));
+            }));
+        }
+        Command::Flush { reply } => {
+            replies.push(Box::new(move |_| {
+                let _ = reply.send(());
+            }));
+        }
+    }
+    Ok(())
+}
+
+impl StoreHandle {
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.commands_tx.send(command).map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn enroll(&self, name: &str, credential_sha256: String, facts: AgentFacts, address: String, now_ms: i64) -> Result<(), StoreError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.send(Command::Enroll { name: name.to_string(), credential_sha256, facts, address, now_ms, reply })?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn agent_connected(&self, name: &str, facts: AgentFacts, address: String, now_ms: i64) -> Result<(), StoreError> {
+        self.send(Command::Connected { name: name.to_string(), facts, address, now_ms })
+    }
+
+    pub fn facts_changed(&self, name: &str, facts: AgentFacts) -> Result<(), StoreError> {
+        self.send(Command::FactsChanged { name: name.to_string(), facts })
+    }
+
+    pub fn agent_disconnected(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.send(Command::Disconnected { name: name.to_string(), now_ms })
+    }
+
+    /// Marks an agent revoked. Returns whether such an agent exists.
+    pub async fn revoke(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.send(Command::Revoke { name: name.to_string(), now_ms, reply })?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything sent before is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.send(Command::Flush { reply })?;
+        reply_rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// A read connection of its own (WAL: reads never wait for the writer).
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        let connection = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_error(&self.path))?;
+        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite_error(&self.path))?;
+        Ok(Reader { connection, path: self.path.clone() })
+    }
+
+    /// Runs a read on a blocking thread with its own connection.
+    pub async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+    {
+        let handle = self.clone();
+        tokio::task::spawn_blocking(move || query(&handle.reader()?)).await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+pub struct Reader {
+    connection: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        self.connection
+            .query_row("SELECT credential_sha256, state FROM agents WHERE name = ?1", [name], |row| {
+                Ok(StoredAgent { credential_sha256: row.get(0)?, revoked: row.get::<_, String>(1)? == "revoked" })
+            })
+            .optional()
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Every agent, by name. `gossip_live` is left false: the caller knows gossip, the store does not.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms FROM agents ORDER BY name")
+            .map_err(sqlite_error(&self.path))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(sqlite_error(&self.path))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (name, state, facts, address, first_seen_ms, last_seen_ms) = row.map_err(sqlite_error(&self.path))?;
+            let facts = serde_json::from_str::<FactsJson>(&facts)
+                .map_err(|err| err.to_string())
+                .and_then(FactsJson::into_facts)
+                .map_err(|reason| StoreError::CorruptFacts { name: name.clone(), reason })?;
+            let state = match state.as_str() {
+                "online" => AgentState::Online,
+                "revoked" => AgentState::Revoked,
+                _ => AgentState::Offline,
+            };
+            records.push(AgentRecord { name, state, facts, first_seen_ms, last_seen_ms, address, gossip_live: false });
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn enrollment_revocation_and_restart_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polarizer.db");
+        {
+            let (store, _writer) = Store::open(&path).unwrap();
+            store.enroll("vm-1", "digest".into(), AgentFacts::for_test("vm-1"), "127.0.0.1:1".into(), 10).await.unwrap();
+            let taken = store.enroll("vm-1", "other".into(), AgentFacts::for_test("vm-1"), String::new(), 11).await;
+            assert!(matches!(taken, Err(StoreError::NameTaken { .. })));
+            store.enroll("vm-2", "digest2".into(), AgentFacts::for_test("vm-2"), String::new(), 12).await.unwrap();
+            assert!(store.revoke("vm-2", 13).await.unwrap());
+            assert!(!store.revoke("nobody", 13).await.unwrap());
+            let agents = store.read(|reader| reader.agents()).await.unwrap();
+            assert_eq!(agents.iter().map(|a| (a.name.as_str(), a.state)).collect::<Vec<_>>(), vec![("vm-1", AgentState::Online), ("vm-2", AgentState::Revoked)]);
+        }
+        // A restart finds the same rows, with no agent left online.
+        let (store, _writer) = Store::open(&path).unwrap();
+        let agents = store.read(|reader| reader.agents()).await.unwrap();
+        assert_eq!(agents[0].state, AgentState::Offline);
+        assert_eq!(agents[0].facts, AgentFacts::for_test("vm-1"));
+        assert_eq!(agents[1].state, AgentState::Revoked);
+        let stored = store.read(|reader| reader.agent("vm-1")).await.unwrap().unwrap();
+        assert_eq!(stored.credential_sha256, "digest");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polarizer.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let Err(err) = Store::open(&path) else { panic!("a newer schema must be refused") };
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
