@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The kind of machine a test platform is. Tests ask for one in their `platform.kind` metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PlatformKind {
     Vm,
     Container,

@@ -1,0 +1,235 @@
+//! The agent's connection to the coordinator: find it through gossip, dial it through pinned TLS, hello
+//! with the credential (or enroll with the token), then heartbeat and report facts until the connection
+//! ends, and start over with jittered, capped exponential backoff.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use polarizer_shared::protocol::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::client::{self, ConnectError};
+use polarizer_transport::state_files::read_private;
+use polarizer_transport::Gossip;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::credential::{self, Credential};
+use crate::AgentError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const FACTS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Exponential backoff with full jitter, capped: a fleet restarting at once does not reconnect in step.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { next: initial, initial, max }
+    }
+
+    /// The delay before the next attempt: uniform in [delay/2, delay], the delay doubling up to the cap.
+    pub fn next_delay(&mut self, random_unit: f64) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay.mul_f64(0.5 + 0.5 * random_unit.clamp(0.0, 1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+enum SessionEnd {
+    Lost(String),
+    Revoked(String),
+    Shutdown,
+}
+
+pub struct Connector {
+    pub config: AgentConfig,
+    pub endpoint: quinn::Endpoint,
+    pub gossip: Gossip,
+    pub ca_fingerprint: String,
+    pub facts: AgentFacts,
+}
+
+impl Connector {
+    /// Runs until shutdown, or until the coordinator refuses this agent for good.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max);
+        let mut waiting_logged = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let candidates = self.gossip.coordinator_candidates().await;
+            if candidates.is_empty() {
+                if !waiting_logged {
+                    info!(seeds = ?self.config.join, "waiting for gossip to name a coordinator");
+                    waiting_logged = true;
+                }
+                if sleep_or_shutdown(Duration::from_millis(50), &shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            waiting_logged = false;
+            for addr in candidates {
+                match self.connect(addr).await {
+                    Ok(session) => {
+                        backoff.reset();
+                        match self.run_session(addr, session, &shutdown).await {
+                            SessionEnd::Shutdown => return Ok(()),
+                            SessionEnd::Revoked(reason) => return Err(AgentError::Revoked { reason }),
+                            SessionEnd::Lost(reason) => warn!(coordinator = %addr, reason, "connection to the coordinator lost; reconnecting"),
+                        }
+                        break;
+                    }
+                    Err(err) => self.handle_connect_error(addr, err)?,
+                }
+            }
+            let delay = backoff.next_delay(rand::rng().random::<f64>());
+            if sleep_or_shutdown(delay, &shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    fn hello(&self) -> Result<Hello, AgentError> {
+        let credential = match credential::load(&self.config.state_dir, &self.config.name)? {
+            Some(stored) if stored.ca_fingerprint == self.ca_fingerprint => AgentCredential::Issued { secret: stored.secret },
+            stored => {
+                if stored.is_some() {
+                    warn!("the stored credential was issued under another CA; enrolling with this coordinator");
+                }
+                let token_file = self.config.token_file.as_ref().ok_or_else(|| AgentError::NoCredential {
+                    state_dir: self.config.state_dir.clone(),
+                })?;
+                AgentCredential::EnrollmentToken(read_private(token_file)?)
+            }
+        };
+        Ok(Hello { protocol_version: PROTOCOL_VERSION, peer: Peer::Agent { credential, facts: self.facts.clone() } })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<client::Session, ConnectError> {
+        let hello = match self.hello() {
+            Ok(hello) => hello,
+            // Local problems (no token, unreadable credential) are reported by handle_connect_error's caller.
+            Err(err) => return Err(ConnectError::Refused { addr, refusal: Refusal::InvalidHello { reason: err.to_string() } }),
+        };
+        let session = client::connect(&self.endpoint, addr, hello, CONNECT_TIMEOUT).await?;
+        if let Some(secret) = &session.welcome.issued_secret {
+            let issued = Credential { version: 1, name: self.config.name.clone(), secret: secret.clone(), ca_fingerprint: self.ca_fingerprint.clone() };
+            if let Err(err) = credential::store(&self.config.state_dir, &issued) {
+                // Without the credential on disk this agent could not come back after a restart.
+                session.connection.close(close_code::NORMAL.into(), b"cannot store credential");
+                warn!(error = %err, "cannot store the issued credential");
+                return Err(ConnectError::Refused { addr, refusal: Refusal::InvalidHello { reason: err.to_string() } });
+            }
+            info!(state_dir = %self.config.state_dir.display(), "enrolled; credential stored");
+        }
+        Ok(session)
+    }
+
+    /// Decides what a failed attempt means: keep looking, or stop for good.
+    fn handle_connect_error(&self, addr: SocketAddr, err: ConnectError) -> Result<(), AgentError> {
+        match err {
+            ConnectError::Refused { refusal: Refusal::UnknownCredential { .. }, .. } if self.config.token_file.is_some() => {
+                // The coordinator lost its store (or was replaced): enroll again with the token.
+                warn!(coordinator = %addr, "coordinator does not know this agent's credential; enrolling again");
+                credential::forget(&self.config.state_dir);
+                Ok(())
+            }
+            ConnectError::Refused { refusal, .. } => Err(AgentError::Refused { refusal: refusal.to_string() }),
+            err if err.is_untrusted_peer() => {
+                warn!(coordinator = %addr, error = %err, "refusing coordinator: its certificate does not chain to the pinned CA; still looking");
+                Ok(())
+            }
+            err => {
+                warn!(coordinator = %addr, error = %err, "cannot connect to coordinator");
+                Ok(())
+            }
+        }
+    }
+
+    async fn run_session(&mut self, addr: SocketAddr, session: client::Session, shutdown: &CancellationToken) -> SessionEnd {
+        let client::Session { connection, mut stream, welcome } = session;
+        info!(coordinator = %addr, coordinator_version = %welcome.coordinator_version, "connected to coordinator");
+        let heartbeat_every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(50)));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let mut facts_refresh = tokio::time::interval(FACTS_REFRESH);
+        facts_refresh.tick().await;
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await {
+                        return ended(&connection, err.to_string());
+                    }
+                }
+                _ = facts_refresh.tick() => {
+                    let current = crate::facts::collect(&self.config.name, &self.config.labels, self.config.platform);
+                    if current != self.facts {
+                        self.facts = current.clone();
+                        if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::FactsChanged(current))).await {
+                            return ended(&connection, err.to_string());
+                        }
+                    }
+                }
+                frame = stream.recv::<ServerFrame>() => match frame {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return ended(&connection, "coordinator closed the stream".into()),
+                    Err(err) => return ended(&connection, err.to_string()),
+                },
+                () = shutdown.cancelled() => {
+                    stream.finish().await;
+                    connection.close(close_code::NORMAL.into(), b"agent shutting down");
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+}
+
+fn ended(connection: &quinn::Connection, fallback: String) -> SessionEnd {
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == close_code::REVOKED.into() => {
+            SessionEnd::Revoked(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        Some(reason) => SessionEnd::Lost(reason.to_string()),
+        None => SessionEnd::Lost(fallback),
+    }
+}
+
+/// Sleeps, returning true if shutdown came first.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_jitters_caps_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        assert_eq!(backoff.next_delay(1.0), Duration::from_millis(100));
+        assert_eq!(backoff.next_delay(0.0), Duration::from_millis(100));
+        assert_eq!(backoff.next_delay(1.0), Duration::from_millis(400));
+        for _ in 0..10 {
+            assert!(backoff.next_delay(1.0) <= Duration::from_millis(1000));
+        }
+        assert_eq!(backoff.next_delay(0.0), Duration::from_millis(500));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(1.0), Duration::from_millis(100));
+    }
+}
