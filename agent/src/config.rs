@@ -92,8 +92,14 @@ pub struct AgentConfig {
 
 impl AgentSettings {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string() })?;
-        toml::from_str(&text).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string().trim_end().to_string() })
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::File {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().to_string(),
+        })
     }
 
     /// Fills every key this one leaves unset from `lower` (flags over file). Labels merge, flags winning.
@@ -101,7 +107,11 @@ impl AgentSettings {
         let mut labels = lower.labels;
         labels.extend(self.labels);
         AgentSettings {
-            join: if self.join.is_empty() { lower.join } else { self.join },
+            join: if self.join.is_empty() {
+                lower.join
+            } else {
+                self.join
+            },
             gossip: self.gossip.or(lower.gossip),
             advertise: self.advertise.or(lower.advertise),
             token_file: self.token_file.or(lower.token_file),
@@ -120,16 +130,26 @@ impl AgentSettings {
 
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         if self.join.is_empty() {
-            return Err(ConfigError::Invalid { key: "join", message: "give at least one gossip seed (--join HOST:7700)".into() });
+            return Err(ConfigError::Invalid {
+                key: "join",
+                message: "give at least one gossip seed (--join HOST:7700)".into(),
+            });
         }
         let ca = match (self.ca, self.ca_fingerprint) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid { key: "ca", message: "give either ca or ca_fingerprint, not both".into() });
+                return Err(ConfigError::Invalid {
+                    key: "ca",
+                    message: "give either ca or ca_fingerprint, not both".into(),
+                });
             }
             (Some(path), None) => CaPin::File(path),
             (None, Some(fingerprint)) => {
-                polarizer_transport::tls::parse_fingerprint(&fingerprint)
-                    .map_err(|err| ConfigError::Invalid { key: "ca_fingerprint", message: err.to_string() })?;
+                polarizer_transport::tls::parse_fingerprint(&fingerprint).map_err(|err| {
+                    ConfigError::Invalid {
+                        key: "ca_fingerprint",
+                        message: err.to_string(),
+                    }
+                })?;
                 CaPin::Fingerprint(fingerprint)
             }
             (None, None) => {
@@ -141,21 +161,38 @@ impl AgentSettings {
         };
         let name = match self.name {
             Some(name) => name,
-            None => sysinfo::System::host_name().unwrap_or_default().split('.').next().unwrap_or_default().to_string(),
+            None => sysinfo::System::host_name()
+                .unwrap_or_default()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         };
-        validate_agent_name(&name).map_err(|message| ConfigError::Invalid { key: "name", message })?;
+        validate_agent_name(&name).map_err(|message| ConfigError::Invalid {
+            key: "name",
+            message,
+        })?;
         let mut labels = self.labels;
         for text in &self.label {
-            let (key, value) = parse_label(text).map_err(|message| ConfigError::Invalid { key: "label", message })?;
+            let (key, value) = parse_label(text).map_err(|message| ConfigError::Invalid {
+                key: "label",
+                message,
+            })?;
             labels.insert(key, value);
         }
         let gossip_interval_ms = self.gossip_interval_ms.unwrap_or(200);
         if !(10..=60_000).contains(&gossip_interval_ms) {
-            return Err(ConfigError::Invalid { key: "gossip_interval_ms", message: format!("{gossip_interval_ms} is outside 10..=60000") });
+            return Err(ConfigError::Invalid {
+                key: "gossip_interval_ms",
+                message: format!("{gossip_interval_ms} is outside 10..=60000"),
+            });
         }
         let reconnect_max_ms = self.reconnect_max_ms.unwrap_or(5_000);
         if !(100..=600_000).contains(&reconnect_max_ms) {
-            return Err(ConfigError::Invalid { key: "reconnect_max_ms", message: format!("{reconnect_max_ms} is outside 100..=600000") });
+            return Err(ConfigError::Invalid {
+                key: "reconnect_max_ms",
+                message: format!("{reconnect_max_ms} is outside 100..=600000"),
+            });
         }
         Ok(AgentConfig {
             join: self.join,
@@ -167,7 +204,9 @@ impl AgentSettings {
             name,
             labels,
             platform: self.platform,
-            cluster: self.cluster.unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
+            cluster: self
+                .cluster
+                .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             reconnect_max: Duration::from_millis(reconnect_max_ms),
         })
@@ -177,9 +216,17 @@ impl AgentSettings {
 /// `$STATE_DIRECTORY` (systemd), else `~/.local/state/polarizer-agent`.
 pub fn default_state_dir() -> PathBuf {
     if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
-        return PathBuf::from(state.to_string_lossy().split(':').next().unwrap_or_default());
+        return PathBuf::from(
+            state
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default(),
+        );
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/polarizer-agent")
 }
 
@@ -188,7 +235,12 @@ mod tests {
     use super::*;
 
     fn minimal() -> AgentSettings {
-        AgentSettings { join: vec!["127.0.0.1:7700".into()], ca: Some("/ca.pem".into()), name: Some("vm-1".into()), ..Default::default() }
+        AgentSettings {
+            join: vec!["127.0.0.1:7700".into()],
+            ca: Some("/ca.pem".into()),
+            name: Some("vm-1".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -200,7 +252,10 @@ mod tests {
         assert_eq!(settings.labels["team"], "rhsm");
         std::fs::write(&path, "join = [\"c:7700\"]\nnmae = \"typo\"\n").unwrap();
         let err = AgentSettings::from_file(&path).unwrap_err().to_string();
-        assert!(err.contains("agent.toml") && err.contains("nmae") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("agent.toml") && err.contains("nmae") && err.contains("line 2"),
+            "{err}"
+        );
         std::fs::write(&path, "platform = \"cloud\"\n").unwrap();
         let err = AgentSettings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("platform") && err.contains("cloud"), "{err}");
@@ -208,21 +263,57 @@ mod tests {
 
     #[test]
     fn trust_must_be_pinned_and_names_valid() {
-        let err = AgentSettings { ca: None, ..minimal() }.validate().unwrap_err().to_string();
+        let err = AgentSettings {
+            ca: None,
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("--ca"), "{err}");
-        let err = AgentSettings { ca: None, ca_fingerprint: Some("sha256:12".into()), ..minimal() }.validate().unwrap_err().to_string();
+        let err = AgentSettings {
+            ca: None,
+            ca_fingerprint: Some("sha256:12".into()),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("ca_fingerprint"), "{err}");
-        let err = AgentSettings { name: Some("bad name".into()), ..minimal() }.validate().unwrap_err().to_string();
+        let err = AgentSettings {
+            name: Some("bad name".into()),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("name"), "{err}");
-        let err = AgentSettings { label: vec!["novalue".into()], ..minimal() }.validate().unwrap_err().to_string();
+        let err = AgentSettings {
+            label: vec!["novalue".into()],
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("label"), "{err}");
-        assert!(AgentSettings { join: vec![], ..minimal() }.validate().is_err());
+        assert!(AgentSettings {
+            join: vec![],
+            ..minimal()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
     fn flag_labels_merge_over_file_labels() {
-        let file = AgentSettings { labels: BTreeMap::from([("team".into(), "a".into()), ("rack".into(), "3".into())]), ..minimal() };
-        let flags = AgentSettings { label: vec!["team=b".into()], ..Default::default() };
+        let file = AgentSettings {
+            labels: BTreeMap::from([("team".into(), "a".into()), ("rack".into(), "3".into())]),
+            ..minimal()
+        };
+        let flags = AgentSettings {
+            label: vec!["team=b".into()],
+            ..Default::default()
+        };
         let config = flags.or(file).validate().unwrap();
         assert_eq!(config.labels["team"], "b");
         assert_eq!(config.labels["rack"], "3");

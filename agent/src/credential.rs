@@ -13,7 +13,11 @@ pub enum CredentialError {
     #[error("credential file {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("state dir {dir} holds the credential of agent {stored:?}, but this agent is named {configured:?}: use another --state-dir or --name")]
-    NameMismatch { dir: PathBuf, stored: String, configured: String },
+    NameMismatch {
+        dir: PathBuf,
+        stored: String,
+        configured: String,
+    },
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -36,16 +40,26 @@ pub fn load(state_dir: &Path, name: &str) -> Result<Option<Credential>, Credenti
         return Ok(None);
     }
     let text = state_files::read_private(&file)?;
-    let credential: Credential = toml::from_str(&text).map_err(|err| CredentialError::Corrupt { path: file.clone(), reason: err.to_string() })?;
+    let credential: Credential = toml::from_str(&text).map_err(|err| CredentialError::Corrupt {
+        path: file.clone(),
+        reason: err.to_string(),
+    })?;
     if credential.name != name {
-        return Err(CredentialError::NameMismatch { dir: state_dir.to_path_buf(), stored: credential.name, configured: name.to_string() });
+        return Err(CredentialError::NameMismatch {
+            dir: state_dir.to_path_buf(),
+            stored: credential.name,
+            configured: name.to_string(),
+        });
     }
     Ok(Some(credential))
 }
 
 pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), CredentialError> {
     state_files::ensure_private_dir(state_dir)?;
-    let text = toml::to_string(credential).map_err(|err| CredentialError::Corrupt { path: path(state_dir), reason: err.to_string() })?;
+    let text = toml::to_string(credential).map_err(|err| CredentialError::Corrupt {
+        path: path(state_dir),
+        reason: err.to_string(),
+    })?;
     state_files::write_private(&path(state_dir), text.as_bytes())?;
     Ok(())
 }
@@ -62,10 +76,18 @@ mod tests {
     fn credentials_round_trip_and_belong_to_one_name() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path(), "vm-1").unwrap().is_none());
-        let credential = Credential { version: 1, name: "vm-1".into(), secret: "s".into(), ca_fingerprint: "sha256:00".into() };
+        let credential = Credential {
+            version: 1,
+            name: "vm-1".into(),
+            secret: "s".into(),
+            ca_fingerprint: "sha256:00".into(),
+        };
         store(dir.path(), &credential).unwrap();
         assert_eq!(load(dir.path(), "vm-1").unwrap().unwrap().secret, "s");
         let err = load(dir.path(), "vm-2").err().unwrap().to_string();
-        assert!(err.contains("\"vm-1\"") && err.contains("\"vm-2\""), "{err}");
+        assert!(
+            err.contains("\"vm-1\"") && err.contains("\"vm-2\""),
+            "{err}"
+        );
     }
 }

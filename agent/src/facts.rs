@@ -7,11 +7,22 @@ use std::path::Path;
 use polarizer_shared::{AgentFacts, PlatformKind};
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
-pub fn collect(name: &str, labels: &BTreeMap<String, String>, platform_override: Option<PlatformKind>) -> AgentFacts {
-    let refresh = RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()).with_memory(MemoryRefreshKind::nothing().with_ram());
+pub fn collect(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    platform_override: Option<PlatformKind>,
+) -> AgentFacts {
+    let refresh = RefreshKind::nothing()
+        .with_cpu(CpuRefreshKind::nothing())
+        .with_memory(MemoryRefreshKind::nothing().with_ram());
     let (cpus, memory_bytes) = match System::new_with_specifics(refresh) {
         Ok(system) => (system.cpus().len() as u32, system.total_memory()),
-        Err(_) => (std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1), 0),
+        Err(_) => (
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            0,
+        ),
     };
     AgentFacts {
         name: name.to_string(),
@@ -25,7 +36,8 @@ pub fn collect(name: &str, labels: &BTreeMap<String, String>, platform_override:
         memory_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: labels.clone(),
-        platform: platform_override.unwrap_or_else(|| detect_platform(&PlatformEvidence::read(Path::new("/")))),
+        platform: platform_override
+            .unwrap_or_else(|| detect_platform(&PlatformEvidence::read(Path::new("/")))),
     }
 }
 
@@ -41,24 +53,53 @@ pub struct PlatformEvidence {
 
 impl PlatformEvidence {
     pub fn read(root: &Path) -> PlatformEvidence {
-        let read = |relative: &str| std::fs::read_to_string(root.join(relative)).unwrap_or_default();
+        let read =
+            |relative: &str| std::fs::read_to_string(root.join(relative)).unwrap_or_default();
         PlatformEvidence {
-            container_marker_file: root.join(".dockerenv").exists() || root.join("run/.containerenv").exists(),
+            container_marker_file: root.join(".dockerenv").exists()
+                || root.join("run/.containerenv").exists(),
             container_env: std::env::var_os("container").is_some(),
             pid1_cgroup: read("proc/1/cgroup"),
-            dmi_vendor_and_product: format!("{} {}", read("sys/class/dmi/id/sys_vendor"), read("sys/class/dmi/id/product_name")),
-            cpu_flags_hypervisor: read("proc/cpuinfo").lines().any(|line| line.starts_with("flags") && line.split_whitespace().any(|flag| flag == "hypervisor")),
+            dmi_vendor_and_product: format!(
+                "{} {}",
+                read("sys/class/dmi/id/sys_vendor"),
+                read("sys/class/dmi/id/product_name")
+            ),
+            cpu_flags_hypervisor: read("proc/cpuinfo").lines().any(|line| {
+                line.starts_with("flags")
+                    && line.split_whitespace().any(|flag| flag == "hypervisor")
+            }),
         }
     }
 }
 
 pub fn detect_platform(evidence: &PlatformEvidence) -> PlatformKind {
     const CONTAINER_CGROUPS: [&str; 5] = ["docker", "kubepods", "containerd", "libpod", "lxc"];
-    const VM_VENDORS: [&str; 10] = ["QEMU", "KVM", "VMware", "VirtualBox", "Xen", "Virtual Machine", "Amazon EC2", "Google Compute Engine", "OpenStack", "Bochs"];
-    if evidence.container_marker_file || evidence.container_env || CONTAINER_CGROUPS.iter().any(|marker| evidence.pid1_cgroup.contains(marker)) {
+    const VM_VENDORS: [&str; 10] = [
+        "QEMU",
+        "KVM",
+        "VMware",
+        "VirtualBox",
+        "Xen",
+        "Virtual Machine",
+        "Amazon EC2",
+        "Google Compute Engine",
+        "OpenStack",
+        "Bochs",
+    ];
+    if evidence.container_marker_file
+        || evidence.container_env
+        || CONTAINER_CGROUPS
+            .iter()
+            .any(|marker| evidence.pid1_cgroup.contains(marker))
+    {
         return PlatformKind::Container;
     }
-    if evidence.cpu_flags_hypervisor || VM_VENDORS.iter().any(|vendor| evidence.dmi_vendor_and_product.contains(vendor)) {
+    if evidence.cpu_flags_hypervisor
+        || VM_VENDORS
+            .iter()
+            .any(|vendor| evidence.dmi_vendor_and_product.contains(vendor))
+    {
         return PlatformKind::Vm;
     }
     PlatformKind::Baremetal
@@ -70,12 +111,25 @@ mod tests {
 
     #[test]
     fn platform_detection_prefers_container_then_vm() {
-        assert_eq!(detect_platform(&PlatformEvidence::default()), PlatformKind::Baremetal);
-        let vm = PlatformEvidence { dmi_vendor_and_product: "QEMU Standard PC (Q35 + ICH9, 2009)".into(), ..Default::default() };
+        assert_eq!(
+            detect_platform(&PlatformEvidence::default()),
+            PlatformKind::Baremetal
+        );
+        let vm = PlatformEvidence {
+            dmi_vendor_and_product: "QEMU Standard PC (Q35 + ICH9, 2009)".into(),
+            ..Default::default()
+        };
         assert_eq!(detect_platform(&vm), PlatformKind::Vm);
-        let flagged = PlatformEvidence { cpu_flags_hypervisor: true, ..Default::default() };
+        let flagged = PlatformEvidence {
+            cpu_flags_hypervisor: true,
+            ..Default::default()
+        };
         assert_eq!(detect_platform(&flagged), PlatformKind::Vm);
-        let container_in_vm = PlatformEvidence { pid1_cgroup: "0::/kubepods/besteffort/pod1".into(), cpu_flags_hypervisor: true, ..Default::default() };
+        let container_in_vm = PlatformEvidence {
+            pid1_cgroup: "0::/kubepods/besteffort/pod1".into(),
+            cpu_flags_hypervisor: true,
+            ..Default::default()
+        };
         assert_eq!(detect_platform(&container_in_vm), PlatformKind::Container);
     }
 

@@ -46,18 +46,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let ca_fingerprint = match &trust {
         CaTrust::Certificate(der) => tls::fingerprint(der),
-        CaTrust::Fingerprint(bytes) => format!("sha256:{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        CaTrust::Fingerprint(bytes) => format!(
+            "sha256:{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     };
     // Fail before joining anything when there is no way to authenticate.
     if credential::load(&config.state_dir, &config.name)?.is_none() && config.token_file.is_none() {
-        return Err(AgentError::NoCredential { state_dir: config.state_dir.clone() });
+        return Err(AgentError::NoCredential {
+            state_dir: config.state_dir.clone(),
+        });
     }
     if let Some(token_file) = &config.token_file {
         if credential::load(&config.state_dir, &config.name)?.is_none() {
             polarizer_transport::state_files::read_private(token_file)?;
         }
     }
-    let endpoint = client_endpoint(tls::client_config(&trust)?, config.gossip).map_err(AgentError::Endpoint)?;
+    let endpoint = client_endpoint(tls::client_config(&trust)?, config.gossip)
+        .map_err(AgentError::Endpoint)?;
     let facts = facts::collect(&config.name, &config.labels, config.platform);
 
     let gossip_listen = concrete_udp_addr(config.gossip).map_err(AgentError::Endpoint)?;
@@ -68,12 +74,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         seeds: config.join.clone(),
         cluster_id: config.cluster.clone(),
         interval: config.gossip_interval,
-        advertised: vec![(KEY_ROLE.into(), ROLE_AGENT.into()), (KEY_AGENT_NAME.into(), config.name.clone())],
+        advertised: vec![
+            (KEY_ROLE.into(), ROLE_AGENT.into()),
+            (KEY_AGENT_NAME.into(), config.name.clone()),
+        ],
     })
     .await?;
     info!(name = %config.name, gossip = %gossip_listen, platform = %facts.platform, "agent started");
 
-    let connector = session::Connector { config, endpoint: endpoint.clone(), gossip, ca_fingerprint, facts };
+    let connector = session::Connector {
+        config,
+        endpoint: endpoint.clone(),
+        gossip,
+        ca_fingerprint,
+        facts,
+    };
     let outcome = connector.run(shutdown).await;
     endpoint.close(0u32.into(), b"agent stopped");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;

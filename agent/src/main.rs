@@ -7,7 +7,11 @@ use polarizer_agent::config::AgentSettings;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "polarizer-agent", version, about = "The Polarizer agent: runs on every test platform.")]
+#[command(
+    name = "polarizer-agent",
+    version,
+    about = "The Polarizer agent: runs on every test platform."
+)]
 struct Cli {
     /// A TOML file with any of the flags below as keys (flags and POLARIZER_* variables win)
     #[arg(long, env = "POLARIZER_CONFIG")]
@@ -21,8 +25,13 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let outcome = (|| -> anyhow::Result<()> {
         let file_settings = match &cli.config {
             Some(path) => AgentSettings::from_file(path)?,
@@ -34,7 +43,9 @@ fn main() -> std::process::ExitCode {
             return Ok(());
         }
         // One thread is plenty for an agent, and keeps its memory small.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -53,7 +64,10 @@ fn main() -> std::process::ExitCode {
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }

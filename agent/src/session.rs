@@ -31,7 +31,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { next: initial, initial, max }
+        Backoff {
+            next: initial,
+            initial,
+            max,
+        }
     }
 
     /// The delay before the next attempt: uniform in [delay/2, delay], the delay doubling up to the cap.
@@ -87,8 +91,12 @@ impl Connector {
                         backoff.reset();
                         match self.run_session(addr, session, &shutdown).await {
                             SessionEnd::Shutdown => return Ok(()),
-                            SessionEnd::Revoked(reason) => return Err(AgentError::Revoked { reason }),
-                            SessionEnd::Lost(reason) => warn!(coordinator = %addr, reason, "connection to the coordinator lost; reconnecting"),
+                            SessionEnd::Revoked(reason) => {
+                                return Err(AgentError::Revoked { reason })
+                            }
+                            SessionEnd::Lost(reason) => {
+                                warn!(coordinator = %addr, reason, "connection to the coordinator lost; reconnecting")
+                            }
                         }
                         break;
                     }
@@ -104,34 +112,67 @@ impl Connector {
 
     fn hello(&self) -> Result<Hello, AgentError> {
         let credential = match credential::load(&self.config.state_dir, &self.config.name)? {
-            Some(stored) if stored.ca_fingerprint == self.ca_fingerprint => AgentCredential::Issued { secret: stored.secret },
+            Some(stored) if stored.ca_fingerprint == self.ca_fingerprint => {
+                AgentCredential::Issued {
+                    secret: stored.secret,
+                }
+            }
             stored => {
                 if stored.is_some() {
                     warn!("the stored credential was issued under another CA; enrolling with this coordinator");
                 }
-                let token_file = self.config.token_file.as_ref().ok_or_else(|| AgentError::NoCredential {
-                    state_dir: self.config.state_dir.clone(),
-                })?;
+                let token_file =
+                    self.config
+                        .token_file
+                        .as_ref()
+                        .ok_or_else(|| AgentError::NoCredential {
+                            state_dir: self.config.state_dir.clone(),
+                        })?;
                 AgentCredential::EnrollmentToken(read_private(token_file)?)
             }
         };
-        Ok(Hello { protocol_version: PROTOCOL_VERSION, peer: Peer::Agent { credential, facts: self.facts.clone() } })
+        Ok(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer: Peer::Agent {
+                credential,
+                facts: self.facts.clone(),
+            },
+        })
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<client::Session, ConnectError> {
         let hello = match self.hello() {
             Ok(hello) => hello,
             // Local problems (no token, unreadable credential) are reported by handle_connect_error's caller.
-            Err(err) => return Err(ConnectError::Refused { addr, refusal: Refusal::InvalidHello { reason: err.to_string() } }),
+            Err(err) => {
+                return Err(ConnectError::Refused {
+                    addr,
+                    refusal: Refusal::InvalidHello {
+                        reason: err.to_string(),
+                    },
+                })
+            }
         };
         let session = client::connect(&self.endpoint, addr, hello, CONNECT_TIMEOUT).await?;
         if let Some(secret) = &session.welcome.issued_secret {
-            let issued = Credential { version: 1, name: self.config.name.clone(), secret: secret.clone(), ca_fingerprint: self.ca_fingerprint.clone() };
+            let issued = Credential {
+                version: 1,
+                name: self.config.name.clone(),
+                secret: secret.clone(),
+                ca_fingerprint: self.ca_fingerprint.clone(),
+            };
             if let Err(err) = credential::store(&self.config.state_dir, &issued) {
                 // Without the credential on disk this agent could not come back after a restart.
-                session.connection.close(close_code::NORMAL.into(), b"cannot store credential");
+                session
+                    .connection
+                    .close(close_code::NORMAL.into(), b"cannot store credential");
                 warn!(error = %err, "cannot store the issued credential");
-                return Err(ConnectError::Refused { addr, refusal: Refusal::InvalidHello { reason: err.to_string() } });
+                return Err(ConnectError::Refused {
+                    addr,
+                    refusal: Refusal::InvalidHello {
+                        reason: err.to_string(),
+                    },
+                });
             }
             info!(state_dir = %self.config.state_dir.display(), "enrolled; credential stored");
         }
@@ -141,13 +182,18 @@ impl Connector {
     /// Decides what a failed attempt means: keep looking, or stop for good.
     fn handle_connect_error(&self, addr: SocketAddr, err: ConnectError) -> Result<(), AgentError> {
         match err {
-            ConnectError::Refused { refusal: Refusal::UnknownCredential { .. }, .. } if self.config.token_file.is_some() => {
+            ConnectError::Refused {
+                refusal: Refusal::UnknownCredential { .. },
+                ..
+            } if self.config.token_file.is_some() => {
                 // The coordinator lost its store (or was replaced): enroll again with the token.
                 warn!(coordinator = %addr, "coordinator does not know this agent's credential; enrolling again");
                 credential::forget(&self.config.state_dir);
                 Ok(())
             }
-            ConnectError::Refused { refusal, .. } => Err(AgentError::Refused { refusal: refusal.to_string() }),
+            ConnectError::Refused { refusal, .. } => Err(AgentError::Refused {
+                refusal: refusal.to_string(),
+            }),
             err if err.is_untrusted_peer() => {
                 warn!(coordinator = %addr, error = %err, "refusing coordinator: its certificate does not chain to the pinned CA; still looking");
                 Ok(())
@@ -159,10 +205,20 @@ impl Connector {
         }
     }
 
-    async fn run_session(&mut self, addr: SocketAddr, session: client::Session, shutdown: &CancellationToken) -> SessionEnd {
-        let client::Session { connection, mut stream, welcome } = session;
+    async fn run_session(
+        &mut self,
+        addr: SocketAddr,
+        session: client::Session,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let client::Session {
+            connection,
+            mut stream,
+            welcome,
+        } = session;
         info!(coordinator = %addr, coordinator_version = %welcome.coordinator_version, "connected to coordinator");
-        let heartbeat_every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(50)));
+        let heartbeat_every =
+            Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(50)));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let mut facts_refresh = tokio::time::interval(FACTS_REFRESH);
         facts_refresh.tick().await;
@@ -199,7 +255,9 @@ impl Connector {
 
 fn ended(connection: &quinn::Connection, fallback: String) -> SessionEnd {
     match connection.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == close_code::REVOKED.into() => {
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == close_code::REVOKED.into() =>
+        {
             SessionEnd::Revoked(String::from_utf8_lossy(&close.reason).into_owned())
         }
         Some(reason) => SessionEnd::Lost(reason.to_string()),

@@ -13,7 +13,11 @@ use crate::client::{ClientArgs, OperatorClient};
 use crate::config::ServeSettings;
 
 #[derive(Debug, Parser)]
-#[command(name = "polarizer", version, about = "Run the right tests on the right machines as soon as something changes.")]
+#[command(
+    name = "polarizer",
+    version,
+    about = "Run the right tests on the right machines as soon as something changes."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -62,7 +66,11 @@ pub enum AgentsAction {
 /// Runs a parsed command line. The caller prints errors as `error: {:#}` and exits non-zero.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, check_config, settings } => {
+        Command::Serve {
+            config,
+            check_config,
+            settings,
+        } => {
             let file_settings = match &config {
                 Some(path) => ServeSettings::from_file(path)?,
                 None => ServeSettings::default(),
@@ -74,34 +82,55 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             }
             crate::serve::run(config, shutdown, None).await
         }
-        Command::Agents { action, json, client } => {
+        Command::Agents {
+            action,
+            json,
+            client,
+        } => {
             let mut client = OperatorClient::connect(&client).await?;
             let outcome = agents_command(&mut client, action, json).await;
             client.close().await;
             outcome
         }
-        Command::Demo { agents, keep_running } => crate::demo::run(agents, keep_running, shutdown).await,
+        Command::Demo {
+            agents,
+            keep_running,
+        } => crate::demo::run(agents, keep_running, shutdown).await,
     }
 }
 
-async fn agents_command(client: &mut OperatorClient, action: Option<AgentsAction>, json: bool) -> anyhow::Result<()> {
+async fn agents_command(
+    client: &mut OperatorClient,
+    action: Option<AgentsAction>,
+    json: bool,
+) -> anyhow::Result<()> {
     match action {
         None => {
-            let OperatorResponse::Agents(agents) = client.request(OperatorRequest::ListAgents).await? else {
+            let OperatorResponse::Agents(agents) =
+                client.request(OperatorRequest::ListAgents).await?
+            else {
                 anyhow::bail!("the coordinator answered a listing with something else");
             };
             if json {
                 let rows: Vec<_> = agents.iter().map(agent_json).collect();
-                println!("{}", serde_json::to_string_pretty(&rows).context("cannot encode JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).context("cannot encode JSON")?
+                );
             } else {
                 print!("{}", agents_table(&agents));
             }
         }
         Some(AgentsAction::Revoke { name }) => {
-            let response = client.request(OperatorRequest::RevokeAgent { name: name.clone() }).await?;
+            let response = client
+                .request(OperatorRequest::RevokeAgent { name: name.clone() })
+                .await?;
             if let OperatorResponse::Revoked { was_online, .. } = response {
                 if json {
-                    println!("{}", json!({ "name": name, "revoked": true, "was_online": was_online }));
+                    println!(
+                        "{}",
+                        json!({ "name": name, "revoked": true, "was_online": was_online })
+                    );
                 } else if was_online {
                     println!("revoked {name}; its connection was closed");
                 } else {
@@ -145,12 +174,26 @@ pub fn agent_json(agent: &AgentRecord) -> serde_json::Value {
 }
 
 pub fn agents_table(agents: &[AgentRecord]) -> String {
-    let headers = ["NAME", "STATE", "PLATFORM", "ARCH", "DISTRO", "CPUS", "MEMORY", "LAST SEEN", "LABELS"];
+    let headers = [
+        "NAME",
+        "STATE",
+        "PLATFORM",
+        "ARCH",
+        "DISTRO",
+        "CPUS",
+        "MEMORY",
+        "LAST SEEN",
+        "LABELS",
+    ];
     let rows: Vec<[String; 9]> = agents
         .iter()
         .map(|agent| {
             let facts = &agent.facts;
-            let labels: Vec<String> = facts.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            let labels: Vec<String> = facts
+                .labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
             [
                 agent.name.clone(),
                 agent.state.as_str().to_string(),
@@ -172,7 +215,11 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: &[String]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };

@@ -65,8 +65,14 @@ pub struct ServeConfig {
 impl ServeSettings {
     /// Reads a TOML file into settings.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string() })?;
-        toml::from_str(&text).map_err(|err| ConfigError::File { path: path.to_path_buf(), message: err.to_string().trim_end().to_string() })
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::File {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().to_string(),
+        })
     }
 
     /// Fills every key this one leaves unset from `lower` (flags over file).
@@ -77,7 +83,11 @@ impl ServeSettings {
             quic: self.quic.or(lower.quic),
             http: self.http.or(lower.http),
             advertise: self.advertise.or(lower.advertise),
-            join: if self.join.is_empty() { lower.join } else { self.join },
+            join: if self.join.is_empty() {
+                lower.join
+            } else {
+                self.join
+            },
             cluster: self.cluster.or(lower.cluster),
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
@@ -87,15 +97,26 @@ impl ServeSettings {
     pub fn validate(self) -> Result<ServeConfig, ConfigError> {
         let gossip_interval_ms = self.gossip_interval_ms.unwrap_or(200);
         if !(10..=60_000).contains(&gossip_interval_ms) {
-            return Err(ConfigError::Invalid { key: "gossip_interval_ms", message: format!("{gossip_interval_ms} is outside 10..=60000") });
+            return Err(ConfigError::Invalid {
+                key: "gossip_interval_ms",
+                message: format!("{gossip_interval_ms} is outside 10..=60000"),
+            });
         }
         let heartbeat_interval_ms = self.heartbeat_interval_ms.unwrap_or(500);
         if !(50..=60_000).contains(&heartbeat_interval_ms) {
-            return Err(ConfigError::Invalid { key: "heartbeat_interval_ms", message: format!("{heartbeat_interval_ms} is outside 50..=60000") });
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_interval_ms",
+                message: format!("{heartbeat_interval_ms} is outside 50..=60000"),
+            });
         }
-        let cluster = self.cluster.unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string());
+        let cluster = self
+            .cluster
+            .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string());
         if cluster.is_empty() {
-            return Err(ConfigError::Invalid { key: "cluster", message: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                key: "cluster",
+                message: "must not be empty".into(),
+            });
         }
         Ok(ServeConfig {
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
@@ -115,10 +136,17 @@ impl ServeSettings {
 pub fn default_data_dir() -> PathBuf {
     if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
         // systemd may pass several, colon-separated; the first is ours.
-        let first = state.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        let first = state
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         return PathBuf::from(first);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/polarizer")
 }
 
@@ -154,7 +182,10 @@ mod tests {
     fn unknown_keys_name_the_file_and_key() {
         let (_dir, path) = write("quic = \"127.0.0.1:1\"\nbogus = 1\n");
         let err = ServeSettings::from_file(&path).unwrap_err().to_string();
-        assert!(err.contains("coordinator.toml") && err.contains("bogus") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("coordinator.toml") && err.contains("bogus") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -162,7 +193,13 @@ mod tests {
         let (_dir, path) = write("\nquic = \"not an address\"\n");
         let err = ServeSettings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("quic") && err.contains("line 2"), "{err}");
-        let err = ServeSettings { gossip_interval_ms: Some(0), ..Default::default() }.validate().unwrap_err().to_string();
+        let err = ServeSettings {
+            gossip_interval_ms: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("gossip_interval_ms"), "{err}");
     }
 
@@ -170,7 +207,10 @@ mod tests {
     fn flags_win_over_the_file() {
         let (_dir, path) = write("quic = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\n");
         let file = ServeSettings::from_file(&path).unwrap();
-        let flags = ServeSettings { quic: Some("127.0.0.1:9".parse().unwrap()), ..Default::default() };
+        let flags = ServeSettings {
+            quic: Some("127.0.0.1:9".parse().unwrap()),
+            ..Default::default()
+        };
         let config = flags.or(file).validate().unwrap();
         assert_eq!(config.quic.port(), 9);
         assert_eq!(config.http.port(), 2);

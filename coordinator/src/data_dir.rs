@@ -70,36 +70,64 @@ impl DataDir {
         if created {
             self.create_certificates()?;
         }
-        for path in [self.ca_certificate(), self.server_certificate(), self.server_key()] {
+        for path in [
+            self.ca_certificate(),
+            self.server_certificate(),
+            self.server_key(),
+        ] {
             if !path.exists() {
-                return Err(DataDirError::Incomplete { dir: self.root.clone(), missing: path });
+                return Err(DataDirError::Incomplete {
+                    dir: self.root.clone(),
+                    missing: path,
+                });
             }
         }
         for token in [self.agent_token(), self.operator_token()] {
             if !token.exists() {
-                state_files::write_private(&token, format!("{}\n", state_files::random_secret()).as_bytes())?;
+                state_files::write_private(
+                    &token,
+                    format!("{}\n", state_files::random_secret()).as_bytes(),
+                )?;
             }
         }
         let ca = load_certificate(&self.ca_certificate())?;
         let server = load_certificate(&self.server_certificate())?;
-        let key = PrivateKeyDer::from_pem_file(self.server_key())
-            .map_err(|err| DataDirError::BadPem { path: self.server_key(), reason: err.to_string() })?;
+        let key = PrivateKeyDer::from_pem_file(self.server_key()).map_err(|err| {
+            DataDirError::BadPem {
+                path: self.server_key(),
+                reason: err.to_string(),
+            }
+        })?;
         let ca_fingerprint = tls::fingerprint(&ca);
-        Ok(Identity { chain: vec![server, ca], key, ca_fingerprint, created })
+        Ok(Identity {
+            chain: vec![server, ca],
+            key,
+            ca_fingerprint,
+            created,
+        })
     }
 
     fn create_certificates(&self) -> Result<(), DataDirError> {
         // A unique CN per CA, so two coordinators' CAs never look alike in logs or trust stores.
         let unique = &state_files::random_secret()[..12];
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, format!("Polarizer CA {unique}"));
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Polarizer CA {unique}"));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_key = KeyPair::generate()?;
         let ca_certificate = ca_params.self_signed(&ca_key)?;
 
         let mut server_params = CertificateParams::new(vec![COORDINATOR_SERVER_NAME.to_string()])?;
-        server_params.distinguished_name.push(DnType::CommonName, format!("Polarizer coordinator {unique}"));
+        server_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Polarizer coordinator {unique}"),
+        );
         server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let server_key = KeyPair::generate()?;
@@ -109,14 +137,20 @@ impl DataDir {
         // Keys first: a crash midway leaves no ca.pem, so the next start begins again from scratch.
         state_files::write_private(&self.ca_key(), ca_key.serialize_pem().as_bytes())?;
         state_files::write_private(&self.server_key(), server_key.serialize_pem().as_bytes())?;
-        state_files::write_private(&self.server_certificate(), server_certificate.pem().as_bytes())?;
+        state_files::write_private(
+            &self.server_certificate(),
+            server_certificate.pem().as_bytes(),
+        )?;
         state_files::write_private(&self.ca_certificate(), ca_certificate.pem().as_bytes())?;
         Ok(())
     }
 }
 
 fn load_certificate(path: &Path) -> Result<CertificateDer<'static>, DataDirError> {
-    CertificateDer::from_pem_file(path).map_err(|err| DataDirError::BadPem { path: path.to_path_buf(), reason: err.to_string() })
+    CertificateDer::from_pem_file(path).map_err(|err| DataDirError::BadPem {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -130,7 +164,14 @@ mod tests {
         let dir = DataDir::new(temp.path().join("data"));
         let first = dir.prepare().unwrap();
         assert!(first.created);
-        for path in [dir.ca_certificate(), dir.ca_key(), dir.server_certificate(), dir.server_key(), dir.agent_token(), dir.operator_token()] {
+        for path in [
+            dir.ca_certificate(),
+            dir.ca_key(),
+            dir.server_certificate(),
+            dir.server_key(),
+            dir.agent_token(),
+            dir.operator_token(),
+        ] {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
         }
@@ -147,7 +188,12 @@ mod tests {
         let dir = DataDir::new(temp.path());
         dir.prepare().unwrap();
         std::fs::remove_file(dir.server_key()).unwrap();
-        let Err(err) = dir.prepare() else { panic!("must refuse") };
-        assert!(err.to_string().contains("server-key.pem is missing"), "{err}");
+        let Err(err) = dir.prepare() else {
+            panic!("must refuse")
+        };
+        assert!(
+            err.to_string().contains("server-key.pem is missing"),
+            "{err}"
+        );
     }
 }

@@ -1,2 +1,4 @@
 //! demo
-pub async fn run(_a: u32, _k: bool, _s: tokio_util::sync::CancellationToken) -> anyhow::Result<()> { Ok(()) }
+pub async fn run(_a: u32, _k: bool, _s: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    Ok(())
+}

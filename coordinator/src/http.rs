@@ -10,16 +10,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::Shared;
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let router = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(shared);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {
     let agents = shared.list_agents().await.unwrap_or_default();
     let count = |state: AgentState| agents.iter().filter(|agent| agent.state == state).count();
     let counters = &shared.counters;
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
     format!(
         "# HELP polarizer_agents Agents in the inventory by state.\n\
          # TYPE polarizer_agents gauge\n\

@@ -18,16 +18,31 @@ pub enum Admission {
 
 /// Decides whether an agent's hello is admitted. Comparisons are of sha256 digests, so the time they
 /// take says nothing about the secret.
-pub fn admit_agent(name: &str, credential: &AgentCredential, stored: Option<&StoredAgent>, enrollment_token_digest: &str) -> Admission {
+pub fn admit_agent(
+    name: &str,
+    credential: &AgentCredential,
+    stored: Option<&StoredAgent>,
+    enrollment_token_digest: &str,
+) -> Admission {
     let name = name.to_string();
     match (credential, stored) {
         (_, Some(stored)) if stored.revoked => Admission::Refuse(Refusal::Revoked { name }),
-        (AgentCredential::Issued { secret }, Some(stored)) if secret_digest(secret) == stored.credential_sha256 => Admission::Known,
-        (AgentCredential::Issued { .. }, _) => Admission::Refuse(Refusal::UnknownCredential { name }),
-        (AgentCredential::EnrollmentToken(token), _) if secret_digest(token) != enrollment_token_digest => {
+        (AgentCredential::Issued { secret }, Some(stored))
+            if secret_digest(secret) == stored.credential_sha256 =>
+        {
+            Admission::Known
+        }
+        (AgentCredential::Issued { .. }, _) => {
+            Admission::Refuse(Refusal::UnknownCredential { name })
+        }
+        (AgentCredential::EnrollmentToken(token), _)
+            if secret_digest(token) != enrollment_token_digest =>
+        {
             Admission::Refuse(Refusal::BadEnrollmentToken)
         }
-        (AgentCredential::EnrollmentToken(_), Some(_)) => Admission::Refuse(Refusal::NameTaken { name }),
+        (AgentCredential::EnrollmentToken(_), Some(_)) => {
+            Admission::Refuse(Refusal::NameTaken { name })
+        }
         (AgentCredential::EnrollmentToken(_), None) => Admission::Enroll,
     }
 }
@@ -48,22 +63,51 @@ mod tests {
     use super::*;
 
     fn stored(secret: &str, revoked: bool) -> StoredAgent {
-        StoredAgent { credential_sha256: secret_digest(secret), revoked }
+        StoredAgent {
+            credential_sha256: secret_digest(secret),
+            revoked,
+        }
     }
 
     #[test]
     fn admission_covers_every_case() {
         let token = secret_digest("enroll");
-        let issued = |secret: &str| AgentCredential::Issued { secret: secret.into() };
+        let issued = |secret: &str| AgentCredential::Issued {
+            secret: secret.into(),
+        };
         let enroll = |token: &str| AgentCredential::EnrollmentToken(token.into());
-        assert_eq!(admit_agent("a", &issued("s"), Some(&stored("s", false)), &token), Admission::Known);
-        assert_eq!(admit_agent("a", &issued("x"), Some(&stored("s", false)), &token), Admission::Refuse(Refusal::UnknownCredential { name: "a".into() }));
-        assert_eq!(admit_agent("a", &issued("s"), None, &token), Admission::Refuse(Refusal::UnknownCredential { name: "a".into() }));
-        assert_eq!(admit_agent("a", &issued("s"), Some(&stored("s", true)), &token), Admission::Refuse(Refusal::Revoked { name: "a".into() }));
-        assert_eq!(admit_agent("a", &enroll("enroll"), None, &token), Admission::Enroll);
-        assert_eq!(admit_agent("a", &enroll("wrong"), None, &token), Admission::Refuse(Refusal::BadEnrollmentToken));
-        assert_eq!(admit_agent("a", &enroll("enroll"), Some(&stored("s", false)), &token), Admission::Refuse(Refusal::NameTaken { name: "a".into() }));
-        assert_eq!(admit_agent("a", &enroll("enroll"), Some(&stored("s", true)), &token), Admission::Refuse(Refusal::Revoked { name: "a".into() }));
+        assert_eq!(
+            admit_agent("a", &issued("s"), Some(&stored("s", false)), &token),
+            Admission::Known
+        );
+        assert_eq!(
+            admit_agent("a", &issued("x"), Some(&stored("s", false)), &token),
+            Admission::Refuse(Refusal::UnknownCredential { name: "a".into() })
+        );
+        assert_eq!(
+            admit_agent("a", &issued("s"), None, &token),
+            Admission::Refuse(Refusal::UnknownCredential { name: "a".into() })
+        );
+        assert_eq!(
+            admit_agent("a", &issued("s"), Some(&stored("s", true)), &token),
+            Admission::Refuse(Refusal::Revoked { name: "a".into() })
+        );
+        assert_eq!(
+            admit_agent("a", &enroll("enroll"), None, &token),
+            Admission::Enroll
+        );
+        assert_eq!(
+            admit_agent("a", &enroll("wrong"), None, &token),
+            Admission::Refuse(Refusal::BadEnrollmentToken)
+        );
+        assert_eq!(
+            admit_agent("a", &enroll("enroll"), Some(&stored("s", false)), &token),
+            Admission::Refuse(Refusal::NameTaken { name: "a".into() })
+        );
+        assert_eq!(
+            admit_agent("a", &enroll("enroll"), Some(&stored("s", true)), &token),
+            Admission::Refuse(Refusal::Revoked { name: "a".into() })
+        );
     }
 
     #[test]

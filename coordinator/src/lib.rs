@@ -2,9 +2,9 @@
 
 pub mod cli;
 pub mod client;
-pub mod demo;
 pub mod config;
 pub mod data_dir;
+pub mod demo;
 pub mod http;
 pub mod inventory;
 pub mod serve;

@@ -30,7 +30,11 @@ pub struct Listening {
     pub ca_fingerprint: String,
 }
 
-pub async fn run(config: ServeConfig, shutdown: CancellationToken, listening_tx: Option<oneshot::Sender<Listening>>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    listening_tx: Option<oneshot::Sender<Listening>>,
+) -> anyhow::Result<()> {
     polarizer_transport::install_crypto_provider();
     let data_dir = DataDir::new(&config.data_dir);
     let identity = data_dir.prepare()?;
@@ -39,11 +43,13 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken, listening_tx:
     let (store, store_writer) = Store::open(&data_dir.database())?;
 
     let server_config = tls::server_config(identity.chain, identity.key)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.quic).with_context(|| format!("cannot listen for QUIC on {}", config.quic))?;
+    let endpoint = quinn::Endpoint::server(server_config, config.quic)
+        .with_context(|| format!("cannot listen for QUIC on {}", config.quic))?;
     let quic_listen = endpoint.local_addr()?;
     let quic_advertised = advertised_addr(quic_listen, config.advertise);
 
-    let gossip_listen = concrete_udp_addr(config.gossip).with_context(|| format!("cannot listen for gossip on {}", config.gossip))?;
+    let gossip_listen = concrete_udp_addr(config.gossip)
+        .with_context(|| format!("cannot listen for gossip on {}", config.gossip))?;
     let gossip_advertised = advertised_addr(gossip_listen, config.advertise);
     let gossip = Gossip::start(GossipConfig {
         node_id: coordinator_node_id(&quic_advertised.to_string()),
@@ -60,16 +66,34 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken, listening_tx:
     .await?;
     let gossip = Arc::new(gossip);
 
-    let http_listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
 
     let (gossip_live_tx, gossip_live_rx) = watch::channel(BTreeSet::new());
-    let shared = Arc::new(Shared::new(store.clone(), config.heartbeat_interval, enrollment_token_digest, operator_token_digest, gossip_live_rx));
+    let shared = Arc::new(Shared::new(
+        store.clone(),
+        config.heartbeat_interval,
+        enrollment_token_digest,
+        operator_token_digest,
+        gossip_live_rx,
+    ));
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();
 
-    tracker.spawn(watch_gossip_liveness(gossip.clone(), gossip_live_tx, config.gossip_interval, shutdown.clone()));
-    tracker.spawn(server::accept_loop(endpoint.clone(), shared.clone(), sessions_shutdown.clone(), tracker.clone()));
+    tracker.spawn(watch_gossip_liveness(
+        gossip.clone(),
+        gossip_live_tx,
+        config.gossip_interval,
+        shutdown.clone(),
+    ));
+    tracker.spawn(server::accept_loop(
+        endpoint.clone(),
+        shared.clone(),
+        sessions_shutdown.clone(),
+        tracker.clone(),
+    ));
     tracker.spawn({
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -82,25 +106,43 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken, listening_tx:
 
     println!("polarizer coordinator {}", env!("CARGO_PKG_VERSION"));
     println!("  data dir        {}", data_dir.root.display());
-    println!("  gossip          {gossip_advertised} (cluster {})", config.cluster);
+    println!(
+        "  gossip          {gossip_advertised} (cluster {})",
+        config.cluster
+    );
     println!("  quic            {quic_advertised}");
     println!("  http            http://{http_addr} (/healthz, /metrics)");
-    println!("  CA              {} {}", data_dir.ca_certificate().display(), identity.ca_fingerprint);
+    println!(
+        "  CA              {} {}",
+        data_dir.ca_certificate().display(),
+        identity.ca_fingerprint
+    );
     println!("  agent token     {}", data_dir.agent_token().display());
     println!("  operator token  {}", data_dir.operator_token().display());
     info!(quic = %quic_advertised, gossip = %gossip_advertised, http = %http_addr, created = identity.created, "coordinator listening");
     if let Some(listening_tx) = listening_tx {
-        let _ = listening_tx.send(Listening { gossip: gossip_advertised, quic: quic_advertised, http: http_addr, ca_fingerprint: identity.ca_fingerprint.clone() });
+        let _ = listening_tx.send(Listening {
+            gossip: gossip_advertised,
+            quic: quic_advertised,
+            http: http_addr,
+            ca_fingerprint: identity.ca_fingerprint.clone(),
+        });
     }
 
     shutdown.cancelled().await;
     info!("shutting down: closing connections");
     sessions_shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not end within 5 s; closing anyway");
     }
-    endpoint.close(polarizer_shared::protocol::close_code::SHUTTING_DOWN.into(), b"coordinator shutting down");
+    endpoint.close(
+        polarizer_shared::protocol::close_code::SHUTTING_DOWN.into(),
+        b"coordinator shutting down",
+    );
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if let Ok(gossip) = Arc::try_unwrap(gossip) {
         gossip.shutdown().await;
@@ -114,7 +156,12 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken, listening_tx:
 }
 
 /// Publishes the set of agent names gossip sees alive, for sessions to consult as a liveness hint.
-async fn watch_gossip_liveness(gossip: Arc<Gossip>, live_tx: watch::Sender<BTreeSet<String>>, interval: Duration, shutdown: CancellationToken) {
+async fn watch_gossip_liveness(
+    gossip: Arc<Gossip>,
+    live_tx: watch::Sender<BTreeSet<String>>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {

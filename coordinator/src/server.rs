@@ -49,7 +49,10 @@ pub struct Shared {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Shared {
@@ -82,7 +85,8 @@ impl Shared {
             agent.gossip_live = gossip_live.contains(&agent.name);
             if let Some(session) = sessions.get(&agent.name) {
                 agent.state = AgentState::Online;
-                agent.last_seen_ms = wall_now - now.duration_since(session.last_frame).as_millis() as i64;
+                agent.last_seen_ms =
+                    wall_now - now.duration_since(session.last_frame).as_millis() as i64;
             } else if agent.state == AgentState::Online {
                 // Committed as online, but its session has already ended: the offline write is in flight.
                 agent.state = AgentState::Offline;
@@ -100,28 +104,46 @@ impl Shared {
     }
 
     fn silent_for(&self, name: &str) -> Option<Duration> {
-        self.sessions.lock().expect("sessions lock").get(name).map(|session| session.last_frame.elapsed())
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .map(|session| session.last_frame.elapsed())
     }
 
     async fn revoke(&self, name: &str) -> OperatorResponse {
         match self.store.revoke(name, now_ms()).await {
-            Ok(false) => OperatorResponse::Error { message: format!("no agent named {name:?} in the inventory") },
+            Ok(false) => OperatorResponse::Error {
+                message: format!("no agent named {name:?} in the inventory"),
+            },
             Ok(true) => {
                 let session = self.sessions.lock().expect("sessions lock").remove(name);
                 let was_online = session.is_some();
                 if let Some(session) = session {
-                    session.connection.close(close_code::REVOKED.into(), b"revoked by an operator");
+                    session
+                        .connection
+                        .close(close_code::REVOKED.into(), b"revoked by an operator");
                 }
                 info!(agent = %name, was_online, "agent revoked");
-                OperatorResponse::Revoked { name: name.to_string(), was_online }
+                OperatorResponse::Revoked {
+                    name: name.to_string(),
+                    was_online,
+                }
             }
-            Err(err) => OperatorResponse::Error { message: err.to_string() },
+            Err(err) => OperatorResponse::Error {
+                message: err.to_string(),
+            },
         }
     }
 }
 
 /// Accepts connections until `shutdown`, each on its own task.
-pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -145,10 +167,17 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdow
         );
     }
     // Tell every peer why we are going away; agents reconnect to the next coordinator incarnation.
-    endpoint.close(close_code::SHUTTING_DOWN.into(), b"coordinator shutting down");
+    endpoint.close(
+        close_code::SHUTTING_DOWN.into(),
+        b"coordinator shutting down",
+    );
 }
 
-async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn handle_connection(
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let peer = connection.remote_address();
     let hello = tokio::time::timeout(HELLO_DEADLINE, async {
         let mut stream = FramedStream::accept(&connection).await?;
@@ -163,14 +192,41 @@ async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, s
     };
     let peer_version = polarizer_shared::protocol::peek_hello_version(&hello_bytes);
     if let Some(version) = peer_version.filter(|version| *version != PROTOCOL_VERSION) {
-        return refuse(&connection, &shared, stream, Refusal::VersionMismatch { coordinator: PROTOCOL_VERSION, peer: version }).await;
+        return refuse(
+            &connection,
+            &shared,
+            stream,
+            Refusal::VersionMismatch {
+                coordinator: PROTOCOL_VERSION,
+                peer: version,
+            },
+        )
+        .await;
     }
     let hello = match frame::decode::<ClientFrame>(&hello_bytes) {
         Ok(ClientFrame::Hello(hello)) => hello,
         Ok(_) => {
-            return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason: "the first frame must be a hello".into() }).await;
+            return refuse(
+                &connection,
+                &shared,
+                stream,
+                Refusal::InvalidHello {
+                    reason: "the first frame must be a hello".into(),
+                },
+            )
+            .await;
         }
-        Err(err) => return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason: err.to_string() }).await,
+        Err(err) => {
+            return refuse(
+                &connection,
+                &shared,
+                stream,
+                Refusal::InvalidHello {
+                    reason: err.to_string(),
+                },
+            )
+            .await
+        }
     };
     match hello.peer {
         Peer::Operator { token } => {
@@ -184,7 +240,13 @@ async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, s
         }
         Peer::Agent { credential, facts } => {
             if let Err(reason) = validate_agent_name(&facts.name) {
-                return refuse(&connection, &shared, stream, Refusal::InvalidHello { reason }).await;
+                return refuse(
+                    &connection,
+                    &shared,
+                    stream,
+                    Refusal::InvalidHello { reason },
+                )
+                .await;
             }
             let name = facts.name.clone();
             let stored = {
@@ -195,24 +257,54 @@ async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, s
                 Ok(stored) => stored,
                 Err(err) => {
                     warn!(agent = %name, error = %err, "cannot read the inventory");
-                    connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
+                    connection.close(
+                        close_code::SHUTTING_DOWN.into(),
+                        b"coordinator store unavailable",
+                    );
                     return;
                 }
             };
-            let issued_secret = match inventory::admit_agent(&name, &credential, stored.as_ref(), &shared.enrollment_token_digest) {
-                Admission::Refuse(refusal) => return refuse(&connection, &shared, stream, refusal).await,
+            let issued_secret = match inventory::admit_agent(
+                &name,
+                &credential,
+                stored.as_ref(),
+                &shared.enrollment_token_digest,
+            ) {
+                Admission::Refuse(refusal) => {
+                    return refuse(&connection, &shared, stream, refusal).await
+                }
                 Admission::Known => {
-                    if shared.store.agent_connected(&name, facts.clone(), peer.to_string(), now_ms()).is_err() {
+                    if shared
+                        .store
+                        .agent_connected(&name, facts.clone(), peer.to_string(), now_ms())
+                        .is_err()
+                    {
                         return;
                     }
                     None
                 }
                 Admission::Enroll => {
                     let secret = random_secret();
-                    match shared.store.enroll(&name, secret_digest(&secret), facts.clone(), peer.to_string(), now_ms()).await {
+                    match shared
+                        .store
+                        .enroll(
+                            &name,
+                            secret_digest(&secret),
+                            facts.clone(),
+                            peer.to_string(),
+                            now_ms(),
+                        )
+                        .await
+                    {
                         Ok(()) => Some(secret),
                         Err(StoreError::NameTaken { name }) => {
-                            return refuse(&connection, &shared, stream, Refusal::NameTaken { name }).await;
+                            return refuse(
+                                &connection,
+                                &shared,
+                                stream,
+                                Refusal::NameTaken { name },
+                            )
+                            .await;
                         }
                         Err(err) => {
                             warn!(agent = %name, error = %err, "cannot enroll agent");
@@ -225,7 +317,9 @@ async fn handle_connection(connection: quinn::Connection, shared: Arc<Shared>, s
             if stream.send(&welcome(issued_secret, &shared)).await.is_err() {
                 return;
             }
-            agent_session(connection, stream, shared, facts, enrolled, shutdown).instrument(tracing::info_span!("agent", agent = %name)).await;
+            agent_session(connection, stream, shared, facts, enrolled, shutdown)
+                .instrument(tracing::info_span!("agent", agent = %name))
+                .await;
         }
     }
 }
@@ -240,7 +334,12 @@ fn welcome(issued_secret: Option<String>, shared: &Shared) -> ServerFrame {
 }
 
 /// Sends the refusal, waits (briefly) until the peer has it, then closes.
-async fn refuse(connection: &quinn::Connection, shared: &Shared, mut stream: FramedStream, refusal: Refusal) {
+async fn refuse(
+    connection: &quinn::Connection,
+    shared: &Shared,
+    mut stream: FramedStream,
+    refusal: Refusal,
+) {
     shared.counters.refusals.fetch_add(1, Ordering::Relaxed);
     warn!(reason = %refusal, "refused peer");
     let reason = refusal.to_string();
@@ -251,7 +350,10 @@ async fn refuse(connection: &quinn::Connection, shared: &Shared, mut stream: Fra
 }
 
 fn protocol_error(connection: &quinn::Connection, shared: &Shared, reason: &str) {
-    shared.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .protocol_errors
+        .fetch_add(1, Ordering::Relaxed);
     warn!(reason, "closing connection after a protocol error");
     connection.close(close_code::PROTOCOL_ERROR.into(), reason.as_bytes());
 }
@@ -266,14 +368,19 @@ async fn agent_session(
 ) {
     let name = facts.name.clone();
     let connection_id = connection.stable_id();
-    let replaced = shared
-        .sessions
-        .lock()
-        .expect("sessions lock")
-        .insert(name.clone(), LiveSession { connection: connection.clone(), last_frame: Instant::now() });
+    let replaced = shared.sessions.lock().expect("sessions lock").insert(
+        name.clone(),
+        LiveSession {
+            connection: connection.clone(),
+            last_frame: Instant::now(),
+        },
+    );
     if let Some(previous) = replaced {
         // The agent restarted before its old connection timed out: the new one is the truth.
-        previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection of the same agent");
+        previous.connection.close(
+            close_code::REPLACED.into(),
+            b"replaced by a newer connection of the same agent",
+        );
     }
     info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
     let mut liveness_check = tokio::time::interval(shared.heartbeat_interval / 2);
@@ -323,7 +430,9 @@ async fn agent_session(
     // Only the session that still owns the name marks the agent offline; a replaced one leaves it be.
     let owned = {
         let mut sessions = shared.sessions.lock().expect("sessions lock");
-        let owns = sessions.get(&name).is_some_and(|session| session.connection.stable_id() == connection_id);
+        let owns = sessions
+            .get(&name)
+            .is_some_and(|session| session.connection.stable_id() == connection_id);
         if owns {
             sessions.remove(&name);
         }
@@ -335,19 +444,29 @@ async fn agent_session(
     }
 }
 
-async fn operator_session(connection: quinn::Connection, mut stream: FramedStream, shared: Arc<Shared>) {
+async fn operator_session(
+    connection: quinn::Connection,
+    mut stream: FramedStream,
+    shared: Arc<Shared>,
+) {
     loop {
         let request = match stream.recv::<ClientFrame>().await {
             Ok(Some(ClientFrame::Operator(request))) => request,
             Ok(None) => break,
-            Ok(Some(_)) => return protocol_error(&connection, &shared, "unexpected frame from an operator"),
-            Err(StreamError::Frame(err)) => return protocol_error(&connection, &shared, &err.to_string()),
+            Ok(Some(_)) => {
+                return protocol_error(&connection, &shared, "unexpected frame from an operator")
+            }
+            Err(StreamError::Frame(err)) => {
+                return protocol_error(&connection, &shared, &err.to_string())
+            }
             Err(_) => return,
         };
         let response = match request {
             OperatorRequest::ListAgents => match shared.list_agents().await {
                 Ok(agents) => OperatorResponse::Agents(agents),
-                Err(err) => OperatorResponse::Error { message: err.to_string() },
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
             },
             OperatorRequest::RevokeAgent { name } => shared.revoke(&name).await,
         };

@@ -36,7 +36,11 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error("database {path} has schema version {found}, newer than this polarizer understands ({supported}); upgrade polarizer")]
-    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("agent {name:?} is already enrolled")]
     NameTaken { name: String },
     #[error("stored facts of agent {name:?} are unreadable: {reason}")]
@@ -55,12 +59,36 @@ pub struct StoredAgent {
 }
 
 enum Command {
-    Enroll { name: String, credential_sha256: String, facts: AgentFacts, address: String, now_ms: i64, reply: oneshot::Sender<Result<(), StoreError>> },
-    Connected { name: String, facts: AgentFacts, address: String, now_ms: i64 },
-    FactsChanged { name: String, facts: AgentFacts },
-    Disconnected { name: String, now_ms: i64 },
-    Revoke { name: String, now_ms: i64, reply: oneshot::Sender<Result<bool, StoreError>> },
-    Flush { reply: oneshot::Sender<()> },
+    Enroll {
+        name: String,
+        credential_sha256: String,
+        facts: AgentFacts,
+        address: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Connected {
+        name: String,
+        facts: AgentFacts,
+        address: String,
+        now_ms: i64,
+    },
+    FactsChanged {
+        name: String,
+        facts: AgentFacts,
+    },
+    Disconnected {
+        name: String,
+        now_ms: i64,
+    },
+    Revoke {
+        name: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Cheap to clone; every clone talks to the one writer thread.
@@ -79,20 +107,35 @@ impl Store {
         let mut connection = open_connection(path)?;
         migrate(&mut connection, path)?;
         connection
-            .execute("UPDATE agents SET state = 'offline' WHERE state = 'online'", [])
+            .execute(
+                "UPDATE agents SET state = 'offline' WHERE state = 'online'",
+                [],
+            )
             .map_err(sqlite_error(path))?;
         let (commands_tx, commands_rx) = std_mpsc::channel();
         let writer_path = path.to_path_buf();
         let join = thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(connection, commands_rx, writer_path))
-            .map_err(|err| StoreError::Sqlite { path: path.to_path_buf(), source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)) })?;
-        Ok((StoreHandle { commands_tx, path: path.to_path_buf() }, join))
+            .map_err(|err| StoreError::Sqlite {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
+            })?;
+        Ok((
+            StoreHandle {
+                commands_tx,
+                path: path.to_path_buf(),
+            },
+            join,
+        ))
     }
 }
 
 fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
+    move |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -104,14 +147,24 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite_error(path))?;
+    let found: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sqlite_error(path))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let transaction = connection.transaction().map_err(sqlite_error(path))?;
-        transaction.execute_batch(migration).map_err(sqlite_error(path))?;
-        transaction.pragma_update(None, "user_version", index as i64 + 1).map_err(sqlite_error(path))?;
+        transaction
+            .execute_batch(migration)
+            .map_err(sqlite_error(path))?;
+        transaction
+            .pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(sqlite_error(path))?;
         transaction.commit().map_err(sqlite_error(path))?;
     }
     Ok(())
@@ -160,7 +213,10 @@ impl From<&AgentFacts> for FactsJson {
 impl FactsJson {
     fn into_facts(self) -> Result<AgentFacts, String> {
         Ok(AgentFacts {
-            platform: self.platform.parse().map_err(|err: polarizer_shared::facts::UnknownPlatformKind| err.to_string())?,
+            platform: self
+                .platform
+                .parse()
+                .map_err(|err: polarizer_shared::facts::UnknownPlatformKind| err.to_string())?,
             name: self.name,
             hostname: self.hostname,
             os: self.os,
@@ -212,9 +268,18 @@ fn apply(
 ) -> Result<(), StoreError> {
     let on_sqlite = sqlite_error(path);
     match command {
-        Command::Enroll { name, credential_sha256, facts, address, now_ms, reply } => {
+        Command::Enroll {
+            name,
+            credential_sha256,
+            facts,
+            address,
+            now_ms,
+            reply,
+        } => {
             let exists: bool = transaction
-                .query_row("SELECT 1 FROM agents WHERE name = ?1", [&name], |_| Ok(true))
+                .query_row("SELECT 1 FROM agents WHERE name = ?1", [&name], |_| {
+                    Ok(true)
+                })
                 .optional()
                 .map_err(&on_sqlite)?
                 .unwrap_or(false);
@@ -230,10 +295,17 @@ fn apply(
                 )
                 .map_err(&on_sqlite)?;
             replies.push(Box::new(move |outcome| {
-                let _ = reply.send(outcome.map_err(|err| StoreError::Transaction { reason: err.to_string() }));
+                let _ = reply.send(outcome.map_err(|err| StoreError::Transaction {
+                    reason: err.to_string(),
+                }));
             }));
         }
-        Command::Connected { name, facts, address, now_ms } => {
+        Command::Connected {
+            name,
+            facts,
+            address,
+            now_ms,
+        } => {
             transaction
                 .execute(
                     "UPDATE agents SET state = 'online', facts_json = ?2, address = ?3, last_seen_ms = ?4
@@ -244,7 +316,10 @@ fn apply(
         }
         Command::FactsChanged { name, facts } => {
             transaction
-                .execute("UPDATE agents SET facts_json = ?2 WHERE name = ?1", params![name, facts_json(&facts)])
+                .execute(
+                    "UPDATE agents SET facts_json = ?2 WHERE name = ?1",
+                    params![name, facts_json(&facts)],
+                )
                 .map_err(&on_sqlite)?;
         }
         Command::Disconnected { name, now_ms } => {
@@ -255,7 +330,11 @@ fn apply(
                 )
                 .map_err(&on_sqlite)?;
         }
-        Command::Revoke { name, now_ms, reply } => {
+        Command::Revoke {
+            name,
+            now_ms,
+            reply,
+        } => {
             let changed = transaction
                 .execute(
                     "UPDATE agents SET state = 'revoked', revoked_at_ms = ?2 WHERE name = ?1",
@@ -263,7 +342,11 @@ fn apply(
                 )
                 .map_err(&on_sqlite)?;
             replies.push(Box::new(move |outcome| {
-                let _ = reply.send(outcome.map(|_| changed > 0).map_err(|err| StoreError::Transaction { reason: err.to_string() }));
+                let _ = reply.send(outcome.map(|_| changed > 0).map_err(|err| {
+                    StoreError::Transaction {
+                        reason: err.to_string(),
+                    }
+                }));
             }));
         }
         Command::Flush { reply } => {
@@ -277,31 +360,68 @@ fn apply(
 
 impl StoreHandle {
     fn send(&self, command: Command) -> Result<(), StoreError> {
-        self.commands_tx.send(command).map_err(|_| StoreError::Closed)
+        self.commands_tx
+            .send(command)
+            .map_err(|_| StoreError::Closed)
     }
 
-    pub async fn enroll(&self, name: &str, credential_sha256: String, facts: AgentFacts, address: String, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn enroll(
+        &self,
+        name: &str,
+        credential_sha256: String,
+        facts: AgentFacts,
+        address: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let (reply, reply_rx) = oneshot::channel();
-        self.send(Command::Enroll { name: name.to_string(), credential_sha256, facts, address, now_ms, reply })?;
+        self.send(Command::Enroll {
+            name: name.to_string(),
+            credential_sha256,
+            facts,
+            address,
+            now_ms,
+            reply,
+        })?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub fn agent_connected(&self, name: &str, facts: AgentFacts, address: String, now_ms: i64) -> Result<(), StoreError> {
-        self.send(Command::Connected { name: name.to_string(), facts, address, now_ms })
+    pub fn agent_connected(
+        &self,
+        name: &str,
+        facts: AgentFacts,
+        address: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.send(Command::Connected {
+            name: name.to_string(),
+            facts,
+            address,
+            now_ms,
+        })
     }
 
     pub fn facts_changed(&self, name: &str, facts: AgentFacts) -> Result<(), StoreError> {
-        self.send(Command::FactsChanged { name: name.to_string(), facts })
+        self.send(Command::FactsChanged {
+            name: name.to_string(),
+            facts,
+        })
     }
 
     pub fn agent_disconnected(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.send(Command::Disconnected { name: name.to_string(), now_ms })
+        self.send(Command::Disconnected {
+            name: name.to_string(),
+            now_ms,
+        })
     }
 
     /// Marks an agent revoked. Returns whether such an agent exists.
     pub async fn revoke(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
         let (reply, reply_rx) = oneshot::channel();
-        self.send(Command::Revoke { name: name.to_string(), now_ms, reply })?;
+        self.send(Command::Revoke {
+            name: name.to_string(),
+            now_ms,
+            reply,
+        })?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -319,8 +439,13 @@ impl StoreHandle {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sqlite_error(&self.path))?;
-        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite_error(&self.path))?;
-        Ok(Reader { connection, path: self.path.clone() })
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite_error(&self.path))?;
+        Ok(Reader {
+            connection,
+            path: self.path.clone(),
+        })
     }
 
     /// Runs a read on a blocking thread with its own connection.
@@ -330,7 +455,9 @@ impl StoreHandle {
         F: FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
     {
         let handle = self.clone();
-        tokio::task::spawn_blocking(move || query(&handle.reader()?)).await.map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || query(&handle.reader()?))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -342,9 +469,16 @@ pub struct Reader {
 impl Reader {
     pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         self.connection
-            .query_row("SELECT credential_sha256, state FROM agents WHERE name = ?1", [name], |row| {
-                Ok(StoredAgent { credential_sha256: row.get(0)?, revoked: row.get::<_, String>(1)? == "revoked" })
-            })
+            .query_row(
+                "SELECT credential_sha256, state FROM agents WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(StoredAgent {
+                        credential_sha256: row.get(0)?,
+                        revoked: row.get::<_, String>(1)? == "revoked",
+                    })
+                },
+            )
             .optional()
             .map_err(sqlite_error(&self.path))
     }
@@ -369,17 +503,29 @@ impl Reader {
             .map_err(sqlite_error(&self.path))?;
         let mut records = Vec::new();
         for row in rows {
-            let (name, state, facts, address, first_seen_ms, last_seen_ms) = row.map_err(sqlite_error(&self.path))?;
+            let (name, state, facts, address, first_seen_ms, last_seen_ms) =
+                row.map_err(sqlite_error(&self.path))?;
             let facts = serde_json::from_str::<FactsJson>(&facts)
                 .map_err(|err| err.to_string())
                 .and_then(FactsJson::into_facts)
-                .map_err(|reason| StoreError::CorruptFacts { name: name.clone(), reason })?;
+                .map_err(|reason| StoreError::CorruptFacts {
+                    name: name.clone(),
+                    reason,
+                })?;
             let state = match state.as_str() {
                 "online" => AgentState::Online,
                 "revoked" => AgentState::Revoked,
                 _ => AgentState::Offline,
             };
-            records.push(AgentRecord { name, state, facts, first_seen_ms, last_seen_ms, address, gossip_live: false });
+            records.push(AgentRecord {
+                name,
+                state,
+                facts,
+                first_seen_ms,
+                last_seen_ms,
+                address,
+                gossip_live: false,
+            });
         }
         Ok(records)
     }
@@ -395,14 +541,46 @@ mod tests {
         let path = dir.path().join("polarizer.db");
         {
             let (store, _writer) = Store::open(&path).unwrap();
-            store.enroll("vm-1", "digest".into(), AgentFacts::for_test("vm-1"), "127.0.0.1:1".into(), 10).await.unwrap();
-            let taken = store.enroll("vm-1", "other".into(), AgentFacts::for_test("vm-1"), String::new(), 11).await;
+            store
+                .enroll(
+                    "vm-1",
+                    "digest".into(),
+                    AgentFacts::for_test("vm-1"),
+                    "127.0.0.1:1".into(),
+                    10,
+                )
+                .await
+                .unwrap();
+            let taken = store
+                .enroll(
+                    "vm-1",
+                    "other".into(),
+                    AgentFacts::for_test("vm-1"),
+                    String::new(),
+                    11,
+                )
+                .await;
             assert!(matches!(taken, Err(StoreError::NameTaken { .. })));
-            store.enroll("vm-2", "digest2".into(), AgentFacts::for_test("vm-2"), String::new(), 12).await.unwrap();
+            store
+                .enroll(
+                    "vm-2",
+                    "digest2".into(),
+                    AgentFacts::for_test("vm-2"),
+                    String::new(),
+                    12,
+                )
+                .await
+                .unwrap();
             assert!(store.revoke("vm-2", 13).await.unwrap());
             assert!(!store.revoke("nobody", 13).await.unwrap());
             let agents = store.read(|reader| reader.agents()).await.unwrap();
-            assert_eq!(agents.iter().map(|a| (a.name.as_str(), a.state)).collect::<Vec<_>>(), vec![("vm-1", AgentState::Online), ("vm-2", AgentState::Revoked)]);
+            assert_eq!(
+                agents
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.state))
+                    .collect::<Vec<_>>(),
+                vec![("vm-1", AgentState::Online), ("vm-2", AgentState::Revoked)]
+            );
         }
         // A restart finds the same rows, with no agent left online.
         let (store, _writer) = Store::open(&path).unwrap();
@@ -410,7 +588,11 @@ mod tests {
         assert_eq!(agents[0].state, AgentState::Offline);
         assert_eq!(agents[0].facts, AgentFacts::for_test("vm-1"));
         assert_eq!(agents[1].state, AgentState::Revoked);
-        let stored = store.read(|reader| reader.agent("vm-1")).await.unwrap().unwrap();
+        let stored = store
+            .read(|reader| reader.agent("vm-1"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.credential_sha256, "digest");
     }
 
@@ -418,8 +600,13 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("polarizer.db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        let Err(err) = Store::open(&path) else { panic!("a newer schema must be refused") };
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let Err(err) = Store::open(&path) else {
+            panic!("a newer schema must be refused")
+        };
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
 }

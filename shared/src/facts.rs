@@ -99,7 +99,9 @@ impl AgentFacts {
 /// Checks an agent name: it names the agent in the inventory, in gossip and on the command line.
 pub fn validate_agent_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("agent name {name:?} must be 1 to 64 characters long"));
+        return Err(format!(
+            "agent name {name:?} must be 1 to 64 characters long"
+        ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !name.chars().all(allowed) || name.starts_with(['-', '.']) {
@@ -115,7 +117,11 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     let Some((key, value)) = text.split_once('=') else {
         return Err(format!("label {text:?} must be key=value"));
     };
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')) {
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    {
         return Err(format!("label key {key:?} must be non-empty and hold only letters, digits, '-', '_', '.' and '/'"));
     }
     Ok((key.to_string(), value.to_string()))
@@ -127,7 +133,11 @@ mod tests {
 
     #[test]
     fn platform_kind_round_trips_through_text() {
-        for kind in [PlatformKind::Vm, PlatformKind::Container, PlatformKind::Baremetal] {
+        for kind in [
+            PlatformKind::Vm,
+            PlatformKind::Container,
+            PlatformKind::Baremetal,
+        ] {
             assert_eq!(kind.as_str().parse::<PlatformKind>().unwrap(), kind);
         }
         assert!("cloud".parse::<PlatformKind>().is_err());
@@ -144,8 +154,14 @@ mod tests {
 
     #[test]
     fn labels_need_key_and_value() {
-        assert_eq!(parse_label("team=rhsm").unwrap(), ("team".into(), "rhsm".into()));
-        assert_eq!(parse_label("empty=").unwrap(), ("empty".into(), String::new()));
+        assert_eq!(
+            parse_label("team=rhsm").unwrap(),
+            ("team".into(), "rhsm".into())
+        );
+        assert_eq!(
+            parse_label("empty=").unwrap(),
+            ("empty".into(), String::new())
+        );
         assert!(parse_label("noequals").is_err());
         assert!(parse_label("=v").is_err());
     }

@@ -38,7 +38,10 @@ pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), F
     let length = out.len() - start - LENGTH_PREFIX_BYTES;
     if length > MAX_FRAME_BYTES {
         out.truncate(start);
-        return Err(FrameError::Oversize { length, limit: MAX_FRAME_BYTES });
+        return Err(FrameError::Oversize {
+            length,
+            limit: MAX_FRAME_BYTES,
+        });
     }
     out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&(length as u32).to_be_bytes());
     Ok(())
@@ -71,7 +74,11 @@ impl FrameDecoder {
     }
 
     pub fn with_limit(limit: usize) -> Self {
-        FrameDecoder { buffer: Vec::new(), consumed: 0, limit }
+        FrameDecoder {
+            buffer: Vec::new(),
+            consumed: 0,
+            limit,
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -93,7 +100,10 @@ impl FrameDecoder {
         };
         let length = u32::from_be_bytes(prefix.try_into().expect("prefix is 4 bytes")) as usize;
         if length > self.limit {
-            return Err(FrameError::Oversize { length, limit: self.limit });
+            return Err(FrameError::Oversize {
+                length,
+                limit: self.limit,
+            });
         }
         if pending.len() < LENGTH_PREFIX_BYTES + length {
             return Ok(None);
@@ -124,7 +134,10 @@ impl FrameDecoder {
 
 /// Decodes one frame body (without its length prefix).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
-    postcard::from_bytes(bytes).map_err(|source| FrameError::Decode { length: bytes.len(), source })
+    postcard::from_bytes(bytes).map_err(|source| FrameError::Decode {
+        length: bytes.len(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -141,40 +154,53 @@ mod tests {
             any::<u32>(),
             any::<u64>(),
             prop::collection::btree_map("[a-z]{1,8}", any::<String>(), 0..4),
-            prop_oneof![Just(PlatformKind::Vm), Just(PlatformKind::Container), Just(PlatformKind::Baremetal)],
+            prop_oneof![
+                Just(PlatformKind::Vm),
+                Just(PlatformKind::Container),
+                Just(PlatformKind::Baremetal)
+            ],
         )
-            .prop_map(|(name, text, cpus, memory_bytes, labels, platform)| AgentFacts {
-                name,
-                hostname: text.clone(),
-                os: "linux".into(),
-                distro_id: text.clone(),
-                distro_version: text,
-                kernel: "6.1".into(),
-                arch: "x86_64".into(),
-                cpus,
-                memory_bytes,
-                agent_version: "0.1.0".into(),
-                labels,
-                platform,
-            })
+            .prop_map(
+                |(name, text, cpus, memory_bytes, labels, platform)| AgentFacts {
+                    name,
+                    hostname: text.clone(),
+                    os: "linux".into(),
+                    distro_id: text.clone(),
+                    distro_version: text,
+                    kernel: "6.1".into(),
+                    arch: "x86_64".into(),
+                    cpus,
+                    memory_bytes,
+                    agent_version: "0.1.0".into(),
+                    labels,
+                    platform,
+                },
+            )
     }
 
     fn arbitrary_client_frame() -> impl Strategy<Value = ClientFrame> {
         prop_oneof![
-            (any::<u32>(), arbitrary_facts(), any::<String>()).prop_map(|(version, facts, secret)| {
-                ClientFrame::Hello(Hello {
-                    protocol_version: version,
-                    peer: Peer::Agent { credential: AgentCredential::Issued { secret }, facts },
-                })
-            }),
+            (any::<u32>(), arbitrary_facts(), any::<String>()).prop_map(
+                |(version, facts, secret)| {
+                    ClientFrame::Hello(Hello {
+                        protocol_version: version,
+                        peer: Peer::Agent {
+                            credential: AgentCredential::Issued { secret },
+                            facts,
+                        },
+                    })
+                }
+            ),
             any::<String>().prop_map(|token| ClientFrame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 peer: Peer::Operator { token },
             })),
             Just(ClientFrame::Agent(AgentMessage::Heartbeat)),
-            arbitrary_facts().prop_map(|facts| ClientFrame::Agent(AgentMessage::FactsChanged(facts))),
+            arbitrary_facts()
+                .prop_map(|facts| ClientFrame::Agent(AgentMessage::FactsChanged(facts))),
             Just(ClientFrame::Operator(OperatorRequest::ListAgents)),
-            any::<String>().prop_map(|name| ClientFrame::Operator(OperatorRequest::RevokeAgent { name })),
+            any::<String>()
+                .prop_map(|name| ClientFrame::Operator(OperatorRequest::RevokeAgent { name })),
         ]
     }
 
@@ -222,7 +248,10 @@ mod tests {
         let mut decoder = FrameDecoder::with_limit(100);
         decoder.push(&1000u32.to_be_bytes());
         match decoder.next_frame::<ClientFrame>() {
-            Err(FrameError::Oversize { length: 1000, limit: 100 }) => {}
+            Err(FrameError::Oversize {
+                length: 1000,
+                limit: 100,
+            }) => {}
             other => panic!("expected oversize, got {other:?}"),
         }
     }
@@ -233,13 +262,19 @@ mod tests {
         let mut decoder = FrameDecoder::new();
         decoder.push(&wire[..wire.len() - 1]);
         assert!(decoder.next_frame::<ClientFrame>().unwrap().is_none());
-        assert!(matches!(decoder.finish(), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            decoder.finish(),
+            Err(FrameError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn garbage_body_is_a_decode_error() {
         let mut decoder = FrameDecoder::new();
         decoder.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-        assert!(matches!(decoder.next_frame::<ClientFrame>(), Err(FrameError::Decode { length: 3, .. })));
+        assert!(matches!(
+            decoder.next_frame::<ClientFrame>(),
+            Err(FrameError::Decode { length: 3, .. })
+        ));
     }
 }

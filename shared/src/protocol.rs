@@ -47,8 +47,13 @@ pub struct Hello {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Peer {
-    Agent { credential: AgentCredential, facts: AgentFacts },
-    Operator { token: String },
+    Agent {
+        credential: AgentCredential,
+        facts: AgentFacts,
+    },
+    Operator {
+        token: String,
+    },
 }
 
 /// How an agent proves who it is. The enrollment token is shared by all new agents; the coordinator
@@ -103,15 +108,26 @@ impl fmt::Debug for Welcome {
 /// same one gets the same answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    VersionMismatch { coordinator: u32, peer: u32 },
+    VersionMismatch {
+        coordinator: u32,
+        peer: u32,
+    },
     BadEnrollmentToken,
     BadOperatorToken,
     /// The credential is not one the coordinator issued (its store was reset, or the credential is forged).
-    UnknownCredential { name: String },
-    Revoked { name: String },
+    UnknownCredential {
+        name: String,
+    },
+    Revoked {
+        name: String,
+    },
     /// Another agent holds this name; enrolling again would steal its identity.
-    NameTaken { name: String },
-    InvalidHello { reason: String },
+    NameTaken {
+        name: String,
+    },
+    InvalidHello {
+        reason: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -230,7 +246,9 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let credential = AgentCredential::Issued { secret: "hunter2".into() };
+        let credential = AgentCredential::Issued {
+            secret: "hunter2".into(),
+        };
         assert!(!format!("{credential:?}").contains("hunter2"));
         let welcome = Welcome {
             protocol_version: 1,

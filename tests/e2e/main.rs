@@ -1,1 +1,3 @@
-fn main(){}
+//! End-to-end tests: real `polarizer` and `polarizer-agent` processes on loopback.
+
+mod foundation;

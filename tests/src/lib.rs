@@ -1,1 +1,389 @@
-//! x
+//! `TestCluster`: boots a real coordinator and real agents (the built binaries) on loopback, each in its
+//! own temp dir with fresh certificates, and keeps their logs when a test fails.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Polls `condition` until it holds or `timeout` passes; panics naming `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like `wait_for`, returning how long it took (for benchmarks).
+pub fn time_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while !condition() {
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Some(start.elapsed())
+}
+
+/// The directory holding the built `polarizer` and `polarizer-agent` binaries (next to the test binary).
+pub fn binary(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("current exe");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+pub fn free_udp_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("free udp port")
+}
+
+pub fn free_tcp_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free tcp port")
+}
+
+/// A child process that is killed when dropped, with its output in a log file.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Process {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        command.stdin(Stdio::null()).stdout(out).stderr(err).env(
+            "POLARIZER_LOG",
+            "info,polarizer=debug,polarizer_agent=debug",
+        );
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        Process {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                self.kill_9();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+pub struct TestClusterBuilder {
+    agents: usize,
+}
+
+impl TestClusterBuilder {
+    pub fn agents(mut self, agents: usize) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Starts the coordinator, waits until it answers, then starts the agents and waits until all are online.
+    pub fn start(self) -> TestCluster {
+        let mut cluster = TestCluster::new_coordinator_only();
+        for index in 1..=self.agents {
+            cluster.start_agent(&format!("vm-{index}"), &[]);
+        }
+        let expected = self.agents;
+        wait_for(
+            &format!("{expected} agents online"),
+            Duration::from_secs(30),
+            || cluster.online_names().len() == expected,
+        );
+        cluster
+    }
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub gossip: SocketAddr,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub coordinator: Option<Process>,
+    pub agents: Vec<(String, Process)>,
+    restarts: usize,
+}
+
+/// Rebuilds `command` with each `(flag, value)` replacing that flag's value, or appended when absent.
+pub fn with_args(command: Command, overrides: &[(&str, &str)]) -> Command {
+    let mut args: Vec<String> = command
+        .get_args()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    for (flag, value) in overrides {
+        match args.iter().position(|arg| arg == flag) {
+            Some(index) if value.is_empty() => {
+                args.drain(index..index + 2);
+            }
+            Some(index) => args[index + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+    let mut rebuilt = Command::new(command.get_program());
+    rebuilt.args(args);
+    rebuilt
+}
+
+impl TestCluster {
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder { agents: 0 }
+    }
+
+    pub fn new_coordinator_only() -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("polarizer-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let data_dir = dir.path().join("coordinator");
+        let mut cluster = TestCluster {
+            data_dir,
+            gossip: free_udp_addr(),
+            quic: free_udp_addr(),
+            http: free_tcp_addr(),
+            coordinator: None,
+            agents: Vec::new(),
+            restarts: 0,
+            dir,
+        };
+        cluster.start_coordinator(&[]);
+        cluster
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn start_coordinator(&mut self, extra: &[&str]) {
+        let mut command = Command::new(binary("polarizer"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--gossip")
+            .arg(self.gossip.to_string())
+            .arg("--quic")
+            .arg(self.quic.to_string())
+            .arg("--http")
+            .arg(self.http.to_string())
+            .args([
+                "--gossip-interval-ms",
+                "100",
+                "--heartbeat-interval-ms",
+                "200",
+            ])
+            .args(extra);
+        self.coordinator = Some(Process::spawn(
+            "coordinator",
+            command,
+            self.path("coordinator.log"),
+        ));
+        wait_for(
+            "the coordinator to answer operators",
+            Duration::from_secs(20),
+            || self.operator(&["agents", "--json"]).status.success(),
+        );
+    }
+
+    pub fn agent_command(&self, name: &str) -> Command {
+        let mut command = Command::new(binary("polarizer-agent"));
+        command
+            .arg("--join")
+            .arg(self.gossip.to_string())
+            .arg("--gossip")
+            .arg(free_udp_addr().to_string())
+            .arg("--token-file")
+            .arg(self.data_dir.join("agent-token"))
+            .arg("--ca")
+            .arg(self.data_dir.join("ca.pem"))
+            .arg("--state-dir")
+            .arg(self.path(&format!("agent-{name}")))
+            .arg("--name")
+            .arg(name)
+            .args([
+                "--label",
+                "team=rhsm",
+                "--platform",
+                "vm",
+                "--gossip-interval-ms",
+                "100",
+                "--reconnect-max-ms",
+                "1000",
+            ]);
+        command
+    }
+
+    /// Starts an agent; `overrides` replace the value of a flag `agent_command` sets, or are appended.
+    pub fn start_agent(&mut self, name: &str, overrides: &[(&str, &str)]) {
+        let command = with_args(self.agent_command(name), overrides);
+        // Each start gets its own log, so a restarted agent's log says only what that run did.
+        let starts = self
+            .agents
+            .iter()
+            .filter(|(existing, _)| existing == name)
+            .count()
+            + self.restarts;
+        self.restarts += 1;
+        let process = Process::spawn(
+            name,
+            command,
+            self.path(&format!("agent-{name}.{starts}.log")),
+        );
+        self.agents.retain(|(existing, _)| existing != name);
+        self.agents.push((name.to_string(), process));
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut Process {
+        &mut self
+            .agents
+            .iter_mut()
+            .find(|(existing, _)| existing == name)
+            .expect("agent started")
+            .1
+    }
+
+    /// Runs `polarizer ARGS --data-dir DATA --coordinator QUIC` and returns its output.
+    pub fn operator(&self, args: &[&str]) -> Output {
+        Command::new(binary("polarizer"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--coordinator")
+            .arg(self.quic.to_string())
+            .output()
+            .expect("run polarizer")
+    }
+
+    /// The inventory as `polarizer agents --json` prints it (empty when the coordinator is unreachable).
+    pub fn inventory(&self) -> Vec<Value> {
+        let output = self.operator(&["agents", "--json"]);
+        if !output.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Value>(&output.stdout)
+            .ok()
+            .and_then(|value| value.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn agent_state(&self, name: &str) -> Option<String> {
+        self.inventory()
+            .into_iter()
+            .find(|agent| agent["name"] == name)
+            .and_then(|agent| agent["state"].as_str().map(String::from))
+    }
+
+    pub fn online_names(&self) -> Vec<String> {
+        self.inventory()
+            .into_iter()
+            .filter(|agent| agent["state"] == "online")
+            .filter_map(|agent| agent["name"].as_str().map(String::from))
+            .collect()
+    }
+
+    fn dump_logs(&self) {
+        let mut logs: Vec<&Process> = self.agents.iter().map(|(_, process)| process).collect();
+        logs.extend(self.coordinator.iter());
+        for process in logs {
+            let text = process.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "----- {} ({}) last lines -----",
+                process.name,
+                process.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        self.agents.clear();
+        self.coordinator = None;
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

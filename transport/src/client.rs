@@ -40,7 +40,13 @@ pub enum ConnectError {
 impl ConnectError {
     /// True when the peer could not prove it is the coordinator (TLS failed): try another address.
     pub fn is_untrusted_peer(&self) -> bool {
-        matches!(self, ConnectError::Handshake { source: quinn::ConnectionError::TransportError(_), .. })
+        matches!(
+            self,
+            ConnectError::Handshake {
+                source: quinn::ConnectionError::TransportError(_),
+                ..
+            }
+        )
     }
 }
 
@@ -52,17 +58,33 @@ pub struct Session {
 
 /// Dials `addr`, verifies the coordinator's certificate with the endpoint's client configuration, and
 /// exchanges hello and welcome, all within `timeout`.
-pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, hello: Hello, timeout: Duration) -> Result<Session, ConnectError> {
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<Session, ConnectError> {
     let attempt = async {
         let connecting = endpoint
             .connect(addr, crate::tls::server_name())
             .map_err(|source| ConnectError::Dial { addr, source })?;
-        let connection = connecting.await.map_err(|source| ConnectError::Handshake { addr, source })?;
+        let connection = connecting
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
         let stream_error = |source| ConnectError::Stream { addr, source };
-        let mut stream = FramedStream::open(&connection).await.map_err(stream_error)?;
-        stream.send(&ClientFrame::Hello(hello)).await.map_err(stream_error)?;
+        let mut stream = FramedStream::open(&connection)
+            .await
+            .map_err(stream_error)?;
+        stream
+            .send(&ClientFrame::Hello(hello))
+            .await
+            .map_err(stream_error)?;
         match stream.expect::<ServerFrame>().await.map_err(stream_error)? {
-            ServerFrame::Welcome(welcome) => Ok(Session { connection, stream, welcome }),
+            ServerFrame::Welcome(welcome) => Ok(Session {
+                connection,
+                stream,
+                welcome,
+            }),
             ServerFrame::Refused(refusal) => {
                 connection.close(0u32.into(), b"refused");
                 Err(ConnectError::Refused { addr, refusal })
@@ -70,12 +92,21 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, hello: Hello,
             _ => Err(ConnectError::UnexpectedAnswer { addr }),
         }
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| ConnectError::Timeout { addr, timeout })?
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout { addr, timeout })?
 }
 
 /// A client endpoint on an ephemeral port of the right address family.
-pub fn client_endpoint(config: quinn::ClientConfig, family_of: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let bind: SocketAddr = if family_of.is_ipv6() { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
+pub fn client_endpoint(
+    config: quinn::ClientConfig,
+    family_of: SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if family_of.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)

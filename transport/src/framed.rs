@@ -27,7 +27,12 @@ pub struct FramedStream {
 
 impl FramedStream {
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        FramedStream { send, recv, decoder: FrameDecoder::new(), write_buffer: Vec::new() }
+        FramedStream {
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+            write_buffer: Vec::new(),
+        }
     }
 
     pub async fn open(connection: &quinn::Connection) -> Result<Self, StreamError> {

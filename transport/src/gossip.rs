@@ -37,7 +37,10 @@ pub struct GossipError {
 impl Gossip {
     pub async fn start(config: GossipConfig) -> Result<Gossip, GossipError> {
         // The generation must grow at every restart so peers drop the previous incarnation's state.
-        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.node_id, generation, config.advertise_addr),
             cluster_id: config.cluster_id,
@@ -57,7 +60,10 @@ impl Gossip {
         };
         let handle = chitchat::spawn_chitchat(chitchat_config, config.advertised, &UdpTransport)
             .await
-            .map_err(|source| GossipError { addr: config.listen_addr, source })?;
+            .map_err(|source| GossipError {
+                addr: config.listen_addr,
+                source,
+            })?;
         Ok(Gossip { handle })
     }
 
@@ -79,7 +85,11 @@ impl Gossip {
             .collect();
         candidates.sort_by(|a, b| b.0.cmp(&a.0));
         let mut seen = BTreeSet::new();
-        candidates.into_iter().map(|(_, addr)| addr).filter(|addr| seen.insert(*addr)).collect()
+        candidates
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .filter(|addr| seen.insert(*addr))
+            .collect()
     }
 
     /// Names of agents gossip currently sees alive.
@@ -90,7 +100,8 @@ impl Gossip {
             .live_nodes()
             .filter_map(|id| {
                 let state = chitchat.node_state(id)?;
-                (state.get(KEY_ROLE) == Some(ROLE_AGENT)).then(|| state.get(KEY_AGENT_NAME).map(str::to_string))?
+                (state.get(KEY_ROLE) == Some(ROLE_AGENT))
+                    .then(|| state.get(KEY_AGENT_NAME).map(str::to_string))?
             })
             .collect()
     }

@@ -19,7 +19,9 @@ use std::time::Duration;
 pub fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config.keep_alive_interval(Some(Duration::from_secs(1)));
-    config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        10_000,
+    ))));
     config
 }
 

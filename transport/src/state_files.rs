@@ -15,20 +15,31 @@ pub struct StateFileError {
     pub source: std::io::Error,
 }
 
-fn error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StateFileError + 'p {
-    move |source| StateFileError { action, path: path.to_path_buf(), source }
+fn error<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> StateFileError + 'p {
+    move |source| StateFileError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Creates `dir` (and parents) if missing, and makes it owner-only (0700).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateFileError> {
     fs::create_dir_all(dir).map_err(error("cannot create directory", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(error("cannot set mode 0700 on", dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(error("cannot set mode 0700 on", dir))
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateFileError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("state");
+    let file_name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("state");
     let temporary = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let mut file = OpenOptions::new()
         .write(true)
@@ -37,7 +48,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateFileError>
         .mode(0o600)
         .open(&temporary)
         .map_err(error("cannot create", &temporary))?;
-    file.write_all(contents).map_err(error("cannot write", &temporary))?;
+    file.write_all(contents)
+        .map_err(error("cannot write", &temporary))?;
     file.sync_all().map_err(error("cannot sync", &temporary))?;
     drop(file);
     fs::rename(&temporary, path).map_err(error("cannot rename into place", path))?;
@@ -55,7 +67,10 @@ pub fn read_private(path: &Path) -> Result<String, StateFileError> {
         return Err(StateFileError {
             action: "refusing to use a secret readable by other users (chmod 600)",
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("mode is {mode:03o}")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("mode is {mode:03o}"),
+            ),
         });
     }
     let text = fs::read_to_string(path).map_err(error("cannot read", path))?;
@@ -65,14 +80,19 @@ pub fn read_private(path: &Path) -> Result<String, StateFileError> {
 /// A fresh random secret: 32 bytes from the OS, as 64 hex digits.
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("the OS random source works");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the OS random source works");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// sha256 of a secret, hex: what the coordinator stores instead of the secret.
 pub fn secret_digest(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+    digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -81,11 +101,15 @@ mod tests {
 
     #[test]
     fn private_files_are_0600_and_loose_ones_are_refused() {
-        let dir = std::env::temp_dir().join(format!("polarizer-state-files-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("polarizer-state-files-{}", std::process::id()));
         ensure_private_dir(&dir).unwrap();
         let path = dir.join("token");
         write_private(&path, b"secret\n").unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(read_private(&path).unwrap(), "secret");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let refused = read_private(&path).unwrap_err().to_string();

@@ -41,13 +41,21 @@ pub enum CaTrust {
 
 impl CaTrust {
     pub fn from_pem_file(path: &Path) -> Result<Self, TlsError> {
-        let text = std::fs::read(path).map_err(|source| TlsError::ReadCa { path: path.to_path_buf(), source })?;
+        let text = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut reader = text.as_slice();
         let first = rustls_pki_types::pem::PemObject::pem_reader_iter(&mut reader)
             .next()
-            .ok_or_else(|| TlsError::NoCertificate { path: path.to_path_buf() })?;
+            .ok_or_else(|| TlsError::NoCertificate {
+                path: path.to_path_buf(),
+            })?;
         let certificate: CertificateDer<'static> =
-            first.map_err(|err| TlsError::BadCertificate { path: path.to_path_buf(), reason: err.to_string() })?;
+            first.map_err(|err| TlsError::BadCertificate {
+                path: path.to_path_buf(),
+                reason: err.to_string(),
+            })?;
         Ok(CaTrust::Certificate(certificate))
     }
 
@@ -59,12 +67,18 @@ impl CaTrust {
 /// `sha256:` followed by the lowercase hex sha256 of a certificate's DER encoding.
 pub fn fingerprint(certificate_der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, certificate_der);
-    let hex: String = digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let bad = || TlsError::BadFingerprint { text: text.to_string() };
+    let bad = || TlsError::BadFingerprint {
+        text: text.to_string(),
+    };
     let hex = text.strip_prefix("sha256:").ok_or_else(bad)?;
     // Accept the colon-separated form `openssl x509 -fingerprint` prints, too.
     let hex: String = hex.chars().filter(|c| *c != ':').collect();
@@ -95,7 +109,8 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|err| TlsError::Config(err.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|err| TlsError::Config(err.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(crate::transport_config()));
     Ok(config)
@@ -109,16 +124,22 @@ pub fn client_config(trust: &CaTrust) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = match trust {
         CaTrust::Certificate(ca) => {
             let mut roots = RootCertStore::empty();
-            roots.add(ca.clone()).map_err(|err| TlsError::Config(format!("CA certificate: {err}")))?;
+            roots
+                .add(ca.clone())
+                .map_err(|err| TlsError::Config(format!("CA certificate: {err}")))?;
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         CaTrust::Fingerprint(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintPinnedVerifier { pin: *pin, provider: provider() }))
+            .with_custom_certificate_verifier(Arc::new(FingerprintPinnedVerifier {
+                pin: *pin,
+                provider: provider(),
+            }))
             .with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| TlsError::Config(err.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(crate::transport_config()));
     Ok(config)
@@ -147,15 +168,23 @@ impl ServerCertVerifier for FingerprintPinnedVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let pinned = intermediates
             .iter()
-            .find(|certificate| ring::digest::digest(&ring::digest::SHA256, certificate).as_ref() == self.pin)
+            .find(|certificate| {
+                ring::digest::digest(&ring::digest::SHA256, certificate).as_ref() == self.pin
+            })
             .ok_or_else(|| {
-                rustls::Error::General("no certificate in the coordinator's chain matches the pinned CA fingerprint".into())
+                rustls::Error::General(
+                    "no certificate in the coordinator's chain matches the pinned CA fingerprint"
+                        .into(),
+                )
             })?;
         let mut roots = RootCertStore::empty();
-        roots.add(pinned.clone().into_owned()).map_err(|err| rustls::Error::General(err.to_string()))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
+        roots
+            .add(pinned.clone().into_owned())
             .map_err(|err| rustls::Error::General(err.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|err| rustls::Error::General(err.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -165,7 +194,12 @@ impl ServerCertVerifier for FingerprintPinnedVerifier {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -174,11 +208,18 @@ impl ServerCertVerifier for FingerprintPinnedVerifier {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -191,10 +232,17 @@ mod tests {
         let der = b"not really a certificate";
         let text = fingerprint(der);
         let parsed = parse_fingerprint(&text).unwrap();
-        assert_eq!(parsed.as_slice(), ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+        assert_eq!(
+            parsed.as_slice(),
+            ring::digest::digest(&ring::digest::SHA256, der).as_ref()
+        );
         let colon_form = format!(
             "sha256:{}",
-            parsed.iter().map(|byte| format!("{byte:02X}")).collect::<Vec<_>>().join(":")
+            parsed
+                .iter()
+                .map(|byte| format!("{byte:02X}"))
+                .collect::<Vec<_>>()
+                .join(":")
         );
         assert_eq!(parse_fingerprint(&colon_form).unwrap(), parsed);
         assert!(parse_fingerprint("md5:abcd").is_err());

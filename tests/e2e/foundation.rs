@@ -1,0 +1,490 @@
+//! The foundation: gossip discovery, authenticated QUIC, the persistent inventory, and its security lines.
+
+use std::time::Duration;
+
+use polarizer_e2e::*;
+use polarizer_shared::frame;
+use polarizer_shared::protocol::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::client::{client_endpoint, connect, ConnectError};
+use polarizer_transport::{tls, CaTrust, Gossip, GossipConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn three_agents_join_and_are_listed_online_with_their_facts() {
+    let cluster = TestCluster::builder().agents(3).start();
+    let inventory = cluster.inventory();
+    assert_eq!(inventory.len(), 3);
+    for agent in &inventory {
+        for field in [
+            "name",
+            "state",
+            "platform",
+            "arch",
+            "os",
+            "distro",
+            "kernel",
+            "cpus",
+            "memory_bytes",
+            "labels",
+            "agent_version",
+            "last_seen",
+        ] {
+            assert!(!agent[field].is_null(), "field {field} missing in {agent}");
+        }
+        assert_eq!(agent["state"], "online");
+        assert_eq!(agent["platform"], "vm");
+        assert_eq!(agent["labels"]["team"], "rhsm");
+        assert!(agent["cpus"].as_u64().unwrap() >= 1);
+        assert!(agent["last_seen"].as_str().unwrap().ends_with('Z'));
+    }
+    let table = String::from_utf8(cluster.operator(&["agents"]).stdout).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|line| line.contains(" online "))
+            .count(),
+        3,
+        "{table}"
+    );
+    // Secrets on disk are owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [
+        cluster.data_dir.join("agent-token"),
+        cluster.data_dir.join("operator-token"),
+        cluster.path("agent-vm-1/credential.toml"),
+    ] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+}
+
+#[test]
+fn killed_agent_goes_offline_and_returns_with_the_same_identity() {
+    let mut cluster = TestCluster::builder().agents(2).start();
+    let credential = read(&cluster.path("agent-vm-1/credential.toml"));
+    let first_seen = cluster
+        .inventory()
+        .into_iter()
+        .find(|agent| agent["name"] == "vm-1")
+        .unwrap()["first_seen"]
+        .clone();
+    cluster.agent("vm-1").kill_9();
+    wait_for("vm-1 offline", WAIT, || {
+        cluster.agent_state("vm-1").as_deref() == Some("offline")
+    });
+    assert_eq!(cluster.agent_state("vm-2").as_deref(), Some("online"));
+
+    cluster.start_agent("vm-1", &[]);
+    wait_for("vm-1 online again", WAIT, || {
+        cluster.agent_state("vm-1").as_deref() == Some("online")
+    });
+    let agent = cluster
+        .inventory()
+        .into_iter()
+        .find(|agent| agent["name"] == "vm-1")
+        .unwrap();
+    assert_eq!(
+        agent["first_seen"], first_seen,
+        "same identity, not a new enrollment"
+    );
+    assert_eq!(
+        read(&cluster.path("agent-vm-1/credential.toml")),
+        credential
+    );
+    assert!(
+        !cluster.agent("vm-1").log_text().contains("enrolled"),
+        "the restarted agent used its credential"
+    );
+}
+
+#[test]
+fn agents_reconnect_after_a_coordinator_restart_and_inventory_is_kept() {
+    let mut cluster = TestCluster::builder().agents(3).start();
+    let before = cluster.inventory();
+    cluster.coordinator.as_mut().unwrap().kill_9();
+    cluster.start_coordinator(&[]);
+    wait_for("all three agents back online", WAIT, || {
+        cluster.online_names().len() == 3
+    });
+    let after = cluster.inventory();
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old["name"], new["name"]);
+        assert_eq!(old["first_seen"], new["first_seen"]);
+    }
+    // A clean stop (SIGTERM) also keeps everything, and exits 0.
+    let status = cluster
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .terminate(WAIT)
+        .expect("coordinator stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    cluster.start_coordinator(&[]);
+    wait_for(
+        "all three agents back online after a clean stop",
+        WAIT,
+        || cluster.online_names().len() == 3,
+    );
+}
+
+#[test]
+fn wrong_or_missing_token_is_refused_with_a_reason() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    let bad_token = cluster.path("bad-token");
+    std::fs::write(&bad_token, "not-the-token\n").unwrap();
+    std::fs::set_permissions(
+        &bad_token,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    cluster.start_agent("intruder", &[("--token-file", bad_token.to_str().unwrap())]);
+    let status = cluster
+        .agent("intruder")
+        .wait_exit(WAIT)
+        .expect("a refused agent exits");
+    assert!(!status.success());
+    let log = cluster.agent("intruder").log_text();
+    assert!(
+        log.contains("error: the coordinator refused this agent: the enrollment token is wrong"),
+        "{log}"
+    );
+
+    let output = with_args(cluster.agent_command("tokenless"), &[("--token-file", "")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no --token-file to enroll with"),
+        "{stderr}"
+    );
+    assert!(cluster.inventory().is_empty(), "nothing enrolled");
+}
+
+#[test]
+fn agent_refuses_a_rogue_coordinator_named_by_gossip() {
+    // A rogue `polarizer serve` with its own CA runs first; the agent joins its gossip, but pins the real CA.
+    let mut rogue = TestCluster::new_coordinator_only();
+    let mut real = TestCluster::new_coordinator_only();
+    let rogue_gossip = rogue.gossip.to_string();
+    let agent = with_args(real.agent_command("vm-1"), &[("--join", &rogue_gossip)]);
+    let mut process = Process::spawn("vm-1", agent, real.path("agent-vm-1.log"));
+    wait_for("the agent to refuse the rogue coordinator", WAIT, || {
+        process.log_text().contains("refusing coordinator")
+    });
+    assert!(
+        rogue.inventory().is_empty(),
+        "the rogue never learned anything"
+    );
+    assert!(real.inventory().is_empty());
+    // The real coordinator joins the same gossip: the agent finds it and connects.
+    real.coordinator.as_mut().unwrap().kill_9();
+    let join = rogue.gossip.to_string();
+    real.start_coordinator(&["--join", &join]);
+    wait_for("the agent online at the real coordinator", WAIT, || {
+        real.agent_state("vm-1").as_deref() == Some("online")
+    });
+    assert!(rogue.inventory().is_empty());
+    process.kill_9();
+    rogue.agents.clear();
+}
+
+#[test]
+fn revoked_agent_is_refused_and_a_wrong_operator_token_too() {
+    let mut cluster = TestCluster::builder().agents(2).start();
+    let output = cluster.operator(&["agents", "revoke", "vm-1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("revoked vm-1"));
+    // The online agent is cut off and stops for good, with the reason.
+    let status = cluster
+        .agent("vm-1")
+        .wait_exit(WAIT)
+        .expect("revoked agent exits");
+    assert!(!status.success());
+    assert!(
+        cluster.agent("vm-1").log_text().contains("revoked"),
+        "{}",
+        cluster.agent("vm-1").log_text()
+    );
+    assert_eq!(cluster.agent_state("vm-1").as_deref(), Some("revoked"));
+    // Starting it again with its credential is refused; so is enrolling the name again with the token.
+    cluster.start_agent("vm-1", &[]);
+    assert!(!cluster
+        .agent("vm-1")
+        .wait_exit(WAIT)
+        .expect("refused")
+        .success());
+    assert!(cluster
+        .agent("vm-1")
+        .log_text()
+        .contains("agent \"vm-1\" is revoked"));
+    std::fs::remove_dir_all(cluster.path("agent-vm-1")).unwrap();
+    cluster.start_agent("vm-1", &[]);
+    assert!(!cluster
+        .agent("vm-1")
+        .wait_exit(WAIT)
+        .expect("refused")
+        .success());
+    assert_eq!(cluster.agent_state("vm-2").as_deref(), Some("online"));
+    // Revoking an unknown name is an error naming it.
+    let output = cluster.operator(&["agents", "revoke", "nobody"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no agent named \"nobody\""));
+
+    let wrong = cluster.path("wrong-operator-token");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = cluster.operator(&["agents", "--token-file", wrong.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the operator token is wrong"), "{stderr}");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn gossip_claims_never_enter_the_inventory() {
+    let cluster = TestCluster::builder().agents(1).start();
+    let runtime = runtime();
+    // A gossip node that claims to be agent "ghost" and also "vm-1" with another address.
+    let ghost = runtime.block_on(async {
+        Gossip::start(GossipConfig {
+            node_id: "agent/ghost".into(),
+            listen_addr: free_udp_addr(),
+            advertise_addr: "127.0.0.1:1".parse().unwrap(),
+            seeds: vec![cluster.gossip.to_string()],
+            cluster_id: "polarizer".into(),
+            interval: Duration::from_millis(100),
+            advertised: vec![
+                ("role".into(), "agent".into()),
+                ("agent_name".into(), "ghost".into()),
+            ],
+        })
+        .await
+        .unwrap()
+    });
+    // Once the ghost has the coordinator's state, the coordinator has had the ghost's claim too
+    // (a gossip round exchanges both ways).
+    wait_for("the ghost's gossip to reach the coordinator", WAIT, || {
+        !runtime.block_on(ghost.coordinator_candidates()).is_empty()
+    });
+    wait_for("another coordinator gossip round", WAIT, || {
+        cluster
+            .inventory()
+            .iter()
+            .all(|agent| agent["gossip_live"] == true)
+    });
+    assert!(
+        cluster
+            .inventory()
+            .iter()
+            .all(|agent| agent["name"] != "ghost"),
+        "a gossip claim created an inventory row"
+    );
+    assert_eq!(cluster.inventory().len(), 1);
+    runtime.block_on(ghost.shutdown());
+}
+
+#[test]
+fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
+    let cluster = TestCluster::builder().agents(2).start();
+    let runtime = runtime();
+    polarizer_transport::install_crypto_provider();
+    let trust = CaTrust::from_pem_file(&cluster.data_dir.join("ca.pem")).unwrap();
+    let endpoint = runtime.block_on(async {
+        client_endpoint(tls::client_config(&trust).unwrap(), cluster.quic).unwrap()
+    });
+
+    let send_raw = |bytes: Vec<u8>| {
+        runtime.block_on(async {
+            let connection = endpoint
+                .connect(cluster.quic, tls::server_name())
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, _recv) = connection.open_bi().await.unwrap();
+            send.write_all(&bytes).await.unwrap();
+            let reason = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+                .await
+                .expect("coordinator closes the connection");
+            reason.to_string()
+        })
+    };
+    // A length prefix of 1 GiB: refused from the header alone.
+    let reason = send_raw((1u32 << 30).to_be_bytes().to_vec());
+    assert!(reason.contains("over the limit"), "{reason}");
+    // Bytes that are not a frame of anything.
+    let mut garbage = 7u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 7]);
+    let reason = send_raw(garbage);
+    assert!(
+        reason.contains("refused") || reason.contains("closed"),
+        "{reason}"
+    );
+
+    // A hello from a future protocol version is refused with both versions named.
+    let refusal = runtime.block_on(async {
+        let hello = Hello {
+            protocol_version: 999,
+            peer: Peer::Operator { token: "x".into() },
+        };
+        match connect(&endpoint, cluster.quic, hello, Duration::from_secs(10)).await {
+            Err(ConnectError::Refused { refusal, .. }) => refusal,
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("expected a refusal, got a welcome"),
+        }
+    });
+    assert_eq!(
+        refusal,
+        Refusal::VersionMismatch {
+            coordinator: PROTOCOL_VERSION,
+            peer: 999
+        }
+    );
+
+    // An agent hello with a valid token but a name that is no name.
+    let token = read(&cluster.data_dir.join("agent-token"))
+        .trim()
+        .to_string();
+    let refusal = runtime.block_on(async {
+        let mut facts = AgentFacts::for_test("bad name!");
+        facts.name = "bad name!".into();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer: Peer::Agent {
+                credential: AgentCredential::EnrollmentToken(token),
+                facts,
+            },
+        };
+        match connect(&endpoint, cluster.quic, hello, Duration::from_secs(10)).await {
+            Err(ConnectError::Refused { refusal, .. }) => refusal,
+            _ => panic!("expected a refusal"),
+        }
+    });
+    assert!(
+        matches!(refusal, Refusal::InvalidHello { .. }),
+        "{refusal:?}"
+    );
+    assert!(frame::encode(&ClientFrame::Agent(AgentMessage::Heartbeat)).is_ok());
+
+    // Everyone else carried on: both agents are online and still sending heartbeats.
+    let last_seen = |cluster: &TestCluster| {
+        cluster
+            .inventory()
+            .iter()
+            .map(|agent| agent["last_seen"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = last_seen(&cluster);
+    wait_for("heartbeats still arriving", WAIT, || {
+        last_seen(&cluster)
+            .iter()
+            .zip(&before)
+            .all(|(now, then)| now > then)
+    });
+    assert_eq!(cluster.online_names().len(), 2);
+    let metrics = http_get(cluster.http, "/metrics");
+    // The oversize frame is a protocol error; the garbage, the future version and the bad name were
+    // each answered as a refused hello.
+    assert!(
+        metrics.contains("polarizer_protocol_errors_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("polarizer_refusals_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("polarizer_agents{state=\"online\"} 2"),
+        "{metrics}"
+    );
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn config_files_and_environment_configure_both_daemons() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    // The agent takes everything from a TOML file, its name from the environment.
+    let config = cluster.path("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "join = [\"{}\"]\ngossip = \"{}\"\ntoken_file = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\ngossip_interval_ms = 100\n[labels]\nrack = \"r3\"\n",
+            cluster.gossip,
+            free_udp_addr(),
+            cluster.data_dir.join("agent-token").display(),
+            cluster.data_dir.join("ca.pem").display(),
+            cluster.path("agent-from-file").display(),
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(binary("polarizer-agent"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .env("POLARIZER_NAME", "from-env");
+    let check = std::process::Command::new(binary("polarizer-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .env("POLARIZER_NAME", "from-env")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let process = Process::spawn("from-env", command, cluster.path("agent-from-env.log"));
+    cluster.agents.push(("from-env".into(), process));
+    wait_for("the configured agent online", WAIT, || {
+        cluster.agent_state("from-env").as_deref() == Some("online")
+    });
+    let agent = cluster
+        .inventory()
+        .into_iter()
+        .find(|agent| agent["name"] == "from-env")
+        .unwrap();
+    assert_eq!(agent["labels"]["rack"], "r3");
+
+    // A typo in a config file is an error naming the file, the key and the line; nothing starts.
+    let bad = cluster.path("coordinator.toml");
+    std::fs::write(&bad, "quic = \"127.0.0.1:1\"\nhttp_port = 80\n").unwrap();
+    let output = std::process::Command::new(binary("polarizer"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("coordinator.toml")
+            && stderr.contains("http_port")
+            && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
