@@ -259,11 +259,12 @@ fn gossip_claims_never_enter_the_inventory() {
     let cluster = TestCluster::builder().agents(1).start();
     let runtime = runtime();
     // A gossip node that claims to be agent "ghost" and also "vm-1" with another address.
+    let ghost_addr = free_udp_addr();
     let ghost = runtime.block_on(async {
         Gossip::start(GossipConfig {
             node_id: "agent/ghost".into(),
-            listen_addr: free_udp_addr(),
-            advertise_addr: "127.0.0.1:1".parse().unwrap(),
+            listen_addr: ghost_addr,
+            advertise_addr: ghost_addr,
             seeds: vec![cluster.gossip.to_string()],
             cluster_id: "polarizer".into(),
             interval: Duration::from_millis(100),
@@ -275,16 +276,18 @@ fn gossip_claims_never_enter_the_inventory() {
         .await
         .unwrap()
     });
-    // Once the ghost has the coordinator's state, the coordinator has had the ghost's claim too
-    // (a gossip round exchanges both ways).
-    wait_for("the ghost's gossip to reach the coordinator", WAIT, || {
-        !runtime.block_on(ghost.coordinator_candidates()).is_empty()
-    });
-    wait_for("another coordinator gossip round", WAIT, || {
-        cluster
-            .inventory()
-            .iter()
-            .all(|agent| agent["gossip_live"] == true)
+    // Once the ghost has the coordinator's state, the coordinator has had the ghost's claim too (a gossip
+    // round exchanges both ways). The ghost's gossip runs while this thread is inside `block_on`.
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while ghost.coordinator_candidates().await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ghost's gossip never reached the coordinator"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // several gossip rounds for the claim to land
     });
     assert!(
         cluster
