@@ -135,7 +135,7 @@ impl Connector {
             protocol_version: PROTOCOL_VERSION,
             peer: Peer::Agent {
                 credential,
-                facts: self.facts.clone(),
+                facts: Box::new(self.facts.clone()),
             },
         })
     }
@@ -233,7 +233,7 @@ impl Connector {
                     let current = crate::facts::collect(&self.config.name, &self.config.labels, self.config.platform);
                     if current != self.facts {
                         self.facts = current.clone();
-                        if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::FactsChanged(current))).await {
+                        if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::FactsChanged(Box::new(current)))).await {
                             return ended(&connection, err.to_string());
                         }
                     }

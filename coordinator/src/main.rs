@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Serve { .. } | Command::Demo { .. });
+    let daemon = matches!(cli.command, Command::Serve { .. });
     let default_level = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));

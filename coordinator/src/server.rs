@@ -239,6 +239,7 @@ async fn handle_connection(
             operator_session(connection, stream, shared).await;
         }
         Peer::Agent { credential, facts } => {
+            let facts = *facts;
             if let Err(reason) = validate_agent_name(&facts.name) {
                 return refuse(
                     &connection,
@@ -396,7 +397,7 @@ async fn agent_session(
                         protocol_error(&connection, &shared, "facts may not change the agent's name");
                         break "renamed";
                     }
-                    let _ = shared.store.facts_changed(&name, new_facts);
+                    let _ = shared.store.facts_changed(&name, *new_facts);
                 }
                 Ok(Some(_)) => {
                     protocol_error(&connection, &shared, "unexpected frame from an agent");

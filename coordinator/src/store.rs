@@ -232,6 +232,9 @@ impl FactsJson {
     }
 }
 
+/// Sent once the batch's transaction has committed (or failed), never before.
+type Reply = Box<dyn FnOnce(Result<(), &StoreError>)>;
+
 fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Command>, path: PathBuf) {
     // Block for the first command, then take everything else already waiting: one transaction for all.
     while let Ok(first) = commands_rx.recv() {
@@ -242,7 +245,7 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
                 break;
             }
         }
-        let mut replies: Vec<Box<dyn FnOnce(Result<(), &StoreError>)>> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         let outcome = (|| -> Result<(), StoreError> {
             let transaction = connection.transaction().map_err(sqlite_error(&path))?;
             for command in batch {
@@ -264,7 +267,7 @@ fn apply(
     transaction: &rusqlite::Transaction<'_>,
     command: Command,
     path: &Path,
-    replies: &mut Vec<Box<dyn FnOnce(Result<(), &StoreError>)>>,
+    replies: &mut Vec<Reply>,
 ) -> Result<(), StoreError> {
     let on_sqlite = sqlite_error(path);
     match command {

@@ -186,7 +186,7 @@ mod tests {
                         protocol_version: version,
                         peer: Peer::Agent {
                             credential: AgentCredential::Issued { secret },
-                            facts,
+                            facts: Box::new(facts),
                         },
                     })
                 }
@@ -197,7 +197,7 @@ mod tests {
             })),
             Just(ClientFrame::Agent(AgentMessage::Heartbeat)),
             arbitrary_facts()
-                .prop_map(|facts| ClientFrame::Agent(AgentMessage::FactsChanged(facts))),
+                .prop_map(|facts| ClientFrame::Agent(AgentMessage::FactsChanged(Box::new(facts)))),
             Just(ClientFrame::Operator(OperatorRequest::ListAgents)),
             any::<String>()
                 .prop_map(|name| ClientFrame::Operator(OperatorRequest::RevokeAgent { name })),

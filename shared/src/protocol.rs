@@ -49,7 +49,7 @@ pub struct Hello {
 pub enum Peer {
     Agent {
         credential: AgentCredential,
-        facts: AgentFacts,
+        facts: Box<AgentFacts>,
     },
     Operator {
         token: String,
@@ -156,7 +156,7 @@ impl fmt::Display for Refusal {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AgentMessage {
     Heartbeat,
-    FactsChanged(AgentFacts),
+    FactsChanged(Box<AgentFacts>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

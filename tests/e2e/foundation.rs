@@ -368,7 +368,7 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
             protocol_version: PROTOCOL_VERSION,
             peer: Peer::Agent {
                 credential: AgentCredential::EnrollmentToken(token),
-                facts,
+                facts: Box::new(facts),
             },
         };
         match connect(&endpoint, cluster.quic, hello, Duration::from_secs(10)).await {
@@ -489,5 +489,42 @@ fn config_files_and_environment_configure_both_daemons() {
             && stderr.contains("http_port")
             && stderr.contains("line 2"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn demo_shows_agents_joining_and_leaves_nothing_behind() {
+    let output = std::process::Command::new(binary("polarizer"))
+        .args(["demo", "--agents", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["demo-1", "demo-2", "demo-3"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(name) && line.contains("online")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("everything stopped and cleaned up"),
+        "{stdout}"
+    );
+    let workspace = stdout
+        .lines()
+        .next()
+        .and_then(|line| line.rsplit(" in ").next())
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !std::path::Path::new(&workspace).exists(),
+        "{workspace} was not removed"
     );
 }

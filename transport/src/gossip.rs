@@ -83,7 +83,7 @@ impl Gossip {
                 Some((id.generation_id, addr))
             })
             .collect();
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
         let mut seen = BTreeSet::new();
         candidates
             .into_iter()
