@@ -64,10 +64,6 @@ pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), Credential
     Ok(())
 }
 
-pub fn forget(state_dir: &Path) {
-    let _ = std::fs::remove_file(path(state_dir));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

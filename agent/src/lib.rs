@@ -88,6 +88,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         gossip,
         ca_fingerprint,
         facts,
+        must_enroll: Default::default(),
     };
     let outcome = connector.run(shutdown).await;
     endpoint.close(0u32.into(), b"agent stopped");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use polarizer_shared::protocol::*;
 use polarizer_shared::AgentFacts;
 use polarizer_transport::client::{self, ConnectError};
-use polarizer_transport::state_files::read_private;
+use polarizer_transport::state_files::{random_secret, read_private};
 use polarizer_transport::Gossip;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,8 @@ pub struct Connector {
     pub gossip: Gossip,
     pub ca_fingerprint: String,
     pub facts: AgentFacts,
+    /// Set when the coordinator did not know the stored credential: the next hello enrolls with it.
+    pub must_enroll: std::cell::Cell<bool>,
 }
 
 impl Connector {
@@ -110,25 +112,32 @@ impl Connector {
         }
     }
 
+    /// The hello for the next attempt. A new agent generates its secret and stores it *before* sending
+    /// it, so whatever crashes when, the agent holds the credential the coordinator may have recorded.
     fn hello(&self) -> Result<Hello, AgentError> {
-        let credential = match credential::load(&self.config.state_dir, &self.config.name)? {
-            Some(stored) if stored.ca_fingerprint == self.ca_fingerprint => {
-                AgentCredential::Issued {
-                    secret: stored.secret,
+        let stored = credential::load(&self.config.state_dir, &self.config.name)?
+            .filter(|stored| stored.ca_fingerprint == self.ca_fingerprint);
+        let credential = match stored {
+            Some(stored) if !self.must_enroll.get() => AgentCredential::Issued {
+                secret: stored.secret,
+            },
+            Some(stored) => AgentCredential::Enroll {
+                token: self.enrollment_token()?,
+                secret: stored.secret,
+            },
+            None => {
+                let token = self.enrollment_token()?;
+                let fresh = Credential {
+                    version: 1,
+                    name: self.config.name.clone(),
+                    secret: random_secret(),
+                    ca_fingerprint: self.ca_fingerprint.clone(),
+                };
+                credential::store(&self.config.state_dir, &fresh)?;
+                AgentCredential::Enroll {
+                    token,
+                    secret: fresh.secret,
                 }
-            }
-            stored => {
-                if stored.is_some() {
-                    warn!("the stored credential was issued under another CA; enrolling with this coordinator");
-                }
-                let token_file =
-                    self.config
-                        .token_file
-                        .as_ref()
-                        .ok_or_else(|| AgentError::NoCredential {
-                            state_dir: self.config.state_dir.clone(),
-                        })?;
-                AgentCredential::EnrollmentToken(read_private(token_file)?)
             }
         };
         Ok(Hello {
@@ -140,10 +149,21 @@ impl Connector {
         })
     }
 
+    fn enrollment_token(&self) -> Result<String, AgentError> {
+        let token_file =
+            self.config
+                .token_file
+                .as_ref()
+                .ok_or_else(|| AgentError::NoCredential {
+                    state_dir: self.config.state_dir.clone(),
+                })?;
+        Ok(read_private(token_file)?)
+    }
+
     async fn connect(&self, addr: SocketAddr) -> Result<client::Session, ConnectError> {
         let hello = match self.hello() {
             Ok(hello) => hello,
-            // Local problems (no token, unreadable credential) are reported by handle_connect_error's caller.
+            // A local problem (no token, unwritable state dir) is as final as a refusal.
             Err(err) => {
                 return Err(ConnectError::Refused {
                     addr,
@@ -154,27 +174,9 @@ impl Connector {
             }
         };
         let session = client::connect(&self.endpoint, addr, hello, CONNECT_TIMEOUT).await?;
-        if let Some(secret) = &session.welcome.issued_secret {
-            let issued = Credential {
-                version: 1,
-                name: self.config.name.clone(),
-                secret: secret.clone(),
-                ca_fingerprint: self.ca_fingerprint.clone(),
-            };
-            if let Err(err) = credential::store(&self.config.state_dir, &issued) {
-                // Without the credential on disk this agent could not come back after a restart.
-                session
-                    .connection
-                    .close(close_code::NORMAL.into(), b"cannot store credential");
-                warn!(error = %err, "cannot store the issued credential");
-                return Err(ConnectError::Refused {
-                    addr,
-                    refusal: Refusal::InvalidHello {
-                        reason: err.to_string(),
-                    },
-                });
-            }
-            info!(state_dir = %self.config.state_dir.display(), "enrolled; credential stored");
+        self.must_enroll.set(false);
+        if session.welcome.enrolled {
+            info!(state_dir = %self.config.state_dir.display(), "enrolled");
         }
         Ok(session)
     }
@@ -186,9 +188,10 @@ impl Connector {
                 refusal: Refusal::UnknownCredential { .. },
                 ..
             } if self.config.token_file.is_some() => {
-                // The coordinator lost its store (or was replaced): enroll again with the token.
+                // The coordinator lost its store, or this agent crashed before its enrollment committed:
+                // enroll again, with the same secret.
                 warn!(coordinator = %addr, "coordinator does not know this agent's credential; enrolling again");
-                credential::forget(&self.config.state_dir);
+                self.must_enroll.set(true);
                 Ok(())
             }
             ConnectError::Refused { refusal, .. } => Err(AgentError::Refused {

@@ -11,8 +11,10 @@ use crate::store::StoredAgent;
 pub enum Admission {
     /// A known agent presenting the credential it was issued.
     Known,
-    /// A new agent with the right enrollment token: issue it a credential.
-    Enroll,
+    /// A new agent with the right enrollment token: record the digest of the secret it chose.
+    Enroll {
+        credential_sha256: String,
+    },
     Refuse(Refusal),
 }
 
@@ -35,15 +37,21 @@ pub fn admit_agent(
         (AgentCredential::Issued { .. }, _) => {
             Admission::Refuse(Refusal::UnknownCredential { name })
         }
-        (AgentCredential::EnrollmentToken(token), _)
+        (AgentCredential::Enroll { token, .. }, _)
             if secret_digest(token) != enrollment_token_digest =>
         {
             Admission::Refuse(Refusal::BadEnrollmentToken)
         }
-        (AgentCredential::EnrollmentToken(_), Some(_)) => {
-            Admission::Refuse(Refusal::NameTaken { name })
+        // The same agent enrolling again with the secret it already enrolled (its first welcome was lost).
+        (AgentCredential::Enroll { secret, .. }, Some(stored))
+            if secret_digest(secret) == stored.credential_sha256 =>
+        {
+            Admission::Known
         }
-        (AgentCredential::EnrollmentToken(_), None) => Admission::Enroll,
+        (AgentCredential::Enroll { .. }, Some(_)) => Admission::Refuse(Refusal::NameTaken { name }),
+        (AgentCredential::Enroll { secret, .. }, None) => Admission::Enroll {
+            credential_sha256: secret_digest(secret),
+        },
     }
 }
 
@@ -75,7 +83,10 @@ mod tests {
         let issued = |secret: &str| AgentCredential::Issued {
             secret: secret.into(),
         };
-        let enroll = |token: &str| AgentCredential::EnrollmentToken(token.into());
+        let enroll = |token: &str| AgentCredential::Enroll {
+            token: token.into(),
+            secret: "new".into(),
+        };
         assert_eq!(
             admit_agent("a", &issued("s"), Some(&stored("s", false)), &token),
             Admission::Known
@@ -94,7 +105,9 @@ mod tests {
         );
         assert_eq!(
             admit_agent("a", &enroll("enroll"), None, &token),
-            Admission::Enroll
+            Admission::Enroll {
+                credential_sha256: secret_digest("new")
+            }
         );
         assert_eq!(
             admit_agent("a", &enroll("wrong"), None, &token),
@@ -107,6 +120,27 @@ mod tests {
         assert_eq!(
             admit_agent("a", &enroll("enroll"), Some(&stored("s", true)), &token),
             Admission::Refuse(Refusal::Revoked { name: "a".into() })
+        );
+    }
+
+    #[test]
+    fn enrolling_again_with_the_same_secret_is_idempotent() {
+        let token = secret_digest("enroll");
+        let again = AgentCredential::Enroll {
+            token: "enroll".into(),
+            secret: "s".into(),
+        };
+        assert_eq!(
+            admit_agent("a", &again, Some(&stored("s", false)), &token),
+            Admission::Known
+        );
+        let wrong_token = AgentCredential::Enroll {
+            token: "nope".into(),
+            secret: "s".into(),
+        };
+        assert_eq!(
+            admit_agent("a", &wrong_token, Some(&stored("s", false)), &token),
+            Admission::Refuse(Refusal::BadEnrollmentToken)
         );
     }
 

@@ -11,7 +11,7 @@ use polarizer_shared::facts::validate_agent_name;
 use polarizer_shared::frame::{self, FrameError};
 use polarizer_shared::protocol::*;
 use polarizer_shared::AgentFacts;
-use polarizer_transport::state_files::{random_secret, secret_digest};
+use polarizer_transport::state_files::secret_digest;
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -233,7 +233,7 @@ async fn handle_connection(
             if secret_digest(&token) != shared.operator_token_digest {
                 return refuse(&connection, &shared, stream, Refusal::BadOperatorToken).await;
             }
-            if stream.send(&welcome(None, &shared)).await.is_err() {
+            if stream.send(&welcome(false, &shared)).await.is_err() {
                 return;
             }
             operator_session(connection, stream, shared).await;
@@ -265,7 +265,7 @@ async fn handle_connection(
                     return;
                 }
             };
-            let issued_secret = match inventory::admit_agent(
+            let enrolled = match inventory::admit_agent(
                 &name,
                 &credential,
                 stored.as_ref(),
@@ -282,22 +282,21 @@ async fn handle_connection(
                     {
                         return;
                     }
-                    None
+                    false
                 }
-                Admission::Enroll => {
-                    let secret = random_secret();
+                Admission::Enroll { credential_sha256 } => {
                     match shared
                         .store
                         .enroll(
                             &name,
-                            secret_digest(&secret),
+                            credential_sha256,
                             facts.clone(),
                             peer.to_string(),
                             now_ms(),
                         )
                         .await
                     {
-                        Ok(()) => Some(secret),
+                        Ok(()) => true,
                         Err(StoreError::NameTaken { name }) => {
                             return refuse(
                                 &connection,
@@ -314,8 +313,7 @@ async fn handle_connection(
                     }
                 }
             };
-            let enrolled = issued_secret.is_some();
-            if stream.send(&welcome(issued_secret, &shared)).await.is_err() {
+            if stream.send(&welcome(enrolled, &shared)).await.is_err() {
                 return;
             }
             agent_session(connection, stream, shared, facts, enrolled, shutdown)
@@ -325,11 +323,11 @@ async fn handle_connection(
     }
 }
 
-fn welcome(issued_secret: Option<String>, shared: &Shared) -> ServerFrame {
+fn welcome(enrolled: bool, shared: &Shared) -> ServerFrame {
     ServerFrame::Welcome(Welcome {
         protocol_version: PROTOCOL_VERSION,
         coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
-        issued_secret,
+        enrolled,
         heartbeat_interval_ms: shared.heartbeat_interval.as_millis() as u32,
     })
 }

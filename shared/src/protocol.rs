@@ -56,11 +56,12 @@ pub enum Peer {
     },
 }
 
-/// How an agent proves who it is. The enrollment token is shared by all new agents; the coordinator
-/// answers a successful enrollment with a per-agent credential that the agent uses from then on.
+/// How an agent proves who it is. A new agent generates its own secret, stores it, and only then
+/// enrolls with the shared token and that secret; from then on the secret alone identifies it. Storing
+/// before sending means a crash at any point leaves the agent holding the credential the coordinator has.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentCredential {
-    EnrollmentToken(String),
+    Enroll { token: String, secret: String },
     Issued { secret: String },
 }
 
@@ -68,7 +69,7 @@ impl fmt::Debug for AgentCredential {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Secrets never reach logs.
         match self {
-            AgentCredential::EnrollmentToken(_) => formatter.write_str("EnrollmentToken(..)"),
+            AgentCredential::Enroll { .. } => formatter.write_str("Enroll(..)"),
             AgentCredential::Issued { .. } => formatter.write_str("Issued(..)"),
         }
     }
@@ -86,8 +87,8 @@ pub enum ServerFrame {
 pub struct Welcome {
     pub protocol_version: u32,
     pub coordinator_version: String,
-    /// Set when the agent enrolled: keep it, and present it instead of the enrollment token from now on.
-    pub issued_secret: Option<String>,
+    /// True when this hello enrolled the agent.
+    pub enrolled: bool,
     /// How often the agent must send [`AgentMessage::Heartbeat`].
     pub heartbeat_interval_ms: u32,
 }
@@ -98,7 +99,7 @@ impl fmt::Debug for Welcome {
             .debug_struct("Welcome")
             .field("protocol_version", &self.protocol_version)
             .field("coordinator_version", &self.coordinator_version)
-            .field("issued_secret", &self.issued_secret.as_ref().map(|_| ".."))
+            .field("enrolled", &self.enrolled)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .finish()
     }
@@ -253,9 +254,16 @@ mod tests {
         let welcome = Welcome {
             protocol_version: 1,
             coordinator_version: "0.1.0".into(),
-            issued_secret: Some("hunter2".into()),
+            enrolled: true,
             heartbeat_interval_ms: 500,
         };
-        assert!(!format!("{welcome:?}").contains("hunter2"));
+        assert!(format!("{welcome:?}").contains("enrolled: true"));
+        let enroll = AgentCredential::Enroll {
+            token: "t0ken".into(),
+            secret: "hunter2".into(),
+        };
+        assert!(
+            !format!("{enroll:?}").contains("hunter2") && !format!("{enroll:?}").contains("t0ken")
+        );
     }
 }

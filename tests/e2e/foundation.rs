@@ -367,7 +367,10 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             peer: Peer::Agent {
-                credential: AgentCredential::EnrollmentToken(token),
+                credential: AgentCredential::Enroll {
+                    token,
+                    secret: "s".into(),
+                },
                 facts: Box::new(facts),
             },
         };
@@ -527,4 +530,68 @@ fn demo_shows_agents_joining_and_leaves_nothing_behind() {
         !std::path::Path::new(&workspace).exists(),
         "{workspace} was not removed"
     );
+}
+
+/// Enrollment survives a crash on either side of the coordinator's commit: the agent stores its secret
+/// before sending it, so it always holds what the coordinator may have recorded.
+#[test]
+fn enrollment_survives_a_crash_before_or_after_the_commit() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    let ca = read(&cluster.data_dir.join("ca.pem"));
+    let fingerprint = {
+        let CaTrust::Certificate(der) =
+            CaTrust::from_pem_file(&cluster.data_dir.join("ca.pem")).unwrap()
+        else {
+            unreachable!()
+        };
+        tls::fingerprint(&der)
+    };
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let write_credential = |dir: &std::path::Path, name: &str, secret: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("credential.toml");
+        std::fs::write(&path, format!("version = 1\nname = \"{name}\"\nsecret = \"{secret}\"\nca_fingerprint = \"{fingerprint}\"\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    };
+
+    // Crash before the commit: the agent stored a secret the coordinator never saw.
+    write_credential(&cluster.path("agent-early"), "early", "never-sent");
+    cluster.start_agent("early", &[]);
+    wait_for("early online", WAIT, || {
+        cluster.agent_state("early").as_deref() == Some("online")
+    });
+
+    // Crash after the commit: the coordinator recorded the enrollment, the agent never saw the welcome.
+    let runtime = runtime();
+    let token = read(&cluster.data_dir.join("agent-token"))
+        .trim()
+        .to_string();
+    runtime.block_on(async {
+        let trust = CaTrust::from_pem_file(&cluster.data_dir.join("ca.pem")).unwrap();
+        let endpoint = client_endpoint(tls::client_config(&trust).unwrap(), cluster.quic).unwrap();
+        let facts = Box::new(AgentFacts::for_test("late"));
+        let credential = AgentCredential::Enroll {
+            token,
+            secret: "sent-once".into(),
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer: Peer::Agent { credential, facts },
+        };
+        let session = connect(&endpoint, cluster.quic, hello, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(session.welcome.enrolled);
+        session.connection.close(0u32.into(), b"crash");
+    });
+    wait_for("late offline after its crash", WAIT, || {
+        cluster.agent_state("late").as_deref() == Some("offline")
+    });
+    write_credential(&cluster.path("agent-late"), "late", "sent-once");
+    cluster.start_agent("late", &[]);
+    wait_for("late online with the secret it stored", WAIT, || {
+        cluster.agent_state("late").as_deref() == Some("online")
+    });
+    assert_eq!(cluster.inventory().len(), 2);
 }

@@ -178,6 +178,7 @@ pub struct TestCluster {
     pub coordinator: Option<Process>,
     pub agents: Vec<(String, Process)>,
     restarts: usize,
+    serve_flags: Vec<String>,
 }
 
 /// Rebuilds `command` with each `(flag, value)` replacing that flag's value, or appended when absent.
@@ -206,6 +207,16 @@ impl TestCluster {
     }
 
     pub fn new_coordinator_only() -> TestCluster {
+        Self::new_coordinator_only_with(&[
+            "--gossip-interval-ms",
+            "100",
+            "--heartbeat-interval-ms",
+            "200",
+        ])
+    }
+
+    /// A coordinator with these extra `serve` flags (none: the production defaults).
+    pub fn new_coordinator_only_with(serve_flags: &[&str]) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("polarizer-e2e-")
             .tempdir()
@@ -220,6 +231,7 @@ impl TestCluster {
             agents: Vec::new(),
             restarts: 0,
             dir,
+            serve_flags: serve_flags.iter().map(|flag| flag.to_string()).collect(),
         };
         cluster.start_coordinator(&[]);
         cluster
@@ -241,12 +253,7 @@ impl TestCluster {
             .arg(self.quic.to_string())
             .arg("--http")
             .arg(self.http.to_string())
-            .args([
-                "--gossip-interval-ms",
-                "100",
-                "--heartbeat-interval-ms",
-                "200",
-            ])
+            .args(&self.serve_flags)
             .args(extra);
         self.coordinator = Some(Process::spawn(
             "coordinator",
