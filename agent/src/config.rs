@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use polarizer_shared::facts::{parse_label, validate_agent_name};
@@ -12,8 +12,6 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -91,17 +89,6 @@ pub struct AgentConfig {
 }
 
 impl AgentSettings {
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|err| ConfigError::File {
-            path: path.to_path_buf(),
-            message: err.to_string().trim_end().to_string(),
-        })
-    }
-
     /// Fills every key this one leaves unset from `lower` (flags over file). Labels merge, flags winning.
     pub fn or(self, lower: AgentSettings) -> AgentSettings {
         let mut labels = lower.labels;
@@ -215,24 +202,13 @@ impl AgentSettings {
 
 /// `$STATE_DIRECTORY` (systemd), else `~/.local/state/polarizer-agent`.
 pub fn default_state_dir() -> PathBuf {
-    if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
-        return PathBuf::from(
-            state
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or_default(),
-        );
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/state/polarizer-agent")
+    polarizer_transport::daemon::state_directory_or(".local/state/polarizer-agent")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polarizer_transport::daemon::read_toml;
 
     fn minimal() -> AgentSettings {
         AgentSettings {
@@ -248,16 +224,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, "join = [\"c:7700\"]\n[labels]\nteam = \"rhsm\"\n").unwrap();
-        let settings = AgentSettings::from_file(&path).unwrap();
+        let settings = read_toml::<AgentSettings>(&path).unwrap();
         assert_eq!(settings.labels["team"], "rhsm");
         std::fs::write(&path, "join = [\"c:7700\"]\nnmae = \"typo\"\n").unwrap();
-        let err = AgentSettings::from_file(&path).unwrap_err().to_string();
+        let err = read_toml::<AgentSettings>(&path).unwrap_err().to_string();
         assert!(
             err.contains("agent.toml") && err.contains("nmae") && err.contains("line 2"),
             "{err}"
         );
         std::fs::write(&path, "platform = \"cloud\"\n").unwrap();
-        let err = AgentSettings::from_file(&path).unwrap_err().to_string();
+        let err = read_toml::<AgentSettings>(&path).unwrap_err().to_string();
         assert!(err.contains("platform") && err.contains("cloud"), "{err}");
     }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use polarizer_agent::config::AgentSettings;
+use polarizer_transport::daemon;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -25,16 +26,10 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    daemon::init_logging("info");
     let outcome = (|| -> anyhow::Result<()> {
         let file_settings = match &cli.config {
-            Some(path) => AgentSettings::from_file(path)?,
+            Some(path) => daemon::read_toml(path)?,
             None => AgentSettings::default(),
         };
         let config = cli.settings.or(file_settings).validate()?;
@@ -48,30 +43,10 @@ fn main() -> std::process::ExitCode {
             .build()?;
         runtime.block_on(async {
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(daemon::cancel_on_signal(shutdown.clone()));
             polarizer_agent::run(config, shutdown).await
         })?;
         Ok(())
     })();
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    shutdown.cancel();
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    std::process::exit(130);
+    daemon::exit_code(outcome)
 }

@@ -72,7 +72,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             settings,
         } => {
             let file_settings = match &config {
-                Some(path) => ServeSettings::from_file(path)?,
+                Some(path) => polarizer_transport::daemon::read_toml(path)?,
                 None => ServeSettings::default(),
             };
             let config = settings.or(file_settings).validate()?;

@@ -9,8 +9,6 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -63,18 +61,6 @@ pub struct ServeConfig {
 }
 
 impl ServeSettings {
-    /// Reads a TOML file into settings.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|err| ConfigError::File {
-            path: path.to_path_buf(),
-            message: err.to_string().trim_end().to_string(),
-        })
-    }
-
     /// Fills every key this one leaves unset from `lower` (flags over file).
     pub fn or(self, lower: ServeSettings) -> ServeSettings {
         ServeSettings {
@@ -134,20 +120,7 @@ impl ServeSettings {
 
 /// `--data-dir`, else `$STATE_DIRECTORY` (systemd), else `~/.local/share/polarizer`.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
-        // systemd may pass several, colon-separated; the first is ours.
-        let first = state
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share/polarizer")
+    polarizer_transport::daemon::state_directory_or(".local/share/polarizer")
 }
 
 impl ServeConfig {
@@ -170,6 +143,7 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polarizer_transport::daemon::read_toml;
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -181,7 +155,7 @@ mod tests {
     #[test]
     fn unknown_keys_name_the_file_and_key() {
         let (_dir, path) = write("quic = \"127.0.0.1:1\"\nbogus = 1\n");
-        let err = ServeSettings::from_file(&path).unwrap_err().to_string();
+        let err = read_toml::<ServeSettings>(&path).unwrap_err().to_string();
         assert!(
             err.contains("coordinator.toml") && err.contains("bogus") && err.contains("line 2"),
             "{err}"
@@ -191,7 +165,7 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_line() {
         let (_dir, path) = write("\nquic = \"not an address\"\n");
-        let err = ServeSettings::from_file(&path).unwrap_err().to_string();
+        let err = read_toml::<ServeSettings>(&path).unwrap_err().to_string();
         assert!(err.contains("quic") && err.contains("line 2"), "{err}");
         let err = ServeSettings {
             gossip_interval_ms: Some(0),
@@ -206,7 +180,7 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let (_dir, path) = write("quic = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\n");
-        let file = ServeSettings::from_file(&path).unwrap();
+        let file = read_toml::<ServeSettings>(&path).unwrap();
         let flags = ServeSettings {
             quic: Some("127.0.0.1:9".parse().unwrap()),
             ..Default::default()

@@ -2,19 +2,15 @@
 
 use clap::Parser;
 use polarizer::cli::{Cli, Command};
+use polarizer_transport::daemon;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Serve { .. });
-    let default_level = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // The daemon logs its life; client commands speak only when something is wrong.
+    let is_daemon = matches!(cli.command, Command::Serve { .. });
+    let default_level = if is_daemon { "info" } else { "warn" };
+    daemon::init_logging(default_level);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -22,35 +18,15 @@ fn main() -> std::process::ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
+            return daemon::exit_code(Err(
+                anyhow::Error::new(err).context("cannot start the async runtime")
+            ))
         }
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(daemon::cancel_on_signal(shutdown.clone()));
         polarizer::cli::run(cli, shutdown).await
     });
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// First SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    shutdown.cancel();
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    std::process::exit(130);
+    daemon::exit_code(outcome)
 }

@@ -122,24 +122,34 @@ fn agents_reconnect_after_a_coordinator_restart_and_inventory_is_kept() {
         .terminate(WAIT)
         .expect("coordinator stops on SIGTERM");
     assert!(status.success(), "{status:?}");
+    // It comes back at another QUIC address: agents learn it from gossip and follow.
+    cluster.quic = free_udp_addr();
     cluster.start_coordinator(&[]);
     wait_for(
-        "all three agents back online after a clean stop",
+        "all three agents online at the coordinator's new address",
         WAIT,
         || cluster.online_names().len() == 3,
     );
+    // An agent stopped with SIGTERM exits 0 and is offline at once (it closes its connection).
+    let status = cluster
+        .agent("vm-3")
+        .terminate(WAIT)
+        .expect("agent stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    wait_for("vm-3 offline", WAIT, || {
+        cluster.agent_state("vm-3").as_deref() == Some("offline")
+    });
 }
 
 #[test]
 fn wrong_or_missing_token_is_refused_with_a_reason() {
     let mut cluster = TestCluster::new_coordinator_only();
     let bad_token = cluster.path("bad-token");
-    std::fs::write(&bad_token, "not-the-token\n").unwrap();
-    std::fs::set_permissions(
+    write_secret(
         &bad_token,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+        "not-the-token
+",
+    );
     cluster.start_agent("intruder", &[("--token-file", bad_token.to_str().unwrap())]);
     let status = cluster
         .agent("intruder")
@@ -239,8 +249,10 @@ fn revoked_agent_is_refused_and_a_wrong_operator_token_too() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no agent named \"nobody\""));
 
     let wrong = cluster.path("wrong-operator-token");
-    std::fs::write(&wrong, "guess\n").unwrap();
-    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_secret(
+        &wrong, "guess
+",
+    );
     let output = cluster.operator(&["agents", "--token-file", wrong.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -549,10 +561,8 @@ fn enrollment_survives_a_crash_before_or_after_the_commit() {
     assert!(ca.contains("BEGIN CERTIFICATE"));
     let write_credential = |dir: &std::path::Path, name: &str, secret: &str| {
         std::fs::create_dir_all(dir).unwrap();
-        let path = dir.join("credential.toml");
-        std::fs::write(&path, format!("version = 1\nname = \"{name}\"\nsecret = \"{secret}\"\nca_fingerprint = \"{fingerprint}\"\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
+        let credential = format!("version = 1\nname = \"{name}\"\nsecret = \"{secret}\"\nca_fingerprint = \"{fingerprint}\"\n");
+        write_secret(&dir.join("credential.toml"), &credential);
     };
 
     // Crash before the commit: the agent stored a secret the coordinator never saw.

@@ -3,6 +3,7 @@
 //! same client side, so there is one place where trust is decided.
 
 pub mod client;
+pub mod daemon;
 pub mod framed;
 pub mod gossip;
 pub mod state_files;

@@ -1,0 +1,83 @@
+//! What both daemons' `main`s share: reading a TOML config file, the systemd-aware default state
+//! directory, logging setup, and the two-stage SIGTERM/SIGINT handling.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// A config file that could not be read or parsed; the message names the key, line and column.
+#[derive(Debug, thiserror::Error)]
+#[error("config file {path}: {message}")]
+pub struct ConfigFileError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Reads a TOML file into `T` (whose `deny_unknown_fields` turns typos into errors).
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let error = |message: String| ConfigFileError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
+    toml::from_str(&text).map_err(|err| error(err.to_string().trim_end().to_string()))
+}
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; the first when several), else
+/// `~/<home_relative>`.
+pub fn state_directory_or(home_relative: &str) -> PathBuf {
+    if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|value| !value.is_empty()) {
+        let first = state
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(first);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(home_relative)
+}
+
+/// Logs to stderr, filtered by `POLARIZER_LOG` (a tracing filter) or `default_filter`; colour only on a
+/// terminal.
+pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The first SIGTERM or SIGINT cancels `shutdown` (a clean stop); a second one exits at once.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    shutdown.cancel();
+    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    std::process::exit(130);
+}
+
+/// Prints an error the way every Polarizer command does, and gives the exit code.
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
