@@ -295,3 +295,35 @@ mod tests {
         assert_eq!(config.labels["rack"], "3");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: AgentSettings,
+    }
+
+    /// config/agent.toml documents every key, and parses as it stands.
+    #[test]
+    fn the_example_config_names_every_key_and_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings: AgentSettings = polarizer_transport::daemon::read_toml(&path).unwrap();
+        settings.validate().unwrap();
+        for argument in Flags::command().get_arguments() {
+            let key = match argument.get_id().as_str() {
+                "label" => "labels".to_string(),
+                id => id.to_string(),
+            };
+            assert!(
+                text.lines()
+                    .any(|line| line.trim_start_matches(['#', ' ', '[']).starts_with(&key)),
+                "config/agent.toml does not document {key}"
+            );
+        }
+    }
+}

@@ -20,13 +20,16 @@ struct Cli {
     /// Validate the configuration and exit
     #[arg(long)]
     check_config: bool,
+    /// Log format: human or json
+    #[arg(long, env = "POLARIZER_LOG_FORMAT", default_value = "human")]
+    log_format: daemon::LogFormat,
     #[command(flatten)]
     settings: AgentSettings,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    daemon::init_logging("info");
+    daemon::init_logging("info", cli.log_format);
     let outcome = (|| -> anyhow::Result<()> {
         let file_settings = match &cli.config {
             Some(path) => daemon::read_toml(path)?,
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         runtime.block_on(async {
             let shutdown = CancellationToken::new();
             tokio::spawn(daemon::cancel_on_signal(shutdown.clone()));
+            daemon::spawn_watchdog(shutdown.clone());
             polarizer_agent::run(config, shutdown).await
         })?;
         Ok(())

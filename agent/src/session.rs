@@ -175,6 +175,10 @@ impl Connector {
         };
         let session = client::connect(&self.endpoint, addr, hello, CONNECT_TIMEOUT).await?;
         self.must_enroll.set(false);
+        // systemd readiness means "connected": a unit that starts is an agent that is in the inventory.
+        polarizer_transport::daemon::notify_ready(&format!(
+            "connected to the coordinator at {addr}"
+        ));
         if session.welcome.enrolled {
             info!(state_dir = %self.config.state_dir.display(), "enrolled");
         }

@@ -21,6 +21,14 @@ use crate::config::ServeSettings;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format: human or json
+    #[arg(
+        long,
+        global = true,
+        env = "POLARIZER_LOG_FORMAT",
+        default_value = "human"
+    )]
+    pub log_format: polarizer_transport::daemon::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +43,12 @@ pub enum Command {
         check_config: bool,
         #[command(flatten)]
         settings: ServeSettings,
+    },
+    /// Create the data directory (database, CA, server certificate, tokens) without serving; idempotent.
+    Init {
+        /// The data directory [default: $STATE_DIRECTORY, else ~/.local/share/polarizer]
+        #[arg(long, env = "POLARIZER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// List the agent inventory, or act on an agent.
     Agents {
@@ -82,6 +96,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             }
             crate::serve::run(config, shutdown, None).await
         }
+        Command::Init { data_dir } => init(data_dir),
         Command::Agents {
             action,
             json,
@@ -97,6 +112,31 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             keep_running,
         } => crate::demo::run(agents, keep_running, shutdown).await,
     }
+}
+
+/// `polarizer init`: what `serve` does on first start, without serving (for ansible and packaging).
+fn init(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let data_dir =
+        crate::data_dir::DataDir::new(data_dir.unwrap_or_else(crate::config::default_data_dir));
+    let identity = data_dir.prepare()?;
+    // Run the migrations too, so the first `serve` finds a ready database.
+    let (store, writer) = crate::store::Store::open(&data_dir.database())?;
+    drop(store);
+    let _ = writer.join();
+    let verb = if identity.created {
+        "created"
+    } else {
+        "exists"
+    };
+    println!("{verb} {}", data_dir.root.display());
+    println!(
+        "  CA              {} {}",
+        data_dir.ca_certificate().display(),
+        identity.ca_fingerprint
+    );
+    println!("  agent token     {}", data_dir.agent_token().display());
+    println!("  operator token  {}", data_dir.operator_token().display());
+    Ok(())
 }
 
 async fn agents_command(

@@ -191,3 +191,32 @@ mod tests {
         assert_eq!(config.gossip.port(), 7700);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: ServeSettings,
+    }
+
+    /// config/coordinator.toml documents every key, and parses as it stands.
+    #[test]
+    fn the_example_config_names_every_key_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/coordinator.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings: ServeSettings = polarizer_transport::daemon::read_toml(&path).unwrap();
+        settings.validate().unwrap();
+        for argument in Flags::command().get_arguments() {
+            let key = argument.get_id().as_str();
+            assert!(
+                text.lines()
+                    .any(|line| line.trim_start_matches(['#', ' ']).starts_with(key)),
+                "config/coordinator.toml does not document {key}"
+            );
+        }
+    }
+}

@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
     // The daemon logs its life; client commands speak only when something is wrong.
     let is_daemon = matches!(cli.command, Command::Serve { .. });
     let default_level = if is_daemon { "info" } else { "warn" };
-    daemon::init_logging(default_level);
+    daemon::init_logging(default_level, cli.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -26,6 +26,9 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(daemon::cancel_on_signal(shutdown.clone()));
+        if is_daemon {
+            daemon::spawn_watchdog(shutdown.clone());
+        }
         polarizer::cli::run(cli, shutdown).await
     });
     daemon::exit_code(outcome)

@@ -120,6 +120,9 @@ pub async fn run(
     println!("  agent token     {}", data_dir.agent_token().display());
     println!("  operator token  {}", data_dir.operator_token().display());
     info!(quic = %quic_advertised, gossip = %gossip_advertised, http = %http_addr, created = identity.created, "coordinator listening");
+    polarizer_transport::daemon::notify_ready(&format!(
+        "listening on {quic_advertised} (QUIC), {gossip_advertised} (gossip)"
+    ));
     if let Some(listening_tx) = listening_tx {
         let _ = listening_tx.send(Listening {
             gossip: gossip_advertised,

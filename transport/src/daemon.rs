@@ -1,5 +1,6 @@
 //! What both daemons' `main`s share: reading a TOML config file, the systemd-aware default state
-//! directory, logging setup, and the two-stage SIGTERM/SIGINT handling.
+//! directory, logging setup, systemd notifications (readiness, watchdog, stopping), and the two-stage
+//! SIGTERM/SIGINT handling.
 
 use std::path::{Path, PathBuf};
 
@@ -42,17 +43,79 @@ pub fn state_directory_or(home_relative: &str) -> PathBuf {
     home.join(home_relative)
 }
 
-/// Logs to stderr, filtered by `POLARIZER_LOG` (a tracing filter) or `default_filter`; colour only on a
-/// terminal.
-pub fn init_logging(default_filter: &str) {
+/// How logs are written: `human` lines (the default) or one JSON object per line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown log format {0:?}: expected human or json")]
+pub struct UnknownLogFormat(String);
+
+impl std::str::FromStr for LogFormat {
+    type Err = UnknownLogFormat;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(UnknownLogFormat(other.to_string())),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `POLARIZER_LOG` (a tracing filter) or `default_filter`. Colour only on a
+/// terminal; under systemd's journal (`JOURNAL_STREAM` set) human lines carry no timestamp of their own,
+/// since journald stamps every line.
+pub fn init_logging(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human if under_journald => builder.with_ansi(false).without_time().init(),
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Tells systemd (`Type=notify`) the service is ready, with a status line for `systemctl status`.
+/// A no-op outside systemd.
+pub fn notify_ready(status: &str) {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]);
+}
+
+/// Tells systemd the service is stopping (so a slow drain is not mistaken for a hang).
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// When the unit sets `WatchdogSec=`, pings systemd at half that interval from the async runtime, so a
+/// wedged runtime stops the pings and systemd restarts the service. Ends with `shutdown`.
+pub fn spawn_watchdog(shutdown: CancellationToken) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(timeout / 2);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// The first SIGTERM or SIGINT cancels `shutdown` (a clean stop); a second one exits at once.
@@ -66,6 +129,7 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
         return;
     };
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    notify_stopping();
     shutdown.cancel();
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
     std::process::exit(130);

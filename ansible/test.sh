@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Applies the playbook to this machine for real (as root), checks it is idempotent, that the installed
+# units and configs verify, and that the installed binaries start and the agent joins the coordinator.
+# Where systemd is not PID 1 the service start steps are skipped (and reported so); this script then
+# starts the installed binaries itself, with the installed configs, as systemd would.
+#
+# Usage: ansible/test.sh BINARY_DIR   (the directory holding built polarizer and polarizer-agent)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+binary_dir=$(cd "${1:?usage: ansible/test.sh BINARY_DIR}" && pwd)
+venv="${POLARIZER_ANSIBLE_VENV:-$here/../target/ansible-venv}"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "ansible test: skipped (it installs into /usr/local/bin and /etc: run as root)"
+  exit 0
+fi
+if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/ansible-lint" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "ansible-core>=2.17,<2.20" "ansible-lint>=25"
+fi
+export PATH="$venv/bin:$PATH" ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+cd "$here"
+
+echo "ansible test: ansible-lint"
+ansible-lint --nocolor -q
+
+extra=(-i inventory/local.yml
+       -e "polarizer_coordinator_binary_src=$binary_dir/polarizer"
+       -e "polarizer_agent_binary_src=$binary_dir/polarizer-agent")
+echo "ansible test: first apply"
+ansible-playbook "${extra[@]}" site.yml > "$here/../target/ansible-first.log" || { cat "$here/../target/ansible-first.log"; exit 1; }
+grep -A3 "PLAY RECAP" "$here/../target/ansible-first.log"
+if [ "$(ps -p 1 -o comm=)" != systemd ]; then
+  grep -q "skipping: \[localhost\]" "$here/../target/ansible-first.log" || { echo "service steps were not skipped without systemd"; exit 1; }
+  echo "ansible test: systemd is not PID 1 here: service start steps were skipped, as they should be"
+fi
+
+echo "ansible test: second apply must change nothing"
+ansible-playbook "${extra[@]}" site.yml > "$here/../target/ansible-second.log"
+recap=$(grep -A3 "PLAY RECAP" "$here/../target/ansible-second.log")
+echo "$recap"
+if ! echo "$recap" | grep -q "changed=0"; then
+  grep -B2 "^changed" "$here/../target/ansible-second.log" || true
+  echo "ansible test: the second apply changed something (not idempotent)"
+  exit 1
+fi
+
+echo "ansible test: installed units and configs verify"
+systemd-analyze verify /etc/systemd/system/polarizer.service /etc/systemd/system/polarizer-agent.service
+/usr/local/bin/polarizer serve --check-config --config /etc/polarizer/coordinator.toml
+/usr/local/bin/polarizer-agent --check-config --config /etc/polarizer/agent.toml
+for secret in /etc/polarizer/agent-token /etc/polarizer/ca.pem /var/lib/polarizer/operator-token; do
+  [ "$(stat -c %a "$secret")" = 600 ] || { echo "$secret is not mode 0600"; exit 1; }
+done
+
+echo "ansible test: the installed coordinator and agent start and the agent joins"
+logs="$here/../target/ansible-run"
+mkdir -p "$logs"
+runuser -u polarizer -- /usr/local/bin/polarizer serve --config /etc/polarizer/coordinator.toml > "$logs/coordinator.log" 2>&1 &
+coordinator=$!
+/usr/local/bin/polarizer-agent --config /etc/polarizer/agent.toml > "$logs/agent.log" 2>&1 &
+agent=$!
+trap 'kill $agent $coordinator 2>/dev/null || true' EXIT
+deadline=$((SECONDS + 30))
+until /usr/local/bin/polarizer agents --data-dir /var/lib/polarizer --coordinator 127.0.0.1:7701 --json 2>/dev/null \
+      | grep -q '"state": "online"'; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "the installed agent did not join within 30 s"; tail -20 "$logs/coordinator.log" "$logs/agent.log"; exit 1
+  fi
+  sleep 0.2
+done
+/usr/local/bin/polarizer agents --data-dir /var/lib/polarizer --coordinator 127.0.0.1:7701
+kill -TERM $agent $coordinator
+wait $agent $coordinator || true
+trap - EXIT
+
+echo "install test: the README's manual install, as written"
+block=$(awk '/^### By hand/{found=1} found && /^```sh/{inside=1; next} inside && /^```/{exit} inside{print}' "$here/../README.md")
+[ -n "$block" ] || { echo "no manual install block found in README.md"; exit 1; }
+if [ "$(ps -p 1 -o comm=)" != systemd ]; then
+  block=$(echo "$block" | grep -v '^systemctl ')
+fi
+block=${block//target\/release/$binary_dir}
+block=${block//COORDINATOR-HOST/127.0.0.1}
+(cd "$here/.." && bash -euo pipefail -c "$block")
+/usr/local/bin/polarizer serve --check-config --config /etc/polarizer/coordinator.toml
+/usr/local/bin/polarizer-agent --check-config --config /etc/polarizer/agent.toml
+grep -q '^join = \["127.0.0.1:7700"\]' /etc/polarizer/agent.toml
+systemd-analyze verify /etc/systemd/system/polarizer.service /etc/systemd/system/polarizer-agent.service
+echo "install test: passed"
