@@ -1,0 +1,33 @@
+//! An fmf metadata tree reader (the format tmt uses), matching the Python `fmf` package's results.
+//!
+//! `Tree::load(root)` reads the tree under a directory holding `.fmf/version`: `main.fmf` files, `name.fmf`
+//! children, in-file `/child` keys, directory inheritance with the `+ +< - ~ -~` merge suffixes and the
+//! `/:` directives. `Tree::adjust(&Context)` then applies `adjust` rules whose `when` conditions hold.
+//! Nothing here does IO beyond reading the tree's files.
+//!
+//! ```no_run
+//! use polarizer_shared::fmf::{Context, Tree};
+//! let mut tree = Tree::load("tests")?;
+//! tree.adjust(&Context::new().with_dimension("distro", ["fedora-33"]))?;
+//! for test in tree.tests() {
+//!     println!("{} {:?}", test.name(), test.get("test"));
+//! }
+//! # Ok::<(), polarizer_shared::fmf::FmfError>(())
+//! ```
+
+mod adjust;
+mod condition;
+mod error;
+mod merge;
+mod pattern;
+mod tree;
+mod value;
+mod yaml;
+
+pub use adjust::AdjustOptions;
+pub use condition::{
+    Condition, ConditionError, Context, ContextValue, Decision, Expression, Operator,
+};
+pub use error::FmfError;
+pub use tree::{Node, Tree};
+pub use value::{FmfMap, FmfValue};

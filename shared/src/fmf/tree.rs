@@ -1,0 +1,719 @@
+//! Growing an fmf tree from disk and resolving inheritance, step for step as Python fmf's `Tree` does.
+//!
+//! Growing walks directories: `main.fmf` is the directory's own node, `x.fmf` a child `/x`, sub-directories
+//! children too (one holding its own `.fmf` is a separate tree and skipped), hidden names are ignored, and a
+//! directory that yields no data is dropped. Keys starting with `/` make in-file children. Inheritance then
+//! merges each node's own data over a copy of its parent's, top-down.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use super::adjust::{adjust_node_data, AdjustOptions};
+use super::condition::Context;
+use super::error::FmfError;
+use super::merge::merge_special;
+use super::value::{FmfMap, FmfValue};
+use super::yaml::parse_fmf_file;
+
+const FMF_SUFFIX: &str = ".fmf";
+const MAIN_FILE: &str = "main.fmf";
+/// The deepest `/a/b/c` child key accepted, to bound recursion on hostile input.
+const MAX_NAME_SEGMENTS: usize = 256;
+
+/// One node of a loaded tree, with its data after inheritance (and after `adjust`, once applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    name: String,
+    data: FmfMap,
+    sources: Vec<PathBuf>,
+    child_names: Vec<String>,
+    selected: bool,
+}
+
+impl Node {
+    /// The node name, `/` for the root, e.g. `/tests/register/basic`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn data(&self) -> &FmfMap {
+        &self.data
+    }
+
+    pub fn get(&self, key: &str) -> Option<&FmfValue> {
+        self.data.get(key)
+    }
+
+    /// The files this node's data came from, parents' first (fmf's `sources`).
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Full names of the direct children, sorted.
+    pub fn child_names(&self) -> &[String] {
+        &self.child_names
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.child_names.is_empty()
+    }
+
+    /// Whether fmf's `climb()` yields this node: a leaf, unless the `select` directive says otherwise.
+    pub fn is_selected(&self) -> bool {
+        self.selected
+    }
+
+    /// The file errors about this node name: the last one its data came from.
+    fn blame_path(&self, root: &Path) -> PathBuf {
+        self.sources
+            .last()
+            .cloned()
+            .unwrap_or_else(|| root.to_owned())
+    }
+}
+
+/// An fmf metadata tree: every node in `climb(whole=True)` order (pre-order, children sorted by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree {
+    root: PathBuf,
+    version: u32,
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Load the tree whose root directory (holding `.fmf/version`) is `root`.
+    pub fn load(root: impl AsRef<Path>) -> Result<Tree, FmfError> {
+        let root = root.as_ref();
+        let version_path = root.join(".fmf").join("version");
+        if !version_path.is_file() {
+            return Err(FmfError::MissingRoot {
+                path: root.to_owned(),
+            });
+        }
+        let version_text = fs::read_to_string(&version_path).map_err(|source| FmfError::Read {
+            path: version_path.clone(),
+            source,
+        })?;
+        let version = super::condition::python_strip(&version_text)
+            .parse::<u32>()
+            .map_err(|_| FmfError::InvalidVersion {
+                path: version_path.clone(),
+                content: version_text.clone(),
+            })?;
+        let absolute_root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
+
+        let explore_include = read_explore_include(&absolute_root)?;
+        let mut builder = TreeBuilder {
+            root: absolute_root.clone(),
+            nodes: Vec::new(),
+            symlink_targets: Vec::new(),
+            explore_include,
+        };
+        let root_id = builder.new_node("/".to_owned());
+        builder.grow(root_id, &absolute_root)?;
+        let nodes = builder.inherit(root_id)?;
+        Ok(Tree {
+            root: absolute_root,
+            version,
+            nodes,
+        })
+    }
+
+    /// Find the tree root at or above `path` (the nearest directory holding `.fmf/version`), as fmf does.
+    pub fn find_root(path: impl AsRef<Path>) -> Result<PathBuf, FmfError> {
+        let start = std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().to_owned());
+        start
+            .ancestors()
+            .find(|candidate| candidate.join(".fmf").join("version").is_file())
+            .map(Path::to_owned)
+            .ok_or(FmfError::MissingRoot { path: start })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The format version from `.fmf/version`.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Every node, root first, in fmf's `climb(whole=True)` order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+
+    /// Nodes without children.
+    pub fn leaves(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|node| node.is_leaf())
+    }
+
+    /// The nodes fmf's `climb()` yields: leaves, adjusted by the `select` directive.
+    pub fn selected(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|node| node.selected)
+    }
+
+    /// Test nodes as tmt finds them: selected nodes that have a `test` key.
+    pub fn tests(&self) -> impl Iterator<Item = &Node> {
+        self.selected()
+            .filter(|node| node.data.contains_key("test"))
+    }
+
+    /// Apply every node's `adjust` rules for `context`, with fmf's defaults (case-sensitive, undecidable
+    /// rules skipped).
+    pub fn adjust(&mut self, context: &Context) -> Result<(), FmfError> {
+        self.adjust_with(context, &AdjustOptions::default())
+    }
+
+    pub fn adjust_with(
+        &mut self,
+        context: &Context,
+        options: &AdjustOptions,
+    ) -> Result<(), FmfError> {
+        let root = self.root.clone();
+        let context = context.clone().case_sensitive(options.case_sensitive);
+        for node in &mut self.nodes {
+            let blame_path = node.blame_path(&root);
+            adjust_node_data(&mut node.data, &context, options, &node.name, &blame_path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a child's content comes from while growing.
+enum ChildContent {
+    Data(FmfValue),
+    Directory(PathBuf),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Directives {
+    inherit: Option<bool>,
+    select: Option<bool>,
+}
+
+/// A node while the tree grows: its own data only, before inheritance.
+struct GrowingNode {
+    name: String,
+    children: IndexMap<String, usize>,
+    own_data: FmfMap,
+    own_sources: Vec<PathBuf>,
+    /// Set once any data (even an empty file) was given; directories that never get data are dropped.
+    updated: bool,
+    directives: Directives,
+}
+
+struct TreeBuilder {
+    root: PathBuf,
+    nodes: Vec<GrowingNode>,
+    /// Resolved targets of symlinked directories already entered, to stop symlink loops.
+    symlink_targets: Vec<PathBuf>,
+    /// Hidden names `.fmf/config` asks to explore anyway (`explore: include: [...]`). A malformed setting
+    /// is an error only once a hidden name is met, which is when Python fmf reads it.
+    explore_include: Result<Vec<String>, FmfError>,
+}
+
+/// Read `explore.include` from the tree's `.fmf/config`, if there is one.
+fn read_explore_include(root: &Path) -> Result<Result<Vec<String>, FmfError>, FmfError> {
+    let config_path = root.join(".fmf").join("config");
+    let text = match fs::read(&config_path) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|error| FmfError::Read {
+            path: config_path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+        })?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(Vec::new())),
+        Err(source) => {
+            return Err(FmfError::Read {
+                path: config_path,
+                source,
+            })
+        }
+    };
+    let config = parse_fmf_file(&config_path, &text)?;
+    let invalid = |message: &str| {
+        Err(FmfError::Format {
+            path: config_path.clone(),
+            node: "/".to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    let FmfValue::Map(config) = config else {
+        return Ok(invalid("the config should be a mapping"));
+    };
+    let include = match config.get("explore") {
+        None => return Ok(Ok(Vec::new())),
+        Some(FmfValue::Map(explore)) => explore.get("include"),
+        Some(_) => return Ok(invalid("the 'explore' config section should be a mapping")),
+    };
+    Ok(match include {
+        None => Ok(Vec::new()),
+        Some(FmfValue::List(names)) if names.iter().any(|name| name.as_str() == Some(".fmf")) => {
+            invalid("The '.fmf' directory cannot be used for storing fmf metadata.")
+        }
+        Some(FmfValue::List(names)) => Ok(names
+            .iter()
+            .filter_map(FmfValue::as_str)
+            .map(str::to_owned)
+            .collect()),
+        Some(other) => invalid(&format!(
+            "The 'include' config section should be a list, found '{}'.",
+            other.python_str()
+        )),
+    })
+}
+
+/// A parent's final data and sources, handed down to a child during inheritance.
+type Inherited = (FmfMap, Vec<PathBuf>);
+
+/// Python's `os.path.join(parent, name)` for node names.
+fn join_node_name(parent: &str, name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_owned()
+    } else if parent.ends_with('/') {
+        format!("{parent}{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+impl TreeBuilder {
+    fn new_node(&mut self, name: String) -> usize {
+        self.nodes.push(GrowingNode {
+            name,
+            children: IndexMap::new(),
+            own_data: FmfMap::new(),
+            own_sources: Vec::new(),
+            updated: false,
+            directives: Directives::default(),
+        });
+        self.nodes.len() - 1
+    }
+
+    fn format_error(&self, node_id: usize, path: &Path, message: impl Into<String>) -> FmfError {
+        FmfError::Format {
+            path: path.to_owned(),
+            node: self.nodes[node_id].name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Create or extend child `name` of `parent_id` (fmf's `Tree.child`).
+    fn child(
+        &mut self,
+        parent_id: usize,
+        name: &str,
+        content: ChildContent,
+        source: Option<&Path>,
+        blame_path: &Path,
+    ) -> Result<(), FmfError> {
+        let child_id = match self.nodes[parent_id].children.get(name) {
+            Some(existing) => *existing,
+            None => {
+                let full_name = join_node_name(&self.nodes[parent_id].name, name);
+                let created = self.new_node(full_name);
+                self.nodes[parent_id]
+                    .children
+                    .insert(name.to_owned(), created);
+                created
+            }
+        };
+        match content {
+            ChildContent::Data(data) => self.update(child_id, data, blame_path)?,
+            ChildContent::Directory(path) => self.grow(child_id, &path)?,
+        }
+        if let Some(source) = source {
+            self.nodes[child_id].own_sources.push(source.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Add data to a node, creating in-file children for `/key`s (fmf's `Tree.update`).
+    fn update(
+        &mut self,
+        node_id: usize,
+        data: FmfValue,
+        blame_path: &Path,
+    ) -> Result<(), FmfError> {
+        self.nodes[node_id].updated = true;
+        let mut data = match data {
+            FmfValue::Null => return Ok(()),
+            FmfValue::Map(map) => map,
+            // Python fmf fails on a list or number here; a bare string it would even take for a directory
+            // path relative to its working directory. Both are refused.
+            other => {
+                return Err(self.format_error(
+                    node_id,
+                    blame_path,
+                    format!("node data must be a mapping, got a '{}'", other.type_name()),
+                ))
+            }
+        };
+        if let Some(directives) = data.shift_remove("/") {
+            self.process_directives(node_id, directives, blame_path)?;
+        }
+        for (key, value) in data {
+            let Some(child_name) = key.strip_prefix('/') else {
+                self.nodes[node_id].own_data.insert(key, value);
+                continue;
+            };
+            // fmf strips every leading slash, then splits `/one/two/three` at its first slash into a child
+            // `one` holding `{"/two/three": value}` (its regex `(/.*)` stops at a newline).
+            let child_name = child_name.trim_start_matches('/');
+            // Each level recurses through child() and update(); Python runs out of recursion far sooner.
+            if child_name.matches('/').count() > MAX_NAME_SEGMENTS {
+                return Err(self.format_error(
+                    node_id,
+                    blame_path,
+                    format!("child key nests more than {MAX_NAME_SEGMENTS} levels deep"),
+                ));
+            }
+            match child_name.find('/') {
+                Some(slash) if slash > 0 => {
+                    let rest = &child_name[slash..];
+                    let rest = rest.split('\n').next().unwrap_or(rest);
+                    let mut nested = FmfMap::new();
+                    nested.insert(rest.to_owned(), value);
+                    let name = child_name[..slash].to_owned();
+                    self.child(
+                        node_id,
+                        &name,
+                        ChildContent::Data(FmfValue::Map(nested)),
+                        None,
+                        blame_path,
+                    )?;
+                }
+                _ => self.child(
+                    node_id,
+                    child_name,
+                    ChildContent::Data(value),
+                    None,
+                    blame_path,
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Check and store `/:` directives (`inherit`, `select`, both booleans).
+    fn process_directives(
+        &mut self,
+        node_id: usize,
+        directives: FmfValue,
+        blame_path: &Path,
+    ) -> Result<(), FmfError> {
+        let FmfValue::Map(directives) = directives else {
+            return Err(self.format_error(
+                node_id,
+                blame_path,
+                format!(
+                    "Invalid fmf directive: Should be a 'dict', got a '{}' instead.",
+                    directives.type_name()
+                ),
+            ));
+        };
+        let mut parsed = self.nodes[node_id].directives;
+        for (key, value) in &directives {
+            let FmfValue::Bool(flag) = value else {
+                if key == "inherit" || key == "select" {
+                    return Err(self.format_error(
+                        node_id,
+                        blame_path,
+                        format!("Invalid fmf directive '{key}': Should be a 'bool', got a '{}' instead.", value.type_name()),
+                    ));
+                }
+                return Err(self.format_error(
+                    node_id,
+                    blame_path,
+                    format!("Unknown fmf directive '{key}'."),
+                ));
+            };
+            match key.as_str() {
+                "inherit" => parsed.inherit = Some(*flag),
+                "select" => parsed.select = Some(*flag),
+                _ => {
+                    return Err(self.format_error(
+                        node_id,
+                        blame_path,
+                        format!("Unknown fmf directive '{key}'."),
+                    ))
+                }
+            }
+        }
+        self.nodes[node_id].directives = parsed;
+        Ok(())
+    }
+
+    /// Hidden names (a leading dot) are skipped unless `.fmf/config` includes them.
+    fn is_ignored_hidden(&self, name: &str) -> Result<bool, FmfError> {
+        if !name.starts_with('.') {
+            return Ok(false);
+        }
+        match &self.explore_include {
+            Ok(included) => Ok(!included.iter().any(|included_name| included_name == name)),
+            Err(FmfError::Format {
+                path,
+                node,
+                message,
+            }) => Err(FmfError::Format {
+                path: path.clone(),
+                node: node.clone(),
+                message: message.clone(),
+            }),
+            Err(other) => Err(FmfError::Format {
+                path: self.root.join(".fmf").join("config"),
+                node: "/".to_owned(),
+                message: other.to_string(),
+            }),
+        }
+    }
+
+    /// Read a directory into `node_id` (fmf's `Tree.grow`).
+    fn grow(&mut self, node_id: usize, directory: &Path) -> Result<(), FmfError> {
+        // fmf skips a directory it cannot list rather than failing.
+        let Ok(entries) = fs::read_dir(directory) else {
+            return Ok(());
+        };
+        let mut file_names = Vec::new();
+        let mut directory_names = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                // A name that is not UTF-8 cannot be a node name; fmf metadata never has one.
+                continue;
+            };
+            // Like os.walk, classify through symlinks: a link to a directory is a directory.
+            if entry.path().is_dir() {
+                directory_names.push(name);
+            } else {
+                file_names.push(name);
+            }
+        }
+        let mut fmf_files: Vec<String> = file_names
+            .into_iter()
+            .filter(|name| name.ends_with(FMF_SUFFIX))
+            .collect();
+        fmf_files.sort();
+        // main.fmf first, so the directory's own data is there before any child inherits from it.
+        if let Some(position) = fmf_files.iter().position(|name| name == MAIN_FILE) {
+            let main = fmf_files.remove(position);
+            fmf_files.insert(0, main);
+        }
+        for file_name in fmf_files {
+            if self.is_ignored_hidden(&file_name)? {
+                continue;
+            }
+            let full_path = directory.join(&file_name);
+            let text = fs::read(&full_path).map_err(|source| FmfError::Read {
+                path: full_path.clone(),
+                source,
+            })?;
+            let text = String::from_utf8(text).map_err(|error| FmfError::Read {
+                path: full_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+            })?;
+            let data = parse_fmf_file(&full_path, &text)?;
+            if file_name == MAIN_FILE {
+                self.nodes[node_id].own_sources.push(full_path.clone());
+                self.update(node_id, data, &full_path)?;
+            } else {
+                let stem = &file_name[..file_name.len() - FMF_SUFFIX.len()];
+                self.child(
+                    node_id,
+                    stem,
+                    ChildContent::Data(data),
+                    Some(&full_path),
+                    &full_path,
+                )?;
+            }
+        }
+
+        directory_names.sort();
+        for directory_name in directory_names {
+            if self.is_ignored_hidden(&directory_name)? {
+                continue;
+            }
+            let full_directory = directory.join(&directory_name);
+            if full_directory.is_symlink() {
+                let target =
+                    fs::canonicalize(&full_directory).unwrap_or_else(|_| full_directory.clone());
+                if self.symlink_targets.contains(&target) {
+                    continue;
+                }
+                self.symlink_targets.push(target);
+            }
+            // A directory with its own .fmf is a separate tree.
+            if full_directory.join(FMF_SUFFIX).is_dir() {
+                continue;
+            }
+            self.child(
+                node_id,
+                &directory_name,
+                ChildContent::Directory(full_directory.clone()),
+                None,
+                &full_directory,
+            )?;
+        }
+
+        // Drop children that got neither data nor children (directories without metadata).
+        let child_ids: Vec<(String, usize)> = self.nodes[node_id]
+            .children
+            .iter()
+            .map(|(name, id)| (name.clone(), *id))
+            .collect();
+        for (name, child_id) in child_ids {
+            let child = &self.nodes[child_id];
+            if child.children.is_empty() && !child.updated {
+                self.nodes[node_id].children.shift_remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve inheritance top-down and lay the nodes out in `climb(whole=True)` order.
+    fn inherit(&self, root_id: usize) -> Result<Vec<Node>, FmfError> {
+        let mut output = Vec::new();
+        // (node, parent's final data and sources); an explicit stack keeps deep trees off the call stack.
+        let mut pending: Vec<(usize, Option<Inherited>)> = vec![(root_id, None)];
+        while let Some((node_id, inherited)) = pending.pop() {
+            let growing = &self.nodes[node_id];
+            let (mut data, mut sources) = match inherited {
+                Some(parent) if growing.directives.inherit != Some(false) => parent,
+                _ => (FmfMap::new(), Vec::new()),
+            };
+            sources.extend(growing.own_sources.iter().cloned());
+            merge_special(&mut data, &growing.own_data).map_err(|failure| FmfError::Merge {
+                path: sources.last().cloned().unwrap_or_else(|| self.root.clone()),
+                node: growing.name.clone(),
+                key: failure.key,
+                reason: failure.reason,
+            })?;
+            let mut children: Vec<(&String, &usize)> = growing.children.iter().collect();
+            children.sort_by(|a, b| a.0.cmp(b.0));
+            let child_names: Vec<String> = children
+                .iter()
+                .map(|(_, id)| self.nodes[**id].name.clone())
+                .collect();
+            let selected = growing.directives.select.unwrap_or(children.is_empty());
+            // Push in reverse so the stack pops children in sorted order.
+            for (_, child_id) in children.iter().rev() {
+                pending.push((**child_id, Some((data.clone(), sources.clone()))));
+            }
+            output.push(Node {
+                name: growing.name.clone(),
+                data,
+                sources,
+                child_names,
+                selected,
+            });
+        }
+        Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_join_like_os_path_join() {
+        assert_eq!(join_node_name("/", "tests"), "/tests");
+        assert_eq!(join_node_name("/tests", "basic"), "/tests/basic");
+        assert_eq!(join_node_name("/tests", ""), "/tests/");
+    }
+
+    fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let directory = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+        for (relative, content) in files.iter().chain(&[(".fmf/version", "1\n")]) {
+            let path = directory.path().join(relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).unwrap_or_else(|error| panic!("{error}"));
+            }
+            fs::write(&path, content).unwrap_or_else(|error| panic!("{error}"));
+        }
+        directory
+    }
+
+    #[test]
+    fn inheritance_directives_and_tests() {
+        let directory = write_tree(&[
+            ("main.fmf", "tag: [a]\ntest: ./run.sh\n"),
+            ("one.fmf", "tag+: [b]\n/deep:\n    tag+: [c]\n"),
+            ("alone.fmf", "/:\n    inherit: false\nsummary: alone\n"),
+            ("empty-dir/notes.txt", "x"),
+        ]);
+        let tree = Tree::load(directory.path()).unwrap_or_else(|error| panic!("{error}"));
+        let names: Vec<&str> = tree.nodes().iter().map(Node::name).collect();
+        assert_eq!(names, ["/", "/alone", "/one", "/one/deep"]);
+        let deep = tree
+            .node("/one/deep")
+            .unwrap_or_else(|| panic!("no /one/deep"));
+        let tags: Vec<String> = deep
+            .get("tag")
+            .map(FmfValue::python_str)
+            .into_iter()
+            .collect();
+        assert_eq!(tags, ["['a', 'b', 'c']"]);
+        let tests: Vec<&str> = tree.tests().map(Node::name).collect();
+        assert_eq!(tests, ["/one/deep"]);
+        assert!(tree
+            .node("/alone")
+            .is_some_and(|node| node.get("tag").is_none()));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_node() {
+        let directory = write_tree(&[("main.fmf", "tag: [a]\n"), ("bad.fmf", "tag+: text\n")]);
+        let error = Tree::load(directory.path())
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        let message = error.to_string();
+        assert!(
+            message.contains("bad.fmf") && message.contains("/bad"),
+            "{message}"
+        );
+        let directory = write_tree(&[("main.fmf", "a: [\n")]);
+        let message = Tree::load(directory.path())
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("main.fmf:2:1"), "{message}");
+    }
+
+    #[test]
+    fn overly_deep_child_keys_are_refused() {
+        let key = "/a".repeat(MAX_NAME_SEGMENTS + 2);
+        let directory = write_tree(&[("main.fmf", &format!("{key}: {{x: 1}}\n"))]);
+        assert!(Tree::load(directory.path()).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        #[test]
+        fn arbitrary_file_contents_never_panic(
+            main in "[ -~\n]{0,80}",
+            child in r"(/[a-z]{1,3}:\n)?([a-z+~<-]{1,4}: (\[a\]|[a-z0-9]{0,3}|\{[a-z]: 1\}|/a/b/)\n){0,4}",
+        ) {
+            let directory = write_tree(&[("main.fmf", &main), ("child.fmf", &child)]);
+            if let Ok(mut tree) = Tree::load(directory.path()) {
+                let context = Context::new().with_dimension("distro", ["fedora-33"]);
+                let _ = tree.adjust(&context);
+            }
+        }
+    }
+
+    #[test]
+    fn missing_root_is_an_error_naming_the_path() {
+        let error = Tree::load("/nonexistent/fmf/tree")
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert!(
+            error.to_string().contains("/nonexistent/fmf/tree"),
+            "{error}"
+        );
+    }
+}

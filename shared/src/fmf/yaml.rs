@@ -1,0 +1,170 @@
+//! Reading one `.fmf` file: YAML text to `FmfValue`, with file:line:column on syntax errors.
+//!
+//! serde_norway (a maintained serde_yaml fork) resolves scalars by the YAML 1.2 core schema as ruamel.yaml
+//! does for fmf (`yes` stays a string), refuses duplicate keys as ruamel does, and reports error positions.
+//! One known gap: ruamel still reads YAML 1.1 number forms (`1_000`, `017`) as ints; here they stay strings.
+
+use std::path::Path;
+
+use serde_norway::Value as YamlValue;
+
+use super::error::FmfError;
+use super::value::{python_float_repr, FmfMap, FmfValue};
+
+/// Parse the text of `path`. An empty or comment-only file is `Null`, as in ruamel.yaml.
+pub(crate) fn parse_fmf_file(path: &Path, text: &str) -> Result<FmfValue, FmfError> {
+    let yaml_error = |error: serde_norway::Error| {
+        let (line, column) = error
+            .location()
+            .map_or((0, 0), |location| (location.line(), location.column()));
+        FmfError::Yaml {
+            path: path.to_owned(),
+            line,
+            column,
+            message: error.to_string(),
+        }
+    };
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
+    {
+        return Ok(FmfValue::Null);
+    }
+    let mut parsed: YamlValue = serde_norway::from_str(text).map_err(yaml_error)?;
+    // `<<` merge keys are part of ruamel's safe loader; serde_norway applies them on request.
+    parsed.apply_merge().map_err(yaml_error)?;
+    convert(&parsed, true).map_err(|message| FmfError::Format {
+        path: path.to_owned(),
+        node: "/".into(),
+        message,
+    })
+}
+
+/// Convert a YAML value. At node level (the file's top mapping and `/child` mappings inside it) keys must be
+/// strings: Python fmf calls string methods on them. Deeper down a scalar key becomes the string
+/// `json.dumps` would print, which is how node data compares with Python's output.
+fn convert(value: &YamlValue, node_level: bool) -> Result<FmfValue, String> {
+    Ok(match value {
+        YamlValue::Null => FmfValue::Null,
+        YamlValue::Bool(flag) => FmfValue::Bool(*flag),
+        YamlValue::Number(number) => {
+            if let Some(integer) = number.as_i64() {
+                FmfValue::Integer(integer)
+            } else {
+                FmfValue::Float(number.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        YamlValue::String(text) => FmfValue::String(text.clone()),
+        YamlValue::Sequence(items) => FmfValue::List(
+            items
+                .iter()
+                .map(|item| convert(item, false))
+                .collect::<Result<_, _>>()?,
+        ),
+        YamlValue::Mapping(mapping) => {
+            let mut map = FmfMap::with_capacity(mapping.len());
+            let mut numeric_keys_seen: Vec<f64> = Vec::new();
+            for (key, item) in mapping {
+                // Python dict keys 1, 1.0 and True are one key, so ruamel refuses them as duplicates.
+                let numeric_key = match key {
+                    YamlValue::Bool(flag) => Some(f64::from(u8::from(*flag))),
+                    YamlValue::Number(number) => number.as_f64(),
+                    _ => None,
+                };
+                if let Some(numeric_key) = numeric_key {
+                    if numeric_keys_seen.contains(&numeric_key) {
+                        return Err(format!("found duplicate key {}", describe(key)));
+                    }
+                    numeric_keys_seen.push(numeric_key);
+                }
+                let key_text = match key {
+                    YamlValue::String(text) => text.clone(),
+                    YamlValue::Null if node_level => return Err("Invalid key 'None'.".to_owned()),
+                    other if node_level => {
+                        return Err(format!(
+                            "invalid key {}: keys must be strings",
+                            describe(other)
+                        ))
+                    }
+                    YamlValue::Null => "null".to_owned(),
+                    YamlValue::Bool(flag) => flag.to_string(),
+                    YamlValue::Number(number) => match number.as_i64() {
+                        Some(integer) => integer.to_string(),
+                        None => python_float_repr(number.as_f64().unwrap_or(f64::NAN)),
+                    },
+                    other => return Err(format!("unhashable mapping key {}", describe(other))),
+                };
+                let child_is_node = node_level && key_text.starts_with('/');
+                map.insert(key_text, convert(item, child_is_node)?);
+            }
+            FmfValue::Map(map)
+        }
+        YamlValue::Tagged(tagged) => {
+            return Err(format!(
+                "could not determine a constructor for the tag '{}'",
+                tagged.tag
+            ));
+        }
+    })
+}
+
+fn describe(value: &YamlValue) -> String {
+    serde_norway::to_string(value)
+        .map_or_else(|_| "?".to_owned(), |text| text.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FmfValue, FmfError> {
+        parse_fmf_file(Path::new("test.fmf"), text)
+    }
+
+    #[test]
+    fn scalars_resolve_like_ruamel() {
+        let value = parse("a: yes\nb: 017\nc: 0o17\nd: 1e3\ne: ~\nf: On\ng: 1.5\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let map = value.as_map().unwrap_or_else(|| panic!("not a map"));
+        assert_eq!(map["a"], FmfValue::String("yes".into()));
+        assert_eq!(map["c"], FmfValue::Integer(15));
+        assert_eq!(map["e"], FmfValue::Null);
+        assert_eq!(map["f"], FmfValue::String("On".into()));
+        assert_eq!(map["g"], FmfValue::Float(1.5));
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_null() {
+        assert_eq!(parse("").ok(), Some(FmfValue::Null));
+        assert_eq!(parse("# nothing\n\n").ok(), Some(FmfValue::Null));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let error = parse("a: 1\nb: [1, 2\n")
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        let FmfError::Yaml { line, .. } = &error else {
+            panic!("wrong error {error}")
+        };
+        assert!(*line >= 2, "{error}");
+        assert!(error.to_string().starts_with("test.fmf:"), "{error}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        assert!(parse("a: 1\na: 2\n").is_err());
+    }
+
+    #[test]
+    fn node_level_keys_must_be_strings() {
+        assert!(parse("1: a\n").is_err());
+        assert!(parse("/child:\n  2: b\n").is_err());
+        let nested = parse("data:\n  1: a\n").unwrap_or_else(|error| panic!("{error}"));
+        assert!(nested
+            .as_map()
+            .and_then(|map| map["data"].as_map())
+            .is_some_and(|map| map.contains_key("1")));
+    }
+}
