@@ -60,6 +60,24 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Import test metadata (fmf trees) and query it.
+    Tests {
+        #[command(subcommand)]
+        action: TestsAction,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The feature graph: each feature's paths, dependencies, dependents and test counts.
+    Features {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start a coordinator and local agents in a temporary directory and watch them join.
     Demo {
         /// How many local agents to start
@@ -69,6 +87,61 @@ pub enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestsAction {
+    /// Import an fmf tree: a directory, or a git URL (cloned by the coordinator). Re-import is idempotent;
+    /// tests that disappeared are marked removed.
+    Import {
+        /// A directory holding an fmf tree (.fmf/version), or a git URL
+        location: String,
+        /// The git ref to import (branch, tag or commit) [default: the remote's HEAD]
+        #[arg(long = "ref", default_value = "")]
+        git_ref: String,
+        /// An adjust context dimension, key=value (repeatable), e.g. distro=rhel-9.4
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+    /// List tests; every filter given must hold.
+    List {
+        /// Tests covering this feature, directly or through a feature that depends on it
+        #[arg(long)]
+        feature: Option<String>,
+        /// Tests that can run on this platform kind (vm, container, baremetal)
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        distro: Option<String>,
+        /// unit, integration, functional, performance or acceptance
+        #[arg(long = "type")]
+        test_type: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        component: Option<String>,
+        /// A linked requirement: relation:target (verifies:REQ-123) or just the target
+        #[arg(long)]
+        linked: Option<String>,
+        /// Tests that need, create or modify this resource
+        #[arg(long)]
+        resource: Option<String>,
+        /// Tests that must run after this test (name it in `after`)
+        #[arg(long)]
+        depends_on: Option<String>,
+        /// Only tests whose metadata differs between distros (through adjust)
+        #[arg(long)]
+        differs_by_distro: bool,
+        /// Include tests that disappeared from their source
+        #[arg(long)]
+        include_removed: bool,
+    },
+    /// A test's full, adjusted metadata and where it came from.
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +179,23 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             let outcome = agents_command(&mut client, action, json).await;
             client.close().await;
             outcome
+        }
+        Command::Tests {
+            action,
+            json,
+            client,
+        } => {
+            let request = tests_request(action)?;
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client.request(request).await;
+            client.close().await;
+            print_catalog_response(response?, json)
+        }
+        Command::Features { json, client } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client.request(OperatorRequest::ListFeatures).await;
+            client.close().await;
+            print_catalog_response(response?, json)
         }
         Command::Demo {
             agents,
@@ -269,6 +359,219 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
     }
     if agents.is_empty() {
         out.push_str("(no agents yet: start one with polarizer-agent --join HOST:7700 ...)\n");
+    }
+    out
+}
+
+fn tests_request(action: TestsAction) -> anyhow::Result<OperatorRequest> {
+    Ok(match action {
+        TestsAction::Import {
+            location,
+            git_ref,
+            context,
+        } => {
+            let context = crate::import::parse_context(&context)?;
+            // A local directory is read by the coordinator: give it an absolute path.
+            let location = if crate::import::is_git_url(&location) {
+                location
+            } else {
+                std::fs::canonicalize(&location)
+                    .with_context(|| format!("{location}: no such directory"))?
+                    .display()
+                    .to_string()
+            };
+            OperatorRequest::ImportTests {
+                location,
+                git_ref,
+                context,
+            }
+        }
+        TestsAction::List {
+            feature,
+            platform,
+            arch,
+            distro,
+            test_type,
+            tag,
+            tier,
+            component,
+            linked,
+            resource,
+            depends_on,
+            differs_by_distro,
+            include_removed,
+        } => OperatorRequest::ListTests(Box::new(polarizer_shared::catalog::TestQuery {
+            feature,
+            platform,
+            arch,
+            distro,
+            test_type,
+            tag,
+            tier,
+            component,
+            linked,
+            resource,
+            depends_on,
+            differs_by_distro,
+            include_removed,
+        })),
+        TestsAction::Show { id } => OperatorRequest::ShowTest { id },
+    })
+}
+
+fn print_catalog_response(response: OperatorResponse, json: bool) -> anyhow::Result<()> {
+    match response {
+        OperatorResponse::Imported { source, summary } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "source": source, "summary": summary }))?
+                );
+            } else {
+                let commit = if source.git_commit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}", &source.git_commit)
+                };
+                println!(
+                    "imported {}{commit}: {} tests ({} new, {} removed), {} features",
+                    source.location,
+                    summary.tests,
+                    summary.added,
+                    summary.removed,
+                    summary.features
+                );
+            }
+        }
+        OperatorResponse::Tests(tests) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tests)?);
+            } else {
+                let rows: Vec<Vec<String>> = tests
+                    .iter()
+                    .map(|test| {
+                        vec![
+                            test.name.clone(),
+                            test.test_type.clone(),
+                            test.feature.clone(),
+                            test.tier.clone(),
+                            test.platform_kind.clone(),
+                            format!("{}s", test.duration_seconds),
+                            if test.removed {
+                                "removed".into()
+                            } else if test.enabled {
+                                String::new()
+                            } else {
+                                "disabled".into()
+                            },
+                            test.summary.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "NAME", "TYPE", "FEATURE", "TIER", "PLATFORM", "DURATION", "STATE",
+                            "SUMMARY"
+                        ],
+                        &rows
+                    )
+                );
+                println!("{} tests", tests.len());
+            }
+        }
+        OperatorResponse::Test {
+            metadata,
+            source,
+            removed,
+        } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "metadata": metadata, "source": source, "removed": removed })
+                    )?
+                );
+            } else {
+                let mut value = serde_json::to_value(&metadata)?;
+                if let Some(map) = value.as_object_mut() {
+                    map.retain(|_, field| {
+                        !(field.is_null()
+                            || field == &json!("")
+                            || field == &json!([])
+                            || field == &json!({}))
+                    });
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!(
+                    "source: {} {} {}",
+                    source.location, source.git_ref, source.git_commit
+                );
+                if removed {
+                    println!("removed: this test is no longer in its source");
+                }
+            }
+        }
+        OperatorResponse::Features(features) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&features)?);
+            } else {
+                let rows: Vec<Vec<String>> = features
+                    .iter()
+                    .map(|feature| {
+                        vec![
+                            feature.name.clone(),
+                            feature.depends.join(","),
+                            feature.dependents.join(","),
+                            feature.direct_tests.to_string(),
+                            feature.selected_tests.to_string(),
+                            feature.paths.join(","),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "FEATURE",
+                            "DEPENDS",
+                            "DEPENDENTS",
+                            "TESTS",
+                            "SELECTED",
+                            "PATHS"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.iter().map(|header| header.to_string()).collect());
+    for row in rows {
+        line(row.clone());
     }
     out
 }

@@ -78,6 +78,7 @@ pub async fn run(
         enrollment_token_digest,
         operator_token_digest,
         gossip_live_rx,
+        data_dir.root.clone(),
     ));
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();

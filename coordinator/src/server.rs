@@ -45,6 +45,8 @@ pub struct Shared {
     pub operator_token_digest: String,
     /// Agent names gossip currently sees alive (a hint, never trusted for identity).
     pub gossip_live: watch::Receiver<BTreeSet<String>>,
+    /// For caches (git checkouts of imported test repositories).
+    pub data_dir: std::path::PathBuf,
     sessions: Mutex<HashMap<String, LiveSession>>,
 }
 
@@ -62,6 +64,7 @@ impl Shared {
         enrollment_token_digest: String,
         operator_token_digest: String,
         gossip_live: watch::Receiver<BTreeSet<String>>,
+        data_dir: std::path::PathBuf,
     ) -> Shared {
         Shared {
             store,
@@ -70,6 +73,7 @@ impl Shared {
             enrollment_token_digest,
             operator_token_digest,
             gossip_live,
+            data_dir,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -109,6 +113,43 @@ impl Shared {
             .expect("sessions lock")
             .get(name)
             .map(|session| session.last_frame.elapsed())
+    }
+
+    /// Reads and checks the tree off the async runtime, then stores it in one step.
+    async fn import(
+        &self,
+        location: String,
+        git_ref: String,
+        context: Vec<(String, String)>,
+    ) -> OperatorResponse {
+        let data_dir = self.data_dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            crate::import::prepare(&location, &git_ref, &context, &data_dir, now_ms())
+        })
+        .await;
+        let import = match prepared {
+            Ok(Ok(import)) => import,
+            Ok(Err(err)) => {
+                return OperatorResponse::Error {
+                    message: format!("import failed, nothing stored: {err}"),
+                }
+            }
+            Err(err) => {
+                return OperatorResponse::Error {
+                    message: format!("import failed: {err}"),
+                }
+            }
+        };
+        let source = import.source.clone();
+        match self.store.import_catalog(import).await {
+            Ok(summary) => {
+                info!(source = %source.location, tests = summary.tests, added = summary.added, removed = summary.removed, "catalog imported");
+                OperatorResponse::Imported { source, summary }
+            }
+            Err(err) => OperatorResponse::Error {
+                message: format!("import failed, nothing stored: {err}"),
+            },
+        }
     }
 
     async fn revoke(&self, name: &str) -> OperatorResponse {
@@ -468,6 +509,43 @@ async fn operator_session(
                 },
             },
             OperatorRequest::RevokeAgent { name } => shared.revoke(&name).await,
+            OperatorRequest::ImportTests {
+                location,
+                git_ref,
+                context,
+            } => shared.import(location, git_ref, context).await,
+            OperatorRequest::ListTests(query) => {
+                match shared.store.read(move |reader| reader.tests(&query)).await {
+                    Ok(tests) => OperatorResponse::Tests(tests),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::ShowTest { id } => {
+                let wanted = id.clone();
+                match shared.store.read(move |reader| reader.test(&wanted)).await {
+                    Ok(Some((metadata, source, removed))) => OperatorResponse::Test {
+                        metadata: Box::new(metadata),
+                        source,
+                        removed,
+                    },
+                    Ok(None) => OperatorResponse::Error {
+                        message: format!("no test {id:?} in the catalog"),
+                    },
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::ListFeatures => {
+                match shared.store.read(|reader| reader.features()).await {
+                    Ok(features) => OperatorResponse::Features(features),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
         };
         if stream.send(&ServerFrame::Operator(response)).await.is_err() {
             return;

@@ -23,6 +23,8 @@ const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         revoked_at_ms INTEGER
     ) STRICT;",
+    // 2: the test catalog (see catalog.rs).
+    crate::catalog::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -89,6 +91,10 @@ enum Command {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    ImportCatalog {
+        import: Box<crate::catalog::Import>,
+        reply: oneshot::Sender<Result<crate::catalog::ImportSummary, StoreError>>,
+    },
 }
 
 /// Cheap to clone; every clone talks to the one writer thread.
@@ -131,7 +137,7 @@ impl Store {
     }
 }
 
-fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -247,9 +253,9 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
         }
         let mut replies: Vec<Reply> = Vec::new();
         let outcome = (|| -> Result<(), StoreError> {
-            let transaction = connection.transaction().map_err(sqlite_error(&path))?;
+            let mut transaction = connection.transaction().map_err(sqlite_error(&path))?;
             for command in batch {
-                apply(&transaction, command, &path, &mut replies)?;
+                apply(&mut transaction, command, &path, &mut replies)?;
             }
             transaction.commit().map_err(sqlite_error(&path))
         })();
@@ -264,7 +270,7 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
 }
 
 fn apply(
-    transaction: &rusqlite::Transaction<'_>,
+    transaction: &mut rusqlite::Transaction<'_>,
     command: Command,
     path: &Path,
     replies: &mut Vec<Reply>,
@@ -357,6 +363,28 @@ fn apply(
                 let _ = reply.send(());
             }));
         }
+        Command::ImportCatalog { import, reply } => {
+            // A savepoint of its own: a failed import changes nothing, and takes no other write with it.
+            let outcome = (|| {
+                let savepoint = transaction.savepoint().map_err(&on_sqlite)?;
+                let summary =
+                    crate::catalog::write_import(&savepoint, &import).map_err(&on_sqlite)?;
+                savepoint.commit().map_err(&on_sqlite)?;
+                Ok(summary)
+            })();
+            match outcome {
+                Ok(summary) => replies.push(Box::new(move |committed| {
+                    let _ = reply.send(committed.map(|_| summary).map_err(|err| {
+                        StoreError::Transaction {
+                            reason: err.to_string(),
+                        }
+                    }));
+                })),
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -428,6 +456,19 @@ impl StoreHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Stores an imported catalog in one step: all of it, or (on error) nothing.
+    pub async fn import_catalog(
+        &self,
+        import: crate::catalog::Import,
+    ) -> Result<crate::catalog::ImportSummary, StoreError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.send(Command::ImportCatalog {
+            import: Box::new(import),
+            reply,
+        })?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Waits until everything sent before is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, reply_rx) = oneshot::channel();
@@ -465,8 +506,8 @@ impl StoreHandle {
 }
 
 pub struct Reader {
-    connection: Connection,
-    path: PathBuf,
+    pub(crate) connection: Connection,
+    pub(crate) path: PathBuf,
 }
 
 impl Reader {

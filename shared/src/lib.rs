@@ -2,10 +2,12 @@
 //!
 //! Plain data and codecs over bytes only: no sockets, no async runtime, no database.
 
+pub mod catalog;
 pub mod facts;
 pub mod fmf;
 pub mod frame;
 pub mod membership;
+pub mod metadata;
 pub mod protocol;
 
 pub use facts::{AgentFacts, PlatformKind};

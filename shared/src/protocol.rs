@@ -168,14 +168,43 @@ pub enum CoordinatorMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OperatorRequest {
     ListAgents,
-    RevokeAgent { name: String },
+    RevokeAgent {
+        name: String,
+    },
+    /// Import an fmf tree: a directory on the coordinator's host, or a git URL (cloned there).
+    ImportTests {
+        location: String,
+        git_ref: String,
+        context: Vec<(String, String)>,
+    },
+    ListTests(Box<crate::catalog::TestQuery>),
+    ShowTest {
+        id: String,
+    },
+    ListFeatures,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OperatorResponse {
     Agents(Vec<AgentRecord>),
-    Revoked { name: String, was_online: bool },
-    Error { message: String },
+    Revoked {
+        name: String,
+        was_online: bool,
+    },
+    Error {
+        message: String,
+    },
+    Imported {
+        source: crate::catalog::Source,
+        summary: crate::catalog::ImportSummary,
+    },
+    Tests(Vec<crate::catalog::TestRow>),
+    Test {
+        metadata: Box<crate::metadata::TestMetadata>,
+        source: crate::catalog::Source,
+        removed: bool,
+    },
+    Features(Vec<crate::catalog::FeatureRow>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

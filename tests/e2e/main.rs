@@ -1,4 +1,5 @@
 //! End-to-end tests: real `polarizer` and `polarizer-agent` processes on loopback.
 
+mod catalog;
 mod foundation;
 mod operations;
