@@ -304,18 +304,7 @@ pub fn agent_json(agent: &AgentRecord) -> serde_json::Value {
 }
 
 pub fn agents_table(agents: &[AgentRecord]) -> String {
-    let headers = [
-        "NAME",
-        "STATE",
-        "PLATFORM",
-        "ARCH",
-        "DISTRO",
-        "CPUS",
-        "MEMORY",
-        "LAST SEEN",
-        "LABELS",
-    ];
-    let rows: Vec<[String; 9]> = agents
+    let rows: Vec<Vec<String>> = agents
         .iter()
         .map(|agent| {
             let facts = &agent.facts;
@@ -324,7 +313,7 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
                 .iter()
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect();
-            [
+            vec![
                 agent.name.clone(),
                 agent.state.as_str().to_string(),
                 facts.platform.as_str().to_string(),
@@ -337,26 +326,20 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(&headers.map(String::from));
-    for row in &rows {
-        line(row);
-    }
+    let mut out = table(
+        &[
+            "NAME",
+            "STATE",
+            "PLATFORM",
+            "ARCH",
+            "DISTRO",
+            "CPUS",
+            "MEMORY",
+            "LAST SEEN",
+            "LABELS",
+        ],
+        &rows,
+    );
     if agents.is_empty() {
         out.push_str("(no agents yet: start one with polarizer-agent --join HOST:7700 ...)\n");
     }
