@@ -219,13 +219,7 @@ fn init(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "exists"
     };
     println!("{verb} {}", data_dir.root.display());
-    println!(
-        "  CA              {} {}",
-        data_dir.ca_certificate().display(),
-        identity.ca_fingerprint
-    );
-    println!("  agent token     {}", data_dir.agent_token().display());
-    println!("  operator token  {}", data_dir.operator_token().display());
+    print!("{}", data_dir.secrets_summary(&identity.ca_fingerprint));
     Ok(())
 }
 

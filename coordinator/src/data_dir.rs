@@ -62,6 +62,16 @@ impl DataDir {
         self.root.join("operator-token")
     }
 
+    /// The lines `serve` and `init` print: where the CA (with its fingerprint) and the tokens are.
+    pub fn secrets_summary(&self, ca_fingerprint: &str) -> String {
+        format!(
+            "  CA              {} {ca_fingerprint}\n  agent token     {}\n  operator token  {}\n",
+            self.ca_certificate().display(),
+            self.agent_token().display(),
+            self.operator_token().display()
+        )
+    }
+
     /// Creates whatever is missing on first start; on later starts loads what is there. A directory that
     /// has a CA but lost its server key is an error, not a silent new CA that every agent would refuse.
     pub fn prepare(&self) -> Result<Identity, DataDirError> {

@@ -113,13 +113,7 @@ pub async fn run(
     );
     println!("  quic            {quic_advertised}");
     println!("  http            http://{http_addr} (/healthz, /metrics)");
-    println!(
-        "  CA              {} {}",
-        data_dir.ca_certificate().display(),
-        identity.ca_fingerprint
-    );
-    println!("  agent token     {}", data_dir.agent_token().display());
-    println!("  operator token  {}", data_dir.operator_token().display());
+    print!("{}", data_dir.secrets_summary(&identity.ca_fingerprint));
     info!(quic = %quic_advertised, gossip = %gossip_advertised, http = %http_addr, created = identity.created, "coordinator listening");
     polarizer_transport::daemon::notify_ready(&format!(
         "listening on {quic_advertised} (QUIC), {gossip_advertised} (gossip)"
