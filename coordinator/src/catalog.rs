@@ -242,7 +242,6 @@ impl Reader {
                 conditions.push(format!("{column} = ?{}", values.len()));
             }
         };
-        equals("tests.platform_kind", &query.platform);
         equals("tests.test_type", &query.test_type);
         equals("tests.tier", &query.tier);
         let mut facet = |kinds: &[&str], value: &Option<String>, values: &mut Vec<String>| {
@@ -267,16 +266,22 @@ impl Reader {
             &mut values,
         );
         facet(&["after"], &query.depends_on, &mut values);
-        // A test with no arch or distro needs runs anywhere.
+        // A test with no arch or distro needs runs anywhere; `rhel-9` is met by rhel-9.4, `rhel` by rhel-9.4.
         for (kind, value) in [("arch", &query.arch), ("distro", &query.distro)] {
             if let Some(value) = value {
                 values.push(value.clone());
                 let index = values.len();
                 conditions.push(format!(
                     "(NOT EXISTS (SELECT 1 FROM test_facets WHERE test_id = tests.id AND facet = '{kind}')
-                      OR EXISTS (SELECT 1 FROM test_facets WHERE test_id = tests.id AND facet = '{kind}' AND (value = ?{index} OR ?{index} LIKE value || '-%')))"
+                      OR EXISTS (SELECT 1 FROM test_facets WHERE test_id = tests.id AND facet = '{kind}'
+                        AND (value = ?{index} OR ?{index} LIKE value || '-%' OR ?{index} LIKE value || '.%')))"
                 ));
             }
+        }
+        // A test with no platform kind can run on any.
+        if let Some(platform) = &query.platform {
+            values.push(platform.clone());
+            conditions.push(format!("tests.platform_kind IN (?{}, '')", values.len()));
         }
         if let Some(linked) = &query.linked {
             values.push(linked.clone());

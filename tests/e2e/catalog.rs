@@ -19,7 +19,7 @@ fn write_tree(root: &Path) {
             "tests/register.fmf",
             "/basic:\n  summary: register with a username\n  test: ./register.sh\n  feature: subscription/register\n  tag: [smoke]\n  tier: 1\n  resources: {needs: [candlepin], modifies: [identity-cert]}\n  platform: {kind: container}\n  link: [{verifies: REQ-123}]\n  after: [/tests/identity/cert]\n",
         ),
-        ("tests/identity.fmf", "/cert:\n  summary: identity certificate\n  test: ./cert.sh\n  type: unit\n  feature: subscription/identity\n"),
+        ("tests/identity.fmf", "/cert:\n  summary: identity certificate\n  test: ./cert.sh\n  type: unit\n  feature: subscription/identity\n  platform: {distro: [rhel-9]}\n"),
         (
             "tests/attach.fmf",
             "/pool:\n  summary: attach a pool\n  test: ./attach.sh\n  feature: attach\n  adjust:\n    - when: distro < rhel-9\n      enabled: false\n      because: pools are gone before RHEL 9\n",
@@ -102,13 +102,21 @@ fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
         names(&cluster, &["--feature", "attach"]),
         ["/tests/attach/pool"]
     );
+    // "Can run on a container": tests asking for one, and tests asking for no platform kind at all.
     assert_eq!(
         names(
             &cluster,
             &["--platform", "container", "--type", "integration"]
         ),
-        ["/tests/register/basic"]
+        ["/tests/attach/pool", "/tests/register/basic"]
     );
+    assert_eq!(
+        names(&cluster, &["--platform", "vm", "--type", "integration"]),
+        ["/tests/attach/pool"]
+    );
+    // rhel-9.4 meets the one test asking for rhel-9; fedora does not.
+    assert_eq!(names(&cluster, &["--distro", "rhel-9.4"]).len(), 3);
+    assert_eq!(names(&cluster, &["--distro", "fedora-41"]).len(), 2);
     assert_eq!(
         names(
             &cluster,
