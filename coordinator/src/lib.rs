@@ -9,6 +9,8 @@ pub mod demo;
 pub mod http;
 pub mod import;
 pub mod inventory;
+pub mod partition;
+pub mod selection;
 pub mod serve;
 pub mod server;
 pub mod store;

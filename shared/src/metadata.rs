@@ -71,7 +71,7 @@ pub struct Resources {
     pub modifies: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PlatformNeeds {
     pub kind: Option<PlatformKind>,
     pub arch: Vec<String>,

@@ -1,0 +1,408 @@
+//! Partitioning, a pure function: selected tests → suites. Tests that conflict (both create or modify a
+//! resource, or one changes what another needs) or are chained by `after` share one serial suite, in
+//! dependency order. The rest are independent and packed into parallel suites, one per platform that can
+//! take them, balanced by expected duration, longest first (LPT), with the serial suites placed first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SuiteKind {
+    Parallel,
+    Serial,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Suite {
+    pub kind: SuiteKind,
+    pub needs: PlatformNeeds,
+    /// Test ids; for a serial suite, in the order they must run.
+    pub tests: Vec<String>,
+    pub expected_seconds: f64,
+    /// Which platform slot of its group the plan put it on (suites on one slot run one after another).
+    pub slot: usize,
+}
+
+/// Do two tests touch shared state in a way that forbids running them at once?
+pub fn conflict(first: &TestMetadata, second: &TestMetadata) -> bool {
+    let first_writes = writes(first);
+    let second_writes = writes(second);
+    !first_writes.is_disjoint(&second_writes)
+        || !first_writes.is_disjoint(&reads(second))
+        || !second_writes.is_disjoint(&reads(first))
+}
+
+fn writes(test: &TestMetadata) -> BTreeSet<&str> {
+    test.resources
+        .creates
+        .iter()
+        .chain(&test.resources.modifies)
+        .map(String::as_str)
+        .collect()
+}
+
+fn reads(test: &TestMetadata) -> BTreeSet<&str> {
+    test.resources.needs.iter().map(String::as_str).collect()
+}
+
+struct UnionFind {
+    parent: Vec<usize>,
+}
+
+impl UnionFind {
+    fn find(&mut self, item: usize) -> usize {
+        let mut root = item;
+        while self.parent[root] != root {
+            root = self.parent[root];
+        }
+        let mut current = item;
+        while self.parent[current] != root {
+            let next = self.parent[current];
+            self.parent[current] = root;
+            current = next;
+        }
+        root
+    }
+
+    fn union(&mut self, first: usize, second: usize) {
+        let (first, second) = (self.find(first), self.find(second));
+        if first != second {
+            self.parent[second.max(first)] = second.min(first);
+        }
+    }
+}
+
+/// `expected` gives a test's expected seconds (history mean, else its fmf duration); `slots` how many
+/// platforms can take a suite with these needs (at least one is assumed, so nothing is dropped: a suite
+/// with no matching platform waits in the queue).
+pub fn partition(
+    tests: &[&TestMetadata],
+    expected: &dyn Fn(&TestMetadata) -> f64,
+    slots: &dyn Fn(&PlatformNeeds) -> usize,
+) -> Vec<Suite> {
+    let index_of: BTreeMap<&str, usize> = tests
+        .iter()
+        .enumerate()
+        .flat_map(|(index, test)| [(test.id.as_str(), index), (test.name.as_str(), index)])
+        .collect();
+    let mut groups = UnionFind {
+        parent: (0..tests.len()).collect(),
+    };
+    // Conflicts by resource: bucket by resource name instead of comparing every pair.
+    let mut by_resource: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, test) in tests.iter().enumerate() {
+        let resources = &test.resources;
+        for resource in resources
+            .needs
+            .iter()
+            .chain(&resources.creates)
+            .chain(&resources.modifies)
+        {
+            by_resource
+                .entry(resource.as_str())
+                .or_default()
+                .push(index);
+        }
+    }
+    for members in by_resource.values() {
+        for (position, &first) in members.iter().enumerate() {
+            for &second in &members[position + 1..] {
+                if conflict(tests[first], tests[second]) {
+                    groups.union(first, second);
+                }
+            }
+        }
+    }
+    for (index, test) in tests.iter().enumerate() {
+        for after in &test.after {
+            if let Some(&before) = index_of.get(after.as_str()) {
+                groups.union(index, before);
+            }
+        }
+    }
+    let mut components: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for index in 0..tests.len() {
+        let root = groups.find(index);
+        components.entry(root).or_default().push(index);
+    }
+
+    let mut serial: Vec<(PlatformNeeds, Vec<usize>)> = Vec::new();
+    let mut independent: BTreeMap<PlatformNeeds, Vec<usize>> = BTreeMap::new();
+    for members in components.into_values() {
+        if members.len() == 1 {
+            independent
+                .entry(tests[members[0]].platform.clone())
+                .or_default()
+                .push(members[0]);
+        } else {
+            // The most specific needs in the component stand for all of it.
+            let needs = members
+                .iter()
+                .map(|&index| tests[index].platform.clone())
+                .max_by_key(|needs| (needs.kind.is_some(), needs.arch.len() + needs.distro.len()))
+                .unwrap_or_default();
+            serial.push((needs, in_after_order(tests, &members, &index_of)));
+        }
+    }
+
+    let mut suites = Vec::new();
+    let group_needs: BTreeSet<PlatformNeeds> = serial
+        .iter()
+        .map(|(needs, _)| needs.clone())
+        .chain(independent.keys().cloned())
+        .collect();
+    for needs in group_needs {
+        let slot_count = slots(&needs).max(1);
+        let mut load = vec![0.0f64; slot_count];
+        let least_loaded = |load: &[f64]| {
+            load.iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(slot, _)| slot)
+                .unwrap_or(0)
+        };
+        let mut serial_here: Vec<(f64, Vec<usize>)> = serial
+            .iter()
+            .filter(|(suite_needs, _)| *suite_needs == needs)
+            .map(|(_, members)| {
+                (
+                    members.iter().map(|&index| expected(tests[index])).sum(),
+                    members.clone(),
+                )
+            })
+            .collect();
+        serial_here.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (seconds, members) in serial_here {
+            let slot = least_loaded(&load);
+            load[slot] += seconds;
+            suites.push(Suite {
+                kind: SuiteKind::Serial,
+                needs: needs.clone(),
+                tests: members
+                    .iter()
+                    .map(|&index| tests[index].id.clone())
+                    .collect(),
+                expected_seconds: seconds,
+                slot,
+            });
+        }
+        let mut singles: Vec<usize> = independent.remove(&needs).unwrap_or_default();
+        singles.sort_by(|&a, &b| {
+            expected(tests[b])
+                .total_cmp(&expected(tests[a]))
+                .then_with(|| tests[a].name.cmp(&tests[b].name))
+        });
+        let mut bins: Vec<Vec<usize>> = vec![Vec::new(); slot_count];
+        for index in singles {
+            let slot = least_loaded(&load);
+            load[slot] += expected(tests[index]);
+            bins[slot].push(index);
+        }
+        for (slot, members) in bins
+            .into_iter()
+            .enumerate()
+            .filter(|(_, members)| !members.is_empty())
+        {
+            let expected_seconds = members.iter().map(|&index| expected(tests[index])).sum();
+            suites.push(Suite {
+                kind: SuiteKind::Parallel,
+                needs: needs.clone(),
+                tests: members
+                    .iter()
+                    .map(|&index| tests[index].id.clone())
+                    .collect(),
+                expected_seconds,
+                slot,
+            });
+        }
+    }
+    suites
+}
+
+/// Kahn's algorithm over `after` within one component; ties broken by fmf `order`, then name.
+fn in_after_order(
+    tests: &[&TestMetadata],
+    members: &[usize],
+    index_of: &BTreeMap<&str, usize>,
+) -> Vec<usize> {
+    let member_set: BTreeSet<usize> = members.iter().copied().collect();
+    let mut waiting_on: BTreeMap<usize, BTreeSet<usize>> = members
+        .iter()
+        .map(|&index| {
+            let befores = tests[index]
+                .after
+                .iter()
+                .filter_map(|after| index_of.get(after.as_str()).copied())
+                .filter(|before| member_set.contains(before))
+                .collect();
+            (index, befores)
+        })
+        .collect();
+    let mut ordered = Vec::with_capacity(members.len());
+    while !waiting_on.is_empty() {
+        let ready = waiting_on
+            .iter()
+            .filter(|(_, befores)| befores.is_empty())
+            .map(|(&index, _)| index)
+            .min_by_key(|&index| (tests[index].order, tests[index].name.clone()));
+        // Metadata validation rejects `after` cycles; should one slip through, keep the rest in name order.
+        let next = ready.unwrap_or_else(|| *waiting_on.keys().next().expect("non-empty"));
+        waiting_on.remove(&next);
+        for befores in waiting_on.values_mut() {
+            befores.remove(&next);
+        }
+        ordered.push(next);
+    }
+    ordered
+}
+
+/// The plan's makespan: the busiest slot of any platform group.
+pub fn makespan(suites: &[Suite]) -> f64 {
+    let mut per_slot: BTreeMap<(PlatformNeeds, usize), f64> = BTreeMap::new();
+    for suite in suites {
+        *per_slot
+            .entry((suite.needs.clone(), suite.slot))
+            .or_default() += suite.expected_seconds;
+    }
+    per_slot.into_values().fold(0.0, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polarizer_shared::metadata::{Resources, TestMetadata};
+    use proptest::prelude::*;
+
+    fn test(name: &str, seconds: u64) -> TestMetadata {
+        let json = serde_json::json!({
+            "id": name, "name": name, "summary": "", "description": "", "test": "true", "path": "", "framework": "shell",
+            "duration_seconds": seconds, "tags": [], "tier": "", "components": [], "require": [], "recommend": [],
+            "links": [], "enabled": true, "environment": {}, "result": "", "order": 50, "test_type": null,
+            "feature": "", "after": [], "resources": {"needs": [], "creates": [], "modifies": []}, "services": [],
+            "platform": {"kind": null, "arch": [], "distro": []}, "provision": {"playbook": "", "containerfile": ""},
+            "junit": "", "bdd": ""
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn plan(tests: &[TestMetadata], slots: usize) -> Vec<Suite> {
+        let refs: Vec<&TestMetadata> = tests.iter().collect();
+        partition(&refs, &|test| test.duration_seconds as f64, &|_| slots)
+    }
+
+    #[test]
+    fn conflicting_and_chained_tests_share_a_serial_suite_in_order() {
+        let mut tests: Vec<TestMetadata> = (0..6)
+            .map(|index| test(&format!("/t{index}"), 10 + index))
+            .collect();
+        tests[0].resources = Resources {
+            needs: vec!["candlepin".into()],
+            ..Default::default()
+        };
+        tests[1].resources = Resources {
+            modifies: vec!["candlepin".into()],
+            ..Default::default()
+        };
+        tests[2].after = vec!["/t3".into()];
+        let suites = plan(&tests, 2);
+        let serial: Vec<&Suite> = suites
+            .iter()
+            .filter(|suite| suite.kind == SuiteKind::Serial)
+            .collect();
+        assert_eq!(serial.len(), 2);
+        assert!(
+            serial.iter().any(|suite| suite.tests == ["/t3", "/t2"]),
+            "{serial:?}"
+        );
+        assert!(serial
+            .iter()
+            .any(|suite| suite.tests.len() == 2 && suite.tests.contains(&"/t0".to_string())));
+        assert_eq!(
+            suites.iter().map(|suite| suite.tests.len()).sum::<usize>(),
+            6
+        );
+        // Two readers of the same resource do not conflict.
+        let mut readers = vec![test("/a", 1), test("/b", 1)];
+        readers[0].resources.needs = vec!["db".into()];
+        readers[1].resources.needs = vec!["db".into()];
+        assert!(plan(&readers, 2)
+            .iter()
+            .all(|suite| suite.kind == SuiteKind::Parallel));
+    }
+
+    #[test]
+    fn independent_tests_are_balanced_longest_first() {
+        let tests: Vec<TestMetadata> = [50, 40, 30, 20, 10, 10]
+            .iter()
+            .enumerate()
+            .map(|(index, seconds)| test(&format!("/t{index}"), *seconds))
+            .collect();
+        let suites = plan(&tests, 2);
+        assert_eq!(suites.len(), 2);
+        assert_eq!(makespan(&suites), 80.0);
+    }
+
+    fn arbitrary_tests() -> impl Strategy<Value = Vec<TestMetadata>> {
+        prop::collection::vec(
+            (
+                1u64..600,
+                prop::collection::vec(0usize..6, 0..3),
+                0u8..3,
+                prop::option::of(0usize..40),
+            ),
+            1..40,
+        )
+        .prop_map(|specs| {
+            let mut tests = Vec::new();
+            for (index, (seconds, resources, usage, after)) in specs.into_iter().enumerate() {
+                let mut metadata = test(&format!("/t{index:02}"), seconds);
+                let names: Vec<String> = resources
+                    .iter()
+                    .map(|resource| format!("r{resource}"))
+                    .collect();
+                match usage {
+                    0 => metadata.resources.needs = names,
+                    1 => metadata.resources.creates = names,
+                    _ => metadata.resources.modifies = names,
+                }
+                // Only earlier tests: `after` stays acyclic, as validation guarantees.
+                if let Some(before) = after.filter(|before| *before < index) {
+                    metadata.after = vec![format!("/t{before:02}")];
+                }
+                tests.push(metadata);
+            }
+            tests
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_test_once_conflicts_together_after_respected(tests in arbitrary_tests(), slots in 1usize..6) {
+            let suites = plan(&tests, slots);
+            let mut seen = BTreeMap::new();
+            for (suite_index, suite) in suites.iter().enumerate() {
+                for (position, id) in suite.tests.iter().enumerate() {
+                    prop_assert!(seen.insert(id.clone(), (suite_index, position)).is_none(), "{id} scheduled twice");
+                }
+            }
+            prop_assert_eq!(seen.len(), tests.len());
+            for first in &tests {
+                for second in &tests {
+                    if first.id != second.id && conflict(first, second) {
+                        prop_assert_eq!(seen[&first.id].0, seen[&second.id].0, "{} and {} conflict but are apart", first.id, second.id);
+                    }
+                }
+                for after in &first.after {
+                    let (suite, position) = seen[&first.id];
+                    let (before_suite, before_position) = seen[after];
+                    prop_assert_eq!(suite, before_suite);
+                    prop_assert!(before_position < position, "{} must run after {}", first.id, after);
+                    prop_assert_eq!(suites[suite].kind, SuiteKind::Serial);
+                }
+            }
+            // No suite is placed on a slot that does not exist.
+            prop_assert!(suites.iter().all(|suite| suite.slot < slots.max(1)));
+        }
+    }
+}
