@@ -116,19 +116,19 @@ pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection
             },
         );
     }
-    for feature in &catalog.features {
-        let globs = glob_set(&feature.name, &feature.paths)?;
-        if let Some(path) = request
-            .changed_paths
-            .iter()
-            .find(|path| globs.is_match(path.as_str()))
-        {
-            touched
-                .entry(feature.name.clone())
-                .or_insert(Reason::ChangedPath {
-                    path: path.clone(),
-                    feature: feature.name.clone(),
-                });
+    if !request.changed_paths.is_empty() {
+        // One set for every feature's globs: compiled once, each path matched once.
+        let (globs, feature_of_glob) = glob_set(catalog)?;
+        for path in &request.changed_paths {
+            for glob_index in globs.matches(path.as_str()) {
+                let feature = &catalog.features[feature_of_glob[glob_index]].name;
+                touched
+                    .entry(feature.clone())
+                    .or_insert(Reason::ChangedPath {
+                        path: path.clone(),
+                        feature: feature.clone(),
+                    });
+            }
         }
     }
     if touched.is_empty() && !request.changed_paths.is_empty() {
@@ -194,6 +194,12 @@ pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection
 
 /// Tests a selected test must follow are selected too (transitively), whatever their type.
 fn pull_in_after(catalog: &Catalog, selection: &mut Selection) {
+    let by_id: BTreeMap<&str, &polarizer_shared::metadata::TestMetadata> = catalog
+        .tests
+        .iter()
+        .map(|test| (test.id.as_str(), test))
+        .collect();
+    // `after` may name a test by id or by node name.
     let by_reference: BTreeMap<&str, &str> = catalog
         .tests
         .iter()
@@ -206,7 +212,7 @@ fn pull_in_after(catalog: &Catalog, selection: &mut Selection) {
         .collect();
     let mut pending: Vec<String> = selection.tests.keys().cloned().collect();
     while let Some(id) = pending.pop() {
-        let Some(test) = catalog.tests.iter().find(|test| test.id == id) else {
+        let Some(test) = by_id.get(id.as_str()) else {
             continue;
         };
         for after in &test.after {
@@ -228,21 +234,27 @@ fn pull_in_after(catalog: &Catalog, selection: &mut Selection) {
     }
 }
 
-fn glob_set(feature: &str, patterns: &[String]) -> Result<GlobSet, SelectionError> {
+/// Every feature's path globs in one set, with the feature index of each glob.
+fn glob_set(catalog: &Catalog) -> Result<(GlobSet, Vec<usize>), SelectionError> {
     let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        let glob = Glob::new(pattern).map_err(|err| SelectionError::BadGlob {
-            feature: feature.to_string(),
-            glob: pattern.clone(),
-            message: err.to_string(),
-        })?;
-        builder.add(glob);
+    let mut feature_of_glob = Vec::new();
+    for (feature_index, feature) in catalog.features.iter().enumerate() {
+        for pattern in &feature.paths {
+            let glob = Glob::new(pattern).map_err(|err| SelectionError::BadGlob {
+                feature: feature.name.clone(),
+                glob: pattern.clone(),
+                message: err.to_string(),
+            })?;
+            builder.add(glob);
+            feature_of_glob.push(feature_index);
+        }
     }
-    builder.build().map_err(|err| SelectionError::BadGlob {
-        feature: feature.to_string(),
-        glob: patterns.join(","),
+    let set = builder.build().map_err(|err| SelectionError::BadGlob {
+        feature: String::new(),
+        glob: String::new(),
         message: err.to_string(),
-    })
+    })?;
+    Ok((set, feature_of_glob))
 }
 
 #[cfg(test)]
