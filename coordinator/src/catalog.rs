@@ -62,7 +62,7 @@ CREATE INDEX feature_dependents ON feature_depends(depends);
 pub struct Import {
     pub source: Source,
     pub catalog: Catalog,
-    /// Test id → the distros under which its adjusted metadata differs from the default.
+    /// Test id → the `when` conditions on distro of its adjust rules (its metadata differs by distro).
     pub differs_by: BTreeMap<String, Vec<String>>,
     pub now_ms: i64,
 }
@@ -160,7 +160,7 @@ pub fn write_import(savepoint: &Savepoint<'_>, import: &Import) -> rusqlite::Res
             let differs = import
                 .differs_by
                 .get(&test.id)
-                .map(|distros| distros.join(","))
+                .map(|conditions| conditions.join("; "))
                 .unwrap_or_default();
             upsert.execute(params![
                 test.id,

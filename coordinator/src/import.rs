@@ -12,16 +12,6 @@ use polarizer_shared::metadata::Catalog;
 
 use crate::catalog::Import;
 
-/// Distros probed to find tests whose metadata differs by distro (through `adjust`).
-const PROBE_DISTROS: [&str; 6] = [
-    "fedora-41",
-    "centos-stream-9",
-    "rhel-8.10",
-    "rhel-9.6",
-    "rhel-10.0",
-    "debian-12",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{location}: no such directory")]
@@ -67,42 +57,25 @@ pub fn prepare(
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
         (path.to_path_buf(), commit)
     };
-    let mut base = Tree::load(&tree_path)?;
-    let unadjusted = probe_needed(&base).then(|| base.clone());
+    let mut tree = Tree::load(&tree_path)?;
     let mut fmf_context = Context::new();
     for (key, value) in context {
         fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
     }
-    base.adjust(&fmf_context)?;
-    let catalog = Catalog::from_tree(&base)?;
-
-    let mut differs_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    if let Some(unadjusted) = unadjusted {
-        for distro in PROBE_DISTROS {
-            let mut probed = unadjusted.clone();
-            let mut probe_context = Context::new().with_dimension("distro", [distro]);
-            for (key, value) in context.iter().filter(|(key, _)| key != "distro") {
-                probe_context = probe_context.with_dimension(key, [value.as_str()]);
-            }
-            if probed.adjust(&probe_context).is_err() {
-                continue;
-            }
-            for test in &catalog.tests {
-                let differs = match (base.node(&test.name), probed.node(&test.name)) {
-                    (Some(ours), Some(theirs)) => {
-                        strip_adjust(ours.data()) != strip_adjust(theirs.data())
-                    }
-                    _ => true,
-                };
-                if differs {
-                    differs_by
-                        .entry(test.id.clone())
-                        .or_default()
-                        .push(distro.to_string());
-                }
-            }
-        }
-    }
+    tree.adjust(&fmf_context)?;
+    let catalog = Catalog::from_tree(&tree)?;
+    // Adjust rules stay in each node's (inherited) data: a test differs by distro when one conditions on it.
+    let differs_by: BTreeMap<String, Vec<String>> = catalog
+        .tests
+        .iter()
+        .filter_map(|test| {
+            let conditions = tree
+                .node(&test.name)
+                .map(distro_conditions)
+                .unwrap_or_default();
+            (!conditions.is_empty()).then(|| (test.id.clone(), conditions))
+        })
+        .collect();
     let source = Source {
         location: location.to_string(),
         git_ref: git_ref.to_string(),
@@ -117,17 +90,17 @@ pub fn prepare(
     })
 }
 
-/// Probing costs a full adjust per distro: only worth it when some rule looks at the distro.
-fn probe_needed(tree: &Tree) -> bool {
-    tree.nodes().iter().any(|node| match node.get("adjust") {
-        Some(value) => format!("{value:?}").contains("distro"),
-        None => false,
-    })
-}
-
-fn strip_adjust(data: &polarizer_shared::fmf::FmfMap) -> Vec<(&String, &FmfValue)> {
-    data.iter()
-        .filter(|(key, _)| key.as_str() != "adjust")
+/// The `when` conditions of a node's adjust rules that look at the distro.
+fn distro_conditions(node: &polarizer_shared::fmf::Node) -> Vec<String> {
+    let rules: Vec<&FmfValue> = match node.get("adjust") {
+        Some(FmfValue::List(rules)) => rules.iter().collect(),
+        Some(rule @ FmfValue::Map(_)) => vec![rule],
+        _ => Vec::new(),
+    };
+    rules
+        .into_iter()
+        .filter_map(|rule| rule.as_map()?.get("when")?.as_str().map(str::to_string))
+        .filter(|when| when.contains("distro"))
         .collect()
 }
 

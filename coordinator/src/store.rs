@@ -478,18 +478,7 @@ impl StoreHandle {
 
     /// A read connection of its own (WAL: reads never wait for the writer).
     pub fn reader(&self) -> Result<Reader, StoreError> {
-        let connection = Connection::open_with_flags(
-            &self.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sqlite_error(&self.path))?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite_error(&self.path))?;
-        Ok(Reader {
-            connection,
-            path: self.path.clone(),
-        })
+        Reader::open(&self.path)
     }
 
     /// Runs a read on a blocking thread with its own connection.
@@ -511,6 +500,23 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A read-only connection to a coordinator's database, for tools and benchmarks beside a running
+    /// coordinator (WAL lets them read while it writes).
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        let connection = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_error(path))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite_error(path))?;
+        Ok(Reader {
+            connection,
+            path: path.to_path_buf(),
+        })
+    }
+
     pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         self.connection
             .query_row(

@@ -1,0 +1,275 @@
+//! Benchmark: importing a large generated fmf tree with our reader and with Python fmf, in the same run,
+//! printed as a Markdown table for BENCHMARKS.md.
+//!
+//! Run: `cargo build -j 1 --release -p polarizer-e2e --bin bench-metadata && ./target/release/bench-metadata`
+//! (`--directories N --tests M` for a quicker run; the default is 1000 × 100 = 100,000 tests).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use polarizer_e2e::generate::write_fmf_tree;
+use polarizer_e2e::TestCluster;
+use polarizer_shared::fmf::{Context, Tree};
+
+/// Our reader is timed this many times and the median reported; Python once, as it takes minutes.
+const OUR_RUNS: usize = 3;
+const DEFAULT_DIRECTORIES: usize = 1000;
+const DEFAULT_TESTS_PER_DIRECTORY: usize = 100;
+
+/// Python's side, timed inside the interpreter so its start-up is reported apart from the import.
+const PYTHON_SCRIPT: &str = r#"
+import sys, time, json
+started = time.perf_counter()
+import fmf
+import fmf.context
+imported = time.perf_counter()
+tree = fmf.Tree(sys.argv[1])
+tree.adjust(fmf.context.Context(distro='rhel-8.4', arch='x86_64'))
+tests = [node for node in tree.climb() if 'test' in node.get()]
+finished = time.perf_counter()
+print(json.dumps({"import_fmf": imported - started, "load": finished - imported, "tests": len(tests)}))
+"#;
+
+struct Arguments {
+    directories: usize,
+    tests_per_directory: usize,
+}
+
+fn parse_arguments() -> anyhow::Result<Arguments> {
+    let mut arguments = Arguments {
+        directories: DEFAULT_DIRECTORIES,
+        tests_per_directory: DEFAULT_TESTS_PER_DIRECTORY,
+    };
+    let mut raw = std::env::args().skip(1);
+    while let Some(flag) = raw.next() {
+        let value = raw
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        let number: usize = value
+            .parse()
+            .with_context(|| format!("{flag} {value}: not a number"))?;
+        match flag.as_str() {
+            "--directories" => arguments.directories = number,
+            "--tests" => arguments.tests_per_directory = number,
+            other => bail!("unknown argument {other} (expected --directories N --tests M)"),
+        }
+    }
+    Ok(arguments)
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments = parse_arguments()?;
+    let directory = tempfile::Builder::new()
+        .prefix("polarizer-bench-metadata-")
+        .tempdir()?;
+    let root = directory.path();
+    let generating = Instant::now();
+    let generated = write_fmf_tree(root, arguments.directories, arguments.tests_per_directory)?;
+    eprintln!(
+        "generated {} directories, {} tests, {} features in {:.1} s under {}",
+        generated.directories,
+        generated.tests,
+        generated.features,
+        generating.elapsed().as_secs_f64(),
+        root.display()
+    );
+
+    let context = Context::new()
+        .with_dimension("distro", ["rhel-8.4"])
+        .with_dimension("arch", ["x86_64"]);
+    let mut our_times = Vec::new();
+    let mut our_tests = 0;
+    for run in 1..=OUR_RUNS {
+        let started = Instant::now();
+        let mut tree = Tree::load(root)?;
+        let loaded = started.elapsed();
+        tree.adjust(&context)?;
+        let adjusted = started.elapsed();
+        let tests: Vec<_> = tree.tests().collect();
+        let elapsed = started.elapsed();
+        our_tests = tests.len();
+        eprintln!(
+            "ours, run {run}: {} (load {}, adjust {}, tests() {}), {our_tests} tests",
+            seconds(elapsed),
+            seconds(loaded),
+            seconds(adjusted - loaded),
+            seconds(elapsed - adjusted),
+        );
+        our_times.push(elapsed);
+        // Dropping the tree is part of a real import's cost too, but is kept out of the timing: it is
+        // freeing memory, which Python never does before exiting.
+        drop(tests);
+        drop(tree);
+    }
+    our_times.sort();
+    let our_median = our_times[our_times.len() / 2];
+    let peak_rss = peak_rss_kib().unwrap_or(0);
+
+    let python = run_python(root)?;
+    if python.tests != our_tests {
+        bail!(
+            "test counts differ: ours {our_tests}, Python fmf {}",
+            python.tests
+        );
+    }
+    if our_tests != generated.tests {
+        bail!("found {our_tests} tests, generated {}", generated.tests);
+    }
+
+    let ratio = python.load.as_secs_f64() / our_median.as_secs_f64();
+    println!(
+        "Import of a generated fmf tree: {} directories × {} tests = {} tests, {} features; \
+         load + adjust (distro=rhel-8.4, arch=x86_64) + collect tests.\n",
+        generated.directories, arguments.tests_per_directory, our_tests, generated.features
+    );
+    println!("| what | result | target |\n| --- | --- | --- |");
+    println!(
+        "| ours (Rust), median of {OUR_RUNS} | {} (peak RSS {:.0} MiB) | ≤ 3 s |",
+        seconds(our_median),
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| Python fmf 1.7, one run | {} (+ {} interpreter start, + {} `import fmf`, + {} exit) | — |",
+        seconds(python.load),
+        seconds(python.interpreter_start),
+        seconds(python.import_fmf),
+        seconds(python.teardown)
+    );
+    println!("| speed ratio (Python ÷ ours) | {ratio:.1}× faster | ≥ 20× faster |");
+    store_and_query(root, our_tests)?;
+    Ok(())
+}
+
+/// The import as a user runs it (`polarizer tests import` against a release coordinator: read, check,
+/// store in one transaction), then `tests list --feature` timed server-side (the coordinator's own read
+/// path on its database) and end to end through the CLI.
+fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Result<()> {
+    let cluster = TestCluster::new_coordinator_only_with(&[]);
+    let root_text = root.to_str().unwrap_or_default();
+    let started = Instant::now();
+    let output = cluster.operator(&[
+        "tests",
+        "import",
+        root_text,
+        "--context",
+        "distro=rhel-8.4",
+        "--context",
+        "arch=x86_64",
+    ]);
+    let import_time = started.elapsed();
+    if !output.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let reader = polarizer::store::Reader::open(&cluster.data_dir.join("polarizer.db"))?;
+    println!("| `polarizer tests import` end to end (CLI → coordinator: read, check, store), {expected_tests} tests | {} | ≤ 3 s |", seconds(import_time));
+    // The last feature selects only its own tests; a middle one pulls in every feature after it.
+    for feature in ["area-49/cli", "area-25/core"] {
+        let query = polarizer::catalog::TestQuery {
+            feature: Some(feature.to_string()),
+            ..Default::default()
+        };
+        let mut server_side = Vec::new();
+        let mut selected = 0;
+        for _ in 0..QUERY_RUNS {
+            let started = Instant::now();
+            selected = reader.tests(&query)?.len();
+            server_side.push(started.elapsed());
+        }
+        server_side.sort();
+        let mut end_to_end = Vec::new();
+        for _ in 0..CLI_RUNS {
+            let started = Instant::now();
+            let output = cluster.operator(&["tests", "list", "--feature", feature, "--json"]);
+            end_to_end.push(started.elapsed());
+            if !output.status.success() {
+                bail!(
+                    "tests list failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        end_to_end.sort();
+        println!(
+            "| `tests list --feature {feature}` ({selected} tests): server-side query, median of {QUERY_RUNS} | {:.2} ms | ≤ 5 ms |",
+            server_side[QUERY_RUNS / 2].as_secs_f64() * 1000.0
+        );
+        println!(
+            "| same, end to end through the CLI (process start, QUIC, TLS, JSON), median of {CLI_RUNS} | {:.0} ms | reported |",
+            end_to_end[CLI_RUNS / 2].as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+const QUERY_RUNS: usize = 21;
+const CLI_RUNS: usize = 11;
+
+struct PythonTiming {
+    interpreter_start: Duration,
+    /// Wall time not accounted for by start, `import fmf` and the timed work: mostly freeing the tree.
+    teardown: Duration,
+    import_fmf: Duration,
+    load: Duration,
+    tests: usize,
+}
+
+fn run_python(root: &std::path::Path) -> anyhow::Result<PythonTiming> {
+    let started = Instant::now();
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(PYTHON_SCRIPT)
+        .arg(root)
+        .output()
+        .context("run python3")?;
+    let wall = started.elapsed();
+    // A bare interpreter's start and exit, measured on its own: the wall time left over from the real run
+    // also holds freeing the whole tree at exit, which is reported apart.
+    let bare_started = Instant::now();
+    Command::new("python3")
+        .args(["-c", "pass"])
+        .output()
+        .context("run python3")?;
+    let interpreter_start = bare_started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "python fmf failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("python output: {}", String::from_utf8_lossy(&output.stdout)))?;
+    let field = |name: &str| {
+        report[name]
+            .as_f64()
+            .context(format!("no {name} in {report}"))
+    };
+    let import_fmf = Duration::from_secs_f64(field("import_fmf")?);
+    let load = Duration::from_secs_f64(field("load")?);
+    let tests = field("tests")? as usize;
+    Ok(PythonTiming {
+        interpreter_start,
+        teardown: wall.saturating_sub(interpreter_start + import_fmf + load),
+        import_fmf,
+        load,
+        tests,
+    })
+}
+
+/// Our process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{:.0} ms", duration.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", duration.as_secs_f64())
+    }
+}
