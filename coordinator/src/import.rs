@@ -65,13 +65,18 @@ pub fn prepare(
     tree.adjust(&fmf_context)?;
     let catalog = Catalog::from_tree(&tree)?;
     // Adjust rules stay in each node's (inherited) data: a test differs by distro when one conditions on it.
+    let nodes_by_name: std::collections::HashMap<&str, &polarizer_shared::fmf::Node> = tree
+        .nodes()
+        .iter()
+        .map(|node| (node.name(), node))
+        .collect();
     let differs_by: BTreeMap<String, Vec<String>> = catalog
         .tests
         .iter()
         .filter_map(|test| {
-            let conditions = tree
-                .node(&test.name)
-                .map(distro_conditions)
+            let conditions = nodes_by_name
+                .get(test.name.as_str())
+                .map(|node| distro_conditions(node))
                 .unwrap_or_default();
             (!conditions.is_empty()).then(|| (test.id.clone(), conditions))
         })

@@ -123,10 +123,12 @@ impl Shared {
         context: Vec<(String, String)>,
     ) -> OperatorResponse {
         let data_dir = self.data_dir.clone();
+        let started = std::time::Instant::now();
         let prepared = tokio::task::spawn_blocking(move || {
             crate::import::prepare(&location, &git_ref, &context, &data_dir, now_ms())
         })
         .await;
+        let prepare_ms = started.elapsed().as_millis() as u64;
         let import = match prepared {
             Ok(Ok(import)) => import,
             Ok(Err(err)) => {
@@ -141,9 +143,11 @@ impl Shared {
             }
         };
         let source = import.source.clone();
+        let storing = std::time::Instant::now();
         match self.store.import_catalog(import).await {
             Ok(summary) => {
-                info!(source = %source.location, tests = summary.tests, added = summary.added, removed = summary.removed, "catalog imported");
+                let store_ms = storing.elapsed().as_millis() as u64;
+                info!(source = %source.location, tests = summary.tests, added = summary.added, removed = summary.removed, prepare_ms, store_ms, "catalog imported");
                 OperatorResponse::Imported { source, summary }
             }
             Err(err) => OperatorResponse::Error {

@@ -165,7 +165,12 @@ fn test_body(directory_index: usize, test_index: usize) -> String {
     );
     // Every fifth test runs after its predecessor, as ordering links do in real suites.
     if test_index > 0 && test_index.is_multiple_of(5) {
-        body.push_str(&format!("after: [test-{:03}]\n", test_index - 1));
+        // Polarizer resolves `after` by node name (or fmf id).
+        body.push_str(&format!(
+            "after: [/{TESTS_DIRECTORY}/{}/test-{:03}]\n",
+            directory_name(directory_index),
+            test_index - 1
+        ));
     }
     body
 }

@@ -106,6 +106,10 @@ fn main() -> anyhow::Result<()> {
     let our_median = our_times[our_times.len() / 2];
     let peak_rss = peak_rss_kib().unwrap_or(0);
 
+    if std::env::var_os("POLARIZER_BENCH_SKIP_PYTHON").is_some() {
+        eprintln!("ours: median {}", seconds(our_times[our_times.len() / 2]));
+        return store_and_query(root, our_tests);
+    }
     let python = run_python(root)?;
     if python.tests != our_tests {
         bail!(
@@ -160,6 +164,16 @@ fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Res
     let import_time = started.elapsed();
     if !output.status.success() {
         bail!("import failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    if let Some(line) = cluster
+        .coordinator
+        .as_ref()
+        .map(|process| process.log_text())
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.contains("catalog imported"))
+    {
+        eprintln!("coordinator: {line}");
     }
     let reader = polarizer::store::Reader::open(&cluster.data_dir.join("polarizer.db"))?;
     println!("| `polarizer tests import` end to end (CLI → coordinator: read, check, store), {expected_tests} tests | {} | ≤ 3 s |", seconds(import_time));
