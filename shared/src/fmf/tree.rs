@@ -145,6 +145,7 @@ impl Tree {
         &self.nodes
     }
 
+    /// The node named `name`. A linear scan: for many lookups, index `nodes()` by name once.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|node| node.name == name)
     }
