@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use polarizer_shared::facts::{parse_label, validate_agent_name};
 use polarizer_shared::PlatformKind;
+use polarizer_transport::daemon::millis_setting;
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+/// A bad setting, naming its key.
+pub use polarizer_transport::daemon::InvalidSetting as ConfigError;
 
 /// Every key `agent.toml` may hold; each has a flag of the same name (`--label k=v` for `[labels]`).
 #[derive(Debug, Default, Deserialize, clap::Args)]
@@ -117,14 +115,14 @@ impl AgentSettings {
 
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         if self.join.is_empty() {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError {
                 key: "join",
                 message: "give at least one gossip seed (--join HOST:7700)".into(),
             });
         }
         let ca = match (self.ca, self.ca_fingerprint) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid {
+                return Err(ConfigError {
                     key: "ca",
                     message: "give either ca or ca_fingerprint, not both".into(),
                 });
@@ -132,7 +130,7 @@ impl AgentSettings {
             (Some(path), None) => CaPin::File(path),
             (None, Some(fingerprint)) => {
                 polarizer_transport::tls::parse_fingerprint(&fingerprint).map_err(|err| {
-                    ConfigError::Invalid {
+                    ConfigError {
                         key: "ca_fingerprint",
                         message: err.to_string(),
                     }
@@ -140,7 +138,7 @@ impl AgentSettings {
                 CaPin::Fingerprint(fingerprint)
             }
             (None, None) => {
-                return Err(ConfigError::Invalid {
+                return Err(ConfigError {
                     key: "ca",
                     message: "the agent trusts only a pinned coordinator CA: give --ca FILE or --ca-fingerprint sha256:...".into(),
                 });
@@ -155,32 +153,30 @@ impl AgentSettings {
                 .unwrap_or_default()
                 .to_string(),
         };
-        validate_agent_name(&name).map_err(|message| ConfigError::Invalid {
+        validate_agent_name(&name).map_err(|message| ConfigError {
             key: "name",
             message,
         })?;
         let mut labels = self.labels;
         for text in &self.label {
-            let (key, value) = parse_label(text).map_err(|message| ConfigError::Invalid {
+            let (key, value) = parse_label(text).map_err(|message| ConfigError {
                 key: "label",
                 message,
             })?;
             labels.insert(key, value);
         }
-        let gossip_interval_ms = self.gossip_interval_ms.unwrap_or(200);
-        if !(10..=60_000).contains(&gossip_interval_ms) {
-            return Err(ConfigError::Invalid {
-                key: "gossip_interval_ms",
-                message: format!("{gossip_interval_ms} is outside 10..=60000"),
-            });
-        }
-        let reconnect_max_ms = self.reconnect_max_ms.unwrap_or(5_000);
-        if !(100..=600_000).contains(&reconnect_max_ms) {
-            return Err(ConfigError::Invalid {
-                key: "reconnect_max_ms",
-                message: format!("{reconnect_max_ms} is outside 100..=600000"),
-            });
-        }
+        let gossip_interval = millis_setting(
+            "gossip_interval_ms",
+            self.gossip_interval_ms,
+            200,
+            10..=60_000,
+        )?;
+        let reconnect_max = millis_setting(
+            "reconnect_max_ms",
+            self.reconnect_max_ms,
+            5_000,
+            100..=600_000,
+        )?;
         Ok(AgentConfig {
             join: self.join,
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
@@ -194,8 +190,8 @@ impl AgentSettings {
             cluster: self
                 .cluster
                 .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
-            gossip_interval: Duration::from_millis(gossip_interval_ms),
-            reconnect_max: Duration::from_millis(reconnect_max_ms),
+            gossip_interval,
+            reconnect_max,
         })
     }
 }

@@ -5,13 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use polarizer_transport::daemon::millis_setting;
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+/// A bad setting, naming its key.
+pub use polarizer_transport::daemon::InvalidSetting as ConfigError;
 
 /// Every key `coordinator.toml` may hold; each has a flag of the same name (with `-` for `_`).
 #[derive(Debug, Default, Deserialize, clap::Args)]
@@ -81,25 +79,23 @@ impl ServeSettings {
     }
 
     pub fn validate(self) -> Result<ServeConfig, ConfigError> {
-        let gossip_interval_ms = self.gossip_interval_ms.unwrap_or(200);
-        if !(10..=60_000).contains(&gossip_interval_ms) {
-            return Err(ConfigError::Invalid {
-                key: "gossip_interval_ms",
-                message: format!("{gossip_interval_ms} is outside 10..=60000"),
-            });
-        }
-        let heartbeat_interval_ms = self.heartbeat_interval_ms.unwrap_or(500);
-        if !(50..=60_000).contains(&heartbeat_interval_ms) {
-            return Err(ConfigError::Invalid {
-                key: "heartbeat_interval_ms",
-                message: format!("{heartbeat_interval_ms} is outside 50..=60000"),
-            });
-        }
+        let gossip_interval = millis_setting(
+            "gossip_interval_ms",
+            self.gossip_interval_ms,
+            200,
+            10..=60_000,
+        )?;
+        let heartbeat_interval = millis_setting(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            500,
+            50..=60_000,
+        )?;
         let cluster = self
             .cluster
             .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string());
         if cluster.is_empty() {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError {
                 key: "cluster",
                 message: "must not be empty".into(),
             });
@@ -112,8 +108,8 @@ impl ServeSettings {
             advertise: self.advertise,
             join: self.join,
             cluster,
-            gossip_interval: Duration::from_millis(gossip_interval_ms),
-            heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+            gossip_interval,
+            heartbeat_interval,
         })
     }
 }

@@ -65,12 +65,7 @@ fn three_agents_join_and_are_listed_online_with_their_facts() {
 fn killed_agent_goes_offline_and_returns_with_the_same_identity() {
     let mut cluster = TestCluster::builder().agents(2).start();
     let credential = read(&cluster.path("agent-vm-1/credential.toml"));
-    let first_seen = cluster
-        .inventory()
-        .into_iter()
-        .find(|agent| agent["name"] == "vm-1")
-        .unwrap()["first_seen"]
-        .clone();
+    let first_seen = cluster.agent_record("vm-1").unwrap()["first_seen"].clone();
     cluster.agent("vm-1").kill_9();
     wait_for("vm-1 offline", WAIT, || {
         cluster.agent_state("vm-1").as_deref() == Some("offline")
@@ -81,11 +76,7 @@ fn killed_agent_goes_offline_and_returns_with_the_same_identity() {
     wait_for("vm-1 online again", WAIT, || {
         cluster.agent_state("vm-1").as_deref() == Some("online")
     });
-    let agent = cluster
-        .inventory()
-        .into_iter()
-        .find(|agent| agent["name"] == "vm-1")
-        .unwrap();
+    let agent = cluster.agent_record("vm-1").unwrap();
     assert_eq!(
         agent["first_seen"], first_seen,
         "same identity, not a new enrollment"
@@ -482,11 +473,7 @@ fn config_files_and_environment_configure_both_daemons() {
     wait_for("the configured agent online", WAIT, || {
         cluster.agent_state("from-env").as_deref() == Some("online")
     });
-    let agent = cluster
-        .inventory()
-        .into_iter()
-        .find(|agent| agent["name"] == "from-env")
-        .unwrap();
+    let agent = cluster.agent_record("from-env").unwrap();
     assert_eq!(agent["labels"]["rack"], "r3");
 
     // A typo in a config file is an error naming the file, the key and the line; nothing starts.

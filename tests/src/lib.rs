@@ -349,10 +349,15 @@ impl TestCluster {
             .unwrap_or_default()
     }
 
-    pub fn agent_state(&self, name: &str) -> Option<String> {
+    /// The agent's row in `polarizer agents --json`, if listed.
+    pub fn agent_record(&self, name: &str) -> Option<Value> {
         self.inventory()
             .into_iter()
             .find(|agent| agent["name"] == name)
+    }
+
+    pub fn agent_state(&self, name: &str) -> Option<String> {
+        self.agent_record(name)
             .and_then(|agent| agent["state"].as_str().map(String::from))
     }
 

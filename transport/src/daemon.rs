@@ -15,6 +15,33 @@ pub struct ConfigFileError {
     pub message: String,
 }
 
+/// A setting with a bad value, shown as `key: why`.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// A millisecond setting: `default` when unset, an error naming `key` when outside `allowed`.
+pub fn millis_setting(
+    key: &'static str,
+    value: Option<u64>,
+    default: u64,
+    allowed: std::ops::RangeInclusive<u64>,
+) -> Result<std::time::Duration, InvalidSetting> {
+    let millis = value.unwrap_or(default);
+    if !allowed.contains(&millis) {
+        let message = format!(
+            "{millis} is outside {}..={}",
+            allowed.start(),
+            allowed.end()
+        );
+        return Err(InvalidSetting { key, message });
+    }
+    Ok(std::time::Duration::from_millis(millis))
+}
+
 /// Reads a TOML file into `T` (whose `deny_unknown_fields` turns typos into errors).
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
     let error = |message: String| ConfigFileError {
