@@ -180,17 +180,22 @@ mod tests {
 
     fn arbitrary_client_frame() -> impl Strategy<Value = ClientFrame> {
         prop_oneof![
-            (any::<u32>(), arbitrary_facts(), any::<String>()).prop_map(
-                |(version, facts, secret)| {
+            (
+                any::<u32>(),
+                arbitrary_facts(),
+                any::<String>(),
+                any::<u64>()
+            )
+                .prop_map(|(version, facts, secret, incarnation)| {
                     ClientFrame::Hello(Hello {
                         protocol_version: version,
                         peer: Peer::Agent {
                             credential: AgentCredential::Issued { secret },
                             facts: Box::new(facts),
+                            incarnation,
                         },
                     })
-                }
-            ),
+                }),
             any::<String>().prop_map(|token| ClientFrame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 peer: Peer::Operator { token },

@@ -6,9 +6,11 @@ pub mod catalog;
 pub mod facts;
 pub mod fmf;
 pub mod frame;
+pub mod junit;
 pub mod membership;
 pub mod metadata;
 pub mod protocol;
+pub mod run;
 
 pub use facts::{AgentFacts, PlatformKind};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_BYTES};

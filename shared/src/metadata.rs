@@ -115,6 +115,20 @@ pub struct TestMetadata {
     pub provision: Provision,
     pub junit: String,
     pub bdd: String,
+    /// Missing in metadata stored before hooks existed.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// Polarizer's `hooks`: shell commands around each test (`setup`, `cleanup`) and around the suite the
+/// test lands in (`suite-setup`, `suite-cleanup`: each distinct command once per suite). Cleanups run
+/// even when the test failed or timed out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    pub setup: Vec<String>,
+    pub cleanup: Vec<String>,
+    pub suite_setup: Vec<String>,
+    pub suite_cleanup: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +208,7 @@ impl Catalog {
         let tests = tree
             .tests()
             .filter(|node| !node.name().starts_with(&format!("{FEATURES_NODE}/")))
-            .map(test_from_node)
+            .map(|node| test_from_node(node, tree.root()))
             .collect::<Result<Vec<_>, _>>()?;
         let catalog = Catalog { tests, features };
         catalog.validate()?;
@@ -542,7 +556,7 @@ fn links_of(reader: &Reader<'_>) -> Result<Vec<Link>, MetadataError> {
     Ok(links)
 }
 
-fn test_from_node(node: &Node) -> Result<TestMetadata, MetadataError> {
+fn test_from_node(node: &Node, root: &std::path::Path) -> Result<TestMetadata, MetadataError> {
     let reader = Reader { node };
     let name = node.name().to_string();
     let id = match reader.string("id")? {
@@ -620,6 +634,23 @@ fn test_from_node(node: &Node) -> Result<TestMetadata, MetadataError> {
             Some(other) => Err(reader.wrong(&format!("provision.{sub_key}"), "a string", other)),
         }
     };
+    let hooks = reader.section(
+        "hooks",
+        "hooks",
+        &["setup", "cleanup", "suite-setup", "suite-cleanup"],
+        "setup, cleanup, suite-setup, suite-cleanup",
+    )?;
+    // As in tmt, a test without `path` runs in the directory its metadata file is in.
+    let path = match reader.string("path")? {
+        path if path.is_empty() => node
+            .sources()
+            .last()
+            .and_then(|file| file.parent())
+            .and_then(|directory| directory.strip_prefix(root).ok())
+            .map(|relative| format!("/{}", relative.display()))
+            .unwrap_or_else(|| "/".into()),
+        path => path,
+    };
     let order = match node.get("order") {
         None | Some(FmfValue::Null) => 50,
         Some(FmfValue::Integer(order)) => *order,
@@ -629,7 +660,7 @@ fn test_from_node(node: &Node) -> Result<TestMetadata, MetadataError> {
         summary: reader.string("summary")?,
         description: reader.string("description")?,
         test: reader.string("test")?,
-        path: reader.string("path")?,
+        path,
         framework: reader.string("framework")?,
         duration_seconds,
         tags: reader.strings("tag")?,
@@ -662,6 +693,12 @@ fn test_from_node(node: &Node) -> Result<TestMetadata, MetadataError> {
         },
         junit: reader.string("junit")?,
         bdd: reader.string("bdd")?,
+        hooks: Hooks {
+            setup: reader.section_strings(hooks, "hooks", "setup")?,
+            cleanup: reader.section_strings(hooks, "hooks", "cleanup")?,
+            suite_setup: reader.section_strings(hooks, "hooks", "suite-setup")?,
+            suite_cleanup: reader.section_strings(hooks, "hooks", "suite-cleanup")?,
+        },
         id,
         name,
     })

@@ -13,7 +13,7 @@ use crate::facts::{AgentFacts, PlatformKind};
 
 /// Bumped whenever a message changes shape. Peers with another version are refused with
 /// [`Refusal::VersionMismatch`] rather than misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// QUIC application close codes, so a peer can tell why a connection ended without a frame.
 pub mod close_code {
@@ -50,6 +50,9 @@ pub enum Peer {
     Agent {
         credential: AgentCredential,
         facts: Box<AgentFacts>,
+        /// Random per agent process: a new value means the agent restarted, and whatever it was running
+        /// is gone (its leases are revoked at once instead of waiting for a timeout).
+        incarnation: u64,
     },
     Operator {
         token: String,
@@ -91,6 +94,8 @@ pub struct Welcome {
     pub enrolled: bool,
     /// How often the agent must send [`AgentMessage::Heartbeat`].
     pub heartbeat_interval_ms: u32,
+    /// The highest record sequence number of this agent the coordinator has committed (0 for operators).
+    pub records_committed: u64,
 }
 
 impl fmt::Debug for Welcome {
@@ -101,6 +106,7 @@ impl fmt::Debug for Welcome {
             .field("coordinator_version", &self.coordinator_version)
             .field("enrolled", &self.enrolled)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("records_committed", &self.records_committed)
             .finish()
     }
 }
@@ -158,11 +164,24 @@ impl fmt::Display for Refusal {
 pub enum AgentMessage {
     Heartbeat,
     FactsChanged(Box<AgentFacts>),
+    /// Sequenced records, in order; acknowledged by [`CoordinatorMessage::Ack`] once committed.
+    Records(Vec<crate::run::Record>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CoordinatorMessage {
     HeartbeatAck,
+    /// Run this suite. The agent holds the lease while its heartbeats arrive.
+    Assign(Box<crate::run::Assignment>),
+    /// Every record up to and including this sequence number is committed: drop it from the spool.
+    Ack {
+        up_to: u64,
+    },
+    /// Stop this suite attempt (run cancelled, past its deadline, or the lease was revoked).
+    Cancel {
+        suite: crate::run::SuiteRef,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,6 +201,21 @@ pub enum OperatorRequest {
         id: String,
     },
     ListFeatures,
+    Trigger(Box<crate::run::TriggerRequest>),
+    ListRuns {
+        limit: u32,
+    },
+    ShowRun {
+        run: u64,
+    },
+    /// Answered by a `Run` snapshot, then `Update`s until the run finishes.
+    WatchRun {
+        run: u64,
+        output: bool,
+    },
+    CancelRun {
+        run: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,6 +239,14 @@ pub enum OperatorResponse {
         removed: bool,
     },
     Features(Vec<crate::catalog::FeatureRow>),
+    Triggered(crate::run::TriggerSummary),
+    Runs(Vec<crate::run::RunRow>),
+    Run(Box<crate::run::RunDetail>),
+    Update(crate::run::RunUpdate),
+    Cancelled {
+        run: u64,
+        state: crate::run::RunState,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +327,7 @@ mod tests {
             coordinator_version: "0.1.0".into(),
             enrolled: true,
             heartbeat_interval_ms: 500,
+            records_committed: 0,
         };
         assert!(format!("{welcome:?}").contains("enrolled: true"));
         let enroll = AgentCredential::Enroll {
