@@ -62,6 +62,10 @@ pub struct AgentSettings {
     /// Longest wait between reconnection attempts, in milliseconds [default: 5000]
     #[arg(long, env = "POLARIZER_RECONNECT_MAX_MS")]
     pub reconnect_max_ms: Option<u64>,
+    /// Largest disk spool of unacknowledged records, in MiB; past it the oldest output is dropped,
+    /// results never are [default: 256]
+    #[arg(long, env = "POLARIZER_SPOOL_MAX_MB")]
+    pub spool_max_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +88,7 @@ pub struct AgentConfig {
     pub cluster: String,
     pub gossip_interval: Duration,
     pub reconnect_max: Duration,
+    pub spool_max_bytes: u64,
 }
 
 impl AgentSettings {
@@ -110,6 +115,7 @@ impl AgentSettings {
             cluster: self.cluster.or(lower.cluster),
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
+            spool_max_mb: self.spool_max_mb.or(lower.spool_max_mb),
         }
     }
 
@@ -192,6 +198,16 @@ impl AgentSettings {
                 .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
             gossip_interval,
             reconnect_max,
+            spool_max_bytes: match self.spool_max_mb {
+                None => 256 << 20,
+                Some(mb @ 1..=1_048_576) => mb << 20,
+                Some(_) => {
+                    return Err(ConfigError {
+                        key: "spool_max_mb",
+                        message: "must be between 1 and 1048576 (MiB)".into(),
+                    })
+                }
+            },
         })
     }
 }

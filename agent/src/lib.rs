@@ -4,7 +4,9 @@
 pub mod config;
 pub mod credential;
 pub mod facts;
+pub mod runner;
 pub mod session;
+pub mod spool;
 
 use std::path::PathBuf;
 
@@ -33,6 +35,8 @@ pub enum AgentError {
     NoCredential { state_dir: PathBuf },
     #[error("the coordinator refused this agent: {refusal}")]
     Refused { refusal: String },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
     #[error("this agent was revoked by an operator ({reason}); it will not reconnect")]
     Revoked { reason: String },
 }
@@ -82,6 +86,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     .await?;
     info!(name = %config.name, gossip = %gossip_listen, platform = %facts.platform, "agent started");
 
+    let spool = spool::SharedSpool::new(spool::Spool::open(
+        &config.state_dir.join("spool"),
+        config.spool_max_bytes,
+    )?);
+    let suites = start_runner(&config, spool.clone());
     let connector = session::Connector {
         config,
         endpoint: endpoint.clone(),
@@ -89,10 +98,44 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ca_fingerprint,
         facts,
         must_enroll: Default::default(),
+        incarnation: rand::random::<u64>(),
+        spool,
+        suites,
     };
     let outcome = connector.run(shutdown).await;
     endpoint.close(0u32.into(), b"agent stopped");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     info!("agent stopped");
     outcome
+}
+
+/// The runner task: runs assigned suites one after another, each feeding the spool.
+fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::SuiteQueue {
+    let (assign, mut assignments) =
+        tokio::sync::mpsc::unbounded_channel::<polarizer_shared::run::Assignment>();
+    let cancels: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<polarizer_shared::run::SuiteRef, CancellationToken>,
+        >,
+    > = Default::default();
+    let runner_config = runner::RunnerConfig::new(&config.state_dir);
+    let emit: runner::Emit = std::sync::Arc::new(move |body| spool.push(body));
+    let queue = session::SuiteQueue {
+        assign,
+        cancels: cancels.clone(),
+    };
+    tokio::spawn(async move {
+        while let Some(assignment) = assignments.recv().await {
+            let suite = assignment.suite;
+            let cancel = cancels
+                .lock()
+                .expect("cancels lock")
+                .entry(suite)
+                .or_default()
+                .clone();
+            runner::run_suite(assignment, &runner_config, emit.clone(), cancel).await;
+            info!(%suite, "suite finished");
+        }
+    });
+    queue
 }

@@ -5,7 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use polarizer_shared::protocol::*;
+use polarizer_shared::run::{Assignment, SuiteRef};
 use polarizer_shared::AgentFacts;
 use polarizer_transport::client::{self, ConnectError};
 use polarizer_transport::state_files::{random_secret, read_private};
@@ -16,10 +20,13 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::credential::{self, Credential};
+use crate::spool::SharedSpool;
 use crate::AgentError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FACTS_REFRESH: Duration = Duration::from_secs(30);
+/// Records per frame: large enough to amortise a frame, small enough to stay far below the frame limit.
+const SEND_BATCH: usize = 512;
 
 /// Exponential backoff with full jitter, capped: a fleet restarting at once does not reconnect in step.
 #[derive(Debug)]
@@ -64,6 +71,47 @@ pub struct Connector {
     pub facts: AgentFacts,
     /// Set when the coordinator did not know the stored credential: the next hello enrolls with it.
     pub must_enroll: std::cell::Cell<bool>,
+    /// Random per process: tells the coordinator whether this is the agent that holds its leases.
+    pub incarnation: u64,
+    pub spool: SharedSpool,
+    pub suites: SuiteQueue,
+}
+
+/// Assignments waiting for (or being run by) the runner task, each with the token that cancels it.
+#[derive(Clone)]
+pub struct SuiteQueue {
+    pub assign: tokio::sync::mpsc::UnboundedSender<Assignment>,
+    pub cancels: Arc<Mutex<HashMap<SuiteRef, CancellationToken>>>,
+}
+
+impl SuiteQueue {
+    fn assign(&self, assignment: Assignment) {
+        let suite = assignment.suite;
+        let fresh = {
+            let mut cancels = self.cancels.lock().expect("cancels lock");
+            // A coordinator that restarted may assign again what this agent already runs: keep one.
+            let fresh = !cancels.contains_key(&suite);
+            cancels.entry(suite).or_default();
+            fresh
+        };
+        if fresh {
+            info!(%suite, tests = assignment.tests.len(), "suite assigned");
+            let _ = self.assign.send(assignment);
+        }
+    }
+
+    fn cancel(&self, suite: SuiteRef, reason: &str) {
+        let mut cancels = self.cancels.lock().expect("cancels lock");
+        if let Some(token) = cancels.get(&suite) {
+            info!(%suite, reason, "suite cancelled by the coordinator");
+            token.cancel();
+        } else {
+            // Not assigned (yet): a late assignment of it starts cancelled.
+            let token = CancellationToken::new();
+            token.cancel();
+            cancels.insert(suite, token);
+        }
+    }
 }
 
 impl Connector {
@@ -145,6 +193,7 @@ impl Connector {
             peer: Peer::Agent {
                 credential,
                 facts: Box::new(self.facts.clone()),
+                incarnation: self.incarnation,
             },
         })
     }
@@ -229,8 +278,21 @@ impl Connector {
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let mut facts_refresh = tokio::time::interval(FACTS_REFRESH);
         facts_refresh.tick().await;
+        // Whatever the coordinator already committed leaves the spool; the rest is sent again.
+        if let Err(err) = self
+            .spool
+            .with(|spool| spool.acknowledge(welcome.records_committed))
+        {
+            warn!(error = %err, "cannot trim the spool");
+        }
+        let mut sent_up_to = welcome.records_committed;
+        let pushed = self.spool.pushed.clone();
         loop {
+            if let Err(err) = self.send_unsent(&mut stream, &mut sent_up_to).await {
+                return ended(&connection, err);
+            }
             tokio::select! {
+                () = pushed.notified() => {}
                 _ = heartbeat.tick() => {
                     if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await {
                         return ended(&connection, err.to_string());
@@ -246,6 +308,7 @@ impl Connector {
                     }
                 }
                 frame = stream.recv::<ServerFrame>() => match frame {
+                    Ok(Some(ServerFrame::Agent(message))) => self.handle(message),
                     Ok(Some(_)) => {}
                     Ok(None) => return ended(&connection, "coordinator closed the stream".into()),
                     Err(err) => return ended(&connection, err.to_string()),
@@ -256,6 +319,42 @@ impl Connector {
                     return SessionEnd::Shutdown;
                 }
             }
+        }
+    }
+}
+
+impl Connector {
+    /// Sends every spooled record after `sent_up_to`, in batches.
+    async fn send_unsent(
+        &self,
+        stream: &mut polarizer_transport::FramedStream,
+        sent_up_to: &mut u64,
+    ) -> Result<(), String> {
+        loop {
+            let batch = self
+                .spool
+                .with(|spool| spool.unsent(*sent_up_to, SEND_BATCH));
+            let Some(last) = batch.last().map(|record| record.seq) else {
+                return Ok(());
+            };
+            stream
+                .send(&ClientFrame::Agent(AgentMessage::Records(batch)))
+                .await
+                .map_err(|err| err.to_string())?;
+            *sent_up_to = last;
+        }
+    }
+
+    fn handle(&self, message: CoordinatorMessage) {
+        match message {
+            CoordinatorMessage::HeartbeatAck => {}
+            CoordinatorMessage::Assign(assignment) => self.suites.assign(*assignment),
+            CoordinatorMessage::Ack { up_to } => {
+                if let Err(err) = self.spool.with(|spool| spool.acknowledge(up_to)) {
+                    warn!(error = %err, "cannot trim the spool");
+                }
+            }
+            CoordinatorMessage::Cancel { suite, reason } => self.suites.cancel(suite, &reason),
         }
     }
 }
