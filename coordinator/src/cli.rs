@@ -78,6 +78,37 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Trigger a run: select the tests a change touches, plan suites, dispatch them to agents.
+    Trigger {
+        #[command(flatten)]
+        args: crate::runs_cli::TriggerArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Recent runs; watch, show or cancel one.
+    Runs {
+        #[command(subcommand)]
+        action: Option<crate::runs_cli::RunsAction>,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        /// How many recent runs to list
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a run's report: JUnit XML or JSON.
+    Report {
+        run: u64,
+        #[arg(long, value_enum, default_value = "junit")]
+        format: crate::runs_cli::ReportFormat,
+        /// Write to this file instead of standard output
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start a coordinator and local agents in a temporary directory and watch them join.
     Demo {
         /// How many local agents to start
@@ -196,6 +227,34 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             let response = client.request(OperatorRequest::ListFeatures).await;
             client.close().await;
             print_catalog_response(response?, json)
+        }
+        Command::Trigger { args, client } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = crate::runs_cli::trigger(&mut client, args).await;
+            client.close().await;
+            outcome
+        }
+        Command::Runs {
+            action,
+            json,
+            limit,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = crate::runs_cli::runs(&mut client, action, json, limit).await;
+            client.close().await;
+            outcome
+        }
+        Command::Report {
+            run,
+            format,
+            output,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = crate::runs_cli::report(&mut client, run, format, output).await;
+            client.close().await;
+            outcome
         }
         Command::Demo {
             agents,
@@ -529,7 +588,7 @@ fn print_catalog_response(response: OperatorResponse, json: bool) -> anyhow::Res
 }
 
 /// Left-aligned columns, two spaces apart.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -94,6 +94,15 @@ impl OperatorClient {
         }
     }
 
+    /// The next answer of a streamed response (`WatchRun`).
+    pub async fn next(&mut self) -> anyhow::Result<OperatorResponse> {
+        match self.session.stream.expect::<ServerFrame>().await? {
+            ServerFrame::Operator(OperatorResponse::Error { message }) => bail!("{message}"),
+            ServerFrame::Operator(response) => Ok(response),
+            other => bail!("unexpected answer from the coordinator: {other:?}"),
+        }
+    }
+
     pub async fn close(self) {
         self.session.stream.finish().await;
         self.session.connection.close(0u32.into(), b"done");

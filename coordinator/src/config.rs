@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use polarizer_shared::metadata::TestType;
 use polarizer_transport::daemon::millis_setting;
 use serde::Deserialize;
 
@@ -43,6 +44,31 @@ pub struct ServeSettings {
     /// How often agents must send a heartbeat, in milliseconds [default: 500]
     #[arg(long, env = "POLARIZER_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Test types a `--kind commit` trigger runs by default [default: unit,integration]
+    #[arg(long, env = "POLARIZER_COMMIT_TYPES", value_delimiter = ',')]
+    pub commit_types: Option<Vec<String>>,
+    /// Test types a `--kind build` trigger runs by default [default: functional,acceptance,performance]
+    #[arg(long, env = "POLARIZER_BUILD_TYPES", value_delimiter = ',')]
+    pub build_types: Option<Vec<String>>,
+    /// Test types a `--kind manual` trigger runs by default; empty means every type [default: empty]
+    #[arg(long, env = "POLARIZER_MANUAL_TYPES", value_delimiter = ',')]
+    pub manual_types: Option<Vec<String>>,
+    /// Attempts per suite when agents are lost (infrastructure failures), 1..=10 [default: 2]
+    #[arg(long, env = "POLARIZER_ATTEMPTS")]
+    pub attempts: Option<u32>,
+    /// Packages whose versions agents record in each suite's version chain (rpm or dpkg)
+    #[arg(long, env = "POLARIZER_PACKAGES", value_delimiter = ',')]
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// A run still unfinished this many minutes after its trigger ends, its stragglers as timeout [default: 60]
+    #[arg(long, env = "POLARIZER_RUN_DEADLINE_MINUTES")]
+    pub run_deadline_minutes: Option<u64>,
+    /// After a coordinator restart, how long agents holding leases have to reconnect, in milliseconds [default: 10000]
+    #[arg(long, env = "POLARIZER_LEASE_GRACE_MS")]
+    pub lease_grace_ms: Option<u64>,
+    /// Start this many agent processes on this host, next to the coordinator [default: 0]
+    #[arg(long, env = "POLARIZER_LOCAL_AGENTS")]
+    pub local_agents: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +82,70 @@ pub struct ServeConfig {
     pub cluster: String,
     pub gossip_interval: Duration,
     pub heartbeat_interval: Duration,
+    pub runs: RunsConfig,
+    pub local_agents: u32,
+}
+
+/// How runs are planned and retried.
+#[derive(Clone, Debug)]
+pub struct RunsConfig {
+    pub commit_types: Vec<TestType>,
+    pub build_types: Vec<TestType>,
+    pub manual_types: Vec<TestType>,
+    pub attempts: u32,
+    pub packages: Vec<String>,
+    pub run_deadline: Duration,
+    pub lease_grace: Duration,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        RunsConfig {
+            commit_types: vec![TestType::Unit, TestType::Integration],
+            build_types: vec![
+                TestType::Functional,
+                TestType::Acceptance,
+                TestType::Performance,
+            ],
+            manual_types: Vec::new(),
+            attempts: 2,
+            packages: Vec::new(),
+            run_deadline: Duration::from_secs(3600),
+            lease_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RunsConfig {
+    pub fn default_types(&self, kind: polarizer_shared::run::TriggerKind) -> &[TestType] {
+        match kind {
+            polarizer_shared::run::TriggerKind::Commit => &self.commit_types,
+            polarizer_shared::run::TriggerKind::Build => &self.build_types,
+            polarizer_shared::run::TriggerKind::Manual => &self.manual_types,
+        }
+    }
+}
+
+fn test_types(
+    key: &'static str,
+    given: Option<Vec<String>>,
+    default: Vec<TestType>,
+) -> Result<Vec<TestType>, ConfigError> {
+    let Some(given) = given else {
+        return Ok(default);
+    };
+    given
+        .iter()
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            TestType::parse(text).ok_or_else(|| ConfigError {
+                key,
+                message: format!(
+                    "{text:?} is not a test type (unit, integration, functional, performance, acceptance)"
+                ),
+            })
+        })
+        .collect()
 }
 
 impl ServeSettings {
@@ -75,6 +165,18 @@ impl ServeSettings {
             cluster: self.cluster.or(lower.cluster),
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
+            commit_types: self.commit_types.or(lower.commit_types),
+            build_types: self.build_types.or(lower.build_types),
+            manual_types: self.manual_types.or(lower.manual_types),
+            attempts: self.attempts.or(lower.attempts),
+            packages: if self.packages.is_empty() {
+                lower.packages
+            } else {
+                self.packages
+            },
+            run_deadline_minutes: self.run_deadline_minutes.or(lower.run_deadline_minutes),
+            lease_grace_ms: self.lease_grace_ms.or(lower.lease_grace_ms),
+            local_agents: self.local_agents.or(lower.local_agents),
         }
     }
 
@@ -100,7 +202,45 @@ impl ServeSettings {
                 message: "must not be empty".into(),
             });
         }
+        let defaults = RunsConfig::default();
+        let attempts = self.attempts.unwrap_or(defaults.attempts);
+        if !(1..=10).contains(&attempts) {
+            return Err(ConfigError {
+                key: "attempts",
+                message: format!("{attempts} is not between 1 and 10"),
+            });
+        }
+        let run_deadline_minutes = self.run_deadline_minutes.unwrap_or(60);
+        if !(1..=10_080).contains(&run_deadline_minutes) {
+            return Err(ConfigError {
+                key: "run_deadline_minutes",
+                message: format!("{run_deadline_minutes} is not between 1 and 10080 (a week)"),
+            });
+        }
+        let runs = RunsConfig {
+            commit_types: test_types("commit_types", self.commit_types, defaults.commit_types)?,
+            build_types: test_types("build_types", self.build_types, defaults.build_types)?,
+            manual_types: test_types("manual_types", self.manual_types, defaults.manual_types)?,
+            attempts,
+            packages: self.packages,
+            run_deadline: Duration::from_secs(run_deadline_minutes * 60),
+            lease_grace: millis_setting(
+                "lease_grace_ms",
+                self.lease_grace_ms,
+                10_000,
+                0..=600_000,
+            )?,
+        };
+        let local_agents = self.local_agents.unwrap_or(0);
+        if local_agents > 64 {
+            return Err(ConfigError {
+                key: "local_agents",
+                message: format!("{local_agents} is more than 64"),
+            });
+        }
         Ok(ServeConfig {
+            runs,
+            local_agents,
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
@@ -132,6 +272,8 @@ impl ServeConfig {
             cluster: polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string(),
             gossip_interval: Duration::from_millis(100),
             heartbeat_interval: Duration::from_millis(200),
+            runs: RunsConfig::default(),
+            local_agents: 0,
         }
     }
 }

@@ -1,14 +1,14 @@
-//! `polarizer demo`: a coordinator and local agents in a temporary directory, on loopback, showing the
-//! agents join live. Nothing to set up; nothing left running afterwards.
+//! `polarizer demo`: a coordinator and local agents in a temporary directory, on loopback; the agents join
+//! live, a change to the example test repository is triggered, and the run is watched as it happens.
+//! Nothing to set up; nothing left running afterwards.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use polarizer_shared::protocol::{AgentRecord, AgentState, OperatorRequest, OperatorResponse};
-use tokio::process::{Child, Command};
+use polarizer_shared::run::{TriggerKind, TriggerRequest};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,7 @@ pub async fn run(
     keep_running: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let agent_binary = sibling_binary("polarizer-agent")?;
+    crate::local_agents::agent_binary()?;
     let workspace = tempfile::Builder::new()
         .prefix("polarizer-demo-")
         .tempdir()
@@ -49,19 +49,17 @@ pub async fn run(
     println!();
 
     let started = Instant::now();
-    let mut agents = Vec::new();
-    for index in 1..=agent_count {
-        let name = format!("demo-{index}");
-        agents.push(
-            start_agent(
-                &agent_binary,
-                workspace.path(),
-                &data_dir,
-                &name,
-                listening.gossip,
-            )
-            .await?,
-        );
+    let names: Vec<String> = (1..=agent_count)
+        .map(|index| format!("demo-{index}"))
+        .collect();
+    let agents = crate::local_agents::LocalAgents::start(
+        &names,
+        workspace.path(),
+        &data_dir,
+        listening.gossip,
+        &["demo=true"],
+    )?;
+    for name in &names {
         println!(
             "  started agent {name} (log: {})",
             workspace.path().join(format!("{name}.log")).display()
@@ -74,81 +72,100 @@ pub async fn run(
         data_dir: Some(data_dir.clone()),
         ..ClientArgs::default()
     };
-    let outcome = watch_until_online(&client_args, agent_count as usize, started, &shutdown).await;
-    let final_listing = match &outcome {
-        Ok(()) => list(&client_args).await.ok(),
-        Err(_) => None,
-    };
-    if let Some(agents) = &final_listing {
-        println!("\n{}", crate::cli::agents_table(agents));
+    let mut outcome =
+        watch_until_online(&client_args, agent_count as usize, started, &shutdown).await;
+    if outcome.is_ok() {
+        if let Ok(agents) = list(&client_args).await {
+            println!("\n{}", crate::cli::agents_table(&agents));
+        }
+        outcome = tokio::select! {
+            outcome = run_examples(&client_args, workspace.path()) => outcome,
+            () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+        };
     }
 
     if outcome.is_ok() && keep_running {
         println!("everything keeps running; in another terminal try:");
-        println!(
-            "  polarizer agents --data-dir {} --coordinator {}",
+        let flags = format!(
+            "--data-dir {} --coordinator {}",
             data_dir.display(),
             listening.quic
         );
+        println!("  polarizer runs {flags}");
+        println!("  polarizer runs show 1 {flags}");
         println!("press Ctrl-C to stop");
         shutdown.cancelled().await;
     }
 
-    for agent in &mut agents {
-        stop_gracefully(agent).await;
-    }
+    agents.stop().await;
     coordinator_shutdown.cancel();
     coordinator.await.context("the coordinator task failed")??;
     if let Err(err) = &outcome {
         let kept = workspace.keep();
         bail!("{err:#}; logs kept in {}", kept.display());
     }
-    println!("demo finished after {:.2} s: {agent_count} agents joined; everything stopped and cleaned up", started.elapsed().as_secs_f64());
+    println!(
+        "demo finished after {:.1} s; everything stopped and cleaned up",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found next to {}: build both binaries (cargo build --workspace)",
-            name,
-            exe.display()
-        );
+/// The main event: the example repository committed to git, a change to it triggered, the run watched
+/// live, and its JUnit report written somewhere that outlives the demo.
+async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()> {
+    let repo = workspace.join("example-tests");
+    crate::examples::materialize(&repo)?;
+    let changed = "src/identity/uuid.py";
+    println!(
+        "a commit changes {changed} in the example test repository ({}):",
+        repo.display()
+    );
+    println!(
+        "  polarizer trigger --repo {} --changed {changed} --kind commit --type unit,integration,functional\n",
+        repo.display()
+    );
+    let mut client = OperatorClient::connect(args).await?;
+    let request = TriggerRequest {
+        repo: repo.display().to_string(),
+        git_ref: "HEAD".into(),
+        kind: TriggerKind::Commit,
+        changed: vec![changed.into()],
+        features: Vec::new(),
+        test_types: vec!["unit".into(), "integration".into(), "functional".into()],
+        artifacts: Vec::new(),
+        all: false,
+        context: Vec::new(),
+    };
+    let outcome = async {
+        let OperatorResponse::Triggered(summary) = client
+            .request(OperatorRequest::Trigger(Box::new(request)))
+            .await?
+        else {
+            bail!("the coordinator answered the trigger with something else");
+        };
+        println!("{}\n", crate::runs_cli::trigger_sentence(&summary));
+        // The examples fail and time out on purpose: the demo succeeds when the run finishes.
+        if let Err(err) = crate::runs_cli::watch(&mut client, summary.run, false).await {
+            println!("  ({err}: one test fails and one times out on purpose)");
+        }
+        let detail = crate::runs_cli::fetch(&mut client, summary.run).await?;
+        if !detail.run.state.is_final() {
+            bail!("run {} did not finish", summary.run);
+        }
+        let report = std::env::temp_dir().join(format!(
+            "polarizer-demo-{}-run-{}.xml",
+            std::process::id(),
+            summary.run
+        ));
+        std::fs::write(&report, crate::reports::junit(&detail))
+            .with_context(|| format!("cannot write {}", report.display()))?;
+        println!("\nJUnit report: {}\n", report.display());
+        Ok(())
     }
-    Ok(path)
-}
-
-async fn start_agent(
-    binary: &Path,
-    workspace: &Path,
-    data_dir: &Path,
-    name: &str,
-    gossip_seed: std::net::SocketAddr,
-) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(workspace.join(format!("{name}.log")))?;
-    let gossip = polarizer_transport::gossip::concrete_udp_addr(([127, 0, 0, 1], 0).into())?;
-    Command::new(binary)
-        .arg("--join")
-        .arg(gossip_seed.to_string())
-        .arg("--gossip")
-        .arg(gossip.to_string())
-        .arg("--token-file")
-        .arg(data_dir.join("agent-token"))
-        .arg("--ca")
-        .arg(data_dir.join("ca.pem"))
-        .arg("--state-dir")
-        .arg(workspace.join(name))
-        .arg("--name")
-        .arg(name)
-        .args(["--label", "demo=true"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))
+    .await;
+    client.close().await;
+    outcome
 }
 
 async fn list(args: &ClientArgs) -> anyhow::Result<Vec<AgentRecord>> {
@@ -212,20 +229,4 @@ async fn watch_until_online(
     };
     client.close().await;
     outcome
-}
-
-async fn stop_gracefully(agent: &mut Child) {
-    if let Some(pid) = agent.id() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(5), agent.wait())
-        .await
-        .is_err()
-    {
-        let _ = agent.kill().await;
-    }
 }

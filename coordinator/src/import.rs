@@ -42,10 +42,10 @@ pub fn prepare(
     data_dir: &Path,
     now_ms: i64,
 ) -> Result<Import, ImportError> {
-    let (tree_path, git_commit) = if is_git_url(location) {
-        let checkout = checkout(location, git_ref, &data_dir.join("git-cache"))?;
+    let (tree_path, git_commit, _cache_guard) = if is_git_url(location) {
+        let (checkout, guard) = checkout(location, git_ref, &data_dir.join("git-cache"))?;
         let commit = git(&checkout, &["rev-parse", "HEAD"], "rev-parse", location)?;
-        (checkout, commit)
+        (checkout, commit, Some(guard))
     } else {
         let path = Path::new(location);
         if !path.is_dir() {
@@ -55,9 +55,29 @@ pub fn prepare(
         }
         // A directory inside a git work tree records its commit too; elsewhere none.
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
-        (path.to_path_buf(), commit)
+        (path.to_path_buf(), commit, None)
     };
-    let mut tree = Tree::load(&tree_path)?;
+    let (catalog, differs_by) = load_catalog(&tree_path, context)?;
+    let source = Source {
+        location: location.to_string(),
+        git_ref: git_ref.to_string(),
+        git_commit,
+        tree_path: tree_path.display().to_string(),
+    };
+    Ok(Import {
+        source,
+        catalog,
+        differs_by,
+        now_ms,
+    })
+}
+
+/// Reads, adjusts and checks the tree at `tree_path`; also says which tests differ by distro.
+pub fn load_catalog(
+    tree_path: &Path,
+    context: &[(String, String)],
+) -> Result<(Catalog, BTreeMap<String, Vec<String>>), ImportError> {
+    let mut tree = Tree::load(tree_path)?;
     let mut fmf_context = Context::new();
     for (key, value) in context {
         fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
@@ -81,18 +101,7 @@ pub fn prepare(
             (!conditions.is_empty()).then(|| (test.id.clone(), conditions))
         })
         .collect();
-    let source = Source {
-        location: location.to_string(),
-        git_ref: git_ref.to_string(),
-        git_commit,
-        tree_path: tree_path.display().to_string(),
-    };
-    Ok(Import {
-        source,
-        catalog,
-        differs_by,
-        now_ms,
-    })
+    Ok((catalog, differs_by))
 }
 
 /// The `when` conditions of a node's adjust rules that look at the distro.
@@ -109,7 +118,7 @@ fn distro_conditions(node: &polarizer_shared::fmf::Node) -> Vec<String> {
         .collect()
 }
 
-fn git(
+pub fn git(
     directory: &Path,
     args: &[&str],
     action: &'static str,
@@ -141,8 +150,19 @@ fn git(
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// One git operation at a time on the cache: two imports of one URL would otherwise fight over it.
+static GIT_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Clones (once) and fetches `git_ref` into a cache directory named after the URL; checks it out detached.
-fn checkout(url: &str, git_ref: &str, cache: &Path) -> Result<PathBuf, ImportError> {
+/// The guard keeps the checkout from changing until the caller has read it.
+pub fn checkout(
+    url: &str,
+    git_ref: &str,
+    cache: &Path,
+) -> Result<(PathBuf, std::sync::MutexGuard<'static, ()>), ImportError> {
+    let guard = GIT_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let key = polarizer_transport::state_files::secret_digest(url);
     let directory = cache.join(&key[..16]);
     std::fs::create_dir_all(cache).map_err(|err| ImportError::Git {
@@ -166,7 +186,7 @@ fn checkout(url: &str, git_ref: &str, cache: &Path) -> Result<PathBuf, ImportErr
         "checkout",
         url,
     )?;
-    Ok(directory)
+    Ok((directory, guard))
 }
 
 /// `key=value` context dimensions from the command line.

@@ -79,6 +79,7 @@ pub async fn run(
         operator_token_digest,
         gossip_live_rx,
         data_dir.root.clone(),
+        config.runs.clone(),
     ));
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();
@@ -89,6 +90,7 @@ pub async fn run(
         config.gossip_interval,
         shutdown.clone(),
     ));
+    tracker.spawn(crate::scheduler::run(shared.clone(), shutdown.clone()));
     tracker.spawn(server::accept_loop(
         endpoint.clone(),
         shared.clone(),
@@ -127,7 +129,32 @@ pub async fn run(
         });
     }
 
+    let local_agents = if config.local_agents > 0 {
+        let names: Vec<String> = (1..=config.local_agents)
+            .map(|index| format!("local-{index}"))
+            .collect();
+        let root = data_dir.root.join("local-agents");
+        let agents = crate::local_agents::LocalAgents::start(
+            &names,
+            &root,
+            &data_dir.root,
+            gossip_advertised,
+            &["local=true"],
+        )?;
+        println!(
+            "  local agents    {} (logs in {})",
+            names.join(", "),
+            root.display()
+        );
+        Some(agents)
+    } else {
+        None
+    };
+
     shutdown.cancelled().await;
+    if let Some(agents) = local_agents {
+        agents.stop().await;
+    }
     info!("shutting down: closing connections");
     sessions_shutdown.cancel();
     tracker.close();

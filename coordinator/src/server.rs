@@ -10,10 +10,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use polarizer_shared::facts::validate_agent_name;
 use polarizer_shared::frame::{self, FrameError};
 use polarizer_shared::protocol::*;
+use polarizer_shared::run::RunUpdate;
 use polarizer_shared::AgentFacts;
 use polarizer_transport::state_files::secret_digest;
 use polarizer_transport::{FramedStream, StreamError};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+
+use crate::config::RunsConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -33,6 +36,18 @@ pub struct Counters {
 struct LiveSession {
     connection: quinn::Connection,
     last_frame: Instant,
+    incarnation: u64,
+    facts: AgentFacts,
+    outbox: mpsc::UnboundedSender<CoordinatorMessage>,
+}
+
+/// An online agent as the scheduler sees it.
+#[derive(Clone)]
+pub struct OnlineAgent {
+    pub name: String,
+    pub incarnation: u64,
+    pub facts: AgentFacts,
+    pub outbox: mpsc::UnboundedSender<CoordinatorMessage>,
 }
 
 /// What every connection task shares.
@@ -47,6 +62,14 @@ pub struct Shared {
     pub gossip_live: watch::Receiver<BTreeSet<String>>,
     /// For caches (git checkouts of imported test repositories).
     pub data_dir: std::path::PathBuf,
+    pub runs: RunsConfig,
+    /// Run progress, after it is committed, for `runs watch` (each watcher has its own bounded buffer).
+    pub updates: broadcast::Sender<RunUpdate>,
+    /// Wakes the scheduler: a run was triggered, an agent came or went, a suite finished.
+    pub schedule: Notify,
+    /// Why each queued suite waits, as the scheduler last saw it.
+    pub waiting: Mutex<HashMap<u64, String>>,
+    pub started: Instant,
     sessions: Mutex<HashMap<String, LiveSession>>,
 }
 
@@ -65,8 +88,14 @@ impl Shared {
         operator_token_digest: String,
         gossip_live: watch::Receiver<BTreeSet<String>>,
         data_dir: std::path::PathBuf,
+        runs: RunsConfig,
     ) -> Shared {
         Shared {
+            runs,
+            updates: broadcast::channel(4096).0,
+            schedule: Notify::new(),
+            waiting: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             store,
             counters: Counters::default(),
             heartbeat_interval,
@@ -97,6 +126,60 @@ impl Shared {
             }
         }
         Ok(agents)
+    }
+
+    /// Every agent with a live session.
+    pub fn online_agents(&self) -> Vec<OnlineAgent> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(name, session)| OnlineAgent {
+                name: name.clone(),
+                incarnation: session.incarnation,
+                facts: session.facts.clone(),
+                outbox: session.outbox.clone(),
+            })
+            .collect()
+    }
+
+    /// Sends to an agent's session, if it has one.
+    pub fn send_to_agent(&self, name: &str, message: CoordinatorMessage) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .is_some_and(|session| session.outbox.send(message).is_ok())
+    }
+
+    /// Publishes what a committed write changed; tells agents holding stale attempts to stop.
+    pub fn publish(&self, agent: Option<&str>, effects: Vec<crate::runs::Effect>) {
+        let mut wake = false;
+        for effect in effects {
+            match effect {
+                crate::runs::Effect::Update(update) => {
+                    wake |= !matches!(
+                        update,
+                        RunUpdate::Output { .. } | RunUpdate::TestStarted { .. }
+                    );
+                    let _ = self.updates.send(update);
+                }
+                crate::runs::Effect::Stale(suite) => {
+                    if let Some(agent) = agent {
+                        self.send_to_agent(
+                            agent,
+                            CoordinatorMessage::Cancel {
+                                suite,
+                                reason: "this attempt's lease was revoked".into(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if wake {
+            self.schedule.notify_one();
+        }
     }
 
     fn touch(&self, name: &str, connection_id: usize) {
@@ -154,6 +237,97 @@ impl Shared {
                 message: format!("import failed, nothing stored: {err}"),
             },
         }
+    }
+
+    /// Plans a run off the async runtime (git, fmf, selection, partition), then stores it in one step.
+    async fn trigger(&self, request: polarizer_shared::run::TriggerRequest) -> OperatorResponse {
+        let error = |message: String| OperatorResponse::Error { message };
+        let agents = match self.store.read(|reader| reader.agents()).await {
+            Ok(agents) => agents
+                .into_iter()
+                .filter(|agent| agent.state != AgentState::Revoked)
+                .map(|agent| agent.facts)
+                .collect::<Vec<_>>(),
+            Err(err) => return error(err.to_string()),
+        };
+        let store = self.store.clone();
+        let config = self.runs.clone();
+        let data_dir = self.data_dir.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let reader = store.reader().map_err(|err| err.to_string())?;
+            crate::trigger::plan(
+                request,
+                &config,
+                &data_dir,
+                &agents,
+                &|ids| reader.duration_history(ids).unwrap_or_default(),
+                now_ms(),
+            )
+            .map_err(|err| err.to_string())
+        })
+        .await;
+        let planned = match planned {
+            Ok(Ok(planned)) => planned,
+            Ok(Err(message)) => return error(format!("trigger failed, no run created: {message}")),
+            Err(err) => return error(format!("trigger failed: {err}")),
+        };
+        if let Err(err) = self.store.import_catalog(planned.import).await {
+            return error(format!("trigger failed, no run created: {err}"));
+        }
+        let run = planned.run;
+        let tests: usize = run.suites.iter().map(|(_, _, tests)| tests.len()).sum();
+        let serial = run
+            .suites
+            .iter()
+            .filter(|(kind, _, _)| kind == "serial")
+            .count();
+        let parallel = run.suites.len() - serial;
+        let commit = run.commit.clone();
+        let created = self
+            .store
+            .write(move |savepoint, path| crate::runs::create_run(savepoint, path, &run))
+            .await;
+        match created {
+            Ok(id) => {
+                info!(run = id, tests, serial, parallel, commit = %commit, "run triggered");
+                self.schedule.notify_one();
+                OperatorResponse::Triggered(polarizer_shared::run::TriggerSummary {
+                    run: id,
+                    tests: tests as u64,
+                    touched_features: planned.touched_features,
+                    dependent_features: planned.dependent_features,
+                    fail_open: planned.fail_open,
+                    parallel_suites: parallel as u64,
+                    serial_suites: serial as u64,
+                    commit,
+                })
+            }
+            Err(err) => error(format!("trigger failed, no run created: {err}")),
+        }
+    }
+
+    /// A run with the scheduler's reason for every suite still waiting.
+    async fn run_detail(
+        &self,
+        run: u64,
+    ) -> Result<Option<polarizer_shared::run::RunDetail>, String> {
+        let detail = self
+            .store
+            .read(move |reader| reader.run(run))
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(detail.map(|mut detail| {
+            let waiting = self.waiting.lock().expect("waiting lock");
+            for suite in &mut detail.suites {
+                if suite.state == "queued" {
+                    suite.waiting_for = waiting
+                        .get(&suite.id)
+                        .cloned()
+                        .unwrap_or_else(|| "waiting for the scheduler".into());
+                }
+            }
+            detail
+        }))
     }
 
     async fn revoke(&self, name: &str) -> OperatorResponse {
@@ -283,7 +457,11 @@ async fn handle_connection(
             }
             operator_session(connection, stream, shared).await;
         }
-        Peer::Agent { credential, facts } => {
+        Peer::Agent {
+            credential,
+            facts,
+            incarnation,
+        } => {
             let facts = *facts;
             if let Err(reason) = validate_agent_name(&facts.name) {
                 return refuse(
@@ -358,12 +536,32 @@ async fn handle_connection(
                     }
                 }
             };
-            if stream.send(&welcome(enrolled, &shared)).await.is_err() {
+            let records_committed = {
+                let name = name.clone();
+                shared
+                    .store
+                    .read(move |reader| reader.records_committed(&name))
+                    .await
+                    .unwrap_or(0)
+            };
+            let mut hello = welcome(enrolled, &shared);
+            if let ServerFrame::Welcome(welcome) = &mut hello {
+                welcome.records_committed = records_committed;
+            }
+            if stream.send(&hello).await.is_err() {
                 return;
             }
-            agent_session(connection, stream, shared, facts, enrolled, shutdown)
-                .instrument(tracing::info_span!("agent", agent = %name))
-                .await;
+            agent_session(
+                connection,
+                stream,
+                shared,
+                facts,
+                incarnation,
+                enrolled,
+                shutdown,
+            )
+            .instrument(tracing::info_span!("agent", agent = %name))
+            .await;
         }
     }
 }
@@ -374,6 +572,7 @@ fn welcome(enrolled: bool, shared: &Shared) -> ServerFrame {
         coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
         enrolled,
         heartbeat_interval_ms: shared.heartbeat_interval.as_millis() as u32,
+        records_committed: 0,
     })
 }
 
@@ -407,18 +606,24 @@ async fn agent_session(
     mut stream: FramedStream,
     shared: Arc<Shared>,
     facts: AgentFacts,
+    incarnation: u64,
     enrolled: bool,
     shutdown: CancellationToken,
 ) {
     let name = facts.name.clone();
     let connection_id = connection.stable_id();
+    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
     let replaced = shared.sessions.lock().expect("sessions lock").insert(
         name.clone(),
         LiveSession {
             connection: connection.clone(),
             last_frame: Instant::now(),
+            incarnation,
+            facts: facts.clone(),
+            outbox,
         },
     );
+    shared.schedule.notify_one();
     if let Some(previous) = replaced {
         // The agent restarted before its old connection timed out: the new one is the truth.
         previous.connection.close(
@@ -440,7 +645,30 @@ async fn agent_session(
                         protocol_error(&connection, &shared, "facts may not change the agent's name");
                         break "renamed";
                     }
+                    if let Some(session) = shared.sessions.lock().expect("sessions lock").get_mut(&name) {
+                        if session.connection.stable_id() == connection_id {
+                            session.facts = (*new_facts).clone();
+                        }
+                    }
                     let _ = shared.store.facts_changed(&name, *new_facts);
+                }
+                Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
+                    shared.touch(&name, connection_id);
+                    // Committed before acknowledged: an ack is a promise the record is in SQLite.
+                    match crate::scheduler::ingest(&shared, &name, records).await {
+                        Ok(committed) => {
+                            let ack = ServerFrame::Agent(CoordinatorMessage::Ack { up_to: committed });
+                            if stream.send(&ack).await.is_err() {
+                                break "connection lost";
+                            }
+                        }
+                        Err(err) => {
+                            // Not acknowledged: the agent keeps the records and sends them again.
+                            warn!(error = %err, "cannot store records; closing so the agent resends them");
+                            connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
+                            break "store unavailable";
+                        }
+                    }
                 }
                 Ok(Some(_)) => {
                     protocol_error(&connection, &shared, "unexpected frame from an agent");
@@ -453,6 +681,13 @@ async fn agent_session(
                 }
                 Err(_) => break "connection lost",
             },
+            message = outbox_rx.recv() => {
+                // The sender lives in the sessions map: gone means a newer session replaced this one.
+                let Some(message) = message else { break "replaced" };
+                if stream.send(&ServerFrame::Agent(message)).await.is_err() {
+                    break "connection lost";
+                }
+            }
             _ = liveness_check.tick() => {
                 let gossip_sees_alive = shared.gossip_live.borrow().contains(&name);
                 let allowed = inventory::silence_allowed(shared.heartbeat_interval, gossip_sees_alive);
@@ -485,6 +720,62 @@ async fn agent_session(
     if owned && end != "coordinator shutting down" {
         let _ = shared.store.agent_disconnected(&name, now_ms());
         info!(reason = end, "agent offline");
+        shared.schedule.notify_one();
+    }
+}
+
+/// Streams a run: a snapshot, then every committed change, until the run is finished. A watcher that
+/// falls behind gets a fresh snapshot instead of slowing anyone down.
+async fn watch_run(
+    stream: &mut FramedStream,
+    shared: &Shared,
+    run: u64,
+    output: bool,
+) -> Result<(), StreamError> {
+    let mut updates = shared.updates.subscribe();
+    loop {
+        let detail = match shared.run_detail(run).await {
+            Ok(Some(detail)) => detail,
+            Ok(None) => {
+                let message = format!("no run {run}");
+                return stream
+                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
+                    .await;
+            }
+            Err(message) => {
+                return stream
+                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
+                    .await
+            }
+        };
+        let finished = detail.run.state.is_final();
+        stream
+            .send(&ServerFrame::Operator(OperatorResponse::Run(Box::new(
+                detail,
+            ))))
+            .await?;
+        if finished {
+            return Ok(());
+        }
+        loop {
+            match updates.recv().await {
+                Ok(update) if update.run() == run => {
+                    if !output && matches!(update, RunUpdate::Output { .. }) {
+                        continue;
+                    }
+                    let done = matches!(update, RunUpdate::RunFinished { .. });
+                    stream
+                        .send(&ServerFrame::Operator(OperatorResponse::Update(update)))
+                        .await?;
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
     }
 }
 
@@ -541,6 +832,52 @@ async fn operator_session(
                         message: err.to_string(),
                     },
                 }
+            }
+            OperatorRequest::Trigger(request) => shared.trigger(*request).await,
+            OperatorRequest::ListRuns { limit } => {
+                match shared.store.read(move |reader| reader.runs(limit)).await {
+                    Ok(runs) => OperatorResponse::Runs(runs),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::ShowRun { run } => match shared.run_detail(run).await {
+                Ok(Some(detail)) => OperatorResponse::Run(Box::new(detail)),
+                Ok(None) => OperatorResponse::Error {
+                    message: format!("no run {run}"),
+                },
+                Err(message) => OperatorResponse::Error { message },
+            },
+            OperatorRequest::CancelRun { run } => {
+                match crate::scheduler::end_run(
+                    &shared,
+                    run,
+                    polarizer_shared::run::TestStatus::Cancelled,
+                    "cancelled by an operator".into(),
+                )
+                .await
+                {
+                    Ok(()) => match shared.run_detail(run).await {
+                        Ok(Some(detail)) => OperatorResponse::Cancelled {
+                            run,
+                            state: detail.run.state,
+                        },
+                        Ok(None) => OperatorResponse::Error {
+                            message: format!("no run {run}"),
+                        },
+                        Err(message) => OperatorResponse::Error { message },
+                    },
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::WatchRun { run, output } => {
+                if watch_run(&mut stream, &shared, run, output).await.is_err() {
+                    return;
+                }
+                continue;
             }
             OperatorRequest::ListFeatures => {
                 match shared.store.read(|reader| reader.features()).await {

@@ -25,6 +25,8 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 2: the test catalog (see catalog.rs).
     crate::catalog::MIGRATION,
+    // 3: runs, suites, results and output (see runs.rs).
+    crate::runs::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -95,7 +97,12 @@ enum Command {
         import: Box<crate::catalog::Import>,
         reply: oneshot::Sender<Result<crate::catalog::ImportSummary, StoreError>>,
     },
+    /// Any other write, in a savepoint of its own inside the batch's transaction.
+    Write(WriteWork),
 }
+
+/// Runs on the writer thread; pushes the reply that goes out after the commit.
+type WriteWork = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>, &Path, &mut Vec<Reply>) + Send>;
 
 /// Cheap to clone; every clone talks to the one writer thread.
 #[derive(Clone)]
@@ -363,6 +370,7 @@ fn apply(
                 let _ = reply.send(());
             }));
         }
+        Command::Write(work) => work(transaction, path, replies),
         Command::ImportCatalog { import, reply } => {
             // A savepoint of its own: a failed import changes nothing, and takes no other write with it.
             let outcome = (|| {
@@ -457,6 +465,41 @@ impl StoreHandle {
     }
 
     /// Stores an imported catalog in one step: all of it, or (on error) nothing.
+    /// Runs `work` on the writer thread in a savepoint; answers once the batch has committed. A failed
+    /// `work` rolls back only its own savepoint.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Savepoint<'_>, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, reply_rx) = oneshot::channel();
+        self.send(Command::Write(Box::new(
+            move |transaction: &mut rusqlite::Transaction<'_>,
+                  path: &Path,
+                  replies: &mut Vec<Reply>| {
+                let outcome = (|| {
+                    let savepoint = transaction.savepoint().map_err(sqlite_error(path))?;
+                    let value = work(&savepoint, path)?;
+                    savepoint.commit().map_err(sqlite_error(path))?;
+                    Ok(value)
+                })();
+                match outcome {
+                    Ok(value) => replies.push(Box::new(move |committed| {
+                        let _ = reply.send(committed.map(|_| value).map_err(|err| {
+                            StoreError::Transaction {
+                                reason: err.to_string(),
+                            }
+                        }));
+                    })),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            },
+        )))?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     pub async fn import_catalog(
         &self,
         import: crate::catalog::Import,

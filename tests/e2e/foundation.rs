@@ -375,6 +375,7 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
                     secret: "s".into(),
                 },
                 facts: Box::new(facts),
+                incarnation: 1,
             },
         };
         match connect(&endpoint, cluster.quic, hello, Duration::from_secs(10)).await {
@@ -574,7 +575,11 @@ fn enrollment_survives_a_crash_before_or_after_the_commit() {
         };
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
-            peer: Peer::Agent { credential, facts },
+            peer: Peer::Agent {
+                credential,
+                facts,
+                incarnation: 1,
+            },
         };
         let session = connect(&endpoint, cluster.quic, hello, Duration::from_secs(10))
             .await

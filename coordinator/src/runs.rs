@@ -1,0 +1,1069 @@
+//! Runs in SQLite: runs, their suites (each leased to one agent at a time), every selected test's result,
+//! lost attempts and test output. Every change goes through the store's one writer; the functions here
+//! take the writer's savepoint, so each change is all or nothing.
+//!
+//! A suite's lease is (agent, incarnation, attempt). Records from an agent count only for the attempt it
+//! currently holds; anything else is acknowledged and dropped, so a result is never counted twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
+use polarizer_shared::run::*;
+use rusqlite::{params, OptionalExtension, Savepoint};
+
+use crate::store::{sqlite_error, Reader, StoreError};
+
+pub const MIGRATION: &str = "
+ALTER TABLE agents ADD COLUMN records_committed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    fetch_url TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    tree_path TEXT NOT NULL,
+    trigger_json TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    deadline_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX runs_active ON runs(state) WHERE state IN ('queued', 'running');
+CREATE TABLE suites (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    ordinal INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    needs_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    agent TEXT NOT NULL DEFAULT '',
+    incarnation INTEGER NOT NULL DEFAULT 0,
+    versions_json TEXT NOT NULL DEFAULT '',
+    started_ms INTEGER,
+    finished_ms INTEGER
+) STRICT;
+CREATE INDEX suites_active ON suites(state) WHERE state IN ('queued', 'running');
+CREATE INDEX suites_by_run ON suites(run_id);
+CREATE TABLE run_tests (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    test_id TEXT NOT NULL,
+    suite_id INTEGER NOT NULL REFERENCES suites(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    metadata_json TEXT NOT NULL,
+    reasons_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    infra INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    agent TEXT NOT NULL DEFAULT '',
+    started_ms INTEGER,
+    duration_ms INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    output_tail TEXT NOT NULL DEFAULT '',
+    subresults_json TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (run_id, test_id)
+) STRICT;
+CREATE INDEX run_tests_by_suite ON run_tests(suite_id);
+CREATE INDEX run_tests_history ON run_tests(test_id, status);
+CREATE TABLE lost_attempts (
+    run_id INTEGER NOT NULL,
+    test_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX lost_attempts_by_run ON lost_attempts(run_id);
+CREATE TABLE output (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    suite_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    test_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX output_by_run ON output(run_id, test_id);
+";
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serializes")
+}
+
+fn corrupt(what: String) -> impl Fn(serde_json::Error) -> StoreError {
+    move |err| StoreError::CorruptFacts {
+        name: what.clone(),
+        reason: err.to_string(),
+    }
+}
+
+/// A planned suite: its kind ("serial" or "parallel"), platform needs, and tests with why each was selected.
+pub type PlannedSuite = (String, PlatformNeeds, Vec<(TestMetadata, Vec<String>)>);
+
+/// Suites agents must stop: (agent, attempt).
+pub type StopOrders = Vec<(String, SuiteRef)>;
+
+/// A planned run, ready to store.
+pub struct NewRun {
+    pub request: TriggerRequest,
+    pub fetch_url: String,
+    pub commit: String,
+    pub tree_path: String,
+    pub message: String,
+    pub now_ms: i64,
+    pub deadline_ms: i64,
+    /// (kind, needs, tests with their reasons), in dispatch order.
+    pub suites: Vec<PlannedSuite>,
+}
+
+pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Result<u64, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    savepoint
+        .execute(
+            "INSERT INTO runs (state, kind, repo, fetch_url, git_ref, git_commit, tree_path, trigger_json, message, created_ms, deadline_ms)
+             VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                run.request.kind.as_str(),
+                run.request.repo,
+                run.fetch_url,
+                run.request.git_ref,
+                run.commit,
+                run.tree_path,
+                json(&run.request),
+                run.message,
+                run.now_ms,
+                run.deadline_ms
+            ],
+        )
+        .map_err(&on_sqlite)?;
+    let run_id = savepoint.last_insert_rowid();
+    let mut insert_suite = savepoint
+        .prepare("INSERT INTO suites (run_id, ordinal, kind, needs_json, state) VALUES (?1, ?2, ?3, ?4, 'queued')")
+        .map_err(&on_sqlite)?;
+    let mut insert_test = savepoint
+        .prepare(
+            "INSERT INTO run_tests (run_id, test_id, suite_id, position, name, metadata_json, reasons_json, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued')",
+        )
+        .map_err(&on_sqlite)?;
+    for (ordinal, (kind, needs, tests)) in run.suites.iter().enumerate() {
+        insert_suite
+            .execute(params![run_id, ordinal as i64 + 1, kind, json(needs)])
+            .map_err(&on_sqlite)?;
+        let suite_id = savepoint.last_insert_rowid();
+        for (position, (test, reasons)) in tests.iter().enumerate() {
+            insert_test
+                .execute(params![
+                    run_id,
+                    test.id,
+                    suite_id,
+                    position as i64,
+                    test.name,
+                    json(test),
+                    json(reasons),
+                ])
+                .map_err(&on_sqlite)?;
+        }
+    }
+    Ok(run_id as u64)
+}
+
+/// A queued or running suite, as the scheduler sees it.
+#[derive(Clone, Debug)]
+pub struct ActiveSuite {
+    pub run: u64,
+    pub suite: u64,
+    pub state: String,
+    pub attempt: u32,
+    pub agent: String,
+    pub incarnation: u64,
+    pub needs: PlatformNeeds,
+    pub run_deadline_ms: i64,
+}
+
+impl ActiveSuite {
+    pub fn suite_ref(&self) -> SuiteRef {
+        SuiteRef {
+            run: self.run,
+            suite: self.suite,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// What a write changed that someone is waiting to hear about.
+#[derive(Clone, Debug)]
+pub enum Effect {
+    Update(RunUpdate),
+    /// The agent sent records for an attempt it no longer holds: tell it to stop.
+    Stale(SuiteRef),
+}
+
+/// Leases a queued suite to an agent. False when it is no longer queued.
+pub fn lease(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    suite: u64,
+    agent: &str,
+    incarnation: u64,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let changed = savepoint
+        .execute(
+            "UPDATE suites SET state = 'running', agent = ?2, incarnation = ?3, started_ms = ?4
+             WHERE id = ?1 AND state = 'queued'",
+            params![suite as i64, agent, incarnation as i64, now_ms],
+        )
+        .map_err(&on_sqlite)?;
+    if changed == 1 {
+        savepoint
+            .execute(
+                "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2)
+                 WHERE id = (SELECT run_id FROM suites WHERE id = ?1) AND state = 'queued'",
+                params![suite as i64, now_ms],
+            )
+            .map_err(&on_sqlite)?;
+    }
+    Ok(changed == 1)
+}
+
+/// The agent holding `suite` was lost: its unfinished tests go back to the queue as the next attempt
+/// (each lost attempt recorded as an infrastructure error), or, with no attempts left, end as errors.
+pub fn revoke(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    suite: SuiteRef,
+    message: &str,
+    max_attempts: u32,
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let held: Option<(String, String)> = savepoint
+        .query_row(
+            "SELECT agent, state FROM suites WHERE id = ?1 AND attempt = ?2",
+            params![suite.suite as i64, suite.attempt],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(&on_sqlite)?;
+    let Some((agent, state)) = held else {
+        return Ok(Vec::new());
+    };
+    if state != "running" {
+        return Ok(Vec::new());
+    }
+    savepoint
+        .execute(
+            "INSERT INTO lost_attempts (run_id, test_id, attempt, agent, message, at_ms)
+             SELECT run_id, test_id, ?2, ?3, ?4, ?5 FROM run_tests
+             WHERE suite_id = ?1 AND status IN ('queued', 'running')",
+            params![suite.suite as i64, suite.attempt, agent, message, now_ms],
+        )
+        .map_err(&on_sqlite)?;
+    let mut effects = Vec::new();
+    if suite.attempt < max_attempts {
+        let next = suite.attempt + 1;
+        savepoint
+            .execute(
+                "UPDATE suites SET state = 'queued', attempt = ?2, agent = '', incarnation = 0, started_ms = NULL
+                 WHERE id = ?1",
+                params![suite.suite as i64, next],
+            )
+            .map_err(&on_sqlite)?;
+        savepoint
+            .execute(
+                "UPDATE run_tests SET status = 'queued', attempt = ?2, agent = '', started_ms = NULL
+                 WHERE suite_id = ?1 AND status IN ('queued', 'running')",
+                params![suite.suite as i64, next],
+            )
+            .map_err(&on_sqlite)?;
+        effects.push(Effect::Update(RunUpdate::Requeued {
+            run: suite.run,
+            suite: suite.suite,
+            attempt: next,
+            agent,
+        }));
+    } else {
+        savepoint
+            .execute(
+                "UPDATE suites SET state = 'done', finished_ms = ?2 WHERE id = ?1",
+                params![suite.suite as i64, now_ms],
+            )
+            .map_err(&on_sqlite)?;
+        let text = format!("infrastructure error: {message}; no attempts left ({max_attempts})");
+        effects.extend(finish_unfinished(
+            savepoint,
+            path,
+            "suite_id = ?1",
+            suite.suite as i64,
+            TestStatus::Error,
+            true,
+            &text,
+        )?);
+    }
+    effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
+    Ok(effects)
+}
+
+/// Gives every unfinished test matching `filter` (with `?1` bound to `key`) a final status.
+fn finish_unfinished(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    filter: &str,
+    key: i64,
+    status: TestStatus,
+    infra: bool,
+    message: &str,
+) -> Result<Vec<Effect>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let ids: Vec<(i64, String)> = {
+        let mut statement = savepoint
+            .prepare(&format!(
+                "SELECT run_id, test_id FROM run_tests WHERE {filter} AND status IN ('queued', 'running')"
+            ))
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)?
+    };
+    let mut effects = Vec::new();
+    for (run_id, test_id) in ids {
+        savepoint
+            .execute(
+                "UPDATE run_tests SET status = ?3, infra = ?4, message = ?5 WHERE run_id = ?1 AND test_id = ?2",
+                params![run_id, test_id, status.as_str(), infra, message],
+            )
+            .map_err(&on_sqlite)?;
+        if let Some(row) = run_test_row(savepoint, path, run_id as u64, &test_id)? {
+            effects.push(Effect::Update(RunUpdate::TestFinished {
+                run: run_id as u64,
+                row: Box::new(row),
+            }));
+        }
+    }
+    Ok(effects)
+}
+
+/// When every test of the run has a final status, the run gets its own.
+pub fn maybe_finish_run(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    run: u64,
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let (unfinished, problems, infra, state): (i64, i64, i64, String) = savepoint
+        .query_row(
+            "SELECT
+                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('queued', 'running')),
+                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn')),
+                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND infra = 1),
+                state FROM runs WHERE id = ?1",
+            [run as i64],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .map_err(&on_sqlite)?;
+    let current = RunState::parse(&state).unwrap_or(RunState::Error);
+    if unfinished > 0 || current.is_final() {
+        return Ok(Vec::new());
+    }
+    let final_state = if infra > 0 {
+        RunState::Error
+    } else if problems > 0 {
+        RunState::Failed
+    } else {
+        RunState::Passed
+    };
+    savepoint
+        .execute(
+            "UPDATE runs SET state = ?2, finished_ms = ?3 WHERE id = ?1",
+            params![run as i64, final_state.as_str(), now_ms],
+        )
+        .map_err(&on_sqlite)?;
+    savepoint
+        .execute(
+            "UPDATE suites SET state = 'done', finished_ms = COALESCE(finished_ms, ?2)
+             WHERE run_id = ?1 AND state IN ('queued', 'running')",
+            params![run as i64, now_ms],
+        )
+        .map_err(&on_sqlite)?;
+    Ok(vec![Effect::Update(RunUpdate::RunFinished {
+        run,
+        state: final_state,
+    })])
+}
+
+/// Ends a run early: cancelled by an operator, or past its deadline (stragglers end as timeout).
+/// Returns the suites that agents must stop, and the effects.
+pub fn end_run(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    run: u64,
+    status: TestStatus,
+    message: &str,
+    now_ms: i64,
+) -> Result<(StopOrders, Vec<Effect>), StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let running: Vec<(String, SuiteRef)> = {
+        let mut statement = savepoint
+            .prepare(
+                "SELECT agent, id, attempt FROM suites WHERE run_id = ?1 AND state = 'running'",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([run as i64], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    SuiteRef {
+                        run,
+                        suite: row.get::<_, i64>(1)? as u64,
+                        attempt: row.get(2)?,
+                    },
+                ))
+            })
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)?
+    };
+    let mut effects = finish_unfinished(
+        savepoint,
+        path,
+        "run_id = ?1",
+        run as i64,
+        status,
+        false,
+        message,
+    )?;
+    if status == TestStatus::Cancelled {
+        savepoint
+            .execute(
+                "UPDATE runs SET state = 'cancelled', finished_ms = ?2, message = ?3 WHERE id = ?1 AND state IN ('queued', 'running')",
+                params![run as i64, now_ms, message],
+            )
+            .map_err(&on_sqlite)?;
+        savepoint
+            .execute(
+                "UPDATE suites SET state = 'cancelled', finished_ms = ?2 WHERE run_id = ?1 AND state IN ('queued', 'running')",
+                params![run as i64, now_ms],
+            )
+            .map_err(&on_sqlite)?;
+        effects.push(Effect::Update(RunUpdate::RunFinished {
+            run,
+            state: RunState::Cancelled,
+        }));
+    } else {
+        savepoint
+            .execute(
+                "UPDATE runs SET message = ?2 WHERE id = ?1",
+                params![run as i64, message],
+            )
+            .map_err(&on_sqlite)?;
+        effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
+    }
+    Ok((running, effects))
+}
+
+/// Outcome of ingesting one batch of an agent's records.
+pub struct Ingested {
+    /// The highest sequence number committed for this agent (acknowledge up to here).
+    pub committed: u64,
+    pub effects: Vec<Effect>,
+}
+
+/// Applies an agent's records in order, skipping every sequence number already committed.
+pub fn ingest(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    agent: &str,
+    records: &[Record],
+    max_attempts: u32,
+    now_ms: i64,
+) -> Result<Ingested, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let mut committed: u64 = savepoint
+        .query_row(
+            "SELECT records_committed FROM agents WHERE name = ?1",
+            [agent],
+            |row| row.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(&on_sqlite)?
+        .unwrap_or(0) as u64;
+    let mut effects = Vec::new();
+    let mut insert_output = savepoint
+        .prepare_cached(
+            "INSERT INTO output (agent, seq, run_id, suite_id, attempt, test_id, stream, line, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(&on_sqlite)?;
+    for record in records {
+        if record.seq <= committed {
+            continue;
+        }
+        committed = record.seq;
+        match &record.body {
+            RecordBody::Output {
+                suite,
+                test,
+                stream,
+                line,
+            } => {
+                insert_output
+                    .execute(params![
+                        agent,
+                        record.seq as i64,
+                        suite.run as i64,
+                        suite.suite as i64,
+                        suite.attempt,
+                        test,
+                        stream.as_str(),
+                        line,
+                        record.at_ms
+                    ])
+                    .map_err(&on_sqlite)?;
+                if suite.run > 0 {
+                    effects.push(Effect::Update(RunUpdate::Output {
+                        run: suite.run,
+                        test: test.clone(),
+                        stream: *stream,
+                        line: line.clone(),
+                    }));
+                }
+            }
+            RecordBody::SuiteStarted { suite, versions } => {
+                if !holds(savepoint, path, agent, *suite)? {
+                    effects.push(Effect::Stale(*suite));
+                    continue;
+                }
+                savepoint
+                    .execute(
+                        "UPDATE suites SET versions_json = ?2 WHERE id = ?1",
+                        params![suite.suite as i64, json(versions)],
+                    )
+                    .map_err(&on_sqlite)?;
+            }
+            RecordBody::TestStarted { suite, test } => {
+                if !holds(savepoint, path, agent, *suite)? {
+                    effects.push(Effect::Stale(*suite));
+                    continue;
+                }
+                let changed = savepoint
+                    .execute(
+                        "UPDATE run_tests SET status = 'running', agent = ?3, started_ms = ?4
+                         WHERE run_id = ?1 AND test_id = ?2 AND status = 'queued'",
+                        params![suite.run as i64, test, agent, record.at_ms],
+                    )
+                    .map_err(&on_sqlite)?;
+                if changed == 1 {
+                    effects.push(Effect::Update(RunUpdate::TestStarted {
+                        run: suite.run,
+                        test: test.clone(),
+                        agent: agent.to_string(),
+                        attempt: suite.attempt,
+                    }));
+                }
+            }
+            RecordBody::TestFinished(outcome) => {
+                let suite = outcome.suite;
+                if !holds(savepoint, path, agent, suite)? {
+                    effects.push(Effect::Stale(suite));
+                    continue;
+                }
+                let changed = savepoint
+                    .execute(
+                        "UPDATE run_tests SET status = ?3, agent = ?4, started_ms = ?5, duration_ms = ?6, message = ?7,
+                                output_tail = ?8, subresults_json = ?9
+                         WHERE run_id = ?1 AND test_id = ?2 AND status IN ('queued', 'running')",
+                        params![
+                            suite.run as i64,
+                            outcome.test,
+                            outcome.status.as_str(),
+                            agent,
+                            outcome.started_ms,
+                            outcome.duration_ms as i64,
+                            outcome.message,
+                            outcome.output_tail,
+                            json(&outcome.subresults)
+                        ],
+                    )
+                    .map_err(&on_sqlite)?;
+                if changed == 1 {
+                    if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
+                        effects.push(Effect::Update(RunUpdate::TestFinished {
+                            run: suite.run,
+                            row: Box::new(row),
+                        }));
+                    }
+                    effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
+                }
+            }
+            RecordBody::SuiteFinished { suite, error } => {
+                if !holds(savepoint, path, agent, *suite)? {
+                    continue;
+                }
+                match error {
+                    // Could not run here (checkout, suite setup): another attempt, elsewhere.
+                    Some(error) => effects.extend(revoke(
+                        savepoint,
+                        path,
+                        *suite,
+                        &format!("agent {agent}: {error}"),
+                        max_attempts,
+                        now_ms,
+                    )?),
+                    None => {
+                        savepoint
+                            .execute(
+                                "UPDATE suites SET state = 'done', finished_ms = ?2 WHERE id = ?1",
+                                params![suite.suite as i64, now_ms],
+                            )
+                            .map_err(&on_sqlite)?;
+                        effects.extend(finish_unfinished(
+                            savepoint,
+                            path,
+                            "suite_id = ?1",
+                            suite.suite as i64,
+                            TestStatus::Error,
+                            false,
+                            "the agent finished the suite without a result for this test",
+                        )?);
+                        effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
+                    }
+                }
+            }
+        }
+    }
+    savepoint
+        .execute(
+            "UPDATE agents SET records_committed = ?2 WHERE name = ?1",
+            params![agent, committed as i64],
+        )
+        .map_err(&on_sqlite)?;
+    Ok(Ingested { committed, effects })
+}
+
+/// Does `agent` hold the lease on exactly this attempt?
+fn holds(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    agent: &str,
+    suite: SuiteRef,
+) -> Result<bool, StoreError> {
+    savepoint
+        .query_row(
+            "SELECT 1 FROM suites WHERE id = ?1 AND attempt = ?2 AND agent = ?3 AND state = 'running'",
+            params![suite.suite as i64, suite.attempt, agent],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|found| found.is_some())
+        .map_err(sqlite_error(path))
+}
+
+fn run_test_row(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    run: u64,
+    test: &str,
+) -> Result<Option<RunTestRow>, StoreError> {
+    let mut rows = run_test_rows(connection, path, run, Some(test))?;
+    Ok(rows.pop())
+}
+
+fn run_test_rows(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    run: u64,
+    only: Option<&str>,
+) -> Result<Vec<RunTestRow>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let mut lost: BTreeMap<String, Vec<LostAttempt>> = BTreeMap::new();
+    {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
+                 WHERE run_id = ?1 AND (?2 IS NULL OR test_id = ?2) ORDER BY at_ms",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map(params![run as i64, only], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    LostAttempt {
+                        attempt: row.get(1)?,
+                        agent: row.get(2)?,
+                        message: row.get(3)?,
+                        at_ms: row.get(4)?,
+                    },
+                ))
+            })
+            .map_err(&on_sqlite)?;
+        for row in rows {
+            let (test, attempt) = row.map_err(&on_sqlite)?;
+            lost.entry(test).or_default().push(attempt);
+        }
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT run_tests.test_id, run_tests.name, run_tests.suite_id, run_tests.position, run_tests.status,
+                    run_tests.attempt, run_tests.agent, run_tests.started_ms, run_tests.duration_ms, run_tests.message,
+                    run_tests.reasons_json, run_tests.output_tail, run_tests.subresults_json
+             FROM run_tests JOIN suites ON suites.id = run_tests.suite_id
+             WHERE run_tests.run_id = ?1 AND (?2 IS NULL OR run_tests.test_id = ?2)
+             ORDER BY suites.ordinal, run_tests.position",
+        )
+        .map_err(&on_sqlite)?;
+    let rows = statement
+        .query_map(params![run as i64, only], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, u32>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, Option<i64>>(7)?,
+                row.get::<_, Option<i64>>(8)?,
+                row.get::<_, String>(9)?,
+                row.get::<_, String>(10)?,
+                row.get::<_, String>(11)?,
+                row.get::<_, String>(12)?,
+            ))
+        })
+        .map_err(&on_sqlite)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            test,
+            name,
+            suite,
+            position,
+            status,
+            attempt,
+            agent,
+            started_ms,
+            duration_ms,
+            message,
+            reasons,
+            output_tail,
+            subresults,
+        ) = row.map_err(&on_sqlite)?;
+        let what = format!("run {run} test {test}");
+        out.push(RunTestRow {
+            lost_attempts: lost.remove(&test).unwrap_or_default(),
+            status: TestStatus::parse(&status).unwrap_or(TestStatus::Error),
+            reasons: serde_json::from_str(&reasons).map_err(corrupt(what.clone()))?,
+            subresults: serde_json::from_str(&subresults).map_err(corrupt(what))?,
+            test,
+            name,
+            suite: suite as u64,
+            position: position as u32,
+            attempt,
+            agent,
+            started_ms,
+            duration_ms: duration_ms.map(|ms| ms as u64),
+            message,
+            output_tail,
+        });
+    }
+    Ok(out)
+}
+
+const RUN_ROW_SELECT: &str = "SELECT runs.id, runs.state, runs.kind, runs.repo, runs.git_ref, runs.git_commit,
+        runs.created_ms, runs.finished_ms,
+        (SELECT COUNT(*) FROM run_tests WHERE run_id = runs.id),
+        (SELECT COUNT(*) FROM run_tests WHERE run_id = runs.id AND status NOT IN ('queued', 'running')),
+        (SELECT COUNT(*) FROM run_tests WHERE run_id = runs.id AND status IN ('fail', 'error', 'timeout', 'warn'))
+     FROM runs";
+
+fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: row.get::<_, i64>(0)? as u64,
+        state: RunState::parse(&row.get::<_, String>(1)?).unwrap_or(RunState::Error),
+        kind: TriggerKind::parse(&row.get::<_, String>(2)?).unwrap_or(TriggerKind::Manual),
+        repo: row.get(3)?,
+        git_ref: row.get(4)?,
+        commit: row.get(5)?,
+        created_ms: row.get(6)?,
+        finished_ms: row.get(7)?,
+        tests: row.get::<_, i64>(8)? as u64,
+        done: row.get::<_, i64>(9)? as u64,
+        problems: row.get::<_, i64>(10)? as u64,
+    })
+}
+
+impl Reader {
+    /// The highest record sequence number of `agent` already committed.
+    pub fn records_committed(&self, agent: &str) -> Result<u64, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT records_committed FROM agents WHERE name = ?1",
+                [agent],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|found| found.unwrap_or(0) as u64)
+            .map_err(sqlite_error(&self.path))
+    }
+
+    pub fn runs(&self, limit: u32) -> Result<Vec<RunRow>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self
+            .connection
+            .prepare(&format!("{RUN_ROW_SELECT} ORDER BY runs.id DESC LIMIT ?1"))
+            .map_err(&on_sqlite)?;
+        let rows = statement.query_map([limit], run_row).map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+    }
+
+    pub fn run(&self, run: u64) -> Result<Option<RunDetail>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let found = self
+            .connection
+            .query_row(
+                &format!("{RUN_ROW_SELECT} WHERE runs.id = ?1"),
+                [run as i64],
+                run_row,
+            )
+            .optional()
+            .map_err(&on_sqlite)?;
+        let Some(row) = found else {
+            return Ok(None);
+        };
+        let (trigger_json, message): (String, String) = self
+            .connection
+            .query_row(
+                "SELECT trigger_json, message FROM runs WHERE id = ?1",
+                [run as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(&on_sqlite)?;
+        let request: TriggerRequest =
+            serde_json::from_str(&trigger_json).map_err(corrupt(format!("run {run}")))?;
+        let mut suites = Vec::new();
+        {
+            let mut statement = self
+                .connection
+                .prepare(
+                    "SELECT id, ordinal, kind, needs_json, state, attempt, agent, versions_json, started_ms, finished_ms
+                     FROM suites WHERE run_id = ?1 ORDER BY ordinal",
+                )
+                .map_err(&on_sqlite)?;
+            let rows = statement
+                .query_map([run as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, u32>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, u32>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, Option<i64>>(8)?,
+                        row.get::<_, Option<i64>>(9)?,
+                    ))
+                })
+                .map_err(&on_sqlite)?;
+            for row in rows {
+                let (
+                    id,
+                    ordinal,
+                    kind,
+                    needs,
+                    state,
+                    attempt,
+                    agent,
+                    versions,
+                    started_ms,
+                    finished_ms,
+                ) = row.map_err(&on_sqlite)?;
+                let what = format!("run {run} suite {id}");
+                let needs: PlatformNeeds =
+                    serde_json::from_str(&needs).map_err(corrupt(what.clone()))?;
+                let versions: VersionChain = if versions.is_empty() {
+                    VersionChain::default()
+                } else {
+                    serde_json::from_str(&versions).map_err(corrupt(what))?
+                };
+                suites.push(SuiteRow {
+                    id: id as u64,
+                    ordinal,
+                    kind,
+                    platform: needs.kind,
+                    arch: needs.arch,
+                    distro: needs.distro,
+                    state,
+                    attempt,
+                    agent,
+                    waiting_for: String::new(),
+                    versions,
+                    started_ms,
+                    finished_ms,
+                });
+            }
+        }
+        let tests = run_test_rows(&self.connection, &self.path, run, None)?;
+        Ok(Some(RunDetail {
+            run: row,
+            artifacts: request.artifacts,
+            changed: request.changed,
+            message,
+            suites,
+            tests,
+        }))
+    }
+
+    /// Every queued or running suite, oldest run first.
+    pub fn active_suites(&self) -> Result<Vec<ActiveSuite>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT suites.run_id, suites.id, suites.state, suites.attempt, suites.agent, suites.incarnation,
+                        suites.needs_json, runs.deadline_ms
+                 FROM suites JOIN runs ON runs.id = suites.run_id
+                 WHERE suites.state IN ('queued', 'running')
+                 ORDER BY suites.run_id, suites.ordinal",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, u32>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, i64>(7)?,
+                ))
+            })
+            .map_err(&on_sqlite)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (run, suite, state, attempt, agent, incarnation, needs, run_deadline_ms) =
+                row.map_err(&on_sqlite)?;
+            out.push(ActiveSuite {
+                run: run as u64,
+                suite: suite as u64,
+                state,
+                attempt,
+                agent,
+                incarnation: incarnation as u64,
+                needs: serde_json::from_str(&needs)
+                    .map_err(corrupt(format!("run {run} suite {suite}")))?,
+                run_deadline_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The assignment for a suite's current attempt: its unfinished tests, in order.
+    pub fn assignment(
+        &self,
+        suite: SuiteRef,
+        packages: &[String],
+    ) -> Result<Option<Assignment>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let run: Option<(String, String, String, String)> = self
+            .connection
+            .query_row(
+                "SELECT fetch_url, git_ref, git_commit, tree_path FROM runs WHERE id = ?1",
+                [suite.run as i64],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(&on_sqlite)?;
+        let Some((repo, git_ref, commit, tree_path)) = run else {
+            return Ok(None);
+        };
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT metadata_json FROM run_tests WHERE suite_id = ?1 AND status IN ('queued', 'running')
+                 ORDER BY position",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([suite.suite as i64], |row| row.get::<_, String>(0))
+            .map_err(&on_sqlite)?;
+        let mut tests = Vec::new();
+        let mut suite_setup: Vec<String> = Vec::new();
+        let mut suite_cleanup: Vec<String> = Vec::new();
+        for row in rows {
+            let json = row.map_err(&on_sqlite)?;
+            let metadata: TestMetadata =
+                serde_json::from_str(&json).map_err(corrupt(format!("{suite}")))?;
+            for (hooks, wanted) in [
+                (&mut suite_setup, &metadata.hooks.suite_setup),
+                (&mut suite_cleanup, &metadata.hooks.suite_cleanup),
+            ] {
+                for command in wanted {
+                    if !hooks.contains(command) {
+                        hooks.push(command.clone());
+                    }
+                }
+            }
+            tests.push(assigned_test(metadata));
+        }
+        Ok(Some(Assignment {
+            suite,
+            repo,
+            git_ref,
+            commit,
+            tree_path,
+            tests,
+            packages: packages.to_vec(),
+            suite_setup,
+            suite_cleanup,
+        }))
+    }
+
+    /// Mean duration of each test's past passing or failing runs, in seconds.
+    pub fn duration_history(&self, tests: &[&str]) -> Result<BTreeMap<String, f64>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT AVG(duration_ms) FROM run_tests WHERE test_id = ?1 AND status IN ('pass', 'fail') AND duration_ms IS NOT NULL",
+            )
+            .map_err(&on_sqlite)?;
+        let mut out = BTreeMap::new();
+        for test in tests {
+            let mean: Option<f64> = statement
+                .query_row([test], |row| row.get(0))
+                .map_err(&on_sqlite)?;
+            if let Some(mean) = mean {
+                out.insert(test.to_string(), mean / 1000.0);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn assigned_test(metadata: TestMetadata) -> AssignedTest {
+    AssignedTest {
+        id: metadata.id,
+        name: metadata.name,
+        test: metadata.test,
+        path: metadata.path,
+        environment: metadata.environment.into_iter().collect(),
+        duration_seconds: metadata.duration_seconds,
+        result: metadata.result,
+        junit: metadata.junit,
+        setup: metadata.hooks.setup,
+        cleanup: metadata.hooks.cleanup,
+    }
+}

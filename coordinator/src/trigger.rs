@@ -1,0 +1,289 @@
+//! Triggers: a change (or a build, or an operator) names a repository and a ref; the coordinator fetches
+//! that commit, reads its fmf tree, selects the tests the change touches, partitions them into suites and
+//! stores the planned run. Everything here runs before the store sees anything: a bad trigger stores
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use polarizer_shared::facts::AgentFacts;
+use polarizer_shared::metadata::{PlatformNeeds, TestMetadata, TestType};
+use polarizer_shared::run::TriggerRequest;
+
+use crate::catalog::Import;
+use crate::config::RunsConfig;
+use crate::import::{self, ImportError};
+use crate::partition::{self, SuiteKind};
+use crate::runs::NewRun;
+use crate::selection::{self, SelectionRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("{repo}: {message}")]
+    Repo { repo: String, message: String },
+    #[error("{repo} at {git_ref}: {source}")]
+    Tree {
+        repo: String,
+        git_ref: String,
+        #[source]
+        source: Box<ImportError>,
+    },
+    #[error("{0}")]
+    Import(#[from] Box<ImportError>),
+    #[error("{0}")]
+    Selection(#[from] selection::SelectionError),
+    #[error("unknown test type {0:?} (unit, integration, functional, performance, acceptance)")]
+    UnknownType(String),
+    #[error("the trigger selects no tests: {0}")]
+    NothingSelected(String),
+}
+
+/// A trigger ready to store: the catalog import of that commit, and the planned run.
+pub struct Planned {
+    pub import: Import,
+    pub run: NewRun,
+    pub touched_features: Vec<String>,
+    pub dependent_features: Vec<String>,
+    pub fail_open: bool,
+}
+
+/// Where agents fetch the tests from, and where the fmf tree is inside that repository.
+fn resolve(repo: &str) -> Result<(String, String), TriggerError> {
+    if import::is_git_url(repo) {
+        return Ok((repo.to_string(), String::new()));
+    }
+    let path = Path::new(repo);
+    if !path.is_dir() {
+        return Err(TriggerError::Repo {
+            repo: repo.into(),
+            message: "no such directory (give a directory in a git work tree, or a git URL)".into(),
+        });
+    }
+    let top = import::git(
+        path,
+        &["rev-parse", "--show-toplevel"],
+        "rev-parse",
+        repo,
+    )
+    .map_err(|_| TriggerError::Repo {
+        repo: repo.into(),
+        message: "not in a git repository: agents fetch the tests at a commit, so commit them to git first".into(),
+    })?;
+    let canonical = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|err| TriggerError::Repo {
+            repo: repo.into(),
+            message: err.to_string(),
+        })
+    };
+    let top = canonical(Path::new(&top))?;
+    let inside = canonical(path)?;
+    let tree_path = inside
+        .strip_prefix(&top)
+        .map(|relative| relative.display().to_string())
+        .unwrap_or_default();
+    Ok((top.display().to_string(), tree_path))
+}
+
+/// Fetches, reads, selects and partitions. `agents` is the inventory (for how many platforms each suite
+/// could use); `history` gives a test's mean past duration in seconds.
+pub fn plan(
+    request: TriggerRequest,
+    config: &RunsConfig,
+    data_dir: &Path,
+    agents: &[AgentFacts],
+    history: &dyn Fn(&[&str]) -> BTreeMap<String, f64>,
+    now_ms: i64,
+) -> Result<Planned, TriggerError> {
+    let (fetch_url, tree_path) = resolve(&request.repo)?;
+    let git_ref = if request.git_ref.is_empty() {
+        "HEAD".to_string()
+    } else {
+        request.git_ref.clone()
+    };
+    let (checkout, _guard) = import::checkout(&fetch_url, &git_ref, &data_dir.join("git-cache"))
+        .map_err(|err| TriggerError::Repo {
+            repo: request.repo.clone(),
+            message: match err {
+                ImportError::Git { message, .. } => {
+                    format!("cannot fetch ref {git_ref:?}: {message}")
+                }
+                other => other.to_string(),
+            },
+        })?;
+    let commit = import::git(&checkout, &["rev-parse", "HEAD"], "rev-parse", &fetch_url)
+        .map_err(Box::new)?;
+    let tree_root = checkout.join(&tree_path);
+    let (catalog, differs_by) =
+        import::load_catalog(&tree_root, &request.context).map_err(|source| {
+            TriggerError::Tree {
+                repo: request.repo.clone(),
+                git_ref: git_ref.clone(),
+                source: Box::new(source),
+            }
+        })?;
+
+    let test_types: Vec<TestType> = if request.test_types.is_empty() {
+        config.default_types(request.kind).to_vec()
+    } else {
+        request
+            .test_types
+            .iter()
+            .map(|text| {
+                TestType::parse(text).ok_or_else(|| TriggerError::UnknownType(text.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let everything = request.all || (request.changed.is_empty() && request.features.is_empty());
+    let selection = selection::select(
+        &catalog,
+        &SelectionRequest {
+            changed_paths: request.changed.clone(),
+            features: request.features.clone(),
+            test_types: test_types.clone(),
+            all: everything,
+        },
+    )?;
+    if selection.tests.is_empty() {
+        let types: Vec<&str> = test_types.iter().map(|t| t.as_str()).collect();
+        return Err(TriggerError::NothingSelected(format!(
+            "{} tests in the tree at {}, none {}{}",
+            catalog.tests.len(),
+            &commit[..commit.len().min(12)],
+            if types.is_empty() {
+                "enabled".to_string()
+            } else {
+                format!("enabled and of type {}", types.join(", "))
+            },
+            if everything {
+                String::new()
+            } else {
+                " among those the change selects".to_string()
+            }
+        )));
+    }
+
+    let by_id: BTreeMap<&str, &TestMetadata> = catalog
+        .tests
+        .iter()
+        .map(|test| (test.id.as_str(), test))
+        .collect();
+    let selected: Vec<&TestMetadata> = selection
+        .tests
+        .keys()
+        .filter_map(|id| by_id.get(id.as_str()).copied())
+        .collect();
+    let ids: Vec<&str> = selected.iter().map(|test| test.id.as_str()).collect();
+    let means = history(&ids);
+    let suites = partition::partition(
+        &selected,
+        &|test| {
+            means
+                .get(&test.id)
+                .copied()
+                .unwrap_or(test.duration_seconds as f64)
+        },
+        &|needs| {
+            agents
+                .iter()
+                .filter(|facts| facts_match(facts, needs))
+                .count()
+                .max(1)
+        },
+    );
+    let reasons = |id: &str| -> Vec<String> {
+        selection
+            .tests
+            .get(id)
+            .map(|reasons| reasons.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    let planned_suites = suites
+        .into_iter()
+        .map(|suite| {
+            let kind = match suite.kind {
+                SuiteKind::Serial => "serial",
+                SuiteKind::Parallel => "parallel",
+            };
+            let tests = suite
+                .tests
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()))
+                .map(|test| ((*test).clone(), reasons(&test.id)))
+                .collect();
+            (kind.to_string(), suite.needs, tests)
+        })
+        .collect();
+    let message = if selection.fail_open {
+        "no feature's paths match the changed paths: everything selected".to_string()
+    } else {
+        String::new()
+    };
+    let import = Import {
+        source: polarizer_shared::catalog::Source {
+            location: request.repo.clone(),
+            git_ref: git_ref.clone(),
+            git_commit: commit.clone(),
+            tree_path: tree_root.display().to_string(),
+        },
+        catalog,
+        differs_by,
+        now_ms,
+    };
+    Ok(Planned {
+        touched_features: selection.touched_features.into_iter().collect(),
+        dependent_features: selection.dependent_features.into_iter().collect(),
+        fail_open: selection.fail_open,
+        import,
+        run: NewRun {
+            request: TriggerRequest { git_ref, ..request },
+            fetch_url,
+            commit,
+            tree_path,
+            message,
+            now_ms,
+            deadline_ms: now_ms + config.run_deadline.as_millis() as i64,
+            suites: planned_suites,
+        },
+    })
+}
+
+/// Can an agent with these facts take a suite with these needs?
+pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
+    needs.kind.is_none_or(|kind| kind == facts.platform)
+        && (needs.arch.is_empty() || needs.arch.iter().any(|arch| arch == &facts.arch))
+        && (needs.distro.is_empty()
+            || needs.distro.iter().any(|distro| {
+                let full = format!("{}-{}", facts.distro_id, facts.distro_version);
+                distro == &facts.distro_id
+                    || distro == &full
+                    || full.starts_with(&format!("{distro}."))
+            }))
+}
+
+/// Why no agent takes a suite with these needs right now.
+pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize) -> String {
+    let mut wanted = Vec::new();
+    if let Some(kind) = needs.kind {
+        wanted.push(format!("platform {kind}"));
+    }
+    if !needs.arch.is_empty() {
+        wanted.push(format!("arch {}", needs.arch.join(" or ")));
+    }
+    if !needs.distro.is_empty() {
+        wanted.push(format!("distro {}", needs.distro.join(" or ")));
+    }
+    let what = if wanted.is_empty() {
+        "an agent".to_string()
+    } else {
+        format!("an agent with {}", wanted.join(", "))
+    };
+    let matching = online
+        .iter()
+        .filter(|facts| facts_match(facts, needs))
+        .count();
+    if matching == 0 {
+        format!("waiting for {what}: none online")
+    } else {
+        format!("waiting for {what}: all {matching} busy ({busy} suites running)")
+    }
+}
