@@ -286,6 +286,8 @@ impl Connector {
             warn!(error = %err, "cannot trim the spool");
         }
         let mut sent_up_to = welcome.records_committed;
+        let mut last_heard = std::time::Instant::now();
+        let silence_allowed = (heartbeat_every * 6).max(Duration::from_secs(2));
         let pushed = self.spool.pushed.clone();
         loop {
             if let Err(err) = self.send_unsent(&mut stream, &mut sent_up_to).await {
@@ -294,6 +296,12 @@ impl Connector {
             tokio::select! {
                 () = pushed.notified() => {}
                 _ = heartbeat.tick() => {
+                    // A coordinator killed outright never closes the connection: notice its silence
+                    // long before QUIC's idle timeout, so a restarted one sees this agent back at once.
+                    if last_heard.elapsed() > silence_allowed {
+                        connection.close(close_code::NORMAL.into(), b"coordinator silent");
+                        return SessionEnd::Lost(format!("no answer from the coordinator for {silence_allowed:?}"));
+                    }
                     if let Err(err) = stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await {
                         return ended(&connection, err.to_string());
                     }
@@ -308,7 +316,10 @@ impl Connector {
                     }
                 }
                 frame = stream.recv::<ServerFrame>() => match frame {
-                    Ok(Some(ServerFrame::Agent(message))) => self.handle(message),
+                    Ok(Some(ServerFrame::Agent(message))) => {
+                        last_heard = std::time::Instant::now();
+                        self.handle(message)
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => return ended(&connection, "coordinator closed the stream".into()),
                     Err(err) => return ended(&connection, err.to_string()),

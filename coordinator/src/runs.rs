@@ -1031,6 +1031,23 @@ impl Reader {
         }))
     }
 
+    /// A run's stored output lines, in the order agents produced them: (agent, test, stream, line).
+    pub fn output(&self, run: u64) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT agent, test_id, stream, line FROM output WHERE run_id = ?1 ORDER BY agent, seq",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([run as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+    }
+
     /// Mean duration of each test's past passing or failing runs, in seconds.
     pub fn duration_history(&self, tests: &[&str]) -> Result<BTreeMap<String, f64>, StoreError> {
         let on_sqlite = sqlite_error(&self.path);

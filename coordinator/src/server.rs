@@ -155,6 +155,7 @@ impl Shared {
     /// Publishes what a committed write changed; tells agents holding stale attempts to stop.
     pub fn publish(&self, agent: Option<&str>, effects: Vec<crate::runs::Effect>) {
         let mut wake = false;
+        let mut stale = std::collections::BTreeSet::new();
         for effect in effects {
             match effect {
                 crate::runs::Effect::Update(update) => {
@@ -165,7 +166,7 @@ impl Shared {
                     let _ = self.updates.send(update);
                 }
                 crate::runs::Effect::Stale(suite) => {
-                    if let Some(agent) = agent {
+                    if let (Some(agent), true) = (agent, stale.insert(suite)) {
                         self.send_to_agent(
                             agent,
                             CoordinatorMessage::Cancel {
@@ -638,6 +639,10 @@ async fn agent_session(
             frame = stream.recv::<ClientFrame>() => match frame {
                 Ok(Some(ClientFrame::Agent(AgentMessage::Heartbeat))) => {
                     shared.touch(&name, connection_id);
+                    // The agent's proof that this coordinator is alive: it reconnects when acks stop.
+                    if stream.send(&ServerFrame::Agent(CoordinatorMessage::HeartbeatAck)).await.is_err() {
+                        break "connection lost";
+                    }
                 }
                 Ok(Some(ClientFrame::Agent(AgentMessage::FactsChanged(new_facts)))) => {
                     shared.touch(&name, connection_id);

@@ -3,3 +3,4 @@
 mod catalog;
 mod foundation;
 mod operations;
+mod runs;
