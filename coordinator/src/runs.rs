@@ -55,7 +55,6 @@ CREATE TABLE run_tests (
     suite_id INTEGER NOT NULL REFERENCES suites(id),
     position INTEGER NOT NULL,
     name TEXT NOT NULL,
-    metadata_json TEXT NOT NULL,
     reasons_json TEXT NOT NULL,
     status TEXT NOT NULL,
     infra INTEGER NOT NULL DEFAULT 0,
@@ -69,6 +68,14 @@ CREATE TABLE run_tests (
     PRIMARY KEY (run_id, test_id)
 ) STRICT;
 CREATE INDEX run_tests_by_suite ON run_tests(suite_id);
+-- The metadata each test ran with, apart: result updates then rewrite small rows.
+CREATE TABLE run_test_metadata (
+    run_id INTEGER NOT NULL,
+    test_id TEXT NOT NULL,
+    metadata_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, test_id)
+) STRICT;
+CREATE INDEX run_tests_by_status ON run_tests(run_id, status);
 CREATE INDEX run_tests_history ON run_tests(test_id, status);
 CREATE TABLE lost_attempts (
     run_id INTEGER NOT NULL,
@@ -150,9 +157,12 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
         .map_err(&on_sqlite)?;
     let mut insert_test = savepoint
         .prepare(
-            "INSERT INTO run_tests (run_id, test_id, suite_id, position, name, metadata_json, reasons_json, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued')",
+            "INSERT INTO run_tests (run_id, test_id, suite_id, position, name, reasons_json, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')",
         )
+        .map_err(&on_sqlite)?;
+    let mut insert_metadata = savepoint
+        .prepare("INSERT INTO run_test_metadata (run_id, test_id, metadata_json) VALUES (?1, ?2, ?3)")
         .map_err(&on_sqlite)?;
     for (ordinal, (kind, needs, tests)) in run.suites.iter().enumerate() {
         insert_suite
@@ -167,9 +177,11 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
                     suite_id,
                     position as i64,
                     test.name,
-                    json(test),
                     json(reasons),
                 ])
+                .map_err(&on_sqlite)?;
+            insert_metadata
+                .execute(params![run_id, test.id, json(test)])
                 .map_err(&on_sqlite)?;
         }
     }
@@ -362,19 +374,31 @@ pub fn maybe_finish_run(
     now_ms: i64,
 ) -> Result<Vec<Effect>, StoreError> {
     let on_sqlite = sqlite_error(path);
-    let (unfinished, problems, infra, state): (i64, i64, i64, String) = savepoint
+    // Called after every result: one index probe, and the counting only once nothing is left.
+    let unfinished = savepoint
+        .query_row(
+            "SELECT 1 FROM run_tests WHERE run_id = ?1 AND status IN ('queued', 'running') LIMIT 1",
+            [run as i64],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(&on_sqlite)?
+        .is_some();
+    if unfinished {
+        return Ok(Vec::new());
+    }
+    let (problems, infra, state): (i64, i64, String) = savepoint
         .query_row(
             "SELECT
-                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('queued', 'running')),
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn')),
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND infra = 1),
                 state FROM runs WHERE id = ?1",
             [run as i64],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .map_err(&on_sqlite)?;
     let current = RunState::parse(&state).unwrap_or(RunState::Error);
-    if unfinished > 0 || current.is_final() {
+    if current.is_final() {
         return Ok(Vec::new());
     }
     let final_state = if infra > 0 {
@@ -499,6 +523,20 @@ pub fn ingest(
         .map_err(&on_sqlite)?
         .unwrap_or(0) as u64;
     let mut effects = Vec::new();
+    // Within one batch a lease only changes through this batch's own SuiteFinished records.
+    let mut leases: BTreeMap<SuiteRef, bool> = BTreeMap::new();
+    let holds = |savepoint: &Savepoint<'_>,
+                     leases: &mut BTreeMap<SuiteRef, bool>,
+                     suite: SuiteRef|
+     -> Result<bool, StoreError> {
+        if let Some(known) = leases.get(&suite) {
+            return Ok(*known);
+        }
+        let held = holds(savepoint, path, agent, suite)?;
+        leases.insert(suite, held);
+        Ok(held)
+    };
+    let mut finished_runs = std::collections::BTreeSet::new();
     let mut insert_output = savepoint
         .prepare_cached(
             "INSERT INTO output (agent, seq, run_id, suite_id, attempt, test_id, stream, line, at_ms)
@@ -540,7 +578,7 @@ pub fn ingest(
                 }
             }
             RecordBody::SuiteStarted { suite, versions } => {
-                if !holds(savepoint, path, agent, *suite)? {
+                if !holds(savepoint, &mut leases, *suite)? {
                     effects.push(Effect::Stale(*suite));
                     continue;
                 }
@@ -552,7 +590,7 @@ pub fn ingest(
                     .map_err(&on_sqlite)?;
             }
             RecordBody::TestStarted { suite, test } => {
-                if !holds(savepoint, path, agent, *suite)? {
+                if !holds(savepoint, &mut leases, *suite)? {
                     effects.push(Effect::Stale(*suite));
                     continue;
                 }
@@ -574,7 +612,7 @@ pub fn ingest(
             }
             RecordBody::TestFinished(outcome) => {
                 let suite = outcome.suite;
-                if !holds(savepoint, path, agent, suite)? {
+                if !holds(savepoint, &mut leases, suite)? {
                     effects.push(Effect::Stale(suite));
                     continue;
                 }
@@ -603,13 +641,14 @@ pub fn ingest(
                             row: Box::new(row),
                         }));
                     }
-                    effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
+                    finished_runs.insert(suite.run);
                 }
             }
             RecordBody::SuiteFinished { suite, error } => {
-                if !holds(savepoint, path, agent, *suite)? {
+                if !holds(savepoint, &mut leases, *suite)? {
                     continue;
                 }
+                leases.insert(*suite, false);
                 match error {
                     // Could not run here (checkout, suite setup): another attempt, elsewhere.
                     Some(error) => effects.extend(revoke(
@@ -642,6 +681,9 @@ pub fn ingest(
             }
         }
     }
+    for run in finished_runs {
+        effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
+    }
     savepoint
         .execute(
             "UPDATE agents SET records_committed = ?2 WHERE name = ?1",
@@ -658,12 +700,13 @@ fn holds(
     agent: &str,
     suite: SuiteRef,
 ) -> Result<bool, StoreError> {
-    savepoint
-        .query_row(
+    let mut statement = savepoint
+        .prepare_cached(
             "SELECT 1 FROM suites WHERE id = ?1 AND attempt = ?2 AND agent = ?3 AND state = 'running'",
-            params![suite.suite as i64, suite.attempt, agent],
-            |_| Ok(()),
         )
+        .map_err(sqlite_error(path))?;
+    statement
+        .query_row(params![suite.suite as i64, suite.attempt, agent], |_| Ok(()))
         .optional()
         .map(|found| found.is_some())
         .map_err(sqlite_error(path))
@@ -690,8 +733,13 @@ fn run_test_rows(
     {
         let mut statement = connection
             .prepare_cached(
-                "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
-                 WHERE run_id = ?1 AND (?2 IS NULL OR test_id = ?2) ORDER BY at_ms",
+                if only.is_some() {
+                    "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
+                     WHERE run_id = ?1 AND test_id = ?2 ORDER BY at_ms"
+                } else {
+                    "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
+                     WHERE run_id = ?1 AND ?2 IS NULL ORDER BY at_ms"
+                },
             )
             .map_err(&on_sqlite)?;
         let rows = statement
@@ -714,12 +762,18 @@ fn run_test_rows(
     }
     let mut statement = connection
         .prepare_cached(
-            "SELECT run_tests.test_id, run_tests.name, run_tests.suite_id, run_tests.position, run_tests.status,
-                    run_tests.attempt, run_tests.agent, run_tests.started_ms, run_tests.duration_ms, run_tests.message,
-                    run_tests.reasons_json, run_tests.output_tail, run_tests.subresults_json
-             FROM run_tests JOIN suites ON suites.id = run_tests.suite_id
-             WHERE run_tests.run_id = ?1 AND (?2 IS NULL OR run_tests.test_id = ?2)
-             ORDER BY suites.ordinal, run_tests.position",
+            if only.is_some() {
+                "SELECT test_id, name, suite_id, position, status, attempt, agent, started_ms, duration_ms, message,
+                        reasons_json, output_tail, subresults_json
+                 FROM run_tests WHERE run_id = ?1 AND test_id = ?2"
+            } else {
+                "SELECT run_tests.test_id, run_tests.name, run_tests.suite_id, run_tests.position, run_tests.status,
+                        run_tests.attempt, run_tests.agent, run_tests.started_ms, run_tests.duration_ms, run_tests.message,
+                        run_tests.reasons_json, run_tests.output_tail, run_tests.subresults_json
+                 FROM run_tests JOIN suites ON suites.id = run_tests.suite_id
+                 WHERE run_tests.run_id = ?1 AND ?2 IS NULL
+                 ORDER BY suites.ordinal, run_tests.position"
+            },
         )
         .map_err(&on_sqlite)?;
     let rows = statement
@@ -992,8 +1046,11 @@ impl Reader {
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT metadata_json FROM run_tests WHERE suite_id = ?1 AND status IN ('queued', 'running')
-                 ORDER BY position",
+                "SELECT run_test_metadata.metadata_json FROM run_tests
+                 JOIN run_test_metadata ON run_test_metadata.run_id = run_tests.run_id
+                      AND run_test_metadata.test_id = run_tests.test_id
+                 WHERE run_tests.suite_id = ?1 AND run_tests.status IN ('queued', 'running')
+                 ORDER BY run_tests.position",
             )
             .map_err(&on_sqlite)?;
         let rows = statement

@@ -70,6 +70,9 @@ pub struct Shared {
     /// Why each queued suite waits, as the scheduler last saw it.
     pub waiting: Mutex<HashMap<u64, String>>,
     pub started: Instant,
+    /// Agents that have had a session with this coordinator process (the lease grace after a restart is
+    /// for the others).
+    pub seen: Mutex<std::collections::HashSet<String>>,
     sessions: Mutex<HashMap<String, LiveSession>>,
 }
 
@@ -96,6 +99,7 @@ impl Shared {
             schedule: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            seen: Mutex::new(std::collections::HashSet::new()),
             store,
             counters: Counters::default(),
             heartbeat_interval,
@@ -624,6 +628,7 @@ async fn agent_session(
             outbox,
         },
     );
+    shared.seen.lock().expect("seen lock").insert(name.clone());
     shared.schedule.notify_one();
     if let Some(previous) = replaced {
         // The agent restarted before its old connection timed out: the new one is the truth.
@@ -660,7 +665,10 @@ async fn agent_session(
                 Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
                     shared.touch(&name, connection_id);
                     // Committed before acknowledged: an ack is a promise the record is in SQLite.
-                    match crate::scheduler::ingest(&shared, &name, records).await {
+                    let outcome = crate::scheduler::ingest(&shared, &name, records).await;
+                    // Time spent waiting for our own store is not the agent's silence.
+                    shared.touch(&name, connection_id);
+                    match outcome {
                         Ok(committed) => {
                             let ack = ServerFrame::Agent(CoordinatorMessage::Ack { up_to: committed });
                             if stream.send(&ack).await.is_err() {

@@ -154,7 +154,7 @@ pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreErro
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let connection = Connection::open(path).map_err(sqlite_error(path))?;
     connection
-        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536;")
         .map_err(sqlite_error(path))?;
     Ok(connection)
 }

@@ -410,3 +410,36 @@ fn polarizer_demo_runs_the_examples_and_leaves_nothing_running() {
         );
     }
 }
+
+#[test]
+fn serve_local_agents_starts_agents_beside_the_coordinator_and_stops_them() {
+    let mut cluster = TestCluster::new_coordinator_only_with(&[
+        "--gossip-interval-ms",
+        "100",
+        "--heartbeat-interval-ms",
+        "200",
+        "--local-agents",
+        "2",
+    ]);
+    wait_for("two local agents online", RUN_DEADLINE, || {
+        cluster.online_names() == ["local-1", "local-2"]
+    });
+    let repo = serial_repo(&cluster.path("tests"));
+    let run = trigger(&cluster, &repo, &[]);
+    assert_eq!(wait_finished(&cluster, run)["state"], "passed");
+    let local_root = cluster.data_dir.join("local-agents");
+    let exit = cluster
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(20));
+    assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(local_root.to_str().unwrap()),
+            "left running: {}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+}

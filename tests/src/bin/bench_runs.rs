@@ -1,0 +1,355 @@
+//! Benchmarks for runs, printed as Markdown for BENCHMARKS.md:
+//! - results ingest: ten agents (protocol clients over real QUIC) answer their assigned suites at once;
+//!   results committed and acknowledged per second, beside raw batched SQLite inserts of the same rows;
+//! - lost agent: kill -9 of a real agent mid-suite → its tests running again on another agent.
+//!
+//! Run: `cargo build --release --workspace && ./target/release/bench-runs`
+//! (POLARIZER_BENCH_RESULTS sets how many results the ingest benchmark sends; default 50,000.)
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polarizer::client::{ClientArgs, OperatorClient};
+use polarizer_e2e::*;
+use polarizer_shared::protocol::*;
+use polarizer_shared::run::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::client::{client_endpoint, connect};
+use polarizer_transport::state_files::read_private;
+use polarizer_transport::tls;
+use polarizer_transport::CaTrust;
+
+const AGENTS: usize = 10;
+/// Records per frame, as the real agent sends them.
+const BATCH: usize = 512;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    polarizer_transport::install_crypto_provider();
+    let results: usize = std::env::var("POLARIZER_BENCH_RESULTS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(50_000);
+    println!("| what | result | baseline / target |\n| --- | --- | --- |");
+    runtime.block_on(ingest(results))?;
+    runtime.block_on(lost_agent())?;
+    Ok(())
+}
+
+fn git(directory: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(directory)
+        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"])
+        .args(args)
+        .status()?;
+    anyhow::ensure!(status.success(), "git {args:?} failed");
+    Ok(())
+}
+
+/// A committed repository of `count` tests in one fmf file, plus `extra` YAML for every test.
+fn test_repo(root: &Path, count: usize, test: &str, extra: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join(".fmf"))?;
+    std::fs::create_dir_all(root.join("tests"))?;
+    std::fs::write(root.join(".fmf/version"), "1\n")?;
+    let mut fmf = format!("test: {test}\nduration: 1m\n{extra}");
+    for index in 0..count {
+        fmf.push_str(&format!("/t{index:06}: {{}}\n"));
+    }
+    std::fs::write(root.join("tests/main.fmf"), fmf)?;
+    git(root, &["init", "--quiet", "--initial-branch", "main"])?;
+    git(root, &["add", "."])?;
+    git(root, &["commit", "--quiet", "-m", "tests"])
+}
+
+fn client_args(cluster: &TestCluster) -> ClientArgs {
+    ClientArgs {
+        coordinator: Some(cluster.quic.to_string()),
+        data_dir: Some(cluster.data_dir.clone()),
+        ..ClientArgs::default()
+    }
+}
+
+struct Finished {
+    results: usize,
+    first_send: Instant,
+    last_ack: Instant,
+}
+
+/// An agent speaking the protocol directly: enrolls, heartbeats, and answers an assignment with a
+/// started and a finished record per test, as fast as the coordinator acknowledges.
+async fn protocol_agent(
+    cluster_quic: std::net::SocketAddr,
+    data_dir: std::path::PathBuf,
+    name: String,
+    ready: Arc<tokio::sync::Barrier>,
+) -> anyhow::Result<Finished> {
+    let trust = CaTrust::from_pem_file(&data_dir.join("ca.pem"))?;
+    let endpoint = client_endpoint(tls::client_config(&trust)?, cluster_quic)?;
+    let token = read_private(&data_dir.join("agent-token"))?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        peer: Peer::Agent {
+            credential: AgentCredential::Enroll {
+                token,
+                secret: format!("secret-{name}"),
+            },
+            facts: Box::new(AgentFacts::for_test(&name)),
+            incarnation: rand_u64(),
+        },
+    };
+    let session = connect(&endpoint, cluster_quic, hello, Duration::from_secs(10)).await?;
+    let mut stream = session.stream;
+    ready.wait().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(100));
+    let mut seq = session.welcome.records_committed;
+    let mut last_sent = 0;
+    let mut first_send = None;
+    let mut results = 0;
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await?;
+            }
+            frame = stream.recv::<ServerFrame>() => match frame? {
+                Some(ServerFrame::Agent(CoordinatorMessage::Assign(assignment))) => {
+                    first_send.get_or_insert_with(Instant::now);
+                    let suite = assignment.suite;
+                    let mut records = Vec::with_capacity(BATCH);
+                    let mut push = |body: RecordBody, records: &mut Vec<Record>| {
+                        seq += 1;
+                        records.push(Record { seq, at_ms: 0, body });
+                    };
+                    let mut frames = Vec::new();
+                    for test in &assignment.tests {
+                        push(RecordBody::TestStarted { suite, test: test.id.clone() }, &mut records);
+                        push(RecordBody::TestFinished(Box::new(TestOutcome {
+                            suite,
+                            test: test.id.clone(),
+                            status: TestStatus::Pass,
+                            exit: Exit::Code(0),
+                            started_ms: 0,
+                            duration_ms: 12,
+                            message: String::new(),
+                            output_tail: "ok\n".into(),
+                            subresults: Vec::new(),
+                        })), &mut records);
+                        results += 1;
+                        if records.len() >= BATCH {
+                            frames.push(std::mem::take(&mut records));
+                        }
+                    }
+                    push(RecordBody::SuiteFinished { suite, error: None }, &mut records);
+                    frames.push(records);
+                    for frame in frames {
+                        stream.send(&ClientFrame::Agent(AgentMessage::Records(frame))).await?;
+                    }
+                    last_sent = seq;
+                }
+                Some(ServerFrame::Agent(CoordinatorMessage::Ack { up_to })) => {
+                    if last_sent > 0 && up_to >= last_sent {
+                        let finished = Finished {
+                            results,
+                            first_send: first_send.unwrap_or_else(Instant::now),
+                            last_ack: Instant::now(),
+                        };
+                        session.connection.close(0u32.into(), b"done");
+                        return Ok(finished);
+                    }
+                }
+                Some(_) => {}
+                None => anyhow::bail!("{name}: coordinator closed the stream"),
+            }
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(7)
+}
+
+async fn ingest(results: usize) -> anyhow::Result<()> {
+    let cluster = TestCluster::new_coordinator_only();
+    let repo = cluster.path("repo");
+    test_repo(&repo, results, "'true'", "")?;
+    let ready = Arc::new(tokio::sync::Barrier::new(AGENTS + 1));
+    let mut agents = Vec::new();
+    for index in 0..AGENTS {
+        agents.push(tokio::spawn(protocol_agent(
+            cluster.quic,
+            cluster.data_dir.clone(),
+            format!("bench-{index}"),
+            ready.clone(),
+        )));
+    }
+    ready.wait().await;
+    let mut client = OperatorClient::connect(&client_args(&cluster)).await?;
+    let request = TriggerRequest {
+        repo: repo.display().to_string(),
+        git_ref: "HEAD".into(),
+        kind: TriggerKind::Manual,
+        changed: Vec::new(),
+        features: Vec::new(),
+        test_types: Vec::new(),
+        artifacts: Vec::new(),
+        all: true,
+        context: Vec::new(),
+    };
+    let planned = Instant::now();
+    let OperatorResponse::Triggered(summary) = client
+        .request(OperatorRequest::Trigger(Box::new(request)))
+        .await?
+    else {
+        anyhow::bail!("no run");
+    };
+    let trigger_time = planned.elapsed();
+    let mut finished = Vec::new();
+    for agent in agents {
+        finished.push(agent.await??);
+    }
+    let first = finished.iter().map(|f| f.first_send).min().unwrap();
+    let last = finished.iter().map(|f| f.last_ack).max().unwrap();
+    let total: usize = finished.iter().map(|f| f.results).sum();
+    anyhow::ensure!(total == results, "{total} results sent, {results} tests");
+    let detail = client.request(OperatorRequest::ShowRun { run: summary.run }).await?;
+    let OperatorResponse::Run(detail) = detail else {
+        anyhow::bail!("no run detail");
+    };
+    anyhow::ensure!(
+        detail.run.state == RunState::Passed && detail.run.done == results as u64,
+        "run {} {} with {} of {results} done",
+        detail.run.id,
+        detail.run.state,
+        detail.run.done
+    );
+    client.close().await;
+    let elapsed = last - first;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let raw = raw_sqlite_rate(results)?;
+    println!(
+        "| results ingest, {AGENTS} agents at once ({total} results = {} records, committed and acked) | {:.0} results/s ({:.2} s) | raw batched SQLite inserts of the same rows: {:.0} rows/s ({:.0} %) |",
+        total * 2 + AGENTS,
+        rate,
+        elapsed.as_secs_f64(),
+        raw,
+        100.0 * rate / raw
+    );
+    println!(
+        "| trigger of {results} tests (fetch, fmf, select, partition into {} suites, store) | {:.2} s | |",
+        summary.parallel_suites + summary.serial_suites,
+        trigger_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The same result rows, inserted in transactions of one frame's worth into a WAL database.
+fn raw_sqlite_rate(rows: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let connection = rusqlite_connection(&dir.path().join("raw.db"))?;
+    let started = Instant::now();
+    let mut remaining = rows;
+    let mut index = 0;
+    while remaining > 0 {
+        let batch = remaining.min(BATCH / 2);
+        connection.execute_batch("BEGIN")?;
+        {
+            let mut insert = connection.prepare_cached(
+                "INSERT INTO results (run_id, test_id, status, agent, started_ms, duration_ms, message, output_tail, subresults_json)
+                 VALUES (1, ?1, 'pass', 'bench-0', 0, 12, '', 'ok\n', '[]')",
+            )?;
+            for _ in 0..batch {
+                insert.execute([format!("/tests/t{index:06}")])?;
+                index += 1;
+            }
+        }
+        connection.execute_batch("COMMIT")?;
+        remaining -= batch;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rusqlite_connection(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open(path)?;
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         CREATE TABLE results (run_id INTEGER, test_id TEXT, status TEXT, agent TEXT, started_ms INTEGER,
+             duration_ms INTEGER, message TEXT, output_tail TEXT, subresults_json TEXT, PRIMARY KEY (run_id, test_id)) STRICT;",
+    )?;
+    Ok(connection)
+}
+
+/// kill -9 of the agent running a suite → the first test of the next attempt starting on another agent.
+async fn lost_agent() -> anyhow::Result<()> {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let mut cluster = TestCluster::builder().agents(2).start();
+        let repo = cluster.path("serial");
+        test_repo(&repo, 6, "sleep 1", "resources:\n  modifies: [db]\n")?;
+        let mut client = OperatorClient::connect(&client_args(&cluster)).await?;
+        let request = TriggerRequest {
+            repo: repo.display().to_string(),
+            git_ref: "HEAD".into(),
+            kind: TriggerKind::Manual,
+            changed: Vec::new(),
+            features: Vec::new(),
+            test_types: Vec::new(),
+            artifacts: Vec::new(),
+            all: true,
+            context: Vec::new(),
+        };
+        let OperatorResponse::Triggered(summary) = client
+            .request(OperatorRequest::Trigger(Box::new(request)))
+            .await?
+        else {
+            anyhow::bail!("no run");
+        };
+        client
+            .request(OperatorRequest::WatchRun {
+                run: summary.run,
+                output: false,
+            })
+            .await?;
+        let mut killed: Option<Instant> = None;
+        let elapsed = loop {
+            let update = tokio::time::timeout(Duration::from_secs(60), client.next()).await??;
+            match update {
+                OperatorResponse::Update(RunUpdate::TestStarted {
+                    test,
+                    agent,
+                    attempt,
+                    ..
+                }) => {
+                    if attempt == 1 && test == "/tests/t000001" && killed.is_none() {
+                        cluster.agent(&agent).kill_9();
+                        killed = Some(Instant::now());
+                    } else if attempt == 2 {
+                        if let Some(killed) = killed {
+                            break killed.elapsed();
+                        }
+                    }
+                }
+                OperatorResponse::Update(RunUpdate::RunFinished { .. }) => {
+                    anyhow::bail!("the run finished without a second attempt")
+                }
+                _ => {}
+            }
+        };
+        samples.push(elapsed);
+        drop(client);
+    }
+    samples.sort();
+    println!(
+        "| lost agent (kill -9 mid-suite) → its tests running on another agent, 5 runs | median {:.2} s, max {:.2} s | ≤ 10 s (Buildkite: 4 min) |",
+        samples[samples.len() / 2].as_secs_f64(),
+        samples[samples.len() - 1].as_secs_f64()
+    );
+    Ok(())
+}
