@@ -162,7 +162,9 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
         )
         .map_err(&on_sqlite)?;
     let mut insert_metadata = savepoint
-        .prepare("INSERT INTO run_test_metadata (run_id, test_id, metadata_json) VALUES (?1, ?2, ?3)")
+        .prepare(
+            "INSERT INTO run_test_metadata (run_id, test_id, metadata_json) VALUES (?1, ?2, ?3)",
+        )
         .map_err(&on_sqlite)?;
     for (ordinal, (kind, needs, tests)) in run.suites.iter().enumerate() {
         insert_suite
@@ -526,8 +528,8 @@ pub fn ingest(
     // Within one batch a lease only changes through this batch's own SuiteFinished records.
     let mut leases: BTreeMap<SuiteRef, bool> = BTreeMap::new();
     let holds = |savepoint: &Savepoint<'_>,
-                     leases: &mut BTreeMap<SuiteRef, bool>,
-                     suite: SuiteRef|
+                 leases: &mut BTreeMap<SuiteRef, bool>,
+                 suite: SuiteRef|
      -> Result<bool, StoreError> {
         if let Some(known) = leases.get(&suite) {
             return Ok(*known);
@@ -706,7 +708,10 @@ fn holds(
         )
         .map_err(sqlite_error(path))?;
     statement
-        .query_row(params![suite.suite as i64, suite.attempt, agent], |_| Ok(()))
+        .query_row(
+            params![suite.suite as i64, suite.attempt, agent],
+            |_| Ok(()),
+        )
         .optional()
         .map(|found| found.is_some())
         .map_err(sqlite_error(path))
@@ -732,15 +737,13 @@ fn run_test_rows(
     let mut lost: BTreeMap<String, Vec<LostAttempt>> = BTreeMap::new();
     {
         let mut statement = connection
-            .prepare_cached(
-                if only.is_some() {
-                    "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
+            .prepare_cached(if only.is_some() {
+                "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
                      WHERE run_id = ?1 AND test_id = ?2 ORDER BY at_ms"
-                } else {
-                    "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
+            } else {
+                "SELECT test_id, attempt, agent, message, at_ms FROM lost_attempts
                      WHERE run_id = ?1 AND ?2 IS NULL ORDER BY at_ms"
-                },
-            )
+            })
             .map_err(&on_sqlite)?;
         let rows = statement
             .query_map(params![run as i64, only], |row| {

@@ -136,7 +136,12 @@ async fn step(shared: &Arc<Shared>) -> Result<(), StoreError> {
                 .await?
             }
             // After a coordinator restart, agents get a moment to reconnect and keep their suites.
-            None if in_grace && !shared.seen.lock().expect("seen lock").contains(&suite.agent) => {}
+            None if in_grace
+                && !shared
+                    .seen
+                    .lock()
+                    .expect("seen lock")
+                    .contains(&suite.agent) => {}
             None => {
                 revoke(
                     shared,

@@ -15,7 +15,12 @@ fn git(directory: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .arg("-C")
         .arg(directory)
-        .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid"])
+        .args([
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@example.invalid",
+        ])
         .args(args)
         .output()
         .expect("run git");
@@ -113,7 +118,11 @@ fn a_change_runs_its_tests_across_three_agents_live() {
         "subscription-manager-1.29.40-1.el9",
     ]);
     let sentence = String::from_utf8_lossy(&triggered.stdout).to_string();
-    assert!(triggered.status.success(), "{sentence}{}", String::from_utf8_lossy(&triggered.stderr));
+    assert!(
+        triggered.status.success(),
+        "{sentence}{}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
     assert!(
         sentence.starts_with("run 1: 17 tests selected (features identity, +3 dependents), 4 suites: 3 parallel, 1 serial"),
         "{sentence}"
@@ -121,15 +130,26 @@ fn a_change_runs_its_tests_across_three_agents_live() {
     let watched = cluster.operator(&["runs", "watch", "1"]);
     let watch_text = String::from_utf8_lossy(&watched.stdout).to_string();
     assert_eq!(watched.status.code(), Some(1), "{watch_text}");
-    assert!(watch_text.contains("fail     /tests/register/unregister"), "{watch_text}");
-    assert!(watch_text.contains("timeout  /tests/repos/mirror-sync"), "{watch_text}");
+    assert!(
+        watch_text.contains("fail     /tests/register/unregister"),
+        "{watch_text}"
+    );
+    assert!(
+        watch_text.contains("timeout  /tests/repos/mirror-sync"),
+        "{watch_text}"
+    );
     assert!(watch_text.contains("run 1 failed"), "{watch_text}");
 
     let run = show(&cluster, 1);
     assert_eq!(run["state"], "failed");
     assert_eq!(run["commit"], commit.as_str());
     let tests = tests_by_name(&run);
-    assert_eq!(tests.len(), 17, "the cli feature is not selected: {:?}", tests.keys());
+    assert_eq!(
+        tests.len(),
+        17,
+        "the cli feature is not selected: {:?}",
+        tests.keys()
+    );
     assert!(!tests.contains_key("/tests/cli/help"));
     for (name, test) in &tests {
         let expected = match name.as_str() {
@@ -139,14 +159,20 @@ fn a_change_runs_its_tests_across_three_agents_live() {
         };
         assert_eq!(test["status"], expected, "{name}: {test}");
         assert_eq!(test["attempt"], 1, "{name}");
-        assert!(!test["why"].as_array().unwrap().is_empty(), "{name} says why it ran");
+        assert!(
+            !test["why"].as_array().unwrap().is_empty(),
+            "{name} says why it ran"
+        );
     }
     assert!(tests["/tests/register/unregister"]["output_tail"]
         .as_str()
         .unwrap()
         .contains("consumer certificate still present"));
     assert_eq!(
-        tests["/tests/attach/parser"]["subresults"].as_array().unwrap().len(),
+        tests["/tests/attach/parser"]["subresults"]
+            .as_array()
+            .unwrap()
+            .len(),
         3
     );
     assert!(tests["/tests/identity/uuid"]["why"][0]
@@ -156,30 +182,55 @@ fn a_change_runs_its_tests_across_three_agents_live() {
 
     // The serial suite ran on one agent in dependency order; parallel suites spread over agents.
     let suites = run["suites"].as_array().unwrap();
-    let serial = suites.iter().find(|suite| suite["kind"] == "serial").unwrap();
+    let serial = suites
+        .iter()
+        .find(|suite| suite["kind"] == "serial")
+        .unwrap();
     let serial_tests: Vec<&Value> = run["tests"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|test| test["suite"] == serial["id"])
         .collect();
-    let agents: BTreeSet<&str> = serial_tests.iter().map(|t| t["agent"].as_str().unwrap()).collect();
+    let agents: BTreeSet<&str> = serial_tests
+        .iter()
+        .map(|t| t["agent"].as_str().unwrap())
+        .collect();
     assert_eq!(agents.len(), 1, "{serial_tests:?}");
     let started = |name: &str| tests[name]["started"].as_str().unwrap().to_string();
     assert!(started("/tests/register/basic") < started("/tests/register/force"));
     assert!(started("/tests/register/force") < started("/tests/register/unregister"));
-    let all_agents: BTreeSet<&str> = suites.iter().map(|s| s["agent"].as_str().unwrap()).collect();
-    assert!(all_agents.len() >= 2, "suites spread over agents: {all_agents:?}");
+    let all_agents: BTreeSet<&str> = suites
+        .iter()
+        .map(|s| s["agent"].as_str().unwrap())
+        .collect();
+    assert!(
+        all_agents.len() >= 2,
+        "suites spread over agents: {all_agents:?}"
+    );
     // The version chain of every suite.
     for suite in suites {
         assert_eq!(suite["versions"]["commit"], commit.as_str());
-        assert_eq!(suite["versions"]["agent_version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(suite["versions"]["artifacts"][0], "subscription-manager-1.29.40-1.el9");
+        assert_eq!(
+            suite["versions"]["agent_version"],
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(
+            suite["versions"]["artifacts"][0],
+            "subscription-manager-1.29.40-1.el9"
+        );
     }
 
     // Reports.
     let report = cluster.path("run1.xml");
-    let written = cluster.operator(&["report", "1", "--format", "junit", "-o", report.to_str().unwrap()]);
+    let written = cluster.operator(&[
+        "report",
+        "1",
+        "--format",
+        "junit",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
     assert!(written.status.success());
     let parsed = polarizer_shared::junit::parse(&std::fs::read(&report).unwrap()).unwrap();
     let counts = parsed.counts();
@@ -229,7 +280,10 @@ fn kill_9_of_an_agent_mid_suite_reruns_its_unfinished_tests_elsewhere() {
     let elapsed = killed_at.elapsed();
     assert_eq!(finished["state"], "passed", "{finished:#}");
     let tests = tests_by_name(&finished);
-    assert_eq!(tests["/tests/t1"]["attempt"], 1, "finished before the kill: kept");
+    assert_eq!(
+        tests["/tests/t1"]["attempt"], 1,
+        "finished before the kill: kept"
+    );
     assert_eq!(tests["/tests/t1"]["agent"], holder.as_str());
     for name in ["/tests/t2", "/tests/t6"] {
         let test = &tests[name];
@@ -239,7 +293,10 @@ fn kill_9_of_an_agent_mid_suite_reruns_its_unfinished_tests_elsewhere() {
         let lost = test["lost_attempts"].as_array().unwrap();
         assert_eq!(lost.len(), 1, "{name}: {lost:?}");
         assert_eq!(lost[0]["agent"], holder.as_str());
-        assert!(lost[0]["message"].as_str().unwrap().contains("went offline"));
+        assert!(lost[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("went offline"));
     }
     eprintln!("kill -9 → suite finished elsewhere in {elapsed:?}");
 }
@@ -255,7 +312,10 @@ fn kill_9_of_the_coordinator_mid_run_loses_and_duplicates_nothing() {
         ));
     }
     files.push(("tests/main.fmf".into(), fmf));
-    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let repo = repo(&cluster.path("parallel"), &files);
     let run = trigger(&cluster, &repo, &[]);
 
@@ -275,7 +335,10 @@ fn kill_9_of_the_coordinator_mid_run_loses_and_duplicates_nothing() {
     assert_eq!(finished["state"], "passed", "{finished:#}");
     for (name, test) in tests_by_name(&finished) {
         assert_eq!(test["status"], "pass", "{name}");
-        assert_eq!(test["attempt"], 1, "{name}: leases survive a coordinator restart");
+        assert_eq!(
+            test["attempt"], 1,
+            "{name}: leases survive a coordinator restart"
+        );
     }
     cluster
         .coordinator
@@ -304,7 +367,10 @@ fn bad_triggers_say_why_and_store_nothing() {
     std::fs::create_dir_all(&plain).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--repo", "/nonexistent/tests"], "no such directory"),
-        (vec!["--repo", plain.to_str().unwrap()], "not in a git repository"),
+        (
+            vec!["--repo", plain.to_str().unwrap()],
+            "not in a git repository",
+        ),
         (
             vec!["--repo", "https://127.0.0.1:1/nothing.git"],
             "cannot fetch ref",
@@ -322,7 +388,10 @@ fn bad_triggers_say_why_and_store_nothing() {
             vec!["--repo", good.to_str().unwrap(), "--feature", "nope"],
             "no feature named \"nope\"",
         ),
-        (vec!["--repo", good.to_str().unwrap(), "--kind", "nightly"], "not one of commit, build, manual"),
+        (
+            vec!["--repo", good.to_str().unwrap(), "--kind", "nightly"],
+            "not one of commit, build, manual",
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["trigger"];
@@ -333,7 +402,10 @@ fn bad_triggers_say_why_and_store_nothing() {
         let first_line = stderr.lines().next().unwrap_or_default();
         assert!(first_line.contains(expected), "{args:?}: {stderr}");
     }
-    assert_eq!(ok_json(cluster.operator(&["runs", "--json"])), serde_json::json!([]));
+    assert_eq!(
+        ok_json(cluster.operator(&["runs", "--json"])),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -360,10 +432,16 @@ fn a_cancelled_run_stops_its_tests_and_a_queued_suite_says_what_it_waits_for() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(waiting, "waiting for an agent with platform container: none online");
+    assert_eq!(
+        waiting,
+        "waiting for an agent with platform container: none online"
+    );
     let cancelled = cluster.operator(&["runs", "cancel", &run.to_string()]);
     assert!(cancelled.status.success());
-    assert_eq!(String::from_utf8_lossy(&cancelled.stdout).trim(), format!("run {run} cancelled"));
+    assert_eq!(
+        String::from_utf8_lossy(&cancelled.stdout).trim(),
+        format!("run {run} cancelled")
+    );
     let finished = show(&cluster, run);
     assert_eq!(finished["state"], "cancelled");
     assert_eq!(status_of(&finished, "/tests/slow"), "cancelled");

@@ -45,7 +45,12 @@ fn git(directory: &Path, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("git")
         .arg("-C")
         .arg(directory)
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"])
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+        ])
         .args(args)
         .status()?;
     anyhow::ensure!(status.success(), "git {args:?} failed");
@@ -219,7 +224,9 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     let last = finished.iter().map(|f| f.last_ack).max().unwrap();
     let total: usize = finished.iter().map(|f| f.results).sum();
     anyhow::ensure!(total == results, "{total} results sent, {results} tests");
-    let detail = client.request(OperatorRequest::ShowRun { run: summary.run }).await?;
+    let detail = client
+        .request(OperatorRequest::ShowRun { run: summary.run })
+        .await?;
     let OperatorResponse::Run(detail) = detail else {
         anyhow::bail!("no run detail");
     };
