@@ -66,6 +66,70 @@ pub struct AgentSettings {
     /// results never are [default: 256]
     #[arg(long, env = "POLARIZER_SPOOL_MAX_MB")]
     pub spool_max_mb: Option<u64>,
+    /// D-Bus signals to record: system, session, a bus address, or off [default: system, when its socket exists]
+    #[arg(long, env = "POLARIZER_DBUS_ADDRESS")]
+    pub dbus_address: Option<String>,
+    /// A D-Bus match rule (repeatable) [default: type='signal', every signal]
+    #[arg(long, env = "POLARIZER_DBUS_MATCH")]
+    pub dbus_match: Option<Vec<String>>,
+    /// A path whose file changes to record (repeatable) [default: none]
+    #[arg(long, env = "POLARIZER_WATCH", value_delimiter = ',')]
+    #[serde(default)]
+    pub watch: Vec<PathBuf>,
+    /// Watch directories recursively [default: true]
+    #[arg(long, env = "POLARIZER_WATCH_RECURSIVE")]
+    pub watch_recursive: Option<bool>,
+    /// Record only changed paths matching one of these globs (repeatable) [default: all]
+    #[arg(long, env = "POLARIZER_WATCH_INCLUDE")]
+    #[serde(default)]
+    pub watch_include: Vec<String>,
+    /// Never record changed paths matching these globs (repeatable)
+    #[arg(long, env = "POLARIZER_WATCH_EXCLUDE")]
+    #[serde(default)]
+    pub watch_exclude: Vec<String>,
+    /// Quiet time before a burst of changes to one file is recorded, in milliseconds [default: 200]
+    #[arg(long, env = "POLARIZER_WATCH_DEBOUNCE_MS")]
+    pub watch_debounce_ms: Option<u64>,
+    /// The RPM database to record package changes of, or off [default: /var/lib/rpm or /usr/lib/sysimage/rpm, if present]
+    #[arg(long, env = "POLARIZER_RPM_DBPATH")]
+    pub rpm_dbpath: Option<PathBuf>,
+    /// The dpkg status file to record package changes of, or off [default: /var/lib/dpkg/status, if present]
+    #[arg(long, env = "POLARIZER_DPKG_STATUS")]
+    pub dpkg_status: Option<PathBuf>,
+    /// The Unix socket (mode 0660) for custom events from `polarizer-agent emit`, or off [default: STATE_DIR/emit.sock]
+    #[arg(long, env = "POLARIZER_EMIT_SOCKET")]
+    pub emit_socket: Option<PathBuf>,
+}
+
+/// Collectors of live events; `None` is off.
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    pub dbus_address: Option<String>,
+    pub dbus_match: Vec<String>,
+    pub watch: Vec<PathBuf>,
+    pub watch_recursive: bool,
+    pub watch_include: Vec<String>,
+    pub watch_exclude: Vec<String>,
+    pub watch_debounce: Duration,
+    pub rpm_dbpath: Option<PathBuf>,
+    pub dpkg_status: Option<PathBuf>,
+    pub emit_socket: Option<PathBuf>,
+}
+
+fn off_or<T>(
+    value: Option<T>,
+    is_off: impl Fn(&T) -> bool,
+    default: impl FnOnce() -> Option<T>,
+) -> Option<T> {
+    match value {
+        Some(value) if is_off(&value) => None,
+        Some(value) => Some(value),
+        None => default(),
+    }
+}
+
+fn is_off(path: &std::path::Path) -> bool {
+    path.as_os_str() == "off"
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +153,7 @@ pub struct AgentConfig {
     pub gossip_interval: Duration,
     pub reconnect_max: Duration,
     pub spool_max_bytes: u64,
+    pub events: EventsConfig,
 }
 
 impl AgentSettings {
@@ -116,6 +181,28 @@ impl AgentSettings {
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
             spool_max_mb: self.spool_max_mb.or(lower.spool_max_mb),
+            dbus_address: self.dbus_address.or(lower.dbus_address),
+            dbus_match: self.dbus_match.or(lower.dbus_match),
+            watch: if self.watch.is_empty() {
+                lower.watch
+            } else {
+                self.watch
+            },
+            watch_recursive: self.watch_recursive.or(lower.watch_recursive),
+            watch_include: if self.watch_include.is_empty() {
+                lower.watch_include
+            } else {
+                self.watch_include
+            },
+            watch_exclude: if self.watch_exclude.is_empty() {
+                lower.watch_exclude
+            } else {
+                self.watch_exclude
+            },
+            watch_debounce_ms: self.watch_debounce_ms.or(lower.watch_debounce_ms),
+            rpm_dbpath: self.rpm_dbpath.or(lower.rpm_dbpath),
+            dpkg_status: self.dpkg_status.or(lower.dpkg_status),
+            emit_socket: self.emit_socket.or(lower.emit_socket),
         }
     }
 
@@ -183,13 +270,55 @@ impl AgentSettings {
             5_000,
             100..=600_000,
         )?;
+        let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
+        let events = EventsConfig {
+            dbus_address: off_or(
+                self.dbus_address,
+                |address| address == "off",
+                || {
+                    std::path::Path::new("/run/dbus/system_bus_socket")
+                        .exists()
+                        .then(|| "system".to_string())
+                },
+            ),
+            dbus_match: self.dbus_match.unwrap_or_default(),
+            watch: self.watch,
+            watch_recursive: self.watch_recursive.unwrap_or(true),
+            watch_include: self.watch_include,
+            watch_exclude: self.watch_exclude,
+            watch_debounce: millis_setting(
+                "watch_debounce_ms",
+                self.watch_debounce_ms,
+                200,
+                0..=60_000,
+            )?,
+            rpm_dbpath: off_or(
+                self.rpm_dbpath,
+                |path: &PathBuf| is_off(path),
+                crate::collectors::packages::detect_rpm_dbpath,
+            ),
+            dpkg_status: off_or(
+                self.dpkg_status,
+                |path: &PathBuf| is_off(path),
+                || {
+                    let status = PathBuf::from("/var/lib/dpkg/status");
+                    status.exists().then_some(status)
+                },
+            ),
+            emit_socket: off_or(
+                self.emit_socket,
+                |path: &PathBuf| is_off(path),
+                || Some(state_dir.join("emit.sock")),
+            ),
+        };
         Ok(AgentConfig {
+            events,
             join: self.join,
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             advertise: self.advertise,
             token_file: self.token_file,
             ca,
-            state_dir: self.state_dir.unwrap_or_else(default_state_dir),
+            state_dir,
             name,
             labels,
             platform: self.platform,

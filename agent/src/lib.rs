@@ -1,6 +1,7 @@
 //! The Polarizer agent: joins the cluster by gossip, connects to the coordinator over pinned-CA QUIC,
 //! enrolls once, and reports its platform's facts. Small by design: no database, no scheduler.
 
+pub mod collectors;
 pub mod config;
 pub mod credential;
 pub mod facts;
@@ -91,6 +92,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config.spool_max_bytes,
     )?);
     let suites = start_runner(&config, spool.clone());
+    collectors::start(&config, &spool, &shutdown);
     let connector = session::Connector {
         config,
         endpoint: endpoint.clone(),
@@ -118,7 +120,8 @@ fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::Sui
             std::collections::HashMap<polarizer_shared::run::SuiteRef, CancellationToken>,
         >,
     > = Default::default();
-    let runner_config = runner::RunnerConfig::new(&config.state_dir);
+    let mut runner_config = runner::RunnerConfig::new(&config.state_dir);
+    runner_config.emit_socket = config.events.emit_socket.clone();
     let emit: runner::Emit = std::sync::Arc::new(move |body| spool.push(body));
     let queue = session::SuiteQueue {
         assign,

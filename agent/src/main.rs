@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
+    args_conflicts_with_subcommands = true,
     name = "polarizer-agent",
     version,
     about = "The Polarizer agent: runs on every test platform."
@@ -25,10 +26,63 @@ struct Cli {
     log_format: daemon::LogFormat,
     #[command(flatten)]
     settings: AgentSettings,
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Record a custom event through the agent on this host (for tests and plugins); exit code 1 with the
+    /// reason when the agent refuses it.
+    Emit {
+        /// The event's kind: 1-32 characters of a-z, 0-9, - and _ (e.g. app)
+        #[arg(long)]
+        kind: String,
+        /// The event's data: JSON, at most 64 KiB
+        #[arg(long)]
+        data: String,
+        /// One line for humans [default: the data, shortened]
+        #[arg(long)]
+        summary: Option<String>,
+        /// The agent's event socket [default: $POLARIZER_EMIT_SOCKET, else the state dir's emit.sock]
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(AgentCommand::Emit {
+        kind,
+        data,
+        summary,
+        socket,
+    }) = &cli.command
+    {
+        let socket = socket
+            .clone()
+            .or_else(|| cli.settings.emit_socket.clone())
+            .unwrap_or_else(|| {
+                cli.settings
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(polarizer_agent::config::default_state_dir)
+                    .join("emit.sock")
+            });
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(polarizer_agent::collectors::emit::send(
+                    &socket,
+                    kind,
+                    data,
+                    summary.as_deref(),
+                ))
+            });
+        return daemon::exit_code(outcome);
+    }
     daemon::init_logging("info", cli.log_format);
     let outcome = (|| -> anyhow::Result<()> {
         let file_settings = match &cli.config {

@@ -60,6 +60,8 @@ pub struct RunnerConfig {
     pub tail_bytes: usize,
     /// Between SIGTERM and SIGKILL to a process group that timed out or was cancelled.
     pub kill_grace: Duration,
+    /// The agent's custom-event socket, given to tests as POLARIZER_EMIT_SOCKET (for `polarizer-agent emit`).
+    pub emit_socket: Option<PathBuf>,
 }
 
 impl RunnerConfig {
@@ -72,6 +74,7 @@ impl RunnerConfig {
             output_bytes_per_test: 4 * 1024 * 1024,
             tail_bytes: 16 * 1024,
             kill_grace: Duration::from_secs(2),
+            emit_socket: None,
         }
     }
 }
@@ -570,7 +573,18 @@ impl SuiteRunner<'_> {
     /// POLARIZER_* variables every hook and test sees.
     fn suite_environment(&self, tree_root: &Path) -> Vec<(String, String)> {
         let suite = self.assignment.suite;
-        vec![
+        let mut environment: Vec<(String, String)> = self
+            .config
+            .emit_socket
+            .iter()
+            .map(|socket| {
+                (
+                    "POLARIZER_EMIT_SOCKET".to_string(),
+                    socket.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        environment.extend([
             ("POLARIZER_RUN".into(), suite.run.to_string()),
             ("POLARIZER_SUITE".into(), suite.suite.to_string()),
             ("POLARIZER_ATTEMPT".into(), suite.attempt.to_string()),
@@ -578,7 +592,8 @@ impl SuiteRunner<'_> {
                 "POLARIZER_TREE".into(),
                 tree_root.to_string_lossy().into_owned(),
             ),
-        ]
+        ]);
+        environment
     }
 
     /// The test's own variables, then the POLARIZER_* ones (which win on a clash).
@@ -1272,7 +1287,7 @@ mod tests {
                 RecordBody::SuiteFinished { error, .. } => {
                     Some(format!("suite finished {error:?}"))
                 }
-                RecordBody::Output { .. } => None,
+                RecordBody::Output { .. } | RecordBody::Event { .. } => None,
             })
             .collect()
     }

@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use polarizer_shared::events::{Correlation, Event};
 use polarizer_shared::frame::{self, FrameDecoder};
 use polarizer_shared::run::{Record, RecordBody};
 use polarizer_transport::state_files::{ensure_private_dir, write_private};
@@ -52,8 +53,8 @@ pub struct Spool {
     pending_bytes: u64,
     log_bytes: u64,
     limit_bytes: u64,
-    /// Output lines dropped because the spool was full, not yet reported.
-    dropped: u64,
+    /// Events and output lines dropped because the spool was full, by kind, not yet reported.
+    dropped: std::collections::BTreeMap<String, u64>,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
@@ -119,28 +120,38 @@ impl Spool {
             pending_bytes,
             log_bytes: good_bytes,
             limit_bytes,
-            dropped: 0,
+            dropped: Default::default(),
         })
     }
 
     /// Gives `body` the next sequence number and writes it through. Returns its sequence number.
     pub fn push(&mut self, body: RecordBody) -> Result<u64, SpoolError> {
-        if self.dropped > 0 && self.pending_bytes < self.limit_bytes / 2 {
+        if !self.dropped.is_empty() && self.pending_bytes < self.limit_bytes / 2 {
             let dropped = std::mem::take(&mut self.dropped);
-            self.append(RecordBody::Output {
-                suite: polarizer_shared::run::SuiteRef {
-                    run: 0,
-                    suite: 0,
-                    attempt: 0,
+            let kinds: Vec<String> = dropped
+                .iter()
+                .map(|(kind, count)| format!("{count} {kind}"))
+                .collect();
+            self.append(RecordBody::Event {
+                correlation: None,
+                event: Event {
+                    kind: polarizer_shared::events::kind::DROPPED.into(),
+                    summary: format!(
+                        "spool full ({} MiB): dropped the oldest {}",
+                        self.limit_bytes >> 20,
+                        kinds.join(", ")
+                    ),
+                    data: serde_json::json!({ "dropped": dropped }).to_string(),
                 },
-                test: String::new(),
-                stream: polarizer_shared::run::OutputStream::Agent,
-                line: format!("spool full: {dropped} output lines dropped"),
             })?;
         }
         let is_result = body.is_result();
         if !is_result && self.pending_bytes >= self.limit_bytes {
-            self.dropped += 1;
+            let kind = match &body {
+                RecordBody::Event { event, .. } => event.kind.clone(),
+                _ => polarizer_shared::events::kind::OUTPUT.to_string(),
+            };
+            *self.dropped.entry(kind).or_default() += 1;
             return Ok(0);
         }
         let seq = self.append(body)?;
@@ -248,6 +259,8 @@ impl Spool {
 pub struct SharedSpool {
     inner: Arc<Mutex<Spool>>,
     pub pushed: Arc<Notify>,
+    /// What runs on this agent now, learnt from the runner's own records: events are stamped with it.
+    running: Arc<Mutex<Option<Correlation>>>,
 }
 
 impl SharedSpool {
@@ -255,10 +268,42 @@ impl SharedSpool {
         SharedSpool {
             inner: Arc::new(Mutex::new(spool)),
             pushed: Arc::new(Notify::new()),
+            running: Arc::new(Mutex::new(None)),
         }
     }
 
+    /// Records an event from a collector, correlated with the suite and test running now.
+    pub fn push_event(&self, event: Event) {
+        let correlation = self.running.lock().expect("running lock").clone();
+        self.push(RecordBody::Event { correlation, event });
+    }
+
     pub fn push(&self, body: RecordBody) {
+        {
+            let mut running = self.running.lock().expect("running lock");
+            match &body {
+                RecordBody::SuiteStarted { suite, .. } => {
+                    *running = Some(Correlation {
+                        suite: *suite,
+                        test: String::new(),
+                    })
+                }
+                RecordBody::TestStarted { suite, test } => {
+                    *running = Some(Correlation {
+                        suite: *suite,
+                        test: test.clone(),
+                    })
+                }
+                RecordBody::TestFinished(outcome) => {
+                    *running = Some(Correlation {
+                        suite: outcome.suite,
+                        test: String::new(),
+                    })
+                }
+                RecordBody::SuiteFinished { .. } => *running = None,
+                _ => {}
+            }
+        }
         let outcome = self.inner.lock().expect("spool lock").push(body);
         match outcome {
             Ok(_) => self.pushed.notify_one(),
@@ -370,13 +415,16 @@ mod tests {
             .unsent(0, 10)
             .into_iter()
             .filter_map(|record| match record.body {
-                RecordBody::Output { line, .. } => Some(line),
+                RecordBody::Event { event, .. } if event.kind == "dropped" => Some(event.summary),
                 _ => None,
             })
             .collect();
         assert_eq!(
-            notes[0],
-            format!("spool full: {} output lines dropped", 100 - kept)
+            notes,
+            [format!(
+                "spool full (0 MiB): dropped the oldest {} output",
+                100 - kept
+            )]
         );
     }
 

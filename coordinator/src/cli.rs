@@ -109,6 +109,22 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Events from every agent, live: D-Bus signals, file and package changes, test output, results.
+    Tail {
+        #[command(flatten)]
+        args: crate::tail_cli::TailArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A run's timeline: its results and events interleaved in time order.
+    Replay {
+        run: u64,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start a coordinator and local agents in a temporary directory and watch them join.
     Demo {
         /// How many local agents to start
@@ -253,6 +269,21 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         } => {
             let mut client = OperatorClient::connect(&client).await?;
             let outcome = crate::runs_cli::report(&mut client, run, format, output).await;
+            client.close().await;
+            outcome
+        }
+        Command::Tail { args, client } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = tokio::select! {
+                outcome = crate::tail_cli::tail(&mut client, args) => outcome,
+                () = shutdown.cancelled() => Ok(()),
+            };
+            client.close().await;
+            outcome
+        }
+        Command::Replay { run, json, client } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = crate::tail_cli::replay(&mut client, run, json).await;
             client.close().await;
             outcome
         }

@@ -69,6 +69,12 @@ pub struct ServeSettings {
     /// Start this many agent processes on this host, next to the coordinator [default: 0]
     #[arg(long, env = "POLARIZER_LOCAL_AGENTS")]
     pub local_agents: Option<u32>,
+    /// Keep events this many days [default: 30]
+    #[arg(long, env = "POLARIZER_EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u64>,
+    /// Trim the oldest events while the database holds more than this many MiB [default: 1024]
+    #[arg(long, env = "POLARIZER_EVENT_RETENTION_MB")]
+    pub event_retention_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +90,8 @@ pub struct ServeConfig {
     pub heartbeat_interval: Duration,
     pub runs: RunsConfig,
     pub local_agents: u32,
+    pub event_retention: Duration,
+    pub event_retention_bytes: u64,
 }
 
 /// How runs are planned and retried.
@@ -177,6 +185,8 @@ impl ServeSettings {
             run_deadline_minutes: self.run_deadline_minutes.or(lower.run_deadline_minutes),
             lease_grace_ms: self.lease_grace_ms.or(lower.lease_grace_ms),
             local_agents: self.local_agents.or(lower.local_agents),
+            event_retention_days: self.event_retention_days.or(lower.event_retention_days),
+            event_retention_mb: self.event_retention_mb.or(lower.event_retention_mb),
         }
     }
 
@@ -238,9 +248,25 @@ impl ServeSettings {
                 message: format!("{local_agents} is more than 64"),
             });
         }
+        let retention_days = self.event_retention_days.unwrap_or(30);
+        if !(1..=3650).contains(&retention_days) {
+            return Err(ConfigError {
+                key: "event_retention_days",
+                message: format!("{retention_days} is not between 1 and 3650"),
+            });
+        }
+        let retention_mb = self.event_retention_mb.unwrap_or(1024);
+        if !(16..=1_048_576).contains(&retention_mb) {
+            return Err(ConfigError {
+                key: "event_retention_mb",
+                message: format!("{retention_mb} is not between 16 and 1048576"),
+            });
+        }
         Ok(ServeConfig {
             runs,
             local_agents,
+            event_retention: Duration::from_secs(retention_days * 86_400),
+            event_retention_bytes: retention_mb << 20,
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
@@ -274,6 +300,8 @@ impl ServeConfig {
             heartbeat_interval: Duration::from_millis(200),
             runs: RunsConfig::default(),
             local_agents: 0,
+            event_retention: Duration::from_secs(30 * 86_400),
+            event_retention_bytes: 1 << 30,
         }
     }
 }

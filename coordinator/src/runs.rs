@@ -86,19 +86,6 @@ CREATE TABLE lost_attempts (
     at_ms INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX lost_attempts_by_run ON lost_attempts(run_id);
-CREATE TABLE output (
-    id INTEGER PRIMARY KEY,
-    agent TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    run_id INTEGER NOT NULL,
-    suite_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    test_id TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    line TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX output_by_run ON output(run_id, test_id);
 ";
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -217,6 +204,8 @@ impl ActiveSuite {
 #[derive(Clone, Debug)]
 pub enum Effect {
     Update(RunUpdate),
+    /// A stored event, for live `tail` followers.
+    Event(polarizer_shared::events::EventRow),
     /// The agent sent records for an attempt it no longer holds: tell it to stop.
     Stale(SuiteRef),
 }
@@ -539,12 +528,6 @@ pub fn ingest(
         Ok(held)
     };
     let mut finished_runs = std::collections::BTreeSet::new();
-    let mut insert_output = savepoint
-        .prepare_cached(
-            "INSERT INTO output (agent, seq, run_id, suite_id, attempt, test_id, stream, line, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .map_err(&on_sqlite)?;
     for record in records {
         if record.seq <= committed {
             continue;
@@ -557,19 +540,26 @@ pub fn ingest(
                 stream,
                 line,
             } => {
-                insert_output
-                    .execute(params![
+                let data =
+                    serde_json::json!({ "stream": stream.as_str(), "attempt": suite.attempt })
+                        .to_string();
+                let row = crate::events::insert(
+                    savepoint,
+                    path,
+                    crate::events::NewEvent {
                         agent,
-                        record.seq as i64,
-                        suite.run as i64,
-                        suite.suite as i64,
-                        suite.attempt,
+                        seq: record.seq,
+                        agent_ms: record.at_ms,
+                        received_ms: now_ms,
+                        kind: crate::events::OUTPUT,
+                        run: (suite.run > 0).then_some(suite.run),
+                        suite: (suite.run > 0).then_some(suite.suite),
                         test,
-                        stream.as_str(),
-                        line,
-                        record.at_ms
-                    ])
-                    .map_err(&on_sqlite)?;
+                        summary: line,
+                        data: &data,
+                    },
+                )?;
+                effects.push(Effect::Event(row));
                 if suite.run > 0 {
                     effects.push(Effect::Update(RunUpdate::Output {
                         run: suite.run,
@@ -578,6 +568,25 @@ pub fn ingest(
                         line: line.clone(),
                     }));
                 }
+            }
+            RecordBody::Event { correlation, event } => {
+                let row = crate::events::insert(
+                    savepoint,
+                    path,
+                    crate::events::NewEvent {
+                        agent,
+                        seq: record.seq,
+                        agent_ms: record.at_ms,
+                        received_ms: now_ms,
+                        kind: &event.kind,
+                        run: correlation.as_ref().map(|c| c.suite.run),
+                        suite: correlation.as_ref().map(|c| c.suite.suite),
+                        test: correlation.as_ref().map_or("", |c| c.test.as_str()),
+                        summary: &event.summary,
+                        data: &event.data,
+                    },
+                )?;
+                effects.push(Effect::Event(row));
             }
             RecordBody::SuiteStarted { suite, versions } => {
                 if !holds(savepoint, &mut leases, *suite)? {
@@ -637,6 +646,36 @@ pub fn ingest(
                     )
                     .map_err(&on_sqlite)?;
                 if changed == 1 {
+                    let summary = crate::events::result_summary(
+                        &outcome.test,
+                        outcome.status.as_str(),
+                        outcome.duration_ms,
+                        &outcome.message,
+                    );
+                    let data = serde_json::json!({
+                        "status": outcome.status.as_str(),
+                        "attempt": suite.attempt,
+                        "duration_ms": outcome.duration_ms,
+                        "message": outcome.message,
+                    })
+                    .to_string();
+                    let event = crate::events::insert(
+                        savepoint,
+                        path,
+                        crate::events::NewEvent {
+                            agent,
+                            seq: record.seq,
+                            agent_ms: record.at_ms,
+                            received_ms: now_ms,
+                            kind: crate::events::RESULT,
+                            run: Some(suite.run),
+                            suite: Some(suite.suite),
+                            test: &outcome.test,
+                            summary: &summary,
+                            data: &data,
+                        },
+                    )?;
+                    effects.push(Effect::Event(event));
                     if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
                         effects.push(Effect::Update(RunUpdate::TestFinished {
                             run: suite.run,
@@ -1091,18 +1130,18 @@ impl Reader {
         }))
     }
 
-    /// A run's stored output lines, in the order agents produced them: (agent, test, stream, line).
-    pub fn output(&self, run: u64) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    /// A run's stored output lines, in the order agents produced them: (agent, test, line).
+    pub fn output(&self, run: u64) -> Result<Vec<(String, String, String)>, StoreError> {
         let on_sqlite = sqlite_error(&self.path);
         let mut statement = self
             .connection
             .prepare(
-                "SELECT agent, test_id, stream, line FROM output WHERE run_id = ?1 ORDER BY agent, seq",
+                "SELECT agent, test_id, summary FROM events WHERE run_id = ?1 AND kind = 'output' ORDER BY agent, seq",
             )
             .map_err(&on_sqlite)?;
         let rows = statement
             .query_map([run as i64], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })
             .map_err(&on_sqlite)?;
         rows.collect::<Result<_, _>>().map_err(&on_sqlite)

@@ -91,6 +91,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracker.spawn(crate::scheduler::run(shared.clone(), shutdown.clone()));
+    tracker.spawn(trim_events(
+        store.clone(),
+        config.event_retention,
+        config.event_retention_bytes,
+        shutdown.clone(),
+    ));
     tracker.spawn(server::accept_loop(
         endpoint.clone(),
         shared.clone(),
@@ -178,6 +184,39 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || store_writer.join()).await;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Trims the event log by age and size once a minute (and at start).
+async fn trim_events(
+    store: crate::store::StoreHandle,
+    max_age: Duration,
+    max_bytes: u64,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let max_age_ms = max_age.as_millis() as i64;
+        let trimmed = store
+            .write(move |savepoint, path| {
+                crate::events::trim(
+                    savepoint,
+                    path,
+                    crate::server::now_ms(),
+                    max_age_ms,
+                    max_bytes,
+                )
+            })
+            .await;
+        match trimmed {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "old events trimmed"),
+            Err(err) => tracing::warn!(error = %err, "cannot trim events"),
+        }
+    }
 }
 
 /// Publishes the set of agent names gossip sees alive, for sessions to consult as a liveness hint.

@@ -65,6 +65,9 @@ pub struct Shared {
     pub runs: RunsConfig,
     /// Run progress, after it is committed, for `runs watch` (each watcher has its own bounded buffer).
     pub updates: broadcast::Sender<RunUpdate>,
+    /// Every stored event, after it is committed, for `tail` followers (each has its own bounded buffer:
+    /// a slow one is told it lagged and never slows ingest).
+    pub events: broadcast::Sender<Arc<polarizer_shared::events::EventRow>>,
     /// Wakes the scheduler: a run was triggered, an agent came or went, a suite finished.
     pub schedule: Notify,
     /// Why each queued suite waits, as the scheduler last saw it.
@@ -96,6 +99,7 @@ impl Shared {
         Shared {
             runs,
             updates: broadcast::channel(4096).0,
+            events: broadcast::channel(65536).0,
             schedule: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -168,6 +172,9 @@ impl Shared {
                         RunUpdate::Output { .. } | RunUpdate::TestStarted { .. }
                     );
                     let _ = self.updates.send(update);
+                }
+                crate::runs::Effect::Event(event) => {
+                    let _ = self.events.send(Arc::new(event));
                 }
                 crate::runs::Effect::Stale(suite) => {
                     if let (Some(agent), true) = (agent, stale.insert(suite)) {
@@ -885,6 +892,24 @@ async fn operator_session(
                         message: err.to_string(),
                     },
                 }
+            }
+            OperatorRequest::Tail(query) => {
+                if crate::tail::tail(&mut stream, &shared, *query)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            OperatorRequest::Replay { run } => {
+                if crate::tail::replay(&mut stream, &shared, run)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
             }
             OperatorRequest::WatchRun { run, output } => {
                 if watch_run(&mut stream, &shared, run, output).await.is_err() {

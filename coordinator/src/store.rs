@@ -27,6 +27,8 @@ const MIGRATIONS: &[&str] = &[
     crate::catalog::MIGRATION,
     // 3: runs, suites, results and output (see runs.rs).
     crate::runs::MIGRATION,
+    // 4: the event log (see events.rs).
+    crate::events::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

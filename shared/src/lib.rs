@@ -3,6 +3,7 @@
 //! Plain data and codecs over bytes only: no sockets, no async runtime, no database.
 
 pub mod catalog;
+pub mod events;
 pub mod facts;
 pub mod fmf;
 pub mod frame;

@@ -216,6 +216,13 @@ pub enum OperatorRequest {
     CancelRun {
         run: u64,
     },
+    /// Answered by `Events` batches: the stored events, then (when following) new ones as they commit,
+    /// and `EventsEnd` when not following.
+    Tail(Box<crate::events::TailQuery>),
+    /// A run's timeline: results and events in time order, as `Events` batches then `EventsEnd`.
+    Replay {
+        run: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -247,6 +254,12 @@ pub enum OperatorResponse {
         run: u64,
         state: crate::run::RunState,
     },
+    Events(Vec<crate::events::EventRow>),
+    /// This follower fell behind; `missed` events were skipped (the store has them all).
+    Lagged {
+        missed: u64,
+    },
+    EventsEnd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

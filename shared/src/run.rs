@@ -240,12 +240,17 @@ pub enum RecordBody {
         suite: SuiteRef,
         error: Option<String>,
     },
+    /// Something the system under test did (a collector saw it) or a test said (`emit`).
+    Event {
+        correlation: Option<crate::events::Correlation>,
+        event: crate::events::Event,
+    },
 }
 
 impl RecordBody {
     /// Results are never dropped from a full spool; events and output may be.
     pub fn is_result(&self) -> bool {
-        !matches!(self, RecordBody::Output { .. })
+        !matches!(self, RecordBody::Output { .. } | RecordBody::Event { .. })
     }
 }
 

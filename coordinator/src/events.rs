@@ -1,0 +1,236 @@
+//! The event log: an append-only SQLite table of everything agents saw (D-Bus signals, file and package
+//! changes, test output, custom events) and every result, each stamped with the agent's and the
+//! coordinator's clock and the run / suite / test it belongs to. Written in batches by the store's one
+//! writer (inside record ingest), read by `tail` and `replay`, trimmed by age and size.
+
+use std::path::Path;
+
+use polarizer_shared::events::{kind, EventRow, TailQuery};
+use rusqlite::{params, Savepoint};
+
+use crate::store::{sqlite_error, Reader, StoreError};
+
+pub const MIGRATION: &str = "
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    agent_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    run_id INTEGER,
+    suite_id INTEGER,
+    test_id TEXT NOT NULL DEFAULT '',
+    summary TEXT NOT NULL,
+    data TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_by_time ON events(received_ms);
+CREATE INDEX events_by_run ON events(run_id, agent_ms) WHERE run_id IS NOT NULL;
+";
+
+/// An event about to be stored (its id comes from the insert).
+pub struct NewEvent<'a> {
+    pub agent: &'a str,
+    pub seq: u64,
+    pub agent_ms: i64,
+    pub received_ms: i64,
+    pub kind: &'a str,
+    pub run: Option<u64>,
+    pub suite: Option<u64>,
+    pub test: &'a str,
+    pub summary: &'a str,
+    pub data: &'a str,
+}
+
+pub fn insert(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    event: NewEvent<'_>,
+) -> Result<EventRow, StoreError> {
+    let mut statement = savepoint
+        .prepare_cached(
+            "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sqlite_error(path))?;
+    statement
+        .execute(params![
+            event.agent,
+            event.seq as i64,
+            event.agent_ms,
+            event.received_ms,
+            event.kind,
+            event.run.map(|run| run as i64),
+            event.suite.map(|suite| suite as i64),
+            event.test,
+            event.summary,
+            event.data
+        ])
+        .map_err(sqlite_error(path))?;
+    Ok(EventRow {
+        id: savepoint.last_insert_rowid() as u64,
+        agent: event.agent.to_string(),
+        seq: event.seq,
+        agent_ms: event.agent_ms,
+        received_ms: event.received_ms,
+        kind: event.kind.to_string(),
+        run: event.run,
+        suite: event.suite,
+        test: event.test.to_string(),
+        summary: event.summary.to_string(),
+        data: event.data.to_string(),
+    })
+}
+
+/// Does `event` pass the query's filters (all but `grep`, which the caller compiles once)?
+pub fn matches(query: &TailQuery, event: &EventRow) -> bool {
+    (query.agents.is_empty() || query.agents.iter().any(|agent| agent == &event.agent))
+        && (query.kinds.is_empty() || query.kinds.iter().any(|kind| kind == &event.kind))
+        && query.run.is_none_or(|run| event.run == Some(run))
+        && query.test.as_ref().is_none_or(|test| &event.test == test)
+        && query
+            .since_ms
+            .is_none_or(|since| event.received_ms >= since)
+        && query.after_id.is_none_or(|after| event.id > after)
+}
+
+fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: row.get::<_, i64>(0)? as u64,
+        agent: row.get(1)?,
+        seq: row.get::<_, i64>(2)? as u64,
+        agent_ms: row.get(3)?,
+        received_ms: row.get(4)?,
+        kind: row.get(5)?,
+        run: row.get::<_, Option<i64>>(6)?.map(|run| run as u64),
+        suite: row.get::<_, Option<i64>>(7)?.map(|suite| suite as u64),
+        test: row.get(8)?,
+        summary: row.get(9)?,
+        data: row.get(10)?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data";
+
+impl Reader {
+    /// Stored events matching `query` (all but `grep`), oldest first; with a limit, the newest that many.
+    pub fn events(&self, query: &TailQuery) -> Result<Vec<EventRow>, StoreError> {
+        let mut conditions = vec!["1 = 1".to_string()];
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut bind = |condition: String, value: rusqlite::types::Value| {
+            values.push(value);
+            conditions.push(condition.replace('?', &format!("?{}", values.len())));
+        };
+        if let Some(after) = query.after_id {
+            bind("id > ?".into(), (after as i64).into());
+        }
+        if let Some(since) = query.since_ms {
+            bind("received_ms >= ?".into(), since.into());
+        }
+        if let Some(run) = query.run {
+            bind("run_id = ?".into(), (run as i64).into());
+        }
+        if let Some(test) = &query.test {
+            bind("test_id = ?".into(), test.clone().into());
+        }
+        for (column, wanted) in [("agent", &query.agents), ("kind", &query.kinds)] {
+            if !wanted.is_empty() {
+                let start = values.len();
+                values.extend(wanted.iter().map(|value| value.clone().into()));
+                let placeholders: Vec<String> = (start + 1..=values.len())
+                    .map(|index| format!("?{index}"))
+                    .collect();
+                conditions.push(format!("{column} IN ({})", placeholders.join(", ")));
+            }
+        }
+        let limit = query.limit.map_or(i64::MAX, i64::from);
+        let sql = format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM events WHERE {} ORDER BY id DESC LIMIT {limit}) ORDER BY id",
+            conditions.join(" AND ")
+        );
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self.connection.prepare(&sql).map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(values), event_row)
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+    }
+
+    /// A run's timeline: its results and its events, in the agents' time order.
+    pub fn timeline(&self, run: u64) -> Result<Vec<EventRow>, StoreError> {
+        let on_sqlite = sqlite_error(&self.path);
+        let mut statement = self
+            .connection
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM events WHERE run_id = ?1 ORDER BY agent_ms, agent, seq"
+            ))
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map([run as i64], event_row)
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+    }
+
+    /// The highest event id stored (0 when none).
+    pub fn last_event_id(&self) -> Result<u64, StoreError> {
+        self.connection
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|id| id as u64)
+            .map_err(sqlite_error(&self.path))
+    }
+}
+
+/// Deletes events older than `max_age_ms`, then the oldest tenth while the database's used pages exceed
+/// `max_bytes`. Returns how many were deleted.
+pub fn trim(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    now_ms: i64,
+    max_age_ms: i64,
+    max_bytes: u64,
+) -> Result<u64, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let mut deleted = savepoint
+        .execute(
+            "DELETE FROM events WHERE received_ms < ?1",
+            [now_ms - max_age_ms],
+        )
+        .map_err(&on_sqlite)? as u64;
+    let used: i64 = savepoint
+        .query_row(
+            "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(&on_sqlite)?;
+    let page_size: i64 = savepoint
+        .query_row("SELECT page_size FROM pragma_page_size()", [], |row| {
+            row.get(0)
+        })
+        .map_err(&on_sqlite)?;
+    if (used * page_size) as u64 > max_bytes {
+        deleted += savepoint
+            .execute(
+                "DELETE FROM events WHERE id <= (SELECT MIN(id) + (MAX(id) - MIN(id)) / 10 FROM events)",
+                [],
+            )
+            .map_err(&on_sqlite)? as u64;
+    }
+    Ok(deleted)
+}
+
+/// A result as a timeline entry.
+pub fn result_summary(test: &str, status: &str, duration_ms: u64, message: &str) -> String {
+    let mut summary = format!("{status} {test} ({:.1} s)", duration_ms as f64 / 1000.0);
+    if !message.is_empty() {
+        summary.push_str(": ");
+        summary.push_str(message);
+    }
+    summary
+}
+
+pub const OUTPUT: &str = kind::OUTPUT;
+pub const RESULT: &str = kind::RESULT;
