@@ -47,7 +47,8 @@ struct Pending {
 
 pub struct Spool {
     directory: PathBuf,
-    log: File,
+    /// Buffered: written through before anything is sent (see `unsent`), and synced for results.
+    log: std::io::BufWriter<File>,
     next_seq: u64,
     pending: VecDeque<Pending>,
     pending_bytes: u64,
@@ -114,7 +115,7 @@ impl Spool {
         let pending_bytes = pending.iter().map(|entry| entry.bytes).sum();
         Ok(Spool {
             directory: directory.to_path_buf(),
-            log,
+            log: std::io::BufWriter::with_capacity(256 * 1024, log),
             next_seq: stored_next.max(after_pending).max(1),
             pending,
             pending_bytes,
@@ -158,7 +159,11 @@ impl Spool {
         if is_result {
             // Results survive a machine crash too, not only a killed agent.
             let log_path = self.directory.join(LOG_FILE);
-            self.log.sync_data().map_err(io_error(&log_path))?;
+            self.log.flush().map_err(io_error(&log_path))?;
+            self.log
+                .get_ref()
+                .sync_data()
+                .map_err(io_error(&log_path))?;
         }
         Ok(seq)
     }
@@ -225,16 +230,28 @@ impl Spool {
         }
         write_private(&temporary, &out)?;
         std::fs::rename(&temporary, &log_path).map_err(io_error(&log_path))?;
-        self.log = OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .map_err(io_error(&log_path))?;
+        self.log = std::io::BufWriter::with_capacity(
+            256 * 1024,
+            OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .map_err(io_error(&log_path))?,
+        );
         self.log_bytes = out.len() as u64;
         Ok(())
     }
 
-    /// Up to `max` pending records after sequence number `after`, in order.
-    pub fn unsent(&self, after: u64, max: usize) -> Vec<Record> {
+    /// Writes buffered records through to the file (the OS has them: a killed agent keeps them).
+    pub fn flush(&mut self) {
+        if let Err(err) = self.log.flush() {
+            tracing::error!(error = %err, spool = %self.directory.display(), "cannot write the spool");
+        }
+    }
+
+    /// Up to `max` pending records after sequence number `after`, in order. Anything about to be sent
+    /// is first written through: a record is never sent before it is spooled.
+    pub fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
+        self.flush();
         let start = self
             .pending
             .partition_point(|entry| entry.record.seq <= after);

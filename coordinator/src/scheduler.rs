@@ -24,14 +24,40 @@ const TICK: Duration = Duration::from_millis(250);
 pub async fn ingest(shared: &Shared, agent: &str, records: Vec<Record>) -> Result<u64, StoreError> {
     let name = agent.to_string();
     let attempts = shared.runs.attempts;
+    let events = shared.events.clone();
     let ingested = shared
         .store
-        .write(move |savepoint, path| {
-            runs::ingest(savepoint, path, &name, &records, attempts, now_ms())
-        })
+        .write_then(
+            move |savepoint, path| {
+                runs::ingest(savepoint, path, &name, &records, attempts, now_ms())
+            },
+            // Published from the writer thread, in commit order: a follower that skips ids it has
+            // seen never skips one it has not.
+            move |ingested: &mut runs::Ingested| {
+                let following = events.receiver_count() > 0;
+                ingested.effects.retain_mut(|effect| match effect {
+                    runs::Effect::Event(event) => {
+                        if following {
+                            let _ = events.send(Arc::new(std::mem::take(event)));
+                        }
+                        false
+                    }
+                    _ => true,
+                });
+            },
+        )
         .await?;
     shared.publish(Some(agent), ingested.effects);
     Ok(ingested.committed)
+}
+
+/// [`ingest`] for a future that owns what it needs (a session keeps one in flight).
+pub async fn ingest_owned(
+    shared: Arc<Shared>,
+    agent: String,
+    records: Vec<Record>,
+) -> Result<u64, StoreError> {
+    ingest(&shared, &agent, records).await
 }
 
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {

@@ -25,6 +25,8 @@ use crate::inventory::{self, Admission};
 use crate::store::{StoreError, StoreHandle};
 
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+/// Records of one agent held while its previous batch commits.
+const MAX_WAITING_RECORDS: usize = 65_536;
 
 #[derive(Default)]
 pub struct Counters {
@@ -40,6 +42,9 @@ struct LiveSession {
     facts: AgentFacts,
     outbox: mpsc::UnboundedSender<CoordinatorMessage>,
 }
+
+type IngestFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>> + Send>>;
 
 /// An online agent as the scheduler sees it.
 #[derive(Clone)]
@@ -173,9 +178,8 @@ impl Shared {
                     );
                     let _ = self.updates.send(update);
                 }
-                crate::runs::Effect::Event(event) => {
-                    let _ = self.events.send(Arc::new(event));
-                }
+                // Already published by the store's writer, in commit order.
+                crate::runs::Effect::Event(_) => {}
                 crate::runs::Effect::Stale(suite) => {
                     if let (Some(agent), true) = (agent, stale.insert(suite)) {
                         self.send_to_agent(
@@ -646,9 +650,12 @@ async fn agent_session(
     }
     info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
     let mut liveness_check = tokio::time::interval(shared.heartbeat_interval / 2);
+    let mut in_flight: Option<IngestFuture> = None;
+    let mut waiting: Vec<polarizer_shared::run::Record> = Vec::new();
     let end = loop {
         tokio::select! {
-            frame = stream.recv::<ClientFrame>() => match frame {
+            // Backpressure: with this much waiting for the store, stop reading until the commit lands.
+            frame = stream.recv::<ClientFrame>(), if waiting.len() < MAX_WAITING_RECORDS => match frame {
                 Ok(Some(ClientFrame::Agent(AgentMessage::Heartbeat))) => {
                     shared.touch(&name, connection_id);
                     // The agent's proof that this coordinator is alive: it reconnects when acks stop.
@@ -671,23 +678,11 @@ async fn agent_session(
                 }
                 Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
                     shared.touch(&name, connection_id);
-                    // Committed before acknowledged: an ack is a promise the record is in SQLite.
-                    let outcome = crate::scheduler::ingest(&shared, &name, records).await;
-                    // Time spent waiting for our own store is not the agent's silence.
-                    shared.touch(&name, connection_id);
-                    match outcome {
-                        Ok(committed) => {
-                            let ack = ServerFrame::Agent(CoordinatorMessage::Ack { up_to: committed });
-                            if stream.send(&ack).await.is_err() {
-                                break "connection lost";
-                            }
-                        }
-                        Err(err) => {
-                            // Not acknowledged: the agent keeps the records and sends them again.
-                            warn!(error = %err, "cannot store records; closing so the agent resends them");
-                            connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
-                            break "store unavailable";
-                        }
+                    // One batch commits while the next frames arrive: they wait here and go as one.
+                    if in_flight.is_none() {
+                        in_flight = Some(Box::pin(crate::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
+                    } else {
+                        waiting.extend(records);
                     }
                 }
                 Ok(Some(_)) => {
@@ -701,6 +696,30 @@ async fn agent_session(
                 }
                 Err(_) => break "connection lost",
             },
+            outcome = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                in_flight = None;
+                // Time spent waiting for our own store is not the agent's silence.
+                shared.touch(&name, connection_id);
+                match outcome {
+                    // Committed before acknowledged: an ack is a promise the record is in SQLite.
+                    Ok(committed) => {
+                        let ack = ServerFrame::Agent(CoordinatorMessage::Ack { up_to: committed });
+                        if stream.send(&ack).await.is_err() {
+                            break "connection lost";
+                        }
+                    }
+                    Err(err) => {
+                        // Not acknowledged: the agent keeps the records and sends them again.
+                        warn!(error = %err, "cannot store records; closing so the agent resends them");
+                        connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
+                        break "store unavailable";
+                    }
+                }
+                if !waiting.is_empty() {
+                    let records = std::mem::take(&mut waiting);
+                    in_flight = Some(Box::pin(crate::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
+                }
+            }
             message = outbox_rx.recv() => {
                 // The sender lives in the sessions map: gone means a newer session replaced this one.
                 let Some(message) = message else { break "replaced" };
@@ -709,6 +728,10 @@ async fn agent_session(
                 }
             }
             _ = liveness_check.tick() => {
+                // While its records wait for our store, the agent is not silent: we are not listening.
+                if in_flight.is_some() {
+                    shared.touch(&name, connection_id);
+                }
                 let gossip_sees_alive = shared.gossip_live.borrow().contains(&name);
                 let allowed = inventory::silence_allowed(shared.heartbeat_interval, gossip_sees_alive);
                 match shared.silent_for(&name) {

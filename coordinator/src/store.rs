@@ -474,6 +474,17 @@ impl StoreHandle {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Savepoint<'_>, &Path) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(work, |_: &mut T| {}).await
+    }
+
+    /// [`write`](Self::write), and `committed` runs on the writer thread right after the commit: hooks
+    /// of successive writes run in commit order (what live followers rely on).
+    pub async fn write_then<T, F, H>(&self, work: F, committed: H) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Savepoint<'_>, &Path) -> Result<T, StoreError> + Send + 'static,
+        H: FnOnce(&mut T) + Send + 'static,
+    {
         let (reply, reply_rx) = oneshot::channel();
         self.send(Command::Write(Box::new(
             move |transaction: &mut rusqlite::Transaction<'_>,
@@ -486,12 +497,16 @@ impl StoreHandle {
                     Ok(value)
                 })();
                 match outcome {
-                    Ok(value) => replies.push(Box::new(move |committed| {
-                        let _ = reply.send(committed.map(|_| value).map_err(|err| {
-                            StoreError::Transaction {
+                    Ok(mut value) => replies.push(Box::new(move |outcome| match outcome {
+                        Ok(()) => {
+                            committed(&mut value);
+                            let _ = reply.send(Ok(value));
+                        }
+                        Err(err) => {
+                            let _ = reply.send(Err(StoreError::Transaction {
                                 reason: err.to_string(),
-                            }
-                        }));
+                            }));
+                        }
                     })),
                     Err(err) => {
                         let _ = reply.send(Err(err));

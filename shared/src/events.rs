@@ -39,7 +39,7 @@ pub struct Correlation {
 }
 
 /// One stored event as `polarizer tail` and `polarizer replay` show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRow {
     /// The coordinator's sequence over all agents: `tail --since N` resumes after it.
     pub id: u64,

@@ -107,7 +107,9 @@ pub async fn serve(
 }
 
 async fn connection(stream: UnixStream, spool: SharedSpool) {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    // Replies are flushed when no more input is waiting: a pipelining writer gets them in bulk.
+    let mut write = tokio::io::BufWriter::new(write);
     // One byte over the limit is enough to know a line is too long; the rest is skipped.
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
@@ -141,6 +143,9 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
             }
         };
         if write.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+        if lines.buffer().is_empty() && write.flush().await.is_err() {
             return;
         }
     }
