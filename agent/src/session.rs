@@ -342,14 +342,14 @@ impl Connector {
         sent_up_to: &mut u64,
     ) -> Result<(), String> {
         loop {
-            let batch = self
+            let Some((frame, last)) = self
                 .spool
-                .with(|spool| spool.unsent(*sent_up_to, SEND_BATCH));
-            let Some(last) = batch.last().map(|record| record.seq) else {
+                .with(|spool| spool.unsent_frame(*sent_up_to, SEND_BATCH))
+            else {
                 return Ok(());
             };
             stream
-                .send(&ClientFrame::Agent(AgentMessage::Records(batch)))
+                .send_encoded(&frame)
                 .await
                 .map_err(|err| err.to_string())?;
             *sent_up_to = last;

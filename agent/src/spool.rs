@@ -21,6 +21,9 @@ const LOG_FILE: &str = "spool.log";
 const SEQ_FILE: &str = "spool.seq";
 /// Rewrite the log once it holds this much acknowledged data (and more than what is pending).
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
+/// Unacknowledged records kept in memory; beyond this they are only on disk until sent (the agent stays
+/// small while the coordinator is away).
+const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -41,8 +44,13 @@ pub enum SpoolError {
 }
 
 struct Pending {
-    record: Record,
+    seq: u64,
+    /// Where its frame starts in the log, and its length with the prefix.
+    offset: u64,
     bytes: u64,
+    /// Its frame (prefix included), kept in memory while the memory budget allows; otherwise read back
+    /// from the log to send.
+    frame: Option<Vec<u8>>,
 }
 
 pub struct Spool {
@@ -53,6 +61,8 @@ pub struct Spool {
     pending: VecDeque<Pending>,
     pending_bytes: u64,
     log_bytes: u64,
+    /// Bytes of the pending records held in memory.
+    memory_bytes: u64,
     limit_bytes: u64,
     /// Events and output lines dropped because the spool was full, by kind, not yet reported.
     dropped: std::collections::BTreeMap<String, u64>,
@@ -91,16 +101,24 @@ impl Spool {
         decoder.push(&bytes);
         let mut pending = VecDeque::new();
         let mut good_bytes = 0u64;
+        let mut memory_bytes = 0u64;
         while let Ok(Some(frame_bytes)) = decoder.next_frame_bytes() {
             let Ok(record) = frame::decode::<Record>(frame_bytes) else {
                 break;
             };
             let length = frame_bytes.len() as u64 + 4;
-            good_bytes += length;
+            let in_memory = memory_bytes + length <= MEMORY_BYTES;
+            if in_memory {
+                memory_bytes += length;
+            }
             pending.push_back(Pending {
-                record,
+                seq: record.seq,
+                offset: good_bytes,
                 bytes: length,
+                frame: in_memory
+                    .then(|| bytes[good_bytes as usize..(good_bytes + length) as usize].to_vec()),
             });
+            good_bytes += length;
         }
         if good_bytes < bytes.len() as u64 {
             tracing::warn!(spool = %log_path.display(), kept = good_bytes, cut = bytes.len() as u64 - good_bytes, "spool ended inside a record (the agent was killed while writing it); dropping the partial record");
@@ -111,7 +129,7 @@ impl Spool {
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
             .unwrap_or(1);
-        let after_pending = pending.back().map_or(1, |last| last.record.seq + 1);
+        let after_pending = pending.back().map_or(1, |last: &Pending| last.seq + 1);
         let pending_bytes = pending.iter().map(|entry| entry.bytes).sum();
         Ok(Spool {
             directory: directory.to_path_buf(),
@@ -120,6 +138,7 @@ impl Spool {
             pending,
             pending_bytes,
             log_bytes: good_bytes,
+            memory_bytes,
             limit_bytes,
             dropped: Default::default(),
         })
@@ -183,21 +202,29 @@ impl Spool {
         self.log.write_all(&encoded).map_err(io_error(&log_path))?;
         self.next_seq += 1;
         let bytes = encoded.len() as u64;
+        let in_memory = self.memory_bytes + bytes <= MEMORY_BYTES;
+        if in_memory {
+            self.memory_bytes += bytes;
+        }
+        self.pending.push_back(Pending {
+            seq: record.seq,
+            offset: self.log_bytes,
+            bytes,
+            frame: in_memory.then_some(encoded),
+        });
         self.log_bytes += bytes;
         self.pending_bytes += bytes;
-        self.pending.push_back(Pending { record, bytes });
         Ok(self.next_seq - 1)
     }
 
     /// The coordinator has committed everything up to `up_to`: forget it.
     pub fn acknowledge(&mut self, up_to: u64) -> Result<(), SpoolError> {
-        while self
-            .pending
-            .front()
-            .is_some_and(|entry| entry.record.seq <= up_to)
-        {
+        while self.pending.front().is_some_and(|entry| entry.seq <= up_to) {
             if let Some(entry) = self.pending.pop_front() {
                 self.pending_bytes -= entry.bytes;
+                if entry.frame.is_some() {
+                    self.memory_bytes -= entry.bytes;
+                }
             }
         }
         // A coordinator that has committed more than we ever numbered (our state dir was restored from
@@ -220,19 +247,20 @@ impl Spool {
         )?;
         let log_path = self.directory.join(LOG_FILE);
         let temporary = self.directory.join("spool.log.new");
+        self.log.flush().map_err(io_error(&log_path))?;
         let mut out = Vec::with_capacity(self.pending_bytes as usize);
-        for entry in &self.pending {
-            frame::encode_into(&entry.record, &mut out).map_err(|err| SpoolError::Encode {
-                path: log_path.clone(),
-                bytes: entry.bytes as usize,
-                reason: err.to_string(),
-            })?;
+        for index in 0..self.pending.len() {
+            let frame_bytes = self.frame_bytes(index)?;
+            let entry = &mut self.pending[index];
+            entry.offset = out.len() as u64;
+            out.extend_from_slice(&frame_bytes);
         }
         write_private(&temporary, &out)?;
         std::fs::rename(&temporary, &log_path).map_err(io_error(&log_path))?;
         self.log = std::io::BufWriter::with_capacity(
             256 * 1024,
             OpenOptions::new()
+                .read(true)
                 .append(true)
                 .open(&log_path)
                 .map_err(io_error(&log_path))?,
@@ -248,18 +276,74 @@ impl Spool {
         }
     }
 
+    /// The frame of pending record `index` as it is in the log (prefix included).
+    fn frame_bytes(&self, index: usize) -> Result<Vec<u8>, SpoolError> {
+        use std::os::unix::fs::FileExt;
+        let entry = &self.pending[index];
+        let log_path = self.directory.join(LOG_FILE);
+        match &entry.frame {
+            Some(frame) => Ok(frame.clone()),
+            None => {
+                let mut bytes = vec![0; entry.bytes as usize];
+                self.log
+                    .get_ref()
+                    .read_exact_at(&mut bytes, entry.offset)
+                    .map_err(io_error(&log_path))?;
+                Ok(bytes)
+            }
+        }
+    }
+
     /// Up to `max` pending records after sequence number `after`, in order. Anything about to be sent
     /// is first written through: a record is never sent before it is spooled.
     pub fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
         self.flush();
-        let start = self
-            .pending
-            .partition_point(|entry| entry.record.seq <= after);
-        self.pending
-            .range(start..)
-            .take(max)
-            .map(|entry| entry.record.clone())
-            .collect()
+        let start = self.pending.partition_point(|entry| entry.seq <= after);
+        let end = (start + max).min(self.pending.len());
+        let mut out = Vec::with_capacity(end - start);
+        for index in start..end {
+            let read = self.frame_bytes(index).and_then(|bytes| {
+                frame::decode::<Record>(&bytes[4..]).map_err(|err| SpoolError::Encode {
+                    path: self.directory.join(LOG_FILE),
+                    bytes: bytes.len(),
+                    reason: err.to_string(),
+                })
+            });
+            match read {
+                Ok(record) => out.push(record),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read a spooled record back");
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The next frame to send: up to `max` pending records after `after`, as one `Records` frame built
+    /// from their spooled bytes, and the last sequence number in it.
+    pub fn unsent_frame(&mut self, after: u64, max: usize) -> Option<(Vec<u8>, u64)> {
+        self.flush();
+        let start = self.pending.partition_point(|entry| entry.seq <= after);
+        let end = (start + max).min(self.pending.len());
+        let mut frames = Vec::with_capacity(end - start);
+        let mut last = None;
+        for index in start..end {
+            match self.frame_bytes(index) {
+                Ok(bytes) => {
+                    frames.push(bytes);
+                    last = Some(self.pending[index].seq);
+                }
+                Err(err) => {
+                    // Sending stops here; the records stay spooled and are tried again.
+                    tracing::error!(error = %err, "cannot read a spooled record back");
+                    break;
+                }
+            }
+        }
+        let last = last?;
+        let bodies: Vec<&[u8]> = frames.iter().map(|frame| &frame[4..]).collect();
+        Some((polarizer_shared::protocol::records_frame(&bodies), last))
     }
 
     pub fn pending_count(&self) -> usize {
@@ -443,6 +527,38 @@ mod tests {
                 100 - kept
             )]
         );
+    }
+
+    #[test]
+    fn past_the_memory_budget_records_are_read_back_from_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let line = "x".repeat(64 * 1024);
+        let count = 100; // 6.4 MiB: past the 4 MiB kept in memory
+        for index in 0..count {
+            spool.push(output(&format!("{index} {line}"))).unwrap();
+        }
+        assert!(spool.memory_bytes <= MEMORY_BYTES);
+        let lines = |spool: &mut Spool, after: u64| -> Vec<u64> {
+            spool
+                .unsent(after, 1000)
+                .iter()
+                .map(|record| record.seq)
+                .collect()
+        };
+        assert_eq!(lines(&mut spool, 0), (1..=count).collect::<Vec<_>>());
+        // Compaction keeps the on-disk ones readable, at their new offsets.
+        spool.acknowledge(10).unwrap();
+        spool.rewrite().unwrap();
+        assert_eq!(lines(&mut spool, 0), (11..=count).collect::<Vec<_>>());
+        let last = spool.unsent(count - 1, 10);
+        match &last[0].body {
+            RecordBody::Output { line: text, .. } => assert!(text.starts_with("99 x")),
+            other => panic!("{other:?}"),
+        }
+        drop(spool);
+        let mut reopened = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(lines(&mut reopened, 0), (11..=count).collect::<Vec<_>>());
     }
 
     #[test]

@@ -29,17 +29,18 @@ CREATE INDEX events_by_run ON events(run_id, agent_ms) WHERE run_id IS NOT NULL;
 ";
 
 /// An event about to be stored (its id comes from the insert).
+/// Owned, so the stored row moves into the one published to followers without a copy.
 pub struct NewEvent<'a> {
     pub agent: &'a str,
     pub seq: u64,
     pub agent_ms: i64,
     pub received_ms: i64,
-    pub kind: &'a str,
+    pub kind: String,
     pub run: Option<u64>,
     pub suite: Option<u64>,
-    pub test: &'a str,
-    pub summary: &'a str,
-    pub data: &'a str,
+    pub test: String,
+    pub summary: String,
+    pub data: String,
 }
 
 pub fn insert(
@@ -73,12 +74,12 @@ pub fn insert(
         seq: event.seq,
         agent_ms: event.agent_ms,
         received_ms: event.received_ms,
-        kind: event.kind.to_string(),
+        kind: event.kind,
         run: event.run,
         suite: event.suite,
-        test: event.test.to_string(),
-        summary: event.summary.to_string(),
-        data: event.data.to_string(),
+        test: event.test,
+        summary: event.summary,
+        data: event.data,
     })
 }
 

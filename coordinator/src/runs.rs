@@ -92,6 +92,17 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")
 }
 
+/// A JSON column decoded; a bad one is an error naming the column, never a panic.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
 fn corrupt(what: String) -> impl Fn(serde_json::Error) -> StoreError {
     move |err| StoreError::CorruptFacts {
         name: what.clone(),
@@ -499,7 +510,7 @@ pub fn ingest(
     savepoint: &Savepoint<'_>,
     path: &Path,
     agent: &str,
-    records: &[Record],
+    records: Vec<Record>,
     max_attempts: u32,
     now_ms: i64,
 ) -> Result<Ingested, StoreError> {
@@ -533,7 +544,7 @@ pub fn ingest(
             continue;
         }
         committed = record.seq;
-        match &record.body {
+        match record.body {
             RecordBody::Output {
                 suite,
                 test,
@@ -551,21 +562,21 @@ pub fn ingest(
                         seq: record.seq,
                         agent_ms: record.at_ms,
                         received_ms: now_ms,
-                        kind: crate::events::OUTPUT,
+                        kind: crate::events::OUTPUT.to_string(),
                         run: (suite.run > 0).then_some(suite.run),
                         suite: (suite.run > 0).then_some(suite.suite),
-                        test,
-                        summary: line,
-                        data: &data,
+                        test: test.clone(),
+                        summary: line.clone(),
+                        data,
                     },
                 )?;
                 effects.push(Effect::Event(row));
                 if suite.run > 0 {
                     effects.push(Effect::Update(RunUpdate::Output {
                         run: suite.run,
-                        test: test.clone(),
-                        stream: *stream,
-                        line: line.clone(),
+                        test,
+                        stream,
+                        line,
                     }));
                 }
             }
@@ -578,31 +589,31 @@ pub fn ingest(
                         seq: record.seq,
                         agent_ms: record.at_ms,
                         received_ms: now_ms,
-                        kind: &event.kind,
                         run: correlation.as_ref().map(|c| c.suite.run),
                         suite: correlation.as_ref().map(|c| c.suite.suite),
-                        test: correlation.as_ref().map_or("", |c| c.test.as_str()),
-                        summary: &event.summary,
-                        data: &event.data,
+                        test: correlation.map(|c| c.test).unwrap_or_default(),
+                        kind: event.kind,
+                        summary: event.summary,
+                        data: event.data,
                     },
                 )?;
                 effects.push(Effect::Event(row));
             }
             RecordBody::SuiteStarted { suite, versions } => {
-                if !holds(savepoint, &mut leases, *suite)? {
-                    effects.push(Effect::Stale(*suite));
+                if !holds(savepoint, &mut leases, suite)? {
+                    effects.push(Effect::Stale(suite));
                     continue;
                 }
                 savepoint
                     .execute(
                         "UPDATE suites SET versions_json = ?2 WHERE id = ?1",
-                        params![suite.suite as i64, json(versions)],
+                        params![suite.suite as i64, json(&versions)],
                     )
                     .map_err(&on_sqlite)?;
             }
             RecordBody::TestStarted { suite, test } => {
-                if !holds(savepoint, &mut leases, *suite)? {
-                    effects.push(Effect::Stale(*suite));
+                if !holds(savepoint, &mut leases, suite)? {
+                    effects.push(Effect::Stale(suite));
                     continue;
                 }
                 let changed = savepoint
@@ -667,12 +678,12 @@ pub fn ingest(
                             seq: record.seq,
                             agent_ms: record.at_ms,
                             received_ms: now_ms,
-                            kind: crate::events::RESULT,
+                            kind: crate::events::RESULT.to_string(),
                             run: Some(suite.run),
                             suite: Some(suite.suite),
-                            test: &outcome.test,
-                            summary: &summary,
-                            data: &data,
+                            test: outcome.test.clone(),
+                            summary,
+                            data,
                         },
                     )?;
                     effects.push(Effect::Event(event));
@@ -686,16 +697,16 @@ pub fn ingest(
                 }
             }
             RecordBody::SuiteFinished { suite, error } => {
-                if !holds(savepoint, &mut leases, *suite)? {
+                if !holds(savepoint, &mut leases, suite)? {
                     continue;
                 }
-                leases.insert(*suite, false);
+                leases.insert(suite, false);
                 match error {
                     // Could not run here (checkout, suite setup): another attempt, elsewhere.
                     Some(error) => effects.extend(revoke(
                         savepoint,
                         path,
-                        *suite,
+                        suite,
                         &format!("agent {agent}: {error}"),
                         max_attempts,
                         now_ms,
@@ -820,57 +831,29 @@ fn run_test_rows(
         .map_err(&on_sqlite)?;
     let rows = statement
         .query_map(params![run as i64, only], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, u32>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, Option<i64>>(7)?,
-                row.get::<_, Option<i64>>(8)?,
-                row.get::<_, String>(9)?,
-                row.get::<_, String>(10)?,
-                row.get::<_, String>(11)?,
-                row.get::<_, String>(12)?,
-            ))
+            Ok(RunTestRow {
+                test: row.get(0)?,
+                name: row.get(1)?,
+                suite: row.get::<_, i64>(2)? as u64,
+                position: row.get::<_, i64>(3)? as u32,
+                status: TestStatus::parse(&row.get::<_, String>(4)?).unwrap_or(TestStatus::Error),
+                attempt: row.get(5)?,
+                agent: row.get(6)?,
+                started_ms: row.get(7)?,
+                duration_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
+                message: row.get(9)?,
+                reasons: json_column(row, 10)?,
+                output_tail: row.get(11)?,
+                subresults: json_column(row, 12)?,
+                lost_attempts: Vec::new(),
+            })
         })
         .map_err(&on_sqlite)?;
     let mut out = Vec::new();
     for row in rows {
-        let (
-            test,
-            name,
-            suite,
-            position,
-            status,
-            attempt,
-            agent,
-            started_ms,
-            duration_ms,
-            message,
-            reasons,
-            output_tail,
-            subresults,
-        ) = row.map_err(&on_sqlite)?;
-        let what = format!("run {run} test {test}");
-        out.push(RunTestRow {
-            lost_attempts: lost.remove(&test).unwrap_or_default(),
-            status: TestStatus::parse(&status).unwrap_or(TestStatus::Error),
-            reasons: serde_json::from_str(&reasons).map_err(corrupt(what.clone()))?,
-            subresults: serde_json::from_str(&subresults).map_err(corrupt(what))?,
-            test,
-            name,
-            suite: suite as u64,
-            position: position as u32,
-            attempt,
-            agent,
-            started_ms,
-            duration_ms: duration_ms.map(|ms| ms as u64),
-            message,
-            output_tail,
-        });
+        let mut row = row.map_err(&on_sqlite)?;
+        row.lost_attempts = lost.remove(&row.test).unwrap_or_default();
+        out.push(row);
     }
     Ok(out)
 }
@@ -957,56 +940,31 @@ impl Reader {
                 .map_err(&on_sqlite)?;
             let rows = statement
                 .query_map([run as i64], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, u32>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, u32>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, Option<i64>>(8)?,
-                        row.get::<_, Option<i64>>(9)?,
-                    ))
+                    let needs: PlatformNeeds = json_column(row, 3)?;
+                    let versions: String = row.get(7)?;
+                    Ok(SuiteRow {
+                        id: row.get::<_, i64>(0)? as u64,
+                        ordinal: row.get(1)?,
+                        kind: row.get(2)?,
+                        platform: needs.kind,
+                        arch: needs.arch,
+                        distro: needs.distro,
+                        state: row.get(4)?,
+                        attempt: row.get(5)?,
+                        agent: row.get(6)?,
+                        waiting_for: String::new(),
+                        versions: if versions.is_empty() {
+                            VersionChain::default()
+                        } else {
+                            json_column(row, 7)?
+                        },
+                        started_ms: row.get(8)?,
+                        finished_ms: row.get(9)?,
+                    })
                 })
                 .map_err(&on_sqlite)?;
             for row in rows {
-                let (
-                    id,
-                    ordinal,
-                    kind,
-                    needs,
-                    state,
-                    attempt,
-                    agent,
-                    versions,
-                    started_ms,
-                    finished_ms,
-                ) = row.map_err(&on_sqlite)?;
-                let what = format!("run {run} suite {id}");
-                let needs: PlatformNeeds =
-                    serde_json::from_str(&needs).map_err(corrupt(what.clone()))?;
-                let versions: VersionChain = if versions.is_empty() {
-                    VersionChain::default()
-                } else {
-                    serde_json::from_str(&versions).map_err(corrupt(what))?
-                };
-                suites.push(SuiteRow {
-                    id: id as u64,
-                    ordinal,
-                    kind,
-                    platform: needs.kind,
-                    arch: needs.arch,
-                    distro: needs.distro,
-                    state,
-                    attempt,
-                    agent,
-                    waiting_for: String::new(),
-                    versions,
-                    started_ms,
-                    finished_ms,
-                });
+                suites.push(row.map_err(&on_sqlite)?);
             }
         }
         let tests = run_test_rows(&self.connection, &self.path, run, None)?;

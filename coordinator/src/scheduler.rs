@@ -29,7 +29,7 @@ pub async fn ingest(shared: &Shared, agent: &str, records: Vec<Record>) -> Resul
         .store
         .write_then(
             move |savepoint, path| {
-                runs::ingest(savepoint, path, &name, &records, attempts, now_ms())
+                runs::ingest(savepoint, path, &name, records, attempts, now_ms())
             },
             // Published from the writer thread, in commit order: a follower that skips ids it has
             // seen never skips one it has not.

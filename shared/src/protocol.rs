@@ -300,6 +300,24 @@ impl AgentRecord {
     }
 }
 
+/// A whole `ClientFrame::Agent(AgentMessage::Records(..))` frame (length prefix included) from records
+/// already encoded one by one (each without a prefix), as the agent's spool keeps them: sending never
+/// decodes or re-encodes a record. Byte for byte what [`crate::frame::encode`] makes of the same records.
+pub fn records_frame(encoded_records: &[&[u8]]) -> Vec<u8> {
+    let mut body = postcard::to_stdvec(&ClientFrame::Agent(AgentMessage::Records(Vec::new())))
+        .expect("a unit-like frame encodes");
+    // The empty vector's length (a single 0) is replaced by the real one.
+    body.pop();
+    body.extend(postcard::to_stdvec(&encoded_records.len()).expect("a length encodes"));
+    for record in encoded_records {
+        body.extend_from_slice(record);
+    }
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    frame
+}
+
 /// Reads the protocol version of a hello frame without decoding the rest, so a peer speaking another
 /// version gets [`Refusal::VersionMismatch`] instead of a decode error. Returns `None` when the frame is
 /// not a hello at all.
@@ -327,6 +345,37 @@ mod tests {
         let not_hello = postcard::to_stdvec(&ClientFrame::Agent(AgentMessage::Heartbeat)).unwrap();
         assert_eq!(peek_hello_version(&not_hello), None);
         assert_eq!(peek_hello_version(&[]), None);
+    }
+
+    #[test]
+    fn records_frames_built_from_encoded_records_are_the_same_bytes() {
+        use crate::run::{OutputStream, Record, RecordBody, SuiteRef};
+        for count in [0usize, 1, 3, 200] {
+            let records: Vec<Record> = (0..count)
+                .map(|index| Record {
+                    seq: index as u64 + 1,
+                    at_ms: 1_700_000_000_000 + index as i64,
+                    body: RecordBody::Output {
+                        suite: SuiteRef {
+                            run: 1,
+                            suite: 2,
+                            attempt: 1,
+                        },
+                        test: "/t".into(),
+                        stream: OutputStream::Stdout,
+                        line: format!("line {index}"),
+                    },
+                })
+                .collect();
+            let encoded: Vec<Vec<u8>> = records
+                .iter()
+                .map(|record| postcard::to_stdvec(record).unwrap())
+                .collect();
+            let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let expected =
+                crate::frame::encode(&ClientFrame::Agent(AgentMessage::Records(records))).unwrap();
+            assert_eq!(records_frame(&slices), expected, "{count} records");
+        }
     }
 
     #[test]

@@ -406,6 +406,21 @@ fn kill_9_of_the_coordinator_during_a_flood_keeps_every_event_exactly_once() {
     );
 }
 
+/// `polarizer tail ARGS` following, its output piped to the test.
+fn follower(cluster: &TestCluster, args: &[&str]) -> std::process::Child {
+    Command::new(binary("polarizer"))
+        .arg("tail")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&cluster.data_dir)
+        .arg("--coordinator")
+        .arg(cluster.quic.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start polarizer tail")
+}
+
 #[test]
 fn a_tail_that_stops_reading_does_not_slow_ingest_or_other_tails() {
     let mut cluster = TestCluster::new_coordinator_only();
@@ -423,27 +438,9 @@ fn a_tail_that_stops_reading_does_not_slow_ingest_or_other_tails() {
     let socket = cluster.path("agent-vm-1/emit.sock");
     wait_for("the event socket", DEADLINE, || socket.exists());
     // A follower whose output nobody reads: its pipe fills, then its QUIC stream stops.
-    let mut stuck = Command::new(binary("polarizer"))
-        .args(["tail", "--kind", "flood"])
-        .arg("--data-dir")
-        .arg(&cluster.data_dir)
-        .arg("--coordinator")
-        .arg(cluster.quic.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut stuck = follower(&cluster, &["--kind", "flood"]);
     // A follower that reads everything.
-    let mut reading = Command::new(binary("polarizer"))
-        .args(["tail", "--kind", "flood", "--json", "--since", "0"])
-        .arg("--data-dir")
-        .arg(&cluster.data_dir)
-        .arg("--coordinator")
-        .arg(cluster.quic.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut reading = follower(&cluster, &["--kind", "flood", "--json", "--since", "0"]);
     let reader_out = reading.stdout.take().unwrap();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

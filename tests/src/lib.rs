@@ -407,3 +407,13 @@ pub fn write_secret(path: &Path, text: &str) {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// What the benchmark binaries run on: two worker threads (the machine has two cores), the crypto
+/// provider installed.
+pub fn bench_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    polarizer_transport::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -16,9 +16,11 @@ use crate::spool::SharedSpool;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Emitted {
+struct Emitted<'a> {
     kind: String,
-    data: serde_json::Value,
+    /// Checked as JSON and kept as written: no tree is built.
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
     #[serde(default)]
     summary: Option<String>,
 }
@@ -46,7 +48,7 @@ pub fn parse(line: &[u8]) -> Result<Event, String> {
             emitted.kind
         ));
     }
-    let data = emitted.data.to_string();
+    let data = emitted.data.get().to_string();
     let summary = emitted.summary.unwrap_or_else(|| {
         let mut summary: String = data.chars().take(200).collect();
         if summary.len() < data.len() {

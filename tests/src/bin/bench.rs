@@ -16,11 +16,7 @@ use polarizer_transport::{tls, CaTrust, FramedStream};
 const RUNS: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    polarizer_transport::install_crypto_provider();
+    let runtime = bench_runtime()?;
     println!("| what | result | target |\n| --- | --- | --- |");
     liveness(&runtime)?;
     codec();

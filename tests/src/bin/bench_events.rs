@@ -15,11 +15,7 @@ use polarizer_shared::events::TailQuery;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    polarizer_transport::install_crypto_provider();
+    let runtime = bench_runtime()?;
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
     // POLARIZER_BENCH_ONLY=one|ten|latency|rss runs one of them.
     let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();

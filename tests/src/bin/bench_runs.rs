@@ -26,11 +26,7 @@ const AGENTS: usize = 10;
 const BATCH: usize = 512;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    polarizer_transport::install_crypto_provider();
+    let runtime = bench_runtime()?;
     let results: usize = std::env::var("POLARIZER_BENCH_RESULTS")
         .ok()
         .and_then(|text| text.parse().ok())
@@ -70,6 +66,21 @@ fn test_repo(root: &Path, count: usize, test: &str, extra: &str) -> anyhow::Resu
     git(root, &["init", "--quiet", "--initial-branch", "main"])?;
     git(root, &["add", "."])?;
     git(root, &["commit", "--quiet", "-m", "tests"])
+}
+
+/// A manual trigger of every test in `repo` at HEAD.
+fn everything_in(repo: &Path) -> TriggerRequest {
+    TriggerRequest {
+        repo: repo.display().to_string(),
+        git_ref: "HEAD".into(),
+        kind: TriggerKind::Manual,
+        changed: Vec::new(),
+        features: Vec::new(),
+        test_types: Vec::new(),
+        artifacts: Vec::new(),
+        all: true,
+        context: Vec::new(),
+    }
 }
 
 fn client_args(cluster: &TestCluster) -> ClientArgs {
@@ -197,17 +208,7 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     }
     ready.wait().await;
     let mut client = OperatorClient::connect(&client_args(&cluster)).await?;
-    let request = TriggerRequest {
-        repo: repo.display().to_string(),
-        git_ref: "HEAD".into(),
-        kind: TriggerKind::Manual,
-        changed: Vec::new(),
-        features: Vec::new(),
-        test_types: Vec::new(),
-        artifacts: Vec::new(),
-        all: true,
-        context: Vec::new(),
-    };
+    let request = everything_in(&repo);
     let planned = Instant::now();
     let OperatorResponse::Triggered(summary) = client
         .request(OperatorRequest::Trigger(Box::new(request)))
@@ -301,17 +302,7 @@ async fn lost_agent() -> anyhow::Result<()> {
         let repo = cluster.path("serial");
         test_repo(&repo, 6, "sleep 1", "resources:\n  modifies: [db]\n")?;
         let mut client = OperatorClient::connect(&client_args(&cluster)).await?;
-        let request = TriggerRequest {
-            repo: repo.display().to_string(),
-            git_ref: "HEAD".into(),
-            kind: TriggerKind::Manual,
-            changed: Vec::new(),
-            features: Vec::new(),
-            test_types: Vec::new(),
-            artifacts: Vec::new(),
-            all: true,
-            context: Vec::new(),
-        };
+        let request = everything_in(&repo);
         let OperatorResponse::Triggered(summary) = client
             .request(OperatorRequest::Trigger(Box::new(request)))
             .await?
