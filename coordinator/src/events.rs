@@ -43,17 +43,17 @@ pub struct NewEvent<'a> {
     pub data: String,
 }
 
+pub const INSERT: &str =
+    "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Inserts with `statement`, prepared once per batch from [`INSERT`].
 pub fn insert(
+    statement: &mut rusqlite::Statement<'_>,
     savepoint: &Savepoint<'_>,
     path: &Path,
     event: NewEvent<'_>,
 ) -> Result<EventRow, StoreError> {
-    let mut statement = savepoint
-        .prepare_cached(
-            "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(sqlite_error(path))?;
     statement
         .execute(params![
             event.agent,

@@ -539,6 +539,9 @@ pub fn ingest(
         Ok(held)
     };
     let mut finished_runs = std::collections::BTreeSet::new();
+    let mut insert_event = savepoint
+        .prepare_cached(crate::events::INSERT)
+        .map_err(&on_sqlite)?;
     for record in records {
         if record.seq <= committed {
             continue;
@@ -555,6 +558,7 @@ pub fn ingest(
                     serde_json::json!({ "stream": stream.as_str(), "attempt": suite.attempt })
                         .to_string();
                 let row = crate::events::insert(
+                    &mut insert_event,
                     savepoint,
                     path,
                     crate::events::NewEvent {
@@ -582,6 +586,7 @@ pub fn ingest(
             }
             RecordBody::Event { correlation, event } => {
                 let row = crate::events::insert(
+                    &mut insert_event,
                     savepoint,
                     path,
                     crate::events::NewEvent {
@@ -671,6 +676,7 @@ pub fn ingest(
                     })
                     .to_string();
                     let event = crate::events::insert(
+                        &mut insert_event,
                         savepoint,
                         path,
                         crate::events::NewEvent {

@@ -18,6 +18,35 @@ async fn send(stream: &mut FramedStream, response: OperatorResponse) -> Result<(
     stream.send(&ServerFrame::Operator(response)).await
 }
 
+/// Frames stay far below the frame limit whatever the events hold (custom events reach 64 KiB each).
+const FRAME_BUDGET_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sends events in as few frames as the budget allows, encoded from the rows themselves.
+async fn send_events(stream: &mut FramedStream, events: &[&EventRow]) -> Result<(), StreamError> {
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < events.len()
+            && (end == start || bytes < FRAME_BUDGET_BYTES)
+            && end - start < BATCH
+        {
+            let event = events[end];
+            bytes += 64
+                + event.agent.len()
+                + event.kind.len()
+                + event.test.len()
+                + event.summary.len()
+                + event.data.len();
+            end += 1;
+        }
+        let frame = polarizer_shared::protocol::events_frame(&events[start..end]);
+        stream.send_encoded(&frame).await?;
+        start = end;
+    }
+    Ok(())
+}
+
 async fn error(stream: &mut FramedStream, message: String) -> Result<(), StreamError> {
     send(stream, OperatorResponse::Error { message }).await
 }
@@ -49,10 +78,8 @@ pub async fn tail(
         Err(err) => return error(stream, err.to_string()).await,
     };
     let mut last_id = query.after_id.unwrap_or(0);
-    let stored: Vec<EventRow> = stored.into_iter().filter(|event| wanted(event)).collect();
-    for chunk in stored.chunks(BATCH) {
-        send(stream, OperatorResponse::Events(chunk.to_vec())).await?;
-    }
+    let stored: Vec<&EventRow> = stored.iter().filter(|event| wanted(event)).collect();
+    send_events(stream, &stored).await?;
     if let Some(last) = stored.last() {
         last_id = last_id.max(last.id);
     }
@@ -78,14 +105,15 @@ pub async fn tail(
                 Err(_) => break,
             }
         }
-        let events: Vec<EventRow> = batch
+        let events: Vec<&EventRow> = batch
             .iter()
+            .map(|event| &**event)
             .filter(|event| event.id > last_id && wanted(event))
-            .map(|event| EventRow::clone(event))
             .collect();
         if let Some(last) = events.last() {
             last_id = last.id;
-            send(stream, OperatorResponse::Events(events)).await?;
+            // Encoded from the published rows themselves: no copy per follower.
+            send_events(stream, &events).await?;
         }
         if missed > 0 {
             send(stream, OperatorResponse::Lagged { missed }).await?;
@@ -106,9 +134,8 @@ pub async fn replay(
     }
     match shared.store.read(move |reader| reader.timeline(run)).await {
         Ok(events) => {
-            for chunk in events.chunks(BATCH) {
-                send(stream, OperatorResponse::Events(chunk.to_vec())).await?;
-            }
+            let events: Vec<&EventRow> = events.iter().collect();
+            send_events(stream, &events).await?;
             send(stream, OperatorResponse::EventsEnd).await
         }
         Err(err) => error(stream, err.to_string()).await,

@@ -318,6 +318,24 @@ pub fn records_frame(encoded_records: &[&[u8]]) -> Vec<u8> {
     frame
 }
 
+/// A whole `ServerFrame::Operator(OperatorResponse::Events(..))` frame from borrowed events: a tail
+/// follower sends what the coordinator published without copying it. The same bytes as encoding an owned
+/// vector of them.
+pub fn events_frame(events: &[&crate::events::EventRow]) -> Vec<u8> {
+    let mut body =
+        postcard::to_stdvec(&ServerFrame::Operator(OperatorResponse::Events(Vec::new())))
+            .expect("an empty listing encodes");
+    body.pop();
+    body.extend(postcard::to_stdvec(&events.len()).expect("a length encodes"));
+    for event in events {
+        body = postcard::to_extend(*event, body).expect("an event encodes");
+    }
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    frame
+}
+
 /// Reads the protocol version of a hello frame without decoding the rest, so a peer speaking another
 /// version gets [`Refusal::VersionMismatch`] instead of a decode error. Returns `None` when the frame is
 /// not a hello at all.
@@ -376,6 +394,33 @@ mod tests {
                 crate::frame::encode(&ClientFrame::Agent(AgentMessage::Records(records))).unwrap();
             assert_eq!(records_frame(&slices), expected, "{count} records");
         }
+    }
+
+    #[test]
+    fn events_frames_from_borrowed_events_are_the_same_bytes() {
+        use crate::events::EventRow;
+        let events: Vec<EventRow> = (0..3)
+            .map(|index| EventRow {
+                id: index,
+                agent: "vm-1".into(),
+                kind: "app".into(),
+                run: (index > 0).then_some(7),
+                summary: format!("event {index}"),
+                data: "{}".into(),
+                ..EventRow::default()
+            })
+            .collect();
+        let borrowed: Vec<&EventRow> = events.iter().collect();
+        let expected = crate::frame::encode(&ServerFrame::Operator(OperatorResponse::Events(
+            events.clone(),
+        )))
+        .unwrap();
+        assert_eq!(events_frame(&borrowed), expected);
+        assert_eq!(
+            events_frame(&[]),
+            crate::frame::encode(&ServerFrame::Operator(OperatorResponse::Events(Vec::new())))
+                .unwrap()
+        );
     }
 
     #[test]
