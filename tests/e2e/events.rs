@@ -105,6 +105,21 @@ fn rpm(dbpath: &Path, args: &[&str]) {
     assert!(status.success(), "rpm {args:?}");
 }
 
+/// An agent with only the custom-event collector (and test output): what the flood tests need.
+fn start_quiet_agent(cluster: &mut TestCluster, name: &str) {
+    cluster.start_agent(
+        name,
+        &[
+            ("--dbus-address", "off"),
+            ("--dpkg-status", "off"),
+            ("--rpm-dbpath", "off"),
+        ],
+    );
+    wait_for(&format!("{name} online"), DEADLINE, || {
+        cluster.online_names().iter().any(|online| online == name)
+    });
+}
+
 #[test]
 fn collectors_record_dbus_files_packages_and_custom_events() {
     let mut cluster = TestCluster::new_coordinator_only();
@@ -255,17 +270,7 @@ fn collectors_record_dbus_files_packages_and_custom_events() {
 #[test]
 fn events_are_correlated_with_the_test_running_and_replayed_with_results() {
     let mut cluster = TestCluster::new_coordinator_only();
-    cluster.start_agent(
-        "vm-1",
-        &[
-            ("--dbus-address", "off"),
-            ("--dpkg-status", "off"),
-            ("--rpm-dbpath", "off"),
-        ],
-    );
-    wait_for("vm-1 online", DEADLINE, || {
-        cluster.online_names() == ["vm-1"]
-    });
+    start_quiet_agent(&mut cluster, "vm-1");
     let agent = binary("polarizer-agent");
     let repo = cluster.path("repo");
     let fmf = format!(
@@ -367,17 +372,7 @@ fn flood_numbers(cluster: &TestCluster) -> Vec<u64> {
 #[test]
 fn kill_9_of_the_coordinator_during_a_flood_keeps_every_event_exactly_once() {
     let mut cluster = TestCluster::new_coordinator_only();
-    cluster.start_agent(
-        "vm-1",
-        &[
-            ("--dbus-address", "off"),
-            ("--dpkg-status", "off"),
-            ("--rpm-dbpath", "off"),
-        ],
-    );
-    wait_for("vm-1 online", DEADLINE, || {
-        cluster.online_names() == ["vm-1"]
-    });
+    start_quiet_agent(&mut cluster, "vm-1");
     let socket = cluster.path("agent-vm-1/emit.sock");
     wait_for("the event socket", DEADLINE, || socket.exists());
     let total = 20_000;
@@ -424,19 +419,15 @@ fn follower(cluster: &TestCluster, args: &[&str]) -> std::process::Child {
 #[test]
 fn a_tail_that_stops_reading_does_not_slow_ingest_or_other_tails() {
     let mut cluster = TestCluster::new_coordinator_only();
-    cluster.start_agent(
-        "vm-1",
-        &[
-            ("--dbus-address", "off"),
-            ("--dpkg-status", "off"),
-            ("--rpm-dbpath", "off"),
-        ],
-    );
-    wait_for("vm-1 online", DEADLINE, || {
-        cluster.online_names() == ["vm-1"]
+    start_quiet_agent(&mut cluster, "vm-1");
+    start_quiet_agent(&mut cluster, "vm-2");
+    let sockets = [
+        cluster.path("agent-vm-1/emit.sock"),
+        cluster.path("agent-vm-2/emit.sock"),
+    ];
+    wait_for("the event sockets", DEADLINE, || {
+        sockets.iter().all(|socket| socket.exists())
     });
-    let socket = cluster.path("agent-vm-1/emit.sock");
-    wait_for("the event socket", DEADLINE, || socket.exists());
     // A follower whose output nobody reads: its pipe fills, then its QUIC stream stops.
     let mut stuck = follower(&cluster, &["--kind", "flood"]);
     // A follower that reads everything.
@@ -456,7 +447,19 @@ fn a_tail_that_stops_reading_does_not_slow_ingest_or_other_tails() {
         }
         let _ = seen_tx.send(seen);
     });
-    flood(&socket, 0, 30_000);
+    // Two agents at once: their batches commit interleaved, and a follower that skips the ids it has
+    // seen must still see every event (they are published in commit order).
+    let floods: Vec<_> = sockets
+        .iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            let socket = socket.clone();
+            std::thread::spawn(move || flood(&socket, index * 15_000, 15_000))
+        })
+        .collect();
+    for flooding in floods {
+        flooding.join().unwrap();
+    }
     wait_for("every event stored", DEADLINE, || {
         flood_numbers(&cluster).len() == 30_000
     });
