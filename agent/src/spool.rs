@@ -294,9 +294,10 @@ impl Spool {
         }
     }
 
-    /// Up to `max` pending records after sequence number `after`, in order. Anything about to be sent
-    /// is first written through: a record is never sent before it is spooled.
-    pub fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
+    /// Up to `max` pending records after sequence number `after`, decoded (the session sends
+    /// [`unsent_frame`](Self::unsent_frame) instead; this is how tests look inside).
+    #[cfg(test)]
+    fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
         self.flush();
         let start = self.pending.partition_point(|entry| entry.seq <= after);
         let end = (start + max).min(self.pending.len());
@@ -346,12 +347,9 @@ impl Spool {
         Some((polarizer_shared::protocol::records_frame(&bodies), last))
     }
 
-    pub fn pending_count(&self) -> usize {
+    #[cfg(test)]
+    fn pending_count(&self) -> usize {
         self.pending.len()
-    }
-
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
     }
 }
 

@@ -43,6 +43,42 @@ pub struct NewEvent<'a> {
     pub data: String,
 }
 
+impl<'a> NewEvent<'a> {
+    /// An event of `kind` from `agent`'s record `seq` (made at `agent_ms`, received at `received_ms`),
+    /// belonging to no run until [`in_run`](Self::in_run) says otherwise.
+    pub fn new(agent: &'a str, seq: u64, agent_ms: i64, received_ms: i64, kind: String) -> Self {
+        NewEvent {
+            agent,
+            seq,
+            agent_ms,
+            received_ms,
+            kind,
+            run: None,
+            suite: None,
+            test: String::new(),
+            summary: String::new(),
+            data: String::new(),
+        }
+    }
+
+    pub fn in_run(self, run: Option<u64>, suite: Option<u64>, test: String) -> Self {
+        NewEvent {
+            run,
+            suite,
+            test,
+            ..self
+        }
+    }
+
+    pub fn saying(self, summary: String, data: String) -> Self {
+        NewEvent {
+            summary,
+            data,
+            ..self
+        }
+    }
+}
+
 pub const INSERT: &str =
     "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";

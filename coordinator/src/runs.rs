@@ -547,6 +547,9 @@ pub fn ingest(
             continue;
         }
         committed = record.seq;
+        let event_of = |kind: String| {
+            crate::events::NewEvent::new(agent, record.seq, record.at_ms, now_ms, kind)
+        };
         match record.body {
             RecordBody::Output {
                 suite,
@@ -561,18 +564,13 @@ pub fn ingest(
                     &mut insert_event,
                     savepoint,
                     path,
-                    crate::events::NewEvent {
-                        agent,
-                        seq: record.seq,
-                        agent_ms: record.at_ms,
-                        received_ms: now_ms,
-                        kind: crate::events::OUTPUT.to_string(),
-                        run: (suite.run > 0).then_some(suite.run),
-                        suite: (suite.run > 0).then_some(suite.suite),
-                        test: test.clone(),
-                        summary: line.clone(),
-                        data,
-                    },
+                    event_of(crate::events::OUTPUT.to_string())
+                        .in_run(
+                            (suite.run > 0).then_some(suite.run),
+                            (suite.run > 0).then_some(suite.suite),
+                            test.clone(),
+                        )
+                        .saying(line.clone(), data),
                 )?;
                 effects.push(Effect::Event(row));
                 if suite.run > 0 {
@@ -589,18 +587,13 @@ pub fn ingest(
                     &mut insert_event,
                     savepoint,
                     path,
-                    crate::events::NewEvent {
-                        agent,
-                        seq: record.seq,
-                        agent_ms: record.at_ms,
-                        received_ms: now_ms,
-                        run: correlation.as_ref().map(|c| c.suite.run),
-                        suite: correlation.as_ref().map(|c| c.suite.suite),
-                        test: correlation.map(|c| c.test).unwrap_or_default(),
-                        kind: event.kind,
-                        summary: event.summary,
-                        data: event.data,
-                    },
+                    event_of(event.kind)
+                        .in_run(
+                            correlation.as_ref().map(|c| c.suite.run),
+                            correlation.as_ref().map(|c| c.suite.suite),
+                            correlation.map(|c| c.test).unwrap_or_default(),
+                        )
+                        .saying(event.summary, event.data),
                 )?;
                 effects.push(Effect::Event(row));
             }
@@ -679,18 +672,9 @@ pub fn ingest(
                         &mut insert_event,
                         savepoint,
                         path,
-                        crate::events::NewEvent {
-                            agent,
-                            seq: record.seq,
-                            agent_ms: record.at_ms,
-                            received_ms: now_ms,
-                            kind: crate::events::RESULT.to_string(),
-                            run: Some(suite.run),
-                            suite: Some(suite.suite),
-                            test: outcome.test.clone(),
-                            summary,
-                            data,
-                        },
+                        event_of(crate::events::RESULT.to_string())
+                            .in_run(Some(suite.run), Some(suite.suite), outcome.test.clone())
+                            .saying(summary, data),
                     )?;
                     effects.push(Effect::Event(event));
                     if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {

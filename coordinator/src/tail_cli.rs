@@ -45,7 +45,10 @@ pub fn tail_query(args: &TailArgs, now_ms: i64) -> anyhow::Result<TailQuery> {
     let (since_ms, after_id) = match args.since.as_deref() {
         None => (None, None),
         Some(text) if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) => {
-            (None, Some(text.parse::<u64>()?))
+            let id = text
+                .parse::<u64>()
+                .map_err(|err| anyhow::anyhow!("--since {text}: not an event id: {err}"))?;
+            (None, Some(id))
         }
         Some(text) => {
             let Some(seconds) = polarizer_shared::metadata::parse_duration_seconds(text) else {
