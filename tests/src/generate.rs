@@ -13,6 +13,8 @@ use std::path::Path;
 const FEATURE_AREAS: usize = 50;
 /// Sub-feature names within an area, so there are `FEATURE_AREAS * FEATURE_SUBS.len()` features.
 const FEATURE_SUBS: [&str; 2] = ["core", "cli"];
+/// How many features every generated tree declares.
+pub const FEATURE_COUNT: usize = FEATURE_AREAS * FEATURE_SUBS.len();
 /// The top-level directory holding the generated test directories.
 const TESTS_DIRECTORY: &str = "tests";
 

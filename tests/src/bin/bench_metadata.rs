@@ -2,13 +2,14 @@
 //! printed as a Markdown table for BENCHMARKS.md.
 //!
 //! Run: `cargo build -j 1 --release -p polarizer-e2e --bin bench-metadata && ./target/release/bench-metadata`
-//! (`--directories N --tests M` for a quicker run; the default is 1000 × 100 = 100,000 tests).
+//! (`--directories N --tests M` for a quicker run; the default is 1000 × 100 = 100,000 tests; `--tree DIR`
+//! writes the tree there, or reuses the one already there, and keeps it).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use polarizer_e2e::generate::write_fmf_tree;
+use polarizer_e2e::generate::{write_fmf_tree, GeneratedTree, FEATURE_COUNT};
 use polarizer_e2e::TestCluster;
 use polarizer_shared::fmf::{Context, Tree};
 
@@ -34,25 +35,34 @@ print(json.dumps({"import_fmf": imported - started, "load": finished - imported,
 struct Arguments {
     directories: usize,
     tests_per_directory: usize,
+    /// `--tree DIR`: generate the tree there (when it has none yet) and keep it, e.g. for `perf record`.
+    tree: Option<std::path::PathBuf>,
 }
 
 fn parse_arguments() -> anyhow::Result<Arguments> {
     let mut arguments = Arguments {
         directories: DEFAULT_DIRECTORIES,
         tests_per_directory: DEFAULT_TESTS_PER_DIRECTORY,
+        tree: None,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
+        if flag == "--tree" {
+            arguments.tree = Some(value.into());
+            continue;
+        }
         let number: usize = value
             .parse()
             .with_context(|| format!("{flag} {value}: not a number"))?;
         match flag.as_str() {
             "--directories" => arguments.directories = number,
             "--tests" => arguments.tests_per_directory = number,
-            other => bail!("unknown argument {other} (expected --directories N --tests M)"),
+            other => {
+                bail!("unknown argument {other} (expected --directories N --tests M --tree DIR)")
+            }
         }
     }
     Ok(arguments)
@@ -63,9 +73,18 @@ fn main() -> anyhow::Result<()> {
     let directory = tempfile::Builder::new()
         .prefix("polarizer-bench-metadata-")
         .tempdir()?;
-    let root = directory.path();
+    let root = arguments.tree.as_deref().unwrap_or(directory.path());
     let generating = Instant::now();
-    let generated = write_fmf_tree(root, arguments.directories, arguments.tests_per_directory)?;
+    // A kept tree is reused as it is: say its size with --directories and --tests.
+    let generated = if root.join(".fmf").exists() {
+        GeneratedTree {
+            directories: arguments.directories,
+            tests: arguments.directories * arguments.tests_per_directory,
+            features: FEATURE_COUNT,
+        }
+    } else {
+        write_fmf_tree(root, arguments.directories, arguments.tests_per_directory)?
+    };
     eprintln!(
         "generated {} directories, {} tests, {} features in {:.1} s under {}",
         generated.directories,
