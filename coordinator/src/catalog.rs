@@ -1,10 +1,11 @@
 //! The test catalog in SQLite: where tests came from, their metadata, and the feature graph.
-//! Written by the store's one writer (`write_import`, one savepoint per import); read with indexed queries.
+//! Written by the store's one writer (`write_import`, one transaction of its own per import); read with
+//! indexed queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use polarizer_shared::metadata::{Catalog, Feature, TestMetadata};
-use rusqlite::{params, OptionalExtension, Savepoint};
+use rusqlite::{params, OptionalExtension};
 
 pub use polarizer_shared::catalog::{FeatureRow, ImportSummary, Source, TestQuery, TestRow};
 
@@ -59,158 +60,396 @@ CREATE TABLE feature_depends (
 CREATE INDEX feature_dependents ON feature_depends(depends);
 ";
 
+/// Migration 5: tests get a stable integer key, and facets become (value id, test key) pairs in one
+/// b-tree written in key order, instead of text rows in a table and two indexes. Imports of large trees
+/// spent most of their time keeping those indexes.
+pub const MIGRATION_FACET_KEYS: &str = "
+CREATE TABLE tests_keyed (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    removed INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL,
+    test_type TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    platform_kind TEXT NOT NULL,
+    duration_seconds INTEGER NOT NULL,
+    differs_by TEXT NOT NULL DEFAULT '',
+    metadata_json TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    content_sha256 BLOB NOT NULL DEFAULT x''
+) STRICT;
+INSERT INTO tests_keyed (id, name, source_id, removed, summary, test_type, feature, tier, enabled, platform_kind,
+                         duration_seconds, differs_by, metadata_json, updated_at_ms)
+    SELECT id, name, source_id, removed, summary, test_type, feature, tier, enabled, platform_kind,
+           duration_seconds, differs_by, metadata_json, updated_at_ms FROM tests ORDER BY name;
+CREATE TABLE facet_values (
+    id INTEGER PRIMARY KEY,
+    facet TEXT NOT NULL,
+    value TEXT NOT NULL,
+    UNIQUE (facet, value)
+) STRICT;
+INSERT INTO facet_values (facet, value) SELECT DISTINCT facet, value FROM test_facets ORDER BY facet, value;
+CREATE TABLE test_facet_keys (
+    value_id INTEGER NOT NULL,
+    test_key INTEGER NOT NULL,
+    PRIMARY KEY (value_id, test_key)
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO test_facet_keys (value_id, test_key)
+    SELECT facet_values.id, tests_keyed.key FROM test_facets
+    JOIN facet_values ON facet_values.facet = test_facets.facet AND facet_values.value = test_facets.value
+    JOIN tests_keyed ON tests_keyed.id = test_facets.test_id
+    ORDER BY 1, 2;
+DROP TABLE test_facets;
+DROP TABLE tests;
+ALTER TABLE tests_keyed RENAME TO tests;
+ALTER TABLE test_facet_keys RENAME TO test_facets;
+CREATE INDEX tests_by_feature ON tests(feature) WHERE removed = 0;
+";
+
 pub struct Import {
     pub source: Source,
     pub catalog: Catalog,
-    /// Test id → the `when` conditions on distro of its adjust rules (its metadata differs by distro).
-    pub differs_by: BTreeMap<String, Vec<String>>,
+    /// One per `catalog.tests`, in the same order: the stored form, worked out off the writer thread.
+    pub rows: Vec<TestRowData>,
     pub now_ms: i64,
+}
+
+/// What the store writes for one test, computed before the writer sees it.
+pub struct TestRowData {
+    pub metadata_json: String,
+    /// The `when` conditions on distro of its adjust rules, `; `-separated: its metadata differs by distro.
+    pub differs_by: String,
+    /// sha256 of everything stored about the test: a re-import leaves a test whose digest is unchanged alone.
+    pub digest: Vec<u8>,
+    pub facets: Vec<(&'static str, String)>,
+}
+
+impl TestRowData {
+    pub fn new(test: &TestMetadata, differs_by: String) -> TestRowData {
+        let metadata_json = serde_json::to_string(test).expect("metadata serializes");
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(metadata_json.as_bytes());
+        digest.update(&[0]);
+        digest.update(differs_by.as_bytes());
+        TestRowData {
+            digest: digest.finish().as_ref().to_vec(),
+            facets: facets(test),
+            metadata_json,
+            differs_by,
+        }
+    }
 }
 
 /// Facets: one row per (test, kind, value), for every multi-valued filter.
 fn facets(test: &TestMetadata) -> Vec<(&'static str, String)> {
     let mut rows = Vec::new();
-    rows.extend(test.tags.iter().map(|tag| ("tag", tag.clone())));
-    rows.extend(
-        test.components
-            .iter()
-            .map(|component| ("component", component.clone())),
-    );
+    let mut add = |kind: &'static str, values: &[String]| {
+        rows.extend(values.iter().map(|value| (kind, value.clone())));
+    };
+    add("tag", &test.tags);
+    add("component", &test.components);
+    add("needs", &test.resources.needs);
+    add("creates", &test.resources.creates);
+    add("modifies", &test.resources.modifies);
+    add("after", &test.after);
+    add("arch", &test.platform.arch);
+    add("distro", &test.platform.distro);
     rows.extend(
         test.links
             .iter()
             .map(|link| ("link", format!("{}:{}", link.relation, link.target))),
     );
-    rows.extend(
-        test.resources
-            .needs
-            .iter()
-            .map(|resource| ("needs", resource.clone())),
-    );
-    rows.extend(
-        test.resources
-            .creates
-            .iter()
-            .map(|resource| ("creates", resource.clone())),
-    );
-    rows.extend(
-        test.resources
-            .modifies
-            .iter()
-            .map(|resource| ("modifies", resource.clone())),
-    );
-    rows.extend(test.after.iter().map(|after| ("after", after.clone())));
-    rows.extend(test.platform.arch.iter().map(|arch| ("arch", arch.clone())));
-    rows.extend(
-        test.platform
-            .distro
-            .iter()
-            .map(|distro| ("distro", distro.clone())),
-    );
     rows
 }
 
+/// A test's row, as bound to the `tests` columns.
+struct StoredTest<'a> {
+    key: i64,
+    source_id: i64,
+    now_ms: i64,
+    test: &'a TestMetadata,
+    row: &'a TestRowData,
+    test_type: &'static str,
+    platform_kind: &'static str,
+    duration_seconds: i64,
+}
+
+impl<'a> StoredTest<'a> {
+    const WIDTH: usize = 15;
+
+    fn new(
+        key: i64,
+        source_id: i64,
+        now_ms: i64,
+        test: &'a TestMetadata,
+        row: &'a TestRowData,
+    ) -> StoredTest<'a> {
+        StoredTest {
+            key,
+            source_id,
+            now_ms,
+            test,
+            row,
+            test_type: test.test_type.map(|kind| kind.as_str()).unwrap_or(""),
+            platform_kind: test.platform.kind.map(|kind| kind.as_str()).unwrap_or(""),
+            duration_seconds: test.duration_seconds as i64,
+        }
+    }
+
+    /// key, id, name, summary, test_type, feature, tier, enabled, platform_kind, duration_seconds,
+    /// differs_by, metadata_json, content_sha256, source_id, updated_at_ms: the columns `insert_rows`
+    /// names and the update's ?1 to ?15.
+    fn bind<'s>(&'s self, values: &mut Vec<&'s dyn rusqlite::ToSql>) {
+        values.extend([
+            &self.key as &dyn rusqlite::ToSql,
+            &self.test.id,
+            &self.test.name,
+            &self.test.summary,
+            &self.test_type,
+            &self.test.feature,
+            &self.test.tier,
+            &self.test.enabled,
+            &self.platform_kind,
+            &self.duration_seconds,
+            &self.row.differs_by,
+            &self.row.metadata_json,
+            &self.row.digest,
+            &self.source_id,
+            &self.now_ms,
+        ]);
+    }
+}
+
+/// A stored test as the import compares it.
+struct Existing {
+    key: i64,
+    source_id: i64,
+    removed: bool,
+    digest: Vec<u8>,
+}
+
 /// Replaces what `import.source` said before with what it says now. Tests it no longer has are marked
-/// removed (results will refer to them), never deleted.
-pub fn write_import(savepoint: &Savepoint<'_>, import: &Import) -> rusqlite::Result<ImportSummary> {
+/// removed (results will refer to them), never deleted; tests whose stored form is unchanged are not
+/// touched, so re-importing a large tree after a small change writes little.
+pub fn write_import(
+    transaction: &rusqlite::Transaction<'_>,
+    import: &Import,
+) -> rusqlite::Result<ImportSummary> {
     let source = &import.source;
-    savepoint.execute(
+    transaction.execute(
         "INSERT INTO sources (location, git_ref, git_commit, tree_path, imported_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(location) DO UPDATE SET git_ref = ?2, git_commit = ?3, tree_path = ?4, imported_at_ms = ?5",
         params![source.location, source.git_ref, source.git_commit, source.tree_path, import.now_ms],
     )?;
-    let source_id: i64 = savepoint.query_row(
+    let source_id: i64 = transaction.query_row(
         "SELECT id FROM sources WHERE location = ?1",
         [&source.location],
         |row| row.get(0),
     )?;
-    let previously_present: i64 = savepoint.query_row(
-        "SELECT count(*) FROM tests WHERE source_id = ?1 AND removed = 0",
-        [source_id],
-        |row| row.get(0),
-    )?;
-    savepoint.execute(
-        "UPDATE tests SET removed = 1 WHERE source_id = ?1",
-        [source_id],
-    )?;
-    savepoint.execute(
-        "DELETE FROM test_facets WHERE test_id IN (SELECT id FROM tests WHERE source_id = ?1)",
-        [source_id],
-    )?;
-    let mut added = 0u64;
+    // Ids are unique across sources: a test may move from one source to another.
+    let mut existing: HashMap<String, Existing> = HashMap::new();
     {
-        let mut existed = savepoint.prepare_cached("SELECT removed FROM tests WHERE id = ?1")?;
-        let mut upsert = savepoint.prepare_cached(
-            "INSERT INTO tests (id, name, source_id, removed, summary, test_type, feature, tier, enabled, platform_kind,
-                                duration_seconds, differs_by, metadata_json, updated_at_ms)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT(id) DO UPDATE SET name = ?2, source_id = ?3, removed = 0, summary = ?4, test_type = ?5,
-                feature = ?6, tier = ?7, enabled = ?8, platform_kind = ?9, duration_seconds = ?10, differs_by = ?11,
-                metadata_json = ?12, updated_at_ms = ?13",
+        let mut statement =
+            transaction.prepare("SELECT id, key, source_id, removed, content_sha256 FROM tests")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            existing.insert(
+                row.get(0)?,
+                Existing {
+                    key: row.get(1)?,
+                    source_id: row.get(2)?,
+                    removed: row.get(3)?,
+                    digest: row.get(4)?,
+                },
+            );
+        }
+    }
+    let mut facet_ids = FacetIds::load(transaction)?;
+    let mut new_pairs: Vec<(i64, i64)> = Vec::new();
+    let mut summary = ImportSummary {
+        tests: import.catalog.tests.len() as u64,
+        features: import.catalog.features.len() as u64,
+        ..ImportSummary::default()
+    };
+    let mut present: HashSet<i64> = HashSet::with_capacity(import.catalog.tests.len());
+    // New tests get the next keys, in tree order: their rows append to the table.
+    let mut next_key: i64 =
+        transaction.query_row("SELECT coalesce(max(key), 0) + 1 FROM tests", [], |row| {
+            row.get(0)
+        })?;
+    let mut new_tests: Vec<StoredTest<'_>> = Vec::new();
+    {
+        let mut update = transaction.prepare_cached(
+            "UPDATE tests SET id = ?2, name = ?3, summary = ?4, test_type = ?5, feature = ?6, tier = ?7, enabled = ?8,
+                platform_kind = ?9, duration_seconds = ?10, differs_by = ?11, metadata_json = ?12,
+                content_sha256 = ?13, source_id = ?14, updated_at_ms = ?15, removed = 0
+             WHERE key = ?1",
         )?;
-        let mut facet = savepoint.prepare_cached(
-            "INSERT INTO test_facets (test_id, facet, value) VALUES (?1, ?2, ?3)",
-        )?;
-        for test in &import.catalog.tests {
-            let was_present: Option<i64> =
-                existed.query_row([&test.id], |row| row.get(0)).optional()?;
-            if was_present.is_none() {
-                added += 1;
+        let mut old_json =
+            transaction.prepare_cached("SELECT metadata_json FROM tests WHERE key = ?1")?;
+        let mut drop_facet = transaction
+            .prepare_cached("DELETE FROM test_facets WHERE value_id = ?1 AND test_key = ?2")?;
+        for (test, row) in import.catalog.tests.iter().zip(&import.rows) {
+            let Some(before) = existing.get(&test.id) else {
+                new_tests.push(StoredTest::new(
+                    next_key,
+                    source_id,
+                    import.now_ms,
+                    test,
+                    row,
+                ));
+                for (kind, value) in &row.facets {
+                    new_pairs.push((facet_ids.get_or_insert(transaction, kind, value)?, next_key));
+                }
+                next_key += 1;
+                summary.added += 1;
+                continue;
+            };
+            present.insert(before.key);
+            let unchanged = before.digest == row.digest;
+            if unchanged && before.source_id == source_id && !before.removed {
+                continue;
             }
-            let differs = import
-                .differs_by
-                .get(&test.id)
-                .map(|conditions| conditions.join("; "))
-                .unwrap_or_default();
-            upsert.execute(params![
-                test.id,
-                test.name,
-                source_id,
-                test.summary,
-                test.test_type.map(|kind| kind.as_str()).unwrap_or(""),
-                test.feature,
-                test.tier,
-                test.enabled,
-                test.platform.kind.map(|kind| kind.as_str()).unwrap_or(""),
-                test.duration_seconds as i64,
-                differs,
-                serde_json::to_string(test).expect("metadata serializes"),
-                import.now_ms,
-            ])?;
-            for (kind, value) in facets(test) {
-                facet.execute(params![test.id, kind, value])?;
+            if !unchanged {
+                summary.changed += 1;
+                // The facets the stored metadata gave it go; the new ones are added below.
+                let json: String = old_json.query_row([before.key], |row| row.get(0))?;
+                if let Ok(old) = serde_json::from_str::<TestMetadata>(&json) {
+                    for (kind, value) in facets(&old) {
+                        if let Some(id) = facet_ids.get(kind, &value) {
+                            drop_facet.execute([id, before.key])?;
+                        }
+                    }
+                }
+                for (kind, value) in &row.facets {
+                    new_pairs.push((
+                        facet_ids.get_or_insert(transaction, kind, value)?,
+                        before.key,
+                    ));
+                }
+            }
+            let stored = StoredTest::new(before.key, source_id, import.now_ms, test, row);
+            let mut values = Vec::with_capacity(StoredTest::WIDTH);
+            stored.bind(&mut values);
+            update.execute(values.as_slice())?;
+        }
+    }
+    crate::store::insert_rows(
+        transaction,
+        "INSERT INTO tests (key, id, name, summary, test_type, feature, tier, enabled, platform_kind,
+                            duration_seconds, differs_by, metadata_json, content_sha256, source_id, updated_at_ms)",
+        StoredTest::WIDTH,
+        &new_tests,
+        |stored, values| stored.bind(values),
+    )?;
+    // Facet pairs in key order: each lands next to the one before it in the b-tree.
+    new_pairs.sort_unstable();
+    new_pairs.dedup();
+    crate::store::insert_rows(
+        transaction,
+        "INSERT OR IGNORE INTO test_facets (value_id, test_key)",
+        2,
+        &new_pairs,
+        |(value_id, key), values| {
+            values.push(value_id);
+            values.push(key);
+        },
+    )?;
+    {
+        let mut mark_removed =
+            transaction.prepare_cached("UPDATE tests SET removed = 1 WHERE key = ?1")?;
+        for before in existing.values() {
+            if before.source_id == source_id && !before.removed && !present.contains(&before.key) {
+                mark_removed.execute([before.key])?;
+                summary.removed += 1;
             }
         }
     }
-    savepoint.execute(
+    transaction.execute(
         "UPDATE features SET removed = 1 WHERE source_id = ?1",
         [source_id],
     )?;
-    savepoint.execute(
+    transaction.execute(
         "DELETE FROM feature_depends WHERE feature IN (SELECT name FROM features WHERE source_id = ?1)",
         [source_id],
     )?;
     for feature in &import.catalog.features {
-        savepoint.execute(
+        transaction.execute(
             "INSERT INTO features (name, source_id, removed, description, paths_json) VALUES (?1, ?2, 0, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET source_id = ?2, removed = 0, description = ?3, paths_json = ?4",
             params![feature.name, source_id, feature.description, serde_json::to_string(&feature.paths).expect("paths serialize")],
         )?;
         for depends in &feature.depends {
-            savepoint.execute(
+            transaction.execute(
                 "INSERT OR IGNORE INTO feature_depends (feature, depends) VALUES (?1, ?2)",
                 params![feature.name, depends],
             )?;
         }
     }
-    let present = import.catalog.tests.len() as u64;
-    let kept = present - added;
-    Ok(ImportSummary {
-        tests: present,
-        features: import.catalog.features.len() as u64,
-        added,
-        removed: (previously_present as u64).saturating_sub(kept),
-    })
+    Ok(summary)
+}
+
+/// Facet (kind, value) → its id in `facet_values`, loaded once per import.
+struct FacetIds {
+    ids: HashMap<&'static str, HashMap<String, i64>>,
+}
+
+/// Every facet kind `facets` produces, to turn a stored kind back into a `&'static str`.
+const FACET_KINDS: [&str; 9] = [
+    "tag",
+    "component",
+    "needs",
+    "creates",
+    "modifies",
+    "after",
+    "arch",
+    "distro",
+    "link",
+];
+
+impl FacetIds {
+    fn load(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<FacetIds> {
+        let mut ids = HashMap::new();
+        let mut statement = transaction.prepare("SELECT id, facet, value FROM facet_values")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let facet: String = row.get(1)?;
+            if let Some(kind) = FACET_KINDS.iter().find(|kind| **kind == facet) {
+                ids.entry(*kind)
+                    .or_insert_with(HashMap::new)
+                    .insert(row.get(2)?, row.get(0)?);
+            }
+        }
+        Ok(FacetIds { ids })
+    }
+
+    fn get(&self, kind: &'static str, value: &str) -> Option<i64> {
+        self.ids.get(kind)?.get(value).copied()
+    }
+
+    fn get_or_insert(
+        &mut self,
+        transaction: &rusqlite::Transaction<'_>,
+        kind: &'static str,
+        value: &str,
+    ) -> rusqlite::Result<i64> {
+        if let Some(id) = self.get(kind, value) {
+            return Ok(id);
+        }
+        transaction
+            .prepare_cached("INSERT INTO facet_values (facet, value) VALUES (?1, ?2)")?
+            .execute([kind, value])?;
+        let id = transaction.last_insert_rowid();
+        self.ids
+            .entry(kind)
+            .or_default()
+            .insert(value.to_string(), id);
+        Ok(id)
+    }
 }
 
 /// Features reachable by following `depends` backwards from ?1: the feature and all its dependents.
@@ -253,7 +492,8 @@ impl Reader {
                     .collect::<Vec<_>>()
                     .join(", ");
                 conditions.push(format!(
-                    "tests.id IN (SELECT test_id FROM test_facets WHERE facet IN ({kinds}) AND value = ?{})",
+                    "tests.key IN (SELECT test_key FROM test_facets WHERE value_id IN
+                        (SELECT id FROM facet_values WHERE facet IN ({kinds}) AND value = ?{}))",
                     values.len()
                 ));
             }
@@ -272,9 +512,11 @@ impl Reader {
                 values.push(value.clone());
                 let index = values.len();
                 conditions.push(format!(
-                    "(NOT EXISTS (SELECT 1 FROM test_facets WHERE test_id = tests.id AND facet = '{kind}')
-                      OR EXISTS (SELECT 1 FROM test_facets WHERE test_id = tests.id AND facet = '{kind}'
-                        AND (value = ?{index} OR ?{index} LIKE value || '-%' OR ?{index} LIKE value || '.%')))"
+                    "(tests.key NOT IN (SELECT test_key FROM test_facets WHERE value_id IN
+                         (SELECT id FROM facet_values WHERE facet = '{kind}'))
+                      OR tests.key IN (SELECT test_key FROM test_facets WHERE value_id IN
+                         (SELECT id FROM facet_values WHERE facet = '{kind}'
+                          AND (value = ?{index} OR ?{index} LIKE value || '-%' OR ?{index} LIKE value || '.%'))))"
                 ));
             }
         }
@@ -292,7 +534,8 @@ impl Reader {
                 format!("value LIKE '%:' || ?{index}")
             };
             conditions.push(format!(
-                "tests.id IN (SELECT test_id FROM test_facets WHERE facet = 'link' AND {matcher})"
+                "tests.key IN (SELECT test_key FROM test_facets WHERE value_id IN
+                    (SELECT id FROM facet_values WHERE facet = 'link' AND {matcher}))"
             ));
         }
         if query.differs_by_distro {

@@ -501,10 +501,11 @@ fn print_catalog_response(response: OperatorResponse, json: bool) -> anyhow::Res
                     format!(" at {}", &source.git_commit)
                 };
                 println!(
-                    "imported {}{commit}: {} tests ({} new, {} removed), {} features",
+                    "imported {}{commit}: {} tests ({} new, {} changed, {} removed), {} features",
                     source.location,
                     summary.tests,
                     summary.added,
+                    summary.changed,
                     summary.removed,
                     summary.features
                 );

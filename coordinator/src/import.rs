@@ -2,15 +2,14 @@
 //! (system `git`). Reads and checks everything before the store sees any of it, so a bad tree changes
 //! nothing stored.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use polarizer_shared::catalog::Source;
-use polarizer_shared::fmf::{Context, FmfValue, Tree};
-use polarizer_shared::metadata::Catalog;
+use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
+use polarizer_shared::metadata::{Catalog, CatalogItem};
 
-use crate::catalog::Import;
+use crate::catalog::{Import, TestRowData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -57,7 +56,7 @@ pub fn prepare(
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
         (path.to_path_buf(), commit, None)
     };
-    let (catalog, differs_by) = load_catalog(&tree_path, context)?;
+    let (catalog, rows) = load_catalog(&tree_path, context)?;
     let source = Source {
         location: location.to_string(),
         git_ref: git_ref.to_string(),
@@ -67,41 +66,45 @@ pub fn prepare(
     Ok(Import {
         source,
         catalog,
-        differs_by,
+        rows,
         now_ms,
     })
 }
 
-/// Reads, adjusts and checks the tree at `tree_path`; also says which tests differ by distro.
+/// Reads, adjusts and checks the tree at `tree_path`, with each test's stored form (which also says
+/// whether its metadata differs by distro). Nodes are read on every core and not kept.
 pub fn load_catalog(
     tree_path: &Path,
     context: &[(String, String)],
-) -> Result<(Catalog, BTreeMap<String, Vec<String>>), ImportError> {
-    let mut tree = Tree::load(tree_path)?;
+) -> Result<(Catalog, Vec<TestRowData>), ImportError> {
     let mut fmf_context = Context::new();
     for (key, value) in context {
         fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
     }
-    tree.adjust(&fmf_context)?;
-    let catalog = Catalog::from_tree(&tree)?;
-    // Adjust rules stay in each node's (inherited) data: a test differs by distro when one conditions on it.
-    let nodes_by_name: std::collections::HashMap<&str, &polarizer_shared::fmf::Node> = tree
-        .nodes()
-        .iter()
-        .map(|node| (node.name(), node))
-        .collect();
-    let differs_by: BTreeMap<String, Vec<String>> = catalog
-        .tests
-        .iter()
-        .filter_map(|test| {
-            let conditions = nodes_by_name
-                .get(test.name.as_str())
-                .map(|node| distro_conditions(node))
-                .unwrap_or_default();
-            (!conditions.is_empty()).then(|| (test.id.clone(), conditions))
-        })
-        .collect();
-    Ok((catalog, differs_by))
+    let root = std::path::absolute(tree_path).unwrap_or_else(|_| tree_path.to_owned());
+    let visited =
+        Tree::load_and_visit(tree_path, &fmf_context, &AdjustOptions::default(), |node| {
+            let item = CatalogItem::of_node(node, &root)?;
+            // Adjust rules stay in each node's (inherited) data: a test differs by distro when one
+            // conditions on it.
+            let row = match &item {
+                Some(CatalogItem::Test(test)) => {
+                    Some(TestRowData::new(test, distro_conditions(node).join("; ")))
+                }
+                _ => None,
+            };
+            Ok((item, row))
+        })?;
+    let mut rows = Vec::new();
+    let catalog = Catalog::from_items(visited.into_iter().map(
+        |visited: Result<_, polarizer_shared::metadata::MetadataError>| {
+            visited.map(|(item, row)| {
+                rows.extend(row);
+                item
+            })
+        },
+    ))?;
+    Ok((catalog, rows))
 }
 
 /// The `when` conditions of a node's adjust rules that look at the distro.

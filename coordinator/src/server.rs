@@ -246,7 +246,7 @@ impl Shared {
         match self.store.import_catalog(import).await {
             Ok(summary) => {
                 let store_ms = storing.elapsed().as_millis() as u64;
-                info!(source = %source.location, tests = summary.tests, added = summary.added, removed = summary.removed, prepare_ms, store_ms, "catalog imported");
+                info!(source = %source.location, tests = summary.tests, added = summary.added, changed = summary.changed, removed = summary.removed, prepare_ms, store_ms, "catalog imported");
                 OperatorResponse::Imported { source, summary }
             }
             Err(err) => OperatorResponse::Error {

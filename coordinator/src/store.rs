@@ -29,6 +29,8 @@ const MIGRATIONS: &[&str] = &[
     crate::runs::MIGRATION,
     // 4: the event log (see events.rs).
     crate::events::MIGRATION,
+    // 5: integer test keys and facet pairs (see catalog.rs).
+    crate::catalog::MIGRATION_FACET_KEYS,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -146,6 +148,31 @@ impl Store {
     }
 }
 
+/// Inserts `rows` with multi-row `INSERT`s (`head` is `INSERT INTO t (a, b, …)`, `width` its column
+/// count): one statement step per few hundred rows instead of one per row. `bind` adds a row's values.
+pub fn insert_rows<R>(
+    connection: &Connection,
+    head: &str,
+    width: usize,
+    rows: &[R],
+    bind: impl for<'a> Fn(&'a R, &mut Vec<&'a dyn rusqlite::ToSql>),
+) -> rusqlite::Result<()> {
+    // SQLite binds at most 32,766 parameters per statement.
+    let per_statement = (32_766 / width.max(1)).clamp(1, 256);
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(per_statement * width);
+    for chunk in rows.chunks(per_statement) {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        let sql = format!("{head} VALUES {}", vec![row; chunk.len()].join(", "));
+        let mut statement = connection.prepare_cached(&sql)?;
+        values.clear();
+        for row in chunk {
+            bind(row, &mut values);
+        }
+        statement.execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
 pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -156,7 +183,7 @@ pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreErro
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let connection = Connection::open(path).map_err(sqlite_error(path))?;
     connection
-        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536;")
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")
         .map_err(sqlite_error(path))?;
     Ok(connection)
 }
@@ -260,22 +287,52 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
                 break;
             }
         }
-        let mut replies: Vec<Reply> = Vec::new();
-        let outcome = (|| -> Result<(), StoreError> {
-            let mut transaction = connection.transaction().map_err(sqlite_error(&path))?;
-            for command in batch {
-                apply(&mut transaction, command, &path, &mut replies)?;
+        // An import is a transaction of its own: one savepoint around it would journal every page it
+        // changes. The commands before it commit first, those after it in the next transaction.
+        let mut commands = batch.into_iter().peekable();
+        while commands.peek().is_some() {
+            if let Some(Command::ImportCatalog { .. }) = commands.peek() {
+                if let Some(Command::ImportCatalog { import, reply }) = commands.next() {
+                    import_catalog(&mut connection, &import, reply, &path);
+                }
+                continue;
             }
-            transaction.commit().map_err(sqlite_error(&path))
-        })();
-        if let Err(err) = &outcome {
-            tracing::error!(error = %err, "store transaction failed; its commands are rolled back");
-        }
-        // Replies go out only after the commit, so a caller never acts on uncommitted state.
-        for reply in replies {
-            reply(outcome.as_ref().map(|_| ()));
+            let mut replies: Vec<Reply> = Vec::new();
+            let outcome = (|| -> Result<(), StoreError> {
+                let mut transaction = connection.transaction().map_err(sqlite_error(&path))?;
+                while let Some(command) =
+                    commands.next_if(|command| !matches!(command, Command::ImportCatalog { .. }))
+                {
+                    apply(&mut transaction, command, &path, &mut replies)?;
+                }
+                transaction.commit().map_err(sqlite_error(&path))
+            })();
+            if let Err(err) = &outcome {
+                tracing::error!(error = %err, "store transaction failed; its commands are rolled back");
+            }
+            // Replies go out only after the commit, so a caller never acts on uncommitted state.
+            for reply in replies {
+                reply(outcome.as_ref().map(|_| ()));
+            }
         }
     }
+}
+
+/// Stores an import all or nothing, replying after the commit.
+fn import_catalog(
+    connection: &mut Connection,
+    import: &crate::catalog::Import,
+    reply: oneshot::Sender<Result<crate::catalog::ImportSummary, StoreError>>,
+    path: &Path,
+) {
+    let outcome = (|| {
+        let transaction = connection.transaction().map_err(sqlite_error(path))?;
+        let summary =
+            crate::catalog::write_import(&transaction, import).map_err(sqlite_error(path))?;
+        transaction.commit().map_err(sqlite_error(path))?;
+        Ok(summary)
+    })();
+    let _ = reply.send(outcome);
 }
 
 fn apply(
@@ -374,26 +431,13 @@ fn apply(
         }
         Command::Write(work) => work(transaction, path, replies),
         Command::ImportCatalog { import, reply } => {
-            // A savepoint of its own: a failed import changes nothing, and takes no other write with it.
-            let outcome = (|| {
-                let savepoint = transaction.savepoint().map_err(&on_sqlite)?;
-                let summary =
-                    crate::catalog::write_import(&savepoint, &import).map_err(&on_sqlite)?;
-                savepoint.commit().map_err(&on_sqlite)?;
-                Ok(summary)
-            })();
-            match outcome {
-                Ok(summary) => replies.push(Box::new(move |committed| {
-                    let _ = reply.send(committed.map(|_| summary).map_err(|err| {
-                        StoreError::Transaction {
-                            reason: err.to_string(),
-                        }
-                    }));
-                })),
-                Err(err) => {
-                    let _ = reply.send(Err(err));
-                }
-            }
+            // run_writer gives imports a transaction of their own; one arriving here is stored alone.
+            let _ = reply.send(Err(StoreError::Transaction {
+                reason: format!(
+                    "import of {} reached a shared transaction",
+                    import.source.location
+                ),
+            }));
         }
     }
     Ok(())
@@ -704,6 +748,50 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.credential_sha256, "digest");
+    }
+
+    /// A catalog stored under schema 4 (text facet rows) reads the same after migration 5.
+    #[test]
+    fn facets_survive_the_migration_to_test_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polarizer.db");
+        let connection = open_connection(&path).unwrap();
+        for migration in &MIGRATIONS[..4] {
+            connection.execute_batch(migration).unwrap();
+        }
+        connection
+            .execute_batch(
+                "PRAGMA user_version = 4;
+                 INSERT INTO sources (id, location, tree_path, imported_at_ms) VALUES (1, '/tree', '/tree', 1);
+                 INSERT INTO tests (id, name, source_id, summary, test_type, feature, tier, enabled, platform_kind,
+                                    duration_seconds, metadata_json, updated_at_ms)
+                 VALUES ('/b', '/b', 1, '', '', '', '', 1, '', 1, '{}', 1),
+                        ('/a', '/a', 1, '', '', '', '', 1, '', 1, '{}', 1);
+                 INSERT INTO test_facets VALUES ('/a', 'tag', 'smoke'), ('/b', 'tag', 'smoke'),
+                                                ('/b', 'arch', 'x86_64');",
+            )
+            .unwrap();
+        drop(connection);
+        let (store, _writer) = Store::open(&path).unwrap();
+        let reader = store.reader().unwrap();
+        let names = |query: crate::catalog::TestQuery| -> Vec<String> {
+            reader
+                .tests(&query)
+                .unwrap()
+                .into_iter()
+                .map(|test| test.name)
+                .collect()
+        };
+        let query = crate::catalog::TestQuery {
+            tag: Some("smoke".into()),
+            ..Default::default()
+        };
+        assert_eq!(names(query), ["/a", "/b"]);
+        let query = crate::catalog::TestQuery {
+            arch: Some("aarch64".into()),
+            ..Default::default()
+        };
+        assert_eq!(names(query), ["/a"], "/b needs x86_64");
     }
 
     #[test]

@@ -113,14 +113,13 @@ pub fn plan(
     let commit = import::git(&checkout, &["rev-parse", "HEAD"], "rev-parse", &fetch_url)
         .map_err(Box::new)?;
     let tree_root = checkout.join(&tree_path);
-    let (catalog, differs_by) =
-        import::load_catalog(&tree_root, &request.context).map_err(|source| {
-            TriggerError::Tree {
-                repo: request.repo.clone(),
-                git_ref: git_ref.clone(),
-                source: Box::new(source),
-            }
-        })?;
+    let (catalog, rows) = import::load_catalog(&tree_root, &request.context).map_err(|source| {
+        TriggerError::Tree {
+            repo: request.repo.clone(),
+            git_ref: git_ref.clone(),
+            source: Box::new(source),
+        }
+    })?;
 
     let test_types: Vec<TestType> = if request.test_types.is_empty() {
         config.default_types(request.kind).to_vec()
@@ -226,7 +225,7 @@ pub fn plan(
             tree_path: tree_root.display().to_string(),
         },
         catalog,
-        differs_by,
+        rows,
         now_ms,
     };
     Ok(Planned {

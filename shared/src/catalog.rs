@@ -20,6 +20,8 @@ pub struct ImportSummary {
     pub features: u64,
     pub added: u64,
     pub removed: u64,
+    /// Tests already stored whose metadata changed (the others were left as they were).
+    pub changed: u64,
 }
 
 /// Filters of `polarizer tests list`; every one given must hold.

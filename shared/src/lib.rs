@@ -10,6 +10,7 @@ pub mod frame;
 pub mod junit;
 pub mod membership;
 pub mod metadata;
+pub mod parallel;
 pub mod protocol;
 pub mod run;
 

@@ -182,6 +182,39 @@ pub enum MetadataError {
     },
 }
 
+/// What one node of an adjusted tree is to Polarizer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CatalogItem {
+    Test(Box<TestMetadata>),
+    Feature(Feature),
+}
+
+impl CatalogItem {
+    /// A test (a selected node with a `test` key, as tmt finds them) or a feature (a leaf under
+    /// `/features`), read and checked; `None` for any other node. `root` is the tree's root directory.
+    pub fn of_node(
+        node: &Node,
+        root: &std::path::Path,
+    ) -> Result<Option<CatalogItem>, MetadataError> {
+        match node.name().strip_prefix(FEATURES_NODE) {
+            Some(rest) if rest.starts_with('/') => {
+                if node.is_leaf() {
+                    Ok(Some(CatalogItem::Feature(feature_from_node(
+                        node,
+                        &rest[1..],
+                    )?)))
+                } else {
+                    Ok(None)
+                }
+            }
+            _ if node.is_selected() && node.data().contains_key("test") => Ok(Some(
+                CatalogItem::Test(Box::new(test_from_node(node, root)?)),
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Everything an adjusted fmf tree says that Polarizer uses.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Catalog {
@@ -193,24 +226,25 @@ impl Catalog {
     /// Reads tests (leaves with a `test` key, as tmt) and features from an adjusted tree, and checks the
     /// whole: every reference resolves and neither graph has a cycle.
     pub fn from_tree(tree: &Tree) -> Result<Catalog, MetadataError> {
-        let mut features = Vec::new();
-        for node in tree.nodes() {
-            if let Some(feature_name) = node
-                .name()
-                .strip_prefix(FEATURES_NODE)
-                .and_then(|rest| rest.strip_prefix('/'))
-            {
-                if node.is_leaf() {
-                    features.push(feature_from_node(node, feature_name)?);
-                }
+        Catalog::from_items(
+            tree.nodes()
+                .iter()
+                .map(|node| CatalogItem::of_node(node, tree.root())),
+        )
+    }
+
+    /// The catalog of nodes already read with [`CatalogItem::of_node`], in tree order; checked whole.
+    pub fn from_items(
+        items: impl IntoIterator<Item = Result<Option<CatalogItem>, MetadataError>>,
+    ) -> Result<Catalog, MetadataError> {
+        let mut catalog = Catalog::default();
+        for item in items {
+            match item? {
+                Some(CatalogItem::Test(test)) => catalog.tests.push(*test),
+                Some(CatalogItem::Feature(feature)) => catalog.features.push(feature),
+                None => {}
             }
         }
-        let tests = tree
-            .tests()
-            .filter(|node| !node.name().starts_with(&format!("{FEATURES_NODE}/")))
-            .map(|node| test_from_node(node, tree.root()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let catalog = Catalog { tests, features };
         catalog.validate()?;
         Ok(catalog)
     }

@@ -345,6 +345,29 @@ impl Comparison {
                 Ok(tree)
             });
             let ours = ours.map_err(|error| format!("{error:#}"));
+            if let Some(context) = &context {
+                let options = AdjustOptions {
+                    case_sensitive: !scenario.ends_with(IGNORE_CASE_SUFFIX),
+                    ..AdjustOptions::default()
+                };
+                let visited =
+                    Tree::load_and_visit(root, context, &options, |node| format!("{node:?}"))
+                        .map_err(|error| format!("{error:#}"));
+                let loaded = ours
+                    .as_ref()
+                    .map(|tree| {
+                        tree.nodes()
+                            .iter()
+                            .map(|node| format!("{node:?}"))
+                            .collect::<Vec<_>>()
+                    })
+                    .map_err(String::clone);
+                if visited != loaded {
+                    self.mismatches.push(format!(
+                        "{label} [{scenario}]: load_and_visit differs from load + adjust_with"
+                    ));
+                }
+            }
             let python_outcome = python
                 .remove(scenario)
                 .unwrap_or_else(|| panic!("python output for {label} lacks scenario {scenario}"));

@@ -85,7 +85,7 @@ fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("3 tests (3 new, 0 removed), 3 features"),
+        stdout.contains("3 tests (3 new, 0 changed, 0 removed), 3 features"),
         "{stdout}"
     );
 
@@ -176,10 +176,46 @@ fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
 
     // Re-import is idempotent; a test that disappears is marked removed, not deleted.
     let again = String::from_utf8(cluster.operator(&["tests", "import", tree_arg]).stdout).unwrap();
-    assert!(again.contains("3 tests (0 new, 0 removed)"), "{again}");
+    assert!(
+        again.contains("3 tests (0 new, 0 changed, 0 removed)"),
+        "{again}"
+    );
+    // A changed test is rewritten with its facets; the unchanged ones are left alone.
+    let register = tree.join("tests/register.fmf");
+    let original = std::fs::read_to_string(&register).unwrap();
+    std::fs::write(
+        &register,
+        original.replace("tag: [smoke]", "tag: [nightly]"),
+    )
+    .unwrap();
+    let changed =
+        String::from_utf8(cluster.operator(&["tests", "import", tree_arg]).stdout).unwrap();
+    assert!(
+        changed.contains("3 tests (0 new, 1 changed, 0 removed)"),
+        "{changed}"
+    );
+    assert!(names(&cluster, &["--tag", "smoke"]).is_empty());
+    assert_eq!(
+        names(&cluster, &["--tag", "nightly", "--resource", "candlepin"]),
+        ["/tests/register/basic"]
+    );
+    std::fs::write(&register, original).unwrap();
+    let back = String::from_utf8(cluster.operator(&["tests", "import", tree_arg]).stdout).unwrap();
+    assert!(
+        back.contains("3 tests (0 new, 1 changed, 0 removed)"),
+        "{back}"
+    );
+    assert_eq!(
+        names(&cluster, &["--tag", "smoke"]),
+        ["/tests/register/basic"]
+    );
+    assert!(names(&cluster, &["--tag", "nightly"]).is_empty());
     std::fs::remove_file(tree.join("tests/attach.fmf")).unwrap();
     let fewer = String::from_utf8(cluster.operator(&["tests", "import", tree_arg]).stdout).unwrap();
-    assert!(fewer.contains("2 tests (0 new, 1 removed)"), "{fewer}");
+    assert!(
+        fewer.contains("2 tests (0 new, 0 changed, 1 removed)"),
+        "{fewer}"
+    );
     assert_eq!(
         names(&cluster, &["--feature", "subscription/identity"]).len(),
         2

@@ -4,6 +4,8 @@
 //! `continue: false` stops after the first rule that applies; a rule whose condition cannot be decided
 //! (a dimension missing from the context) is skipped, as fmf's `undecided='skip'` does.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::condition::{Condition, Context, Decision};
@@ -14,6 +16,9 @@ use super::value::{FmfMap, FmfValue};
 /// The key holding the rules, and the rule keys that control a rule rather than being merged.
 const ADJUST_KEY: &str = "adjust";
 const CONTROL_KEYS: [&str; 3] = ["because", "continue", "when"];
+
+/// Parsed `when` conditions by their text, kept across the nodes of one tree.
+pub(crate) type ConditionCache = HashMap<String, Condition>;
 
 /// How to adjust, beyond the context itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +46,7 @@ pub(crate) fn adjust_node_data(
     options: &AdjustOptions,
     node_name: &str,
     blame_path: &Path,
+    conditions: &mut ConditionCache,
 ) -> Result<(), FmfError> {
     let invalid = |message: String| FmfError::Adjust {
         path: blame_path.to_owned(),
@@ -63,17 +69,30 @@ pub(crate) fn adjust_node_data(
         let FmfValue::Map(rule) = rule else {
             return Err(invalid("Adjust rule should be a dictionary.".to_owned()));
         };
+        let constant;
         let condition = match rule.get("when") {
             // A rule without `when` always applies.
-            None => Condition::constant(true),
-            Some(FmfValue::Bool(flag)) => Condition::constant(*flag),
-            Some(FmfValue::String(text)) => {
-                Condition::parse(text).map_err(|source| FmfError::Condition {
-                    path: blame_path.to_owned(),
-                    node: node_name.to_owned(),
-                    source,
-                })?
+            None => {
+                constant = Condition::constant(true);
+                &constant
             }
+            Some(FmfValue::Bool(flag)) => {
+                constant = Condition::constant(*flag);
+                &constant
+            }
+            // Inherited rules repeat the same few conditions over thousands of nodes: parse each once.
+            Some(FmfValue::String(text)) => match conditions.entry(text.clone()) {
+                Entry::Occupied(parsed) => &*parsed.into_mut(),
+                Entry::Vacant(slot) => {
+                    &*slot.insert(
+                        Condition::parse(text).map_err(|source| FmfError::Condition {
+                            path: blame_path.to_owned(),
+                            node: node_name.to_owned(),
+                            source,
+                        })?,
+                    )
+                }
+            },
             Some(other) => {
                 return Err(invalid(format!(
                     "'when' should be a string or a bool, got '{}'.",
@@ -92,7 +111,7 @@ pub(crate) fn adjust_node_data(
             }
         };
         let decision = context
-            .evaluate(&condition)
+            .evaluate(condition)
             .map_err(|source| FmfError::Condition {
                 path: blame_path.to_owned(),
                 node: node_name.to_owned(),
@@ -146,6 +165,7 @@ mod tests {
             &AdjustOptions::default(),
             "/node",
             Path::new("rules.fmf"),
+            &mut ConditionCache::new(),
         )?;
         Ok(data)
     }
@@ -182,7 +202,14 @@ mod tests {
             fail_on_undecided: true,
             ..AdjustOptions::default()
         };
-        let result = adjust_node_data(&mut data, &fedora(), &strict, "/node", Path::new("x.fmf"));
+        let result = adjust_node_data(
+            &mut data,
+            &fedora(),
+            &strict,
+            "/node",
+            Path::new("x.fmf"),
+            &mut ConditionCache::new(),
+        );
         assert!(matches!(result, Err(FmfError::Undecided { .. })));
     }
 
