@@ -2,7 +2,10 @@
 //! Written by the store's one writer (`write_import`, one transaction of its own per import); read with
 //! indexed queries.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use polarizer_shared::metadata::{Catalog, Feature, TestMetadata};
 use rusqlite::{params, OptionalExtension};
@@ -115,7 +118,58 @@ pub struct Import {
     pub catalog: Catalog,
     /// One per `catalog.tests`, in the same order: the stored form, worked out off the writer thread.
     pub rows: Vec<TestRowData>,
+    pub facets: FacetPostings,
     pub now_ms: i64,
+}
+
+/// Which tests carry each facet value: (kind, value, places in `catalog.tests`, ascending), sorted.
+pub type FacetPostings = Vec<(&'static str, String, Vec<u32>)>;
+
+impl Import {
+    /// An import of `catalog`, with its facets gathered on every core (the writer then looks up each
+    /// distinct value once, instead of each of a million test-value pairs).
+    pub fn new(source: Source, catalog: Catalog, rows: Vec<TestRowData>, now_ms: i64) -> Import {
+        Import {
+            facets: facet_postings(&catalog.tests),
+            source,
+            catalog,
+            rows,
+            now_ms,
+        }
+    }
+}
+
+fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
+    const CHUNK: usize = 4096;
+    let starts: Vec<usize> = (0..tests.len()).step_by(CHUNK).collect();
+    let partial = polarizer_shared::parallel::parallel_map(&starts, |&start| {
+        let mut postings: HashMap<(&'static str, Cow<'_, str>), Vec<u32>> = HashMap::new();
+        for (offset, test) in tests[start..tests.len().min(start + CHUNK)]
+            .iter()
+            .enumerate()
+        {
+            for facet in facets(test) {
+                postings
+                    .entry(facet)
+                    .or_default()
+                    .push((start + offset) as u32);
+            }
+        }
+        postings
+    });
+    let mut merged: HashMap<(&'static str, Cow<'_, str>), Vec<u32>> = HashMap::new();
+    // Chunks come in order, so each list stays ascending.
+    for postings in partial {
+        for (facet, indices) in postings {
+            merged.entry(facet).or_default().extend(indices);
+        }
+    }
+    let mut facets: FacetPostings = merged
+        .into_iter()
+        .map(|((kind, value), indices)| (kind, value.into_owned(), indices))
+        .collect();
+    facets.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    facets
 }
 
 /// What the store writes for one test, computed before the writer sees it.
@@ -124,45 +178,64 @@ pub struct TestRowData {
     /// The `when` conditions on distro of its adjust rules, `; `-separated: its metadata differs by distro.
     pub differs_by: String,
     /// sha256 of everything stored about the test: a re-import leaves a test whose digest is unchanged alone.
-    pub digest: Vec<u8>,
-    pub facets: Vec<(&'static str, String)>,
+    pub digest: [u8; 32],
 }
 
 impl TestRowData {
     pub fn new(test: &TestMetadata, differs_by: String) -> TestRowData {
-        let metadata_json = serde_json::to_string(test).expect("metadata serializes");
+        let metadata_json = json_of(test);
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(metadata_json.as_bytes());
         digest.update(&[0]);
         digest.update(differs_by.as_bytes());
         TestRowData {
-            digest: digest.finish().as_ref().to_vec(),
-            facets: facets(test),
+            digest: digest.finish().as_ref().try_into().unwrap_or([0; 32]),
             metadata_json,
             differs_by,
         }
     }
 }
 
+thread_local! {
+    static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A test's metadata as JSON, written into a buffer kept per thread and copied out at its exact size:
+/// 100,000 strings grown by doubling cost more in the allocator than the serialising itself.
+fn json_of(test: &TestMetadata) -> String {
+    JSON_BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, test).expect("metadata serializes");
+        String::from_utf8_lossy(buffer).into_owned()
+    })
+}
+
 /// Facets: one row per (test, kind, value), for every multi-valued filter.
-fn facets(test: &TestMetadata) -> Vec<(&'static str, String)> {
-    let mut rows = Vec::new();
-    let mut add = |kind: &'static str, values: &[String]| {
-        rows.extend(values.iter().map(|value| (kind, value.clone())));
-    };
-    add("tag", &test.tags);
-    add("component", &test.components);
-    add("needs", &test.resources.needs);
-    add("creates", &test.resources.creates);
-    add("modifies", &test.resources.modifies);
-    add("after", &test.after);
-    add("arch", &test.platform.arch);
-    add("distro", &test.platform.distro);
-    rows.extend(
-        test.links
-            .iter()
-            .map(|link| ("link", format!("{}:{}", link.relation, link.target))),
-    );
+fn facets(test: &TestMetadata) -> Vec<(&'static str, Cow<'_, str>)> {
+    let lists: [(&'static str, &[String]); 8] = [
+        ("tag", &test.tags),
+        ("component", &test.components),
+        ("needs", &test.resources.needs),
+        ("creates", &test.resources.creates),
+        ("modifies", &test.resources.modifies),
+        ("after", &test.after),
+        ("arch", &test.platform.arch),
+        ("distro", &test.platform.distro),
+    ];
+    let mut rows: Vec<(&'static str, Cow<'_, str>)> = lists
+        .into_iter()
+        .flat_map(|(kind, values)| {
+            values
+                .iter()
+                .map(move |value| (kind, Cow::from(value.as_str())))
+        })
+        .collect();
+    rows.extend(test.links.iter().map(|link| {
+        (
+            "link",
+            Cow::from(format!("{}:{}", link.relation, link.target)),
+        )
+    }));
     rows
 }
 
@@ -269,7 +342,8 @@ pub fn write_import(
         }
     }
     let mut facet_ids = FacetIds::load(transaction)?;
-    let mut new_pairs: Vec<(i64, i64)> = Vec::new();
+    // Per test (by its place in the catalog): its key, when its facets are to be written.
+    let mut facets_to_write: Vec<Option<i64>> = vec![None; import.catalog.tests.len()];
     let mut summary = ImportSummary {
         tests: import.catalog.tests.len() as u64,
         features: import.catalog.features.len() as u64,
@@ -293,7 +367,7 @@ pub fn write_import(
             transaction.prepare_cached("SELECT metadata_json FROM tests WHERE key = ?1")?;
         let mut drop_facet = transaction
             .prepare_cached("DELETE FROM test_facets WHERE value_id = ?1 AND test_key = ?2")?;
-        for (test, row) in import.catalog.tests.iter().zip(&import.rows) {
+        for (index, (test, row)) in import.catalog.tests.iter().zip(&import.rows).enumerate() {
             let Some(before) = existing.get(&test.id) else {
                 new_tests.push(StoredTest::new(
                     next_key,
@@ -302,9 +376,7 @@ pub fn write_import(
                     test,
                     row,
                 ));
-                for (kind, value) in &row.facets {
-                    new_pairs.push((facet_ids.get_or_insert(transaction, kind, value)?, next_key));
-                }
+                facets_to_write[index] = Some(next_key);
                 next_key += 1;
                 summary.added += 1;
                 continue;
@@ -325,12 +397,7 @@ pub fn write_import(
                         }
                     }
                 }
-                for (kind, value) in &row.facets {
-                    new_pairs.push((
-                        facet_ids.get_or_insert(transaction, kind, value)?,
-                        before.key,
-                    ));
-                }
+                facets_to_write[index] = Some(before.key);
             }
             let stored = StoredTest::new(before.key, source_id, import.now_ms, test, row);
             let mut values = Vec::with_capacity(StoredTest::WIDTH);
@@ -346,6 +413,17 @@ pub fn write_import(
         &new_tests,
         |stored, values| stored.bind(values),
     )?;
+    let mut new_pairs: Vec<(i64, i64)> = Vec::new();
+    for (kind, value, indices) in &import.facets {
+        let mut keys = indices
+            .iter()
+            .filter_map(|index| facets_to_write[*index as usize])
+            .peekable();
+        if keys.peek().is_some() {
+            let id = facet_ids.get_or_insert(transaction, kind, value)?;
+            new_pairs.extend(keys.map(|key| (id, key)));
+        }
+    }
     // Facet pairs in key order: each lands next to the one before it in the b-tree.
     new_pairs.sort_unstable();
     new_pairs.dedup();

@@ -63,12 +63,7 @@ pub fn prepare(
         git_commit,
         tree_path: tree_path.display().to_string(),
     };
-    Ok(Import {
-        source,
-        catalog,
-        rows,
-        now_ms,
-    })
+    Ok(Import::new(source, catalog, rows, now_ms))
 }
 
 /// Reads, adjusts and checks the tree at `tree_path`, with each test's stored form (which also says

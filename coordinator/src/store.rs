@@ -130,10 +130,11 @@ impl Store {
             )
             .map_err(sqlite_error(path))?;
         let (commands_tx, commands_rx) = std_mpsc::channel();
+        let checkpoints = spawn_checkpointer(path)?;
         let writer_path = path.to_path_buf();
         let join = thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(connection, commands_rx, writer_path))
+            .spawn(move || run_writer(connection, commands_rx, checkpoints, writer_path))
             .map_err(|err| StoreError::Sqlite {
                 path: path.to_path_buf(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
@@ -277,7 +278,50 @@ impl FactsJson {
 /// Sent once the batch's transaction has committed (or failed), never before.
 type Reply = Box<dyn FnOnce(Result<(), &StoreError>)>;
 
-fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Command>, path: PathBuf) {
+/// At most this often the checkpointer copies committed pages from the WAL into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// WAL pages at which the writer checkpoints by itself: only when the checkpointer falls far behind.
+const WRITER_CHECKPOINT_PAGES: i64 = 65_536;
+
+/// Checkpoints run on a thread of their own, so the writer never stops for them: it says "committed"
+/// after each transaction (a channel of one: requests coalesce) and the checkpointer, with its own
+/// connection, runs a passive checkpoint, then rests for `CHECKPOINT_INTERVAL`. It ends when the
+/// writer does.
+fn spawn_checkpointer(path: &Path) -> Result<std_mpsc::SyncSender<()>, StoreError> {
+    let connection = open_connection(path)?;
+    let (committed_tx, committed_rx) = std_mpsc::sync_channel::<()>(1);
+    let checkpoint_path = path.to_path_buf();
+    thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || {
+            while committed_rx.recv().is_ok() {
+                let outcome = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    row.get::<_, i64>(0)
+                });
+                if let Err(error) = outcome {
+                    tracing::warn!(path = %checkpoint_path.display(), %error, "WAL checkpoint failed; the next one retries");
+                }
+                thread::sleep(CHECKPOINT_INTERVAL);
+            }
+        })
+        .map_err(|err| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
+        })?;
+    Ok(committed_tx)
+}
+
+fn run_writer(
+    mut connection: Connection,
+    commands_rx: std_mpsc::Receiver<Command>,
+    checkpoints: std_mpsc::SyncSender<()>,
+    path: PathBuf,
+) {
+    if let Err(error) = connection.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}; PRAGMA journal_size_limit = 67108864;"
+    )) {
+        tracing::warn!(path = %path.display(), %error, "cannot hand checkpoints to their own thread");
+    }
     // Block for the first command, then take everything else already waiting: one transaction for all.
     while let Ok(first) = commands_rx.recv() {
         let mut batch = vec![first];
@@ -294,6 +338,8 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
             if let Some(Command::ImportCatalog { .. }) = commands.peek() {
                 if let Some(Command::ImportCatalog { import, reply }) = commands.next() {
                     import_catalog(&mut connection, &import, reply, &path);
+                    // Freeing a large catalog takes a while; the next writes need not wait for it.
+                    polarizer_shared::parallel::drop_elsewhere(import);
                 }
                 continue;
             }
@@ -315,6 +361,7 @@ fn run_writer(mut connection: Connection, commands_rx: std_mpsc::Receiver<Comman
                 reply(outcome.as_ref().map(|_| ()));
             }
         }
+        let _ = checkpoints.try_send(());
     }
 }
 

@@ -217,8 +217,8 @@ pub fn plan(
     } else {
         String::new()
     };
-    let import = Import {
-        source: polarizer_shared::catalog::Source {
+    let import = Import::new(
+        polarizer_shared::catalog::Source {
             location: request.repo.clone(),
             git_ref: git_ref.clone(),
             git_commit: commit.clone(),
@@ -227,7 +227,7 @@ pub fn plan(
         catalog,
         rows,
         now_ms,
-    };
+    );
     Ok(Planned {
         touched_features: selection.touched_features.into_iter().collect(),
         dependent_features: selection.dependent_features.into_iter().collect(),

@@ -6,6 +6,8 @@
 //! strict: an unknown sub-key is an error naming the node and key.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -250,7 +252,9 @@ impl Catalog {
     }
 
     pub fn validate(&self) -> Result<(), MetadataError> {
-        let feature_names: BTreeSet<&str> = self
+        // Membership only: hash sets (a catalog has 100,000 tests); graphs stay ordered so the cycle
+        // named is always the same one.
+        let feature_names: HashSet<&str> = self
             .features
             .iter()
             .map(|feature| feature.name.as_str())
@@ -265,7 +269,7 @@ impl Catalog {
                 }
             }
         }
-        let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut ids: HashMap<&str, &str> = HashMap::with_capacity(self.tests.len());
         for test in &self.tests {
             if let Some(first) = ids.insert(&test.id, &test.name) {
                 return Err(MetadataError::DuplicateId {
@@ -281,7 +285,7 @@ impl Catalog {
                 });
             }
         }
-        let known_tests: BTreeSet<&str> = self
+        let known_tests: HashSet<&str> = self
             .tests
             .iter()
             .flat_map(|test| [test.id.as_str(), test.name.as_str()])
@@ -310,7 +314,7 @@ impl Catalog {
             return Err(MetadataError::FeatureCycle { cycle });
         }
         // `after` may name a test by id or by node name; resolve to names for the graph.
-        let name_of: BTreeMap<&str, &str> = self
+        let name_of: HashMap<&str, &str> = self
             .tests
             .iter()
             .flat_map(|test| {
@@ -320,9 +324,11 @@ impl Catalog {
                 ]
             })
             .collect();
+        // A test that follows none cannot be in a cycle: only tests with `after` are searched from.
         let after_edges: BTreeMap<&str, Vec<&str>> = self
             .tests
             .iter()
+            .filter(|test| !test.after.is_empty())
             .map(|test| {
                 (
                     test.name.as_str(),
@@ -367,7 +373,7 @@ fn find_cycle(edges: &BTreeMap<&str, Vec<&str>>) -> Option<Vec<String>> {
         Active,
         Done,
     }
-    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
     for &start in edges.keys() {
         if marks.contains_key(start) {
             continue;

@@ -1,4 +1,5 @@
-//! Data parallelism without a pool: `f` over a slice on scoped threads, one contiguous chunk per core.
+//! Data parallelism without a pool: `f` over a slice on scoped threads, one contiguous chunk per core;
+//! and freeing large values off the caller's thread.
 
 /// `f` over `items`, in order, split over the available cores (at most 8). Small inputs stay on the
 /// calling thread: a thread costs more than a few hundred cheap items.
@@ -42,6 +43,14 @@ pub fn parallel_map_with<T: Sync, U: Send, S>(
             })
             .collect()
     })
+}
+
+/// Drops `value` on a thread of its own: freeing a large tree of small allocations takes a few hundred
+/// milliseconds that the caller need not wait for. Where no thread can start, it is dropped here.
+pub fn drop_elsewhere<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value));
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! (a dimension missing from the context) is skipped, as fmf's `undecided='skip'` does.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::path::Path;
 
 use super::condition::{Condition, Context, Decision};
@@ -18,7 +17,7 @@ const ADJUST_KEY: &str = "adjust";
 const CONTROL_KEYS: [&str; 3] = ["because", "continue", "when"];
 
 /// Parsed `when` conditions by their text, kept across the nodes of one tree.
-pub(crate) type ConditionCache = HashMap<String, Condition>;
+pub(crate) type ConditionCache = foldhash::HashMap<String, Condition>;
 
 /// How to adjust, beyond the context itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +164,7 @@ mod tests {
             &AdjustOptions::default(),
             "/node",
             Path::new("rules.fmf"),
-            &mut ConditionCache::new(),
+            &mut ConditionCache::default(),
         )?;
         Ok(data)
     }
@@ -208,7 +207,7 @@ mod tests {
             &strict,
             "/node",
             Path::new("x.fmf"),
-            &mut ConditionCache::new(),
+            &mut ConditionCache::default(),
         );
         assert!(matches!(result, Err(FmfError::Undecided { .. })));
     }

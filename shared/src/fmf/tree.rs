@@ -5,9 +5,9 @@
 //! directory that yields no data is dropped. Keys starting with `/` make in-file children. Inheritance then
 //! merges each node's own data over a copy of its parent's, top-down.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
@@ -28,7 +28,8 @@ const MAX_NAME_SEGMENTS: usize = 256;
 pub struct Node {
     name: String,
     data: FmfMap,
-    sources: Vec<PathBuf>,
+    /// Shared with the parent's and siblings' lists: a tree has far more nodes than files.
+    sources: Vec<Arc<Path>>,
     child_names: Vec<String>,
     selected: bool,
 }
@@ -48,7 +49,7 @@ impl Node {
     }
 
     /// The files this node's data came from, parents' first (fmf's `sources`).
-    pub fn sources(&self) -> &[PathBuf] {
+    pub fn sources(&self) -> &[Arc<Path>] {
         &self.sources
     }
 
@@ -70,8 +71,7 @@ impl Node {
     fn blame_path(&self, root: &Path) -> PathBuf {
         self.sources
             .last()
-            .cloned()
-            .unwrap_or_else(|| root.to_owned())
+            .map_or_else(|| root.to_owned(), |path| path.to_path_buf())
     }
 }
 
@@ -130,7 +130,7 @@ impl Tree {
             let positions: Vec<usize> = (0..steps.len()).collect();
             crate::parallel::parallel_map_with(
                 &positions,
-                ConditionCache::new,
+                ConditionCache::default,
                 |conditions, &position| -> Result<T, FmfError> {
                     let step = &steps[position];
                     let (data, sources) = match &parents[position] {
@@ -165,7 +165,9 @@ impl Tree {
             tree.adjust_with(&context, options)?;
             return Ok(tree.nodes.iter().map(visit).collect());
         }
-        visited.into_iter().collect()
+        let visited = visited.into_iter().collect();
+        crate::parallel::drop_elsewhere(grown);
+        visited
     }
 
     /// Find the tree root at or above `path` (the nearest directory holding `.fmf/version`), as fmf does.
@@ -226,7 +228,7 @@ impl Tree {
     ) -> Result<(), FmfError> {
         let root = self.root.clone();
         let context = context.clone().case_sensitive(options.case_sensitive);
-        let mut conditions = ConditionCache::new();
+        let mut conditions = ConditionCache::default();
         for node in &mut self.nodes {
             let blame_path = node.blame_path(&root);
             adjust_node_data(
@@ -279,7 +281,7 @@ impl GrownTree {
         };
         let root_id = builder.new_node("/".to_owned());
         builder.grow(root_id, &absolute_root)?;
-        builder.preparsed = HashMap::new();
+        builder.preparsed = foldhash::HashMap::default();
         Ok(GrownTree {
             builder,
             root_id,
@@ -314,7 +316,7 @@ struct GrowingNode {
     name: String,
     children: IndexMap<String, usize>,
     own_data: FmfMap,
-    own_sources: Vec<PathBuf>,
+    own_sources: Vec<Arc<Path>>,
     /// Set once any data (even an empty file) was given; directories that never get data are dropped.
     updated: bool,
     directives: Directives,
@@ -330,12 +332,12 @@ struct TreeBuilder {
     explore_include: Result<Vec<String>, FmfError>,
     /// Files read and parsed ahead, in parallel; growing takes each from here when it reaches it, in
     /// its own order, so errors surface exactly where a sequential read would meet them.
-    preparsed: HashMap<PathBuf, Result<FmfValue, FmfError>>,
+    preparsed: foldhash::HashMap<PathBuf, Result<FmfValue, FmfError>>,
 }
 
 /// The `.fmf` files growing will most likely read (outside hidden names, symlinked directories and nested
 /// trees), read and parsed on every core. A file missed here is read when growing reaches it.
-fn preparse(root: &Path) -> HashMap<PathBuf, Result<FmfValue, FmfError>> {
+fn preparse(root: &Path) -> foldhash::HashMap<PathBuf, Result<FmfValue, FmfError>> {
     let mut files = Vec::new();
     let mut directories = vec![root.to_owned()];
     while let Some(directory) = directories.pop() {
@@ -427,7 +429,7 @@ fn read_explore_include(root: &Path) -> Result<Result<Vec<String>, FmfError>, Fm
 }
 
 /// A parent's final data and sources, handed down to a child during inheritance.
-type Inherited = (FmfMap, Vec<PathBuf>);
+type Inherited = (FmfMap, Vec<Arc<Path>>);
 
 /// Python's `os.path.join(parent, name)` for node names.
 fn join_node_name(parent: &str, name: &str) -> String {
@@ -445,7 +447,7 @@ impl TreeBuilder {
         self.nodes.push(GrowingNode {
             name,
             children: IndexMap::new(),
-            own_data: FmfMap::new(),
+            own_data: FmfMap::default(),
             own_sources: Vec::new(),
             updated: false,
             directives: Directives::default(),
@@ -486,7 +488,7 @@ impl TreeBuilder {
             ChildContent::Directory(path) => self.grow(child_id, &path)?,
         }
         if let Some(source) = source {
-            self.nodes[child_id].own_sources.push(source.to_owned());
+            self.nodes[child_id].own_sources.push(Arc::from(source));
         }
         Ok(())
     }
@@ -535,7 +537,7 @@ impl TreeBuilder {
                 Some(slash) if slash > 0 => {
                     let rest = &child_name[slash..];
                     let rest = rest.split('\n').next().unwrap_or(rest);
-                    let mut nested = FmfMap::new();
+                    let mut nested = FmfMap::default();
                     nested.insert(rest.to_owned(), value);
                     let name = child_name[..slash].to_owned();
                     self.child(
@@ -675,7 +677,9 @@ impl TreeBuilder {
                 None => read_fmf_file(&full_path)?,
             };
             if file_name == MAIN_FILE {
-                self.nodes[node_id].own_sources.push(full_path.clone());
+                self.nodes[node_id]
+                    .own_sources
+                    .push(Arc::from(full_path.as_path()));
                 self.update(node_id, data, &full_path)?;
             } else {
                 let stem = &file_name[..file_name.len() - FMF_SUFFIX.len()];
@@ -764,11 +768,13 @@ impl TreeBuilder {
         let growing = &self.nodes[step.id];
         let (mut data, mut sources) = match parent {
             Some(parent) if growing.directives.inherit != Some(false) => parent.clone(),
-            _ => (FmfMap::new(), Vec::new()),
+            _ => (FmfMap::default(), Vec::new()),
         };
         sources.extend(growing.own_sources.iter().cloned());
         merge_special(&mut data, &growing.own_data).map_err(|failure| FmfError::Merge {
-            path: sources.last().cloned().unwrap_or_else(|| self.root.clone()),
+            path: sources
+                .last()
+                .map_or_else(|| self.root.clone(), |path| path.to_path_buf()),
             node: growing.name.clone(),
             key: failure.key,
             reason: failure.reason,
@@ -776,7 +782,7 @@ impl TreeBuilder {
         Ok((data, sources))
     }
 
-    fn node_at(&self, step: &Step, data: FmfMap, sources: Vec<PathBuf>) -> Node {
+    fn node_at(&self, step: &Step, data: FmfMap, sources: Vec<Arc<Path>>) -> Node {
         Node {
             name: self.nodes[step.id].name.clone(),
             data,

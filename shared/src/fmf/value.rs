@@ -10,8 +10,9 @@ use indexmap::IndexMap;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-/// A mapping with insertion order kept, as Python dicts keep it.
-pub type FmfMap = IndexMap<String, FmfValue>;
+/// A mapping with insertion order kept, as Python dicts keep it. Hashed with foldhash (seeded per map,
+/// several times faster than SipHash on short keys): trees hold hundreds of thousands of small maps.
+pub type FmfMap = IndexMap<String, FmfValue, foldhash::fast::RandomState>;
 
 /// One value in fmf node data.
 ///
@@ -374,12 +375,50 @@ impl<'de> Visitor<'de> for FmfValueVisitor {
         Ok(FmfValue::List(items))
     }
 
+    /// Keys must be strings (as the format resolves them: YAML's `1` or `true` is refused, not read as
+    /// text), and appear once.
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<FmfValue, A::Error> {
-        let mut map = FmfMap::new();
-        while let Some((key, value)) = access.next_entry::<String, FmfValue>()? {
-            map.insert(key, value);
+        let mut map =
+            FmfMap::with_capacity_and_hasher(access.size_hint().unwrap_or(0), Default::default());
+        while let Some(key) = access.next_key_seed(StringKey)? {
+            let value = access.next_value::<FmfValue>()?;
+            match map.entry(key) {
+                indexmap::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                indexmap::map::Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format!("duplicate key {:?}", slot.key())))
+                }
+            }
         }
         Ok(FmfValue::Map(map))
+    }
+}
+
+/// A mapping key that the format itself resolves to a string.
+struct StringKey;
+
+impl<'de> de::DeserializeSeed<'de> for StringKey {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StringKey {
+    type Value = String;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a string key")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<String, E> {
+        Ok(text.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<String, E> {
+        Ok(text)
     }
 }
 
@@ -406,7 +445,7 @@ mod tests {
 
     #[test]
     fn repr_of_containers_matches_python() {
-        let mut map = FmfMap::new();
+        let mut map = FmfMap::default();
         map.insert(
             "a".into(),
             FmfValue::List(vec![FmfValue::Integer(1), FmfValue::Bool(true)]),

@@ -13,6 +13,26 @@ use super::value::{python_float_repr, FmfMap, FmfValue};
 
 /// Parse the text of `path`. An empty or comment-only file is `Null`, as in ruamel.yaml.
 pub(crate) fn parse_fmf_file(path: &Path, text: &str) -> Result<FmfValue, FmfError> {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
+    {
+        return Ok(FmfValue::Null);
+    }
+    // Most files are string keys over plain values: read those straight into `FmfValue`. Anything else
+    // (merge keys, non-string or repeated keys, tags, a syntax error) takes the general path, which
+    // decides the value or the error exactly as before.
+    if !text.contains("<<") {
+        if let Ok(value) = serde_norway::from_str::<FmfValue>(text) {
+            return Ok(value);
+        }
+    }
+    parse_general(path, text)
+}
+
+/// Through serde_norway's `Value`: merge keys, key checks and errors with their position.
+fn parse_general(path: &Path, text: &str) -> Result<FmfValue, FmfError> {
     let yaml_error = |error: serde_norway::Error| {
         let (line, column) = error
             .location()
@@ -24,13 +44,6 @@ pub(crate) fn parse_fmf_file(path: &Path, text: &str) -> Result<FmfValue, FmfErr
             message: error.to_string(),
         }
     };
-    if text.trim().is_empty()
-        || text
-            .lines()
-            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
-    {
-        return Ok(FmfValue::Null);
-    }
     let mut parsed: YamlValue = serde_norway::from_str(text).map_err(yaml_error)?;
     // `<<` merge keys are part of ruamel's safe loader; serde_norway applies them on request.
     parsed.apply_merge().map_err(yaml_error)?;
@@ -63,7 +76,7 @@ fn convert(value: &YamlValue, node_level: bool) -> Result<FmfValue, String> {
                 .collect::<Result<_, _>>()?,
         ),
         YamlValue::Mapping(mapping) => {
-            let mut map = FmfMap::with_capacity(mapping.len());
+            let mut map = FmfMap::with_capacity_and_hasher(mapping.len(), Default::default());
             let mut numeric_keys_seen: Vec<f64> = Vec::new();
             for (key, item) in mapping {
                 // Python dict keys 1, 1.0 and True are one key, so ruamel refuses them as duplicates.
@@ -150,6 +163,42 @@ mod tests {
         };
         assert!(*line >= 2, "{error}");
         assert!(error.to_string().starts_with("test.fmf:"), "{error}");
+    }
+
+    /// The direct read gives what the general path gives, or leaves the file to it.
+    #[test]
+    fn the_direct_read_agrees_with_the_general_path() {
+        let cases = [
+            "a: 0x10\nb: 0o17\nc: 1e3\nd: .nan\ne: -.inf\nf: 18446744073709551615\n",
+            "a: yes\nb: ~\nc: null\nd: 'true'\ne: !!str 1\nf: !!int '3'\n",
+            "1: a\n",
+            "data:\n  1: a\n  1.0: b\n",
+            "data:\n  True: 1\n  ~: 2\n  0x10: 3\n",
+            "? [a]\n: b\n",
+            "a: &x [1, {b: 2}]\nc: *x\n",
+            "a: 1\na: 2\n",
+            "/child:\n  test: ./t\n  tag+: [x]\n",
+            "a: !custom 1\n",
+            "---\n",
+            "a: [1, 2\n",
+        ];
+        for text in cases {
+            let general = parse_general(Path::new("test.fmf"), text);
+            let direct = serde_norway::from_str::<FmfValue>(text);
+            if let Ok(direct) = direct {
+                let general =
+                    general.unwrap_or_else(|error| panic!("{text:?}: general path fails: {error}"));
+                assert!(
+                    direct.identical(&general),
+                    "{text:?}: {direct:?} != {general:?}"
+                );
+            }
+            assert_eq!(
+                format!("{:?}", parse(text)),
+                format!("{:?}", parse_general(Path::new("test.fmf"), text)),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
