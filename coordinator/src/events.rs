@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use polarizer_shared::events::{kind, EventRow, TailQuery};
-use rusqlite::{params, Savepoint};
+use rusqlite::Savepoint;
 
 use crate::store::{sqlite_error, Reader, StoreError};
 
@@ -79,44 +79,82 @@ impl<'a> NewEvent<'a> {
     }
 }
 
-pub const INSERT: &str =
-    "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+impl NewEvent<'_> {
+    /// The row as stored and published, with the id the caller gave it.
+    pub fn with_id(self, id: u64) -> EventRow {
+        EventRow {
+            id,
+            agent: self.agent.to_string(),
+            seq: self.seq,
+            agent_ms: self.agent_ms,
+            received_ms: self.received_ms,
+            kind: self.kind,
+            run: self.run,
+            suite: self.suite,
+            test: self.test,
+            summary: self.summary,
+            data: self.data,
+        }
+    }
+}
 
-/// Inserts with `statement`, prepared once per batch from [`INSERT`].
-pub fn insert(
-    statement: &mut rusqlite::Statement<'_>,
+/// The id the next stored event gets: the writer numbers a batch's events itself, in record order, so
+/// they can be inserted a few hundred rows per statement.
+pub fn next_id(savepoint: &Savepoint<'_>, path: &Path) -> Result<u64, StoreError> {
+    savepoint
+        .query_row("SELECT coalesce(max(id), 0) + 1 FROM events", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|id| id as u64)
+        .map_err(sqlite_error(path))
+}
+
+/// Stores rows numbered from [`next_id`], in order.
+pub fn insert_rows(
     savepoint: &Savepoint<'_>,
     path: &Path,
-    event: NewEvent<'_>,
-) -> Result<EventRow, StoreError> {
-    statement
-        .execute(params![
-            event.agent,
-            event.seq as i64,
-            event.agent_ms,
-            event.received_ms,
-            event.kind,
-            event.run.map(|run| run as i64),
-            event.suite.map(|suite| suite as i64),
-            event.test,
-            event.summary,
-            event.data
-        ])
-        .map_err(sqlite_error(path))?;
-    Ok(EventRow {
-        id: savepoint.last_insert_rowid() as u64,
-        agent: event.agent.to_string(),
-        seq: event.seq,
-        agent_ms: event.agent_ms,
-        received_ms: event.received_ms,
-        kind: event.kind,
-        run: event.run,
-        suite: event.suite,
-        test: event.test,
-        summary: event.summary,
-        data: event.data,
-    })
+    rows: &[&EventRow],
+) -> Result<(), StoreError> {
+    /// Columns as SQLite takes them: ids and optional numbers converted once.
+    struct Bound<'a> {
+        row: &'a EventRow,
+        id: i64,
+        seq: i64,
+        run: Option<i64>,
+        suite: Option<i64>,
+    }
+    let bound: Vec<Bound<'_>> = rows
+        .iter()
+        .map(|row| Bound {
+            row,
+            id: row.id as i64,
+            seq: row.seq as i64,
+            run: row.run.map(|run| run as i64),
+            suite: row.suite.map(|suite| suite as i64),
+        })
+        .collect();
+    crate::store::insert_rows(
+        savepoint,
+        "INSERT INTO events (id, agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)",
+        11,
+        &bound,
+        |bound, values| {
+            values.extend([
+                &bound.id as &dyn rusqlite::ToSql,
+                &bound.row.agent,
+                &bound.seq,
+                &bound.row.agent_ms,
+                &bound.row.received_ms,
+                &bound.row.kind,
+                &bound.run,
+                &bound.suite,
+                &bound.row.test,
+                &bound.row.summary,
+                &bound.row.data,
+            ]);
+        },
+    )
+    .map_err(sqlite_error(path))
 }
 
 /// Does `event` pass the query's filters (all but `grep`, which the caller compiles once)?

@@ -539,9 +539,7 @@ pub fn ingest(
         Ok(held)
     };
     let mut finished_runs = std::collections::BTreeSet::new();
-    let mut insert_event = savepoint
-        .prepare_cached(crate::events::INSERT)
-        .map_err(&on_sqlite)?;
+    let mut next_event = crate::events::next_id(savepoint, path)?;
     for record in records {
         if record.seq <= committed {
             continue;
@@ -549,6 +547,10 @@ pub fn ingest(
         committed = record.seq;
         let event_of = |kind: String| {
             crate::events::NewEvent::new(agent, record.seq, record.at_ms, now_ms, kind)
+        };
+        let mut number = |event: crate::events::NewEvent<'_>| {
+            next_event += 1;
+            event.with_id(next_event - 1)
         };
         match record.body {
             RecordBody::Output {
@@ -560,10 +562,7 @@ pub fn ingest(
                 let data =
                     serde_json::json!({ "stream": stream.as_str(), "attempt": suite.attempt })
                         .to_string();
-                let row = crate::events::insert(
-                    &mut insert_event,
-                    savepoint,
-                    path,
+                let row = number(
                     event_of(crate::events::OUTPUT.to_string())
                         .in_run(
                             (suite.run > 0).then_some(suite.run),
@@ -571,7 +570,7 @@ pub fn ingest(
                             test.clone(),
                         )
                         .saying(line.clone(), data),
-                )?;
+                );
                 effects.push(Effect::Event(row));
                 if suite.run > 0 {
                     effects.push(Effect::Update(RunUpdate::Output {
@@ -583,10 +582,7 @@ pub fn ingest(
                 }
             }
             RecordBody::Event { correlation, event } => {
-                let row = crate::events::insert(
-                    &mut insert_event,
-                    savepoint,
-                    path,
+                let row = number(
                     event_of(event.kind)
                         .in_run(
                             correlation.as_ref().map(|c| c.suite.run),
@@ -594,7 +590,7 @@ pub fn ingest(
                             correlation.map(|c| c.test).unwrap_or_default(),
                         )
                         .saying(event.summary, event.data),
-                )?;
+                );
                 effects.push(Effect::Event(row));
             }
             RecordBody::SuiteStarted { suite, versions } => {
@@ -668,14 +664,11 @@ pub fn ingest(
                         "message": outcome.message,
                     })
                     .to_string();
-                    let event = crate::events::insert(
-                        &mut insert_event,
-                        savepoint,
-                        path,
+                    let event = number(
                         event_of(crate::events::RESULT.to_string())
                             .in_run(Some(suite.run), Some(suite.suite), outcome.test.clone())
                             .saying(summary, data),
-                    )?;
+                    );
                     effects.push(Effect::Event(event));
                     if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
                         effects.push(Effect::Update(RunUpdate::TestFinished {
@@ -726,6 +719,14 @@ pub fn ingest(
     for run in finished_runs {
         effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
     }
+    let events: Vec<&polarizer_shared::events::EventRow> = effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Event(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    crate::events::insert_rows(savepoint, path, &events)?;
     savepoint
         .execute(
             "UPDATE agents SET records_committed = ?2 WHERE name = ?1",
