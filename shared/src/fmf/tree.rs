@@ -67,6 +67,25 @@ impl Node {
         self.selected
     }
 
+    /// Apply the node's `adjust` rules; `context` already carries the case sensitivity.
+    fn adjust(
+        &mut self,
+        root: &Path,
+        context: &Context,
+        options: &AdjustOptions,
+        conditions: &mut ConditionCache,
+    ) -> Result<(), FmfError> {
+        let blame_path = self.blame_path(root);
+        adjust_node_data(
+            &mut self.data,
+            context,
+            options,
+            &self.name,
+            &blame_path,
+            conditions,
+        )
+    }
+
     /// The file errors about this node name: the last one its data came from.
     fn blame_path(&self, root: &Path) -> PathBuf {
         self.sources
@@ -141,15 +160,7 @@ impl Tree {
                         )?,
                     };
                     let mut node = builder.node_at(step, data, sources);
-                    let blame_path = node.blame_path(&builder.root);
-                    adjust_node_data(
-                        &mut node.data,
-                        &context,
-                        options,
-                        &node.name,
-                        &blame_path,
-                        conditions,
-                    )?;
+                    node.adjust(&builder.root, &context, options, conditions)?;
                     Ok(visit(&node))
                 },
             )
@@ -230,15 +241,7 @@ impl Tree {
         let context = context.clone().case_sensitive(options.case_sensitive);
         let mut conditions = ConditionCache::default();
         for node in &mut self.nodes {
-            let blame_path = node.blame_path(&root);
-            adjust_node_data(
-                &mut node.data,
-                &context,
-                options,
-                &node.name,
-                &blame_path,
-                &mut conditions,
-            )?;
+            node.adjust(&root, &context, options, &mut conditions)?;
         }
         Ok(())
     }
