@@ -592,7 +592,6 @@ impl StoreHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores an imported catalog in one step: all of it, or (on error) nothing.
     /// Runs `work` on the writer thread in a savepoint; answers once the batch has committed. A failed
     /// `work` rolls back only its own savepoint.
     pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -643,6 +642,7 @@ impl StoreHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Stores an imported catalog in one step: all of it, or (on error) nothing.
     pub async fn import_catalog(
         &self,
         import: crate::catalog::Import,
@@ -830,6 +830,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.credential_sha256, "digest");
+    }
+
+    /// Committed pages leave the WAL for the database file, by the checkpointer or by the writer: a WAL
+    /// that is never copied back grows without bound.
+    #[tokio::test]
+    async fn the_wal_is_copied_back_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polarizer.db");
+        let (store, _writer) = Store::open(&path).unwrap();
+        let database_bytes = || std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+        let before = database_bytes();
+        // About 8 MB of rows in a few transactions: well past the 1,000 pages that ask for a checkpoint.
+        for batch in 0..4 {
+            store
+                .write(move |savepoint, path| {
+                    let mut insert = savepoint
+                        .prepare("INSERT INTO events (agent, seq, agent_ms, received_ms, kind, summary, data)
+                                  VALUES ('vm-1', ?1, 0, 0, 'bench', '', ?2)")
+                        .map_err(sqlite_error(path))?;
+                    for seq in 0..2_000 {
+                        insert
+                            .execute(params![batch * 2_000 + seq, "x".repeat(1_000)])
+                            .map_err(sqlite_error(path))?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while database_bytes() < before + 6_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes: no checkpoint ran",
+                database_bytes()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// A catalog stored under schema 4 (text facet rows) reads the same after migration 5.
