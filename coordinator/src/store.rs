@@ -161,9 +161,12 @@ pub fn insert_rows<R>(
     // SQLite binds at most 32,766 parameters per statement.
     let per_statement = (32_766 / width.max(1)).clamp(1, 256);
     let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(per_statement * width);
+    let row = format!("({})", vec!["?"; width].join(", "));
     for chunk in rows.chunks(per_statement) {
-        let row = format!("({})", vec!["?"; width].join(", "));
-        let sql = format!("{head} VALUES {}", vec![row; chunk.len()].join(", "));
+        let sql = format!(
+            "{head} VALUES {}",
+            vec![row.as_str(); chunk.len()].join(", ")
+        );
         let mut statement = connection.prepare_cached(&sql)?;
         values.clear();
         for row in chunk {
@@ -300,12 +303,7 @@ fn spawn_checkpointer(path: &Path) -> Result<std_mpsc::SyncSender<()>, StoreErro
         .name("store-checkpoint".into())
         .spawn(move || {
             while committed_rx.recv().is_ok() {
-                let outcome = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    row.get::<_, i64>(0)
-                });
-                if let Err(error) = outcome {
-                    tracing::warn!(path = %checkpoint_path.display(), %error, "WAL checkpoint failed; the next one retries");
-                }
+                checkpoint(&connection, &checkpoint_path);
                 thread::sleep(CHECKPOINT_INTERVAL);
             }
         })
@@ -314,6 +312,14 @@ fn spawn_checkpointer(path: &Path) -> Result<std_mpsc::SyncSender<()>, StoreErro
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
         })?;
     Ok(committed_tx)
+}
+
+/// A passive checkpoint: copies what it can from the WAL without waiting for readers. A failure is
+/// logged; the next one retries.
+fn checkpoint(connection: &Connection, path: &Path) {
+    if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed; the next one retries");
+    }
 }
 
 fn run_writer(
@@ -388,10 +394,8 @@ fn run_writer(
             // Busy three quarters of the time: hand it over; otherwise there is time for it here.
             if busy > idle * 3 {
                 let _ = checkpoints.try_send(());
-            } else if let Err(error) =
-                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed; the next one retries");
+            } else {
+                checkpoint(&connection, &path);
             }
             wal_pages.store(0, std::sync::atomic::Ordering::Relaxed);
             (busy, idle) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
