@@ -158,10 +158,37 @@ pub fn insert_rows<R>(
     rows: &[R],
     bind: impl for<'a> Fn(&'a R, &mut Vec<&'a dyn rusqlite::ToSql>),
 ) -> rusqlite::Result<()> {
+    insert_rows_sharing(
+        connection,
+        head,
+        &vec!["?"; width].join(", "),
+        &[],
+        rows,
+        bind,
+    )
+}
+
+/// [`insert_rows`] where some values are the same in every row and bound once: `shared` are `?1`,
+/// `?2`, … and `row` spells one row's values, e.g. `?1, ?, ?` for a shared first column and two that
+/// `bind` adds per row.
+pub fn insert_rows_sharing<R>(
+    connection: &Connection,
+    head: &str,
+    row: &str,
+    shared: &[&dyn rusqlite::ToSql],
+    rows: &[R],
+    bind: impl for<'a> Fn(&'a R, &mut Vec<&'a dyn rusqlite::ToSql>),
+) -> rusqlite::Result<()> {
+    let width = row
+        .split(',')
+        .filter(|value| value.trim() == "?")
+        .count()
+        .max(1);
     // SQLite binds at most 32,766 parameters per statement.
-    let per_statement = (32_766 / width.max(1)).clamp(1, 256);
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(per_statement * width);
-    let row = format!("({})", vec!["?"; width].join(", "));
+    let per_statement = ((32_766 - shared.len()) / width).clamp(1, 256);
+    let mut values: Vec<&dyn rusqlite::ToSql> =
+        Vec::with_capacity(shared.len() + per_statement * width);
+    let row = format!("({row})");
     for chunk in rows.chunks(per_statement) {
         let sql = format!(
             "{head} VALUES {}",
@@ -169,6 +196,7 @@ pub fn insert_rows<R>(
         );
         let mut statement = connection.prepare_cached(&sql)?;
         values.clear();
+        values.extend_from_slice(shared);
         for row in chunk {
             bind(row, &mut values);
         }
@@ -392,7 +420,7 @@ fn run_writer(
         busy += working.elapsed();
         if wal_pages.load(std::sync::atomic::Ordering::Relaxed) >= CHECKPOINT_PAGES {
             // Busy three quarters of the time: hand it over; otherwise there is time for it here.
-            if busy > idle * 3 {
+            if busy > idle {
                 let _ = checkpoints.try_send(());
             } else {
                 checkpoint(&connection, &path);
