@@ -109,16 +109,26 @@ pub fn next_id(savepoint: &Savepoint<'_>, path: &Path) -> Result<u64, StoreError
         .map_err(sqlite_error(path))
 }
 
-/// Stores rows numbered from [`next_id`], in order.
+/// Stores one agent's rows, all received at `received_ms` and numbered from [`next_id`], in order.
+/// SQLite gives each row the next id itself (one more than the largest, as it does for a table only
+/// ever appended to), which spares it a search per row for a given id; that they are the ids the
+/// rows carry is checked, and a mismatch fails the transaction.
 pub fn insert_rows(
     savepoint: &Savepoint<'_>,
     path: &Path,
+    agent: &str,
+    received_ms: i64,
     rows: &[&EventRow],
 ) -> Result<(), StoreError> {
-    /// Columns as SQLite takes them: ids and optional numbers converted once.
+    let Some(last) = rows.last() else {
+        return Ok(());
+    };
+    debug_assert!(rows
+        .iter()
+        .all(|row| row.agent == agent && row.received_ms == received_ms));
+    /// Columns as SQLite takes them: optional numbers converted once.
     struct Bound<'a> {
         row: &'a EventRow,
-        id: i64,
         seq: i64,
         run: Option<i64>,
         suite: Option<i64>,
@@ -127,24 +137,21 @@ pub fn insert_rows(
         .iter()
         .map(|row| Bound {
             row,
-            id: row.id as i64,
             seq: row.seq as i64,
             run: row.run.map(|run| run as i64),
             suite: row.suite.map(|suite| suite as i64),
         })
         .collect();
-    crate::store::insert_rows(
+    crate::store::insert_rows_sharing(
         savepoint,
-        "INSERT INTO events (id, agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data)",
-        11,
+        "INSERT INTO events (agent, received_ms, seq, agent_ms, kind, run_id, suite_id, test_id, summary, data)",
+        "?1, ?2, ?, ?, ?, ?, ?, ?, ?, ?",
+        &[&agent, &received_ms],
         &bound,
         |bound, values| {
             values.extend([
-                &bound.id as &dyn rusqlite::ToSql,
-                &bound.row.agent,
-                &bound.seq,
+                &bound.seq as &dyn rusqlite::ToSql,
                 &bound.row.agent_ms,
-                &bound.row.received_ms,
                 &bound.row.kind,
                 &bound.run,
                 &bound.suite,
@@ -154,7 +161,21 @@ pub fn insert_rows(
             ]);
         },
     )
-    .map_err(sqlite_error(path))
+    .map_err(sqlite_error(path))?;
+    let stored = savepoint.last_insert_rowid();
+    if stored != last.id as i64 {
+        return Err(StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source: rusqlite::Error::ToSqlConversionFailure(
+                format!(
+                    "events were numbered up to {} but stored up to id {stored}",
+                    last.id
+                )
+                .into(),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Does `event` pass the query's filters (all but `grep`, which the caller compiles once)?

@@ -726,7 +726,7 @@ pub fn ingest(
             _ => None,
         })
         .collect();
-    crate::events::insert_rows(savepoint, path, &events)?;
+    crate::events::insert_rows(savepoint, path, agent, now_ms, &events)?;
     savepoint
         .execute(
             "UPDATE agents SET records_committed = ?2 WHERE name = ?1",
