@@ -13,30 +13,47 @@ pub fn parallel_map_with<T: Sync, U: Send, S>(
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, &T) -> U + Sync,
 ) -> Vec<U> {
+    let parts = parallel_chunks(items, |_, part| {
+        let mut state = init();
+        part.iter()
+            .map(|item| f(&mut state, item))
+            .collect::<Vec<U>>()
+    });
+    if parts.len() == 1 {
+        return parts.into_iter().flatten().collect();
+    }
+    let mut all = Vec::with_capacity(items.len());
+    for part in parts {
+        all.extend(part);
+    }
+    all
+}
+
+/// `f` over contiguous chunks of `items`, one per core (at most 8), in order; `f` also gets where its
+/// chunk starts. Under 512 items there is one chunk, on the calling thread. For work that gathers
+/// something per chunk (a map, say) and merges afterwards.
+pub fn parallel_chunks<T: Sync, U: Send>(
+    items: &[T],
+    f: impl Fn(usize, &[T]) -> U + Sync,
+) -> Vec<U> {
     let threads = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
         .min(8);
     if threads < 2 || items.len() < 512 {
-        let mut state = init();
-        return items.iter().map(|item| f(&mut state, item)).collect();
+        return vec![f(0, items)];
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|scope| {
+        let f = &f;
         let workers: Vec<_> = items
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(|| {
-                    let mut state = init();
-                    part.iter()
-                        .map(|item| f(&mut state, item))
-                        .collect::<Vec<U>>()
-                })
-            })
+            .enumerate()
+            .map(|(index, part)| scope.spawn(move || f(index * chunk, part)))
             .collect();
         workers
             .into_iter()
-            .flat_map(|worker| {
+            .map(|worker| {
                 worker
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -66,6 +83,21 @@ mod tests {
                 doubled,
                 items.iter().map(|item| item * 2).collect::<Vec<_>>()
             );
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_input_once_in_order_with_their_starts() {
+        for length in [0, 1, 511, 512, 10_001] {
+            let items: Vec<usize> = (0..length).collect();
+            let parts = parallel_chunks(&items, |start, part| (start, part.to_vec()));
+            let mut next = 0;
+            for (start, part) in parts {
+                assert_eq!(start, next);
+                assert!(part.iter().enumerate().all(|(i, item)| *item == start + i));
+                next += part.len();
+            }
+            assert_eq!(next, length);
         }
     }
 }
