@@ -186,8 +186,10 @@ pub enum MetadataError {
 
 /// What one node of an adjusted tree is to Polarizer.
 #[derive(Clone, Debug, PartialEq)]
+// Not boxed: a catalog of 100,000 tests would allocate and free a box for each on its way in.
+#[allow(clippy::large_enum_variant)]
 pub enum CatalogItem {
-    Test(Box<TestMetadata>),
+    Test(TestMetadata),
     Feature(Feature),
 }
 
@@ -209,9 +211,9 @@ impl CatalogItem {
                     Ok(None)
                 }
             }
-            _ if node.is_selected() && node.data().contains_key("test") => Ok(Some(
-                CatalogItem::Test(Box::new(test_from_node(node, root)?)),
-            )),
+            _ if node.is_selected() && node.data().contains_key("test") => {
+                Ok(Some(CatalogItem::Test(test_from_node(node, root)?)))
+            }
             _ => Ok(None),
         }
     }
@@ -239,10 +241,14 @@ impl Catalog {
     pub fn from_items(
         items: impl IntoIterator<Item = Result<Option<CatalogItem>, MetadataError>>,
     ) -> Result<Catalog, MetadataError> {
-        let mut catalog = Catalog::default();
+        let items = items.into_iter();
+        let mut catalog = Catalog {
+            tests: Vec::with_capacity(items.size_hint().0),
+            features: Vec::new(),
+        };
         for item in items {
             match item? {
-                Some(CatalogItem::Test(test)) => catalog.tests.push(*test),
+                Some(CatalogItem::Test(test)) => catalog.tests.push(test),
                 Some(CatalogItem::Feature(feature)) => catalog.features.push(feature),
                 None => {}
             }
@@ -285,14 +291,17 @@ impl Catalog {
                 });
             }
         }
-        let known_tests: HashSet<&str> = self
-            .tests
-            .iter()
-            .flat_map(|test| [test.id.as_str(), test.name.as_str()])
-            .collect();
+        // `after` may name a test by id or by node name; resolve to names for the graph.
+        let mut name_of: HashMap<&str, &str> = HashMap::with_capacity(2 * self.tests.len());
+        name_of.extend(self.tests.iter().flat_map(|test| {
+            [
+                (test.id.as_str(), test.name.as_str()),
+                (test.name.as_str(), test.name.as_str()),
+            ]
+        }));
         for test in &self.tests {
             for after in &test.after {
-                if !known_tests.contains(after.as_str()) {
+                if !name_of.contains_key(after.as_str()) {
                     return Err(MetadataError::UnknownAfter {
                         node: test.name.clone(),
                         test: after.clone(),
@@ -313,17 +322,6 @@ impl Catalog {
         if let Some(cycle) = find_cycle(&feature_edges) {
             return Err(MetadataError::FeatureCycle { cycle });
         }
-        // `after` may name a test by id or by node name; resolve to names for the graph.
-        let name_of: HashMap<&str, &str> = self
-            .tests
-            .iter()
-            .flat_map(|test| {
-                [
-                    (test.id.as_str(), test.name.as_str()),
-                    (test.name.as_str(), test.name.as_str()),
-                ]
-            })
-            .collect();
         // A test that follows none cannot be in a cycle: only tests with `after` are searched from.
         let after_edges: BTreeMap<&str, Vec<&str>> = self
             .tests
