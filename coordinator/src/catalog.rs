@@ -140,33 +140,87 @@ impl Import {
 }
 
 fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
-    const CHUNK: usize = 4096;
-    let starts: Vec<usize> = (0..tests.len()).step_by(CHUNK).collect();
-    let partial = polarizer_shared::parallel::parallel_map(&starts, |&start| {
-        let mut postings: HashMap<(&'static str, Cow<'_, str>), Vec<u32>> = HashMap::new();
-        for (offset, test) in tests[start..tests.len().min(start + CHUNK)]
-            .iter()
-            .enumerate()
-        {
-            for facet in facets(test) {
-                postings
-                    .entry(facet)
-                    .or_default()
-                    .push((start + offset) as u32);
+    /// A facet value, borrowed from the tests: an entry of one of [`LISTS`], or a link.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    enum Key<'t> {
+        List(usize, &'t str),
+        Link(&'t str, &'t str),
+    }
+    /// Distinct values numbered as they are first seen.
+    #[derive(Default)]
+    struct Numbered<'t> {
+        numbers: HashMap<Key<'t>, u32>,
+        keys: Vec<Key<'t>>,
+    }
+    impl<'t> Numbered<'t> {
+        fn number(&mut self, key: Key<'t>) -> u32 {
+            let next = self.keys.len() as u32;
+            let number = *self.numbers.entry(key).or_insert(next);
+            if number == next {
+                self.keys.push(key);
             }
-        }
-        postings
-    });
-    let mut merged: HashMap<(&'static str, Cow<'_, str>), Vec<u32>> = HashMap::new();
-    // Chunks come in order, so each list stays ascending.
-    for postings in partial {
-        for (facet, indices) in postings {
-            merged.entry(facet).or_default().extend(indices);
+            number
         }
     }
-    let mut facets: FacetPostings = merged
-        .into_iter()
-        .map(|((kind, value), indices)| (kind, value.into_owned(), indices))
+    // Per chunk: its values and a flat list of (value, test) pairs, nothing allocated per pair.
+    let partial = polarizer_shared::parallel::parallel_chunks(tests, |start, part| {
+        let mut values = Numbered::default();
+        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(part.len() * 12);
+        // The chunk, borrowed from `tests` itself: the keys outlive this call.
+        for (offset, test) in tests[start..start + part.len()].iter().enumerate() {
+            let place = (start + offset) as u32;
+            for (list_index, (_, list)) in LISTS.iter().enumerate() {
+                for value in list(test) {
+                    pairs.push((values.number(Key::List(list_index, value)), place));
+                }
+            }
+            for link in &test.links {
+                let key = Key::Link(link.relation.as_str(), link.target.as_str());
+                pairs.push((values.number(key), place));
+            }
+        }
+        (values, pairs)
+    });
+    // One numbering for all chunks, then the pairs grouped by value with a counting sort: chunks come
+    // in order and the sort is stable, so each value's tests stay ascending.
+    let mut values = Numbered::default();
+    let renumbered: Vec<Vec<u32>> = partial
+        .iter()
+        .map(|(chunk, _)| chunk.keys.iter().map(|key| values.number(*key)).collect())
+        .collect();
+    let mut starts = vec![0usize; values.keys.len() + 1];
+    for ((_, pairs), global) in partial.iter().zip(&renumbered) {
+        for (value, _) in pairs {
+            starts[global[*value as usize] as usize + 1] += 1;
+        }
+    }
+    for index in 1..starts.len() {
+        starts[index] += starts[index - 1];
+    }
+    let mut places = vec![0u32; starts[values.keys.len()]];
+    let mut next = starts.clone();
+    for ((_, pairs), global) in partial.iter().zip(&renumbered) {
+        for (value, place) in pairs {
+            let slot = &mut next[global[*value as usize] as usize];
+            places[*slot] = *place;
+            *slot += 1;
+        }
+    }
+    let mut facets: FacetPostings = values
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(number, key)| {
+            let (kind, value) = match *key {
+                Key::List(list_index, value) => (LISTS[list_index].0, value.to_string()),
+                Key::Link(relation, target) => ("link", link_value(relation, target)),
+            };
+            (
+                kind,
+                value,
+                places[starts[number]..starts[number + 1]].to_vec(),
+            )
+        })
         .collect();
     facets.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     facets
@@ -210,32 +264,42 @@ fn json_of(test: &TestMetadata) -> String {
     })
 }
 
+/// The multi-valued filters kept as facets, with where a test keeps each; links are the one more.
+const LISTS: [(&str, fn(&TestMetadata) -> &[String]); 8] = [
+    ("tag", |test| &test.tags),
+    ("component", |test| &test.components),
+    ("needs", |test| &test.resources.needs),
+    ("creates", |test| &test.resources.creates),
+    ("modifies", |test| &test.resources.modifies),
+    ("after", |test| &test.after),
+    ("arch", |test| &test.platform.arch),
+    ("distro", |test| &test.platform.distro),
+];
+
+/// A link's facet value: `relation:target`.
+fn link_value(relation: &str, target: &str) -> String {
+    let mut value = String::with_capacity(relation.len() + 1 + target.len());
+    value.push_str(relation);
+    value.push(':');
+    value.push_str(target);
+    value
+}
+
 /// Facets: one row per (test, kind, value), for every multi-valued filter.
 fn facets(test: &TestMetadata) -> Vec<(&'static str, Cow<'_, str>)> {
-    let lists: [(&'static str, &[String]); 8] = [
-        ("tag", &test.tags),
-        ("component", &test.components),
-        ("needs", &test.resources.needs),
-        ("creates", &test.resources.creates),
-        ("modifies", &test.resources.modifies),
-        ("after", &test.after),
-        ("arch", &test.platform.arch),
-        ("distro", &test.platform.distro),
-    ];
-    let mut rows: Vec<(&'static str, Cow<'_, str>)> = lists
-        .into_iter()
-        .flat_map(|(kind, values)| {
-            values
+    let mut rows: Vec<(&'static str, Cow<'_, str>)> = LISTS
+        .iter()
+        .flat_map(|(kind, list)| {
+            list(test)
                 .iter()
-                .map(move |value| (kind, Cow::from(value.as_str())))
+                .map(move |value| (*kind, Cow::from(value.as_str())))
         })
         .collect();
-    rows.extend(test.links.iter().map(|link| {
-        (
-            "link",
-            Cow::from(format!("{}:{}", link.relation, link.target)),
-        )
-    }));
+    rows.extend(
+        test.links
+            .iter()
+            .map(|link| ("link", Cow::from(link_value(&link.relation, &link.target)))),
+    );
     rows
 }
 
@@ -755,5 +819,57 @@ impl Reader {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polarizer_shared::metadata::Link;
+
+    /// Postings gathered in parallel chunks say what each test's own facets say, values sorted and
+    /// each value's tests ascending.
+    #[test]
+    fn facet_postings_agree_with_each_tests_facets() {
+        // More than one chunk's worth, with values shared within and across chunks.
+        let template: TestMetadata = serde_json::from_str(
+            r#"{"id":"/t","name":"/t","summary":"","description":"","test":"./run.sh","path":"/t",
+            "framework":"shell","duration_seconds":300,"tags":[],"tier":"","components":[],"require":[],
+            "recommend":[],"links":[],"enabled":true,"environment":{},"result":"","order":50,
+            "test_type":null,"feature":"","after":[],"resources":{"needs":[],"creates":[],"modifies":[]},
+            "services":[],"platform":{"kind":null,"arch":[],"distro":[]},
+            "provision":{"playbook":"","containerfile":""},"junit":"","bdd":"",
+            "hooks":{"setup":[],"cleanup":[],"suite_setup":[],"suite_cleanup":[]}}"#,
+        )
+        .expect("template");
+        let tests: Vec<TestMetadata> = (0..3_000)
+            .map(|index| {
+                let mut test = template.clone();
+                test.name = format!("/t/{index}");
+                test.tags = vec![format!("tag-{}", index % 7), "all".into()];
+                test.resources.needs = vec![format!("r-{}", index % 1_000)];
+                test.links = vec![Link {
+                    relation: "verifies".into(),
+                    target: format!("REQ-{}", index % 11),
+                    note: String::new(),
+                }];
+                test
+            })
+            .collect();
+        let mut expected: BTreeMap<(&str, String), Vec<u32>> = BTreeMap::new();
+        for (place, test) in tests.iter().enumerate() {
+            for (kind, value) in facets(test) {
+                expected
+                    .entry((kind, value.into_owned()))
+                    .or_default()
+                    .push(place as u32);
+            }
+        }
+        let expected: FacetPostings = expected
+            .into_iter()
+            .map(|((kind, value), places)| (kind, value, places))
+            .collect();
+        assert_eq!(facet_postings(&tests), expected);
+        assert_eq!(expected.len(), 7 + 1 + 1_000 + 11);
     }
 }
