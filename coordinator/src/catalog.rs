@@ -264,8 +264,11 @@ fn json_of(test: &TestMetadata) -> String {
     })
 }
 
+/// Where a test keeps the values of one multi-valued filter.
+type ListOf = fn(&TestMetadata) -> &[String];
+
 /// The multi-valued filters kept as facets, with where a test keeps each; links are the one more.
-const LISTS: [(&str, fn(&TestMetadata) -> &[String]); 8] = [
+const LISTS: [(&str, ListOf); 8] = [
     ("tag", |test| &test.tags),
     ("component", |test| &test.components),
     ("needs", |test| &test.resources.needs),
