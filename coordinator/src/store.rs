@@ -317,7 +317,7 @@ const CHECKPOINT_PAGES: i32 = 1_000;
 const WRITER_CHECKPOINT_PAGES: i32 = 65_536;
 
 /// A busy writer hands checkpoints to a thread of their own: once a commit leaves `CHECKPOINT_PAGES`
-/// in the WAL and the writer was busy most of the time since the last checkpoint, it asks for one (a
+/// in the WAL and the writer was busy more than half the time since the last checkpoint, it asks for one (a
 /// channel of one: requests coalesce) and the checkpointer, with its own connection, runs a passive
 /// checkpoint, then rests for `CHECKPOINT_INTERVAL`. A writer with time to spare checkpoints itself: a
 /// checkpoint beside commits makes them wait on the file system's syncs (measured: tail latency p99
@@ -419,7 +419,7 @@ fn run_writer(
         }
         busy += working.elapsed();
         if wal_pages.load(std::sync::atomic::Ordering::Relaxed) >= CHECKPOINT_PAGES {
-            // Busy three quarters of the time: hand it over; otherwise there is time for it here.
+            // Busy more than half the time: hand it over; otherwise there is time for it here.
             if busy > idle {
                 let _ = checkpoints.try_send(());
             } else {
