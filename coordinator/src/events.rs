@@ -330,3 +330,58 @@ pub fn result_summary(test: &str, status: &str, duration_ms: u64, message: &str)
 
 pub const OUTPUT: &str = kind::OUTPUT;
 pub const RESULT: &str = kind::RESULT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, seq: u64) -> EventRow {
+        EventRow {
+            id,
+            agent: "vm-1".into(),
+            seq,
+            received_ms: 7,
+            kind: "app".into(),
+            ..EventRow::default()
+        }
+    }
+
+    /// SQLite numbers the rows; the ids ingest gave them are checked against that, and a batch
+    /// numbered otherwise is refused.
+    #[test]
+    fn rows_keep_the_ids_they_were_numbered_with_or_are_refused() {
+        let path = Path::new("events.db");
+        let mut connection = rusqlite::Connection::open_in_memory().expect("open");
+        connection.execute_batch(MIGRATION).expect("migrate");
+        let savepoint = connection.savepoint().expect("savepoint");
+        let first = next_id(&savepoint, path).expect("next id");
+        let rows = [row(first, 1), row(first + 1, 2)];
+        insert_rows(
+            &savepoint,
+            path,
+            "vm-1",
+            7,
+            &rows.iter().collect::<Vec<_>>(),
+        )
+        .expect("insert");
+        let stored: Vec<(i64, i64)> = savepoint
+            .prepare("SELECT id, seq FROM events ORDER BY id")
+            .expect("prepare")
+            .query_map([], |found| Ok((found.get(0)?, found.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(stored, vec![(first as i64, 1), (first as i64 + 1, 2)]);
+        // Numbered as if the table were empty: refused, naming the database.
+        let stale = [row(first, 3)];
+        let error = insert_rows(
+            &savepoint,
+            path,
+            "vm-1",
+            7,
+            &stale.iter().collect::<Vec<_>>(),
+        )
+        .expect_err("a mismatched id is refused");
+        assert!(error.to_string().contains("events.db"), "{error}");
+    }
+}
