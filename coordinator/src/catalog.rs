@@ -1,6 +1,6 @@
 //! The test catalog in SQLite: where tests came from, their metadata, and the feature graph.
-//! Written by the store's one writer (`write_import`, one transaction of its own per import); read with
-//! indexed queries.
+//! Written by the store's one writer (`write_tests`, then `write_facets_and_features`, in one transaction
+//! of its own per import); read with indexed queries.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -118,7 +118,6 @@ pub struct Import {
     pub catalog: Catalog,
     /// One per `catalog.tests`, in the same order: the stored form, worked out off the writer thread.
     pub rows: Vec<TestRowData>,
-    pub facets: FacetPostings,
     pub now_ms: i64,
 }
 
@@ -126,16 +125,19 @@ pub struct Import {
 pub type FacetPostings = Vec<(&'static str, String, Vec<u32>)>;
 
 impl Import {
-    /// An import of `catalog`, with its facets gathered on every core (the writer then looks up each
-    /// distinct value once, instead of each of a million test-value pairs).
     pub fn new(source: Source, catalog: Catalog, rows: Vec<TestRowData>, now_ms: i64) -> Import {
         Import {
-            facets: facet_postings(&catalog.tests),
             source,
             catalog,
             rows,
             now_ms,
         }
+    }
+
+    /// Its facets, gathered on every core: the writer then looks up each distinct value once, instead
+    /// of each of a million test-value pairs.
+    pub fn facet_postings(&self) -> FacetPostings {
+        facet_postings(&self.catalog.tests)
     }
 }
 
@@ -372,13 +374,24 @@ struct Existing {
     digest: Vec<u8>,
 }
 
-/// Replaces what `import.source` said before with what it says now. Tests it no longer has are marked
+/// What [`write_tests`] leaves for [`write_facets_and_features`].
+pub struct TestsWritten {
+    source_id: i64,
+    /// Per test (by its place in the catalog): its key, when its facets are to be written.
+    facets_to_write: Vec<Option<i64>>,
+    facet_ids: FacetIds,
+    summary: ImportSummary,
+}
+
+/// Replaces what `import.source` said before with what it says now, in two halves: this one writes the
+/// source and its tests' rows, which need nothing from the whole-catalog checks (so the writer can do
+/// this while they run); [`write_facets_and_features`] the rest. Tests it no longer has are marked
 /// removed (results will refer to them), never deleted; tests whose stored form is unchanged are not
 /// touched, so re-importing a large tree after a small change writes little.
-pub fn write_import(
+pub fn write_tests(
     transaction: &rusqlite::Transaction<'_>,
     import: &Import,
-) -> rusqlite::Result<ImportSummary> {
+) -> rusqlite::Result<TestsWritten> {
     let source = &import.source;
     transaction.execute(
         "INSERT INTO sources (location, git_ref, git_commit, tree_path, imported_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -408,7 +421,7 @@ pub fn write_import(
             );
         }
     }
-    let mut facet_ids = FacetIds::load(transaction)?;
+    let facet_ids = FacetIds::load(transaction)?;
     // Per test (by its place in the catalog): its key, when its facets are to be written.
     let mut facets_to_write: Vec<Option<i64>> = vec![None; import.catalog.tests.len()];
     let mut summary = ImportSummary {
@@ -480,8 +493,39 @@ pub fn write_import(
         &new_tests,
         |stored, values| stored.bind(values),
     )?;
+    {
+        let mut mark_removed =
+            transaction.prepare_cached("UPDATE tests SET removed = 1 WHERE key = ?1")?;
+        for before in existing.values() {
+            if before.source_id == source_id && !before.removed && !present.contains(&before.key) {
+                mark_removed.execute([before.key])?;
+                summary.removed += 1;
+            }
+        }
+    }
+    Ok(TestsWritten {
+        source_id,
+        facets_to_write,
+        facet_ids,
+        summary,
+    })
+}
+
+/// The second half of an import (see [`write_tests`]): the facets of the tests written, and the feature graph.
+pub fn write_facets_and_features(
+    transaction: &rusqlite::Transaction<'_>,
+    import: &Import,
+    facets: &FacetPostings,
+    tests: TestsWritten,
+) -> rusqlite::Result<ImportSummary> {
+    let TestsWritten {
+        source_id,
+        facets_to_write,
+        mut facet_ids,
+        summary,
+    } = tests;
     let mut new_pairs: Vec<(i64, i64)> = Vec::new();
-    for (kind, value, indices) in &import.facets {
+    for (kind, value, indices) in facets {
         let mut keys = indices
             .iter()
             .filter_map(|index| facets_to_write[*index as usize])
@@ -504,16 +548,6 @@ pub fn write_import(
             values.push(key);
         },
     )?;
-    {
-        let mut mark_removed =
-            transaction.prepare_cached("UPDATE tests SET removed = 1 WHERE key = ?1")?;
-        for before in existing.values() {
-            if before.source_id == source_id && !before.removed && !present.contains(&before.key) {
-                mark_removed.execute([before.key])?;
-                summary.removed += 1;
-            }
-        }
-    }
     transaction.execute(
         "UPDATE features SET removed = 1 WHERE source_id = ?1",
         [source_id],

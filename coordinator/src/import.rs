@@ -9,7 +9,7 @@ use polarizer_shared::catalog::Source;
 use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
 use polarizer_shared::metadata::{Catalog, CatalogItem};
 
-use crate::catalog::{Import, TestRowData};
+use crate::catalog::{FacetPostings, Import, TestRowData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -33,7 +33,8 @@ pub fn is_git_url(location: &str) -> bool {
     location.contains("://") || location.starts_with("git@") || location.ends_with(".git")
 }
 
-/// Reads the tree at `location` (adjusted for `context`), ready for the store.
+/// Reads the tree at `location` (adjusted for `context`), ready for the store. Its catalog is not
+/// checked yet: [`check`] does that, while the store starts writing (see `StoreHandle::import_checked`).
 pub fn prepare(
     location: &str,
     git_ref: &str,
@@ -56,7 +57,7 @@ pub fn prepare(
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
         (path.to_path_buf(), commit, None)
     };
-    let (catalog, rows) = load_catalog(&tree_path, context)?;
+    let (catalog, rows) = read_catalog(&tree_path, context)?;
     let source = Source {
         location: location.to_string(),
         git_ref: git_ref.to_string(),
@@ -66,9 +67,26 @@ pub fn prepare(
     Ok(Import::new(source, catalog, rows, now_ms))
 }
 
+/// Checks a prepared import's catalog whole (references resolve, no cycles) and gathers its facets.
+pub fn check(import: &Import) -> Result<FacetPostings, ImportError> {
+    import.catalog.validate()?;
+    Ok(import.facet_postings())
+}
+
 /// Reads, adjusts and checks the tree at `tree_path`, with each test's stored form (which also says
-/// whether its metadata differs by distro). Nodes are read on every core and not kept.
+/// whether its metadata differs by distro).
 pub fn load_catalog(
+    tree_path: &Path,
+    context: &[(String, String)],
+) -> Result<(Catalog, Vec<TestRowData>), ImportError> {
+    let (catalog, rows) = read_catalog(tree_path, context)?;
+    catalog.validate()?;
+    Ok((catalog, rows))
+}
+
+/// [`load_catalog`] without the whole-catalog checks (each node is still checked on its own). Nodes are
+/// read on every core and not kept.
+pub fn read_catalog(
     tree_path: &Path,
     context: &[(String, String)],
 ) -> Result<(Catalog, Vec<TestRowData>), ImportError> {
@@ -91,7 +109,7 @@ pub fn load_catalog(
             Ok((item, row))
         })?;
     let mut rows = Vec::new();
-    let catalog = Catalog::from_items(visited.into_iter().map(
+    let catalog = Catalog::assemble(visited.into_iter().map(
         |visited: Result<_, polarizer_shared::metadata::MetadataError>| {
             visited.map(|(item, row)| {
                 rows.extend(row);
@@ -196,4 +214,69 @@ pub fn parse_context(items: &[String]) -> Result<Vec<(String, String)>, ImportEr
             _ => Err(ImportError::BadContext { text: item.clone() }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ImportFailed, Store};
+    use polarizer_shared::catalog::TestQuery;
+
+    fn write_tree(root: &Path, tests: &str) {
+        std::fs::create_dir_all(root.join(".fmf")).unwrap();
+        std::fs::write(root.join(".fmf/version"), "1\n").unwrap();
+        std::fs::write(root.join("main.fmf"), "/features:\n  /login: {}\n").unwrap();
+        std::fs::write(root.join("tests.fmf"), tests).unwrap();
+    }
+
+    /// The writer stores a tree's tests while the whole-tree checks run; when they fail, it rolls back,
+    /// the check's error is the answer, and the store is as it was.
+    #[tokio::test]
+    async fn an_import_failing_its_checks_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let (store, _writer) = Store::open(&dir.path().join("polarizer.db")).unwrap();
+        let import = |now_ms| {
+            let import = prepare(tree.to_str().unwrap(), "", &[], dir.path(), now_ms).unwrap();
+            store.import_checked(import, check)
+        };
+        write_tree(
+            &tree,
+            "/a:\n  test: ./a\n  feature: login\n/b:\n  test: ./b\n  after: [/tests/a]\n",
+        );
+        let first = import(1).await.unwrap();
+        assert_eq!((first.tests, first.added), (2, 2));
+        let stored = |reader: &crate::store::Reader| {
+            let query = TestQuery {
+                include_removed: true,
+                ..TestQuery::default()
+            };
+            let rows = reader.tests(&query).unwrap();
+            let a = reader.test("/tests/a").unwrap().map(|(test, _, _)| test);
+            (rows, a, reader.features().unwrap())
+        };
+        let before = stored(&store.reader().unwrap());
+
+        // Each changes the tests' rows (a summary, a new test, a test gone) and fails a check of the whole.
+        for (tests, expected) in [
+            (
+                "/a:\n  test: ./a\n  summary: new\n  after: [/tests/b]\n/b:\n  test: ./b\n  after: [/tests/a]\n/c:\n  test: ./c\n",
+                "cycle in `after`",
+            ),
+            ("/a:\n  test: ./a\n  feature: nowhere\n/c:\n  test: ./c\n", "nowhere"),
+            (
+                "/a:\n  test: ./a\n  id: same\n/b:\n  test: ./b\n  id: same\n",
+                "same",
+            ),
+        ] {
+            write_tree(&tree, tests);
+            match import(2).await {
+                Err(ImportFailed::Check(err)) => {
+                    assert!(err.to_string().contains(expected), "{expected}: {err}")
+                }
+                other => panic!("{expected}: expected a failed check, got {other:?}"),
+            }
+            assert_eq!(stored(&store.reader().unwrap()), before, "{expected}");
+        }
+    }
 }

@@ -243,7 +243,11 @@ impl Shared {
         };
         let source = import.source.clone();
         let storing = std::time::Instant::now();
-        match self.store.import_catalog(import).await {
+        match self
+            .store
+            .import_checked(import, crate::import::check)
+            .await
+        {
             Ok(summary) => {
                 let store_ms = storing.elapsed().as_millis() as u64;
                 info!(source = %source.location, tests = summary.tests, added = summary.added, changed = summary.changed, removed = summary.removed, prepare_ms, store_ms, "catalog imported");

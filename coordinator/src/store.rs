@@ -3,12 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread;
 
 use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
+
+use crate::catalog::{FacetPostings, Import, ImportSummary};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +62,15 @@ pub enum StoreError {
     Closed,
 }
 
+/// Why [`StoreHandle::import_checked`] stored nothing: the import's checks failed, or the store did.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportFailed<E> {
+    #[error("{0}")]
+    Check(E),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// An agent row as the coordinator needs it to authenticate a hello.
 #[derive(Clone, Debug)]
 pub struct StoredAgent {
@@ -97,9 +109,11 @@ enum Command {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// Its tests are written at once; the rest waits for `facets`, which come once its checks pass.
     ImportCatalog {
-        import: Box<crate::catalog::Import>,
-        reply: oneshot::Sender<Result<crate::catalog::ImportSummary, StoreError>>,
+        import: Arc<Import>,
+        facets: oneshot::Receiver<FacetPostings>,
+        reply: oneshot::Sender<Result<ImportSummary, StoreError>>,
     },
     /// Any other write, in a savepoint of its own inside the batch's transaction.
     Write(WriteWork),
@@ -392,8 +406,13 @@ fn run_writer(
         let mut commands = batch.into_iter().peekable();
         while commands.peek().is_some() {
             if let Some(Command::ImportCatalog { .. }) = commands.peek() {
-                if let Some(Command::ImportCatalog { import, reply }) = commands.next() {
-                    import_catalog(&mut connection, &import, reply, &path);
+                if let Some(Command::ImportCatalog {
+                    import,
+                    facets,
+                    reply,
+                }) = commands.next()
+                {
+                    import_catalog(&mut connection, &import, facets, reply, &path);
                     // Freeing a large catalog takes a while; the next writes need not wait for it.
                     polarizer_shared::parallel::drop_elsewhere(import);
                 }
@@ -432,17 +451,28 @@ fn run_writer(
     }
 }
 
-/// Stores an import all or nothing, replying after the commit.
+/// Stores an import all or nothing, replying after the commit. Its tests are written while its checks
+/// still run elsewhere; nothing commits unless they pass and send its facets. Other writes wait
+/// meanwhile, as they would for any import.
 fn import_catalog(
     connection: &mut Connection,
-    import: &crate::catalog::Import,
-    reply: oneshot::Sender<Result<crate::catalog::ImportSummary, StoreError>>,
+    import: &Import,
+    facets: oneshot::Receiver<FacetPostings>,
+    reply: oneshot::Sender<Result<ImportSummary, StoreError>>,
     path: &Path,
 ) {
     let outcome = (|| {
         let transaction = connection.transaction().map_err(sqlite_error(path))?;
+        let tests =
+            crate::catalog::write_tests(&transaction, import).map_err(sqlite_error(path))?;
+        let facets = facets
+            .blocking_recv()
+            .map_err(|_| StoreError::Transaction {
+                reason: "the import failed its checks; nothing of it is stored".into(),
+            })?;
         let summary =
-            crate::catalog::write_import(&transaction, import).map_err(sqlite_error(path))?;
+            crate::catalog::write_facets_and_features(&transaction, import, &facets, tests)
+                .map_err(sqlite_error(path))?;
         transaction.commit().map_err(sqlite_error(path))?;
         Ok(summary)
     })();
@@ -544,7 +574,7 @@ fn apply(
             }));
         }
         Command::Write(work) => work(transaction, path, replies),
-        Command::ImportCatalog { import, reply } => {
+        Command::ImportCatalog { import, reply, .. } => {
             // run_writer gives imports a transaction of their own; one arriving here is stored alone.
             let _ = reply.send(Err(StoreError::Transaction {
                 reason: format!(
@@ -674,17 +704,56 @@ impl StoreHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores an imported catalog in one step: all of it, or (on error) nothing.
-    pub async fn import_catalog(
+    /// Stores a checked catalog in one step: all of it, or (on error) nothing.
+    pub async fn import_catalog(&self, import: Import) -> Result<ImportSummary, StoreError> {
+        self.import_checked(import, |import| {
+            Ok::<_, std::convert::Infallible>(import.facet_postings())
+        })
+        .await
+        .map_err(|failed| match failed {
+            ImportFailed::Store(err) => err,
+            ImportFailed::Check(never) => match never {},
+        })
+    }
+
+    /// Stores a catalog in one step, all of it or (on error) nothing, once `check` passes. `check` runs
+    /// on a thread of its own while the writer already writes the tests' rows, and gives the facets the
+    /// writer needs to finish; if it fails, the writer rolls back and that is the error.
+    pub async fn import_checked<E: Send + 'static>(
         &self,
-        import: crate::catalog::Import,
-    ) -> Result<crate::catalog::ImportSummary, StoreError> {
+        import: Import,
+        check: impl FnOnce(&Import) -> Result<FacetPostings, E> + Send + 'static,
+    ) -> Result<ImportSummary, ImportFailed<E>> {
+        let import = Arc::new(import);
+        let (facets_tx, facets) = oneshot::channel();
         let (reply, reply_rx) = oneshot::channel();
         self.send(Command::ImportCatalog {
-            import: Box::new(import),
+            import: import.clone(),
+            facets,
             reply,
         })?;
-        reply_rx.await.map_err(|_| StoreError::Closed)?
+        let checked = tokio::task::spawn_blocking(move || {
+            let checked = check(&import);
+            // The writer frees the import once it is done with it.
+            polarizer_shared::parallel::drop_elsewhere(import);
+            checked
+        })
+        .await;
+        let checked = match checked {
+            Ok(checked) => checked.map_err(ImportFailed::Check),
+            Err(join) => Err(ImportFailed::Store(StoreError::Transaction {
+                reason: format!("the import's checks stopped: {join}"),
+            })),
+        };
+        // With the facets the writer commits. Without them it rolls back: on a failed check the sender
+        // is dropped with this closure. A writer that failed already has dropped its end; its reply
+        // says why. Either way, answer once it is done.
+        let checked = checked.map(move |facets| {
+            let _ = facets_tx.send(facets);
+        });
+        let stored = reply_rx.await.map_err(|_| StoreError::Closed);
+        checked?;
+        Ok(stored??)
     }
 
     /// Waits until everything sent before is committed.

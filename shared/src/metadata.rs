@@ -241,6 +241,16 @@ impl Catalog {
     pub fn from_items(
         items: impl IntoIterator<Item = Result<Option<CatalogItem>, MetadataError>>,
     ) -> Result<Catalog, MetadataError> {
+        let catalog = Catalog::assemble(items)?;
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    /// [`from_items`](Self::from_items) without the whole-catalog checks: for a caller that runs
+    /// [`validate`](Self::validate) itself, alongside other work, and acts on nothing before it passes.
+    pub fn assemble(
+        items: impl IntoIterator<Item = Result<Option<CatalogItem>, MetadataError>>,
+    ) -> Result<Catalog, MetadataError> {
         let items = items.into_iter();
         let mut catalog = Catalog {
             tests: Vec::with_capacity(items.size_hint().0),
@@ -253,7 +263,6 @@ impl Catalog {
                 None => {}
             }
         }
-        catalog.validate()?;
         Ok(catalog)
     }
 
