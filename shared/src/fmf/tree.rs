@@ -280,11 +280,21 @@ impl GrownTree {
             nodes: Vec::new(),
             symlink_targets: Vec::new(),
             explore_include,
-            preparsed: preparse(&absolute_root),
         };
         let root_id = builder.new_node("/".to_owned());
-        builder.grow(root_id, &absolute_root)?;
-        builder.preparsed = foldhash::HashMap::default();
+        // Files are parsed on every core while the tree grows, mostly ahead of it.
+        let files = fmf_files(&absolute_root);
+        crate::parallel::map_while_consuming(
+            &files,
+            |path| read_fmf_file(path),
+            |arrivals| {
+                let mut preparsed = Preparsed {
+                    places: files.iter().cloned().zip(0..).collect(),
+                    arrivals,
+                };
+                builder.grow(root_id, &absolute_root, &mut preparsed)
+            },
+        )?;
         Ok(GrownTree {
             builder,
             root_id,
@@ -300,12 +310,6 @@ struct Step {
     parent: Option<usize>,
     child_names: Vec<String>,
     selected: bool,
-}
-
-/// Where a child's content comes from while growing.
-enum ChildContent {
-    Data(FmfValue),
-    Directory(PathBuf),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -333,40 +337,65 @@ struct TreeBuilder {
     /// Hidden names `.fmf/config` asks to explore anyway (`explore: include: [...]`). A malformed setting
     /// is an error only once a hidden name is met, which is when Python fmf reads it.
     explore_include: Result<Vec<String>, FmfError>,
-    /// Files read and parsed ahead, in parallel; growing takes each from here when it reaches it, in
-    /// its own order, so errors surface exactly where a sequential read would meet them.
-    preparsed: foldhash::HashMap<PathBuf, Result<FmfValue, FmfError>>,
+}
+
+/// Files read and parsed on other threads while the tree grows. Growing takes each when it reaches it,
+/// in its own order, so errors surface exactly where a sequential read would meet them.
+struct Preparsed<'p, 'a> {
+    /// Each file's place among the arrivals; taken out with its result.
+    places: foldhash::HashMap<PathBuf, usize>,
+    arrivals: &'p mut crate::parallel::Arrivals<'a, PathBuf, Result<FmfValue, FmfError>>,
+}
+
+impl Preparsed<'_, '_> {
+    /// The file's result; `None` for a file not in the list (growing reads it).
+    fn take(&mut self, path: &Path) -> Option<Result<FmfValue, FmfError>> {
+        let place = self.places.remove(path)?;
+        self.arrivals.take(place)
+    }
 }
 
 /// The `.fmf` files growing will most likely read (outside hidden names, symlinked directories and nested
-/// trees), read and parsed on every core. A file missed here is read when growing reaches it.
-fn preparse(root: &Path) -> foldhash::HashMap<PathBuf, Result<FmfValue, FmfError>> {
+/// trees), in the order it reads them: a directory's files by name with `main.fmf` first, then its
+/// sub-directories by name, each in turn.
+fn fmf_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut directories = vec![root.to_owned()];
     while let Some(directory) = directories.pop() {
         let Ok(entries) = fs::read_dir(&directory) else {
             continue;
         };
+        let (mut file_names, mut directory_names) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             if name.starts_with('.') {
                 continue;
             }
             match entry.file_type() {
                 // A directory holding its own `.fmf` is a separate tree.
                 Ok(kind) if kind.is_dir() && !entry.path().join(FMF_SUFFIX).is_dir() => {
-                    directories.push(entry.path());
+                    directory_names.push(name);
                 }
-                Ok(kind) if kind.is_file() && name.ends_with(FMF_SUFFIX) => {
-                    files.push(entry.path())
-                }
+                Ok(kind) if kind.is_file() && name.ends_with(FMF_SUFFIX) => file_names.push(name),
                 _ => {}
             }
         }
+        file_names.sort();
+        if let Some(main) = file_names.iter().position(|name| name == MAIN_FILE) {
+            file_names[..=main].rotate_right(1);
+        }
+        files.extend(file_names.iter().map(|name| directory.join(name)));
+        directory_names.sort();
+        directories.extend(
+            directory_names
+                .iter()
+                .rev()
+                .map(|name| directory.join(name)),
+        );
     }
-    let parsed = crate::parallel::parallel_map(&files, |path| read_fmf_file(path));
-    files.into_iter().zip(parsed).collect()
+    files
 }
 
 /// Read and parse one `.fmf` file.
@@ -466,16 +495,9 @@ impl TreeBuilder {
         }
     }
 
-    /// Create or extend child `name` of `parent_id` (fmf's `Tree.child`).
-    fn child(
-        &mut self,
-        parent_id: usize,
-        name: &str,
-        content: ChildContent,
-        source: Option<&Path>,
-        blame_path: &Path,
-    ) -> Result<(), FmfError> {
-        let child_id = match self.nodes[parent_id].children.get(name) {
+    /// Child `name` of `parent_id`, created if new.
+    fn child_id(&mut self, parent_id: usize, name: &str) -> usize {
+        match self.nodes[parent_id].children.get(name) {
             Some(existing) => *existing,
             None => {
                 let full_name = join_node_name(&self.nodes[parent_id].name, name);
@@ -485,11 +507,21 @@ impl TreeBuilder {
                     .insert(name.to_owned(), created);
                 created
             }
-        };
-        match content {
-            ChildContent::Data(data) => self.update(child_id, data, blame_path)?,
-            ChildContent::Directory(path) => self.grow(child_id, &path)?,
         }
+    }
+
+    /// Create or extend child `name` of `parent_id` with `data` (fmf's `Tree.child`; a directory's
+    /// child is grown instead).
+    fn child(
+        &mut self,
+        parent_id: usize,
+        name: &str,
+        data: FmfValue,
+        source: Option<&Path>,
+        blame_path: &Path,
+    ) -> Result<(), FmfError> {
+        let child_id = self.child_id(parent_id, name);
+        self.update(child_id, data, blame_path)?;
         if let Some(source) = source {
             self.nodes[child_id].own_sources.push(Arc::from(source));
         }
@@ -543,21 +575,9 @@ impl TreeBuilder {
                     let mut nested = FmfMap::default();
                     nested.insert(rest.to_owned(), value);
                     let name = child_name[..slash].to_owned();
-                    self.child(
-                        node_id,
-                        &name,
-                        ChildContent::Data(FmfValue::Map(nested)),
-                        None,
-                        blame_path,
-                    )?;
+                    self.child(node_id, &name, FmfValue::Map(nested), None, blame_path)?;
                 }
-                _ => self.child(
-                    node_id,
-                    child_name,
-                    ChildContent::Data(value),
-                    None,
-                    blame_path,
-                )?,
+                _ => self.child(node_id, child_name, value, None, blame_path)?,
             }
         }
         Ok(())
@@ -637,7 +657,12 @@ impl TreeBuilder {
     }
 
     /// Read a directory into `node_id` (fmf's `Tree.grow`).
-    fn grow(&mut self, node_id: usize, directory: &Path) -> Result<(), FmfError> {
+    fn grow(
+        &mut self,
+        node_id: usize,
+        directory: &Path,
+        preparsed: &mut Preparsed<'_, '_>,
+    ) -> Result<(), FmfError> {
         // fmf skips a directory it cannot list rather than failing.
         let Ok(entries) = fs::read_dir(directory) else {
             return Ok(());
@@ -675,7 +700,7 @@ impl TreeBuilder {
                 continue;
             }
             let full_path = directory.join(&file_name);
-            let data = match self.preparsed.remove(&full_path) {
+            let data = match preparsed.take(&full_path) {
                 Some(parsed) => parsed?,
                 None => read_fmf_file(&full_path)?,
             };
@@ -686,13 +711,7 @@ impl TreeBuilder {
                 self.update(node_id, data, &full_path)?;
             } else {
                 let stem = &file_name[..file_name.len() - FMF_SUFFIX.len()];
-                self.child(
-                    node_id,
-                    stem,
-                    ChildContent::Data(data),
-                    Some(&full_path),
-                    &full_path,
-                )?;
+                self.child(node_id, stem, data, Some(&full_path), &full_path)?;
             }
         }
 
@@ -714,13 +733,8 @@ impl TreeBuilder {
             if full_directory.join(FMF_SUFFIX).is_dir() {
                 continue;
             }
-            self.child(
-                node_id,
-                &directory_name,
-                ChildContent::Directory(full_directory.clone()),
-                None,
-                &full_directory,
-            )?;
+            let child_id = self.child_id(node_id, &directory_name);
+            self.grow(child_id, &full_directory, preparsed)?;
         }
 
         // Drop children that got neither data nor children (directories without metadata).
