@@ -22,10 +22,11 @@ pub fn parallel_map_with<T: Sync, U: Send, S>(
             .map(|item| f(&mut state, item))
             .collect::<Vec<U>>()
     });
-    if parts.len() == 1 {
-        return parts.into_iter().flatten().collect();
-    }
-    let mut all = Vec::with_capacity(items.len());
+    // The first part grows into the whole (a large allocation grows in place or by remapping pages):
+    // only the others are copied.
+    let mut parts = parts.into_iter();
+    let mut all = parts.next().unwrap_or_default();
+    all.reserve_exact(items.len() - all.len());
     for part in parts {
         all.extend(part);
     }
