@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use polarizer_shared::metadata::{Catalog, Feature, TestMetadata};
+use polarizer_shared::metadata::{Catalog, Compact, Feature, TestMetadata};
 use rusqlite::{params, OptionalExtension};
 
 pub use polarizer_shared::catalog::{FeatureRow, ImportSummary, Source, TestQuery, TestRow};
@@ -256,13 +256,18 @@ thread_local! {
     static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A test's metadata as JSON, written into a buffer kept per thread and copied out at its exact size:
-/// 100,000 strings grown by doubling cost more in the allocator than the serialising itself.
+/// A test's metadata as stored: its compact JSON (no keys holding their default), written into a buffer
+/// kept per thread and copied out at its exact size: 100,000 strings grown by doubling cost more in the
+/// allocator than the serialising itself.
 fn json_of(test: &TestMetadata) -> String {
     JSON_BUFFER.with_borrow_mut(|buffer| {
         buffer.clear();
-        serde_json::to_writer(&mut *buffer, test).expect("metadata serializes");
-        String::from_utf8_lossy(buffer).into_owned()
+        serde_json::to_writer(&mut *buffer, &Compact(test)).expect("metadata serializes");
+        // serde_json writes UTF-8; checking that is fast, and the lossy form only a fallback.
+        match std::str::from_utf8(buffer) {
+            Ok(json) => json.to_owned(),
+            Err(_) => String::from_utf8_lossy(buffer).into_owned(),
+        }
     })
 }
 
