@@ -243,7 +243,8 @@ pub enum MetadataError {
 
 /// What one node of an adjusted tree is to Polarizer.
 #[derive(Clone, Debug, PartialEq)]
-// Not boxed: a catalog of 100,000 tests would allocate and free a box for each on its way in.
+// Not boxed: a caller gathering many before the catalog takes them can box what it gathers (the
+// coordinator's import boxes each node's item with its stored row), and others need no box at all.
 #[allow(clippy::large_enum_variant)]
 pub enum CatalogItem {
     Test(TestMetadata),
