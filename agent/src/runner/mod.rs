@@ -1,0 +1,86 @@
+//! The agent's suite runner: checks an assignment's commit out into a git worktree, runs its hooks and tests as
+//! process groups with timeouts, and turns everything they do into records for the spool.
+//!
+//! Contract: every test of an assignment ends in exactly one `TestFinished` unless the checkout fails (then the
+//! suite ends with `SuiteFinished { error }` alone, an infrastructure failure the coordinator retries
+//! elsewhere). Cleanup hooks always run and are never cancelled; only their own timeout stops them.
+//!
+//! One module per job, each told apart by what it may import from its siblings:
+//! - here: the runner's vocabulary (`Emit`, `RunnerConfig`) and the millisecond clock (`unix_ms`, `duration_ms`);
+//!   every module may use these.
+//! - `suite`: the suite flow (`run_suite`): checkout, hooks, tests, reports, in record order. It uses all the
+//!   others; none uses it.
+//! - `process`: one `sh -c` command in its own process group, with a timeout, cancellation and a kill of
+//!   whatever is left; how it ended, in words. Uses `output`.
+//! - `output`: a process's output as line records, capped per line and per test, with its tail.
+//! - `checkout`: the per-repository git cache and the suite worktrees made from it.
+//! - `junit`: a test's JUnit report as subresults.
+//! - `versions`: the installed package versions of the suite's version chain.
+//!
+//! `output`, `checkout`, `junit` and `versions` use no sibling. Tests that need a real suite share `fixture`.
+
+mod checkout;
+#[cfg(test)]
+mod fixture;
+mod junit;
+mod output;
+mod process;
+mod suite;
+mod versions;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use polarizer_shared::run::RecordBody;
+
+pub use suite::run_suite;
+
+/// Appends a record to the agent's spool; cheap, never blocks.
+pub type Emit = Arc<dyn Fn(RecordBody) + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Suite worktrees live here, one directory per suite attempt, e.g. `<state_dir>/work`.
+    pub work_root: PathBuf,
+    /// One git repository per test repository, reused across suites, e.g. `<state_dir>/repos`.
+    pub repo_cache: PathBuf,
+    pub agent_version: String,
+    /// Longer lines are emitted in pieces of this many bytes.
+    pub output_line_bytes: usize,
+    /// Output beyond this is counted and dropped (the process keeps running and is drained).
+    pub output_bytes_per_test: u64,
+    /// The last bytes of a test's output kept as its `output_tail`.
+    pub tail_bytes: usize,
+    /// Between SIGTERM and SIGKILL to a process group that timed out or was cancelled.
+    pub kill_grace: Duration,
+    /// The agent's custom-event socket, given to tests as POLARIZER_EMIT_SOCKET (for `polarizer-agent emit`).
+    pub emit_socket: Option<PathBuf>,
+}
+
+impl RunnerConfig {
+    pub fn new(state_dir: &Path) -> RunnerConfig {
+        RunnerConfig {
+            work_root: state_dir.join("work"),
+            repo_cache: state_dir.join("repos"),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            output_line_bytes: 8 * 1024,
+            output_bytes_per_test: 4 * 1024 * 1024,
+            tail_bytes: 16 * 1024,
+            kill_grace: Duration::from_secs(2),
+            emit_socket: None,
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
