@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::SuiteRef;
+use crate::ids::SuiteRef;
 
 /// The kinds agents produce; custom events from `polarizer-agent emit` choose their own.
 pub mod kind {

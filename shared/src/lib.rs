@@ -7,6 +7,7 @@ pub mod events;
 pub mod facts;
 pub mod fmf;
 pub mod frame;
+pub mod ids;
 pub mod junit;
 pub mod membership;
 pub mod metadata;

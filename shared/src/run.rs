@@ -10,24 +10,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::PlatformKind;
-
-/// One attempt at one suite of one run: the unit a lease covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SuiteRef {
-    pub run: u64,
-    pub suite: u64,
-    pub attempt: u32,
-}
-
-impl fmt::Display for SuiteRef {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "run {} suite {} attempt {}",
-            self.run, self.suite, self.attempt
-        )
-    }
-}
+// `SuiteRef` lives below `events`, which `Record` carries; every `run::SuiteRef` path keeps working.
+pub use crate::ids::SuiteRef;
 
 /// A suite handed to an agent: where the tests are and how to run each.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
