@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use polarizer::partition::{makespan, partition, SuiteKind};
-use polarizer::selection::{select, SelectionRequest};
+use polarizer::core::partition::{makespan, partition, SuiteKind};
+use polarizer::core::selection::{select, SelectionRequest};
 use polarizer_shared::metadata::{Catalog, Feature, TestMetadata};
 use rand::{Rng, SeedableRng};
 

@@ -100,7 +100,7 @@ fn status_of(run: &Value, name: &str) -> String {
 fn a_change_runs_its_tests_across_three_agents_live() {
     let cluster = TestCluster::builder().agents(3).start();
     let examples = cluster.path("examples");
-    polarizer::examples::materialize(&examples).unwrap();
+    polarizer::cli::examples::materialize(&examples).unwrap();
     let commit = git(&examples, &["rev-parse", "HEAD"]);
 
     // The sentence users read, then the live watch (exit code 1: a test fails and one times out on purpose).

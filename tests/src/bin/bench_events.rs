@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use polarizer::client::{ClientArgs, OperatorClient};
+use polarizer::cli::client::{ClientArgs, OperatorClient};
 use polarizer_e2e::*;
 use polarizer_shared::events::TailQuery;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
@@ -283,7 +283,7 @@ fn raw_sqlite_rate(rows: usize, checkpoints: bool) -> anyhow::Result<f64> {
     if !checkpoints {
         connection.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
     }
-    connection.execute_batch(polarizer::events::MIGRATION)?;
+    connection.execute_batch(polarizer::store::migrations::EVENTS)?;
     let started = Instant::now();
     let mut index = 0;
     while index < rows {

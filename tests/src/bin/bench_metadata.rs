@@ -245,7 +245,7 @@ fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Res
     let reader = polarizer::store::Reader::open(&cluster.data_dir.join("polarizer.db"))?;
     // The last feature selects only its own tests; a middle one pulls in every feature after it.
     for feature in ["area-49/cli", "area-25/core"] {
-        let query = polarizer::catalog::TestQuery {
+        let query = polarizer::store::catalog::TestQuery {
             feature: Some(feature.to_string()),
             ..Default::default()
         };

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use polarizer::client::{ClientArgs, OperatorClient};
+use polarizer::cli::client::{ClientArgs, OperatorClient};
 use polarizer_e2e::*;
 use polarizer_shared::protocol::*;
 use polarizer_shared::run::*;

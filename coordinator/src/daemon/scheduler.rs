@@ -12,10 +12,11 @@ use polarizer_shared::run::{Record, SuiteRef, TestStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::runs;
-use crate::server::{now_ms, OnlineAgent, Shared};
+use crate::core::placement::{facts_match, waiting_reason};
+use crate::daemon::now_ms;
+use crate::daemon::server::{OnlineAgent, Shared};
+use crate::store::runs;
 use crate::store::StoreError;
-use crate::trigger::{facts_match, waiting_reason};
 
 const TICK: Duration = Duration::from_millis(250);
 

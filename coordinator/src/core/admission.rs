@@ -1,11 +1,16 @@
-//! Inventory decisions as pure functions: who may connect, and when a connection counts as gone.
+//! Admission as pure functions: who may connect (a hello's credential against the inventory), and when
+//! a silent connection counts as gone. Secrets are compared as digests; the digest function is given.
 
 use std::time::Duration;
 
 use polarizer_shared::protocol::{AgentCredential, Refusal};
-use polarizer_transport::state_files::secret_digest;
 
-use crate::store::StoredAgent;
+/// An agent row as admission needs it.
+#[derive(Clone, Debug)]
+pub struct StoredAgent {
+    pub credential_sha256: String,
+    pub revoked: bool,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -25,6 +30,7 @@ pub fn admit_agent(
     credential: &AgentCredential,
     stored: Option<&StoredAgent>,
     enrollment_token_digest: &str,
+    secret_digest: impl Fn(&str) -> String,
 ) -> Admission {
     let name = name.to_string();
     match (credential, stored) {
@@ -69,6 +75,22 @@ pub fn silence_allowed(heartbeat_interval: Duration, gossip_sees_alive: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polarizer_transport::state_files::secret_digest;
+
+    fn admit(
+        name: &str,
+        credential: &AgentCredential,
+        stored: Option<&StoredAgent>,
+        enrollment_token_digest: &str,
+    ) -> Admission {
+        admit_agent(
+            name,
+            credential,
+            stored,
+            enrollment_token_digest,
+            secret_digest,
+        )
+    }
 
     fn stored(secret: &str, revoked: bool) -> StoredAgent {
         StoredAgent {
@@ -88,37 +110,37 @@ mod tests {
             secret: "new".into(),
         };
         assert_eq!(
-            admit_agent("a", &issued("s"), Some(&stored("s", false)), &token),
+            admit("a", &issued("s"), Some(&stored("s", false)), &token),
             Admission::Known
         );
         assert_eq!(
-            admit_agent("a", &issued("x"), Some(&stored("s", false)), &token),
+            admit("a", &issued("x"), Some(&stored("s", false)), &token),
             Admission::Refuse(Refusal::UnknownCredential { name: "a".into() })
         );
         assert_eq!(
-            admit_agent("a", &issued("s"), None, &token),
+            admit("a", &issued("s"), None, &token),
             Admission::Refuse(Refusal::UnknownCredential { name: "a".into() })
         );
         assert_eq!(
-            admit_agent("a", &issued("s"), Some(&stored("s", true)), &token),
+            admit("a", &issued("s"), Some(&stored("s", true)), &token),
             Admission::Refuse(Refusal::Revoked { name: "a".into() })
         );
         assert_eq!(
-            admit_agent("a", &enroll("enroll"), None, &token),
+            admit("a", &enroll("enroll"), None, &token),
             Admission::Enroll {
                 credential_sha256: secret_digest("new")
             }
         );
         assert_eq!(
-            admit_agent("a", &enroll("wrong"), None, &token),
+            admit("a", &enroll("wrong"), None, &token),
             Admission::Refuse(Refusal::BadEnrollmentToken)
         );
         assert_eq!(
-            admit_agent("a", &enroll("enroll"), Some(&stored("s", false)), &token),
+            admit("a", &enroll("enroll"), Some(&stored("s", false)), &token),
             Admission::Refuse(Refusal::NameTaken { name: "a".into() })
         );
         assert_eq!(
-            admit_agent("a", &enroll("enroll"), Some(&stored("s", true)), &token),
+            admit("a", &enroll("enroll"), Some(&stored("s", true)), &token),
             Admission::Refuse(Refusal::Revoked { name: "a".into() })
         );
     }
@@ -131,7 +153,7 @@ mod tests {
             secret: "s".into(),
         };
         assert_eq!(
-            admit_agent("a", &again, Some(&stored("s", false)), &token),
+            admit("a", &again, Some(&stored("s", false)), &token),
             Admission::Known
         );
         let wrong_token = AgentCredential::Enroll {
@@ -139,7 +161,7 @@ mod tests {
             secret: "s".into(),
         };
         assert_eq!(
-            admit_agent("a", &wrong_token, Some(&stored("s", false)), &token),
+            admit("a", &wrong_token, Some(&stored("s", false)), &token),
             Admission::Refuse(Refusal::BadEnrollmentToken)
         );
     }

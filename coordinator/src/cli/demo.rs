@@ -12,8 +12,8 @@ use polarizer_shared::run::{TriggerKind, TriggerRequest};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientArgs, OperatorClient};
-use crate::config::ServeConfig;
+use crate::cli::client::{ClientArgs, OperatorClient};
+use crate::daemon::config::ServeConfig;
 
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -22,7 +22,7 @@ pub async fn run(
     keep_running: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::local_agents::agent_binary()?;
+    crate::daemon::local_agents::agent_binary()?;
     let workspace = tempfile::Builder::new()
         .prefix("polarizer-demo-")
         .tempdir()
@@ -38,7 +38,7 @@ pub async fn run(
     config.heartbeat_interval = Duration::from_millis(500);
     let coordinator_shutdown = CancellationToken::new();
     let (listening_tx, listening_rx) = oneshot::channel();
-    let coordinator = tokio::spawn(crate::serve::run(
+    let coordinator = tokio::spawn(crate::daemon::serve::run(
         config,
         coordinator_shutdown.clone(),
         Some(listening_tx),
@@ -52,7 +52,7 @@ pub async fn run(
     let names: Vec<String> = (1..=agent_count)
         .map(|index| format!("demo-{index}"))
         .collect();
-    let agents = crate::local_agents::LocalAgents::start(
+    let agents = crate::daemon::local_agents::LocalAgents::start(
         &names,
         workspace.path(),
         &data_dir,
@@ -115,7 +115,7 @@ pub async fn run(
 /// live, and its JUnit report written somewhere that outlives the demo.
 async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()> {
     let repo = workspace.join("example-tests");
-    crate::examples::materialize(&repo)?;
+    crate::cli::examples::materialize(&repo)?;
     let changed = "src/identity/uuid.py";
     println!(
         "a commit changes {changed} in the example test repository ({}):",
@@ -144,12 +144,12 @@ async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()>
         else {
             bail!("the coordinator answered the trigger with something else");
         };
-        println!("{}\n", crate::runs_cli::trigger_sentence(&summary));
+        println!("{}\n", crate::cli::runs::trigger_sentence(&summary));
         // The examples fail and time out on purpose: the demo succeeds when the run finishes.
-        if let Err(err) = crate::runs_cli::watch(&mut client, summary.run, false).await {
+        if let Err(err) = crate::cli::runs::watch(&mut client, summary.run, false).await {
             println!("  ({err}: one test fails and one times out on purpose)");
         }
-        let detail = crate::runs_cli::fetch(&mut client, summary.run).await?;
+        let detail = crate::cli::runs::fetch(&mut client, summary.run).await?;
         if !detail.run.state.is_final() {
             bail!("run {} did not finish", summary.run);
         }
@@ -158,7 +158,7 @@ async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()>
             std::process::id(),
             summary.run
         ));
-        std::fs::write(&report, crate::reports::junit(&detail))
+        std::fs::write(&report, crate::cli::reports::junit(&detail))
             .with_context(|| format!("cannot write {}", report.display()))?;
         println!("\nJUnit report: {}\n", report.display());
         Ok(())

@@ -8,7 +8,7 @@ use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use serde_json::json;
 
-use crate::client::OperatorClient;
+use crate::cli::client::OperatorClient;
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -78,7 +78,7 @@ pub fn tail_query(args: &TailArgs, now_ms: i64) -> anyhow::Result<TailQuery> {
 }
 
 pub async fn tail(client: &mut OperatorClient, args: TailArgs) -> anyhow::Result<()> {
-    let query = tail_query(&args, crate::server::now_ms())?;
+    let query = tail_query(&args, crate::cli::format::now_ms())?;
     let printer = Printer::new(args.json);
     stream_events(client, OperatorRequest::Tail(Box::new(query)), &printer).await
 }

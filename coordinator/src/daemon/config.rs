@@ -267,7 +267,9 @@ impl ServeSettings {
             local_agents,
             event_retention: Duration::from_secs(retention_days * 86_400),
             event_retention_bytes: retention_mb << 20,
-            data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(crate::data_dir::default_data_dir),
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
             http: self.http.unwrap_or(([127, 0, 0, 1], 7702).into()),
@@ -278,11 +280,6 @@ impl ServeSettings {
             heartbeat_interval,
         })
     }
-}
-
-/// `--data-dir`, else `$STATE_DIRECTORY` (systemd), else `~/.local/share/polarizer`.
-pub fn default_data_dir() -> PathBuf {
-    polarizer_transport::daemon::state_directory_or(".local/share/polarizer")
 }
 
 impl ServeConfig {

@@ -1,42 +1,30 @@
 //! The coordinator's SQLite store. One writer thread owns the write connection and commits every command
 //! that is waiting in one transaction; readers open their own connections (WAL lets them run alongside).
+//! It stops on an explicit [`StoreHandle::shutdown`], after committing everything sent before.
+//!
+//! One module per table group (`agents`, `catalog`, `runs`, `events`), every migration in `migrations`.
+//! States go in and out of SQL as typed enums; an unknown one read back is an error, never a default.
+//! May import `core` (for its types and decisions) and `shared`; never `daemon` or `cli`.
+
+mod agents;
+pub mod catalog;
+pub mod events;
+pub mod migrations;
+pub mod runs;
+
+pub use migrations::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread;
 
-use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::catalog::{FacetPostings, Import, ImportSummary};
-
-/// Numbered migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    // 1: the agent inventory.
-    "CREATE TABLE agents (
-        name TEXT PRIMARY KEY NOT NULL,
-        credential_sha256 TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('online', 'offline', 'revoked')),
-        facts_json TEXT NOT NULL,
-        address TEXT NOT NULL DEFAULT '',
-        first_seen_ms INTEGER NOT NULL,
-        last_seen_ms INTEGER NOT NULL,
-        revoked_at_ms INTEGER
-    ) STRICT;",
-    // 2: the test catalog (see catalog.rs).
-    crate::catalog::MIGRATION,
-    // 3: runs, suites, results and output (see runs.rs).
-    crate::runs::MIGRATION,
-    // 4: the event log (see events.rs).
-    crate::events::MIGRATION,
-    // 5: integer test keys and facet pairs (see catalog.rs).
-    crate::catalog::MIGRATION_FACET_KEYS,
-];
-
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+use self::catalog::{FacetPostings, Import, ImportSummary};
+use self::migrations::MIGRATIONS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,13 +57,6 @@ pub enum ImportFailed<E> {
     Check(E),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// An agent row as the coordinator needs it to authenticate a hello.
-#[derive(Clone, Debug)]
-pub struct StoredAgent {
-    pub credential_sha256: String,
-    pub revoked: bool,
 }
 
 enum Command {
@@ -137,12 +118,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
         let mut connection = open_connection(path)?;
         migrate(&mut connection, path)?;
-        connection
-            .execute(
-                "UPDATE agents SET state = 'offline' WHERE state = 'online'",
-                [],
-            )
-            .map_err(sqlite_error(path))?;
+        agents::all_offline(&connection).map_err(sqlite_error(path))?;
         let (commands_tx, commands_rx) = std_mpsc::channel();
         let checkpoints = spawn_checkpointer(path)?;
         let writer_path = path.to_path_buf();
@@ -219,6 +195,15 @@ pub fn insert_rows_sharing<R>(
     Ok(())
 }
 
+/// A text column holding a value its enum does not know: the database was written by something else.
+pub(crate) fn unknown_value(index: usize, what: &str, text: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("unknown {what} {text:?}").into(),
+    )
+}
+
 pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -256,68 +241,6 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
         transaction.commit().map_err(sqlite_error(path))?;
     }
     Ok(())
-}
-
-fn facts_json(facts: &AgentFacts) -> String {
-    serde_json::to_string(&FactsJson::from(facts)).expect("facts serialize")
-}
-
-/// The stored form of facts: JSON with named fields, so the database stays readable with `sqlite3`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct FactsJson {
-    name: String,
-    hostname: String,
-    os: String,
-    distro_id: String,
-    distro_version: String,
-    kernel: String,
-    arch: String,
-    cpus: u32,
-    memory_bytes: u64,
-    agent_version: String,
-    labels: std::collections::BTreeMap<String, String>,
-    platform: String,
-}
-
-impl From<&AgentFacts> for FactsJson {
-    fn from(facts: &AgentFacts) -> Self {
-        FactsJson {
-            name: facts.name.clone(),
-            hostname: facts.hostname.clone(),
-            os: facts.os.clone(),
-            distro_id: facts.distro_id.clone(),
-            distro_version: facts.distro_version.clone(),
-            kernel: facts.kernel.clone(),
-            arch: facts.arch.clone(),
-            cpus: facts.cpus,
-            memory_bytes: facts.memory_bytes,
-            agent_version: facts.agent_version.clone(),
-            labels: facts.labels.clone(),
-            platform: facts.platform.as_str().to_string(),
-        }
-    }
-}
-
-impl FactsJson {
-    fn into_facts(self) -> Result<AgentFacts, String> {
-        Ok(AgentFacts {
-            platform: self
-                .platform
-                .parse()
-                .map_err(|err: polarizer_shared::facts::UnknownPlatformKind| err.to_string())?,
-            name: self.name,
-            hostname: self.hostname,
-            os: self.os,
-            distro_id: self.distro_id,
-            distro_version: self.distro_version,
-            kernel: self.kernel,
-            arch: self.arch,
-            cpus: self.cpus,
-            memory_bytes: self.memory_bytes,
-            agent_version: self.agent_version,
-            labels: self.labels,
-        })
-    }
 }
 
 /// Sent once the batch's transaction has committed (or failed), never before.
@@ -464,14 +387,14 @@ fn import_catalog(
     let outcome = (|| {
         let transaction = connection.transaction().map_err(sqlite_error(path))?;
         let tests =
-            crate::catalog::write_tests(&transaction, import).map_err(sqlite_error(path))?;
+            crate::store::catalog::write_tests(&transaction, import).map_err(sqlite_error(path))?;
         let facets = facets
             .blocking_recv()
             .map_err(|_| StoreError::Transaction {
                 reason: "the import failed its checks; nothing of it is stored".into(),
             })?;
         let summary =
-            crate::catalog::write_facets_and_features(&transaction, import, &facets, tests)
+            crate::store::catalog::write_facets_and_features(&transaction, import, &facets, tests)
                 .map_err(sqlite_error(path))?;
         transaction.commit().map_err(sqlite_error(path))?;
         Ok(summary)
@@ -495,24 +418,19 @@ fn apply(
             now_ms,
             reply,
         } => {
-            let exists: bool = transaction
-                .query_row("SELECT 1 FROM agents WHERE name = ?1", [&name], |_| {
-                    Ok(true)
-                })
-                .optional()
-                .map_err(&on_sqlite)?
-                .unwrap_or(false);
-            if exists {
+            if !agents::enroll(
+                transaction,
+                &name,
+                &credential_sha256,
+                &facts,
+                &address,
+                now_ms,
+            )
+            .map_err(&on_sqlite)?
+            {
                 let _ = reply.send(Err(StoreError::NameTaken { name }));
                 return Ok(());
             }
-            transaction
-                .execute(
-                    "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms)
-                     VALUES (?1, ?2, 'online', ?3, ?4, ?5, ?5)",
-                    params![name, credential_sha256, facts_json(&facts), address, now_ms],
-                )
-                .map_err(&on_sqlite)?;
             replies.push(Box::new(move |outcome| {
                 let _ = reply.send(outcome.map_err(|err| StoreError::Transaction {
                     reason: err.to_string(),
@@ -524,48 +442,28 @@ fn apply(
             facts,
             address,
             now_ms,
-        } => {
-            transaction
-                .execute(
-                    "UPDATE agents SET state = 'online', facts_json = ?2, address = ?3, last_seen_ms = ?4
-                     WHERE name = ?1 AND state != 'revoked'",
-                    params![name, facts_json(&facts), address, now_ms],
-                )
-                .map_err(&on_sqlite)?;
-        }
+        } => agents::connected(transaction, &name, &facts, &address, now_ms).map_err(&on_sqlite)?,
         Command::FactsChanged { name, facts } => {
-            transaction
-                .execute(
-                    "UPDATE agents SET facts_json = ?2 WHERE name = ?1",
-                    params![name, facts_json(&facts)],
-                )
-                .map_err(&on_sqlite)?;
+            agents::facts_changed(transaction, &name, &facts).map_err(&on_sqlite)?
         }
         Command::Disconnected { name, now_ms } => {
-            transaction
-                .execute(
-                    "UPDATE agents SET state = 'offline', last_seen_ms = ?2 WHERE name = ?1 AND state = 'online'",
-                    params![name, now_ms],
-                )
-                .map_err(&on_sqlite)?;
+            agents::disconnected(transaction, &name, now_ms).map_err(&on_sqlite)?
         }
         Command::Revoke {
             name,
             now_ms,
             reply,
         } => {
-            let changed = transaction
-                .execute(
-                    "UPDATE agents SET state = 'revoked', revoked_at_ms = ?2 WHERE name = ?1",
-                    params![name, now_ms],
-                )
-                .map_err(&on_sqlite)?;
+            let changed = agents::revoke(transaction, &name, now_ms).map_err(&on_sqlite)?;
             replies.push(Box::new(move |outcome| {
-                let _ = reply.send(outcome.map(|_| changed > 0).map_err(|err| {
-                    StoreError::Transaction {
-                        reason: err.to_string(),
-                    }
-                }));
+                let _ =
+                    reply.send(
+                        outcome
+                            .map(|_| changed)
+                            .map_err(|err| StoreError::Transaction {
+                                reason: err.to_string(),
+                            }),
+                    );
             }));
         }
         Command::Flush { reply } => {
@@ -803,74 +701,13 @@ impl Reader {
             path: path.to_path_buf(),
         })
     }
-
-    pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
-        self.connection
-            .query_row(
-                "SELECT credential_sha256, state FROM agents WHERE name = ?1",
-                [name],
-                |row| {
-                    Ok(StoredAgent {
-                        credential_sha256: row.get(0)?,
-                        revoked: row.get::<_, String>(1)? == "revoked",
-                    })
-                },
-            )
-            .optional()
-            .map_err(sqlite_error(&self.path))
-    }
-
-    /// Every agent, by name. `gossip_live` is left false: the caller knows gossip, the store does not.
-    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms FROM agents ORDER BY name")
-            .map_err(sqlite_error(&self.path))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(sqlite_error(&self.path))?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (name, state, facts, address, first_seen_ms, last_seen_ms) =
-                row.map_err(sqlite_error(&self.path))?;
-            let facts = serde_json::from_str::<FactsJson>(&facts)
-                .map_err(|err| err.to_string())
-                .and_then(FactsJson::into_facts)
-                .map_err(|reason| StoreError::CorruptFacts {
-                    name: name.clone(),
-                    reason,
-                })?;
-            let state = match state.as_str() {
-                "online" => AgentState::Online,
-                "revoked" => AgentState::Revoked,
-                _ => AgentState::Offline,
-            };
-            records.push(AgentRecord {
-                name,
-                state,
-                facts,
-                first_seen_ms,
-                last_seen_ms,
-                address,
-                gossip_live: false,
-            });
-        }
-        Ok(records)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polarizer_shared::protocol::AgentState;
+    use rusqlite::params;
 
     #[tokio::test]
     async fn enrollment_revocation_and_restart_round_trip() {
@@ -995,7 +832,7 @@ mod tests {
         drop(connection);
         let (store, _writer) = Store::open(&path).unwrap();
         let reader = store.reader().unwrap();
-        let names = |query: crate::catalog::TestQuery| -> Vec<String> {
+        let names = |query: crate::store::catalog::TestQuery| -> Vec<String> {
             reader
                 .tests(&query)
                 .unwrap()
@@ -1003,12 +840,12 @@ mod tests {
                 .map(|test| test.name)
                 .collect()
         };
-        let query = crate::catalog::TestQuery {
+        let query = crate::store::catalog::TestQuery {
             tag: Some("smoke".into()),
             ..Default::default()
         };
         assert_eq!(names(query), ["/a", "/b"]);
-        let query = crate::catalog::TestQuery {
+        let query = crate::store::catalog::TestQuery {
             arch: Some("aarch64".into()),
             ..Default::default()
         };

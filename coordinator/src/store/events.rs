@@ -10,24 +10,6 @@ use rusqlite::Savepoint;
 
 use crate::store::{sqlite_error, Reader, StoreError};
 
-pub const MIGRATION: &str = "
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    agent TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    agent_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    run_id INTEGER,
-    suite_id INTEGER,
-    test_id TEXT NOT NULL DEFAULT '',
-    summary TEXT NOT NULL,
-    data TEXT NOT NULL
-) STRICT;
-CREATE INDEX events_by_time ON events(received_ms);
-CREATE INDEX events_by_run ON events(run_id, agent_ms) WHERE run_id IS NOT NULL;
-";
-
 /// An event about to be stored (its id comes from the insert).
 /// Owned, so the stored row moves into the one published to followers without a copy.
 pub struct NewEvent<'a> {
@@ -352,7 +334,9 @@ mod tests {
     fn rows_keep_the_ids_they_were_numbered_with_or_are_refused() {
         let path = Path::new("events.db");
         let mut connection = rusqlite::Connection::open_in_memory().expect("open");
-        connection.execute_batch(MIGRATION).expect("migrate");
+        connection
+            .execute_batch(crate::store::migrations::EVENTS)
+            .expect("migrate");
         let savepoint = connection.savepoint().expect("savepoint");
         let first = next_id(&savepoint, path).expect("next id");
         let rows = [row(first, 1), row(first + 1, 2)];

@@ -12,7 +12,7 @@ use polarizer_transport::client::{client_endpoint, connect, Session};
 use polarizer_transport::state_files::read_private;
 use polarizer_transport::{tls, CaTrust};
 
-use crate::config::default_data_dir;
+use crate::data_dir::default_data_dir;
 
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ClientArgs {

@@ -9,7 +9,7 @@ use polarizer_shared::protocol::{OperatorResponse, ServerFrame};
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::broadcast;
 
-use crate::server::Shared;
+use crate::daemon::server::Shared;
 
 /// Events per frame.
 const BATCH: usize = 1000;
@@ -62,7 +62,7 @@ pub async fn tail(
         None => None,
     };
     let wanted = |event: &EventRow| {
-        crate::events::matches(&query, event)
+        crate::store::events::matches(&query, event)
             && grep.as_ref().is_none_or(|regex| {
                 regex.is_match(&event.summary).unwrap_or(false)
                     || regex.is_match(&event.data).unwrap_or(false)

@@ -10,8 +10,8 @@ use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::*;
 use serde_json::json;
 
+use crate::cli::client::OperatorClient;
 use crate::cli::{rfc3339, table};
-use crate::client::OperatorClient;
 
 #[derive(Debug, clap::Args)]
 pub struct TriggerArgs {
@@ -78,10 +78,10 @@ pub enum ReportFormat {
 pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::Result<()> {
     // A local path is resolved here, where the user typed it, not in the coordinator's directory.
     let repo = match std::fs::canonicalize(&args.repo) {
-        Ok(path) if !crate::import::is_git_url(&args.repo) => path.display().to_string(),
+        Ok(path) if !crate::core::source::is_git_url(&args.repo) => path.display().to_string(),
         _ => args.repo.clone(),
     };
-    let context = crate::import::parse_context(&args.context)?;
+    let context = crate::core::source::parse_context(&args.context)?;
     let request = TriggerRequest {
         repo,
         git_ref: args.git_ref,
@@ -241,7 +241,7 @@ pub async fn report(
 ) -> anyhow::Result<()> {
     let detail = fetch(client, run).await?;
     let text = match format {
-        ReportFormat::Junit => crate::reports::junit(&detail),
+        ReportFormat::Junit => crate::cli::reports::junit(&detail),
         ReportFormat::Json => serde_json::to_string_pretty(&run_json(&detail))? + "\n",
     };
     match output {

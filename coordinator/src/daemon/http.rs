@@ -8,7 +8,7 @@ use axum::Router;
 use polarizer_shared::protocol::AgentState;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
+use crate::daemon::server::Shared;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,

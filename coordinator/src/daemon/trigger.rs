@@ -7,15 +7,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use polarizer_shared::facts::AgentFacts;
-use polarizer_shared::metadata::{PlatformNeeds, TestMetadata, TestType};
+use polarizer_shared::metadata::{TestMetadata, TestType};
+
+use crate::core::placement::facts_match;
 use polarizer_shared::run::TriggerRequest;
 
-use crate::catalog::Import;
-use crate::config::RunsConfig;
-use crate::import::{self, ImportError};
-use crate::partition::{self, SuiteKind};
-use crate::runs::NewRun;
-use crate::selection::{self, SelectionRequest};
+use crate::core::partition::{self, SuiteKind};
+use crate::core::selection::{self, SelectionRequest};
+use crate::daemon::config::RunsConfig;
+use crate::daemon::import::{self, ImportError};
+use crate::store::catalog::Import;
+use crate::store::runs::NewRun;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
@@ -49,7 +51,7 @@ pub struct Planned {
 
 /// Where agents fetch the tests from, and where the fmf tree is inside that repository.
 fn resolve(repo: &str) -> Result<(String, String), TriggerError> {
-    if import::is_git_url(repo) {
+    if crate::core::source::is_git_url(repo) {
         return Ok((repo.to_string(), String::new()));
     }
     let path = Path::new(repo);
@@ -244,45 +246,4 @@ pub fn plan(
             suites: planned_suites,
         },
     })
-}
-
-/// Can an agent with these facts take a suite with these needs?
-pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
-    needs.kind.is_none_or(|kind| kind == facts.platform)
-        && (needs.arch.is_empty() || needs.arch.iter().any(|arch| arch == &facts.arch))
-        && (needs.distro.is_empty()
-            || needs.distro.iter().any(|distro| {
-                let full = format!("{}-{}", facts.distro_id, facts.distro_version);
-                distro == &facts.distro_id
-                    || distro == &full
-                    || full.starts_with(&format!("{distro}."))
-            }))
-}
-
-/// Why no agent takes a suite with these needs right now.
-pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize) -> String {
-    let mut wanted = Vec::new();
-    if let Some(kind) = needs.kind {
-        wanted.push(format!("platform {kind}"));
-    }
-    if !needs.arch.is_empty() {
-        wanted.push(format!("arch {}", needs.arch.join(" or ")));
-    }
-    if !needs.distro.is_empty() {
-        wanted.push(format!("distro {}", needs.distro.join(" or ")));
-    }
-    let what = if wanted.is_empty() {
-        "an agent".to_string()
-    } else {
-        format!("an agent with {}", wanted.join(", "))
-    };
-    let matching = online
-        .iter()
-        .filter(|facts| facts_match(facts, needs))
-        .count();
-    if matching == 0 {
-        format!("waiting for {what}: none online")
-    } else {
-        format!("waiting for {what}: all {matching} busy ({busy} suites running)")
-    }
 }

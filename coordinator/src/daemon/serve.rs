@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::config::ServeConfig;
+use crate::daemon::config::ServeConfig;
+use crate::daemon::identity::Prepare;
+use crate::daemon::server::{self, Shared};
 use crate::data_dir::DataDir;
-use crate::server::{self, Shared};
 use crate::store::Store;
 
 /// Where a started coordinator listens (ports resolved when the config asked for port 0).
@@ -90,7 +92,10 @@ pub async fn run(
         config.gossip_interval,
         shutdown.clone(),
     ));
-    tracker.spawn(crate::scheduler::run(shared.clone(), shutdown.clone()));
+    tracker.spawn(crate::daemon::scheduler::run(
+        shared.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(trim_events(
         store.clone(),
         config.event_retention,
@@ -107,7 +112,7 @@ pub async fn run(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         async move {
-            if let Err(err) = crate::http::serve(http_listener, shared, shutdown).await {
+            if let Err(err) = crate::daemon::http::serve(http_listener, shared, shutdown).await {
                 tracing::error!(error = %err, "http server failed");
             }
         }
@@ -140,7 +145,7 @@ pub async fn run(
             .map(|index| format!("local-{index}"))
             .collect();
         let root = data_dir.root.join("local-agents");
-        let agents = crate::local_agents::LocalAgents::start(
+        let agents = crate::daemon::local_agents::LocalAgents::start(
             &names,
             &root,
             &data_dir.root,
@@ -186,6 +191,25 @@ pub async fn run(
     Ok(())
 }
 
+/// `polarizer init`: what `serve` does on first start, without serving (for ansible and packaging).
+pub fn init(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let data_dir =
+        crate::data_dir::DataDir::new(data_dir.unwrap_or_else(crate::data_dir::default_data_dir));
+    let identity = data_dir.prepare()?;
+    // Run the migrations too, so the first `serve` finds a ready database.
+    let (store, writer) = crate::store::Store::open(&data_dir.database())?;
+    drop(store);
+    let _ = writer.join();
+    let verb = if identity.created {
+        "created"
+    } else {
+        "exists"
+    };
+    println!("{verb} {}", data_dir.root.display());
+    print!("{}", data_dir.secrets_summary(&identity.ca_fingerprint));
+    Ok(())
+}
+
 /// Trims the event log by age and size once a minute (and at start).
 async fn trim_events(
     store: crate::store::StoreHandle,
@@ -202,10 +226,10 @@ async fn trim_events(
         let max_age_ms = max_age.as_millis() as i64;
         let trimmed = store
             .write(move |savepoint, path| {
-                crate::events::trim(
+                crate::store::events::trim(
                     savepoint,
                     path,
-                    crate::server::now_ms(),
+                    crate::daemon::now_ms(),
                     max_age_ms,
                     max_bytes,
                 )

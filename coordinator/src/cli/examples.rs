@@ -2,52 +2,55 @@
 //! Generated list: keep it in step with `examples/` (a unit test checks that it is).
 
 pub const FILES: &[(&str, &str)] = &[
-    (".fmf/version", include_str!("../../examples/.fmf/version")),
-    ("README.md", include_str!("../../examples/README.md")),
+    (
+        ".fmf/version",
+        include_str!("../../../examples/.fmf/version"),
+    ),
+    ("README.md", include_str!("../../../examples/README.md")),
     (
         "features/main.fmf",
-        include_str!("../../examples/features/main.fmf"),
+        include_str!("../../../examples/features/main.fmf"),
     ),
-    ("main.fmf", include_str!("../../examples/main.fmf")),
+    ("main.fmf", include_str!("../../../examples/main.fmf")),
     (
         "src/attach/pools.py",
-        include_str!("../../examples/src/attach/pools.py"),
+        include_str!("../../../examples/src/attach/pools.py"),
     ),
     (
         "src/cli/main.py",
-        include_str!("../../examples/src/cli/main.py"),
+        include_str!("../../../examples/src/cli/main.py"),
     ),
     (
         "src/identity/uuid.py",
-        include_str!("../../examples/src/identity/uuid.py"),
+        include_str!("../../../examples/src/identity/uuid.py"),
     ),
     (
         "src/register.py",
-        include_str!("../../examples/src/register.py"),
+        include_str!("../../../examples/src/register.py"),
     ),
     (
         "src/repos/redhat_repo.py",
-        include_str!("../../examples/src/repos/redhat_repo.py"),
+        include_str!("../../../examples/src/repos/redhat_repo.py"),
     ),
     (
         "tests/attach/main.fmf",
-        include_str!("../../examples/tests/attach/main.fmf"),
+        include_str!("../../../examples/tests/attach/main.fmf"),
     ),
     (
         "tests/cli/main.fmf",
-        include_str!("../../examples/tests/cli/main.fmf"),
+        include_str!("../../../examples/tests/cli/main.fmf"),
     ),
     (
         "tests/identity/main.fmf",
-        include_str!("../../examples/tests/identity/main.fmf"),
+        include_str!("../../../examples/tests/identity/main.fmf"),
     ),
     (
         "tests/register/main.fmf",
-        include_str!("../../examples/tests/register/main.fmf"),
+        include_str!("../../../examples/tests/register/main.fmf"),
     ),
     (
         "tests/repos/main.fmf",
-        include_str!("../../examples/tests/repos/main.fmf"),
+        include_str!("../../../examples/tests/repos/main.fmf"),
     ),
 ];
 

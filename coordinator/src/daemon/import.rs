@@ -9,7 +9,7 @@ use polarizer_shared::catalog::Source;
 use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
 use polarizer_shared::metadata::{Catalog, CatalogItem};
 
-use crate::catalog::{FacetPostings, Import, TestRowData};
+use crate::store::catalog::{FacetPostings, Import, TestRowData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -25,12 +25,8 @@ pub enum ImportError {
         location: String,
         message: String,
     },
-    #[error("context {text:?} must be key=value")]
-    BadContext { text: String },
-}
-
-pub fn is_git_url(location: &str) -> bool {
-    location.contains("://") || location.starts_with("git@") || location.ends_with(".git")
+    #[error(transparent)]
+    BadContext(#[from] crate::core::source::BadContext),
 }
 
 /// Reads the tree at `location` (adjusted for `context`), ready for the store. Its catalog is not
@@ -42,7 +38,7 @@ pub fn prepare(
     data_dir: &Path,
     now_ms: i64,
 ) -> Result<Import, ImportError> {
-    let (tree_path, git_commit, _cache_guard) = if is_git_url(location) {
+    let (tree_path, git_commit, _cache_guard) = if crate::core::source::is_git_url(location) {
         let (checkout, guard) = checkout(location, git_ref, &data_dir.join("git-cache"))?;
         let commit = git(&checkout, &["rev-parse", "HEAD"], "rev-parse", location)?;
         (checkout, commit, Some(guard))
@@ -206,17 +202,6 @@ pub fn checkout(
         url,
     )?;
     Ok((directory, guard))
-}
-
-/// `key=value` context dimensions from the command line.
-pub fn parse_context(items: &[String]) -> Result<Vec<(String, String)>, ImportError> {
-    items
-        .iter()
-        .map(|item| match item.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-            _ => Err(ImportError::BadContext { text: item.clone() }),
-        })
-        .collect()
 }
 
 #[cfg(test)]

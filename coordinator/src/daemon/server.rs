@@ -16,12 +16,12 @@ use polarizer_transport::state_files::secret_digest;
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
-use crate::config::RunsConfig;
+use crate::daemon::config::RunsConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::inventory::{self, Admission};
+use crate::core::admission::{self, Admission};
 use crate::store::{StoreError, StoreHandle};
 
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
@@ -166,12 +166,12 @@ impl Shared {
     }
 
     /// Publishes what a committed write changed; tells agents holding stale attempts to stop.
-    pub fn publish(&self, agent: Option<&str>, effects: Vec<crate::runs::Effect>) {
+    pub fn publish(&self, agent: Option<&str>, effects: Vec<crate::store::runs::Effect>) {
         let mut wake = false;
         let mut stale = std::collections::BTreeSet::new();
         for effect in effects {
             match effect {
-                crate::runs::Effect::Update(update) => {
+                crate::store::runs::Effect::Update(update) => {
                     wake |= !matches!(
                         update,
                         RunUpdate::Output { .. } | RunUpdate::TestStarted { .. }
@@ -179,8 +179,8 @@ impl Shared {
                     let _ = self.updates.send(update);
                 }
                 // Already published by the store's writer, in commit order.
-                crate::runs::Effect::Event(_) => {}
-                crate::runs::Effect::Stale(suite) => {
+                crate::store::runs::Effect::Event(_) => {}
+                crate::store::runs::Effect::Stale(suite) => {
                     if let (Some(agent), true) = (agent, stale.insert(suite)) {
                         self.send_to_agent(
                             agent,
@@ -224,7 +224,7 @@ impl Shared {
         let data_dir = self.data_dir.clone();
         let started = std::time::Instant::now();
         let prepared = tokio::task::spawn_blocking(move || {
-            crate::import::prepare(&location, &git_ref, &context, &data_dir, now_ms())
+            crate::daemon::import::prepare(&location, &git_ref, &context, &data_dir, now_ms())
         })
         .await;
         let prepare_ms = started.elapsed().as_millis() as u64;
@@ -245,7 +245,7 @@ impl Shared {
         let storing = std::time::Instant::now();
         match self
             .store
-            .import_checked(import, crate::import::check)
+            .import_checked(import, crate::daemon::import::check)
             .await
         {
             Ok(summary) => {
@@ -275,7 +275,7 @@ impl Shared {
         let data_dir = self.data_dir.clone();
         let planned = tokio::task::spawn_blocking(move || {
             let reader = store.reader().map_err(|err| err.to_string())?;
-            crate::trigger::plan(
+            crate::daemon::trigger::plan(
                 request,
                 &config,
                 &data_dir,
@@ -305,7 +305,7 @@ impl Shared {
         let commit = run.commit.clone();
         let created = self
             .store
-            .write(move |savepoint, path| crate::runs::create_run(savepoint, path, &run))
+            .write(move |savepoint, path| crate::store::runs::create_run(savepoint, path, &run))
             .await;
         match created {
             Ok(id) => {
@@ -508,11 +508,12 @@ async fn handle_connection(
                     return;
                 }
             };
-            let enrolled = match inventory::admit_agent(
+            let enrolled = match admission::admit_agent(
                 &name,
                 &credential,
                 stored.as_ref(),
                 &shared.enrollment_token_digest,
+                secret_digest,
             ) {
                 Admission::Refuse(refusal) => {
                     return refuse(&connection, &shared, stream, refusal).await
@@ -684,7 +685,7 @@ async fn agent_session(
                     shared.touch(&name, connection_id);
                     // One batch commits while the next frames arrive: they wait here and go as one.
                     if in_flight.is_none() {
-                        in_flight = Some(Box::pin(crate::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
+                        in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
                     } else {
                         waiting.extend(records);
                     }
@@ -721,7 +722,7 @@ async fn agent_session(
                 }
                 if !waiting.is_empty() {
                     let records = std::mem::take(&mut waiting);
-                    in_flight = Some(Box::pin(crate::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
+                    in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(shared.clone(), name.clone(), records)));
                 }
             }
             message = outbox_rx.recv() => {
@@ -737,7 +738,7 @@ async fn agent_session(
                     shared.touch(&name, connection_id);
                 }
                 let gossip_sees_alive = shared.gossip_live.borrow().contains(&name);
-                let allowed = inventory::silence_allowed(shared.heartbeat_interval, gossip_sees_alive);
+                let allowed = admission::silence_allowed(shared.heartbeat_interval, gossip_sees_alive);
                 match shared.silent_for(&name) {
                     Some(silence) if silence > allowed => {
                         connection.close(close_code::NORMAL.into(), b"no heartbeat");
@@ -897,7 +898,7 @@ async fn operator_session(
                 Err(message) => OperatorResponse::Error { message },
             },
             OperatorRequest::CancelRun { run } => {
-                match crate::scheduler::end_run(
+                match crate::daemon::scheduler::end_run(
                     &shared,
                     run,
                     polarizer_shared::run::TestStatus::Cancelled,
@@ -921,7 +922,7 @@ async fn operator_session(
                 }
             }
             OperatorRequest::Tail(query) => {
-                if crate::tail::tail(&mut stream, &shared, *query)
+                if crate::daemon::tail::tail(&mut stream, &shared, *query)
                     .await
                     .is_err()
                 {
@@ -930,7 +931,7 @@ async fn operator_session(
                 continue;
             }
             OperatorRequest::Replay { run } => {
-                if crate::tail::replay(&mut stream, &shared, run)
+                if crate::daemon::tail::replay(&mut stream, &shared, run)
                     .await
                     .is_err()
                 {

@@ -14,80 +14,6 @@ use rusqlite::{params, OptionalExtension, Savepoint};
 
 use crate::store::{sqlite_error, Reader, StoreError};
 
-pub const MIGRATION: &str = "
-ALTER TABLE agents ADD COLUMN records_committed INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
-    state TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    repo TEXT NOT NULL,
-    fetch_url TEXT NOT NULL,
-    git_ref TEXT NOT NULL,
-    git_commit TEXT NOT NULL,
-    tree_path TEXT NOT NULL,
-    trigger_json TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    created_ms INTEGER NOT NULL,
-    started_ms INTEGER,
-    finished_ms INTEGER,
-    deadline_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX runs_active ON runs(state) WHERE state IN ('queued', 'running');
-CREATE TABLE suites (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    ordinal INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    needs_json TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    agent TEXT NOT NULL DEFAULT '',
-    incarnation INTEGER NOT NULL DEFAULT 0,
-    versions_json TEXT NOT NULL DEFAULT '',
-    started_ms INTEGER,
-    finished_ms INTEGER
-) STRICT;
-CREATE INDEX suites_active ON suites(state) WHERE state IN ('queued', 'running');
-CREATE INDEX suites_by_run ON suites(run_id);
-CREATE TABLE run_tests (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    test_id TEXT NOT NULL,
-    suite_id INTEGER NOT NULL REFERENCES suites(id),
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    reasons_json TEXT NOT NULL,
-    status TEXT NOT NULL,
-    infra INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    agent TEXT NOT NULL DEFAULT '',
-    started_ms INTEGER,
-    duration_ms INTEGER,
-    message TEXT NOT NULL DEFAULT '',
-    output_tail TEXT NOT NULL DEFAULT '',
-    subresults_json TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (run_id, test_id)
-) STRICT;
-CREATE INDEX run_tests_by_suite ON run_tests(suite_id);
--- The metadata each test ran with, apart: result updates then rewrite small rows.
-CREATE TABLE run_test_metadata (
-    run_id INTEGER NOT NULL,
-    test_id TEXT NOT NULL,
-    metadata_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, test_id)
-) STRICT;
-CREATE INDEX run_tests_by_status ON run_tests(run_id, status);
-CREATE INDEX run_tests_history ON run_tests(test_id, status);
-CREATE TABLE lost_attempts (
-    run_id INTEGER NOT NULL,
-    test_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    agent TEXT NOT NULL,
-    message TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX lost_attempts_by_run ON lost_attempts(run_id);
-";
-
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")
 }
@@ -539,16 +465,16 @@ pub fn ingest(
         Ok(held)
     };
     let mut finished_runs = std::collections::BTreeSet::new();
-    let mut next_event = crate::events::next_id(savepoint, path)?;
+    let mut next_event = crate::store::events::next_id(savepoint, path)?;
     for record in records {
         if record.seq <= committed {
             continue;
         }
         committed = record.seq;
         let event_of = |kind: String| {
-            crate::events::NewEvent::new(agent, record.seq, record.at_ms, now_ms, kind)
+            crate::store::events::NewEvent::new(agent, record.seq, record.at_ms, now_ms, kind)
         };
-        let mut number = |event: crate::events::NewEvent<'_>| {
+        let mut number = |event: crate::store::events::NewEvent<'_>| {
             next_event += 1;
             event.with_id(next_event - 1)
         };
@@ -563,7 +489,7 @@ pub fn ingest(
                     serde_json::json!({ "stream": stream.as_str(), "attempt": suite.attempt })
                         .to_string();
                 let row = number(
-                    event_of(crate::events::OUTPUT.to_string())
+                    event_of(crate::store::events::OUTPUT.to_string())
                         .in_run(
                             (suite.run > 0).then_some(suite.run),
                             (suite.run > 0).then_some(suite.suite),
@@ -651,7 +577,7 @@ pub fn ingest(
                     )
                     .map_err(&on_sqlite)?;
                 if changed == 1 {
-                    let summary = crate::events::result_summary(
+                    let summary = crate::store::events::result_summary(
                         &outcome.test,
                         outcome.status.as_str(),
                         outcome.duration_ms,
@@ -665,7 +591,7 @@ pub fn ingest(
                     })
                     .to_string();
                     let event = number(
-                        event_of(crate::events::RESULT.to_string())
+                        event_of(crate::store::events::RESULT.to_string())
                             .in_run(Some(suite.run), Some(suite.suite), outcome.test.clone())
                             .saying(summary, data),
                     );
@@ -726,7 +652,7 @@ pub fn ingest(
             _ => None,
         })
         .collect();
-    crate::events::insert_rows(savepoint, path, agent, now_ms, &events)?;
+    crate::store::events::insert_rows(savepoint, path, agent, now_ms, &events)?;
     savepoint
         .execute(
             "UPDATE agents SET records_committed = ?2 WHERE name = ?1",

@@ -1,0 +1,52 @@
+//! `polarizer agents`: the inventory as a table or JSON, and revocation.
+
+use anyhow::Context;
+use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
+use serde_json::json;
+
+use super::client::OperatorClient;
+use super::format::{agent_json, agents_table};
+use super::AgentsAction;
+
+pub(super) async fn agents_command(
+    client: &mut OperatorClient,
+    action: Option<AgentsAction>,
+    json: bool,
+) -> anyhow::Result<()> {
+    match action {
+        None => {
+            let OperatorResponse::Agents(agents) =
+                client.request(OperatorRequest::ListAgents).await?
+            else {
+                anyhow::bail!("the coordinator answered a listing with something else");
+            };
+            if json {
+                let rows: Vec<_> = agents.iter().map(agent_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).context("cannot encode JSON")?
+                );
+            } else {
+                print!("{}", agents_table(&agents));
+            }
+        }
+        Some(AgentsAction::Revoke { name }) => {
+            let response = client
+                .request(OperatorRequest::RevokeAgent { name: name.clone() })
+                .await?;
+            if let OperatorResponse::Revoked { was_online, .. } = response {
+                if json {
+                    println!(
+                        "{}",
+                        json!({ "name": name, "revoked": true, "was_online": was_online })
+                    );
+                } else if was_online {
+                    println!("revoked {name}; its connection was closed");
+                } else {
+                    println!("revoked {name}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

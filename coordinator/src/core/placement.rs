@@ -1,0 +1,46 @@
+//! Placement: which agent may take a suite (its facts against the suite's platform needs), and why a
+//! suite still waits when none can.
+
+use polarizer_shared::facts::AgentFacts;
+use polarizer_shared::metadata::PlatformNeeds;
+
+/// Can an agent with these facts take a suite with these needs?
+pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
+    needs.kind.is_none_or(|kind| kind == facts.platform)
+        && (needs.arch.is_empty() || needs.arch.iter().any(|arch| arch == &facts.arch))
+        && (needs.distro.is_empty()
+            || needs.distro.iter().any(|distro| {
+                let full = format!("{}-{}", facts.distro_id, facts.distro_version);
+                distro == &facts.distro_id
+                    || distro == &full
+                    || full.starts_with(&format!("{distro}."))
+            }))
+}
+
+/// Why no agent takes a suite with these needs right now.
+pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize) -> String {
+    let mut wanted = Vec::new();
+    if let Some(kind) = needs.kind {
+        wanted.push(format!("platform {kind}"));
+    }
+    if !needs.arch.is_empty() {
+        wanted.push(format!("arch {}", needs.arch.join(" or ")));
+    }
+    if !needs.distro.is_empty() {
+        wanted.push(format!("distro {}", needs.distro.join(" or ")));
+    }
+    let what = if wanted.is_empty() {
+        "an agent".to_string()
+    } else {
+        format!("an agent with {}", wanted.join(", "))
+    };
+    let matching = online
+        .iter()
+        .filter(|facts| facts_match(facts, needs))
+        .count();
+    if matching == 0 {
+        format!("waiting for {what}: none online")
+    } else {
+        format!("waiting for {what}: all {matching} busy ({busy} suites running)")
+    }
+}

@@ -1,0 +1,225 @@
+//! The agent inventory in SQLite: enrollment, online and offline, facts, revocation. An agent's state is
+//! `online`, `offline` or `revoked` (a CHECK constraint in the table); anything else read back is an
+//! error naming the column, never a guess.
+
+use polarizer_shared::protocol::{AgentRecord, AgentState};
+use polarizer_shared::AgentFacts;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{sqlite_error, Reader, StoreError};
+use crate::core::admission::StoredAgent;
+
+/// Inserts a newly enrolled agent, online. False when the name is taken (nothing written).
+pub(super) fn enroll(
+    connection: &Connection,
+    name: &str,
+    credential_sha256: &str,
+    facts: &AgentFacts,
+    address: &str,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let exists = connection
+        .query_row("SELECT 1 FROM agents WHERE name = ?1", [name], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    connection.execute(
+        "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms)
+         VALUES (?1, ?2, 'online', ?3, ?4, ?5, ?5)",
+        params![name, credential_sha256, facts_json(facts), address, now_ms],
+    )?;
+    Ok(true)
+}
+
+/// A known agent's session began: online, with the facts and address of its hello.
+pub(super) fn connected(
+    connection: &Connection,
+    name: &str,
+    facts: &AgentFacts,
+    address: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE agents SET state = 'online', facts_json = ?2, address = ?3, last_seen_ms = ?4
+         WHERE name = ?1 AND state != 'revoked'",
+        params![name, facts_json(facts), address, now_ms],
+    )?;
+    Ok(())
+}
+
+pub(super) fn facts_changed(
+    connection: &Connection,
+    name: &str,
+    facts: &AgentFacts,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE agents SET facts_json = ?2 WHERE name = ?1",
+        params![name, facts_json(facts)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn disconnected(
+    connection: &Connection,
+    name: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE agents SET state = 'offline', last_seen_ms = ?2 WHERE name = ?1 AND state = 'online'",
+        params![name, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Marks an agent revoked; false when there is no such agent.
+pub(super) fn revoke(connection: &Connection, name: &str, now_ms: i64) -> rusqlite::Result<bool> {
+    let changed = connection.execute(
+        "UPDATE agents SET state = 'revoked', revoked_at_ms = ?2 WHERE name = ?1",
+        params![name, now_ms],
+    )?;
+    Ok(changed > 0)
+}
+
+/// At start: no connection survives a coordinator restart.
+pub(super) fn all_offline(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE agents SET state = 'offline' WHERE state = 'online'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The `state` column, typed.
+fn agent_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<AgentState> {
+    let text: String = row.get(index)?;
+    match text.as_str() {
+        "online" => Ok(AgentState::Online),
+        "offline" => Ok(AgentState::Offline),
+        "revoked" => Ok(AgentState::Revoked),
+        _ => Err(super::unknown_value(index, "agent state", &text)),
+    }
+}
+
+fn facts_json(facts: &AgentFacts) -> String {
+    serde_json::to_string(&FactsJson::from(facts)).expect("facts serialize")
+}
+
+/// The stored form of facts: JSON with named fields, so the database stays readable with `sqlite3`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FactsJson {
+    name: String,
+    hostname: String,
+    os: String,
+    distro_id: String,
+    distro_version: String,
+    kernel: String,
+    arch: String,
+    cpus: u32,
+    memory_bytes: u64,
+    agent_version: String,
+    labels: std::collections::BTreeMap<String, String>,
+    platform: String,
+}
+
+impl From<&AgentFacts> for FactsJson {
+    fn from(facts: &AgentFacts) -> Self {
+        FactsJson {
+            name: facts.name.clone(),
+            hostname: facts.hostname.clone(),
+            os: facts.os.clone(),
+            distro_id: facts.distro_id.clone(),
+            distro_version: facts.distro_version.clone(),
+            kernel: facts.kernel.clone(),
+            arch: facts.arch.clone(),
+            cpus: facts.cpus,
+            memory_bytes: facts.memory_bytes,
+            agent_version: facts.agent_version.clone(),
+            labels: facts.labels.clone(),
+            platform: facts.platform.as_str().to_string(),
+        }
+    }
+}
+
+impl FactsJson {
+    fn into_facts(self) -> Result<AgentFacts, String> {
+        Ok(AgentFacts {
+            platform: self
+                .platform
+                .parse()
+                .map_err(|err: polarizer_shared::facts::UnknownPlatformKind| err.to_string())?,
+            name: self.name,
+            hostname: self.hostname,
+            os: self.os,
+            distro_id: self.distro_id,
+            distro_version: self.distro_version,
+            kernel: self.kernel,
+            arch: self.arch,
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            agent_version: self.agent_version,
+            labels: self.labels,
+        })
+    }
+}
+
+impl Reader {
+    pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT credential_sha256, state FROM agents WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(StoredAgent {
+                        credential_sha256: row.get(0)?,
+                        revoked: agent_state(row, 1)? == AgentState::Revoked,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Every agent, by name. `gossip_live` is left false: the caller knows gossip, the store does not.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms FROM agents ORDER BY name")
+            .map_err(sqlite_error(&self.path))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    agent_state(row, 1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(sqlite_error(&self.path))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (name, state, facts, address, first_seen_ms, last_seen_ms) =
+                row.map_err(sqlite_error(&self.path))?;
+            let facts = serde_json::from_str::<FactsJson>(&facts)
+                .map_err(|err| err.to_string())
+                .and_then(FactsJson::into_facts)
+                .map_err(|reason| StoreError::CorruptFacts {
+                    name: name.clone(),
+                    reason,
+                })?;
+            records.push(AgentRecord {
+                name,
+                state,
+                facts,
+                first_seen_ms,
+                last_seen_ms,
+                address,
+                gossip_live: false,
+            });
+        }
+        Ok(records)
+    }
+}

@@ -1,0 +1,214 @@
+//! Every schema change, numbered, in the order it runs: `PRAGMA user_version` records how many have run,
+//! and a database newer than [`SCHEMA_VERSION`] is refused. A migration is never edited once released;
+//! a change is a new one at the end.
+
+/// Numbered migrations, applied in order.
+pub(super) const MIGRATIONS: &[&str] = &[AGENTS, CATALOG, RUNS, EVENTS, CATALOG_FACET_KEYS];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// 1: the agent inventory (agents.rs).
+const AGENTS: &str = "
+    CREATE TABLE agents (
+        name TEXT PRIMARY KEY NOT NULL,
+        credential_sha256 TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('online', 'offline', 'revoked')),
+        facts_json TEXT NOT NULL,
+        address TEXT NOT NULL DEFAULT '',
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    ) STRICT;
+";
+
+/// 2: the test catalog (catalog.rs).
+const CATALOG: &str = "
+CREATE TABLE sources (
+    id INTEGER PRIMARY KEY,
+    location TEXT NOT NULL UNIQUE,
+    git_ref TEXT NOT NULL DEFAULT '',
+    git_commit TEXT NOT NULL DEFAULT '',
+    tree_path TEXT NOT NULL,
+    imported_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE tests (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    removed INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL,
+    test_type TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    platform_kind TEXT NOT NULL,
+    duration_seconds INTEGER NOT NULL,
+    differs_by TEXT NOT NULL DEFAULT '',
+    metadata_json TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX tests_by_feature ON tests(feature) WHERE removed = 0;
+CREATE INDEX tests_by_source ON tests(source_id);
+CREATE TABLE test_facets (
+    test_id TEXT NOT NULL REFERENCES tests(id) ON DELETE CASCADE,
+    facet TEXT NOT NULL,
+    value TEXT NOT NULL
+) STRICT;
+CREATE INDEX test_facets_lookup ON test_facets(facet, value);
+CREATE INDEX test_facets_by_test ON test_facets(test_id);
+CREATE TABLE features (
+    name TEXT PRIMARY KEY NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    removed INTEGER NOT NULL DEFAULT 0,
+    description TEXT NOT NULL,
+    paths_json TEXT NOT NULL
+) STRICT;
+CREATE TABLE feature_depends (
+    feature TEXT NOT NULL,
+    depends TEXT NOT NULL,
+    PRIMARY KEY (feature, depends)
+) STRICT;
+CREATE INDEX feature_dependents ON feature_depends(depends);
+";
+
+/// 3: runs, suites, results and output (runs.rs).
+const RUNS: &str = "
+ALTER TABLE agents ADD COLUMN records_committed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    fetch_url TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    tree_path TEXT NOT NULL,
+    trigger_json TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    deadline_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX runs_active ON runs(state) WHERE state IN ('queued', 'running');
+CREATE TABLE suites (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    ordinal INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    needs_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    agent TEXT NOT NULL DEFAULT '',
+    incarnation INTEGER NOT NULL DEFAULT 0,
+    versions_json TEXT NOT NULL DEFAULT '',
+    started_ms INTEGER,
+    finished_ms INTEGER
+) STRICT;
+CREATE INDEX suites_active ON suites(state) WHERE state IN ('queued', 'running');
+CREATE INDEX suites_by_run ON suites(run_id);
+CREATE TABLE run_tests (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    test_id TEXT NOT NULL,
+    suite_id INTEGER NOT NULL REFERENCES suites(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    reasons_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    infra INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    agent TEXT NOT NULL DEFAULT '',
+    started_ms INTEGER,
+    duration_ms INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    output_tail TEXT NOT NULL DEFAULT '',
+    subresults_json TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (run_id, test_id)
+) STRICT;
+CREATE INDEX run_tests_by_suite ON run_tests(suite_id);
+-- The metadata each test ran with, apart: result updates then rewrite small rows.
+CREATE TABLE run_test_metadata (
+    run_id INTEGER NOT NULL,
+    test_id TEXT NOT NULL,
+    metadata_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, test_id)
+) STRICT;
+CREATE INDEX run_tests_by_status ON run_tests(run_id, status);
+CREATE INDEX run_tests_history ON run_tests(test_id, status);
+CREATE TABLE lost_attempts (
+    run_id INTEGER NOT NULL,
+    test_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX lost_attempts_by_run ON lost_attempts(run_id);
+";
+
+/// 4: the event log (events.rs).
+pub const EVENTS: &str = "
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    agent_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    run_id INTEGER,
+    suite_id INTEGER,
+    test_id TEXT NOT NULL DEFAULT '',
+    summary TEXT NOT NULL,
+    data TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_by_time ON events(received_ms);
+CREATE INDEX events_by_run ON events(run_id, agent_ms) WHERE run_id IS NOT NULL;
+";
+
+/// 5: integer test keys and facet pairs (catalog.rs).
+const CATALOG_FACET_KEYS: &str = "
+CREATE TABLE tests_keyed (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    removed INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL,
+    test_type TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    platform_kind TEXT NOT NULL,
+    duration_seconds INTEGER NOT NULL,
+    differs_by TEXT NOT NULL DEFAULT '',
+    metadata_json TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    content_sha256 BLOB NOT NULL DEFAULT x''
+) STRICT;
+INSERT INTO tests_keyed (id, name, source_id, removed, summary, test_type, feature, tier, enabled, platform_kind,
+                         duration_seconds, differs_by, metadata_json, updated_at_ms)
+    SELECT id, name, source_id, removed, summary, test_type, feature, tier, enabled, platform_kind,
+           duration_seconds, differs_by, metadata_json, updated_at_ms FROM tests ORDER BY name;
+CREATE TABLE facet_values (
+    id INTEGER PRIMARY KEY,
+    facet TEXT NOT NULL,
+    value TEXT NOT NULL,
+    UNIQUE (facet, value)
+) STRICT;
+INSERT INTO facet_values (facet, value) SELECT DISTINCT facet, value FROM test_facets ORDER BY facet, value;
+CREATE TABLE test_facet_keys (
+    value_id INTEGER NOT NULL,
+    test_key INTEGER NOT NULL,
+    PRIMARY KEY (value_id, test_key)
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO test_facet_keys (value_id, test_key)
+    SELECT facet_values.id, tests_keyed.key FROM test_facets
+    JOIN facet_values ON facet_values.facet = test_facets.facet AND facet_values.value = test_facets.value
+    JOIN tests_keyed ON tests_keyed.id = test_facets.test_id
+    ORDER BY 1, 2;
+DROP TABLE test_facets;
+DROP TABLE tests;
+ALTER TABLE tests_keyed RENAME TO tests;
+ALTER TABLE test_facet_keys RENAME TO test_facets;
+CREATE INDEX tests_by_feature ON tests(feature) WHERE removed = 0;
+";
