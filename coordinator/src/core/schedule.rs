@@ -1,1 +1,287 @@
-//! Scheduling decisions (to come).
+//! Scheduling decisions, pure: given the active suites, the online agents with their facts, and `now`,
+//! what the scheduler does next: end runs past their deadline, revoke leases whose agent is gone or
+//! restarted (after a coordinator restart, agents not yet seen get a grace period to reconnect and keep
+//! their suites), and assign queued suites to idle agents whose facts match. The daemon's loop assembles
+//! the input, asks here, and carries out the actions in order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use polarizer_shared::facts::AgentFacts;
+use polarizer_shared::metadata::PlatformNeeds;
+use polarizer_shared::run::SuiteRef;
+
+use crate::core::placement::{facts_match, waiting_reason};
+use crate::core::run::SuiteState;
+
+/// A queued or running suite, as the scheduler sees it.
+#[derive(Clone, Debug)]
+pub struct ActiveSuite {
+    pub run: u64,
+    pub suite: u64,
+    pub state: SuiteState,
+    pub attempt: u32,
+    pub agent: String,
+    pub incarnation: u64,
+    pub needs: PlatformNeeds,
+    pub run_deadline_ms: i64,
+}
+
+impl ActiveSuite {
+    pub fn suite_ref(&self) -> SuiteRef {
+        SuiteRef {
+            run: self.run,
+            suite: self.suite,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// An agent with a live session.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentView<'a> {
+    pub name: &'a str,
+    pub incarnation: u64,
+    pub facts: &'a AgentFacts,
+}
+
+/// Everything one scheduling step looks at.
+pub struct ScheduleInput<'a> {
+    /// Oldest run first, suites in their order: the order assignments are made in.
+    pub active: &'a [ActiveSuite],
+    pub online: &'a [AgentView<'a>],
+    /// Agents that have had a session with this coordinator process.
+    pub seen: &'a HashSet<String>,
+    /// Until then (after a coordinator restart) an agent not yet seen keeps its suites.
+    pub restart_grace_until_ms: i64,
+    pub now_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The run's deadline passed: its unfinished tests end as timeouts.
+    EndRunAtDeadline { run: u64 },
+    /// The holder of this attempt is gone: requeue or give up (the run state machine decides).
+    Revoke { suite: SuiteRef, message: String },
+    /// Lease this queued suite to this agent (the store refuses if someone got there first).
+    Assign {
+        suite: SuiteRef,
+        agent: String,
+        incarnation: u64,
+    },
+}
+
+/// One step's decisions: actions in the order to carry them out, and why each unassigned queued suite
+/// waits.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub waiting: HashMap<u64, String>,
+}
+
+pub fn plan(input: &ScheduleInput<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let by_name: BTreeMap<&str, &AgentView<'_>> = input
+        .online
+        .iter()
+        .map(|agent| (agent.name, agent))
+        .collect();
+    let in_grace = input.now_ms < input.restart_grace_until_ms;
+
+    let mut ended = BTreeSet::new();
+    for suite in input.active {
+        if suite.run_deadline_ms <= input.now_ms && ended.insert(suite.run) {
+            plan.actions
+                .push(Action::EndRunAtDeadline { run: suite.run });
+        }
+    }
+
+    let mut busy: BTreeSet<&str> = BTreeSet::new();
+    for suite in input
+        .active
+        .iter()
+        .filter(|suite| suite.state == SuiteState::Running && !ended.contains(&suite.run))
+    {
+        let gone = match by_name.get(suite.agent.as_str()) {
+            Some(agent) if agent.incarnation == suite.incarnation => {
+                busy.insert(agent.name);
+                continue;
+            }
+            Some(_) => "restarted",
+            // After a coordinator restart, agents get a moment to reconnect and keep their suites.
+            None if in_grace && !input.seen.contains(&suite.agent) => continue,
+            None => "went offline",
+        };
+        plan.actions.push(Action::Revoke {
+            suite: suite.suite_ref(),
+            message: format!(
+                "agent {} {gone} during attempt {}",
+                suite.agent, suite.attempt
+            ),
+        });
+    }
+
+    for suite in input
+        .active
+        .iter()
+        .filter(|suite| suite.state == SuiteState::Queued && !ended.contains(&suite.run))
+    {
+        let candidate = input
+            .online
+            .iter()
+            .filter(|agent| !busy.contains(agent.name) && facts_match(agent.facts, &suite.needs))
+            .min_by(|a, b| a.name.cmp(b.name));
+        let Some(agent) = candidate else {
+            let facts: Vec<_> = input.online.iter().map(|agent| agent.facts).collect();
+            plan.waiting.insert(
+                suite.suite,
+                waiting_reason(&suite.needs, &facts, busy.len()),
+            );
+            continue;
+        };
+        busy.insert(agent.name);
+        plan.actions.push(Action::Assign {
+            suite: suite.suite_ref(),
+            agent: agent.name.to_string(),
+            incarnation: agent.incarnation,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polarizer_shared::facts::PlatformKind;
+
+    fn facts(name: &str, platform: PlatformKind) -> AgentFacts {
+        AgentFacts {
+            platform,
+            ..AgentFacts::for_test(name)
+        }
+    }
+
+    fn suite(
+        suite: u64,
+        state: SuiteState,
+        agent: &str,
+        needs: Option<PlatformKind>,
+    ) -> ActiveSuite {
+        ActiveSuite {
+            run: 1,
+            suite,
+            state,
+            attempt: 1,
+            agent: agent.into(),
+            incarnation: 7,
+            needs: PlatformNeeds {
+                kind: needs,
+                ..PlatformNeeds::default()
+            },
+            run_deadline_ms: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn queued_suites_go_to_idle_matching_agents_in_order() {
+        let vm = facts("vm-1", PlatformKind::Vm);
+        let container = facts("c-1", PlatformKind::Container);
+        let online = [
+            AgentView {
+                name: "vm-1",
+                incarnation: 7,
+                facts: &vm,
+            },
+            AgentView {
+                name: "c-1",
+                incarnation: 7,
+                facts: &container,
+            },
+        ];
+        let active = [
+            suite(1, SuiteState::Running, "vm-1", None),
+            suite(2, SuiteState::Queued, "", Some(PlatformKind::Vm)),
+            suite(3, SuiteState::Queued, "", None),
+            suite(4, SuiteState::Queued, "", None),
+        ];
+        let seen = HashSet::new();
+        let plan = plan(&ScheduleInput {
+            active: &active,
+            online: &online,
+            seen: &seen,
+            restart_grace_until_ms: 0,
+            now_ms: 10,
+        });
+        assert_eq!(
+            plan.actions,
+            vec![Action::Assign {
+                suite: active[2].suite_ref(),
+                agent: "c-1".into(),
+                incarnation: 7
+            }]
+        );
+        assert_eq!(
+            plan.waiting.get(&2).map(String::as_str),
+            Some("waiting for an agent with platform vm: all 1 busy (1 suites running)")
+        );
+        assert!(plan.waiting.contains_key(&4));
+    }
+
+    #[test]
+    fn leases_of_gone_agents_are_revoked_after_the_restart_grace() {
+        let vm = facts("vm-1", PlatformKind::Vm);
+        let restarted = [AgentView {
+            name: "vm-1",
+            incarnation: 8,
+            facts: &vm,
+        }];
+        let active = [
+            suite(1, SuiteState::Running, "vm-1", None),
+            suite(2, SuiteState::Running, "vm-2", None),
+        ];
+        let seen = HashSet::new();
+        let input = |now_ms| ScheduleInput {
+            active: &active,
+            online: &restarted,
+            seen: &seen,
+            restart_grace_until_ms: 100,
+            now_ms,
+        };
+        // In the grace period, only the agent that came back with a new incarnation loses its lease.
+        let early = plan(&input(50));
+        assert_eq!(early.actions.len(), 1);
+        assert!(
+            matches!(&early.actions[0], Action::Revoke { message, .. } if message == "agent vm-1 restarted during attempt 1")
+        );
+        let late = plan(&input(150));
+        assert_eq!(late.actions.len(), 2);
+        assert!(
+            matches!(&late.actions[1], Action::Revoke { message, .. } if message == "agent vm-2 went offline during attempt 1")
+        );
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_ends_once_and_nothing_of_it_is_scheduled() {
+        let vm = facts("vm-1", PlatformKind::Vm);
+        let online = [AgentView {
+            name: "vm-1",
+            incarnation: 7,
+            facts: &vm,
+        }];
+        let mut active = [
+            suite(1, SuiteState::Running, "gone", None),
+            suite(2, SuiteState::Queued, "", None),
+        ];
+        for suite in &mut active {
+            suite.run_deadline_ms = 5;
+        }
+        let seen = HashSet::new();
+        let plan = plan(&ScheduleInput {
+            active: &active,
+            online: &online,
+            seen: &seen,
+            restart_grace_until_ms: 0,
+            now_ms: 5,
+        });
+        assert_eq!(plan.actions, vec![Action::EndRunAtDeadline { run: 1 }]);
+    }
+}

@@ -8,26 +8,40 @@ use axum::Router;
 use polarizer_shared::protocol::AgentState;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::server::Shared;
+use crate::daemon::server::Metrics;
+use crate::daemon::sessions::Sessions;
+use crate::store::StoreHandle;
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: StoreHandle,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+}
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(shared);
+        .with_state(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> String {
-    let agents = shared.list_agents().await.unwrap_or_default();
+async fn metrics(State(state): State<HttpState>) -> String {
+    let agents = state
+        .sessions
+        .list_agents(&state.store)
+        .await
+        .unwrap_or_default();
     let count = |state: AgentState| agents.iter().filter(|agent| agent.state == state).count();
-    let counters = &shared.counters;
+    let counters = &state.metrics;
     let load =
         |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
     format!(

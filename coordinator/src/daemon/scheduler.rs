@@ -1,32 +1,60 @@
-//! The scheduler: one task that keeps leases honest and hands queued suites to idle agents whose facts
-//! match. It reads the truth from the store every step (a run's state lives in SQLite, so a restarted
-//! coordinator carries on where it stopped), and runs when woken (a trigger, an agent coming or going, a
-//! suite finishing) or every quarter second.
+//! The scheduler loop: one task that carries out `core::schedule`'s decisions. Each step it reads the
+//! truth from the store (a run's state lives in SQLite, so a restarted coordinator carries on where it
+//! stopped) and the live sessions, asks `core::schedule::plan`, and applies the actions: ends runs past
+//! their deadline, revokes leases of agents that are gone, leases queued suites and sends the
+//! assignments. It runs when woken (a trigger, an agent coming or going, a suite finishing) or every
+//! quarter second.
+//!
+//! Also here: committing an agent's records and publishing what they changed, and ending runs early.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use polarizer_shared::protocol::CoordinatorMessage;
-use polarizer_shared::run::{Record, SuiteRef, TestStatus};
+use polarizer_shared::run::{Record, SuiteRef};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::placement::{facts_match, waiting_reason};
-use crate::daemon::now_ms;
-use crate::daemon::server::{OnlineAgent, Shared};
+use crate::core::run::RunEnd;
+use crate::core::schedule::{self, Action, AgentView, ScheduleInput};
+use crate::daemon::{now_ms, Context};
 use crate::store::runs;
 use crate::store::StoreError;
 
 const TICK: Duration = Duration::from_millis(250);
 
+/// How others reach the scheduler: wake it, and read why suites wait.
+#[derive(Default)]
+pub struct SchedulerHandle {
+    wake: Notify,
+    /// Why each queued suite waits, as the scheduler last saw it.
+    waiting: Mutex<HashMap<u64, String>>,
+}
+
+impl SchedulerHandle {
+    /// Something changed that may let a suite run (a trigger, an agent came or went, a suite ended).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn waiting(&self) -> HashMap<u64, String> {
+        self.waiting.lock().expect("waiting lock").clone()
+    }
+}
+
 /// Commits an agent's records and publishes what they changed. Returns the highest sequence number
 /// committed for the agent: the acknowledgement.
-pub async fn ingest(shared: &Shared, agent: &str, records: Vec<Record>) -> Result<u64, StoreError> {
+pub async fn ingest(
+    context: &Context,
+    agent: &str,
+    records: Vec<Record>,
+) -> Result<u64, StoreError> {
     let name = agent.to_string();
-    let attempts = shared.runs.attempts;
-    let events = shared.events.clone();
-    let ingested = shared
+    let attempts = context.settings.runs.attempts;
+    let events = context.fanout.events.clone();
+    let ingested = context
         .store
         .write_then(
             move |savepoint, path| {
@@ -48,183 +76,139 @@ pub async fn ingest(shared: &Shared, agent: &str, records: Vec<Record>) -> Resul
             },
         )
         .await?;
-    shared.publish(Some(agent), ingested.effects);
+    context.publish(Some(agent), ingested.effects);
     Ok(ingested.committed)
 }
 
 /// [`ingest`] for a future that owns what it needs (a session keeps one in flight).
 pub async fn ingest_owned(
-    shared: Arc<Shared>,
+    context: Context,
     agent: String,
     records: Vec<Record>,
 ) -> Result<u64, StoreError> {
-    ingest(&shared, &agent, records).await
+    ingest(&context, &agent, records).await
 }
 
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn run(context: Context, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = shared.schedule.notified() => {}
+            () = context.scheduler.wake.notified() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(err) = step(&shared).await {
+        if let Err(err) = step(&context).await {
             warn!(error = %err, "scheduling step failed; retrying");
         }
     }
 }
 
 /// Ends a run early (an operator's cancel, or its deadline) and stops its suites on their agents.
-pub async fn end_run(
-    shared: &Shared,
-    run: u64,
-    status: TestStatus,
-    message: String,
-) -> Result<(), StoreError> {
-    let reason = message.clone();
-    let (running, effects) = shared
+pub async fn end_run(context: &Context, run: u64, end: RunEnd) -> Result<(), StoreError> {
+    let (running, effects) = context
         .store
-        .write(move |savepoint, path| {
-            runs::end_run(savepoint, path, run, status, &message, now_ms())
-        })
+        .write(move |savepoint, path| runs::end_run(savepoint, path, run, end, now_ms()))
         .await?;
+    let reason = match end {
+        RunEnd::Cancel => "cancelled by an operator",
+        RunEnd::Deadline => "the run's deadline passed before this test finished",
+    };
     for (agent, suite) in running {
-        shared.send_to_agent(
+        context.sessions.send_to_agent(
             &agent,
             CoordinatorMessage::Cancel {
                 suite,
-                reason: reason.clone(),
+                reason: reason.into(),
             },
         );
     }
-    shared.publish(None, effects);
+    context.publish(None, effects);
     Ok(())
 }
 
-async fn revoke(shared: &Shared, suite: SuiteRef, message: String) -> Result<(), StoreError> {
-    let attempts = shared.runs.attempts;
+async fn revoke(context: &Context, suite: SuiteRef, message: String) -> Result<(), StoreError> {
+    let attempts = context.settings.runs.attempts;
     warn!(%suite, reason = %message, "lease revoked");
-    let effects = shared
+    let effects = context
         .store
         .write(move |savepoint, path| {
             runs::revoke(savepoint, path, suite, &message, attempts, now_ms())
         })
         .await?;
-    shared.publish(None, effects);
+    context.publish(None, effects);
     Ok(())
 }
 
-async fn step(shared: &Arc<Shared>) -> Result<(), StoreError> {
-    let active = shared.store.read(|reader| reader.active_suites()).await?;
-    let online = shared.online_agents();
-    let by_name: HashMap<&str, &OnlineAgent> = online
+/// Leases the suite to the agent and sends it the assignment.
+async fn assign(
+    context: &Context,
+    suite: SuiteRef,
+    agent: String,
+    incarnation: u64,
+) -> Result<(), StoreError> {
+    let name = agent.clone();
+    let leased = context
+        .store
+        .write(move |savepoint, path| {
+            runs::lease(savepoint, path, suite.suite, &name, incarnation, now_ms())
+        })
+        .await?;
+    if !leased {
+        // Someone got there first; the agent is free for another suite in the next step.
+        context.scheduler.wake();
+        return Ok(());
+    }
+    let packages = context.settings.runs.packages.clone();
+    let assignment = context
+        .store
+        .read(move |reader| reader.assignment(suite, &packages))
+        .await?;
+    if let Some(assignment) = assignment {
+        info!(suite = %suite, agent = %agent, tests = assignment.tests.len(), "suite dispatched");
+        // If the session just ended, the next step sees the agent gone and revokes the lease.
+        context
+            .sessions
+            .send_to_agent(&agent, CoordinatorMessage::Assign(Box::new(assignment)));
+    }
+    Ok(())
+}
+
+async fn step(context: &Context) -> Result<(), StoreError> {
+    let active = context.store.read(|reader| reader.active_suites()).await?;
+    let online = context.sessions.online_agents();
+    let views: Vec<AgentView<'_>> = online
         .iter()
-        .map(|agent| (agent.name.as_str(), agent))
+        .map(|agent| AgentView {
+            name: &agent.name,
+            incarnation: agent.incarnation,
+            facts: &agent.facts,
+        })
         .collect();
-    let now = now_ms();
-    let in_grace = shared.started.elapsed() < shared.runs.lease_grace;
-
-    let mut ended = BTreeSet::new();
-    for suite in &active {
-        if suite.run_deadline_ms <= now && ended.insert(suite.run) {
-            info!(
-                run = suite.run,
-                "run deadline passed; ending its unfinished tests as timeout"
-            );
-            end_run(
-                shared,
-                suite.run,
-                TestStatus::Timeout,
-                "the run's deadline passed before this test finished".into(),
-            )
-            .await?;
+    let seen = context.sessions.seen();
+    let plan = schedule::plan(&ScheduleInput {
+        active: &active,
+        online: &views,
+        seen: &seen,
+        restart_grace_until_ms: context.settings.restart_grace_until_ms,
+        now_ms: now_ms(),
+    });
+    for action in plan.actions {
+        match action {
+            Action::EndRunAtDeadline { run } => {
+                info!(
+                    run,
+                    "run deadline passed; ending its unfinished tests as timeout"
+                );
+                end_run(context, run, RunEnd::Deadline).await?;
+            }
+            Action::Revoke { suite, message } => revoke(context, suite, message).await?,
+            Action::Assign {
+                suite,
+                agent,
+                incarnation,
+            } => assign(context, suite, agent, incarnation).await?,
         }
     }
-
-    let mut busy: BTreeSet<String> = BTreeSet::new();
-    for suite in active
-        .iter()
-        .filter(|suite| suite.state == "running" && !ended.contains(&suite.run))
-    {
-        match by_name.get(suite.agent.as_str()) {
-            Some(agent) if agent.incarnation == suite.incarnation => {
-                busy.insert(suite.agent.clone());
-            }
-            Some(_) => {
-                revoke(
-                    shared,
-                    suite.suite_ref(),
-                    format!(
-                        "agent {} restarted during attempt {}",
-                        suite.agent, suite.attempt
-                    ),
-                )
-                .await?
-            }
-            // After a coordinator restart, agents get a moment to reconnect and keep their suites.
-            None if in_grace
-                && !shared
-                    .seen
-                    .lock()
-                    .expect("seen lock")
-                    .contains(&suite.agent) => {}
-            None => {
-                revoke(
-                    shared,
-                    suite.suite_ref(),
-                    format!(
-                        "agent {} went offline during attempt {}",
-                        suite.agent, suite.attempt
-                    ),
-                )
-                .await?
-            }
-        }
-    }
-
-    let mut waiting = HashMap::new();
-    for suite in active
-        .iter()
-        .filter(|suite| suite.state == "queued" && !ended.contains(&suite.run))
-    {
-        let candidate = online
-            .iter()
-            .filter(|agent| !busy.contains(&agent.name) && facts_match(&agent.facts, &suite.needs))
-            .min_by(|a, b| a.name.cmp(&b.name));
-        let Some(agent) = candidate else {
-            let facts: Vec<_> = online.iter().map(|agent| &agent.facts).collect();
-            waiting.insert(
-                suite.suite,
-                waiting_reason(&suite.needs, &facts, busy.len()),
-            );
-            continue;
-        };
-        let (suite_id, name, incarnation) = (suite.suite, agent.name.clone(), agent.incarnation);
-        let leased = shared
-            .store
-            .write(move |savepoint, path| {
-                runs::lease(savepoint, path, suite_id, &name, incarnation, now_ms())
-            })
-            .await?;
-        if !leased {
-            continue;
-        }
-        busy.insert(agent.name.clone());
-        let suite_ref = suite.suite_ref();
-        let packages = shared.runs.packages.clone();
-        let assignment = shared
-            .store
-            .read(move |reader| reader.assignment(suite_ref, &packages))
-            .await?;
-        if let Some(assignment) = assignment {
-            info!(suite = %suite_ref, agent = %agent.name, tests = assignment.tests.len(), "suite dispatched");
-            // If the session just ended, the next step sees the agent gone and revokes the lease.
-            let _ = agent
-                .outbox
-                .send(CoordinatorMessage::Assign(Box::new(assignment)));
-        }
-    }
-    *shared.waiting.lock().expect("waiting lock") = waiting;
+    *context.scheduler.waiting.lock().expect("waiting lock") = plan.waiting;
     Ok(())
 }

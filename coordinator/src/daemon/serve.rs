@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use polarizer_shared::membership::*;
 use polarizer_transport::gossip::{advertised_addr, concrete_udp_addr};
 use polarizer_transport::state_files::{read_private, secret_digest};
@@ -18,8 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::daemon::config::ServeConfig;
+use crate::daemon::fanout::FanOut;
+use crate::daemon::http::HttpState;
 use crate::daemon::identity::Prepare;
-use crate::daemon::server::{self, Shared};
+use crate::daemon::scheduler::SchedulerHandle;
+use crate::daemon::server::{self, Metrics};
+use crate::daemon::sessions::Sessions;
+use crate::daemon::{now_ms, Context, Settings};
 use crate::data_dir::DataDir;
 use crate::store::Store;
 
@@ -74,15 +79,21 @@ pub async fn run(
     let http_addr = http_listener.local_addr()?;
 
     let (gossip_live_tx, gossip_live_rx) = watch::channel(BTreeSet::new());
-    let shared = Arc::new(Shared::new(
-        store.clone(),
-        config.heartbeat_interval,
-        enrollment_token_digest,
-        operator_token_digest,
-        gossip_live_rx,
-        data_dir.root.clone(),
-        config.runs.clone(),
-    ));
+    let context = Context {
+        store: store.clone(),
+        settings: Arc::new(Settings {
+            heartbeat_interval: config.heartbeat_interval,
+            enrollment_token_digest,
+            operator_token_digest,
+            data_dir: data_dir.root.clone(),
+            runs: config.runs.clone(),
+            restart_grace_until_ms: now_ms() + config.runs.lease_grace.as_millis() as i64,
+        }),
+        sessions: Arc::new(Sessions::new(gossip_live_rx)),
+        fanout: Arc::new(FanOut::default()),
+        metrics: Arc::new(Metrics::default()),
+        scheduler: Arc::new(SchedulerHandle::default()),
+    };
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();
 
@@ -93,7 +104,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracker.spawn(crate::daemon::scheduler::run(
-        shared.clone(),
+        context.clone(),
         shutdown.clone(),
     ));
     tracker.spawn(trim_events(
@@ -104,15 +115,19 @@ pub async fn run(
     ));
     tracker.spawn(server::accept_loop(
         endpoint.clone(),
-        shared.clone(),
+        context.clone(),
         sessions_shutdown.clone(),
         tracker.clone(),
     ));
     tracker.spawn({
-        let shared = shared.clone();
+        let state = HttpState {
+            store: store.clone(),
+            sessions: context.sessions.clone(),
+            metrics: context.metrics.clone(),
+        };
         let shutdown = shutdown.clone();
         async move {
-            if let Err(err) = crate::daemon::http::serve(http_listener, shared, shutdown).await {
+            if let Err(err) = crate::daemon::http::serve(http_listener, state, shutdown).await {
                 tracing::error!(error = %err, "http server failed");
             }
         }
@@ -183,9 +198,9 @@ pub async fn run(
     if let Ok(gossip) = Arc::try_unwrap(gossip) {
         gossip.shutdown().await;
     }
-    store.flush().await?;
-    drop(shared);
-    drop(store);
+    // Everything acknowledged is committed already; the writer commits what is left and stops.
+    drop(context);
+    store.shutdown();
     let _ = tokio::task::spawn_blocking(move || store_writer.join()).await;
     info!("coordinator stopped");
     Ok(())
@@ -198,7 +213,7 @@ pub fn init(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let identity = data_dir.prepare()?;
     // Run the migrations too, so the first `serve` finds a ready database.
     let (store, writer) = crate::store::Store::open(&data_dir.database())?;
-    drop(store);
+    store.shutdown();
     let _ = writer.join();
     let verb = if identity.created {
         "created"

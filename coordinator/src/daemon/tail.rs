@@ -9,7 +9,8 @@ use polarizer_shared::protocol::{OperatorResponse, ServerFrame};
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::broadcast;
 
-use crate::daemon::server::Shared;
+use crate::daemon::fanout::FanOut;
+use crate::store::StoreHandle;
 
 /// Events per frame.
 const BATCH: usize = 1000;
@@ -53,7 +54,8 @@ async fn error(stream: &mut FramedStream, message: String) -> Result<(), StreamE
 
 pub async fn tail(
     stream: &mut FramedStream,
-    shared: &Shared,
+    store: &StoreHandle,
+    fanout: &FanOut,
     query: TailQuery,
 ) -> Result<(), StreamError> {
     let grep = match query.grep.as_deref().map(fancy_regex::Regex::new) {
@@ -68,10 +70,10 @@ pub async fn tail(
                     || regex.is_match(&event.data).unwrap_or(false)
             })
     };
-    let mut live = shared.events.subscribe();
+    let mut live = fanout.events.subscribe();
     let stored = {
         let query = query.clone();
-        shared.store.read(move |reader| reader.events(&query)).await
+        store.read(move |reader| reader.events(&query)).await
     };
     let stored = match stored {
         Ok(stored) => stored,
@@ -123,16 +125,16 @@ pub async fn tail(
 
 pub async fn replay(
     stream: &mut FramedStream,
-    shared: &Shared,
+    store: &StoreHandle,
     run: u64,
 ) -> Result<(), StreamError> {
-    let exists = shared.store.read(move |reader| reader.run(run)).await;
+    let exists = store.read(move |reader| reader.run(run)).await;
     match exists {
         Ok(Some(_)) => {}
         Ok(None) => return error(stream, format!("no run {run}")).await,
         Err(err) => return error(stream, err.to_string()).await,
     }
-    match shared.store.read(move |reader| reader.timeline(run)).await {
+    match store.read(move |reader| reader.timeline(run)).await {
         Ok(events) => {
             let events: Vec<&EventRow> = events.iter().collect();
             send_events(stream, &events).await?;

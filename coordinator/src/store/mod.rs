@@ -90,6 +90,8 @@ enum Command {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// Commit everything sent before, then stop: the writer thread ends, later commands fail `Closed`.
+    Shutdown,
     /// Its tests are written at once; the rest waits for `facets`, which come once its checks pass.
     ImportCatalog {
         import: Arc<Import>,
@@ -317,11 +319,19 @@ fn run_writer(
     while let Ok(first) = commands_rx.recv() {
         let working = std::time::Instant::now();
         idle += working - waiting;
-        let mut batch = vec![first];
-        while let Ok(next) = commands_rx.try_recv() {
-            batch.push(next);
-            if batch.len() >= 4096 {
-                break;
+        let mut stopping = matches!(first, Command::Shutdown);
+        let mut batch = Vec::new();
+        if !stopping {
+            batch.push(first);
+            while let Ok(next) = commands_rx.try_recv() {
+                if matches!(next, Command::Shutdown) {
+                    stopping = true;
+                    break;
+                }
+                batch.push(next);
+                if batch.len() >= 4096 {
+                    break;
+                }
             }
         }
         // An import is a transaction of its own: one savepoint around it would journal every page it
@@ -370,8 +380,12 @@ fn run_writer(
             wal_pages.store(0, std::sync::atomic::Ordering::Relaxed);
             (busy, idle) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         }
+        if stopping {
+            break;
+        }
         waiting = std::time::Instant::now();
     }
+    tracing::debug!(path = %path.display(), "store writer stopped");
 }
 
 /// Stores an import all or nothing, replying after the commit. Its tests are written while its checks
@@ -472,6 +486,8 @@ fn apply(
             }));
         }
         Command::Write(work) => work(transaction, path, replies),
+        // run_writer stops at it; it never reaches a transaction.
+        Command::Shutdown => {}
         Command::ImportCatalog { import, reply, .. } => {
             // run_writer gives imports a transaction of their own; one arriving here is stored alone.
             let _ = reply.send(Err(StoreError::Transaction {
@@ -659,6 +675,12 @@ impl StoreHandle {
         let (reply, reply_rx) = oneshot::channel();
         self.send(Command::Flush { reply })?;
         reply_rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Asks the writer to commit everything sent before and stop; join its thread to wait for that.
+    /// Clones of this handle see `StoreError::Closed` from then on.
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
     }
 
     /// A read connection of its own (WAL: reads never wait for the writer).

@@ -12,7 +12,12 @@ use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
 use polarizer_shared::run::*;
 use rusqlite::{params, OptionalExtension, Savepoint};
 
-use crate::store::{sqlite_error, Reader, StoreError};
+use crate::core::run::{
+    self, RunEnd, RunTally, SuiteDecision, SuiteEnd, SuiteLease, SuiteState, TestDecision,
+    TestRecord,
+};
+use crate::core::schedule::ActiveSuite;
+use crate::store::{sqlite_error, unknown_value, Reader, StoreError};
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")
@@ -114,29 +119,6 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
     Ok(run_id as u64)
 }
 
-/// A queued or running suite, as the scheduler sees it.
-#[derive(Clone, Debug)]
-pub struct ActiveSuite {
-    pub run: u64,
-    pub suite: u64,
-    pub state: String,
-    pub attempt: u32,
-    pub agent: String,
-    pub incarnation: u64,
-    pub needs: PlatformNeeds,
-    pub run_deadline_ms: i64,
-}
-
-impl ActiveSuite {
-    pub fn suite_ref(&self) -> SuiteRef {
-        SuiteRef {
-            run: self.run,
-            suite: self.suite,
-            attempt: self.attempt,
-        }
-    }
-}
-
 /// What a write changed that someone is waiting to hear about.
 #[derive(Clone, Debug)]
 pub enum Effect {
@@ -145,6 +127,67 @@ pub enum Effect {
     Event(polarizer_shared::events::EventRow),
     /// The agent sent records for an attempt it no longer holds: tell it to stop.
     Stale(SuiteRef),
+}
+
+/// The `state` column of `suites`, typed.
+fn suite_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<SuiteState> {
+    let text: String = row.get(index)?;
+    SuiteState::parse(&text).ok_or_else(|| unknown_value(index, "suite state", &text))
+}
+
+/// The `state` column of `runs`, typed.
+fn run_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<RunState> {
+    let text: String = row.get(index)?;
+    RunState::parse(&text).ok_or_else(|| unknown_value(index, "run state", &text))
+}
+
+/// The `status` column of `run_tests`, typed.
+fn test_status(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<TestStatus> {
+    let text: String = row.get(index)?;
+    TestStatus::parse(&text).ok_or_else(|| unknown_value(index, "test status", &text))
+}
+
+/// A suite's lease as stored, for the state machine.
+fn suite_lease(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    suite: u64,
+) -> Result<Option<SuiteLease>, StoreError> {
+    let mut statement = connection
+        .prepare_cached("SELECT run_id, state, attempt, agent FROM suites WHERE id = ?1")
+        .map_err(sqlite_error(path))?;
+    statement
+        .query_row([suite as i64], |row| {
+            Ok(SuiteLease {
+                run: row.get::<_, i64>(0)? as u64,
+                suite,
+                state: suite_state(row, 1)?,
+                attempt: row.get(2)?,
+                agent: row.get(3)?,
+            })
+        })
+        .optional()
+        .map_err(sqlite_error(path))
+}
+
+/// A test's stored status in a suite; `None` when the suite has no such test.
+fn stored_test_status(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    suite: SuiteRef,
+    test: &str,
+) -> Result<Option<TestStatus>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT status FROM run_tests WHERE run_id = ?1 AND test_id = ?2 AND suite_id = ?3",
+        )
+        .map_err(sqlite_error(path))?;
+    statement
+        .query_row(params![suite.run as i64, test, suite.suite as i64], |row| {
+            test_status(row, 0)
+        })
+        .optional()
+        .map_err(sqlite_error(path))
 }
 
 /// Leases a queued suite to an agent. False when it is no longer queued.
@@ -157,23 +200,32 @@ pub fn lease(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let on_sqlite = sqlite_error(path);
-    let changed = savepoint
+    let Some(current) = suite_lease(savepoint, path, suite)? else {
+        return Ok(false);
+    };
+    if !run::may_lease(current.state) {
+        return Ok(false);
+    }
+    savepoint
         .execute(
-            "UPDATE suites SET state = 'running', agent = ?2, incarnation = ?3, started_ms = ?4
-             WHERE id = ?1 AND state = 'queued'",
-            params![suite as i64, agent, incarnation as i64, now_ms],
+            "UPDATE suites SET state = ?5, agent = ?2, incarnation = ?3, started_ms = ?4 WHERE id = ?1",
+            params![
+                suite as i64,
+                agent,
+                incarnation as i64,
+                now_ms,
+                SuiteState::Running.as_str()
+            ],
         )
         .map_err(&on_sqlite)?;
-    if changed == 1 {
-        savepoint
-            .execute(
-                "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2)
-                 WHERE id = (SELECT run_id FROM suites WHERE id = ?1) AND state = 'queued'",
-                params![suite as i64, now_ms],
-            )
-            .map_err(&on_sqlite)?;
-    }
-    Ok(changed == 1)
+    savepoint
+        .execute(
+            "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2)
+             WHERE id = ?1 AND state = 'queued'",
+            params![current.run as i64, now_ms],
+        )
+        .map_err(&on_sqlite)?;
+    Ok(true)
 }
 
 /// The agent holding `suite` was lost: its unfinished tests go back to the queue as the next attempt
@@ -186,72 +238,108 @@ pub fn revoke(
     max_attempts: u32,
     now_ms: i64,
 ) -> Result<Vec<Effect>, StoreError> {
-    let on_sqlite = sqlite_error(path);
-    let held: Option<(String, String)> = savepoint
-        .query_row(
-            "SELECT agent, state FROM suites WHERE id = ?1 AND attempt = ?2",
-            params![suite.suite as i64, suite.attempt],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(&on_sqlite)?;
-    let Some((agent, state)) = held else {
-        return Ok(Vec::new());
-    };
-    if state != "running" {
-        return Ok(Vec::new());
-    }
-    savepoint
-        .execute(
-            "INSERT INTO lost_attempts (run_id, test_id, attempt, agent, message, at_ms)
-             SELECT run_id, test_id, ?2, ?3, ?4, ?5 FROM run_tests
-             WHERE suite_id = ?1 AND status IN ('queued', 'running')",
-            params![suite.suite as i64, suite.attempt, agent, message, now_ms],
-        )
-        .map_err(&on_sqlite)?;
+    let lease = suite_lease(savepoint, path, suite.suite)?;
+    let decision = run::on_suite_end(
+        lease.as_ref(),
+        suite,
+        SuiteEnd::Lost { reason: message },
+        max_attempts,
+    );
     let mut effects = Vec::new();
-    if suite.attempt < max_attempts {
-        let next = suite.attempt + 1;
-        savepoint
-            .execute(
-                "UPDATE suites SET state = 'queued', attempt = ?2, agent = '', incarnation = 0, started_ms = NULL
-                 WHERE id = ?1",
-                params![suite.suite as i64, next],
-            )
-            .map_err(&on_sqlite)?;
-        savepoint
-            .execute(
-                "UPDATE run_tests SET status = 'queued', attempt = ?2, agent = '', started_ms = NULL
-                 WHERE suite_id = ?1 AND status IN ('queued', 'running')",
-                params![suite.suite as i64, next],
-            )
-            .map_err(&on_sqlite)?;
-        effects.push(Effect::Update(RunUpdate::Requeued {
-            run: suite.run,
-            suite: suite.suite,
-            attempt: next,
-            agent,
-        }));
-    } else {
-        savepoint
-            .execute(
-                "UPDATE suites SET state = 'done', finished_ms = ?2 WHERE id = ?1",
-                params![suite.suite as i64, now_ms],
-            )
-            .map_err(&on_sqlite)?;
-        let text = format!("infrastructure error: {message}; no attempts left ({max_attempts})");
-        effects.extend(finish_unfinished(
-            savepoint,
-            path,
-            "suite_id = ?1",
-            suite.suite as i64,
-            TestStatus::Error,
-            true,
-            &text,
+    if let Some(lease) = lease {
+        effects.extend(apply_suite_decision(
+            savepoint, path, &lease, decision, now_ms,
         )?);
     }
     effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
     Ok(effects)
+}
+
+/// Persists the end of a suite's attempt as the state machine decided it.
+fn apply_suite_decision(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    lease: &SuiteLease,
+    decision: SuiteDecision,
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let suite = lease.suite as i64;
+    let record_lost = |message: &str| {
+        savepoint
+            .execute(
+                "INSERT INTO lost_attempts (run_id, test_id, attempt, agent, message, at_ms)
+                 SELECT run_id, test_id, ?2, ?3, ?4, ?5 FROM run_tests
+                 WHERE suite_id = ?1 AND status IN ('queued', 'running')",
+                params![suite, lease.attempt, lease.agent, message, now_ms],
+            )
+            .map_err(&on_sqlite)
+    };
+    let close = || {
+        savepoint
+            .execute(
+                "UPDATE suites SET state = ?3, finished_ms = ?2 WHERE id = ?1",
+                params![suite, now_ms, SuiteState::Done.as_str()],
+            )
+            .map_err(&on_sqlite)
+    };
+    match decision {
+        SuiteDecision::Ignore => Ok(Vec::new()),
+        SuiteDecision::Close { unfinished_message } => {
+            close()?;
+            finish_unfinished(
+                savepoint,
+                path,
+                "suite_id = ?1",
+                suite,
+                TestStatus::Error,
+                false,
+                &unfinished_message,
+            )
+        }
+        SuiteDecision::Requeue {
+            attempt,
+            lost_message,
+        } => {
+            record_lost(&lost_message)?;
+            savepoint
+                .execute(
+                    "UPDATE suites SET state = ?3, attempt = ?2, agent = '', incarnation = 0, started_ms = NULL
+                     WHERE id = ?1",
+                    params![suite, attempt, SuiteState::Queued.as_str()],
+                )
+                .map_err(&on_sqlite)?;
+            savepoint
+                .execute(
+                    "UPDATE run_tests SET status = 'queued', attempt = ?2, agent = '', started_ms = NULL
+                     WHERE suite_id = ?1 AND status IN ('queued', 'running')",
+                    params![suite, attempt],
+                )
+                .map_err(&on_sqlite)?;
+            Ok(vec![Effect::Update(RunUpdate::Requeued {
+                run: lease.run,
+                suite: lease.suite,
+                attempt,
+                agent: lease.agent.clone(),
+            })])
+        }
+        SuiteDecision::GiveUp {
+            lost_message,
+            final_message,
+        } => {
+            record_lost(&lost_message)?;
+            close()?;
+            finish_unfinished(
+                savepoint,
+                path,
+                "suite_id = ?1",
+                suite,
+                TestStatus::Error,
+                true,
+                &final_message,
+            )
+        }
+    }
 }
 
 /// Gives every unfinished test matching `filter` (with `?1` bound to `key`) a final status.
@@ -264,6 +352,7 @@ fn finish_unfinished(
     infra: bool,
     message: &str,
 ) -> Result<Vec<Effect>, StoreError> {
+    debug_assert!(status.is_final());
     let on_sqlite = sqlite_error(path);
     let ids: Vec<(i64, String)> = {
         let mut statement = savepoint
@@ -294,7 +383,7 @@ fn finish_unfinished(
     Ok(effects)
 }
 
-/// When every test of the run has a final status, the run gets its own.
+/// When every test of the run has a final status, the run gets its own (the state machine's verdict).
 pub fn maybe_finish_run(
     savepoint: &Savepoint<'_>,
     path: &Path,
@@ -315,26 +404,23 @@ pub fn maybe_finish_run(
     if unfinished {
         return Ok(Vec::new());
     }
-    let (problems, infra, state): (i64, i64, String) = savepoint
+    let (problems, infra, current): (i64, i64, RunState) = savepoint
         .query_row(
             "SELECT
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn')),
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND infra = 1),
                 state FROM runs WHERE id = ?1",
             [run as i64],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, run_state(row, 2)?)),
         )
         .map_err(&on_sqlite)?;
-    let current = RunState::parse(&state).unwrap_or(RunState::Error);
-    if current.is_final() {
+    let tally = RunTally {
+        unfinished: 0,
+        problems: problems as u64,
+        infra: infra as u64,
+    };
+    let Some(final_state) = run::verdict(current, tally) else {
         return Ok(Vec::new());
-    }
-    let final_state = if infra > 0 {
-        RunState::Error
-    } else if problems > 0 {
-        RunState::Failed
-    } else {
-        RunState::Passed
     };
     savepoint
         .execute(
@@ -344,9 +430,9 @@ pub fn maybe_finish_run(
         .map_err(&on_sqlite)?;
     savepoint
         .execute(
-            "UPDATE suites SET state = 'done', finished_ms = COALESCE(finished_ms, ?2)
+            "UPDATE suites SET state = ?3, finished_ms = COALESCE(finished_ms, ?2)
              WHERE run_id = ?1 AND state IN ('queued', 'running')",
-            params![run as i64, now_ms],
+            params![run as i64, now_ms, SuiteState::Done.as_str()],
         )
         .map_err(&on_sqlite)?;
     Ok(vec![Effect::Update(RunUpdate::RunFinished {
@@ -356,16 +442,26 @@ pub fn maybe_finish_run(
 }
 
 /// Ends a run early: cancelled by an operator, or past its deadline (stragglers end as timeout).
-/// Returns the suites that agents must stop, and the effects.
+/// Returns the suites that agents must stop, and the effects; nothing when the run is final already.
 pub fn end_run(
     savepoint: &Savepoint<'_>,
     path: &Path,
     run: u64,
-    status: TestStatus,
-    message: &str,
+    end: RunEnd,
     now_ms: i64,
 ) -> Result<(StopOrders, Vec<Effect>), StoreError> {
     let on_sqlite = sqlite_error(path);
+    let current = savepoint
+        .query_row(
+            "SELECT state FROM runs WHERE id = ?1",
+            [run as i64],
+            |row| run_state(row, 0),
+        )
+        .optional()
+        .map_err(&on_sqlite)?;
+    let Some(decision) = current.and_then(|current| run::on_run_end(current, end)) else {
+        return Ok((Vec::new(), Vec::new()));
+    };
     let running: Vec<(String, SuiteRef)> = {
         let mut statement = savepoint
             .prepare(
@@ -391,35 +487,35 @@ pub fn end_run(
         path,
         "run_id = ?1",
         run as i64,
-        status,
+        decision.unfinished_status,
         false,
-        message,
+        &decision.message,
     )?;
-    if status == TestStatus::Cancelled {
-        savepoint
-            .execute(
-                "UPDATE runs SET state = 'cancelled', finished_ms = ?2, message = ?3 WHERE id = ?1 AND state IN ('queued', 'running')",
-                params![run as i64, now_ms, message],
-            )
-            .map_err(&on_sqlite)?;
-        savepoint
-            .execute(
-                "UPDATE suites SET state = 'cancelled', finished_ms = ?2 WHERE run_id = ?1 AND state IN ('queued', 'running')",
-                params![run as i64, now_ms],
-            )
-            .map_err(&on_sqlite)?;
-        effects.push(Effect::Update(RunUpdate::RunFinished {
-            run,
-            state: RunState::Cancelled,
-        }));
-    } else {
-        savepoint
-            .execute(
-                "UPDATE runs SET message = ?2 WHERE id = ?1",
-                params![run as i64, message],
-            )
-            .map_err(&on_sqlite)?;
-        effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
+    match decision.state {
+        Some(state) => {
+            savepoint
+                .execute(
+                    "UPDATE runs SET state = ?4, finished_ms = ?2, message = ?3 WHERE id = ?1",
+                    params![run as i64, now_ms, decision.message, state.as_str()],
+                )
+                .map_err(&on_sqlite)?;
+            savepoint
+                .execute(
+                    "UPDATE suites SET state = ?3, finished_ms = ?2 WHERE run_id = ?1 AND state IN ('queued', 'running')",
+                    params![run as i64, now_ms, SuiteState::Cancelled.as_str()],
+                )
+                .map_err(&on_sqlite)?;
+            effects.push(Effect::Update(RunUpdate::RunFinished { run, state }));
+        }
+        None => {
+            savepoint
+                .execute(
+                    "UPDATE runs SET message = ?2 WHERE id = ?1",
+                    params![run as i64, decision.message],
+                )
+                .map_err(&on_sqlite)?;
+            effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
+        }
     }
     Ok((running, effects))
 }
@@ -451,18 +547,19 @@ pub fn ingest(
         .map_err(&on_sqlite)?
         .unwrap_or(0) as u64;
     let mut effects = Vec::new();
-    // Within one batch a lease only changes through this batch's own SuiteFinished records.
-    let mut leases: BTreeMap<SuiteRef, bool> = BTreeMap::new();
-    let holds = |savepoint: &Savepoint<'_>,
-                 leases: &mut BTreeMap<SuiteRef, bool>,
-                 suite: SuiteRef|
-     -> Result<bool, StoreError> {
+    // Within one batch a lease only changes through this batch's own SuiteFinished records, which
+    // update this cache as they are applied.
+    let mut leases: BTreeMap<u64, Option<SuiteLease>> = BTreeMap::new();
+    let lease_of = |savepoint: &Savepoint<'_>,
+                    leases: &mut BTreeMap<u64, Option<SuiteLease>>,
+                    suite: u64|
+     -> Result<Option<SuiteLease>, StoreError> {
         if let Some(known) = leases.get(&suite) {
-            return Ok(*known);
+            return Ok(known.clone());
         }
-        let held = holds(savepoint, path, agent, suite)?;
-        leases.insert(suite, held);
-        Ok(held)
+        let lease = suite_lease(savepoint, path, suite)?;
+        leases.insert(suite, lease.clone());
+        Ok(lease)
     };
     let mut finished_runs = std::collections::BTreeSet::new();
     let mut next_event = crate::store::events::next_id(savepoint, path)?;
@@ -520,7 +617,8 @@ pub fn ingest(
                 effects.push(Effect::Event(row));
             }
             RecordBody::SuiteStarted { suite, versions } => {
-                if !holds(savepoint, &mut leases, suite)? {
+                let lease = lease_of(savepoint, &mut leases, suite.suite)?;
+                if !lease.is_some_and(|lease| lease.is_held_by(agent, suite)) {
                     effects.push(Effect::Stale(suite));
                     continue;
                 }
@@ -532,41 +630,61 @@ pub fn ingest(
                     .map_err(&on_sqlite)?;
             }
             RecordBody::TestStarted { suite, test } => {
-                if !holds(savepoint, &mut leases, suite)? {
-                    effects.push(Effect::Stale(suite));
-                    continue;
-                }
-                let changed = savepoint
-                    .execute(
-                        "UPDATE run_tests SET status = 'running', agent = ?3, started_ms = ?4
-                         WHERE run_id = ?1 AND test_id = ?2 AND status = 'queued'",
-                        params![suite.run as i64, test, agent, record.at_ms],
-                    )
-                    .map_err(&on_sqlite)?;
-                if changed == 1 {
-                    effects.push(Effect::Update(RunUpdate::TestStarted {
-                        run: suite.run,
-                        test: test.clone(),
-                        agent: agent.to_string(),
-                        attempt: suite.attempt,
-                    }));
+                let lease = lease_of(savepoint, &mut leases, suite.suite)?;
+                let current = stored_test_status(savepoint, path, suite, &test)?;
+                match run::on_test_record(
+                    lease.as_ref(),
+                    agent,
+                    suite,
+                    current,
+                    TestRecord::Started,
+                ) {
+                    TestDecision::RefuseStale(suite) => effects.push(Effect::Stale(suite)),
+                    TestDecision::MarkRunning => {
+                        savepoint
+                            .execute(
+                                "UPDATE run_tests SET status = 'running', agent = ?3, started_ms = ?4
+                                 WHERE run_id = ?1 AND test_id = ?2",
+                                params![suite.run as i64, test, agent, record.at_ms],
+                            )
+                            .map_err(&on_sqlite)?;
+                        effects.push(Effect::Update(RunUpdate::TestStarted {
+                            run: suite.run,
+                            test: test.clone(),
+                            agent: agent.to_string(),
+                            attempt: suite.attempt,
+                        }));
+                    }
+                    TestDecision::Ignore | TestDecision::StoreResult(_) => {}
                 }
             }
             RecordBody::TestFinished(outcome) => {
                 let suite = outcome.suite;
-                if !holds(savepoint, &mut leases, suite)? {
-                    effects.push(Effect::Stale(suite));
-                    continue;
-                }
-                let changed = savepoint
+                let lease = lease_of(savepoint, &mut leases, suite.suite)?;
+                let current = stored_test_status(savepoint, path, suite, &outcome.test)?;
+                let status = match run::on_test_record(
+                    lease.as_ref(),
+                    agent,
+                    suite,
+                    current,
+                    TestRecord::Finished(outcome.status),
+                ) {
+                    TestDecision::RefuseStale(suite) => {
+                        effects.push(Effect::Stale(suite));
+                        continue;
+                    }
+                    TestDecision::StoreResult(status) => status,
+                    TestDecision::Ignore | TestDecision::MarkRunning => continue,
+                };
+                savepoint
                     .execute(
                         "UPDATE run_tests SET status = ?3, agent = ?4, started_ms = ?5, duration_ms = ?6, message = ?7,
                                 output_tail = ?8, subresults_json = ?9
-                         WHERE run_id = ?1 AND test_id = ?2 AND status IN ('queued', 'running')",
+                         WHERE run_id = ?1 AND test_id = ?2",
                         params![
                             suite.run as i64,
                             outcome.test,
-                            outcome.status.as_str(),
+                            status.as_str(),
                             agent,
                             outcome.started_ms,
                             outcome.duration_ms as i64,
@@ -576,69 +694,52 @@ pub fn ingest(
                         ],
                     )
                     .map_err(&on_sqlite)?;
-                if changed == 1 {
-                    let summary = crate::store::events::result_summary(
-                        &outcome.test,
-                        outcome.status.as_str(),
-                        outcome.duration_ms,
-                        &outcome.message,
-                    );
-                    let data = serde_json::json!({
-                        "status": outcome.status.as_str(),
-                        "attempt": suite.attempt,
-                        "duration_ms": outcome.duration_ms,
-                        "message": outcome.message,
-                    })
-                    .to_string();
-                    let event = number(
-                        event_of(crate::store::events::RESULT.to_string())
-                            .in_run(Some(suite.run), Some(suite.suite), outcome.test.clone())
-                            .saying(summary, data),
-                    );
-                    effects.push(Effect::Event(event));
-                    if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
-                        effects.push(Effect::Update(RunUpdate::TestFinished {
-                            run: suite.run,
-                            row: Box::new(row),
-                        }));
-                    }
-                    finished_runs.insert(suite.run);
+                let summary = crate::store::events::result_summary(
+                    &outcome.test,
+                    status.as_str(),
+                    outcome.duration_ms,
+                    &outcome.message,
+                );
+                let data = serde_json::json!({
+                    "status": status.as_str(),
+                    "attempt": suite.attempt,
+                    "duration_ms": outcome.duration_ms,
+                    "message": outcome.message,
+                })
+                .to_string();
+                let event = number(
+                    event_of(crate::store::events::RESULT.to_string())
+                        .in_run(Some(suite.run), Some(suite.suite), outcome.test.clone())
+                        .saying(summary, data),
+                );
+                effects.push(Effect::Event(event));
+                if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
+                    effects.push(Effect::Update(RunUpdate::TestFinished {
+                        run: suite.run,
+                        row: Box::new(row),
+                    }));
                 }
+                finished_runs.insert(suite.run);
             }
             RecordBody::SuiteFinished { suite, error } => {
-                if !holds(savepoint, &mut leases, suite)? {
+                let Some(lease) = lease_of(savepoint, &mut leases, suite.suite)? else {
+                    continue;
+                };
+                let end = match &error {
+                    // Could not run here (checkout, suite setup): another attempt, elsewhere.
+                    Some(error) => SuiteEnd::CouldNotRun { agent, error },
+                    None => SuiteEnd::Finished { agent },
+                };
+                let decision = run::on_suite_end(Some(&lease), suite, end, max_attempts);
+                if decision == SuiteDecision::Ignore {
                     continue;
                 }
-                leases.insert(suite, false);
-                match error {
-                    // Could not run here (checkout, suite setup): another attempt, elsewhere.
-                    Some(error) => effects.extend(revoke(
-                        savepoint,
-                        path,
-                        suite,
-                        &format!("agent {agent}: {error}"),
-                        max_attempts,
-                        now_ms,
-                    )?),
-                    None => {
-                        savepoint
-                            .execute(
-                                "UPDATE suites SET state = 'done', finished_ms = ?2 WHERE id = ?1",
-                                params![suite.suite as i64, now_ms],
-                            )
-                            .map_err(&on_sqlite)?;
-                        effects.extend(finish_unfinished(
-                            savepoint,
-                            path,
-                            "suite_id = ?1",
-                            suite.suite as i64,
-                            TestStatus::Error,
-                            false,
-                            "the agent finished the suite without a result for this test",
-                        )?);
-                        effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
-                    }
-                }
+                // Whatever it decided, this attempt is over: later records for it are stale.
+                leases.insert(suite.suite, None);
+                effects.extend(apply_suite_decision(
+                    savepoint, path, &lease, decision, now_ms,
+                )?);
+                effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
             }
         }
     }
@@ -660,28 +761,6 @@ pub fn ingest(
         )
         .map_err(&on_sqlite)?;
     Ok(Ingested { committed, effects })
-}
-
-/// Does `agent` hold the lease on exactly this attempt?
-fn holds(
-    savepoint: &Savepoint<'_>,
-    path: &Path,
-    agent: &str,
-    suite: SuiteRef,
-) -> Result<bool, StoreError> {
-    let mut statement = savepoint
-        .prepare_cached(
-            "SELECT 1 FROM suites WHERE id = ?1 AND attempt = ?2 AND agent = ?3 AND state = 'running'",
-        )
-        .map_err(sqlite_error(path))?;
-    statement
-        .query_row(
-            params![suite.suite as i64, suite.attempt, agent],
-            |_| Ok(()),
-        )
-        .optional()
-        .map(|found| found.is_some())
-        .map_err(sqlite_error(path))
 }
 
 fn run_test_row(
@@ -753,7 +832,7 @@ fn run_test_rows(
                 name: row.get(1)?,
                 suite: row.get::<_, i64>(2)? as u64,
                 position: row.get::<_, i64>(3)? as u32,
-                status: TestStatus::parse(&row.get::<_, String>(4)?).unwrap_or(TestStatus::Error),
+                status: test_status(row, 4)?,
                 attempt: row.get(5)?,
                 agent: row.get(6)?,
                 started_ms: row.get(7)?,
@@ -785,8 +864,11 @@ const RUN_ROW_SELECT: &str = "SELECT runs.id, runs.state, runs.kind, runs.repo, 
 fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         id: row.get::<_, i64>(0)? as u64,
-        state: RunState::parse(&row.get::<_, String>(1)?).unwrap_or(RunState::Error),
-        kind: TriggerKind::parse(&row.get::<_, String>(2)?).unwrap_or(TriggerKind::Manual),
+        state: run_state(row, 1)?,
+        kind: {
+            let text: String = row.get(2)?;
+            TriggerKind::parse(&text).ok_or_else(|| unknown_value(2, "trigger kind", &text))?
+        },
         repo: row.get(3)?,
         git_ref: row.get(4)?,
         commit: row.get(5)?,
@@ -866,7 +948,7 @@ impl Reader {
                         platform: needs.kind,
                         arch: needs.arch,
                         distro: needs.distro,
-                        state: row.get(4)?,
+                        state: suite_state(row, 4)?.as_str().to_string(),
                         attempt: row.get(5)?,
                         agent: row.get(6)?,
                         waiting_for: String::new(),
@@ -913,7 +995,7 @@ impl Reader {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
+                    suite_state(row, 2)?,
                     row.get::<_, u32>(3)?,
                     row.get::<_, String>(4)?,
                     row.get::<_, i64>(5)?,

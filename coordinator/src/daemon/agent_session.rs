@@ -1,0 +1,161 @@
+//! An agent's session: heartbeats and their acks, facts changes, batches of records committed then
+//! acknowledged (one batch in flight, the next gathering meanwhile), assignments and cancels from the
+//! scheduler, and the liveness check that ends a silent session.
+
+use std::time::Instant;
+
+use polarizer_shared::frame::FrameError;
+use polarizer_shared::protocol::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::{FramedStream, StreamError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::core::admission;
+use crate::daemon::server::protocol_error;
+use crate::daemon::sessions::LiveSession;
+use crate::daemon::{now_ms, Context};
+use crate::store::StoreError;
+
+/// Records of one agent held while its previous batch commits.
+const MAX_WAITING_RECORDS: usize = 65_536;
+
+type IngestFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>> + Send>>;
+
+pub(super) async fn agent_session(
+    connection: quinn::Connection,
+    mut stream: FramedStream,
+    context: Context,
+    facts: AgentFacts,
+    incarnation: u64,
+    enrolled: bool,
+    shutdown: CancellationToken,
+) {
+    let name = facts.name.clone();
+    let connection_id = connection.stable_id();
+    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    let replaced = context.sessions.register(
+        &name,
+        LiveSession {
+            connection: connection.clone(),
+            last_frame: Instant::now(),
+            incarnation,
+            facts: facts.clone(),
+            outbox,
+        },
+    );
+    context.scheduler.wake();
+    if let Some(previous) = replaced {
+        // The agent restarted before its old connection timed out: the new one is the truth.
+        previous.connection.close(
+            close_code::REPLACED.into(),
+            b"replaced by a newer connection of the same agent",
+        );
+    }
+    info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
+    let mut liveness_check = tokio::time::interval(context.settings.heartbeat_interval / 2);
+    let mut in_flight: Option<IngestFuture> = None;
+    let mut waiting: Vec<polarizer_shared::run::Record> = Vec::new();
+    let end = loop {
+        tokio::select! {
+            // Backpressure: with this much waiting for the store, stop reading until the commit lands.
+            frame = stream.recv::<ClientFrame>(), if waiting.len() < MAX_WAITING_RECORDS => match frame {
+                Ok(Some(ClientFrame::Agent(AgentMessage::Heartbeat))) => {
+                    context.sessions.touch(&name, connection_id);
+                    // The agent's proof that this coordinator is alive: it reconnects when acks stop.
+                    if stream.send(&ServerFrame::Agent(CoordinatorMessage::HeartbeatAck)).await.is_err() {
+                        break "connection lost";
+                    }
+                }
+                Ok(Some(ClientFrame::Agent(AgentMessage::FactsChanged(new_facts)))) => {
+                    context.sessions.touch(&name, connection_id);
+                    if new_facts.name != name {
+                        protocol_error(&connection, &context.metrics, "facts may not change the agent's name");
+                        break "renamed";
+                    }
+                    context.sessions.update_facts(&name, connection_id, (*new_facts).clone());
+                    let _ = context.store.facts_changed(&name, *new_facts);
+                }
+                Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
+                    context.sessions.touch(&name, connection_id);
+                    // One batch commits while the next frames arrive: they wait here and go as one.
+                    if in_flight.is_none() {
+                        in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(context.clone(), name.clone(), records)));
+                    } else {
+                        waiting.extend(records);
+                    }
+                }
+                Ok(Some(_)) => {
+                    protocol_error(&connection, &context.metrics, "unexpected frame from an agent");
+                    break "protocol error";
+                }
+                Ok(None) => break "agent closed its stream",
+                Err(StreamError::Frame(err @ (FrameError::Oversize { .. } | FrameError::Decode { .. } | FrameError::Truncated { .. }))) => {
+                    protocol_error(&connection, &context.metrics, &err.to_string());
+                    break "protocol error";
+                }
+                Err(_) => break "connection lost",
+            },
+            outcome = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                in_flight = None;
+                // Time spent waiting for our own store is not the agent's silence.
+                context.sessions.touch(&name, connection_id);
+                match outcome {
+                    // Committed before acknowledged: an ack is a promise the record is in SQLite.
+                    Ok(committed) => {
+                        let ack = ServerFrame::Agent(CoordinatorMessage::Ack { up_to: committed });
+                        if stream.send(&ack).await.is_err() {
+                            break "connection lost";
+                        }
+                    }
+                    Err(err) => {
+                        // Not acknowledged: the agent keeps the records and sends them again.
+                        warn!(error = %err, "cannot store records; closing so the agent resends them");
+                        connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator store unavailable");
+                        break "store unavailable";
+                    }
+                }
+                if !waiting.is_empty() {
+                    let records = std::mem::take(&mut waiting);
+                    in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(context.clone(), name.clone(), records)));
+                }
+            }
+            message = outbox_rx.recv() => {
+                // The sender lives in the sessions map: gone means a newer session replaced this one.
+                let Some(message) = message else { break "replaced" };
+                if stream.send(&ServerFrame::Agent(message)).await.is_err() {
+                    break "connection lost";
+                }
+            }
+            _ = liveness_check.tick() => {
+                // While its records wait for our store, the agent is not silent: we are not listening.
+                if in_flight.is_some() {
+                    context.sessions.touch(&name, connection_id);
+                }
+                let gossip_sees_alive = context.sessions.gossip_sees_alive(&name);
+                let allowed = admission::silence_allowed(context.settings.heartbeat_interval, gossip_sees_alive);
+                match context.sessions.silent_for(&name) {
+                    Some(silence) if silence > allowed => {
+                        connection.close(close_code::NORMAL.into(), b"no heartbeat");
+                        break "heartbeat lapsed";
+                    }
+                    Some(_) => {}
+                    None => break "session removed",
+                }
+            }
+            () = shutdown.cancelled() => {
+                connection.close(close_code::SHUTTING_DOWN.into(), b"coordinator shutting down");
+                break "coordinator shutting down";
+            }
+        }
+    };
+    // Only the session that still owns the name marks the agent offline; a replaced one leaves it be.
+    let owned = context.sessions.remove_if_owned(&name, connection_id);
+    if owned && end != "coordinator shutting down" {
+        let _ = context.store.agent_disconnected(&name, now_ms());
+        info!(reason = end, "agent offline");
+        context.scheduler.wake();
+    }
+}

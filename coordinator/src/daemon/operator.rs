@@ -1,0 +1,363 @@
+//! The operator's side of a QUIC connection: one request after another (listings, imports, triggers,
+//! cancels, revocations), and the streaming ones (`runs watch`, `tail`, `replay`) until they end.
+
+use polarizer_shared::protocol::*;
+use polarizer_shared::run::RunUpdate;
+use polarizer_transport::{FramedStream, StreamError};
+use tokio::sync::broadcast;
+use tracing::info;
+
+use crate::core::run::{RunEnd, SuiteState};
+use crate::daemon::server::protocol_error;
+use crate::daemon::{now_ms, Context};
+
+/// Reads and checks the tree off the async runtime, then stores it in one step.
+async fn import(
+    context: &Context,
+    location: String,
+    git_ref: String,
+    adjust: Vec<(String, String)>,
+) -> OperatorResponse {
+    let data_dir = context.settings.data_dir.clone();
+    let started = std::time::Instant::now();
+    let prepared = tokio::task::spawn_blocking(move || {
+        crate::daemon::import::prepare(&location, &git_ref, &adjust, &data_dir, now_ms())
+    })
+    .await;
+    let prepare_ms = started.elapsed().as_millis() as u64;
+    let import = match prepared {
+        Ok(Ok(import)) => import,
+        Ok(Err(err)) => {
+            return OperatorResponse::Error {
+                message: format!("import failed, nothing stored: {err}"),
+            }
+        }
+        Err(err) => {
+            return OperatorResponse::Error {
+                message: format!("import failed: {err}"),
+            }
+        }
+    };
+    let source = import.source.clone();
+    let storing = std::time::Instant::now();
+    match context
+        .store
+        .import_checked(import, crate::daemon::import::check)
+        .await
+    {
+        Ok(summary) => {
+            let store_ms = storing.elapsed().as_millis() as u64;
+            info!(source = %source.location, tests = summary.tests, added = summary.added, changed = summary.changed, removed = summary.removed, prepare_ms, store_ms, "catalog imported");
+            OperatorResponse::Imported { source, summary }
+        }
+        Err(err) => OperatorResponse::Error {
+            message: format!("import failed, nothing stored: {err}"),
+        },
+    }
+}
+
+/// Plans a run off the async runtime (git, fmf, selection, partition), then stores it in one step.
+async fn trigger(
+    context: &Context,
+    request: polarizer_shared::run::TriggerRequest,
+) -> OperatorResponse {
+    let error = |message: String| OperatorResponse::Error { message };
+    let agents = match context.store.read(|reader| reader.agents()).await {
+        Ok(agents) => agents
+            .into_iter()
+            .filter(|agent| agent.state != AgentState::Revoked)
+            .map(|agent| agent.facts)
+            .collect::<Vec<_>>(),
+        Err(err) => return error(err.to_string()),
+    };
+    let store = context.store.clone();
+    let config = context.settings.runs.clone();
+    let data_dir = context.settings.data_dir.clone();
+    let planned = tokio::task::spawn_blocking(move || {
+        let reader = store.reader().map_err(|err| err.to_string())?;
+        crate::daemon::trigger::plan(
+            request,
+            &config,
+            &data_dir,
+            &agents,
+            &|ids| reader.duration_history(ids).unwrap_or_default(),
+            now_ms(),
+        )
+        .map_err(|err| err.to_string())
+    })
+    .await;
+    let planned = match planned {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(message)) => return error(format!("trigger failed, no run created: {message}")),
+        Err(err) => return error(format!("trigger failed: {err}")),
+    };
+    if let Err(err) = context.store.import_catalog(planned.import).await {
+        return error(format!("trigger failed, no run created: {err}"));
+    }
+    let run = planned.run;
+    let tests: usize = run.suites.iter().map(|(_, _, tests)| tests.len()).sum();
+    let serial = run
+        .suites
+        .iter()
+        .filter(|(kind, _, _)| kind == "serial")
+        .count();
+    let parallel = run.suites.len() - serial;
+    let commit = run.commit.clone();
+    let created = context
+        .store
+        .write(move |savepoint, path| crate::store::runs::create_run(savepoint, path, &run))
+        .await;
+    match created {
+        Ok(id) => {
+            info!(run = id, tests, serial, parallel, commit = %commit, "run triggered");
+            context.scheduler.wake();
+            OperatorResponse::Triggered(polarizer_shared::run::TriggerSummary {
+                run: id,
+                tests: tests as u64,
+                touched_features: planned.touched_features,
+                dependent_features: planned.dependent_features,
+                fail_open: planned.fail_open,
+                parallel_suites: parallel as u64,
+                serial_suites: serial as u64,
+                commit,
+            })
+        }
+        Err(err) => error(format!("trigger failed, no run created: {err}")),
+    }
+}
+
+/// A run with the scheduler's reason for every suite still waiting.
+async fn run_detail(
+    context: &Context,
+    run: u64,
+) -> Result<Option<polarizer_shared::run::RunDetail>, String> {
+    let detail = context
+        .store
+        .read(move |reader| reader.run(run))
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(detail.map(|mut detail| {
+        let waiting = context.scheduler.waiting();
+        for suite in &mut detail.suites {
+            if suite.state == SuiteState::Queued.as_str() {
+                suite.waiting_for = waiting
+                    .get(&suite.id)
+                    .cloned()
+                    .unwrap_or_else(|| "waiting for the scheduler".into());
+            }
+        }
+        detail
+    }))
+}
+
+async fn revoke(context: &Context, name: &str) -> OperatorResponse {
+    match context.store.revoke(name, now_ms()).await {
+        Ok(false) => OperatorResponse::Error {
+            message: format!("no agent named {name:?} in the inventory"),
+        },
+        Ok(true) => {
+            let session = context.sessions.remove(name);
+            let was_online = session.is_some();
+            if let Some(session) = session {
+                session
+                    .connection
+                    .close(close_code::REVOKED.into(), b"revoked by an operator");
+            }
+            info!(agent = %name, was_online, "agent revoked");
+            OperatorResponse::Revoked {
+                name: name.to_string(),
+                was_online,
+            }
+        }
+        Err(err) => OperatorResponse::Error {
+            message: err.to_string(),
+        },
+    }
+}
+
+/// Streams a run: a snapshot, then every committed change, until the run is finished. A watcher that
+/// falls behind gets a fresh snapshot instead of slowing anyone down.
+async fn watch_run(
+    stream: &mut FramedStream,
+    context: &Context,
+    run: u64,
+    output: bool,
+) -> Result<(), StreamError> {
+    let mut updates = context.fanout.updates.subscribe();
+    loop {
+        let detail = match run_detail(&context, run).await {
+            Ok(Some(detail)) => detail,
+            Ok(None) => {
+                let message = format!("no run {run}");
+                return stream
+                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
+                    .await;
+            }
+            Err(message) => {
+                return stream
+                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
+                    .await
+            }
+        };
+        let finished = detail.run.state.is_final();
+        stream
+            .send(&ServerFrame::Operator(OperatorResponse::Run(Box::new(
+                detail,
+            ))))
+            .await?;
+        if finished {
+            return Ok(());
+        }
+        loop {
+            match updates.recv().await {
+                Ok(update) if update.run() == run => {
+                    if !output && matches!(update, RunUpdate::Output { .. }) {
+                        continue;
+                    }
+                    let done = matches!(update, RunUpdate::RunFinished { .. });
+                    stream
+                        .send(&ServerFrame::Operator(OperatorResponse::Update(update)))
+                        .await?;
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+pub(super) async fn operator_session(
+    connection: quinn::Connection,
+    mut stream: FramedStream,
+    context: Context,
+) {
+    loop {
+        let request = match stream.recv::<ClientFrame>().await {
+            Ok(Some(ClientFrame::Operator(request))) => request,
+            Ok(None) => break,
+            Ok(Some(_)) => {
+                return protocol_error(
+                    &connection,
+                    &context.metrics,
+                    "unexpected frame from an operator",
+                )
+            }
+            Err(StreamError::Frame(err)) => {
+                return protocol_error(&connection, &context.metrics, &err.to_string())
+            }
+            Err(_) => return,
+        };
+        let response = match request {
+            OperatorRequest::ListAgents => match context.sessions.list_agents(&context.store).await
+            {
+                Ok(agents) => OperatorResponse::Agents(agents),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            },
+            OperatorRequest::RevokeAgent { name } => revoke(&context, &name).await,
+            OperatorRequest::ImportTests {
+                location,
+                git_ref,
+                context: adjust,
+            } => import(&context, location, git_ref, adjust).await,
+            OperatorRequest::ListTests(query) => {
+                match context.store.read(move |reader| reader.tests(&query)).await {
+                    Ok(tests) => OperatorResponse::Tests(tests),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::ShowTest { id } => {
+                let wanted = id.clone();
+                match context.store.read(move |reader| reader.test(&wanted)).await {
+                    Ok(Some((metadata, source, removed))) => OperatorResponse::Test {
+                        metadata: Box::new(metadata),
+                        source,
+                        removed,
+                    },
+                    Ok(None) => OperatorResponse::Error {
+                        message: format!("no test {id:?} in the catalog"),
+                    },
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::Trigger(request) => trigger(&context, *request).await,
+            OperatorRequest::ListRuns { limit } => {
+                match context.store.read(move |reader| reader.runs(limit)).await {
+                    Ok(runs) => OperatorResponse::Runs(runs),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::ShowRun { run } => match run_detail(&context, run).await {
+                Ok(Some(detail)) => OperatorResponse::Run(Box::new(detail)),
+                Ok(None) => OperatorResponse::Error {
+                    message: format!("no run {run}"),
+                },
+                Err(message) => OperatorResponse::Error { message },
+            },
+            OperatorRequest::CancelRun { run } => {
+                match crate::daemon::scheduler::end_run(&context, run, RunEnd::Cancel).await {
+                    Ok(()) => match run_detail(&context, run).await {
+                        Ok(Some(detail)) => OperatorResponse::Cancelled {
+                            run,
+                            state: detail.run.state,
+                        },
+                        Ok(None) => OperatorResponse::Error {
+                            message: format!("no run {run}"),
+                        },
+                        Err(message) => OperatorResponse::Error { message },
+                    },
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::Tail(query) => {
+                if crate::daemon::tail::tail(&mut stream, &context.store, &context.fanout, *query)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            OperatorRequest::Replay { run } => {
+                if crate::daemon::tail::replay(&mut stream, &context.store, run)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            OperatorRequest::WatchRun { run, output } => {
+                if watch_run(&mut stream, &context, run, output).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            OperatorRequest::ListFeatures => {
+                match context.store.read(|reader| reader.features()).await {
+                    Ok(features) => OperatorResponse::Features(features),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+        };
+        if stream.send(&ServerFrame::Operator(response)).await.is_err() {
+            return;
+        }
+    }
+    stream.finish().await;
+}
