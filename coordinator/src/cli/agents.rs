@@ -4,9 +4,9 @@ use anyhow::Context;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use serde_json::json;
 
+use super::args::AgentsAction;
 use super::client::OperatorClient;
 use super::format::{agent_json, agents_table};
-use super::AgentsAction;
 
 pub(super) async fn agents_command(
     client: &mut OperatorClient,

@@ -5,8 +5,8 @@ use anyhow::Context;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use serde_json::json;
 
+use super::args::TestsAction;
 use super::format::table;
-use super::TestsAction;
 
 pub(super) fn tests_request(action: TestsAction) -> anyhow::Result<OperatorRequest> {
     Ok(match action {

@@ -76,7 +76,7 @@ pub async fn run(
         watch_until_online(&client_args, agent_count as usize, started, &shutdown).await;
     if outcome.is_ok() {
         if let Ok(agents) = list(&client_args).await {
-            println!("\n{}", crate::cli::agents_table(&agents));
+            println!("\n{}", crate::cli::format::agents_table(&agents));
         }
         outcome = tokio::select! {
             outcome = run_examples(&client_args, workspace.path()) => outcome,

@@ -53,7 +53,7 @@ pub fn junit(detail: &RunDetail) -> String {
     for suite in &detail.suites {
         let mut out = TestSuite::new(format!("suite {} ({})", suite.ordinal, suite.kind));
         out.hostname = (!suite.agent.is_empty()).then(|| suite.agent.clone());
-        out.timestamp = suite.started_ms.map(crate::cli::rfc3339);
+        out.timestamp = suite.started_ms.map(crate::cli::format::rfc3339);
         out.time_seconds = suite
             .started_ms
             .zip(suite.finished_ms)

@@ -11,7 +11,7 @@ use polarizer_shared::run::*;
 use serde_json::json;
 
 use crate::cli::client::OperatorClient;
-use crate::cli::{rfc3339, table};
+use crate::cli::format::{rfc3339, table};
 
 #[derive(Debug, clap::Args)]
 pub struct TriggerArgs {

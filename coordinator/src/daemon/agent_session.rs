@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::core::admission;
-use crate::daemon::server::protocol_error;
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::Context;
 use crate::daemon::sessions::LiveSession;
-use crate::daemon::{now_ms, Context};
 use crate::store::StoreError;
 
 /// Records of one agent held while its previous batch commits.
@@ -72,7 +72,7 @@ pub(super) async fn agent_session(
                 Ok(Some(ClientFrame::Agent(AgentMessage::FactsChanged(new_facts)))) => {
                     context.sessions.touch(&name, connection_id);
                     if new_facts.name != name {
-                        protocol_error(&connection, &context.metrics, "facts may not change the agent's name");
+                        context.metrics.protocol_error(&connection, "facts may not change the agent's name");
                         break "renamed";
                     }
                     context.sessions.update_facts(&name, connection_id, (*new_facts).clone());
@@ -88,12 +88,12 @@ pub(super) async fn agent_session(
                     }
                 }
                 Ok(Some(_)) => {
-                    protocol_error(&connection, &context.metrics, "unexpected frame from an agent");
+                    context.metrics.protocol_error(&connection, "unexpected frame from an agent");
                     break "protocol error";
                 }
                 Ok(None) => break "agent closed its stream",
                 Err(StreamError::Frame(err @ (FrameError::Oversize { .. } | FrameError::Decode { .. } | FrameError::Truncated { .. }))) => {
-                    protocol_error(&connection, &context.metrics, &err.to_string());
+                    context.metrics.protocol_error(&connection, &err.to_string());
                     break "protocol error";
                 }
                 Err(_) => break "connection lost",

@@ -8,7 +8,6 @@ use polarizer_shared::events::EventRow;
 use polarizer_shared::run::{RunUpdate, SuiteRef};
 use tokio::sync::broadcast;
 
-use crate::daemon::scheduler::SchedulerHandle;
 use crate::store::runs::Effect;
 
 /// Run updates buffered per watcher.
@@ -33,9 +32,9 @@ impl Default for FanOut {
 }
 
 impl FanOut {
-    /// Sends run updates to watchers and wakes the scheduler when one may free or need an agent.
-    /// Returns the attempts the sending agent no longer holds (each once).
-    pub fn publish(&self, effects: Vec<Effect>, scheduler: &SchedulerHandle) -> BTreeSet<SuiteRef> {
+    /// Sends run updates to watchers. Returns the attempts the sending agent no longer holds (each
+    /// once), and whether the scheduler should look again (an update may free or need an agent).
+    pub fn publish(&self, effects: Vec<Effect>) -> (BTreeSet<SuiteRef>, bool) {
         let mut wake = false;
         let mut stale = BTreeSet::new();
         for effect in effects {
@@ -54,9 +53,6 @@ impl FanOut {
                 }
             }
         }
-        if wake {
-            scheduler.wake();
-        }
-        stale
+        (stale, wake)
     }
 }

@@ -8,7 +8,7 @@ use axum::Router;
 use polarizer_shared::protocol::AgentState;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::server::Metrics;
+use crate::daemon::context::Metrics;
 use crate::daemon::sessions::Sessions;
 use crate::store::StoreHandle;
 

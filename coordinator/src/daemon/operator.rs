@@ -8,8 +8,8 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use crate::core::run::{RunEnd, SuiteState};
-use crate::daemon::server::protocol_error;
-use crate::daemon::{now_ms, Context};
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::Context;
 
 /// Reads and checks the tree off the async runtime, then stores it in one step.
 async fn import(
@@ -185,7 +185,7 @@ async fn watch_run(
 ) -> Result<(), StreamError> {
     let mut updates = context.fanout.updates.subscribe();
     loop {
-        let detail = match run_detail(&context, run).await {
+        let detail = match run_detail(context, run).await {
             Ok(Some(detail)) => detail,
             Ok(None) => {
                 let message = format!("no run {run}");
@@ -240,14 +240,14 @@ pub(super) async fn operator_session(
             Ok(Some(ClientFrame::Operator(request))) => request,
             Ok(None) => break,
             Ok(Some(_)) => {
-                return protocol_error(
-                    &connection,
-                    &context.metrics,
-                    "unexpected frame from an operator",
-                )
+                return context
+                    .metrics
+                    .protocol_error(&connection, "unexpected frame from an operator")
             }
             Err(StreamError::Frame(err)) => {
-                return protocol_error(&connection, &context.metrics, &err.to_string())
+                return context
+                    .metrics
+                    .protocol_error(&connection, &err.to_string())
             }
             Err(_) => return,
         };

@@ -7,42 +7,22 @@
 //!
 //! Also here: committing an agent's records and publishing what they changed, and ending runs early.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use polarizer_shared::protocol::CoordinatorMessage;
 use polarizer_shared::run::{Record, SuiteRef};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::core::run::RunEnd;
 use crate::core::schedule::{self, Action, AgentView, ScheduleInput};
-use crate::daemon::{now_ms, Context};
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::Context;
 use crate::store::runs;
 use crate::store::StoreError;
 
 const TICK: Duration = Duration::from_millis(250);
-
-/// How others reach the scheduler: wake it, and read why suites wait.
-#[derive(Default)]
-pub struct SchedulerHandle {
-    wake: Notify,
-    /// Why each queued suite waits, as the scheduler last saw it.
-    waiting: Mutex<HashMap<u64, String>>,
-}
-
-impl SchedulerHandle {
-    /// Something changed that may let a suite run (a trigger, an agent came or went, a suite ended).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    pub fn waiting(&self) -> HashMap<u64, String> {
-        self.waiting.lock().expect("waiting lock").clone()
-    }
-}
 
 /// Commits an agent's records and publishes what they changed. Returns the highest sequence number
 /// committed for the agent: the acknowledgement.

@@ -21,10 +21,11 @@ use crate::daemon::config::ServeConfig;
 use crate::daemon::fanout::FanOut;
 use crate::daemon::http::HttpState;
 use crate::daemon::identity::Prepare;
-use crate::daemon::scheduler::SchedulerHandle;
-use crate::daemon::server::{self, Metrics};
+
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::{Context, Metrics, SchedulerHandle, Settings};
+use crate::daemon::server;
 use crate::daemon::sessions::Sessions;
-use crate::daemon::{now_ms, Context, Settings};
 use crate::data_dir::DataDir;
 use crate::store::Store;
 
@@ -241,13 +242,7 @@ async fn trim_events(
         let max_age_ms = max_age.as_millis() as i64;
         let trimmed = store
             .write(move |savepoint, path| {
-                crate::store::events::trim(
-                    savepoint,
-                    path,
-                    crate::daemon::now_ms(),
-                    max_age_ms,
-                    max_bytes,
-                )
+                crate::store::events::trim(savepoint, path, now_ms(), max_age_ms, max_bytes)
             })
             .await;
         match trimmed {

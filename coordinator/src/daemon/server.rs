@@ -2,7 +2,7 @@
 //! to an agent session or an operator session. A bad peer gets a reason and a closed connection; it
 //! never disturbs anyone else.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use polarizer_shared::facts::validate_agent_name;
@@ -15,18 +15,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use crate::core::admission::{self, Admission};
-use crate::daemon::{now_ms, Context, Settings};
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::{Context, Metrics, Settings};
 use crate::store::StoreError;
 
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Counters for `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub connections: AtomicU64,
-    pub refusals: AtomicU64,
-    pub protocol_errors: AtomicU64,
-}
 
 /// Accepts connections until `shutdown`, each on its own task.
 pub async fn accept_loop(
@@ -78,8 +71,16 @@ async fn handle_connection(
     .await;
     let (mut stream, hello_bytes) = match hello {
         Ok(Ok(received)) => received,
-        Ok(Err(err)) => return protocol_error(&connection, &context.metrics, &err.to_string()),
-        Err(_) => return protocol_error(&connection, &context.metrics, "no hello within 5 s"),
+        Ok(Err(err)) => {
+            return context
+                .metrics
+                .protocol_error(&connection, &err.to_string())
+        }
+        Err(_) => {
+            return context
+                .metrics
+                .protocol_error(&connection, "no hello within 5 s")
+        }
     };
     let peer_version = polarizer_shared::protocol::peek_hello_version(&hello_bytes);
     if let Some(version) = peer_version.filter(|version| *version != PROTOCOL_VERSION) {
@@ -273,10 +274,4 @@ async fn refuse(
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.finish()).await;
     }
     connection.close(close_code::REFUSED.into(), reason.as_bytes());
-}
-
-pub(super) fn protocol_error(connection: &quinn::Connection, metrics: &Metrics, reason: &str) {
-    metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-    warn!(reason, "closing connection after a protocol error");
-    connection.close(close_code::PROTOCOL_ERROR.into(), reason.as_bytes());
 }

@@ -10,7 +10,7 @@ use polarizer_shared::protocol::{AgentRecord, AgentState, CoordinatorMessage};
 use polarizer_shared::AgentFacts;
 use tokio::sync::{mpsc, watch};
 
-use crate::daemon::now_ms;
+use crate::daemon::clock::now_ms;
 use crate::store::{StoreError, StoreHandle};
 
 pub struct LiveSession {

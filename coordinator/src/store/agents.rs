@@ -6,7 +6,7 @@ use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{sqlite_error, Reader, StoreError};
+use super::sql::{sqlite_error, unknown_value, Reader, StoreError};
 use crate::core::admission::StoredAgent;
 
 /// Inserts a newly enrolled agent, online. False when the name is taken (nothing written).
@@ -98,7 +98,7 @@ fn agent_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<AgentS
         "online" => Ok(AgentState::Online),
         "offline" => Ok(AgentState::Offline),
         "revoked" => Ok(AgentState::Revoked),
-        _ => Err(super::unknown_value(index, "agent state", &text)),
+        _ => Err(unknown_value(index, "agent state", &text)),
     }
 }
 

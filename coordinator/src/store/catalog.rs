@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension};
 
 pub use polarizer_shared::catalog::{FeatureRow, ImportSummary, Source, TestQuery, TestRow};
 
-use crate::store::{sqlite_error, Reader, StoreError};
+use crate::store::sql::{sqlite_error, Reader, StoreError};
 
 pub struct Import {
     pub source: Source,
@@ -391,7 +391,7 @@ pub fn write_tests(
             update.execute(values.as_slice())?;
         }
     }
-    crate::store::insert_rows(
+    crate::store::sql::insert_rows(
         transaction,
         "INSERT INTO tests (key, id, name, summary, test_type, feature, tier, enabled, platform_kind,
                             duration_seconds, differs_by, metadata_json, content_sha256, source_id, updated_at_ms)",
@@ -444,7 +444,7 @@ pub fn write_facets_and_features(
     // Facet pairs in key order: each lands next to the one before it in the b-tree.
     new_pairs.sort_unstable();
     new_pairs.dedup();
-    crate::store::insert_rows(
+    crate::store::sql::insert_rows(
         transaction,
         "INSERT OR IGNORE INTO test_facets (value_id, test_key)",
         2,

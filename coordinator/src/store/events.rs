@@ -8,7 +8,7 @@ use std::path::Path;
 use polarizer_shared::events::{kind, EventRow, TailQuery};
 use rusqlite::Savepoint;
 
-use crate::store::{sqlite_error, Reader, StoreError};
+use crate::store::sql::{sqlite_error, Reader, StoreError};
 
 /// An event about to be stored (its id comes from the insert).
 /// Owned, so the stored row moves into the one published to followers without a copy.
@@ -124,7 +124,7 @@ pub fn insert_rows(
             suite: row.suite.map(|suite| suite as i64),
         })
         .collect();
-    crate::store::insert_rows_sharing(
+    crate::store::sql::insert_rows_sharing(
         savepoint,
         "INSERT INTO events (agent, received_ms, seq, agent_ms, kind, run_id, suite_id, test_id, summary, data)",
         "?1, ?2, ?, ?, ?, ?, ?, ?, ?, ?",

@@ -17,7 +17,7 @@ use crate::core::run::{
     TestRecord,
 };
 use crate::core::schedule::ActiveSuite;
-use crate::store::{sqlite_error, unknown_value, Reader, StoreError};
+use crate::store::sql::{sqlite_error, unknown_value, Reader, StoreError};
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")

@@ -1,0 +1,194 @@
+//! The command line's shape: every subcommand and flag, as clap reads them. Flags of the `serve`
+//! subcommand are the daemon's settings (`daemon::config::ServeSettings`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::client::ClientArgs;
+use crate::daemon::config::ServeSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "polarizer",
+    version,
+    about = "Run the right tests on the right machines as soon as something changes."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: human or json
+    #[arg(
+        long,
+        global = true,
+        env = "POLARIZER_LOG_FORMAT",
+        default_value = "human"
+    )]
+    pub log_format: polarizer_transport::daemon::LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator daemon.
+    Serve {
+        /// A TOML file with any of the flags below as keys (flags and POLARIZER_* variables win)
+        #[arg(long, env = "POLARIZER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Validate the configuration and exit
+        #[arg(long)]
+        check_config: bool,
+        #[command(flatten)]
+        settings: ServeSettings,
+    },
+    /// Create the data directory (database, CA, server certificate, tokens) without serving; idempotent.
+    Init {
+        /// The data directory [default: $STATE_DIRECTORY, else ~/.local/share/polarizer]
+        #[arg(long, env = "POLARIZER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the agent inventory, or act on an agent.
+    Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+        /// Print JSON (an array of objects) instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Import test metadata (fmf trees) and query it.
+    Tests {
+        #[command(subcommand)]
+        action: TestsAction,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The feature graph: each feature's paths, dependencies, dependents and test counts.
+    Features {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Trigger a run: select the tests a change touches, plan suites, dispatch them to agents.
+    Trigger {
+        #[command(flatten)]
+        args: crate::cli::runs::TriggerArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Recent runs; watch, show or cancel one.
+    Runs {
+        #[command(subcommand)]
+        action: Option<crate::cli::runs::RunsAction>,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        /// How many recent runs to list
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a run's report: JUnit XML or JSON.
+    Report {
+        run: u64,
+        #[arg(long, value_enum, default_value = "junit")]
+        format: crate::cli::runs::ReportFormat,
+        /// Write to this file instead of standard output
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Events from every agent, live: D-Bus signals, file and package changes, test output, results.
+    Tail {
+        #[command(flatten)]
+        args: crate::cli::tail::TailArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A run's timeline: its results and events interleaved in time order.
+    Replay {
+        run: u64,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a coordinator and local agents in a temporary directory and watch them join.
+    Demo {
+        /// How many local agents to start
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// Keep everything running until Ctrl-C instead of stopping once all agents are online
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestsAction {
+    /// Import an fmf tree: a directory, or a git URL (cloned by the coordinator). Re-import is idempotent;
+    /// tests that disappeared are marked removed.
+    Import {
+        /// A directory holding an fmf tree (.fmf/version), or a git URL
+        location: String,
+        /// The git ref to import (branch, tag or commit) [default: the remote's HEAD]
+        #[arg(long = "ref", default_value = "")]
+        git_ref: String,
+        /// An adjust context dimension, key=value (repeatable), e.g. distro=rhel-9.4
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+    /// List tests; every filter given must hold.
+    List {
+        /// Tests covering this feature, directly or through a feature that depends on it
+        #[arg(long)]
+        feature: Option<String>,
+        /// Tests that can run on this platform kind (vm, container, baremetal)
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        distro: Option<String>,
+        /// unit, integration, functional, performance or acceptance
+        #[arg(long = "type")]
+        test_type: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        component: Option<String>,
+        /// A linked requirement: relation:target (verifies:REQ-123) or just the target
+        #[arg(long)]
+        linked: Option<String>,
+        /// Tests that need, create or modify this resource
+        #[arg(long)]
+        resource: Option<String>,
+        /// Tests that must run after this test (name it in `after`)
+        #[arg(long)]
+        depends_on: Option<String>,
+        /// Only tests whose metadata differs between distros (through adjust)
+        #[arg(long)]
+        differs_by_distro: bool,
+        /// Include tests that disappeared from their source
+        #[arg(long)]
+        include_removed: bool,
+    },
+    /// A test's full, adjusted metadata and where it came from.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Revoke an agent: its credential stops working and its connection is closed.
+    Revoke { name: String },
+}
