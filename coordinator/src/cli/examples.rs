@@ -113,6 +113,9 @@ mod tests {
         }
         on_disk.sort();
         let built_in: Vec<&str> = super::FILES.iter().map(|(path, _)| *path).collect();
-        assert_eq!(on_disk, built_in, "regenerate coordinator/src/examples.rs");
+        assert_eq!(
+            on_disk, built_in,
+            "regenerate coordinator/src/cli/examples.rs"
+        );
     }
 }

@@ -454,18 +454,14 @@ mod tests {
         ]
     }
 
-    const STATUSES: [TestStatus; 10] = [
-        TestStatus::Queued,
-        TestStatus::Running,
-        TestStatus::Pass,
-        TestStatus::Fail,
-        TestStatus::Error,
-        TestStatus::Timeout,
-        TestStatus::Info,
-        TestStatus::Warn,
-        TestStatus::Skipped,
-        TestStatus::Cancelled,
-    ];
+    /// Every status an agent could report, final or not.
+    fn reported_status(index: u8) -> TestStatus {
+        let all: Vec<TestStatus> = [TestStatus::Queued, TestStatus::Running]
+            .into_iter()
+            .chain(TestStatus::FINAL)
+            .collect();
+        all[index as usize % all.len()]
+    }
 
     impl Model {
         fn new(suite_sizes: &[usize], max_attempts: u32) -> Model {
@@ -556,7 +552,7 @@ mod tests {
                     let suite = self.tests[test].0;
                     let record = match *input {
                         Input::Finished { status, .. } => {
-                            TestRecord::Finished(STATUSES[status as usize])
+                            TestRecord::Finished(reported_status(status))
                         }
                         _ => TestRecord::Started,
                     };

@@ -275,28 +275,27 @@ fn apply_suite_decision(
             )
             .map_err(&on_sqlite)
     };
-    let close = || {
+    // The suite is done; its unfinished tests end as errors.
+    let close = |infra: bool, message: &str| {
         savepoint
             .execute(
                 "UPDATE suites SET state = ?3, finished_ms = ?2 WHERE id = ?1",
                 params![suite, now_ms, SuiteState::Done.as_str()],
             )
-            .map_err(&on_sqlite)
+            .map_err(&on_sqlite)?;
+        finish_unfinished(
+            savepoint,
+            path,
+            "suite_id = ?1",
+            suite,
+            TestStatus::Error,
+            infra,
+            message,
+        )
     };
     match decision {
         SuiteDecision::Ignore => Ok(Vec::new()),
-        SuiteDecision::Close { unfinished_message } => {
-            close()?;
-            finish_unfinished(
-                savepoint,
-                path,
-                "suite_id = ?1",
-                suite,
-                TestStatus::Error,
-                false,
-                &unfinished_message,
-            )
-        }
+        SuiteDecision::Close { unfinished_message } => close(false, &unfinished_message),
         SuiteDecision::Requeue {
             attempt,
             lost_message,
@@ -328,16 +327,7 @@ fn apply_suite_decision(
             final_message,
         } => {
             record_lost(&lost_message)?;
-            close()?;
-            finish_unfinished(
-                savepoint,
-                path,
-                "suite_id = ?1",
-                suite,
-                TestStatus::Error,
-                true,
-                &final_message,
-            )
+            close(true, &final_message)
         }
     }
 }
