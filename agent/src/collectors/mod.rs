@@ -1,6 +1,9 @@
 //! Collectors: what the system under test does while tests run, recorded as events through the spool
 //! (never blocking the runner). Each starts on its own and fails on its own: a bus that cannot be reached
 //! or a watched path that does not exist is logged, and the others carry on.
+//!
+//! May import the spool, the agent's config and `shared`; never the runner or the session (a collector
+//! only emits events).
 
 pub mod dbus;
 pub mod emit;

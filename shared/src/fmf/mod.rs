@@ -14,6 +14,9 @@
 //! }
 //! # Ok::<(), polarizer_shared::fmf::FmfError>(())
 //! ```
+//!
+//! May import its siblings here, the YAML parser and `crate::parallel`; nothing else of `shared` (the
+//! metadata model reads trees, never the other way round).
 
 mod adjust;
 mod condition;
