@@ -9,6 +9,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The daemon logs its life; client commands speak only when something is wrong.
     let is_daemon = matches!(cli.command, Command::Serve { .. });
+    if !matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
+        // A client's output piped into `head` ends it quietly, as it ends `ls` or `grep`: the default
+        // SIGPIPE action instead of Rust's (ignored, then a panic on the failed print). The daemons keep
+        // it ignored: their sockets report a closed peer as an error to handle.
+        restore_default_sigpipe();
+    }
     let default_level = if is_daemon { "info" } else { "warn" };
     daemon::init_logging(default_level, cli.log_format);
 
@@ -32,4 +38,11 @@ fn main() -> std::process::ExitCode {
         polarizer::cli::run(cli, shutdown).await
     });
     daemon::exit_code(outcome)
+}
+
+fn restore_default_sigpipe() {
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -73,6 +73,11 @@ impl FrameDecoder {
         Self::with_limit(MAX_FRAME_BYTES)
     }
 
+    /// Frames longer than `limit` from now on are refused from their length alone.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     pub fn with_limit(limit: usize) -> Self {
         FrameDecoder {
             buffer: Vec::new(),

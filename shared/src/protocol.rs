@@ -348,9 +348,45 @@ pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
     Some(version)
 }
 
+/// The largest hello either side sends (facts with their labels fit many times over). The first frame
+/// of a connection is read with this limit, before anything is known about the peer.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+
+/// Decodes a connection's first frame as a hello and as nothing else.
+pub fn decode_hello(frame: &[u8]) -> Result<Hello, String> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(frame).map_err(|err| err.to_string())?;
+    if variant != 0 {
+        return Err("the first frame must be a hello".into());
+    }
+    match postcard::take_from_bytes::<Hello>(rest) {
+        Ok((hello, [])) => Ok(hello),
+        Ok((_, trailing)) => Err(format!("{} bytes after the hello", trailing.len())),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_frame_decodes_as_a_hello_or_not_at_all() {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer: Peer::Operator { token: "t".into() },
+        };
+        let bytes = postcard::to_stdvec(&ClientFrame::Hello(hello.clone())).unwrap();
+        assert_eq!(decode_hello(&bytes), Ok(hello));
+        let heartbeat = postcard::to_stdvec(&ClientFrame::Agent(AgentMessage::Heartbeat)).unwrap();
+        assert_eq!(
+            decode_hello(&heartbeat),
+            Err("the first frame must be a hello".into())
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(decode_hello(&trailing).is_err());
+        assert!(decode_hello(&[]).is_err());
+    }
 
     #[test]
     fn hello_version_can_be_read_without_decoding_the_rest() {

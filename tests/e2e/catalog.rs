@@ -285,6 +285,30 @@ fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
     );
     let output = cluster.operator(&["tests", "import", "/no/such/dir"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/dir: no such directory"));
+
+    // A listing piped into a reader that has gone (`| head -c 100`) ends quietly, as `ls` would.
+    const SIGPIPE: i32 = 13;
+    for listing in [&["tests", "list", "--json"][..], &["agents"], &["features"]] {
+        let mut child = cluster
+            .operator_command(listing)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run polarizer");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait for polarizer");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            output.status.success() || output.status.signal() == Some(SIGPIPE),
+            "{listing:?} into a closed pipe: {:?}, {stderr}",
+            output.status
+        );
+        assert!(
+            stderr.is_empty(),
+            "{listing:?} into a closed pipe said: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -422,6 +422,110 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
     );
 }
 
+/// Resident memory of a process, in KiB (from /proc).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn oversize_hellos_from_many_peers_cost_the_coordinator_nothing() {
+    let mut cluster = TestCluster::builder().agents(3).start();
+    let pid = cluster.coordinator.as_mut().expect("coordinator").pid();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    polarizer_transport::install_crypto_provider();
+    let trust = CaTrust::from_pem_file(&cluster.data_dir.join("ca.pem")).unwrap();
+    let endpoint = runtime.block_on(async {
+        client_endpoint(tls::client_config(&trust).unwrap(), cluster.quic).unwrap()
+    });
+    let before = rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let attacking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, attacking) = (peak.clone(), attacking.clone());
+        std::thread::spawn(move || {
+            while attacking.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // Twenty peers at once, each announcing a hello just under the general 16 MiB frame limit and
+    // streaming 8 MiB of it: with no cap before authentication, that is 160 MiB buffered.
+    let reasons: Vec<String> = runtime.block_on(async {
+        let mut peers = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (endpoint, quic) = (endpoint.clone(), cluster.quic);
+            peers.spawn(async move {
+                let connection = endpoint.connect(quic, tls::server_name()).unwrap().await?;
+                let (mut send, _recv) = connection.open_bi().await?;
+                if send
+                    .write_all(&((16u32 << 20) - 1).to_be_bytes())
+                    .await
+                    .is_err()
+                {
+                    return Ok(connection.closed().await.to_string());
+                }
+                let chunk = vec![0u8; 64 * 1024];
+                for _ in 0..128 {
+                    if send.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let reason = tokio::time::timeout(Duration::from_secs(15), connection.closed())
+                    .await
+                    .map(|reason| reason.to_string())
+                    .unwrap_or_else(|_| "still open after 15 s".into());
+                Ok::<_, quinn::ConnectionError>(reason)
+            });
+        }
+        let mut reasons = Vec::new();
+        while let Some(joined) = peers.join_next().await {
+            reasons.push(match joined.unwrap() {
+                Ok(reason) => reason,
+                Err(err) => err.to_string(),
+            });
+        }
+        reasons
+    });
+    attacking.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let growth_mib = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before)
+        / 1024;
+    assert!(
+        growth_mib < 48,
+        "the coordinator grew by {growth_mib} MiB under 20 oversize hellos"
+    );
+    for reason in &reasons {
+        assert!(reason.contains("over the limit"), "{reason}");
+    }
+
+    // The agents never noticed: all online, heartbeats still arriving.
+    let last_seen = |cluster: &TestCluster| {
+        cluster
+            .inventory()
+            .iter()
+            .map(|agent| agent["last_seen"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let then = last_seen(&cluster);
+    wait_for("heartbeats still arriving", WAIT, || {
+        let now = last_seen(&cluster);
+        now.len() == 3 && now.iter().zip(&then).all(|(now, then)| now > then)
+    });
+    assert_eq!(cluster.online_names().len(), 3);
+}
+
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();

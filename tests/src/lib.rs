@@ -327,14 +327,19 @@ impl TestCluster {
 
     /// Runs `polarizer ARGS --data-dir DATA --coordinator QUIC` and returns its output.
     pub fn operator(&self, args: &[&str]) -> Output {
-        Command::new(binary("polarizer"))
+        self.operator_command(args).output().expect("run polarizer")
+    }
+
+    /// `polarizer ARGS --data-dir DATA --coordinator QUIC`, to start as the test needs.
+    pub fn operator_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("polarizer"));
+        command
             .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--coordinator")
-            .arg(self.quic.to_string())
-            .output()
-            .expect("run polarizer")
+            .arg(self.quic.to_string());
+        command
     }
 
     /// The inventory as `polarizer agents --json` prints it (empty when the coordinator is unreachable).

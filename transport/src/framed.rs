@@ -58,6 +58,11 @@ impl FramedStream {
         Ok(())
     }
 
+    /// The largest frame accepted from now on (a hello is held to far less than later frames).
+    pub fn set_frame_limit(&mut self, limit: usize) {
+        self.decoder.set_limit(limit);
+    }
+
     /// The next frame's raw body, or `None` when the peer finished the stream cleanly between frames.
     pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, StreamError> {
         loop {

@@ -23,8 +23,23 @@ pub fn transport_config() -> quinn::TransportConfig {
     config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         10_000,
     ))));
+    // Sized for the protocol: one framed stream each way per connection (a few allowed, so a
+    // reconnecting peer's stream is never refused), no unidirectional streams, and a connection
+    // window of a few stream windows. The library's defaults allow 100 streams each way and an
+    // unbounded connection window: buffer a peer could fill before saying who it is.
+    config.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+    config.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    config.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    config.receive_window(quinn::VarInt::from_u32(
+        STREAM_RECEIVE_WINDOW * MAX_STREAMS_PER_CONNECTION,
+    ));
     config
 }
+
+/// Bidirectional streams a peer may have open at once on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Bytes a peer may send on a stream ahead of what has been read (quinn's default, named).
+const STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
 
 /// Installs ring as rustls' process-wide crypto provider. Idempotent; call at start of every binary.
 pub fn install_crypto_provider() {

@@ -3,13 +3,15 @@
 //! never disturbs anyone else.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use polarizer_shared::facts::validate_agent_name;
-use polarizer_shared::frame;
+use polarizer_shared::frame::MAX_FRAME_BYTES;
 use polarizer_shared::protocol::*;
 use polarizer_transport::state_files::secret_digest;
 use polarizer_transport::{FramedStream, StreamError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
@@ -19,7 +21,12 @@ use crate::daemon::clock::now_ms;
 use crate::daemon::context::{Context, Metrics, Settings};
 use crate::store::StoreError;
 
+/// From the first packet to a finished TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections between their first packet and an admitted hello. More at once are refused at the door:
+/// each may hold a stream window of buffered bytes, and none has said who it is yet.
+const MAX_UNAUTHENTICATED: usize = 64;
 
 /// Accepts connections until `shutdown`, each on its own task.
 pub async fn accept_loop(
@@ -28,6 +35,7 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -35,16 +43,23 @@ pub async fn accept_loop(
         };
         let Some(incoming) = incoming else { break };
         let peer = incoming.remote_address();
+        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+            context.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "refused a connection: {MAX_UNAUTHENTICATED} others have not said who they are yet");
+            incoming.refuse();
+            continue;
+        };
         let context = context.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(
             async move {
-                match incoming.await {
-                    Ok(connection) => {
+                match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+                    Ok(Ok(connection)) => {
                         context.metrics.connections.fetch_add(1, Ordering::Relaxed);
-                        handle_connection(connection, context, shutdown).await;
+                        handle_connection(connection, context, shutdown, permit).await;
                     }
-                    Err(err) => debug!(error = %err, "handshake failed"),
+                    Ok(Err(err)) => debug!(error = %err, "handshake failed"),
+                    Err(_) => debug!("no handshake within {HANDSHAKE_DEADLINE:?}"),
                 }
             }
             .instrument(tracing::info_span!("connection", %peer)),
@@ -57,15 +72,21 @@ pub async fn accept_loop(
     );
 }
 
+/// Reads and checks the hello, then runs the peer's session. `unauthenticated` is held until the peer
+/// is admitted.
 async fn handle_connection(
     connection: quinn::Connection,
     context: Context,
     shutdown: CancellationToken,
+    unauthenticated: OwnedSemaphorePermit,
 ) {
     let peer = connection.remote_address();
     let hello = tokio::time::timeout(HELLO_DEADLINE, async {
         let mut stream = FramedStream::accept(&connection).await?;
+        // Before the peer is known, a frame is a hello or nothing: small.
+        stream.set_frame_limit(MAX_HELLO_BYTES);
         let bytes = stream.recv_bytes().await?.ok_or(StreamError::Closed)?;
+        stream.set_frame_limit(MAX_FRAME_BYTES);
         Ok::<_, StreamError>((stream, bytes))
     })
     .await;
@@ -95,27 +116,14 @@ async fn handle_connection(
         )
         .await;
     }
-    let hello = match frame::decode::<ClientFrame>(&hello_bytes) {
-        Ok(ClientFrame::Hello(hello)) => hello,
-        Ok(_) => {
+    let hello = match decode_hello(&hello_bytes) {
+        Ok(hello) => hello,
+        Err(reason) => {
             return refuse(
                 &connection,
                 &context.metrics,
                 stream,
-                Refusal::InvalidHello {
-                    reason: "the first frame must be a hello".into(),
-                },
-            )
-            .await;
-        }
-        Err(err) => {
-            return refuse(
-                &connection,
-                &context.metrics,
-                stream,
-                Refusal::InvalidHello {
-                    reason: err.to_string(),
-                },
+                Refusal::InvalidHello { reason },
             )
             .await
         }
@@ -138,6 +146,7 @@ async fn handle_connection(
             {
                 return;
             }
+            drop(unauthenticated);
             crate::daemon::operator::operator_session(connection, stream, context).await;
         }
         Peer::Agent {
@@ -235,6 +244,7 @@ async fn handle_connection(
             if stream.send(&hello).await.is_err() {
                 return;
             }
+            drop(unauthenticated);
             crate::daemon::agent_session::agent_session(
                 connection,
                 stream,
