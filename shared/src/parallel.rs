@@ -1,230 +1,195 @@
-//! Data parallelism without a pool: `f` over a slice on scoped threads, one contiguous chunk per core, or
-//! item by item while the caller consumes the results; and freeing large values off the caller's thread.
+//! Data parallelism on rayon's global pool: `f` over a slice in order, over one contiguous chunk per pool
+//! thread, or item by item while the caller consumes the results as they arrive; and freeing large values
+//! off the caller's thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{mpsc, Mutex, PoisonError};
 
-/// `f` over `items`, in order, split over the available cores (at most 8). Small inputs stay on the
-/// calling thread: a thread costs more than a few hundred cheap items.
+use rayon::prelude::*;
+
+/// Under this many items [`parallel_chunks`] makes one chunk, on the calling thread: every chunk costs
+/// its caller a merge, which a few hundred cheap items do not pay back.
+const ONE_CHUNK_BELOW: usize = 512;
+
+/// `f` over `items`, in order, on rayon's pool.
 pub fn parallel_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
-    parallel_map_with(items, || (), |_, item| f(item))
+    items.par_iter().map(&f).collect()
 }
 
-/// [`parallel_map`] where each thread keeps scratch state of its own, made by `init` (a cache, say).
+/// [`parallel_map`] where each piece of the work keeps scratch state of its own, made by `init` (a
+/// cache, say). rayon decides the pieces: `init` runs at least once per thread that takes part, and
+/// again for each piece a thread steals.
 pub fn parallel_map_with<T: Sync, U: Send, S>(
     items: &[T],
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, &T) -> U + Sync,
 ) -> Vec<U> {
-    let parts = parallel_chunks(items, |_, part| {
-        let mut state = init();
-        part.iter()
-            .map(|item| f(&mut state, item))
-            .collect::<Vec<U>>()
-    });
-    // The first part grows into the whole (a large allocation grows in place or by remapping pages):
-    // only the others are copied.
-    let mut parts = parts.into_iter();
-    let mut all = parts.next().unwrap_or_default();
-    all.reserve_exact(items.len() - all.len());
-    for part in parts {
-        all.extend(part);
-    }
-    all
+    // By reference: rayon wants closures that are `Send` too, and a reference to a `Sync` one is.
+    let (init, f) = (&init, &f);
+    items
+        .par_iter()
+        .map_init(init, |state, item| f(state, item))
+        .collect()
 }
 
-/// `f` over contiguous chunks of `items`, one per core (at most 8), in order; `f` also gets where its
-/// chunk starts. Under 512 items there is one chunk, on the calling thread. For work that gathers
-/// something per chunk (a map, say) and merges afterwards.
+/// `f` over contiguous chunks of `items`, one per thread of rayon's pool, in order; `f` also gets where
+/// its chunk starts. Under 512 items (or with a pool of one thread) there is one chunk, on the calling
+/// thread. For work that gathers something per chunk (a map, say) and merges afterwards.
 pub fn parallel_chunks<T: Sync, U: Send>(
     items: &[T],
     f: impl Fn(usize, &[T]) -> U + Sync,
 ) -> Vec<U> {
-    let threads = std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1)
-        .min(8);
-    if threads < 2 || items.len() < 512 {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || items.len() < ONE_CHUNK_BELOW {
         return vec![f(0, items)];
     }
     let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let f = &f;
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .enumerate()
-            .map(|(index, part)| scope.spawn(move || f(index * chunk, part)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+    let f = &f;
+    items
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(index, part)| f(index * chunk, part))
+        .collect()
 }
 
-/// `f` over `items` on every core while `consume` runs on the calling thread and takes each result
-/// through [`Arrivals`]. The other threads claim items in order, ahead of a consumer going through them
-/// in order; an item none has claimed yet the consumer works out itself, so it waits only for an item
-/// a thread is on at that moment. Once `consume` returns, the threads stop after their current item and
-/// results not taken are dropped. With one core, `consume` does all the work itself.
+/// `f` over `items` on every thread of rayon's pool but one, while `consume` runs on the calling thread
+/// and takes each result through [`Arrivals`]. The pool's threads take items in order, ahead of a
+/// consumer going through them in order; an item none has taken yet the consumer works out itself, and
+/// while one a thread is on is not there yet, it works out the next ones meanwhile, so it waits only at
+/// the very end. Once `consume` returns, the threads stop after their current item and results not
+/// taken are dropped. With a pool of one thread, `consume` works out each item itself as it takes it.
 pub fn map_while_consuming<T: Sync, U: Send, R>(
     items: &[T],
     f: impl Fn(&T) -> U + Sync,
     consume: impl FnOnce(&mut Arrivals<'_, T, U>) -> R,
 ) -> R {
-    let threads = std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1)
-        .min(8);
-    let slots: Vec<Slot<U>> = (0..items.len()).map(|_| Slot::default()).collect();
-    let (next, stop, helpers) = (
-        AtomicUsize::new(0),
-        AtomicBool::new(false),
-        AtomicUsize::new(0),
-    );
-    std::thread::scope(|scope| {
-        for _ in 1..threads.min(items.len()) {
-            helpers.fetch_add(1, Ordering::SeqCst);
-            let (slots, next, stop, helpers, f) = (&slots, &next, &stop, &helpers, &f);
-            scope.spawn(move || {
-                // Counted out even if `f` panics, so that the consumer stops waiting for it.
-                let _leaving = Leaving(helpers);
-                while !stop.load(Ordering::Relaxed) && work_ahead(items, f, slots, next) {}
-            });
-        }
-        let mut arrivals = Arrivals {
+    let taken = vec![false; items.len()];
+    // The consumer works too: with it, as many threads as the pool has (by default one per core).
+    let helpers = (rayon::current_num_threads() - 1).min(items.len().saturating_sub(1));
+    if helpers == 0 {
+        return consume(&mut Arrivals {
             items,
             f: &f,
-            slots: &slots,
-            next: &next,
-            helpers: &helpers,
+            shared: None,
+            early: Default::default(),
+            taken,
+        });
+    }
+    let f = &f;
+    let unstarted = Mutex::new(items.iter().enumerate());
+    rayon::in_place_scope(|scope| {
+        let (results_tx, results_rx) = mpsc::channel();
+        for _ in 0..helpers {
+            let (results_tx, unstarted) = (results_tx.clone(), &unstarted);
+            scope.spawn(move |_| {
+                // A send fails once the consumer has returned and dropped the receiver.
+                while let Some((index, item)) = next_unstarted(unstarted) {
+                    if results_tx.send((index, f(item))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        // Only the helpers' senders are left: the channel closes when the last of them ends.
+        drop(results_tx);
+        let mut arrivals = Arrivals {
+            items,
+            f,
+            shared: Some(Shared {
+                results_rx,
+                unstarted: &unstarted,
+            }),
+            early: Default::default(),
+            taken,
         };
-        let result = consume(&mut arrivals);
-        stop.store(true, Ordering::Relaxed);
-        result
+        consume(&mut arrivals)
+        // `arrivals` (the receiver) is dropped here, before the scope waits for its threads.
     })
 }
 
-const UNCLAIMED: u8 = 0;
-const WORKING: u8 = 1;
-const READY: u8 = 2;
-const TAKEN: u8 = 3;
+type Unstarted<'a, T> = Mutex<std::iter::Enumerate<std::slice::Iter<'a, T>>>;
 
-/// One item's result in [`map_while_consuming`], and who has it.
-struct Slot<U> {
-    state: AtomicU8,
-    value: Mutex<Option<U>>,
+/// The next item no thread has started on, with its index; `None` once every item is started.
+fn next_unstarted<'a, T>(unstarted: &Unstarted<'a, T>) -> Option<(usize, &'a T)> {
+    // Taking an item from a slice iterator cannot panic: a poisoned lock still holds a sound iterator.
+    unstarted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .next()
 }
 
-impl<U> Default for Slot<U> {
-    fn default() -> Self {
-        Slot {
-            state: AtomicU8::new(UNCLAIMED),
-            value: Mutex::new(None),
-        }
-    }
-}
-
-impl<U> Slot<U> {
-    /// True for the one caller that gets to work out this item.
-    fn claim(&self) -> bool {
-        self.state
-            .compare_exchange(UNCLAIMED, WORKING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-}
-
-/// Works out the next item no one has claimed, into its slot; false once there is none.
-fn work_ahead<T, U>(
-    items: &[T],
-    f: &(dyn Fn(&T) -> U + Sync),
-    slots: &[Slot<U>],
-    next: &AtomicUsize,
-) -> bool {
-    let index = next.fetch_add(1, Ordering::Relaxed);
-    let (Some(item), Some(slot)) = (items.get(index), slots.get(index)) else {
-        return false;
-    };
-    if slot.claim() {
-        let value = f(item);
-        *slot.value.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
-        slot.state.store(READY, Ordering::Release);
-    }
-    true
-}
-
-/// Counts a helper thread out when it ends.
-struct Leaving<'a>(&'a AtomicUsize);
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// What the consumer shares with the helper threads of [`map_while_consuming`].
+struct Shared<'a, T, U> {
+    /// The helpers' results, in about the items' order.
+    results_rx: mpsc::Receiver<(usize, U)>,
+    unstarted: &'a Unstarted<'a, T>,
 }
 
 /// The results of [`map_while_consuming`], by item index.
 pub struct Arrivals<'a, T, U> {
     items: &'a [T],
     f: &'a (dyn Fn(&T) -> U + Sync),
-    slots: &'a [Slot<U>],
-    next: &'a AtomicUsize,
-    helpers: &'a AtomicUsize,
+    /// `None` without helper threads: each item is worked out as it is taken.
+    shared: Option<Shared<'a, T, U>>,
+    /// Results that arrived, or that the consumer worked out, before they were asked for.
+    early: foldhash::HashMap<usize, U>,
+    taken: Vec<bool>,
 }
 
 impl<T, U> Arrivals<'_, T, U> {
-    /// Item `index`'s result: worked out here if no thread has started on it, else waited for, working
-    /// out items further on meanwhile. `None` if it was taken already, or its thread panicked.
+    /// Item `index`'s result: worked out here if no thread has started on it (with those before it that
+    /// none has started either, kept for later), else waited for, working out the items no thread has
+    /// started meanwhile. `None` if it was taken already, is past the end, or the thread working it out
+    /// panicked (the panic surfaces when `consume` returns).
     pub fn take(&mut self, index: usize) -> Option<U> {
-        let slot = self.slots.get(index)?;
-        if slot.claim() {
-            slot.state.store(TAKEN, Ordering::Relaxed);
-            return Some((self.f)(&self.items[index]));
+        let item = self.items.get(index)?;
+        if std::mem::replace(&mut self.taken[index], true) {
+            return None;
         }
+        let Some(shared) = &self.shared else {
+            return Some((self.f)(item));
+        };
         loop {
-            match slot.state.load(Ordering::Acquire) {
-                READY => {
-                    slot.state.store(TAKEN, Ordering::Relaxed);
-                    return slot
-                        .value
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
-                }
-                TAKEN => return None,
-                // A thread is on it: help with the items after it, or (none left) yield for the
-                // rest of one item's work.
-                _ if work_ahead(self.items, self.f, self.slots, self.next) => {}
-                _ if self.helpers.load(Ordering::SeqCst) > 0 => std::thread::yield_now(),
-                _ => {
-                    // Its thread has ended without finishing it (it panicked).
-                    return (slot.state.load(Ordering::Acquire) == READY)
-                        .then(|| {
-                            slot.value
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .take()
-                        })
-                        .flatten();
-                }
+            if let Some(result) = self.early.remove(&index) {
+                return Some(result);
             }
+            while let Ok((arrived, result)) = shared.results_rx.try_recv() {
+                self.early.insert(arrived, result);
+            }
+            if self.early.contains_key(&index) {
+                continue;
+            }
+            // Not there yet: the next item no thread has started (perhaps this one), else wait.
+            let Some((next, next_item)) = next_unstarted(shared.unstarted) else {
+                break;
+            };
+            let result = (self.f)(next_item);
+            if next == index {
+                return Some(result);
+            }
+            self.early.insert(next, result);
         }
+        // Every item is started and this one is on a helper thread. The channel closes when the helpers
+        // end; an item whose thread panicked never comes.
+        for (arrived, result) in shared.results_rx.iter() {
+            if arrived == index {
+                return Some(result);
+            }
+            self.early.insert(arrived, result);
+        }
+        None
     }
 }
 
-/// Drops `value` on a thread of its own: freeing a large tree of small allocations takes a few hundred
-/// milliseconds that the caller need not wait for. Where no thread can start, it is dropped here.
+/// Drops `value` on rayon's pool: freeing a large tree of small allocations takes a few hundred
+/// milliseconds that the caller need not wait for. One pool thread is busy with it meanwhile.
 pub fn drop_elsewhere<T: Send + 'static>(value: T) {
-    let _ = std::thread::Builder::new()
-        .name("drop".into())
-        .spawn(move || drop(value));
+    rayon::spawn(move || drop(value));
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -280,6 +245,31 @@ mod tests {
         assert_eq!(first, Some(0));
         let calls = calls.load(Ordering::SeqCst);
         assert!(calls < items.len() / 2, "{calls} items worked out");
+    }
+
+    #[test]
+    fn a_consumer_on_a_pool_thread_gets_every_result() {
+        // Inside a pool of one thread there is none to spare: the consumer works out every item.
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let items: Vec<usize> = (0..1_000).collect();
+            let taken = pool.install(|| {
+                map_while_consuming(
+                    &items,
+                    |item| item + 1,
+                    |arrivals| {
+                        (0..items.len())
+                            .map(|index| arrivals.take(index))
+                            .collect::<Vec<_>>()
+                    },
+                )
+            });
+            let expected: Vec<Option<usize>> = items.iter().map(|item| Some(item + 1)).collect();
+            assert_eq!(taken, expected, "{threads} threads");
+        }
     }
 
     #[test]
