@@ -355,4 +355,52 @@ fn git_sources_are_cloned_at_a_ref_and_their_commit_recorded() {
     );
     let output = cluster.operator(&["tests", "import", &url, "--ref", "no-such-branch"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("no-such-branch"));
+
+    // Options smuggled in as a URL or a ref run nothing: not on import, not on trigger.
+    let marker = cluster.path("ran");
+    let smuggled = format!("--upload-pack=touch {};:.git", marker.display());
+    let smuggled_repo = format!("--repo={smuggled}");
+    let upload_pack = format!("--ref=--upload-pack=touch {}", marker.display());
+    let attempts: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["tests", "import", "--ref", "main", "--", &smuggled],
+            "is not a repository location",
+        ),
+        (
+            vec!["tests", "import", &url, &upload_pack],
+            "is not a git ref",
+        ),
+        (
+            vec!["trigger", &smuggled_repo, "--changed", "src/x.py"],
+            "is not a repository location",
+        ),
+        (
+            vec![
+                "tests",
+                "import",
+                "ext::sh -c touch% /tmp/polarizer-ext.git",
+            ],
+            "is not a repository location",
+        ),
+    ];
+    for (args, expected) in attempts {
+        // After `--` every word is the location: the client's own flags go before it.
+        let output = match args.iter().position(|arg| *arg == "--") {
+            Some(dashes) => {
+                let quic = cluster.quic.to_string();
+                let mut command = Command::new(binary("polarizer"));
+                command
+                    .args(&args[..dashes])
+                    .args(["--coordinator", quic.as_str(), "--data-dir"])
+                    .arg(&cluster.data_dir)
+                    .args(&args[dashes..]);
+                command.output().expect("run polarizer")
+            }
+            None => cluster.operator(&args),
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!marker.exists(), "{args:?} ran a command");
+    }
 }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod daemon;
 pub mod framed;
+pub mod git;
 pub mod gossip;
 pub mod state_files;
 pub mod tls;

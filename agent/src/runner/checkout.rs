@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use polarizer_shared::run::Assignment;
+use polarizer_transport::git;
 use polarizer_transport::state_files::secret_digest;
-use tokio::process::Command;
 use tracing::{info, warn};
 
 use super::RunnerConfig;
@@ -48,6 +47,10 @@ pub(super) async fn checkout(
         (4..=64).contains(&commit.len()) && commit.bytes().all(|byte| byte.is_ascii_hexdigit());
     if !is_object_id {
         return Err(format!("`{commit}` is not a commit id"));
+    }
+    git::check_url(&assignment.repo).map_err(|error| error.to_string())?;
+    if !assignment.git_ref.is_empty() {
+        git::check_ref(&assignment.git_ref).map_err(|error| error.to_string())?;
     }
     let cache = cache_dir(config, &assignment.repo);
     let lock = cache_lock(&cache);
@@ -141,38 +144,16 @@ async fn has_commit(cache: &Path, commit: &str) -> bool {
         .is_ok()
 }
 
-/// Runs `git -C cache args…` without a terminal prompt; `Err` holds git's last stderr line.
+/// Runs `git -C cache args…` through the locked-down runner; `Err` holds git's last stderr line.
 async fn run_git<I, S>(cache: &Path, args: I) -> Result<(), String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut command = Command::new("git");
-    command
-        .arg("-C")
-        .arg(cache)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(GIT_TIMEOUT, command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) => return Err(format!("cannot run git: {error}")),
-        Err(_elapsed) => return Err(format!("git timed out after {} s", GIT_TIMEOUT.as_secs())),
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last_line = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|line| !line.is_empty())
-        .map(str::to_string);
-    Err(last_line.unwrap_or_else(|| format!("git failed: {}", output.status)))
+    git::run(cache, args, GIT_TIMEOUT)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

@@ -3,11 +3,11 @@
 //! nothing stored.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use polarizer_shared::catalog::Source;
 use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
 use polarizer_shared::metadata::{Catalog, CatalogItem};
+use polarizer_transport::git::{self, RepoGuard, RepoLocks};
 
 use crate::store::catalog::{FacetPostings, Import, TestRowData};
 
@@ -133,71 +133,66 @@ fn distro_conditions(node: &polarizer_shared::fmf::Node) -> Vec<String> {
         .collect()
 }
 
+/// How long one git command may take (a fetch of a large repository over a slow link, at most).
+const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `git -C directory ARGS` through the locked-down runner; stdout on success.
 pub fn git(
     directory: &Path,
     args: &[&str],
     action: &'static str,
     location: &str,
 ) -> Result<String, ImportError> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(directory)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|err| ImportError::Git {
-            action,
-            location: location.to_string(),
-            message: format!("cannot run git: {err}"),
-        })?;
-    if !output.status.success() {
-        let message = String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .rfind(|line| !line.trim().is_empty())
-            .unwrap_or("failed")
-            .to_string();
-        return Err(ImportError::Git {
-            action,
-            location: location.to_string(),
-            message,
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    git::run_blocking(directory, args, GIT_TIMEOUT).map_err(|err| ImportError::Git {
+        action,
+        location: location.to_string(),
+        message: err.to_string(),
+    })
 }
 
-/// One git operation at a time on the cache: two imports of one URL would otherwise fight over it.
-static GIT_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Clones (once) and fetches `git_ref` into a cache directory named after the URL; checks it out detached.
-/// The guard keeps the checkout from changing until the caller has read it.
+/// The guard keeps the checkout from changing until the caller has read it; other repositories are not
+/// held up meanwhile.
 pub fn checkout(
     url: &str,
     git_ref: &str,
     cache: &Path,
-) -> Result<(PathBuf, std::sync::MutexGuard<'static, ()>), ImportError> {
-    let guard = GIT_CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+) -> Result<(PathBuf, RepoGuard), ImportError> {
+    let refused = |err: git::GitError| ImportError::Git {
+        action: "fetch",
+        location: url.to_string(),
+        message: err.to_string(),
+    };
+    git::check_url(url).map_err(refused)?;
+    let wanted = if git_ref.is_empty() { "HEAD" } else { git_ref };
+    git::check_ref(wanted).map_err(refused)?;
     let key = polarizer_transport::state_files::secret_digest(url);
     let directory = cache.join(&key[..16]);
+    let guard = RepoLocks::global().lock(&directory);
     std::fs::create_dir_all(cache).map_err(|err| ImportError::Git {
         action: "cache",
         location: url.into(),
         message: err.to_string(),
     })?;
     if !directory.join(".git").exists() {
-        git(cache, &["init", "--quiet", &key[..16]], "init", url)?;
+        git(cache, &["init", "--quiet", "--", &key[..16]], "init", url)?;
     }
-    let wanted = if git_ref.is_empty() { "HEAD" } else { git_ref };
     git(
         &directory,
-        &["fetch", "--quiet", "--depth", "1", url, wanted],
+        &["fetch", "--quiet", "--depth", "1", "--", url, wanted],
         "fetch",
         url,
     )?;
     git(
         &directory,
-        &["checkout", "--quiet", "--detach", "--force", "FETCH_HEAD"],
+        &[
+            "checkout",
+            "--quiet",
+            "--detach",
+            "--force",
+            "FETCH_HEAD",
+            "--",
+        ],
         "checkout",
         url,
     )?;
