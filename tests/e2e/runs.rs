@@ -436,6 +436,21 @@ fn a_cancelled_run_stops_its_tests_and_a_queued_suite_says_what_it_waits_for() {
         waiting,
         "waiting for an agent with platform container: none online"
     );
+    // Another enrolled agent claims the slow test's attempt: its output and its result are refused,
+    // and it is told to stop what it does not hold.
+    let slow = &tests_by_name(&shown)["/tests/slow"];
+    let claimed = polarizer_shared::run::SuiteRef {
+        run,
+        suite: slow["suite"].as_u64().unwrap(),
+        attempt: slow["attempt"].as_u64().unwrap() as u32,
+    };
+    let answer = forge_records(&cluster, claimed, "/tests/slow");
+    assert!(answer.contains("Cancel"), "{answer}");
+    let replay = String::from_utf8_lossy(&cluster.operator(&["replay", &run.to_string()]).stdout)
+        .to_string();
+    assert!(!replay.contains("forged line"), "{replay}");
+    assert_eq!(status_of(&show(&cluster, run), "/tests/slow"), "running");
+
     let cancelled = cluster.operator(&["runs", "cancel", &run.to_string()]);
     assert!(cancelled.status.success());
     assert_eq!(
@@ -520,4 +535,102 @@ fn serve_local_agents_starts_agents_beside_the_coordinator_and_stops_them() {
             String::from_utf8_lossy(&cmdline)
         );
     }
+}
+
+/// Enrolls an agent of its own and sends, for `claimed` (an attempt another agent holds), an output
+/// line, a passing result and the suite's end; returns what the coordinator answered once it
+/// acknowledged them (every frame, debug-printed).
+fn forge_records(
+    cluster: &TestCluster,
+    claimed: polarizer_shared::run::SuiteRef,
+    test: &str,
+) -> String {
+    use polarizer_shared::protocol::*;
+    use polarizer_shared::run::*;
+    use polarizer_transport::{client, tls, CaTrust};
+    polarizer_transport::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let trust = CaTrust::from_pem_file(&cluster.data_dir.join("ca.pem")).unwrap();
+        let endpoint =
+            client::client_endpoint(tls::client_config(&trust).unwrap(), cluster.quic).unwrap();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer: Peer::Agent {
+                credential: AgentCredential::Enroll {
+                    token: read(&cluster.data_dir.join("agent-token"))
+                        .trim()
+                        .to_string(),
+                    secret: "rogue-secret".into(),
+                },
+                facts: Box::new(polarizer_shared::AgentFacts::for_test("rogue")),
+                incarnation: 1,
+            },
+        };
+        let session = client::connect(&endpoint, cluster.quic, hello, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut stream = session.stream;
+        let seq = session.welcome.records_committed;
+        let bodies = vec![
+            RecordBody::Output {
+                suite: claimed,
+                test: test.into(),
+                stream: OutputStream::Stdout,
+                line: "forged line".into(),
+            },
+            RecordBody::TestFinished(Box::new(TestOutcome {
+                suite: claimed,
+                test: test.into(),
+                status: TestStatus::Pass,
+                exit: Exit::Code(0),
+                started_ms: 0,
+                duration_ms: 1,
+                message: String::new(),
+                output_tail: String::new(),
+                subresults: Vec::new(),
+            })),
+            RecordBody::SuiteFinished {
+                suite: claimed,
+                error: None,
+            },
+        ];
+        let last = seq + bodies.len() as u64;
+        let records = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(index, body)| Record {
+                seq: seq + 1 + index as u64,
+                at_ms: 0,
+                body,
+            })
+            .collect();
+        stream
+            .send(&ClientFrame::Agent(AgentMessage::Records(records)))
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let (mut acked, mut cancelled) = (false, false);
+        while !(acked && cancelled) {
+            let frame = tokio::time::timeout_at(deadline, stream.recv::<ServerFrame>())
+                .await
+                .unwrap_or_else(|_| panic!("no ack and cancel within 20 s: {answers:?}"))
+                .unwrap()
+                .expect("an open stream");
+            match &frame {
+                ServerFrame::Agent(CoordinatorMessage::Ack { up_to }) if *up_to >= last => {
+                    acked = true
+                }
+                ServerFrame::Agent(CoordinatorMessage::Cancel { .. }) => cancelled = true,
+                _ => {}
+            }
+            answers.push(format!("{frame:?}"));
+        }
+        session.connection.close(0u32.into(), b"done");
+        answers.join("\n")
+    })
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
 use polarizer_shared::run::*;
 use rusqlite::{params, OptionalExtension, Savepoint};
+use tracing::warn;
 
 use crate::core::run::{
     self, RunEnd, RunTally, SuiteDecision, SuiteEnd, SuiteLease, SuiteState, TestDecision,
@@ -187,6 +188,49 @@ fn stored_test_status(
             test_status(row, 0)
         })
         .optional()
+        .map_err(sqlite_error(path))
+}
+
+/// May `agent` store output and events for `claimed`? Its current holder may (also once the suite is
+/// done), and so may the agent of a lost attempt (its late lines still belong to that attempt); a
+/// record for any other attempt is forged.
+fn may_speak_for(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    lease: Option<&SuiteLease>,
+    agent: &str,
+    claimed: SuiteRef,
+) -> Result<bool, StoreError> {
+    let Some(lease) = lease else {
+        return Ok(false);
+    };
+    if lease.run != claimed.run {
+        return Ok(false);
+    }
+    if lease.attempt == claimed.attempt && lease.agent == agent {
+        return Ok(true);
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT 1 FROM lost_attempts JOIN run_tests
+                 ON run_tests.run_id = lost_attempts.run_id AND run_tests.test_id = lost_attempts.test_id
+             WHERE lost_attempts.run_id = ?1 AND run_tests.suite_id = ?2
+               AND lost_attempts.attempt = ?3 AND lost_attempts.agent = ?4
+             LIMIT 1",
+        )
+        .map_err(sqlite_error(path))?;
+    statement
+        .query_row(
+            params![
+                claimed.run as i64,
+                claimed.suite as i64,
+                claimed.attempt,
+                agent
+            ],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|found| found.is_some())
         .map_err(sqlite_error(path))
 }
 
@@ -572,6 +616,14 @@ pub fn ingest(
                 stream,
                 line,
             } => {
+                if suite.run > 0 {
+                    let lease = lease_of(savepoint, &mut leases, suite.suite)?;
+                    if !may_speak_for(savepoint, path, lease.as_ref(), agent, suite)? {
+                        warn!(%agent, %suite, "refused output for an attempt this agent never held");
+                        effects.push(Effect::Stale(suite));
+                        continue;
+                    }
+                }
                 let data =
                     serde_json::json!({ "stream": stream.as_str(), "attempt": suite.attempt })
                         .to_string();
@@ -595,6 +647,14 @@ pub fn ingest(
                 }
             }
             RecordBody::Event { correlation, event } => {
+                if let Some(claimed) = correlation.as_ref().map(|correlation| correlation.suite) {
+                    let lease = lease_of(savepoint, &mut leases, claimed.suite)?;
+                    if !may_speak_for(savepoint, path, lease.as_ref(), agent, claimed)? {
+                        warn!(%agent, suite = %claimed, "refused an event for an attempt this agent never held");
+                        effects.push(Effect::Stale(claimed));
+                        continue;
+                    }
+                }
                 let row = number(
                     event_of(event.kind)
                         .in_run(
@@ -724,11 +784,12 @@ pub fn ingest(
                 if decision == SuiteDecision::Ignore {
                     continue;
                 }
-                // Whatever it decided, this attempt is over: later records for it are stale.
-                leases.insert(suite.suite, None);
                 effects.extend(apply_suite_decision(
                     savepoint, path, &lease, decision, now_ms,
                 )?);
+                // Whatever it decided, this attempt is no longer running: later results for it are
+                // stale, while its late output still counts.
+                leases.insert(suite.suite, suite_lease(savepoint, path, suite.suite)?);
                 effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
             }
         }
