@@ -42,6 +42,19 @@ pub enum AgentError {
     Revoked { reason: String },
 }
 
+impl AgentError {
+    /// True when starting the agent again as it is cannot help: the coordinator refused or revoked it,
+    /// or it has nothing to authenticate with. `main` exits with `daemon::EXIT_REFUSED` then.
+    pub fn is_final_refusal(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Refused { .. }
+                | AgentError::Revoked { .. }
+                | AgentError::NoCredential { .. }
+        )
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled, or until the coordinator refuses it for good.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     polarizer_transport::install_crypto_provider();
@@ -141,4 +154,19 @@ fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::Sui
         }
     });
     queue
+}
+
+#[cfg(test)]
+mod tests {
+    use polarizer_transport::daemon::EXIT_REFUSED;
+
+    #[test]
+    fn the_unit_does_not_restart_an_agent_that_was_refused() {
+        let unit = include_str!("../../systemd/polarizer-agent.service");
+        let expected = format!("RestartPreventExitStatus={EXIT_REFUSED}");
+        assert!(
+            unit.lines().any(|line| line.trim() == expected),
+            "systemd/polarizer-agent.service has no {expected:?}: a revoked agent would restart forever"
+        );
+    }
 }

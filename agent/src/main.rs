@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
     args_conflicts_with_subcommands = true,
     name = "polarizer-agent",
     version,
-    about = "The Polarizer agent: runs on every test platform."
+    about = "The Polarizer agent: runs on every test platform.",
+    after_help = "Exit status: 0 after a clean stop; 78 (EX_CONFIG) when the coordinator refused this \
+                  agent for good (revoked, wrong enrollment token, unknown credential) or it has no \
+                  credential and no token: starting it again as it is cannot help; 1 on any other error."
 )]
 struct Cli {
     /// A TOML file with any of the flags below as keys (flags and POLARIZER_* variables win)
@@ -106,5 +109,14 @@ fn main() -> std::process::ExitCode {
         })?;
         Ok(())
     })();
-    daemon::exit_code(outcome)
+    let refused = outcome
+        .as_ref()
+        .err()
+        .and_then(|err| err.downcast_ref::<polarizer_agent::AgentError>())
+        .is_some_and(polarizer_agent::AgentError::is_final_refusal);
+    let code = daemon::exit_code(outcome);
+    if refused {
+        return std::process::ExitCode::from(daemon::EXIT_REFUSED);
+    }
+    code
 }

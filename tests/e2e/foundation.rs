@@ -208,7 +208,12 @@ fn revoked_agent_is_refused_and_a_wrong_operator_token_too() {
         .agent("vm-1")
         .wait_exit(WAIT)
         .expect("revoked agent exits");
-    assert!(!status.success());
+    // With its own status, so that systemd does not restart it (RestartPreventExitStatus=).
+    assert_eq!(
+        status.code(),
+        Some(i32::from(polarizer_transport::daemon::EXIT_REFUSED)),
+        "{status:?}"
+    );
     assert!(
         cluster.agent("vm-1").log_text().contains("revoked"),
         "{}",
@@ -217,11 +222,12 @@ fn revoked_agent_is_refused_and_a_wrong_operator_token_too() {
     assert_eq!(cluster.agent_state("vm-1").as_deref(), Some("revoked"));
     // Starting it again with its credential is refused; so is enrolling the name again with the token.
     cluster.start_agent("vm-1", &[]);
-    assert!(!cluster
-        .agent("vm-1")
-        .wait_exit(WAIT)
-        .expect("refused")
-        .success());
+    let status = cluster.agent("vm-1").wait_exit(WAIT).expect("refused");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(polarizer_transport::daemon::EXIT_REFUSED)),
+        "{status:?}"
+    );
     assert!(cluster
         .agent("vm-1")
         .log_text()

@@ -162,6 +162,11 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// The exit status of a daemon refused for good (revoked, a wrong enrollment token, a credential the
+/// coordinator did not issue): sysexits.h's EX_CONFIG. Started again as it is, it would only be refused
+/// again, so its unit names this status in `RestartPreventExitStatus=`.
+pub const EXIT_REFUSED: u8 = 78;
+
 /// Prints an error the way every Polarizer command does, and gives the exit code.
 pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
     match outcome {
