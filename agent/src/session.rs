@@ -1,6 +1,7 @@
-//! The agent's connection to the coordinator: find it through gossip, dial it through pinned TLS, hello
-//! with the credential (or enroll with the token), then heartbeat and report facts until the connection
-//! ends, and start over with jittered, capped exponential backoff.
+//! The agent's connection to the coordinator: find it through gossip (the last address that worked
+//! first, then a few of gossip's candidates per round, each with a short timeout), dial it through pinned
+//! TLS, hello with the credential (or enroll with the token), then heartbeat and report facts until the
+//! connection ends, and start over with jittered, capped exponential backoff.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +24,14 @@ use crate::credential::{self, Credential};
 use crate::spool::SharedSpool;
 use crate::AgentError;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one address gets for the QUIC handshake and the answer to the hello. Loopback and LAN
+/// handshakes take about a millisecond and a known agent's hello a few more; an address nobody answers
+/// at costs exactly this, so it stays short.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this many addresses learned from gossip are dialled per round, after the last good one:
+/// gossip is unauthenticated, and a node advertising many dead addresses must not cost a round more
+/// than this many timeouts. Rounds rotate through the rest, so a coordinator behind them is still found.
+const GOSSIP_CANDIDATES_PER_ROUND: usize = 4;
 const FACTS_REFRESH: Duration = Duration::from_secs(30);
 /// Records per frame: large enough to amortise a frame, small enough to stay far below the frame limit.
 const SEND_BATCH: usize = 512;
@@ -54,6 +62,42 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.next = self.initial;
+    }
+}
+
+/// Which coordinator addresses to dial, round after round: the last address that worked first (a
+/// restarted coordinator usually comes back there, whatever gossip says), then a bounded window of
+/// gossip's candidates, newest incarnation first, moving on each round. Pure: fed gossip's candidates.
+#[derive(Debug, Default)]
+pub struct DialPlan {
+    last_good: Option<SocketAddr>,
+    /// Where the next round's window starts among the gossip candidates other than the last good one.
+    rotation: usize,
+}
+
+impl DialPlan {
+    /// The addresses to dial this round, in order; empty when there is nothing to dial yet.
+    pub fn next_round(&mut self, gossip_candidates: &[SocketAddr]) -> Vec<SocketAddr> {
+        let others: Vec<SocketAddr> = gossip_candidates
+            .iter()
+            .copied()
+            .filter(|addr| Some(*addr) != self.last_good)
+            .collect();
+        let mut order: Vec<SocketAddr> = self.last_good.into_iter().collect();
+        if !others.is_empty() {
+            let window = GOSSIP_CANDIDATES_PER_ROUND.min(others.len());
+            let start = self.rotation % others.len();
+            order.extend(others.iter().cycle().skip(start).take(window));
+            self.rotation = start + window;
+        }
+        debug_assert!(order.len() <= GOSSIP_CANDIDATES_PER_ROUND + 1);
+        order
+    }
+
+    /// `addr` answered: it goes first from now on, and the next search starts at the newest candidate.
+    pub fn connected(&mut self, addr: SocketAddr) {
+        self.last_good = Some(addr);
+        self.rotation = 0;
     }
 }
 
@@ -118,13 +162,15 @@ impl Connector {
     /// Runs until shutdown, or until the coordinator refuses this agent for good.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max);
+        let mut dial_plan = DialPlan::default();
         let mut waiting_logged = false;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let candidates = self.gossip.coordinator_candidates().await;
-            if candidates.is_empty() {
+            let dial_order = dial_plan.next_round(&candidates);
+            if dial_order.is_empty() {
                 if !waiting_logged {
                     info!(seeds = ?self.config.join, "waiting for gossip to name a coordinator");
                     waiting_logged = true;
@@ -135,10 +181,11 @@ impl Connector {
                 continue;
             }
             waiting_logged = false;
-            for addr in candidates {
+            for addr in dial_order {
                 match self.connect(addr).await {
                     Ok(session) => {
                         backoff.reset();
+                        dial_plan.connected(addr);
                         match self.run_session(addr, session, &shutdown).await {
                             SessionEnd::Shutdown => return Ok(()),
                             SessionEnd::Revoked(reason) => {
@@ -406,5 +453,57 @@ mod tests {
         assert_eq!(backoff.next_delay(0.0), Duration::from_millis(500));
         backoff.reset();
         assert_eq!(backoff.next_delay(1.0), Duration::from_millis(100));
+    }
+
+    fn addrs(ports: std::ops::Range<u16>) -> Vec<SocketAddr> {
+        ports
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect()
+    }
+
+    #[test]
+    fn dial_plan_bounds_each_round_and_rotates_through_every_candidate() {
+        let candidates = addrs(1..11);
+        let mut plan = DialPlan::default();
+        let mut dialled = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let round = plan.next_round(&candidates);
+            assert_eq!(round.len(), GOSSIP_CANDIDATES_PER_ROUND);
+            dialled.extend(round);
+        }
+        assert_eq!(
+            dialled.len(),
+            candidates.len(),
+            "three rounds reach all ten"
+        );
+        assert!(
+            plan.next_round(&[]).is_empty(),
+            "nothing known, nothing to dial"
+        );
+        // Fewer candidates than the window: each once per round, newest first.
+        let mut plan = DialPlan::default();
+        assert_eq!(plan.next_round(&addrs(1..3)), addrs(1..3));
+        assert_eq!(plan.next_round(&addrs(1..3)), addrs(1..3));
+    }
+
+    #[test]
+    fn dial_plan_tries_the_last_good_address_first_even_when_gossip_forgets_it() {
+        let candidates = addrs(1..11);
+        let last_good = candidates[7];
+        let mut plan = DialPlan::default();
+        plan.next_round(&candidates);
+        plan.connected(last_good);
+        let round = plan.next_round(&candidates);
+        assert_eq!(round[0], last_good);
+        assert_eq!(
+            &round[1..],
+            &addrs(1..5)[..],
+            "then the newest others, from the start"
+        );
+        assert!(
+            !round[1..].contains(&last_good),
+            "never dialled twice in a round"
+        );
+        assert_eq!(plan.next_round(&[]), vec![last_good]);
     }
 }
