@@ -4,5 +4,6 @@ mod catalog;
 mod discovery;
 mod events;
 mod foundation;
+mod hostile_trees;
 mod operations;
 mod runs;

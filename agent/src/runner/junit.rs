@@ -1,8 +1,10 @@
 //! JUnit reports: reads the report a test wrote (capped in size) and turns its cases into subresults, which
-//! can turn a passing test into a failed one.
+//! can turn a passing test into a failed one. The test tree is hostile: a report that resolves to a file
+//! outside the suite's checkout (through a symlink or `..`) is refused unread.
 
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use polarizer_shared::junit::{self, CaseStatus};
 use polarizer_shared::run::{AssignedTest, SubResult, TestOutcome, TestStatus};
@@ -10,9 +12,11 @@ use tokio::io::AsyncReadExt;
 
 const JUNIT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Reads the test's JUnit report into subresults; a missing or broken report makes the test an error.
+/// Reads the test's JUnit report into subresults; a missing, broken or out-of-checkout report makes the
+/// test an error. `checkout_root` is the suite's worktree, which holds `test_dir`.
 pub(super) async fn apply_junit(
     test: &AssignedTest,
+    checkout_root: &Path,
     test_dir: &Path,
     outcome: &mut TestOutcome,
     messages: &mut Vec<String>,
@@ -29,18 +33,19 @@ pub(super) async fn apply_junit(
             messages.insert(0, problem);
         }
     };
-    let bytes = match read_capped(&report_path, JUNIT_MAX_BYTES).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            let problem = format!("junit report {report_name} is larger than 64 MiB");
-            return report_problem(outcome, problem);
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let problem = format!("junit report {report_name} was not written");
-            return report_problem(outcome, problem);
-        }
-        Err(error) => {
-            let problem = format!("junit report {report_name} cannot be read: {error}");
+    let bytes = match read_report(checkout_root, &report_path).await {
+        Ok(bytes) => bytes,
+        Err(unread) => {
+            let problem = match unread {
+                Unread::OutsideCheckout => format!(
+                    "junit report {report_name} leads out of the test's checkout; it is not read"
+                ),
+                Unread::TooLarge => format!("junit report {report_name} is larger than 64 MiB"),
+                Unread::Io(error) if error.kind() == io::ErrorKind::NotFound => {
+                    format!("junit report {report_name} was not written")
+                }
+                Unread::Io(error) => format!("junit report {report_name} cannot be read: {error}"),
+            };
             return report_problem(outcome, problem);
         }
     };
@@ -70,9 +75,51 @@ pub(super) async fn apply_junit(
     outcome.subresults = subresults;
 }
 
-/// Reads at most `limit` bytes of a file; `None` when it is longer.
-async fn read_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
-    let file = tokio::fs::File::open(path).await?;
+/// Why a report's bytes are not there to parse.
+enum Unread {
+    OutsideCheckout,
+    TooLarge,
+    Io(io::Error),
+}
+
+/// The report's bytes, if it resolves to a file inside `checkout_root` of at most [`JUNIT_MAX_BYTES`].
+async fn read_report(checkout_root: &Path, report_path: &Path) -> Result<Vec<u8>, Unread> {
+    let resolved = resolve_inside(checkout_root, report_path)
+        .await
+        .map_err(Unread::Io)?
+        .ok_or(Unread::OutsideCheckout)?;
+    read_capped(resolved, JUNIT_MAX_BYTES)
+        .await
+        .map_err(Unread::Io)?
+        .ok_or(Unread::TooLarge)
+}
+
+/// `path` with every symlink and `..` resolved, or `None` when that lies outside `root`.
+async fn resolve_inside(root: &Path, path: &Path) -> io::Result<Option<PathBuf>> {
+    let root = tokio::fs::canonicalize(root).await?;
+    let resolved = tokio::fs::canonicalize(path).await?;
+    Ok(resolved.starts_with(&root).then_some(resolved))
+}
+
+/// Reads at most `limit` bytes of a regular file; `None` when it is longer. `path` is already resolved:
+/// a symlink put in its place since is not followed, and a FIFO is refused rather than waited on.
+async fn read_capped(path: PathBuf, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let file = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let file = tokio::fs::File::from_std(file);
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes).await?;
     if bytes.len() as u64 > limit {
@@ -160,5 +207,44 @@ mod tests {
             unwritten.message,
             "junit report unwritten.xml was not written"
         );
+    }
+
+    /// A report linked (or `..`-walked) to a file outside the checkout is refused, and nothing of that file
+    /// reaches the result.
+    #[tokio::test]
+    async fn reports_outside_the_checkout_are_refused_unread() {
+        let fixture = fixture();
+        let secret = fixture.path("secret.xml");
+        let secret_report = "<testsuite name=\"s\"><testcase name=\"SECRET-CASE\" classname=\"c\">\
+                             <failure message=\"SECRET-MESSAGE\"/></testcase></testsuite>";
+        std::fs::write(&secret, secret_report).expect("write secret");
+        let mut linked = test("/t/linked", &format!("ln -s '{secret}' report.xml"));
+        linked.junit = "report.xml".into();
+        let mut climbing = test("/t/climbing", "true");
+        climbing.junit = format!("{}{}", "../".repeat(40), secret.trim_start_matches('/'));
+        let mut inside = test(
+            "/t/inside",
+            "mkdir -p out && printf '<testsuite name=\"s\"><testcase name=\"ok\"/></testsuite>' > out/real.xml \
+             && ln -s out/real.xml inside.xml",
+        );
+        inside.junit = "inside.xml".into();
+        let records = fixture
+            .run(fixture.assignment(vec![linked, climbing, inside]))
+            .await;
+
+        for id in ["/t/linked", "/t/climbing"] {
+            let refused = outcome(&records, id);
+            assert_eq!(refused.status, TestStatus::Error, "{id}");
+            assert!(
+                refused.message.contains("leads out of the test's checkout"),
+                "{id}: {}",
+                refused.message
+            );
+            assert!(refused.subresults.is_empty(), "{id}");
+            assert!(!format!("{refused:?}").contains("SECRET"), "{id}");
+        }
+        let inside = outcome(&records, "/t/inside");
+        assert_eq!(inside.status, TestStatus::Pass, "{}", inside.message);
+        assert_eq!(inside.subresults.len(), 1);
     }
 }

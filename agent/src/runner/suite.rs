@@ -248,7 +248,8 @@ impl SuiteRunner<'_> {
                     messages.push(exit_message);
                 }
                 if !test.junit.is_empty() {
-                    apply_junit(test, &test_dir, &mut outcome, &mut messages).await;
+                    let checkout_root = self.workdir();
+                    apply_junit(test, &checkout_root, &test_dir, &mut outcome, &mut messages).await;
                 }
             }
             if process.dropped_bytes > 0 {

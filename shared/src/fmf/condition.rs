@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 use fancy_regex::Regex;
 use indexmap::IndexMap;
 
+use super::error::{bounded, snippet};
 use super::pattern::PythonRegex;
 
 /// The outcome of matching a condition against a context.
@@ -26,9 +27,9 @@ pub enum Decision {
 /// Why a condition could not be evaluated at all (fmf's `InvalidRule`, or a bad `~` pattern).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionError {
-    #[error("invalid condition {condition:?}: {reason}")]
+    #[error("invalid condition {}: {}", snippet(.condition), bounded(.reason))]
     InvalidRule { condition: String, reason: String },
-    #[error("condition {condition:?}: {reason}")]
+    #[error("condition {}: {}", snippet(.condition), bounded(.reason))]
     InvalidPattern { condition: String, reason: String },
 }
 

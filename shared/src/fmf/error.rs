@@ -5,13 +5,58 @@ use std::path::PathBuf;
 
 use super::condition::ConditionError;
 
+/// The most characters of a file's text an error quotes.
+pub(crate) const SNIPPET_CHARS: usize = 40;
+/// The most characters of a message shown: messages quote node names, keys and conditions from the file.
+const MESSAGE_CHARS: usize = 240;
+
+/// The start of `text` as an error may quote it: at most [`SNIPPET_CHARS`] characters, control characters
+/// escaped, in double quotes, with `…` when cut short.
+pub(crate) fn snippet(text: &str) -> String {
+    format!("\"{}\"", escaped_prefix(text, SNIPPET_CHARS, true))
+}
+
+/// A message part as displayed: at most [`MESSAGE_CHARS`] characters, control characters escaped. The
+/// backstop behind [`snippet`] for whatever file text a message carries.
+pub(crate) fn bounded(text: &str) -> String {
+    escaped_prefix(text, MESSAGE_CHARS, false)
+}
+
+/// At most `limit` characters of `text`, control characters (and with `escape_quotes`, quotes and
+/// backslashes) escaped, `…` when cut short.
+fn escaped_prefix(text: &str, limit: usize, escape_quotes: bool) -> String {
+    let mut shown = String::new();
+    let mut characters = text.chars();
+    for character in characters.by_ref().take(limit) {
+        if escape_quotes || character.is_control() {
+            shown.extend(character.escape_debug());
+        } else {
+            shown.push(character);
+        }
+    }
+    if characters.next().is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FmfError {
     #[error("{path} is not an fmf tree root: it has no .fmf/version")]
     MissingRoot { path: PathBuf },
 
-    #[error("{path}: invalid fmf format version {content:?}")]
-    InvalidVersion { path: PathBuf, content: String },
+    /// `snippet` is the start of the file, cut short and escaped by [`snippet`]: never the whole file.
+    #[error("{path}: invalid fmf format version {snippet}")]
+    InvalidVersion { path: PathBuf, snippet: String },
+
+    /// A symlink (file or directory) whose target lies outside the tree root. Only the link's own path is
+    /// named: its target may be anyone's file.
+    #[error("{path} is a symlink leading out of the fmf tree; it is not followed")]
+    SymlinkOutsideTree { path: PathBuf },
+
+    /// YAML aliases that would expand to far more values than the file is long (an "alias bomb").
+    #[error("{path}: YAML aliases expand to more than {limit} values; the file is refused")]
+    AliasExpansion { path: PathBuf, limit: usize },
 
     #[error("cannot read {path}")]
     Read {
@@ -20,7 +65,7 @@ pub enum FmfError {
         source: io::Error,
     },
 
-    #[error("{path}:{line}:{column}: invalid YAML: {message}")]
+    #[error("{path}:{line}:{column}: invalid YAML: {}", bounded(.message))]
     Yaml {
         path: PathBuf,
         line: usize,
@@ -29,14 +74,14 @@ pub enum FmfError {
     },
 
     /// Data fmf refuses to build a node from: a non-mapping file, a bad directive, a non-string key.
-    #[error("{path}: node {node}: {message}")]
+    #[error("{path}: node {}: {}", bounded(.node), bounded(.message))]
     Format {
         path: PathBuf,
         node: String,
         message: String,
     },
 
-    #[error("{path}: node {node}: cannot merge key '{key}': {reason}")]
+    #[error("{path}: node {}: cannot merge key '{}': {}", bounded(.node), bounded(.key), bounded(.reason))]
     Merge {
         path: PathBuf,
         node: String,
@@ -44,14 +89,14 @@ pub enum FmfError {
         reason: String,
     },
 
-    #[error("{path}: node {node}: invalid adjust rule: {message}")]
+    #[error("{path}: node {}: invalid adjust rule: {}", bounded(.node), bounded(.message))]
     Adjust {
         path: PathBuf,
         node: String,
         message: String,
     },
 
-    #[error("{path}: node {node}: adjust rule")]
+    #[error("{path}: node {}: adjust rule", bounded(.node))]
     Condition {
         path: PathBuf,
         node: String,
@@ -60,7 +105,7 @@ pub enum FmfError {
     },
 
     /// Only with `AdjustOptions::fail_on_undecided`: a rule's condition needs a dimension the context lacks.
-    #[error("{path}: node {node}: cannot decide adjust rule {condition:?} with the given context")]
+    #[error("{path}: node {}: cannot decide adjust rule {} with the given context", bounded(.node), snippet(.condition))]
     Undecided {
         path: PathBuf,
         node: String,

@@ -5,6 +5,10 @@
 //! `/:` directives. `Tree::adjust(&Context)` then applies `adjust` rules whose `when` conditions hold.
 //! Nothing here does IO beyond reading the tree's files.
 //!
+//! A tree may be hostile (a pull request's): a symlink leading out of it is refused by name, never read;
+//! YAML aliases may not expand far beyond the file's size; errors quote at most a short, escaped snippet
+//! of a file.
+//!
 //! ```no_run
 //! use polarizer_shared::fmf::{Context, Tree};
 //! let mut tree = Tree::load("tests")?;

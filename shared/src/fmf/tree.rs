@@ -6,6 +6,7 @@
 //! merges each node's own data over a copy of its parent's, top-down.
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use indexmap::IndexMap;
 
 use super::adjust::{adjust_node_data, AdjustOptions, ConditionCache};
 use super::condition::Context;
-use super::error::FmfError;
+use super::error::{snippet, FmfError};
 use super::merge::merge_special;
 use super::value::{FmfMap, FmfValue};
 use super::yaml::parse_fmf_file;
@@ -262,21 +263,18 @@ impl GrownTree {
                 path: root.to_owned(),
             });
         }
-        let version_text = fs::read_to_string(&version_path).map_err(|source| FmfError::Read {
-            path: version_path.clone(),
+        let canonical_root = fs::canonicalize(root).map_err(|source| FmfError::Read {
+            path: root.to_owned(),
             source,
         })?;
-        let version = super::condition::python_strip(&version_text)
-            .parse::<u32>()
-            .map_err(|_| FmfError::InvalidVersion {
-                path: version_path.clone(),
-                content: version_text.clone(),
-            })?;
+        refuse_symlink_out(&canonical_root, &version_path)?;
+        let version = read_version(&version_path)?;
         let absolute_root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
 
-        let explore_include = read_explore_include(&absolute_root)?;
+        let explore_include = read_explore_include(&absolute_root, &canonical_root)?;
         let mut builder = TreeBuilder {
             root: absolute_root.clone(),
+            canonical_root,
             nodes: Vec::new(),
             symlink_targets: Vec::new(),
             explore_include,
@@ -331,6 +329,8 @@ struct GrowingNode {
 
 struct TreeBuilder {
     root: PathBuf,
+    /// `root` with every symlink resolved: no file or directory outside it is read.
+    canonical_root: PathBuf,
     nodes: Vec<GrowingNode>,
     /// Resolved targets of symlinked directories already entered, to stop symlink loops.
     symlink_targets: Vec<PathBuf>,
@@ -398,6 +398,46 @@ fn fmf_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The longest `.fmf/version` read: a version is a small number.
+const VERSION_MAX_BYTES: u64 = 1024;
+
+/// Refuse `path` when, with every symlink on the way resolved, it lies outside the tree whose resolved root
+/// is `canonical_root`; else its resolved form. A path that does not resolve (a dangling link) is `None`,
+/// left to the read that follows, which fails on it without reading anything.
+fn refuse_symlink_out(canonical_root: &Path, path: &Path) -> Result<Option<PathBuf>, FmfError> {
+    match fs::canonicalize(path) {
+        Ok(target) if !target.starts_with(canonical_root) => Err(FmfError::SymlinkOutsideTree {
+            path: path.to_owned(),
+        }),
+        Ok(target) => Ok(Some(target)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The format version in `.fmf/version`. An error quotes only the start of the file.
+fn read_version(version_path: &Path) -> Result<u32, FmfError> {
+    let read_error = |source| FmfError::Read {
+        path: version_path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    fs::File::open(version_path)
+        .and_then(|file| file.take(VERSION_MAX_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    let invalid = |text: &str| FmfError::InvalidVersion {
+        path: version_path.to_owned(),
+        snippet: snippet(text),
+    };
+    if bytes.len() as u64 > VERSION_MAX_BYTES {
+        return Err(invalid(&String::from_utf8_lossy(&bytes)));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|error| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, error)))?;
+    super::condition::python_strip(&text)
+        .parse::<u32>()
+        .map_err(|_| invalid(&text))
+}
+
 /// Read and parse one `.fmf` file.
 fn read_fmf_file(path: &Path) -> Result<FmfValue, FmfError> {
     let text = fs::read(path).map_err(|source| FmfError::Read {
@@ -412,8 +452,12 @@ fn read_fmf_file(path: &Path) -> Result<FmfValue, FmfError> {
 }
 
 /// Read `explore.include` from the tree's `.fmf/config`, if there is one.
-fn read_explore_include(root: &Path) -> Result<Result<Vec<String>, FmfError>, FmfError> {
+fn read_explore_include(
+    root: &Path,
+    canonical_root: &Path,
+) -> Result<Result<Vec<String>, FmfError>, FmfError> {
     let config_path = root.join(".fmf").join("config");
+    refuse_symlink_out(canonical_root, &config_path)?;
     let text = match fs::read(&config_path) {
         Ok(bytes) => String::from_utf8(bytes).map_err(|error| FmfError::Read {
             path: config_path.clone(),
@@ -454,8 +498,8 @@ fn read_explore_include(root: &Path) -> Result<Result<Vec<String>, FmfError>, Fm
             .map(str::to_owned)
             .collect()),
         Some(other) => invalid(&format!(
-            "The 'include' config section should be a list, found '{}'.",
-            other.python_str()
+            "The 'include' config section should be a list, found {}.",
+            snippet(&other.python_str())
         )),
     })
 }
@@ -613,7 +657,7 @@ impl TreeBuilder {
                 return Err(self.format_error(
                     node_id,
                     blame_path,
-                    format!("Unknown fmf directive '{key}'."),
+                    format!("Unknown fmf directive {}.", snippet(key)),
                 ));
             };
             match key.as_str() {
@@ -623,7 +667,7 @@ impl TreeBuilder {
                     return Err(self.format_error(
                         node_id,
                         blame_path,
-                        format!("Unknown fmf directive '{key}'."),
+                        format!("Unknown fmf directive {}.", snippet(key)),
                     ))
                 }
             }
@@ -667,39 +711,46 @@ impl TreeBuilder {
         let Ok(entries) = fs::read_dir(directory) else {
             return Ok(());
         };
-        let mut file_names = Vec::new();
-        let mut directory_names = Vec::new();
+        // Each name with whether it is a symlink (from the directory listing: no extra system call).
+        let mut file_names: Vec<(String, bool)> = Vec::new();
+        let mut directory_names: Vec<(String, bool)> = Vec::new();
         for entry in entries.flatten() {
             let Ok(name) = entry.file_name().into_string() else {
                 // A name that is not UTF-8 cannot be a node name; fmf metadata never has one.
                 continue;
             };
+            // An entry of unknown type is checked as a symlink would be.
+            let is_symlink = entry.file_type().map_or(true, |kind| kind.is_symlink());
             // Like os.walk, classify through symlinks: a link to a directory is a directory.
             let is_directory = match entry.file_type() {
                 Ok(kind) if !kind.is_symlink() => kind.is_dir(),
                 _ => entry.path().is_dir(),
             };
             if is_directory {
-                directory_names.push(name);
+                directory_names.push((name, is_symlink));
             } else {
-                file_names.push(name);
+                file_names.push((name, is_symlink));
             }
         }
-        let mut fmf_files: Vec<String> = file_names
+        let mut fmf_files: Vec<(String, bool)> = file_names
             .into_iter()
-            .filter(|name| name.ends_with(FMF_SUFFIX))
+            .filter(|(name, _)| name.ends_with(FMF_SUFFIX))
             .collect();
         fmf_files.sort();
         // main.fmf first, so the directory's own data is there before any child inherits from it.
-        if let Some(position) = fmf_files.iter().position(|name| name == MAIN_FILE) {
+        if let Some(position) = fmf_files.iter().position(|(name, _)| name == MAIN_FILE) {
             let main = fmf_files.remove(position);
             fmf_files.insert(0, main);
         }
-        for file_name in fmf_files {
+        for (file_name, is_symlink) in fmf_files {
             if self.is_ignored_hidden(&file_name)? {
                 continue;
             }
             let full_path = directory.join(&file_name);
+            // A directory reached here lies inside the tree, so only a symlink can lead out of it.
+            if is_symlink {
+                refuse_symlink_out(&self.canonical_root, &full_path)?;
+            }
             let data = match preparsed.take(&full_path) {
                 Some(parsed) => parsed?,
                 None => read_fmf_file(&full_path)?,
@@ -716,14 +767,16 @@ impl TreeBuilder {
         }
 
         directory_names.sort();
-        for directory_name in directory_names {
+        for (directory_name, is_symlink) in directory_names {
             if self.is_ignored_hidden(&directory_name)? {
                 continue;
             }
             let full_directory = directory.join(&directory_name);
-            if full_directory.is_symlink() {
-                let target =
-                    fs::canonicalize(&full_directory).unwrap_or_else(|_| full_directory.clone());
+            if is_symlink {
+                // Refused rather than skipped: a tree that silently loses the tests behind a link is worse
+                // than one that says which link to fix.
+                let target = refuse_symlink_out(&self.canonical_root, &full_directory)?
+                    .unwrap_or_else(|| full_directory.clone());
                 if self.symlink_targets.contains(&target) {
                     continue;
                 }
@@ -976,6 +1029,155 @@ mod tests {
                 let context = Context::new().with_dimension("distro", ["fedora-33"]);
                 let _ = tree.adjust(&context);
             }
+        }
+    }
+
+    /// A secret outside the tree, as a coordinator's data directory holds one.
+    const SECRET: &str =
+        "-----BEGIN PRIVATE KEY-----\nMIIEvSECRETLINE\n-----END PRIVATE KEY-----\n";
+
+    fn secret_outside() -> (tempfile::TempDir, PathBuf) {
+        let outside = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+        let secret = outside.path().join("ca-key.pem");
+        fs::write(&secret, SECRET).unwrap_or_else(|error| panic!("{error}"));
+        (outside, secret)
+    }
+
+    fn symlink(target: &Path, link: &Path) {
+        let _ = fs::remove_file(link);
+        std::os::unix::fs::symlink(target, link).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn load_error(root: &Path) -> String {
+        Tree::load(root)
+            .err()
+            .map(|error| format!("{error:#}"))
+            .unwrap_or_else(|| panic!("{} should not load", root.display()))
+    }
+
+    #[test]
+    fn a_version_file_linked_out_of_the_tree_is_refused_unread() {
+        let (_outside, secret) = secret_outside();
+        let directory = write_tree(&[("main.fmf", "test: ./t\n")]);
+        let version_path = directory.path().join(".fmf/version");
+        symlink(&secret, &version_path);
+        let message = load_error(directory.path());
+        assert!(message.contains(".fmf/version"), "{message}");
+        assert!(message.contains("symlink"), "{message}");
+        assert!(
+            !message.contains("PRIVATE") && !message.contains("SECRETLINE"),
+            "{message}"
+        );
+        // The whole `.fmf` directory linked out is refused the same way.
+        let directory = write_tree(&[("main.fmf", "test: ./t\n")]);
+        let fmf_directory = directory.path().join(".fmf");
+        fs::remove_dir_all(&fmf_directory).unwrap_or_else(|error| panic!("{error}"));
+        let outside_fmf = secret.with_file_name(".fmf");
+        fs::create_dir(&outside_fmf).unwrap_or_else(|error| panic!("{error}"));
+        symlink(&secret, &outside_fmf.join("version"));
+        symlink(&outside_fmf, &fmf_directory);
+        let message = load_error(directory.path());
+        assert!(message.contains("symlink"), "{message}");
+        assert!(!message.contains("PRIVATE"), "{message}");
+    }
+
+    #[test]
+    fn links_out_of_the_tree_are_refused_naming_the_link() {
+        let (outside, secret) = secret_outside();
+        let outside_tests = outside.path().join("tests");
+        fs::create_dir(&outside_tests).unwrap_or_else(|error| panic!("{error}"));
+        fs::write(outside_tests.join("stolen.fmf"), "test: ./stolen\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+
+        let directory = write_tree(&[
+            ("main.fmf", "summary: root\n"),
+            ("own.fmf", "test: ./own\n"),
+        ]);
+        symlink(&outside_tests, &directory.path().join("linked"));
+        let message = load_error(directory.path());
+        assert!(message.contains("linked"), "{message}");
+        assert!(!message.contains("stolen"), "{message}");
+        let visited = Tree::load_and_visit(
+            directory.path(),
+            &Context::new(),
+            &AdjustOptions::default(),
+            |node| node.name().to_owned(),
+        );
+        assert!(visited.is_err(), "{visited:?}");
+
+        for (link, target) in [("key.fmf", &secret), (".fmf/config", &secret)] {
+            let directory = write_tree(&[("main.fmf", "test: ./t\n")]);
+            symlink(target, &directory.path().join(link));
+            let message = load_error(directory.path());
+            assert!(message.contains(link), "{message}");
+            assert!(!message.contains("PRIVATE"), "{message}");
+        }
+    }
+
+    #[test]
+    fn links_inside_the_tree_still_work() {
+        let directory = write_tree(&[
+            ("real/main.fmf", "test: ./real\n"),
+            ("shared/common.fmf", "test: ./common\n"),
+        ]);
+        symlink(Path::new("real"), &directory.path().join("alias"));
+        symlink(
+            Path::new("shared/common.fmf"),
+            &directory.path().join("linked.fmf"),
+        );
+        let tree = Tree::load(directory.path()).unwrap_or_else(|error| panic!("{error:#}"));
+        let tests: Vec<&str> = tree.tests().map(Node::name).collect();
+        assert_eq!(tests, ["/alias", "/linked", "/real", "/shared/common"]);
+    }
+
+    #[test]
+    fn a_bad_version_is_quoted_short_and_escaped() {
+        let long_version = format!("\u{1b}[31m{}", "9".repeat(5000));
+        let directory = write_tree(&[("main.fmf", "test: ./t\n")]);
+        fs::write(directory.path().join(".fmf/version"), &long_version)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let message = load_error(directory.path());
+        assert!(message.contains(".fmf/version"), "{message}");
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("\\u{1b}[31m999"), "{message}");
+        assert!(!message.contains(&"9".repeat(41)), "{message}");
+    }
+
+    /// File text inside other errors (a directive's name, an adjust condition) is cut short and escaped too.
+    #[test]
+    fn errors_quote_file_text_short_and_escaped() {
+        // `\a` in a double-quoted YAML string is the BEL control character.
+        let long_text = format!("\\a{}", "x".repeat(1000));
+        let directive = format!("/:\n    \"{long_text}\": true\n");
+        let undecided = format!("adjust:\n  when: \"arch == {long_text}\"\n  enabled: false\n");
+        let invalid = format!("adjust:\n  when: \"distro ~ ({long_text}\"\n  enabled: false\n");
+        for main in [directive, undecided, invalid] {
+            let directory = write_tree(&[("main.fmf", &main)]);
+            let message = Tree::load(directory.path())
+                .and_then(|mut tree| {
+                    tree.adjust_with(
+                        &Context::new().with_dimension("distro", ["fedora"]),
+                        &AdjustOptions {
+                            fail_on_undecided: true,
+                            ..AdjustOptions::default()
+                        },
+                    )
+                })
+                .err()
+                .map(|error| {
+                    // As the CLI prints it: the error and its sources.
+                    let mut message = error.to_string();
+                    let mut source = std::error::Error::source(&error);
+                    while let Some(cause) = source {
+                        message.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    message
+                })
+                .unwrap_or_else(|| panic!("{main:.40} should fail"));
+            assert!(message.contains("main.fmf"), "{message}");
+            assert!(!message.contains('\u{7}'), "{message}");
+            assert!(!message.contains(&"x".repeat(241)), "{message}");
         }
     }
 

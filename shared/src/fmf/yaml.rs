@@ -4,11 +4,16 @@
 //! does for fmf (`yes` stays a string), refuses duplicate keys as ruamel does, and reports error positions.
 //! One known gap: ruamel still reads YAML 1.1 number forms (`1_000`, `017`) as ints; here they stay strings.
 
+use std::cell::Cell;
+use std::fmt;
 use std::path::Path;
 
+use serde::de::{
+    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
 use serde_norway::Value as YamlValue;
 
-use super::error::FmfError;
+use super::error::{snippet, FmfError};
 use super::value::{python_float_repr, FmfMap, FmfValue};
 
 /// Parse the text of `path`. An empty or comment-only file is `Null`, as in ruamel.yaml.
@@ -20,6 +25,10 @@ pub(crate) fn parse_fmf_file(path: &Path, text: &str) -> Result<FmfValue, FmfErr
     {
         return Ok(FmfValue::Null);
     }
+    // Only a file with an anchor and an alias can expand: the others skip the counting pass.
+    if text.contains('&') && text.contains('*') {
+        refuse_alias_bomb(path, text)?;
+    }
     // Most files are string keys over plain values: read those straight into `FmfValue`. Anything else
     // (merge keys, non-string or repeated keys, tags, a syntax error) takes the general path, which
     // decides the value or the error exactly as before.
@@ -29,6 +38,120 @@ pub(crate) fn parse_fmf_file(path: &Path, text: &str) -> Result<FmfValue, FmfErr
         }
     }
     parse_general(path, text)
+}
+
+/// Values a file may expand to through aliases: proportional to its length, with room for small files.
+fn expansion_limit(text: &str) -> usize {
+    text.len().saturating_mul(16).saturating_add(10_000)
+}
+
+/// Count the values `text` expands to, aliases replayed, without building them; refuse the file once the
+/// count passes [`expansion_limit`]. Any other problem is left to the real parse, which reports it.
+fn refuse_alias_bomb(path: &Path, text: &str) -> Result<(), FmfError> {
+    let limit = expansion_limit(text);
+    let counter = ValueCounter {
+        remaining: Cell::new(limit),
+        exceeded: Cell::new(false),
+    };
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    match (&counter).deserialize(deserializer) {
+        Err(_) if counter.exceeded.get() => Err(FmfError::AliasExpansion {
+            path: path.to_owned(),
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A serde seed and visitor that builds nothing and counts every value it visits down from `remaining`.
+struct ValueCounter {
+    remaining: Cell<usize>,
+    /// Set when the count ran out, to tell that error from the file's own.
+    exceeded: Cell<bool>,
+}
+
+impl ValueCounter {
+    fn count_one<E: de::Error>(&self) -> Result<(), E> {
+        match self.remaining.get() {
+            0 => {
+                self.exceeded.set(true);
+                Err(E::custom("too many values"))
+            }
+            remaining => {
+                self.remaining.set(remaining - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &ValueCounter {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &ValueCounter {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.count_one()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        self.count_one()?;
+        while items.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        self.count_one()?;
+        while entries.next_key_seed(self)?.is_some() {
+            entries.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+
+    /// A value with a tag (`!name value`): the tag is a variant name, the value its content.
+    fn visit_enum<A: EnumAccess<'de>>(self, tagged: A) -> Result<(), A::Error> {
+        self.count_one()?;
+        let ((), content) = tagged.variant_seed(self)?;
+        content.newtype_variant_seed(self)
+    }
 }
 
 /// Through serde_norway's `Value`: merge keys, key checks and errors with their position.
@@ -122,9 +245,9 @@ fn convert(value: &YamlValue, node_level: bool) -> Result<FmfValue, String> {
     })
 }
 
+/// A key as an error quotes it: a short snippet of its YAML form.
 fn describe(value: &YamlValue) -> String {
-    serde_norway::to_string(value)
-        .map_or_else(|_| "?".to_owned(), |text| text.trim_end().to_owned())
+    serde_norway::to_string(value).map_or_else(|_| "?".to_owned(), |text| snippet(text.trim_end()))
 }
 
 #[cfg(test)]
@@ -199,6 +322,35 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    /// An anchor of 10k items aliased 10k times: 60 KB that would expand to 10⁸ values.
+    #[test]
+    fn alias_bombs_are_refused_naming_the_file() {
+        let items = "x,".repeat(10_000);
+        let aliases = "*a,".repeat(10_000);
+        let text = format!("a: &a [{items}]\nb: [{aliases}]\n");
+        let error = parse_fmf_file(Path::new("bomb.fmf"), &text)
+            .err()
+            .unwrap_or_else(|| panic!("an alias bomb should be refused"));
+        assert!(matches!(error, FmfError::AliasExpansion { .. }), "{error}");
+        assert!(error.to_string().starts_with("bomb.fmf:"), "{error}");
+        // A tag does not hide the expansion.
+        let tagged = format!("a: &a [{items}]\nb: !t [{aliases}]\n");
+        assert!(matches!(
+            parse(&tagged),
+            Err(FmfError::AliasExpansion { .. })
+        ));
+    }
+
+    #[test]
+    fn ordinary_aliases_and_ampersands_still_parse() {
+        let value = parse("base: &base {a: 1, b: [x, y]}\none: *base\ntwo: {<<: *base, c: 2}\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let map = value.as_map().unwrap_or_else(|| panic!("not a map"));
+        assert_eq!(map["one"], map["base"]);
+        let value = parse("test: make a && make b * 2\n").unwrap_or_else(|error| panic!("{error}"));
+        assert!(value.as_map().is_some_and(|map| map.contains_key("test")));
     }
 
     #[test]
