@@ -711,7 +711,9 @@ pub fn ingest(
             RecordBody::TestFinished(outcome) => {
                 let suite = outcome.suite;
                 let lease = lease_of(savepoint, &mut leases, suite.suite)?;
-                let current = stored_test_status(savepoint, path, suite, &outcome.test)?;
+                // The row as it is: its status decides, and it becomes the row watchers get.
+                let row = test_in_suite(savepoint, path, suite, &outcome.test)?;
+                let current = row.as_ref().map(|row| row.status);
                 let status = match run::on_test_record(
                     lease.as_ref(),
                     agent,
@@ -763,7 +765,20 @@ pub fn ingest(
                         .saying(summary, data),
                 );
                 effects.push(Effect::Event(event));
-                if let Some(row) = run_test_row(savepoint, path, suite.run, &outcome.test)? {
+                if let Some(mut row) = row {
+                    // Lost attempts exist only for a test that went on to a later attempt.
+                    if row.attempt > 1 {
+                        row.lost_attempts =
+                            lost_attempts_of(savepoint, path, suite.run, &row.test)?;
+                    }
+                    let outcome = *outcome;
+                    row.status = status;
+                    row.agent = agent.to_string();
+                    row.started_ms = Some(outcome.started_ms);
+                    row.duration_ms = Some(outcome.duration_ms);
+                    row.message = outcome.message;
+                    row.output_tail = outcome.output_tail;
+                    row.subresults = outcome.subresults;
                     effects.push(Effect::Update(RunUpdate::TestFinished {
                         run: suite.run,
                         row: Box::new(row),
@@ -824,6 +839,75 @@ fn run_test_row(
     Ok(rows.pop())
 }
 
+/// A test's row as stored, if it belongs to `suite` (its lost attempts left out).
+fn test_in_suite(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    suite: SuiteRef,
+    test: &str,
+) -> Result<Option<RunTestRow>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT test_id, name, suite_id, position, status, attempt, agent, started_ms, duration_ms, message,
+                    reasons_json, output_tail, subresults_json
+             FROM run_tests WHERE run_id = ?1 AND test_id = ?2 AND suite_id = ?3",
+        )
+        .map_err(sqlite_error(path))?;
+    statement
+        .query_row(
+            params![suite.run as i64, test, suite.suite as i64],
+            test_row,
+        )
+        .optional()
+        .map_err(sqlite_error(path))
+}
+
+/// The attempts of a test that were lost, oldest first.
+fn lost_attempts_of(
+    connection: &rusqlite::Connection,
+    path: &Path,
+    run: u64,
+    test: &str,
+) -> Result<Vec<LostAttempt>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT attempt, agent, message, at_ms FROM lost_attempts
+             WHERE run_id = ?1 AND test_id = ?2 ORDER BY at_ms",
+        )
+        .map_err(sqlite_error(path))?;
+    let rows = statement
+        .query_map(params![run as i64, test], |row| {
+            Ok(LostAttempt {
+                attempt: row.get(0)?,
+                agent: row.get(1)?,
+                message: row.get(2)?,
+                at_ms: row.get(3)?,
+            })
+        })
+        .map_err(sqlite_error(path))?;
+    rows.collect::<Result<_, _>>().map_err(sqlite_error(path))
+}
+
+/// A `run_tests` row in the column order every query here selects it.
+fn test_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunTestRow> {
+    Ok(RunTestRow {
+        test: row.get(0)?,
+        name: row.get(1)?,
+        suite: row.get::<_, i64>(2)? as u64,
+        position: row.get::<_, i64>(3)? as u32,
+        status: test_status(row, 4)?,
+        attempt: row.get(5)?,
+        agent: row.get(6)?,
+        started_ms: row.get(7)?,
+        duration_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
+        message: row.get(9)?,
+        reasons: json_column(row, 10)?,
+        output_tail: row.get(11)?,
+        subresults: json_column(row, 12)?,
+        lost_attempts: Vec::new(),
+    })
+}
+
 fn run_test_rows(
     connection: &rusqlite::Connection,
     path: &Path,
@@ -877,24 +961,7 @@ fn run_test_rows(
         )
         .map_err(&on_sqlite)?;
     let rows = statement
-        .query_map(params![run as i64, only], |row| {
-            Ok(RunTestRow {
-                test: row.get(0)?,
-                name: row.get(1)?,
-                suite: row.get::<_, i64>(2)? as u64,
-                position: row.get::<_, i64>(3)? as u32,
-                status: test_status(row, 4)?,
-                attempt: row.get(5)?,
-                agent: row.get(6)?,
-                started_ms: row.get(7)?,
-                duration_ms: row.get::<_, Option<i64>>(8)?.map(|ms| ms as u64),
-                message: row.get(9)?,
-                reasons: json_column(row, 10)?,
-                output_tail: row.get(11)?,
-                subresults: json_column(row, 12)?,
-                lost_attempts: Vec::new(),
-            })
-        })
+        .query_map(params![run as i64, only], test_row)
         .map_err(&on_sqlite)?;
     let mut out = Vec::new();
     for row in rows {

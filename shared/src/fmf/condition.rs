@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 use fancy_regex::Regex;
 use indexmap::IndexMap;
 
-use super::error::{bounded, snippet};
 use super::pattern::PythonRegex;
+use super::quote::{bounded, snippet};
 
 /// The outcome of matching a condition against a context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

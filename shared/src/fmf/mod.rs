@@ -27,6 +27,7 @@ mod condition;
 mod error;
 mod merge;
 mod pattern;
+mod quote;
 mod tree;
 mod value;
 mod yaml;

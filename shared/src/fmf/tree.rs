@@ -14,8 +14,9 @@ use indexmap::IndexMap;
 
 use super::adjust::{adjust_node_data, AdjustOptions, ConditionCache};
 use super::condition::Context;
-use super::error::{snippet, FmfError};
+use super::error::FmfError;
 use super::merge::merge_special;
+use super::quote::snippet;
 use super::value::{FmfMap, FmfValue};
 use super::yaml::parse_fmf_file;
 

@@ -13,7 +13,8 @@ use serde::de::{
 };
 use serde_norway::Value as YamlValue;
 
-use super::error::{snippet, FmfError};
+use super::error::FmfError;
+use super::quote::snippet;
 use super::value::{python_float_repr, FmfMap, FmfValue};
 
 /// Parse the text of `path`. An empty or comment-only file is `Null`, as in ruamel.yaml.
