@@ -396,13 +396,6 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
     assert!(frame::encode(&ClientFrame::Agent(AgentMessage::Heartbeat)).is_ok());
 
     // Everyone else carried on: both agents are online and still sending heartbeats.
-    let last_seen = |cluster: &TestCluster| {
-        cluster
-            .inventory()
-            .iter()
-            .map(|agent| agent["last_seen"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     let before = last_seen(&cluster);
     wait_for("heartbeats still arriving", WAIT, || {
         last_seen(&cluster)
@@ -426,6 +419,15 @@ fn oversize_and_garbage_frames_do_not_disturb_other_agents() {
         metrics.contains("polarizer_agents{state=\"online\"} 2"),
         "{metrics}"
     );
+}
+
+/// Every agent's `last_seen`, in inventory order: it moves on with each heartbeat.
+fn last_seen(cluster: &TestCluster) -> Vec<String> {
+    cluster
+        .inventory()
+        .iter()
+        .map(|agent| agent["last_seen"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Resident memory of a process, in KiB (from /proc).
@@ -517,13 +519,6 @@ fn oversize_hellos_from_many_peers_cost_the_coordinator_nothing() {
     }
 
     // The agents never noticed: all online, heartbeats still arriving.
-    let last_seen = |cluster: &TestCluster| {
-        cluster
-            .inventory()
-            .iter()
-            .map(|agent| agent["last_seen"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     let then = last_seen(&cluster);
     wait_for("heartbeats still arriving", WAIT, || {
         let now = last_seen(&cluster);
