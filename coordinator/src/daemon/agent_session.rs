@@ -36,7 +36,7 @@ pub(super) async fn agent_session(
     let name = facts.name.clone();
     let connection_id = connection.stable_id();
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
-    let replaced = context.sessions.register(
+    let registered = context.sessions.register(
         &name,
         LiveSession {
             connection: connection.clone(),
@@ -46,6 +46,15 @@ pub(super) async fn agent_session(
             outbox,
         },
     );
+    let replaced = match registered {
+        Ok(replaced) => replaced,
+        Err(_) => {
+            // Revoked between admission and now: the revocation wins.
+            connection.close(close_code::REVOKED.into(), b"revoked by an operator");
+            info!("agent revoked while connecting");
+            return;
+        }
+    };
     context.scheduler.wake();
     if let Some(previous) = replaced {
         // The agent restarted before its old connection timed out: the new one is the truth.

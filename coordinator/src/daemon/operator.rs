@@ -156,7 +156,7 @@ async fn revoke(context: &Context, name: &str) -> OperatorResponse {
             message: format!("no agent named {name:?} in the inventory"),
         },
         Ok(true) => {
-            let session = context.sessions.remove(name);
+            let session = context.sessions.revoke(name);
             let was_online = session.is_some();
             if let Some(session) = session {
                 session

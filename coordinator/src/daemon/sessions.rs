@@ -30,8 +30,20 @@ pub struct OnlineAgent {
     pub outbox: mpsc::UnboundedSender<CoordinatorMessage>,
 }
 
+/// The sessions and the names revoked while this process runs, under one lock: a session registers
+/// and a name is revoked one after the other, never in between.
+#[derive(Default)]
+struct Live {
+    sessions: HashMap<String, LiveSession>,
+    revoked: HashSet<String>,
+}
+
+/// The agent was revoked while it connected.
+#[derive(Debug)]
+pub struct Revoked;
+
 pub struct Sessions {
-    live: Mutex<HashMap<String, LiveSession>>,
+    live: Mutex<Live>,
     /// Agents that have had a session with this coordinator process (the lease grace after a restart is
     /// for the others).
     seen: Mutex<HashSet<String>>,
@@ -42,23 +54,37 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(gossip_live: watch::Receiver<BTreeSet<String>>) -> Sessions {
         Sessions {
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Live::default()),
             seen: Mutex::new(HashSet::new()),
             gossip_live,
         }
     }
 
     /// Makes `session` the agent's session; returns the one it replaces (an agent that restarted
-    /// before its old connection timed out).
-    pub fn register(&self, name: &str, session: LiveSession) -> Option<LiveSession> {
+    /// before its old connection timed out). An agent revoked since it was admitted is refused:
+    /// admission read the store before the revocation, registration comes after.
+    pub fn register(
+        &self,
+        name: &str,
+        session: LiveSession,
+    ) -> Result<Option<LiveSession>, Revoked> {
+        let mut live = self.live.lock().expect("sessions lock");
+        if live.revoked.contains(name) {
+            return Err(Revoked);
+        }
         self.seen
             .lock()
             .expect("seen lock")
             .insert(name.to_string());
-        self.live
-            .lock()
-            .expect("sessions lock")
-            .insert(name.to_string(), session)
+        Ok(live.sessions.insert(name.to_string(), session))
+    }
+
+    /// After the store has the revocation: no session of `name` may register from now on, and the one
+    /// it has (if any) is returned to be closed.
+    pub fn revoke(&self, name: &str) -> Option<LiveSession> {
+        let mut live = self.live.lock().expect("sessions lock");
+        live.revoked.insert(name.to_string());
+        live.sessions.remove(name)
     }
 
     /// Removes the agent's session if it is still the one on `connection_id`; false when a newer
@@ -66,21 +92,23 @@ impl Sessions {
     pub fn remove_if_owned(&self, name: &str, connection_id: usize) -> bool {
         let mut live = self.live.lock().expect("sessions lock");
         let owns = live
+            .sessions
             .get(name)
             .is_some_and(|session| session.connection.stable_id() == connection_id);
         if owns {
-            live.remove(name);
+            live.sessions.remove(name);
         }
         owns
     }
 
-    /// Removes the agent's session, whichever it is (revocation).
-    pub fn remove(&self, name: &str) -> Option<LiveSession> {
-        self.live.lock().expect("sessions lock").remove(name)
-    }
-
     pub fn touch(&self, name: &str, connection_id: usize) {
-        if let Some(session) = self.live.lock().expect("sessions lock").get_mut(name) {
+        if let Some(session) = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .sessions
+            .get_mut(name)
+        {
             if session.connection.stable_id() == connection_id {
                 session.last_frame = Instant::now();
             }
@@ -88,7 +116,13 @@ impl Sessions {
     }
 
     pub fn update_facts(&self, name: &str, connection_id: usize, facts: AgentFacts) {
-        if let Some(session) = self.live.lock().expect("sessions lock").get_mut(name) {
+        if let Some(session) = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .sessions
+            .get_mut(name)
+        {
             if session.connection.stable_id() == connection_id {
                 session.facts = facts;
             }
@@ -99,6 +133,7 @@ impl Sessions {
         self.live
             .lock()
             .expect("sessions lock")
+            .sessions
             .get(name)
             .map(|session| session.last_frame.elapsed())
     }
@@ -116,6 +151,7 @@ impl Sessions {
         self.live
             .lock()
             .expect("sessions lock")
+            .sessions
             .iter()
             .map(|(name, session)| OnlineAgent {
                 name: name.clone(),
@@ -131,6 +167,7 @@ impl Sessions {
         self.live
             .lock()
             .expect("sessions lock")
+            .sessions
             .get(name)
             .is_some_and(|session| session.outbox.send(message).is_ok())
     }
@@ -145,7 +182,7 @@ impl Sessions {
         let live = self.live.lock().expect("sessions lock");
         for agent in &mut agents {
             agent.gossip_live = gossip_live.contains(&agent.name);
-            if let Some(session) = live.get(&agent.name) {
+            if let Some(session) = live.sessions.get(&agent.name) {
                 agent.state = AgentState::Online;
                 agent.last_seen_ms =
                     wall_now - now.duration_since(session.last_frame).as_millis() as i64;
@@ -155,5 +192,74 @@ impl Sessions {
             }
         }
         Ok(agents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::identity::Prepare;
+    use crate::data_dir::DataDir;
+    use polarizer_transport::client::client_endpoint;
+    use polarizer_transport::{tls, CaTrust};
+
+    /// A real QUIC connection on loopback for sessions to hold, with both endpoints kept alive.
+    async fn connection(
+        data_dir: &DataDir,
+    ) -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
+        polarizer_transport::install_crypto_provider();
+        let identity = data_dir.prepare().unwrap();
+        let server = quinn::Endpoint::server(
+            tls::server_config(identity.chain, identity.key).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let address = server.local_addr().unwrap();
+        let trust = CaTrust::from_pem_file(&data_dir.ca_certificate()).unwrap();
+        let client = client_endpoint(tls::client_config(&trust).unwrap(), address).unwrap();
+        let (accepted, _connected) = tokio::join!(
+            async { server.accept().await.unwrap().await.unwrap() },
+            async {
+                client
+                    .connect(address, tls::server_name())
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        );
+        (server, client, accepted)
+    }
+
+    fn session(connection: &quinn::Connection) -> LiveSession {
+        LiveSession {
+            connection: connection.clone(),
+            last_frame: Instant::now(),
+            incarnation: 1,
+            facts: AgentFacts::for_test("vm-1"),
+            outbox: mpsc::unbounded_channel().0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revocation_wins_over_a_session_registering_at_the_same_time() {
+        let temp = tempfile::tempdir().unwrap();
+        let (_server, _client, connection) = connection(&DataDir::new(temp.path())).await;
+        let sessions = Sessions::new(watch::channel(BTreeSet::new()).1);
+        // Registered first: the revocation takes the session, to be closed.
+        assert!(matches!(
+            sessions.register("vm-1", session(&connection)),
+            Ok(None)
+        ));
+        assert!(sessions.revoke("vm-1").is_some());
+        assert!(sessions.online_agents().is_empty());
+        // Revoked first (admission had read the store just before): the registration is refused.
+        assert!(sessions.register("vm-1", session(&connection)).is_err());
+        assert!(sessions.online_agents().is_empty());
+        // Nobody else is affected.
+        assert!(matches!(
+            sessions.register("vm-2", session(&connection)),
+            Ok(None)
+        ));
+        assert_eq!(sessions.online_agents().len(), 1);
     }
 }
