@@ -223,6 +223,9 @@ pub enum OperatorRequest {
     Replay {
         run: u64,
     },
+    /// A new enrollment token, written to the data dir's `agent-token` and in effect at once; the old
+    /// one is refused from then on. Answered by `EnrollmentTokenRotated`.
+    RotateEnrollmentToken,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,6 +263,10 @@ pub enum OperatorResponse {
         missed: u64,
     },
     EventsEnd,
+    /// Where the new enrollment token is (the token itself never travels).
+    EnrollmentTokenRotated {
+        path: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

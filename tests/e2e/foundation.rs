@@ -166,6 +166,47 @@ fn wrong_or_missing_token_is_refused_with_a_reason() {
 }
 
 #[test]
+fn a_rotated_enrollment_token_takes_effect_at_once() {
+    let mut cluster = TestCluster::builder().agents(1).start();
+    let token_file = cluster.data_dir.join("agent-token");
+    let old = read(&token_file);
+    let old_copy = cluster.path("old-token");
+    write_secret(&old_copy, &old);
+
+    let output = cluster.operator(&["tokens", "rotate"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("enrollment token rotated"), "{stdout}");
+    assert!(
+        !stdout.contains(read(&token_file).trim()),
+        "the token is never printed"
+    );
+    assert_ne!(read(&token_file), old);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // The old token no longer enrolls anyone; the new one does, and the enrolled agent carries on.
+    cluster.start_agent("late", &[("--token-file", old_copy.to_str().unwrap())]);
+    let status = cluster
+        .agent("late")
+        .wait_exit(WAIT)
+        .expect("a refused agent exits");
+    assert!(!status.success());
+    let log = cluster.agent("late").log_text();
+    assert!(log.contains("the enrollment token is wrong"), "{log}");
+    cluster.start_agent("fresh", &[]);
+    wait_for("the agent with the new token online", WAIT, || {
+        cluster.agent_state("fresh").as_deref() == Some("online")
+    });
+    assert_eq!(cluster.online_names().len(), 2);
+}
+
+#[test]
 fn agent_refuses_a_rogue_coordinator_named_by_gossip() {
     // A rogue `polarizer serve` with its own CA runs first; the agent joins its gossip, but pins the real CA.
     let mut rogue = TestCluster::new_coordinator_only();

@@ -56,6 +56,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Enrollment tokens: `rotate` writes a new one to the data dir's agent-token, in effect at once.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Import test metadata (fmf trees) and query it.
     Tests {
         #[command(subcommand)]
@@ -185,6 +192,13 @@ pub enum TestsAction {
     },
     /// A test's full, adjusted metadata and where it came from.
     Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// A new enrollment token in the data dir's agent-token; the old one is refused from now on.
+    /// Enrolled agents keep working: they use their own credentials.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,9 +16,9 @@ pub mod reports;
 pub mod runs;
 pub mod tail;
 
-pub use args::{AgentsAction, Cli, Command, TestsAction};
+pub use args::{AgentsAction, Cli, Command, TestsAction, TokensAction};
 
-use polarizer_shared::protocol::OperatorRequest;
+use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::client::OperatorClient;
@@ -64,6 +64,22 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             let response = client.request(request).await;
             client.close().await;
             catalog::print_catalog_response(response?, json)
+        }
+        Command::Tokens {
+            action: TokensAction::Rotate,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client.request(OperatorRequest::RotateEnrollmentToken).await;
+            client.close().await;
+            match response? {
+                OperatorResponse::EnrollmentTokenRotated { path } => {
+                    println!("enrollment token rotated: the new one is in {path}; the old one is refused from now on");
+                    Ok(())
+                }
+                OperatorResponse::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            }
         }
         Command::Features { json, client } => {
             let mut client = OperatorClient::connect(&client).await?;

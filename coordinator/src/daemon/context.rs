@@ -21,8 +21,9 @@ use crate::store::StoreHandle;
 /// What the daemon was started with and does not change while it runs.
 pub struct Settings {
     pub heartbeat_interval: Duration,
-    /// Digests of the tokens; the files are read once at start.
-    pub enrollment_token_digest: String,
+    /// Digests of the tokens; the files are read at start. The enrollment token can be rotated while
+    /// the daemon runs (`polarizer tokens rotate`).
+    pub enrollment_token_digest: std::sync::RwLock<String>,
     pub operator_token_digest: String,
     /// For caches (git checkouts of imported test repositories).
     pub data_dir: PathBuf,

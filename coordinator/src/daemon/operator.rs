@@ -3,6 +3,7 @@
 
 use polarizer_shared::protocol::*;
 use polarizer_shared::run::RunUpdate;
+use polarizer_transport::state_files;
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::broadcast;
 use tracing::info;
@@ -148,6 +149,28 @@ async fn run_detail(
         }
         detail
     }))
+}
+
+/// Writes a new enrollment token to the data dir (0600, atomically) and puts it in effect: from the
+/// moment this answers, only the new token enrolls. Enrolled agents keep their credentials.
+fn rotate_enrollment_token(context: &Context) -> OperatorResponse {
+    let path = crate::data_dir::DataDir::new(&context.settings.data_dir).agent_token();
+    let token = state_files::random_secret();
+    let mut digest = context
+        .settings
+        .enrollment_token_digest
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Err(err) = state_files::write_private(&path, format!("{token}\n").as_bytes()) {
+        return OperatorResponse::Error {
+            message: format!("cannot write a new enrollment token: {err}"),
+        };
+    }
+    *digest = state_files::secret_digest(&token);
+    info!(path = %path.display(), "enrollment token rotated");
+    OperatorResponse::EnrollmentTokenRotated {
+        path: path.display().to_string(),
+    }
 }
 
 async fn revoke(context: &Context, name: &str) -> OperatorResponse {
@@ -346,6 +369,7 @@ pub(super) async fn operator_session(
                 }
                 continue;
             }
+            OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(&context),
             OperatorRequest::ListFeatures => {
                 match context.store.read(|reader| reader.features()).await {
                     Ok(features) => OperatorResponse::Features(features),

@@ -84,7 +84,7 @@ pub async fn run(
         store: store.clone(),
         settings: Arc::new(Settings {
             heartbeat_interval: config.heartbeat_interval,
-            enrollment_token_digest,
+            enrollment_token_digest: std::sync::RwLock::new(enrollment_token_digest),
             operator_token_digest,
             data_dir: data_dir.root.clone(),
             runs: config.runs.clone(),

@@ -180,11 +180,18 @@ async fn handle_connection(
                     return;
                 }
             };
+            // Read now, not held: a rotation may replace it at any moment.
+            let enrollment_token_digest = context
+                .settings
+                .enrollment_token_digest
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
             let enrolled = match admission::admit_agent(
                 &name,
                 &credential,
                 stored.as_ref(),
-                &context.settings.enrollment_token_digest,
+                &enrollment_token_digest,
                 secret_digest,
             ) {
                 Admission::Refuse(refusal) => {
