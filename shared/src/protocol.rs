@@ -226,6 +226,12 @@ pub enum OperatorRequest {
     /// A new enrollment token, written to the data dir's `agent-token` and in effect at once; the old
     /// one is refused from then on. Answered by `EnrollmentTokenRotated`.
     RotateEnrollmentToken,
+    /// A per-host enrollment token: it enrolls the agent `name` once, within `ttl_ms`. Answered by
+    /// `EnrollmentTokenCreated`.
+    CreateEnrollmentToken {
+        name: String,
+        ttl_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -266,6 +272,12 @@ pub enum OperatorResponse {
     /// Where the new enrollment token is (the token itself never travels).
     EnrollmentTokenRotated {
         path: String,
+    },
+    /// The per-host token itself (the coordinator keeps only its digest), and when it expires.
+    EnrollmentTokenCreated {
+        name: String,
+        token: String,
+        expires_ms: i64,
     },
 }
 

@@ -207,6 +207,73 @@ fn a_rotated_enrollment_token_takes_effect_at_once() {
 }
 
 #[test]
+fn a_host_token_enrolls_its_one_agent_once_before_it_expires() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    let token_file = cluster.path("vm-7-token");
+    let output = cluster.operator(&[
+        "tokens",
+        "create",
+        "--name",
+        "vm-7",
+        "--ttl",
+        "1h",
+        "--output",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "a token written to a file is not printed"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = token_file.to_str().unwrap();
+    let refused = |cluster: &mut TestCluster, name: &str| {
+        let status = cluster
+            .agent(name)
+            .wait_exit(WAIT)
+            .expect("a refused agent exits");
+        assert!(!status.success());
+        let log = cluster.agent(name).log_text();
+        assert!(log.contains("the enrollment token is wrong"), "{log}");
+    };
+
+    // Another agent's token: refused. Its own agent: enrolled. Then it is spent.
+    cluster.start_agent("vm-8", &[("--token-file", token)]);
+    refused(&mut cluster, "vm-8");
+    cluster.start_agent("vm-7", &[("--token-file", token)]);
+    wait_for("vm-7 online with its host token", WAIT, || {
+        cluster.agent_state("vm-7").as_deref() == Some("online")
+    });
+    let elsewhere = cluster.path("agent-vm-7-elsewhere");
+    cluster.start_agent(
+        "vm-7",
+        &[
+            ("--token-file", token),
+            ("--state-dir", elsewhere.to_str().unwrap()),
+        ],
+    );
+    refused(&mut cluster, "vm-7");
+
+    // Printed when no file is named; expired at once with a zero TTL.
+    let output = cluster.operator(&["tokens", "create", "--name", "vm-9", "--ttl", "0s"]);
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(output.status.success() && printed.len() == 64, "{printed}");
+    let expired = cluster.path("vm-9-token");
+    write_secret(&expired, &printed);
+    cluster.start_agent("vm-9", &[("--token-file", expired.to_str().unwrap())]);
+    refused(&mut cluster, "vm-9");
+    let output = cluster.operator(&["tokens", "create", "--name", "bad name!", "--ttl", "1h"]);
+    assert!(!output.status.success());
+    assert_eq!(cluster.inventory().len(), 1, "only vm-7 enrolled");
+}
+
+#[test]
 fn agent_refuses_a_rogue_coordinator_named_by_gossip() {
     // A rogue `polarizer serve` with its own CA runs first; the agent joins its gossip, but pins the real CA.
     let mut rogue = TestCluster::new_coordinator_only();

@@ -199,6 +199,41 @@ pub enum TokensAction {
     /// A new enrollment token in the data dir's agent-token; the old one is refused from now on.
     /// Enrolled agents keep working: they use their own credentials.
     Rotate,
+    /// A per-host enrollment token: it enrolls the agent NAME once, before it expires. Printed on
+    /// stdout, or written to --output (0600).
+    Create {
+        /// The agent it enrolls (its --name)
+        #[arg(long)]
+        name: String,
+        /// How long it stays valid: a number with s, m, h or d (at most 30d)
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// Write the token to this file (0600) instead of printing it
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `90s`, `10m`, `1h`, `2d`.
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -65,20 +65,40 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             client.close().await;
             catalog::print_catalog_response(response?, json)
         }
-        Command::Tokens {
-            action: TokensAction::Rotate,
-            client,
-        } => {
+        Command::Tokens { action, client } => {
+            let request = match &action {
+                TokensAction::Rotate => OperatorRequest::RotateEnrollmentToken,
+                TokensAction::Create { name, ttl, .. } => OperatorRequest::CreateEnrollmentToken {
+                    name: name.clone(),
+                    ttl_ms: ttl.as_millis() as u64,
+                },
+            };
             let mut client = OperatorClient::connect(&client).await?;
-            let response = client.request(OperatorRequest::RotateEnrollmentToken).await;
+            let response = client.request(request).await;
             client.close().await;
-            match response? {
-                OperatorResponse::EnrollmentTokenRotated { path } => {
+            match (response?, action) {
+                (OperatorResponse::EnrollmentTokenRotated { path }, _) => {
                     println!("enrollment token rotated: the new one is in {path}; the old one is refused from now on");
                     Ok(())
                 }
-                OperatorResponse::Error { message } => anyhow::bail!("{message}"),
-                other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+                (
+                    OperatorResponse::EnrollmentTokenCreated { token, .. },
+                    TokensAction::Create {
+                        output: Some(path), ..
+                    },
+                ) => {
+                    polarizer_transport::state_files::write_private(
+                        &path,
+                        format!("{token}\n").as_bytes(),
+                    )?;
+                    Ok(())
+                }
+                (OperatorResponse::EnrollmentTokenCreated { token, .. }, _) => {
+                    println!("{token}");
+                    Ok(())
+                }
+                (OperatorResponse::Error { message }, _) => anyhow::bail!("{message}"),
+                (other, _) => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
             }
         }
         Command::Features { json, client } => {

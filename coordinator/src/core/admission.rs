@@ -12,6 +12,15 @@ pub struct StoredAgent {
     pub revoked: bool,
 }
 
+/// A per-host enrollment token as stored (found by the digest of what the agent presented).
+#[derive(Clone, Debug)]
+pub struct HostToken {
+    /// The one agent it enrolls.
+    pub name: String,
+    pub expires_ms: i64,
+    pub used: bool,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
     /// A known agent presenting the credential it was issued.
@@ -19,19 +28,34 @@ pub enum Admission {
     /// A new agent with the right enrollment token: record the digest of the secret it chose.
     Enroll {
         credential_sha256: String,
+        /// The digest of the per-host token it enrolls with, to be spent with the enrollment.
+        host_token: Option<String>,
     },
     Refuse(Refusal),
 }
 
 /// Decides whether an agent's hello is admitted. Comparisons are of sha256 digests, so the time they
-/// take says nothing about the secret.
+/// take says nothing about the secret. An enrollment token is the shared one, or a per-host one
+/// (`host_token`, looked up by the digest of what was presented) naming this agent, unspent and
+/// unexpired at `now_ms`.
 pub fn admit_agent(
     name: &str,
     credential: &AgentCredential,
     stored: Option<&StoredAgent>,
     enrollment_token_digest: &str,
+    host_token: Option<&HostToken>,
+    now_ms: i64,
     secret_digest: impl Fn(&str) -> String,
 ) -> Admission {
+    let names_this_agent = |token: &HostToken| token.name == name;
+    let shared = |token: &str| secret_digest(token) == enrollment_token_digest;
+    let token_names_agent = |token: &str| shared(token) || host_token.is_some_and(names_this_agent);
+    let token_admits = |token: &str| {
+        shared(token)
+            || host_token.is_some_and(|host| {
+                names_this_agent(host) && !host.used && now_ms < host.expires_ms
+            })
+    };
     let name = name.to_string();
     match (credential, stored) {
         (_, Some(stored)) if stored.revoked => Admission::Refuse(Refusal::Revoked { name }),
@@ -43,20 +67,20 @@ pub fn admit_agent(
         (AgentCredential::Issued { .. }, _) => {
             Admission::Refuse(Refusal::UnknownCredential { name })
         }
-        (AgentCredential::Enroll { token, .. }, _)
-            if secret_digest(token) != enrollment_token_digest =>
-        {
-            Admission::Refuse(Refusal::BadEnrollmentToken)
-        }
-        // The same agent enrolling again with the secret it already enrolled (its first welcome was lost).
-        (AgentCredential::Enroll { secret, .. }, Some(stored))
-            if secret_digest(secret) == stored.credential_sha256 =>
+        // The same agent enrolling again with the secret it already enrolled (its first welcome was
+        // lost): its per-host token is spent by then, and that is fine.
+        (AgentCredential::Enroll { token, secret }, Some(stored))
+            if token_names_agent(token) && secret_digest(secret) == stored.credential_sha256 =>
         {
             Admission::Known
         }
+        (AgentCredential::Enroll { token, .. }, _) if !token_admits(token) => {
+            Admission::Refuse(Refusal::BadEnrollmentToken)
+        }
         (AgentCredential::Enroll { .. }, Some(_)) => Admission::Refuse(Refusal::NameTaken { name }),
-        (AgentCredential::Enroll { secret, .. }, None) => Admission::Enroll {
+        (AgentCredential::Enroll { token, secret }, None) => Admission::Enroll {
             credential_sha256: secret_digest(secret),
+            host_token: (!shared(token)).then(|| secret_digest(token)),
         },
     }
 }
@@ -92,6 +116,8 @@ mod tests {
             credential,
             stored,
             enrollment_token_digest,
+            None,
+            0,
             secret_digest,
         )
     }
@@ -132,7 +158,8 @@ mod tests {
         assert_eq!(
             admit("a", &enroll("enroll"), None, &token),
             Admission::Enroll {
-                credential_sha256: secret_digest("new")
+                credential_sha256: secret_digest("new"),
+                host_token: None
             }
         );
         assert_eq!(
@@ -167,6 +194,75 @@ mod tests {
         assert_eq!(
             admit("a", &wrong_token, Some(&stored("s", false)), &token),
             Admission::Refuse(Refusal::BadEnrollmentToken)
+        );
+    }
+
+    #[test]
+    fn a_host_token_admits_its_agent_once_before_it_expires() {
+        let enroll = |token: &str, secret: &str| AgentCredential::Enroll {
+            token: token.into(),
+            secret: secret.into(),
+        };
+        let host = |name: &str, used: bool| HostToken {
+            name: name.into(),
+            expires_ms: 100,
+            used,
+        };
+        fn admit_at(
+            name: &str,
+            credential: &AgentCredential,
+            stored: Option<&StoredAgent>,
+            token: &HostToken,
+            now_ms: i64,
+        ) -> Admission {
+            let shared = secret_digest("enroll");
+            admit_agent(
+                name,
+                credential,
+                stored,
+                &shared,
+                Some(token),
+                now_ms,
+                secret_digest,
+            )
+        }
+        assert_eq!(
+            admit_at("vm-1", &enroll("host", "s"), None, &host("vm-1", false), 50),
+            Admission::Enroll {
+                credential_sha256: secret_digest("s"),
+                host_token: Some(secret_digest("host"))
+            }
+        );
+        let refused = Admission::Refuse(Refusal::BadEnrollmentToken);
+        // Another agent's, spent, or expired: refused.
+        assert_eq!(
+            admit_at("vm-2", &enroll("host", "s"), None, &host("vm-1", false), 50),
+            refused
+        );
+        assert_eq!(
+            admit_at("vm-1", &enroll("host", "s"), None, &host("vm-1", true), 50),
+            refused
+        );
+        assert_eq!(
+            admit_at(
+                "vm-1",
+                &enroll("host", "s"),
+                None,
+                &host("vm-1", false),
+                100
+            ),
+            refused
+        );
+        // Its agent again, with the secret it enrolled (the first welcome was lost): known.
+        assert_eq!(
+            admit_at(
+                "vm-1",
+                &enroll("host", "s"),
+                Some(&stored("s", false)),
+                &host("vm-1", true),
+                150
+            ),
+            Admission::Known
         );
     }
 

@@ -173,6 +173,47 @@ fn rotate_enrollment_token(context: &Context) -> OperatorResponse {
     }
 }
 
+/// The longest a per-host token may live: it sits on a host until that host enrolls.
+const MAX_HOST_TOKEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// A per-host token for the agent `name`: only its digest is stored; the token goes back to the
+/// operator (over the authenticated connection) to hand to that one host.
+async fn create_host_token(context: &Context, name: String, ttl_ms: u64) -> OperatorResponse {
+    if let Err(reason) = polarizer_shared::facts::validate_agent_name(&name) {
+        return OperatorResponse::Error { message: reason };
+    }
+    if ttl_ms > MAX_HOST_TOKEN_TTL_MS {
+        return OperatorResponse::Error {
+            message: format!("--ttl is at most 30 days, not {} s", ttl_ms / 1000),
+        };
+    }
+    let token = state_files::random_secret();
+    let now = now_ms();
+    let expires_ms = now + ttl_ms as i64;
+    match context
+        .store
+        .create_host_token(
+            state_files::secret_digest(&token),
+            name.clone(),
+            now,
+            expires_ms,
+        )
+        .await
+    {
+        Ok(()) => {
+            info!(agent = %name, expires_ms, "per-host enrollment token created");
+            OperatorResponse::EnrollmentTokenCreated {
+                name,
+                token,
+                expires_ms,
+            }
+        }
+        Err(err) => OperatorResponse::Error {
+            message: err.to_string(),
+        },
+    }
+}
+
 async fn revoke(context: &Context, name: &str) -> OperatorResponse {
     match context.store.revoke(name, now_ms()).await {
         Ok(false) => OperatorResponse::Error {
@@ -370,6 +411,9 @@ pub(super) async fn operator_session(
                 continue;
             }
             OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(&context),
+            OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
+                create_host_token(&context, name, ttl_ms).await
+            }
             OperatorRequest::ListFeatures => {
                 match context.store.read(|reader| reader.features()).await {
                     Ok(features) => OperatorResponse::Features(features),

@@ -187,11 +187,30 @@ async fn handle_connection(
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
+            // A token other than the shared one may be a per-host one: look it up by its digest.
+            let host_token = match &credential {
+                AgentCredential::Enroll { token, .. }
+                    if secret_digest(token) != enrollment_token_digest =>
+                {
+                    let digest = secret_digest(token);
+                    context
+                        .store
+                        .read(move |reader| reader.host_token(&digest))
+                        .await
+                        .unwrap_or_else(|err| {
+                            warn!(agent = %name, error = %err, "cannot read enrollment tokens");
+                            None
+                        })
+                }
+                _ => None,
+            };
             let enrolled = match admission::admit_agent(
                 &name,
                 &credential,
                 stored.as_ref(),
                 &enrollment_token_digest,
+                host_token.as_ref(),
+                now_ms(),
                 secret_digest,
             ) {
                 Admission::Refuse(refusal) => {
@@ -207,12 +226,16 @@ async fn handle_connection(
                     }
                     false
                 }
-                Admission::Enroll { credential_sha256 } => {
+                Admission::Enroll {
+                    credential_sha256,
+                    host_token,
+                } => {
                     match context
                         .store
                         .enroll(
                             &name,
                             credential_sha256,
+                            host_token,
                             facts.clone(),
                             peer.to_string(),
                             now_ms(),
@@ -226,6 +249,16 @@ async fn handle_connection(
                                 &context.metrics,
                                 stream,
                                 Refusal::NameTaken { name },
+                            )
+                            .await;
+                        }
+                        // Spent by another connection in between: once is all.
+                        Err(StoreError::HostTokenRefused { .. }) => {
+                            return refuse(
+                                &connection,
+                                &context.metrics,
+                                stream,
+                                Refusal::BadEnrollmentToken,
                             )
                             .await;
                         }

@@ -7,7 +7,7 @@ use polarizer_shared::AgentFacts;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sql::{sqlite_error, unknown_value, Reader, StoreError};
-use crate::core::admission::StoredAgent;
+use crate::core::admission::{HostToken, StoredAgent};
 
 /// Inserts a newly enrolled agent, online. False when the name is taken (nothing written).
 pub(super) fn enroll(
@@ -31,6 +31,36 @@ pub(super) fn enroll(
         params![name, credential_sha256, facts_json(facts), address, now_ms],
     )?;
     Ok(true)
+}
+
+/// Records a per-host enrollment token (its digest only).
+pub(super) fn create_host_token(
+    connection: &Connection,
+    digest: &str,
+    name: &str,
+    now_ms: i64,
+    expires_ms: i64,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "INSERT INTO host_tokens (digest, name, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![digest, name, now_ms, expires_ms],
+    )?;
+    Ok(())
+}
+
+/// Spends a per-host token on its agent's enrollment; false when it is spent, expired or another's.
+pub(super) fn spend_host_token(
+    connection: &Connection,
+    digest: &str,
+    name: &str,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let changed = connection.execute(
+        "UPDATE host_tokens SET used_ms = ?3
+         WHERE digest = ?1 AND name = ?2 AND used_ms IS NULL AND expires_ms > ?3",
+        params![digest, name, now_ms],
+    )?;
+    Ok(changed == 1)
 }
 
 /// A known agent's session began: online, with the facts and address of its hello.
@@ -165,6 +195,24 @@ impl FactsJson {
 }
 
 impl Reader {
+    /// A per-host enrollment token by its digest.
+    pub fn host_token(&self, digest: &str) -> Result<Option<HostToken>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT name, expires_ms, used_ms IS NOT NULL FROM host_tokens WHERE digest = ?1",
+                [digest],
+                |row| {
+                    Ok(HostToken {
+                        name: row.get(0)?,
+                        expires_ms: row.get(1)?,
+                        used: row.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite_error(&self.path))
+    }
+
     pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         self.connection
             .query_row(

@@ -3,7 +3,14 @@
 //! a change is a new one at the end.
 
 /// Numbered migrations, applied in order.
-pub(super) const MIGRATIONS: &[&str] = &[AGENTS, CATALOG, RUNS, EVENTS, CATALOG_FACET_KEYS];
+pub(super) const MIGRATIONS: &[&str] = &[
+    AGENTS,
+    CATALOG,
+    RUNS,
+    EVENTS,
+    CATALOG_FACET_KEYS,
+    HOST_TOKENS,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -211,4 +218,16 @@ DROP TABLE tests;
 ALTER TABLE tests_keyed RENAME TO tests;
 ALTER TABLE test_facet_keys RENAME TO test_facets;
 CREATE INDEX tests_by_feature ON tests(feature) WHERE removed = 0;
+";
+
+/// 6: per-host enrollment tokens, kept as digests; each enrolls its one agent once, before it expires
+/// (agents.rs).
+const HOST_TOKENS: &str = "
+CREATE TABLE host_tokens (
+    digest TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    used_ms INTEGER
+) STRICT;
 ";

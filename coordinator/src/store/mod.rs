@@ -43,6 +43,8 @@ enum Command {
     Enroll {
         name: String,
         credential_sha256: String,
+        /// The digest of the per-host token it enrolls with, spent in the same transaction.
+        host_token: Option<String>,
         facts: AgentFacts,
         address: String,
         now_ms: i64,
@@ -335,11 +337,20 @@ fn apply(
         Command::Enroll {
             name,
             credential_sha256,
+            host_token,
             facts,
             address,
             now_ms,
             reply,
         } => {
+            if let Some(digest) = &host_token {
+                if !agents::spend_host_token(transaction, digest, &name, now_ms)
+                    .map_err(&on_sqlite)?
+                {
+                    let _ = reply.send(Err(StoreError::HostTokenRefused { name }));
+                    return Ok(());
+                }
+            }
             if !agents::enroll(
                 transaction,
                 &name,
@@ -416,10 +427,13 @@ impl StoreHandle {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Enrolls a new agent; with `host_token` (a per-host token's digest) that token is spent in the
+    /// same transaction, or nothing is stored.
     pub async fn enroll(
         &self,
         name: &str,
         credential_sha256: String,
+        host_token: Option<String>,
         facts: AgentFacts,
         address: String,
         now_ms: i64,
@@ -428,6 +442,7 @@ impl StoreHandle {
         self.send(Command::Enroll {
             name: name.to_string(),
             credential_sha256,
+            host_token,
             facts,
             address,
             now_ms,
@@ -585,6 +600,21 @@ impl StoreHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)
     }
 
+    /// Records a per-host enrollment token's digest for the agent `name`, valid until `expires_ms`.
+    pub async fn create_host_token(
+        &self,
+        digest: String,
+        name: String,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |savepoint, path| {
+            agents::create_host_token(savepoint, &digest, &name, now_ms, expires_ms)
+                .map_err(sqlite_error(path))
+        })
+        .await
+    }
+
     /// Asks the writer to commit everything sent before and stop; join its thread to wait for that.
     /// Clones of this handle see `StoreError::Closed` from then on.
     pub fn shutdown(&self) {
@@ -616,6 +646,58 @@ mod tests {
     use rusqlite::params;
 
     #[tokio::test]
+    async fn a_host_token_enrolls_its_agent_once_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("polarizer.db")).unwrap();
+        store
+            .create_host_token("t1".into(), "vm-1".into(), 10, 1_000)
+            .await
+            .unwrap();
+        store
+            .create_host_token("t2".into(), "vm-2".into(), 10, 20)
+            .await
+            .unwrap();
+        let enroll = |name: &'static str, token: &'static str, now_ms: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .enroll(
+                        name,
+                        format!("secret of {name}"),
+                        Some(token.to_string()),
+                        AgentFacts::for_test(name),
+                        String::new(),
+                        now_ms,
+                    )
+                    .await
+            }
+        };
+        // Another agent's token, an expired one: refused, nothing stored.
+        assert!(matches!(
+            enroll("vm-3", "t1", 11).await,
+            Err(StoreError::HostTokenRefused { .. })
+        ));
+        assert!(matches!(
+            enroll("vm-2", "t2", 20).await,
+            Err(StoreError::HostTokenRefused { .. })
+        ));
+        enroll("vm-1", "t1", 12).await.unwrap();
+        // Spent: once is all.
+        assert!(matches!(
+            enroll("vm-1", "t1", 13).await,
+            Err(StoreError::HostTokenRefused { .. })
+        ));
+        let agents = store.read(|reader| reader.agents()).await.unwrap();
+        assert_eq!(agents.len(), 1);
+        let token = store
+            .read(|reader| reader.host_token("t1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(token.used);
+    }
+
+    #[tokio::test]
     async fn enrollment_revocation_and_restart_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("polarizer.db");
@@ -625,6 +707,7 @@ mod tests {
                 .enroll(
                     "vm-1",
                     "digest".into(),
+                    None,
                     AgentFacts::for_test("vm-1"),
                     "127.0.0.1:1".into(),
                     10,
@@ -635,6 +718,7 @@ mod tests {
                 .enroll(
                     "vm-1",
                     "other".into(),
+                    None,
                     AgentFacts::for_test("vm-1"),
                     String::new(),
                     11,
@@ -645,6 +729,7 @@ mod tests {
                 .enroll(
                     "vm-2",
                     "digest2".into(),
+                    None,
                     AgentFacts::for_test("vm-2"),
                     String::new(),
                     12,

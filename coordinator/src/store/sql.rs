@@ -22,6 +22,8 @@ pub enum StoreError {
     },
     #[error("agent {name:?} is already enrolled")]
     NameTaken { name: String },
+    #[error("the enrollment token for {name:?} is spent, expired or another agent's")]
+    HostTokenRefused { name: String },
     #[error("stored facts of agent {name:?} are unreadable: {reason}")]
     CorruptFacts { name: String, reason: String },
     #[error("store transaction failed: {reason}")]
