@@ -31,6 +31,19 @@ pub enum GitError {
 /// The transports git may use; everything else (`ext::`, `fd::`, any helper) is off.
 const ALLOWED_PROTOCOLS: [&str; 4] = ["https", "ssh", "git", "file"];
 
+/// What no value handed to git may be: empty, an option, or text with control characters.
+fn never_a_value(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("it is empty")
+    } else if value.starts_with('-') {
+        Some("it starts with '-'")
+    } else if value.chars().any(char::is_control) {
+        Some("it holds control characters")
+    } else {
+        None
+    }
+}
+
 /// Checks a repository location before git sees it.
 pub fn check_url(url: &str) -> Result<(), GitError> {
     let bad = |reason| {
@@ -39,14 +52,8 @@ pub fn check_url(url: &str) -> Result<(), GitError> {
             reason,
         })
     };
-    if url.is_empty() {
-        return bad("it is empty");
-    }
-    if url.starts_with('-') {
-        return bad("it starts with '-'");
-    }
-    if url.chars().any(|c| c.is_control()) {
-        return bad("it holds control characters");
+    if let Some(reason) = never_a_value(url) {
+        return bad(reason);
     }
     if let Some((scheme, rest)) = url.split_once("://") {
         if !ALLOWED_PROTOCOLS.contains(&scheme) {
@@ -84,11 +91,8 @@ pub fn check_ref(name: &str) -> Result<(), GitError> {
             reason,
         })
     };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.starts_with('-') {
-        return bad("it starts with '-'");
+    if let Some(reason) = never_a_value(name) {
+        return bad(reason);
     }
     if name == "@" {
         return bad("it is a lone '@'");
@@ -162,8 +166,8 @@ fn outcome(output: Output) -> Result<String, GitError> {
     Err(GitError::Failed { message })
 }
 
-/// Runs git to the end or until `timeout` (then kills it), on this thread.
-pub fn run_blocking<I, S>(directory: &Path, args: I, timeout: Duration) -> Result<String, GitError>
+/// The arguments, owned, and the first of them (git's subcommand) to name the action in errors.
+fn owned<I, S>(args: I) -> (Vec<std::ffi::OsString>, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -176,6 +180,16 @@ where
         .first()
         .map(|arg| arg.to_string_lossy().into_owned())
         .unwrap_or_default();
+    (args, action)
+}
+
+/// Runs git to the end or until `timeout` (then kills it), on this thread.
+pub fn run_blocking<I, S>(directory: &Path, args: I, timeout: Duration) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let (args, action) = owned(args);
     let child = command(directory, &args).spawn().map_err(GitError::Spawn)?;
     let pid = child.id();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -204,14 +218,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args
-        .into_iter()
-        .map(|arg| arg.as_ref().to_owned())
-        .collect();
-    let action = args
-        .first()
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (args, action) = owned(args);
     let mut command = tokio::process::Command::from(command(directory, &args));
     command.kill_on_drop(true);
     match tokio::time::timeout(timeout, command.output()).await {

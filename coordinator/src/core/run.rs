@@ -239,6 +239,16 @@ pub enum RunEnd {
     Deadline,
 }
 
+impl RunEnd {
+    /// Why, as the tests it ends and the agents it stops are told.
+    pub fn message(self) -> &'static str {
+        match self {
+            RunEnd::Cancel => "cancelled by an operator",
+            RunEnd::Deadline => "the run's deadline passed before this test finished",
+        }
+    }
+}
+
 /// How to end a run early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndRun {
@@ -258,12 +268,12 @@ pub fn on_run_end(current: RunState, end: RunEnd) -> Option<EndRun> {
     Some(match end {
         RunEnd::Cancel => EndRun {
             unfinished_status: TestStatus::Cancelled,
-            message: "cancelled by an operator".into(),
+            message: end.message().into(),
             state: Some(RunState::Cancelled),
         },
         RunEnd::Deadline => EndRun {
             unfinished_status: TestStatus::Timeout,
-            message: "the run's deadline passed before this test finished".into(),
+            message: end.message().into(),
             state: None,
         },
     })

@@ -89,10 +89,7 @@ pub async fn end_run(context: &Context, run: u64, end: RunEnd) -> Result<(), Sto
         .store
         .write(move |savepoint, path| runs::end_run(savepoint, path, run, end, now_ms()))
         .await?;
-    let reason = match end {
-        RunEnd::Cancel => "cancelled by an operator",
-        RunEnd::Deadline => "the run's deadline passed before this test finished",
-    };
+    let reason = end.message();
     for (agent, suite) in running {
         context.sessions.send_to_agent(
             &agent,

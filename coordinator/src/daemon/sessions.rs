@@ -101,32 +101,29 @@ impl Sessions {
         owns
     }
 
-    pub fn touch(&self, name: &str, connection_id: usize) {
-        if let Some(session) = self
-            .live
-            .lock()
-            .expect("sessions lock")
-            .sessions
-            .get_mut(name)
-        {
+    /// Runs `change` on the agent's session if it is still the one on `connection_id`.
+    fn with_own_session(
+        &self,
+        name: &str,
+        connection_id: usize,
+        change: impl FnOnce(&mut LiveSession),
+    ) {
+        let mut live = self.live.lock().expect("sessions lock");
+        if let Some(session) = live.sessions.get_mut(name) {
             if session.connection.stable_id() == connection_id {
-                session.last_frame = Instant::now();
+                change(session);
             }
         }
     }
 
+    pub fn touch(&self, name: &str, connection_id: usize) {
+        self.with_own_session(name, connection_id, |session| {
+            session.last_frame = Instant::now()
+        });
+    }
+
     pub fn update_facts(&self, name: &str, connection_id: usize, facts: AgentFacts) {
-        if let Some(session) = self
-            .live
-            .lock()
-            .expect("sessions lock")
-            .sessions
-            .get_mut(name)
-        {
-            if session.connection.stable_id() == connection_id {
-                session.facts = facts;
-            }
-        }
+        self.with_own_session(name, connection_id, |session| session.facts = facts);
     }
 
     pub fn silent_for(&self, name: &str) -> Option<Duration> {

@@ -69,9 +69,6 @@ enum Command {
         now_ms: i64,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
-    Flush {
-        reply: oneshot::Sender<()>,
-    },
     /// Commit everything sent before, then stop: the writer thread ends, later commands fail `Closed`.
     Shutdown,
     /// Its tests are written at once; the rest waits for `facets`, which come once its checks pass.
@@ -399,11 +396,6 @@ fn apply(
                     );
             }));
         }
-        Command::Flush { reply } => {
-            replies.push(Box::new(move |_| {
-                let _ = reply.send(());
-            }));
-        }
         Command::Write(work) => work(transaction, path, replies),
         // run_writer stops at it; it never reaches a transaction.
         Command::Shutdown => {}
@@ -591,13 +583,6 @@ impl StoreHandle {
         let stored = reply_rx.await.map_err(|_| StoreError::Closed);
         checked?;
         Ok(stored??)
-    }
-
-    /// Waits until everything sent before is committed.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let (reply, reply_rx) = oneshot::channel();
-        self.send(Command::Flush { reply })?;
-        reply_rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Records a per-host enrollment token's digest for the agent `name`, valid until `expires_ms`.
