@@ -115,6 +115,8 @@ pub struct Connector {
     pub facts: AgentFacts,
     /// Set when the coordinator did not know the stored credential: the next hello enrolls with it.
     pub must_enroll: std::cell::Cell<bool>,
+    /// Set once the coordinator said this agent waits for approval (said once in the log, not every try).
+    pub waiting_for_approval: std::cell::Cell<bool>,
     /// Random per process: tells the coordinator whether this is the agent that holds its leases.
     pub incarnation: u64,
     pub spool: SharedSpool,
@@ -292,6 +294,16 @@ impl Connector {
                 // enroll again, with the same secret.
                 warn!(coordinator = %addr, "coordinator does not know this agent's credential; enrolling again");
                 self.must_enroll.set(true);
+                Ok(())
+            }
+            // Enrolled, not yet approved: ask again (with backoff) until an operator approves it.
+            ConnectError::Refused {
+                refusal: Refusal::Pending { name },
+                ..
+            } => {
+                if !self.waiting_for_approval.replace(true) {
+                    info!(coordinator = %addr, "enrolled; waiting for an operator to run `polarizer agents approve {name}`");
+                }
                 Ok(())
             }
             ConnectError::Refused { refusal, .. } => Err(AgentError::Refused {

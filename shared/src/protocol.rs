@@ -135,6 +135,11 @@ pub enum Refusal {
     InvalidHello {
         reason: String,
     },
+    /// Enrolled, but the coordinator enrolls by approval (`--enroll approve`) and no operator has approved
+    /// this agent yet. The agent keeps trying; it is admitted once `polarizer agents approve NAME` runs.
+    Pending {
+        name: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -156,6 +161,10 @@ impl fmt::Display for Refusal {
                 "agent name {name:?} is already enrolled by another agent; revoke it first or use another name"
             ),
             Refusal::InvalidHello { reason } => write!(formatter, "invalid hello: {reason}"),
+            Refusal::Pending { name } => write!(
+                formatter,
+                "agent {name:?} waits for an operator's approval (polarizer agents approve {name})"
+            ),
         }
     }
 }
@@ -232,6 +241,10 @@ pub enum OperatorRequest {
         name: String,
         ttl_ms: u64,
     },
+    /// Admit an agent waiting as `pending` (under `--enroll approve`). Answered by `Approved`.
+    ApproveAgent {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,6 +292,9 @@ pub enum OperatorResponse {
         token: String,
         expires_ms: i64,
     },
+    Approved {
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +302,8 @@ pub enum AgentState {
     Online,
     Offline,
     Revoked,
+    /// Enrolled under `--enroll approve`, waiting for `polarizer agents approve NAME`.
+    Pending,
 }
 
 impl AgentState {
@@ -294,6 +312,7 @@ impl AgentState {
             AgentState::Online => "online",
             AgentState::Offline => "offline",
             AgentState::Revoked => "revoked",
+            AgentState::Pending => "pending",
         }
     }
 }

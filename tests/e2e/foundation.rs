@@ -274,6 +274,59 @@ fn a_host_token_enrolls_its_one_agent_once_before_it_expires() {
 }
 
 #[test]
+fn under_enroll_approve_a_new_agent_waits_as_pending_until_an_operator_approves_it() {
+    let mut cluster = TestCluster::new_coordinator_only_with(&["--enroll", "approve"]);
+    // The token is still required: a wrong one is refused outright, never listed as pending.
+    let bad_token = cluster.path("bad-token");
+    write_secret(&bad_token, "not-the-token\n");
+    cluster.start_agent("intruder", &[("--token-file", bad_token.to_str().unwrap())]);
+    assert!(cluster.agent("intruder").wait_exit(WAIT).is_some());
+
+    cluster.start_agent("vm-1", &[]);
+    wait_for("vm-1 listed as pending", WAIT, || {
+        cluster.agent_state("vm-1").as_deref() == Some("pending")
+    });
+    wait_for("vm-1 says it waits for approval", WAIT, || {
+        cluster
+            .agent("vm-1")
+            .log_text()
+            .contains("polarizer agents approve vm-1")
+    });
+    assert!(
+        cluster.agent("vm-1").wait_exit(Duration::ZERO).is_none(),
+        "a pending agent keeps trying, it does not exit"
+    );
+    let listed: Vec<String> = cluster
+        .inventory()
+        .iter()
+        .map(|agent| agent["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["vm-1"]);
+
+    let output = cluster.operator(&["agents", "approve", "nobody"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no agent named \"nobody\""), "{stderr}");
+
+    let output = cluster.operator(&["agents", "approve", "vm-1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("approved vm-1"));
+    wait_for("vm-1 online once approved", WAIT, || {
+        cluster.agent_state("vm-1").as_deref() == Some("online")
+    });
+    let output = cluster.operator(&["agents", "approve", "vm-1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("not waiting for approval"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn agent_refuses_a_rogue_coordinator_named_by_gossip() {
     // A rogue `polarizer serve` with its own CA runs first; the agent joins its gossip, but pins the real CA.
     let mut rogue = TestCluster::new_coordinator_only();

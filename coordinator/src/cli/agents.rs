@@ -1,4 +1,4 @@
-//! `polarizer agents`: the inventory as a table or JSON, and revocation.
+//! `polarizer agents`: the inventory as a table or JSON, approval and revocation.
 
 use anyhow::Context;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
@@ -45,6 +45,20 @@ pub(super) async fn agents_command(
                 } else {
                     println!("revoked {name}");
                 }
+            }
+        }
+        Some(AgentsAction::Approve { name }) => {
+            match client
+                .request(OperatorRequest::ApproveAgent { name: name.clone() })
+                .await?
+            {
+                OperatorResponse::Approved { .. } if json => {
+                    println!("{}", json!({ "name": name, "approved": true }));
+                }
+                OperatorResponse::Approved { .. } => {
+                    println!("approved {name}; it is admitted at its next connection attempt");
+                }
+                other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
             }
         }
     }

@@ -240,4 +240,6 @@ fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
 pub enum AgentsAction {
     /// Revoke an agent: its credential stops working and its connection is closed.
     Revoke { name: String },
+    /// Admit an agent waiting as `pending` (the coordinator runs with `--enroll approve`).
+    Approve { name: String },
 }

@@ -10,6 +10,35 @@ use polarizer_shared::protocol::{AgentCredential, Refusal};
 pub struct StoredAgent {
     pub credential_sha256: String,
     pub revoked: bool,
+    /// Enrolled under [`EnrollMode::Approve`] and not approved yet.
+    pub pending: bool,
+}
+
+/// How a new agent with a good enrollment token joins: at once, or after an operator approves it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EnrollMode {
+    /// The token is enough (the default).
+    #[default]
+    Token,
+    /// The agent is recorded as `pending` and admitted once `polarizer agents approve NAME` runs.
+    Approve,
+}
+
+impl EnrollMode {
+    pub fn parse(text: &str) -> Result<EnrollMode, String> {
+        match text {
+            "token" => Ok(EnrollMode::Token),
+            "approve" => Ok(EnrollMode::Approve),
+            _ => Err(format!(
+                "{text:?} is not an enrollment mode (token or approve)"
+            )),
+        }
+    }
+
+    /// Whether an agent that just enrolled may work at once.
+    pub fn approves_on_enrollment(self) -> bool {
+        self == EnrollMode::Token
+    }
 }
 
 /// A per-host enrollment token as stored (found by the digest of what the agent presented).
@@ -35,7 +64,8 @@ pub enum Admission {
 }
 
 /// Decides whether an agent's hello is admitted. Comparisons are of sha256 digests, so the time they
-/// take says nothing about the secret. An enrollment token is the shared one, or a per-host one
+/// take says nothing about the secret. An agent that proves who it is but waits for approval is
+/// refused as pending, only after its proof: a pending refusal tells nothing to an impostor. An enrollment token is the shared one, or a per-host one
 /// (`host_token`, looked up by the digest of what was presented) naming this agent, unspent and
 /// unexpired at `now_ms`.
 pub fn admit_agent(
@@ -62,7 +92,7 @@ pub fn admit_agent(
         (AgentCredential::Issued { secret }, Some(stored))
             if secret_digest(secret) == stored.credential_sha256 =>
         {
-            Admission::Known
+            known(stored, name)
         }
         (AgentCredential::Issued { .. }, _) => {
             Admission::Refuse(Refusal::UnknownCredential { name })
@@ -72,7 +102,7 @@ pub fn admit_agent(
         (AgentCredential::Enroll { token, secret }, Some(stored))
             if token_names_agent(token) && secret_digest(secret) == stored.credential_sha256 =>
         {
-            Admission::Known
+            known(stored, name)
         }
         (AgentCredential::Enroll { token, .. }, _) if !token_admits(token) => {
             Admission::Refuse(Refusal::BadEnrollmentToken)
@@ -82,6 +112,15 @@ pub fn admit_agent(
             credential_sha256: secret_digest(secret),
             host_token: (!shared(token)).then(|| secret_digest(token)),
         },
+    }
+}
+
+/// A known agent proved who it is: admitted, unless it still waits for approval.
+fn known(stored: &StoredAgent, name: String) -> Admission {
+    if stored.pending {
+        Admission::Refuse(Refusal::Pending { name })
+    } else {
+        Admission::Known
     }
 }
 
@@ -126,7 +165,49 @@ mod tests {
         StoredAgent {
             credential_sha256: secret_digest(secret),
             revoked,
+            pending: false,
         }
+    }
+
+    #[test]
+    fn a_pending_agent_is_told_so_only_after_it_proves_who_it_is() {
+        let token = secret_digest("enroll");
+        let pending = StoredAgent {
+            pending: true,
+            ..stored("s", false)
+        };
+        let issued = |secret: &str| AgentCredential::Issued {
+            secret: secret.into(),
+        };
+        let pending_refusal = Admission::Refuse(Refusal::Pending { name: "a".into() });
+        assert_eq!(
+            admit("a", &issued("s"), Some(&pending), &token),
+            pending_refusal
+        );
+        // Its next try after enrolling presents the token and the secret it enrolled with.
+        let again = AgentCredential::Enroll {
+            token: "enroll".into(),
+            secret: "s".into(),
+        };
+        assert_eq!(admit("a", &again, Some(&pending), &token), pending_refusal);
+        assert_eq!(
+            admit("a", &issued("x"), Some(&pending), &token),
+            Admission::Refuse(Refusal::UnknownCredential { name: "a".into() })
+        );
+        let revoked = StoredAgent {
+            revoked: true,
+            ..pending
+        };
+        assert_eq!(
+            admit("a", &issued("s"), Some(&revoked), &token),
+            Admission::Refuse(Refusal::Revoked { name: "a".into() })
+        );
+        assert!(EnrollMode::Token.approves_on_enrollment());
+        assert!(!EnrollMode::Approve.approves_on_enrollment());
+        assert_eq!(EnrollMode::parse("approve"), Ok(EnrollMode::Approve));
+        assert!(EnrollMode::parse("auto")
+            .unwrap_err()
+            .contains("token or approve"));
     }
 
     #[test]

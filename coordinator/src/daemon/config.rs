@@ -9,6 +9,8 @@ use polarizer_shared::metadata::TestType;
 use polarizer_transport::daemon::millis_setting;
 use serde::Deserialize;
 
+use crate::core::admission::EnrollMode;
+
 /// A bad setting, naming its key.
 pub use polarizer_transport::daemon::InvalidSetting as ConfigError;
 
@@ -75,6 +77,10 @@ pub struct ServeSettings {
     /// Trim the oldest events while the database holds more than this many MiB [default: 1024]
     #[arg(long, env = "POLARIZER_EVENT_RETENTION_MB")]
     pub event_retention_mb: Option<u64>,
+    /// How new agents join: `token` (a good enrollment token is enough) or `approve` (they wait as
+    /// pending until `polarizer agents approve NAME`) [default: token]
+    #[arg(long, env = "POLARIZER_ENROLL")]
+    pub enroll: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +98,7 @@ pub struct ServeConfig {
     pub local_agents: u32,
     pub event_retention: Duration,
     pub event_retention_bytes: u64,
+    pub enroll: EnrollMode,
 }
 
 /// How runs are planned and retried.
@@ -187,6 +194,7 @@ impl ServeSettings {
             local_agents: self.local_agents.or(lower.local_agents),
             event_retention_days: self.event_retention_days.or(lower.event_retention_days),
             event_retention_mb: self.event_retention_mb.or(lower.event_retention_mb),
+            enroll: self.enroll.or(lower.enroll),
         }
     }
 
@@ -262,7 +270,15 @@ impl ServeSettings {
                 message: format!("{retention_mb} is not between 16 and 1048576"),
             });
         }
+        let enroll = match self.enroll.as_deref() {
+            None => EnrollMode::default(),
+            Some(text) => EnrollMode::parse(text).map_err(|message| ConfigError {
+                key: "enroll",
+                message,
+            })?,
+        };
         Ok(ServeConfig {
+            enroll,
             runs,
             local_agents,
             event_retention: Duration::from_secs(retention_days * 86_400),
@@ -299,6 +315,7 @@ impl ServeConfig {
             local_agents: 0,
             event_retention: Duration::from_secs(30 * 86_400),
             event_retention_bytes: 1 << 30,
+            enroll: EnrollMode::Token,
         }
     }
 }
@@ -338,6 +355,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("gossip_interval_ms"), "{err}");
+        let err = ServeSettings {
+            enroll: Some("auto".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("enroll") && err.contains("token or approve"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::store::StoreHandle;
 /// What the daemon was started with and does not change while it runs.
 pub struct Settings {
     pub heartbeat_interval: Duration,
+    /// Whether a newly enrolled agent works at once or waits for approval.
+    pub enroll: crate::core::admission::EnrollMode,
     /// Digests of the tokens; the files are read at start. The enrollment token can be rotated while
     /// the daemon runs (`polarizer tokens rotate`).
     pub enrollment_token_digest: std::sync::RwLock<String>,

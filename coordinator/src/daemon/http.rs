@@ -50,6 +50,7 @@ async fn metrics(State(state): State<HttpState>) -> String {
          polarizer_agents{{state=\"online\"}} {}\n\
          polarizer_agents{{state=\"offline\"}} {}\n\
          polarizer_agents{{state=\"revoked\"}} {}\n\
+         polarizer_agents{{state=\"pending\"}} {}\n\
          # HELP polarizer_connections_total QUIC connections accepted.\n\
          # TYPE polarizer_connections_total counter\n\
          polarizer_connections_total {}\n\
@@ -62,6 +63,7 @@ async fn metrics(State(state): State<HttpState>) -> String {
         count(AgentState::Online),
         count(AgentState::Offline),
         count(AgentState::Revoked),
+        count(AgentState::Pending),
         load(&counters.connections),
         load(&counters.refusals),
         load(&counters.protocol_errors),

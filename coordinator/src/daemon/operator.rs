@@ -411,6 +411,15 @@ pub(super) async fn operator_session(
                 continue;
             }
             OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(&context),
+            OperatorRequest::ApproveAgent { name } => match context.store.approve(&name).await {
+                Ok(()) => {
+                    info!(agent = %name, "agent approved");
+                    OperatorResponse::Approved { name }
+                }
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            },
             OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
                 create_host_token(&context, name, ttl_ms).await
             }

@@ -84,6 +84,7 @@ pub async fn run(
         store: store.clone(),
         settings: Arc::new(Settings {
             heartbeat_interval: config.heartbeat_interval,
+            enroll: config.enroll,
             enrollment_token_digest: std::sync::RwLock::new(enrollment_token_digest),
             operator_token_digest,
             data_dir: data_dir.root.clone(),

@@ -14,12 +14,12 @@ use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::core::admission::{self, Admission};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::{Context, Metrics, Settings};
-use crate::store::StoreError;
+use crate::store::{Enrollment, StoreError};
 
 /// From the first packet to a finished TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -230,19 +230,31 @@ async fn handle_connection(
                     credential_sha256,
                     host_token,
                 } => {
+                    let approved = context.settings.enroll.approves_on_enrollment();
                     match context
                         .store
-                        .enroll(
-                            &name,
+                        .enroll(Enrollment {
+                            name: name.clone(),
                             credential_sha256,
                             host_token,
-                            facts.clone(),
-                            peer.to_string(),
-                            now_ms(),
-                        )
+                            approved,
+                            facts: facts.clone(),
+                            address: peer.to_string(),
+                            now_ms: now_ms(),
+                        })
                         .await
                     {
-                        Ok(()) => true,
+                        Ok(()) if approved => true,
+                        Ok(()) => {
+                            info!(agent = %name, %peer, "agent enrolled; it waits for an operator's approval");
+                            return refuse(
+                                &connection,
+                                &context.metrics,
+                                stream,
+                                Refusal::Pending { name },
+                            )
+                            .await;
+                        }
                         Err(StoreError::NameTaken { name }) => {
                             return refuse(
                                 &connection,
@@ -318,7 +330,12 @@ async fn refuse(
     refusal: Refusal,
 ) {
     metrics.refusals.fetch_add(1, Ordering::Relaxed);
-    warn!(reason = %refusal, "refused peer");
+    if let Refusal::Pending { .. } = refusal {
+        // It asks again every few seconds until approved: not worth a warning each time.
+        debug!(reason = %refusal, "agent waits for approval");
+    } else {
+        warn!(reason = %refusal, "refused peer");
+    }
     let reason = refusal.to_string();
     if stream.send(&ServerFrame::Refused(refusal)).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.finish()).await;

@@ -1,6 +1,7 @@
-//! The agent inventory in SQLite: enrollment, online and offline, facts, revocation. An agent's state is
-//! `online`, `offline` or `revoked` (a CHECK constraint in the table); anything else read back is an
-//! error naming the column, never a guess.
+//! The agent inventory in SQLite: enrollment, approval, online and offline, facts, revocation. An agent's
+//! state is `online`, `offline` or `revoked` (a CHECK constraint in the table); anything else read back is
+//! an error naming the column, never a guess. An agent not `approved` (enrolled under `--enroll approve`)
+//! is listed as `pending` and never goes online.
 
 use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
@@ -9,15 +10,31 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::sql::{sqlite_error, unknown_value, Reader, StoreError};
 use crate::core::admission::{HostToken, StoredAgent};
 
-/// Inserts a newly enrolled agent, online. False when the name is taken (nothing written).
-pub(super) fn enroll(
-    connection: &Connection,
-    name: &str,
-    credential_sha256: &str,
-    facts: &AgentFacts,
-    address: &str,
-    now_ms: i64,
-) -> rusqlite::Result<bool> {
+/// A new agent, as admission decided to enroll it.
+pub struct Enrollment {
+    pub name: String,
+    pub credential_sha256: String,
+    /// The digest of the per-host token it enrolls with, spent in the same transaction.
+    pub host_token: Option<String>,
+    /// False under `--enroll approve`: the agent waits as pending.
+    pub approved: bool,
+    pub facts: AgentFacts,
+    pub address: String,
+    pub now_ms: i64,
+}
+
+/// Inserts a newly enrolled agent: online, or offline and waiting when not `approved`. False when the
+/// name is taken (nothing written).
+pub(super) fn enroll(connection: &Connection, enrollment: &Enrollment) -> rusqlite::Result<bool> {
+    let Enrollment {
+        name,
+        credential_sha256,
+        approved,
+        facts,
+        address,
+        now_ms,
+        ..
+    } = enrollment;
     let exists = connection
         .query_row("SELECT 1 FROM agents WHERE name = ?1", [name], |_| Ok(()))
         .optional()?
@@ -26,11 +43,41 @@ pub(super) fn enroll(
         return Ok(false);
     }
     connection.execute(
-        "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms)
-         VALUES (?1, ?2, 'online', ?3, ?4, ?5, ?5)",
-        params![name, credential_sha256, facts_json(facts), address, now_ms],
+        "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms, approved)
+         VALUES (?1, ?2, CASE WHEN ?6 THEN 'online' ELSE 'offline' END, ?3, ?4, ?5, ?5, ?6)",
+        params![name, credential_sha256, facts_json(facts), address, now_ms, approved],
     )?;
     Ok(true)
+}
+
+/// Approves an agent that waits for it; a clear error when there is none such.
+pub(super) fn approve(
+    connection: &Connection,
+    name: &str,
+) -> rusqlite::Result<Result<(), StoreError>> {
+    let row: Option<(String, bool)> = connection
+        .query_row(
+            "SELECT state, approved FROM agents WHERE name = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let name = name.to_string();
+    Ok(match row {
+        None => Err(StoreError::NoSuchAgent { name }),
+        Some((state, _)) if state == "revoked" => Err(StoreError::NotPending {
+            name,
+            state: "revoked",
+        }),
+        Some((_, true)) => Err(StoreError::NotPending {
+            name,
+            state: "approved",
+        }),
+        Some((_, false)) => {
+            connection.execute("UPDATE agents SET approved = 1 WHERE name = ?1", [&name])?;
+            Ok(())
+        }
+    })
 }
 
 /// Records a per-host enrollment token (its digest only).
@@ -216,12 +263,13 @@ impl Reader {
     pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         self.connection
             .query_row(
-                "SELECT credential_sha256, state FROM agents WHERE name = ?1",
+                "SELECT credential_sha256, state, approved FROM agents WHERE name = ?1",
                 [name],
                 |row| {
                     Ok(StoredAgent {
                         credential_sha256: row.get(0)?,
                         revoked: agent_state(row, 1)? == AgentState::Revoked,
+                        pending: !row.get::<_, bool>(2)?,
                     })
                 },
             )
@@ -233,13 +281,18 @@ impl Reader {
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms FROM agents ORDER BY name")
+            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms, approved FROM agents ORDER BY name")
             .map_err(sqlite_error(&self.path))?;
         let rows = statement
             .query_map([], |row| {
+                let state = match agent_state(row, 1)? {
+                    AgentState::Revoked => AgentState::Revoked,
+                    _ if !row.get::<_, bool>(6)? => AgentState::Pending,
+                    state => state,
+                };
                 Ok((
                     row.get::<_, String>(0)?,
-                    agent_state(row, 1)?,
+                    state,
                     row.get::<_, String>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, i64>(4)?,

@@ -10,6 +10,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     EVENTS,
     CATALOG_FACET_KEYS,
     HOST_TOKENS,
+    APPROVAL,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -230,4 +231,10 @@ CREATE TABLE host_tokens (
     expires_ms INTEGER NOT NULL,
     used_ms INTEGER
 ) STRICT;
+";
+
+/// 7: enrollment by approval: an agent enrolled under `--enroll approve` waits, not approved, until an
+/// operator approves it; every agent enrolled before was admitted, so it counts as approved (agents.rs).
+const APPROVAL: &str = "
+ALTER TABLE agents ADD COLUMN approved INTEGER NOT NULL DEFAULT 1;
 ";

@@ -15,6 +15,7 @@ pub mod sql;
 
 pub use sql::{insert_rows, insert_rows_sharing, Reader, StoreError};
 
+pub use agents::Enrollment;
 pub use migrations::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
@@ -41,13 +42,7 @@ pub enum ImportFailed<E> {
 
 enum Command {
     Enroll {
-        name: String,
-        credential_sha256: String,
-        /// The digest of the per-host token it enrolls with, spent in the same transaction.
-        host_token: Option<String>,
-        facts: AgentFacts,
-        address: String,
-        now_ms: i64,
+        enrollment: Enrollment,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Connected {
@@ -331,33 +326,17 @@ fn apply(
 ) -> Result<(), StoreError> {
     let on_sqlite = sqlite_error(path);
     match command {
-        Command::Enroll {
-            name,
-            credential_sha256,
-            host_token,
-            facts,
-            address,
-            now_ms,
-            reply,
-        } => {
-            if let Some(digest) = &host_token {
-                if !agents::spend_host_token(transaction, digest, &name, now_ms)
+        Command::Enroll { enrollment, reply } => {
+            let name = enrollment.name.clone();
+            if let Some(digest) = &enrollment.host_token {
+                if !agents::spend_host_token(transaction, digest, &name, enrollment.now_ms)
                     .map_err(&on_sqlite)?
                 {
                     let _ = reply.send(Err(StoreError::HostTokenRefused { name }));
                     return Ok(());
                 }
             }
-            if !agents::enroll(
-                transaction,
-                &name,
-                &credential_sha256,
-                &facts,
-                &address,
-                now_ms,
-            )
-            .map_err(&on_sqlite)?
-            {
+            if !agents::enroll(transaction, &enrollment).map_err(&on_sqlite)? {
                 let _ = reply.send(Err(StoreError::NameTaken { name }));
                 return Ok(());
             }
@@ -421,25 +400,9 @@ impl StoreHandle {
 
     /// Enrolls a new agent; with `host_token` (a per-host token's digest) that token is spent in the
     /// same transaction, or nothing is stored.
-    pub async fn enroll(
-        &self,
-        name: &str,
-        credential_sha256: String,
-        host_token: Option<String>,
-        facts: AgentFacts,
-        address: String,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn enroll(&self, enrollment: Enrollment) -> Result<(), StoreError> {
         let (reply, reply_rx) = oneshot::channel();
-        self.send(Command::Enroll {
-            name: name.to_string(),
-            credential_sha256,
-            host_token,
-            facts,
-            address,
-            now_ms,
-            reply,
-        })?;
+        self.send(Command::Enroll { enrollment, reply })?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -481,6 +444,15 @@ impl StoreHandle {
             reply,
         })?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Admits an agent waiting for approval.
+    pub async fn approve(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |savepoint, path| {
+            agents::approve(savepoint, &name).map_err(sqlite_error(path))?
+        })
+        .await
     }
 
     /// Runs `work` on the writer thread in a savepoint; answers once the batch has committed. A failed
@@ -646,14 +618,15 @@ mod tests {
             let store = store.clone();
             async move {
                 store
-                    .enroll(
-                        name,
-                        format!("secret of {name}"),
-                        Some(token.to_string()),
-                        AgentFacts::for_test(name),
-                        String::new(),
+                    .enroll(Enrollment {
+                        name: name.to_string(),
+                        credential_sha256: format!("secret of {name}"),
+                        host_token: Some(token.to_string()),
+                        approved: true,
+                        facts: AgentFacts::for_test(name),
+                        address: String::new(),
                         now_ms,
-                    )
+                    })
                     .await
             }
         };
@@ -683,42 +656,100 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_agent_enrolled_for_approval_waits_until_approved_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("polarizer.db")).unwrap();
+        for (name, approved) in [("vm-1", false), ("vm-2", true)] {
+            store
+                .enroll(Enrollment {
+                    name: name.to_string(),
+                    credential_sha256: format!("secret of {name}"),
+                    host_token: None,
+                    approved,
+                    facts: AgentFacts::for_test(name),
+                    address: String::new(),
+                    now_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        let states = |store: StoreHandle| async move {
+            let agents = store.read(|reader| reader.agents()).await.unwrap();
+            agents.into_iter().map(|a| a.state).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            states(store.clone()).await,
+            [AgentState::Pending, AgentState::Online]
+        );
+        let pending = |store: StoreHandle| async move {
+            store
+                .read(|reader| reader.agent("vm-1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .pending
+        };
+        assert!(pending(store.clone()).await);
+        assert!(matches!(
+            store.approve("vm-2").await,
+            Err(StoreError::NotPending { .. })
+        ));
+        assert!(matches!(
+            store.approve("nobody").await,
+            Err(StoreError::NoSuchAgent { .. })
+        ));
+        store.approve("vm-1").await.unwrap();
+        assert!(!pending(store.clone()).await);
+        assert!(matches!(
+            store.approve("vm-1").await,
+            Err(StoreError::NotPending { .. })
+        ));
+        assert_eq!(
+            states(store.clone()).await,
+            [AgentState::Offline, AgentState::Online]
+        );
+    }
+
+    #[tokio::test]
     async fn enrollment_revocation_and_restart_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("polarizer.db");
         {
             let (store, _writer) = Store::open(&path).unwrap();
             store
-                .enroll(
-                    "vm-1",
-                    "digest".into(),
-                    None,
-                    AgentFacts::for_test("vm-1"),
-                    "127.0.0.1:1".into(),
-                    10,
-                )
+                .enroll(Enrollment {
+                    name: "vm-1".to_string(),
+                    credential_sha256: "digest".into(),
+                    host_token: None,
+                    approved: true,
+                    facts: AgentFacts::for_test("vm-1"),
+                    address: "127.0.0.1:1".into(),
+                    now_ms: 10,
+                })
                 .await
                 .unwrap();
             let taken = store
-                .enroll(
-                    "vm-1",
-                    "other".into(),
-                    None,
-                    AgentFacts::for_test("vm-1"),
-                    String::new(),
-                    11,
-                )
+                .enroll(Enrollment {
+                    name: "vm-1".to_string(),
+                    credential_sha256: "other".into(),
+                    host_token: None,
+                    approved: true,
+                    facts: AgentFacts::for_test("vm-1"),
+                    address: String::new(),
+                    now_ms: 11,
+                })
                 .await;
             assert!(matches!(taken, Err(StoreError::NameTaken { .. })));
             store
-                .enroll(
-                    "vm-2",
-                    "digest2".into(),
-                    None,
-                    AgentFacts::for_test("vm-2"),
-                    String::new(),
-                    12,
-                )
+                .enroll(Enrollment {
+                    name: "vm-2".to_string(),
+                    credential_sha256: "digest2".into(),
+                    host_token: None,
+                    approved: true,
+                    facts: AgentFacts::for_test("vm-2"),
+                    address: String::new(),
+                    now_ms: 12,
+                })
                 .await
                 .unwrap();
             assert!(store.revoke("vm-2", 13).await.unwrap());

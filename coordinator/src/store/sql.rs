@@ -24,6 +24,10 @@ pub enum StoreError {
     NameTaken { name: String },
     #[error("the enrollment token for {name:?} is spent, expired or another agent's")]
     HostTokenRefused { name: String },
+    #[error("no agent named {name:?} in the inventory")]
+    NoSuchAgent { name: String },
+    #[error("agent {name:?} is not waiting for approval: it is {state}")]
+    NotPending { name: String, state: &'static str },
     #[error("stored facts of agent {name:?} are unreadable: {reason}")]
     CorruptFacts { name: String, reason: String },
     #[error("store transaction failed: {reason}")]
