@@ -207,6 +207,95 @@ fn a_rotated_enrollment_token_takes_effect_at_once() {
 }
 
 #[test]
+fn an_offline_host_token_enrolls_its_one_agent_whether_or_not_the_coordinator_runs() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    cluster
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .terminate(WAIT)
+        .expect("coordinator stops on SIGTERM");
+    let data_dir = cluster.data_dir.to_str().unwrap().to_string();
+    let offline = |args: &[&str]| {
+        std::process::Command::new(binary("polarizer"))
+            .args(["tokens", "create", "--offline"])
+            .args(args)
+            .output()
+            .expect("run polarizer")
+    };
+
+    // Written while no coordinator runs; read from the database by the one that starts next.
+    let token_file = cluster.path("vm-7-token");
+    let output = offline(&[
+        "--data-dir",
+        &data_dir,
+        "--name",
+        "vm-7",
+        "--ttl",
+        "1h",
+        "--output",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty(), "{output:?}");
+    cluster.start_coordinator(&[]);
+    let token = token_file.to_str().unwrap();
+    let refused = |cluster: &mut TestCluster, name: &str| {
+        let status = cluster
+            .agent(name)
+            .wait_exit(WAIT)
+            .expect("a refused agent exits");
+        assert!(!status.success());
+        let log = cluster.agent(name).log_text();
+        assert!(log.contains("the enrollment token is wrong"), "{log}");
+    };
+    cluster.start_agent("vm-8", &[("--token-file", token)]);
+    refused(&mut cluster, "vm-8");
+    cluster.start_agent("vm-7", &[("--token-file", token)]);
+    wait_for("vm-7 online with its offline token", WAIT, || {
+        cluster.agent_state("vm-7").as_deref() == Some("online")
+    });
+    let elsewhere = cluster.path("agent-vm-7-elsewhere");
+    cluster.start_agent(
+        "vm-7-again",
+        &[
+            ("--name", "vm-7"),
+            ("--token-file", token),
+            ("--state-dir", elsewhere.to_str().unwrap()),
+        ],
+    );
+    refused(&mut cluster, "vm-7-again");
+
+    // Beside a running coordinator too: its next hello finds the row another process wrote.
+    let output = offline(&["--data-dir", &data_dir, "--name", "vm-9"]);
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(output.status.success() && printed.len() == 64, "{output:?}");
+    let vm_9_token = cluster.path("vm-9-token");
+    write_secret(&vm_9_token, &printed);
+    cluster.start_agent("vm-9", &[("--token-file", vm_9_token.to_str().unwrap())]);
+    wait_for(
+        "vm-9 online with a token written beside the coordinator",
+        WAIT,
+        || cluster.agent_state("vm-9").as_deref() == Some("online"),
+    );
+    let mut online = cluster.online_names();
+    online.sort();
+    assert_eq!(online, ["vm-7", "vm-9"], "nobody else enrolled");
+
+    // No database there: an error naming it, and no data dir made.
+    let missing = cluster.path("no-coordinator-here");
+    let output = offline(&["--data-dir", missing.to_str().unwrap(), "--name", "vm-1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+    assert!(!missing.exists(), "--offline never makes a data dir");
+}
+
+#[test]
 fn a_host_token_enrolls_its_one_agent_once_before_it_expires() {
     let mut cluster = TestCluster::new_coordinator_only();
     let token_file = cluster.path("vm-7-token");

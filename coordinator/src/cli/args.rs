@@ -200,7 +200,7 @@ pub enum TokensAction {
     /// Enrolled agents keep working: they use their own credentials.
     Rotate,
     /// A per-host enrollment token: it enrolls the agent NAME once, before it expires. Printed on
-    /// stdout, or written to --output (0600).
+    /// stdout, or written to --output (0600). With --offline, no coordinator needs to run.
     Create {
         /// The agent it enrolls (its --name)
         #[arg(long)]
@@ -211,6 +211,10 @@ pub enum TokensAction {
         /// Write the token to this file (0600) instead of printing it
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write it straight into the database of --data-dir instead of asking the coordinator,
+        /// whether or not it runs (the database must exist: `polarizer init`)
+        #[arg(long)]
+        offline: bool,
     },
 }
 

@@ -3,7 +3,8 @@
 //! per subcommand group, the QUIC client in `client`, tables and times in `format`.
 //!
 //! May import `shared` (the protocol), `core`'s plain parsing and `data_dir`; `daemon` only where a
-//! subcommand starts one (`serve`, `init`, `demo`), and never `store` (checked by `tests/layers.rs`).
+//! subcommand starts one or works on its data dir without it (`serve`, `init`, `demo`,
+//! `tokens create --offline`), and never `store` (checked by `tests/layers.rs`).
 
 mod agents;
 pub mod args;
@@ -65,6 +66,20 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             client.close().await;
             catalog::print_catalog_response(response?, json)
         }
+        Command::Tokens {
+            action:
+                TokensAction::Create {
+                    name,
+                    ttl,
+                    output,
+                    offline: true,
+                },
+            client,
+        } => {
+            let token =
+                crate::daemon::serve::create_host_token_offline(client.data_dir, name, ttl).await?;
+            hand_over_host_token(&token, output.as_deref())
+        }
         Command::Tokens { action, client } => {
             let request = match &action {
                 TokensAction::Rotate => OperatorRequest::RotateEnrollmentToken,
@@ -83,20 +98,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                 }
                 (
                     OperatorResponse::EnrollmentTokenCreated { token, .. },
-                    TokensAction::Create {
-                        output: Some(path), ..
-                    },
-                ) => {
-                    polarizer_transport::state_files::write_private(
-                        &path,
-                        format!("{token}\n").as_bytes(),
-                    )?;
-                    Ok(())
-                }
-                (OperatorResponse::EnrollmentTokenCreated { token, .. }, _) => {
-                    println!("{token}");
-                    Ok(())
-                }
+                    TokensAction::Create { output, .. },
+                ) => hand_over_host_token(&token, output.as_deref()),
                 (OperatorResponse::Error { message }, _) => anyhow::bail!("{message}"),
                 (other, _) => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
             }
@@ -155,4 +158,15 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             keep_running,
         } => crate::cli::demo::run(agents, keep_running, shutdown).await,
     }
+}
+
+/// A new per-host token goes to `output` (0600), or to stdout when no file is named.
+fn hand_over_host_token(token: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            polarizer_transport::state_files::write_private(path, format!("{token}\n").as_bytes())?
+        }
+        None => println!("{token}"),
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod fanout;
+pub mod host_tokens;
 pub mod http;
 pub mod identity;
 pub mod import;

@@ -173,41 +173,15 @@ fn rotate_enrollment_token(context: &Context) -> OperatorResponse {
     }
 }
 
-/// The longest a per-host token may live: it sits on a host until that host enrolls.
-const MAX_HOST_TOKEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
-
 /// A per-host token for the agent `name`: only its digest is stored; the token goes back to the
 /// operator (over the authenticated connection) to hand to that one host.
 async fn create_host_token(context: &Context, name: String, ttl_ms: u64) -> OperatorResponse {
-    if let Err(reason) = polarizer_shared::facts::validate_agent_name(&name) {
-        return OperatorResponse::Error { message: reason };
-    }
-    if ttl_ms > MAX_HOST_TOKEN_TTL_MS {
-        return OperatorResponse::Error {
-            message: format!("--ttl is at most 30 days, not {} s", ttl_ms / 1000),
-        };
-    }
-    let token = state_files::random_secret();
-    let now = now_ms();
-    let expires_ms = now + ttl_ms as i64;
-    match context
-        .store
-        .create_host_token(
-            state_files::secret_digest(&token),
-            name.clone(),
-            now,
-            expires_ms,
-        )
-        .await
-    {
-        Ok(()) => {
-            info!(agent = %name, expires_ms, "per-host enrollment token created");
-            OperatorResponse::EnrollmentTokenCreated {
-                name,
-                token,
-                expires_ms,
-            }
-        }
+    match crate::daemon::host_tokens::issue(&context.store, name, ttl_ms).await {
+        Ok(issued) => OperatorResponse::EnrollmentTokenCreated {
+            name: issued.name,
+            token: issued.token,
+            expires_ms: issued.expires_ms,
+        },
         Err(err) => OperatorResponse::Error {
             message: err.to_string(),
         },

@@ -227,6 +227,32 @@ pub fn init(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `polarizer tokens create --offline`: a per-host token written straight into the data dir's
+/// database, for ansible on a host where the coordinator may not run yet. Safe beside a running
+/// coordinator (WAL, a busy timeout; it looks host tokens up at each hello), and as root on a data dir
+/// owned by the service user (SQLite gives the -wal and -shm files it creates the database's owner).
+/// The database must exist: a wrong path is an error, never a new data dir.
+pub async fn create_host_token_offline(
+    data_dir: Option<PathBuf>,
+    name: String,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let data_dir =
+        crate::data_dir::DataDir::new(data_dir.unwrap_or_else(crate::data_dir::default_data_dir));
+    let database = data_dir.database();
+    if !database.is_file() {
+        anyhow::bail!(
+            "no coordinator database at {}: pass the --data-dir that `polarizer init` or `polarizer serve` made",
+            database.display()
+        );
+    }
+    let (store, writer) = crate::store::Store::open(&database)?;
+    let issued = crate::daemon::host_tokens::issue(&store, name, ttl.as_millis() as u64).await;
+    store.shutdown();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    Ok(issued?.token)
+}
+
 /// Trims the event log by age and size once a minute (and at start).
 async fn trim_events(
     store: crate::store::StoreHandle,
