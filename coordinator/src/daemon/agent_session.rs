@@ -85,7 +85,7 @@ pub(super) async fn agent_session(
                         break "renamed";
                     }
                     context.sessions.update_facts(&name, connection_id, (*new_facts).clone());
-                    let _ = context.store.facts_changed(&name, *new_facts);
+                    let _ = context.store.facts_changed(&name, *new_facts).await;
                 }
                 Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
                     context.sessions.touch(&name, connection_id);
@@ -163,7 +163,7 @@ pub(super) async fn agent_session(
     // Only the session that still owns the name marks the agent offline; a replaced one leaves it be.
     let owned = context.sessions.remove_if_owned(&name, connection_id);
     if owned && end != "coordinator shutting down" {
-        let _ = context.store.agent_disconnected(&name, now_ms());
+        let _ = context.store.agent_disconnected(&name, now_ms()).await;
         info!(reason = end, "agent offline");
         context.scheduler.wake();
     }

@@ -59,7 +59,10 @@ async fn metrics(State(state): State<HttpState>) -> String {
          polarizer_refusals_total {}\n\
          # HELP polarizer_protocol_errors_total Connections closed for an oversize or undecodable frame.\n\
          # TYPE polarizer_protocol_errors_total counter\n\
-         polarizer_protocol_errors_total {}\n",
+         polarizer_protocol_errors_total {}\n\
+         # HELP polarizer_store_pending_commands Writes sent to the store and not yet committed (bounded).\n\
+         # TYPE polarizer_store_pending_commands gauge\n\
+         polarizer_store_pending_commands {}\n",
         count(AgentState::Online),
         count(AgentState::Offline),
         count(AgentState::Revoked),
@@ -67,5 +70,6 @@ async fn metrics(State(state): State<HttpState>) -> String {
         load(&counters.connections),
         load(&counters.refusals),
         load(&counters.protocol_errors),
+        state.store.pending_commands(),
     )
 }

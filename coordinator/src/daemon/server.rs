@@ -220,6 +220,7 @@ async fn handle_connection(
                     if context
                         .store
                         .agent_connected(&name, facts.clone(), peer.to_string(), now_ms())
+                        .await
                         .is_err()
                     {
                         return;

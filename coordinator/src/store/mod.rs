@@ -1,6 +1,8 @@
 //! The coordinator's SQLite store. One writer thread owns the write connection and commits every command
 //! that is waiting in one transaction; readers open their own connections (WAL lets them run alongside).
 //! It stops on an explicit [`StoreHandle::shutdown`], after committing everything sent before.
+//! The queue to the writer is bounded ([`MAX_PENDING_COMMANDS`]): a writer that falls behind makes
+//! senders wait, and the wait reaches back to the network (an agent session stops reading its peer).
 //!
 //! One module per table group (`agents`, `catalog`, `runs`, `events`), every migration in `migrations`.
 //! States go in and out of SQL as typed enums; an unknown one read back is an error, never a default.
@@ -25,7 +27,7 @@ use std::thread;
 
 use polarizer_shared::AgentFacts;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use self::catalog::{FacetPostings, Import, ImportSummary};
 use self::migrations::MIGRATIONS;
@@ -79,10 +81,27 @@ enum Command {
 /// Runs on the writer thread; pushes the reply that goes out after the commit.
 type WriteWork = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>, &Path, &mut Vec<Reply>) + Send>;
 
+/// Commands sent but not yet committed, at most (two of the writer's batches). One more waits in
+/// [`StoreHandle`]'s send until the writer commits a batch: memory stays bounded however far the disk
+/// falls behind, and the wait is the backpressure.
+pub const MAX_PENDING_COMMANDS: usize = 2 * MAX_BATCH_COMMANDS;
+/// Commands the writer takes into one transaction.
+const MAX_BATCH_COMMANDS: usize = 4096;
+
+/// A command with its place in the queue, given back once the batch holding it has committed.
+struct Queued {
+    command: Command,
+    /// `None` for `Shutdown` only: stopping never waits for room.
+    slot: Option<OwnedSemaphorePermit>,
+}
+
 /// Cheap to clone; every clone talks to the one writer thread.
 #[derive(Clone)]
 pub struct StoreHandle {
-    commands_tx: std_mpsc::Sender<Command>,
+    commands_tx: std_mpsc::Sender<Queued>,
+    /// Room in the queue: one permit per command sent and not yet committed.
+    slots: Arc<Semaphore>,
+    capacity: usize,
     path: PathBuf,
 }
 
@@ -92,6 +111,15 @@ impl Store {
     /// Opens (creating if needed) the database, migrates it, marks every agent offline (no connection
     /// survives a coordinator restart), and starts the writer thread.
     pub fn open(path: &Path) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
+        Self::open_with_capacity(path, MAX_PENDING_COMMANDS)
+    }
+
+    /// [`open`](Self::open) with room for `capacity` uncommitted commands (tests use a few).
+    pub fn open_with_capacity(
+        path: &Path,
+        capacity: usize,
+    ) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
+        debug_assert!(capacity > 0);
         let mut connection = open_connection(path)?;
         migrate(&mut connection, path)?;
         agents::all_offline(&connection).map_err(sqlite_error(path))?;
@@ -108,6 +136,8 @@ impl Store {
         Ok((
             StoreHandle {
                 commands_tx,
+                slots: Arc::new(Semaphore::new(capacity)),
+                capacity,
                 path: path.to_path_buf(),
             },
             join,
@@ -193,7 +223,7 @@ fn checkpoint(connection: &Connection, path: &Path) {
 
 fn run_writer(
     mut connection: Connection,
-    commands_rx: std_mpsc::Receiver<Command>,
+    commands_rx: std_mpsc::Receiver<Queued>,
     checkpoints: std_mpsc::SyncSender<()>,
     path: PathBuf,
 ) {
@@ -221,17 +251,21 @@ fn run_writer(
     while let Ok(first) = commands_rx.recv() {
         let working = std::time::Instant::now();
         idle += working - waiting;
-        let mut stopping = matches!(first, Command::Shutdown);
+        let mut stopping = matches!(first.command, Command::Shutdown);
         let mut batch = Vec::new();
+        // Their places in the queue, freed once the batch has committed.
+        let mut slots = Vec::new();
         if !stopping {
-            batch.push(first);
+            batch.push(first.command);
+            slots.push(first.slot);
             while let Ok(next) = commands_rx.try_recv() {
-                if matches!(next, Command::Shutdown) {
+                if matches!(next.command, Command::Shutdown) {
                     stopping = true;
                     break;
                 }
-                batch.push(next);
-                if batch.len() >= 4096 {
+                batch.push(next.command);
+                slots.push(next.slot);
+                if batch.len() >= MAX_BATCH_COMMANDS {
                     break;
                 }
             }
@@ -271,6 +305,7 @@ fn run_writer(
                 reply(outcome.as_ref().map(|_| ()));
             }
         }
+        drop(slots);
         busy += working.elapsed();
         if wal_pages.load(std::sync::atomic::Ordering::Relaxed) >= CHECKPOINT_PAGES {
             // Busy more than half the time: hand it over; otherwise there is time for it here.
@@ -392,21 +427,37 @@ fn apply(
 }
 
 impl StoreHandle {
-    fn send(&self, command: Command) -> Result<(), StoreError> {
+    /// Queues `command` once there is room: waits while [`MAX_PENDING_COMMANDS`] are uncommitted.
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         self.commands_tx
-            .send(command)
+            .send(Queued {
+                command,
+                slot: Some(slot),
+            })
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Commands sent and not yet committed (for `/metrics`, and to show the bound holds).
+    pub fn pending_commands(&self) -> usize {
+        self.capacity - self.slots.available_permits()
     }
 
     /// Enrolls a new agent; with `host_token` (a per-host token's digest) that token is spent in the
     /// same transaction, or nothing is stored.
     pub async fn enroll(&self, enrollment: Enrollment) -> Result<(), StoreError> {
         let (reply, reply_rx) = oneshot::channel();
-        self.send(Command::Enroll { enrollment, reply })?;
+        self.send(Command::Enroll { enrollment, reply }).await?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub fn agent_connected(
+    /// Queued, not awaited: the caller goes on once the queue has room for it.
+    pub async fn agent_connected(
         &self,
         name: &str,
         facts: AgentFacts,
@@ -419,20 +470,23 @@ impl StoreHandle {
             address,
             now_ms,
         })
+        .await
     }
 
-    pub fn facts_changed(&self, name: &str, facts: AgentFacts) -> Result<(), StoreError> {
+    pub async fn facts_changed(&self, name: &str, facts: AgentFacts) -> Result<(), StoreError> {
         self.send(Command::FactsChanged {
             name: name.to_string(),
             facts,
         })
+        .await
     }
 
-    pub fn agent_disconnected(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn agent_disconnected(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
         self.send(Command::Disconnected {
             name: name.to_string(),
             now_ms,
         })
+        .await
     }
 
     /// Marks an agent revoked. Returns whether such an agent exists.
@@ -442,7 +496,8 @@ impl StoreHandle {
             name: name.to_string(),
             now_ms,
             reply,
-        })?;
+        })
+        .await?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -501,7 +556,8 @@ impl StoreHandle {
                     }
                 }
             },
-        )))?;
+        )))
+        .await?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -532,7 +588,8 @@ impl StoreHandle {
             import: import.clone(),
             facets,
             reply,
-        })?;
+        })
+        .await?;
         let checked = tokio::task::spawn_blocking(move || {
             let checked = check(&import);
             // The writer frees the import once it is done with it.
@@ -575,7 +632,13 @@ impl StoreHandle {
     /// Asks the writer to commit everything sent before and stop; join its thread to wait for that.
     /// Clones of this handle see `StoreError::Closed` from then on.
     pub fn shutdown(&self) {
-        let _ = self.send(Command::Shutdown);
+        // Past the queue's bound: stopping never waits for room. Senders still waiting for room
+        // were not sent before; they get `Closed`.
+        self.slots.close();
+        let _ = self.commands_tx.send(Queued {
+            command: Command::Shutdown,
+            slot: None,
+        });
     }
 
     /// A read connection of its own (WAL: reads never wait for the writer).
@@ -775,6 +838,62 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.credential_sha256, "digest");
+    }
+
+    /// A writer that cannot keep up holds at most its queue's capacity of commands; more senders
+    /// wait for room (with an unbounded queue all 51 would sit in memory), and all commit once it can.
+    #[tokio::test]
+    async fn a_stuck_writer_holds_at_most_its_queue_and_senders_wait_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = 4;
+        let (store, _writer) =
+            Store::open_with_capacity(&dir.path().join("polarizer.db"), capacity).unwrap();
+        let (release_tx, release_rx) = std_mpsc::channel::<()>();
+        let stuck = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_, _| {
+                        let _ = release_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let writes: Vec<_> = (0..50)
+            .map(|seq| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .write(move |savepoint, path| {
+                            savepoint
+                                .execute(
+                                    "INSERT INTO events (agent, seq, agent_ms, received_ms, kind, summary, data)
+                                     VALUES ('vm-1', ?1, 0, 0, 'queued', '', '')",
+                                    [seq],
+                                )
+                                .map_err(sqlite_error(path))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Every sender runs as far as it can (one thread: each yield lets all of them take a step).
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.pending_commands(), capacity);
+        release_tx.send(()).unwrap();
+        stuck.await.unwrap().unwrap();
+        for write in writes {
+            assert_eq!(write.await.unwrap().unwrap(), 1);
+        }
+        let stored = store
+            .read(|reader| reader.events(&Default::default()))
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 50);
+        assert_eq!(store.pending_commands(), 0);
     }
 
     /// Committed pages leave the WAL for the database file, by the checkpointer or by the writer: a WAL
