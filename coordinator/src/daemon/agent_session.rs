@@ -35,7 +35,7 @@ pub(super) async fn agent_session(
 ) {
     let name = facts.name.clone();
     let connection_id = connection.stable_id();
-    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    let (outbox, mut outbox_rx) = mpsc::channel(crate::daemon::sessions::OUTBOX_MESSAGES);
     let registered = context.sessions.register(
         &name,
         LiveSession {

@@ -18,6 +18,8 @@ pub mod http;
 pub mod identity;
 pub mod import;
 pub mod local_agents;
+#[cfg(test)]
+pub(crate) mod loopback;
 mod operator;
 pub mod scheduler;
 pub mod serve;

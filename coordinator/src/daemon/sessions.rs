@@ -6,19 +6,25 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use polarizer_shared::protocol::{AgentRecord, AgentState, CoordinatorMessage};
+use polarizer_shared::protocol::{close_code, AgentRecord, AgentState, CoordinatorMessage};
 use polarizer_shared::AgentFacts;
 use tokio::sync::{mpsc, watch};
+use tracing::warn;
 
 use crate::daemon::clock::now_ms;
 use crate::store::{StoreError, StoreHandle};
+
+/// Messages waiting for one agent's session to send them. An agent gets a few at a time (its
+/// assignments and cancels); an outbox this full means the session cannot write to its peer.
+pub const OUTBOX_MESSAGES: usize = 256;
 
 pub struct LiveSession {
     pub connection: quinn::Connection,
     pub last_frame: Instant,
     pub incarnation: u64,
     pub facts: AgentFacts,
-    pub outbox: mpsc::UnboundedSender<CoordinatorMessage>,
+    /// Bounded by [`OUTBOX_MESSAGES`].
+    pub outbox: mpsc::Sender<CoordinatorMessage>,
 }
 
 /// An online agent as the scheduler sees it.
@@ -27,7 +33,7 @@ pub struct OnlineAgent {
     pub name: String,
     pub incarnation: u64,
     pub facts: AgentFacts,
-    pub outbox: mpsc::UnboundedSender<CoordinatorMessage>,
+    pub outbox: mpsc::Sender<CoordinatorMessage>,
 }
 
 /// The sessions and the names revoked while this process runs, under one lock: a session registers
@@ -159,14 +165,26 @@ impl Sessions {
             .collect()
     }
 
-    /// Sends to an agent's session, if it has one.
+    /// Sends to an agent's session, if it has one. An outbox that is full closes the connection
+    /// instead of growing or dropping the message: the session ends, its leases go back to the queue
+    /// and the agent reconnects. Never waits (it runs under the sessions lock).
     pub fn send_to_agent(&self, name: &str, message: CoordinatorMessage) -> bool {
-        self.live
-            .lock()
-            .expect("sessions lock")
-            .sessions
-            .get(name)
-            .is_some_and(|session| session.outbox.send(message).is_ok())
+        let live = self.live.lock().expect("sessions lock");
+        let Some(session) = live.sessions.get(name) else {
+            return false;
+        };
+        match session.outbox.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(agent = %name, "{OUTBOX_MESSAGES} messages wait for this agent's session; closing it");
+                session.connection.close(
+                    close_code::NORMAL.into(),
+                    b"too many messages waiting: the agent does not read",
+                );
+                false
+            }
+        }
     }
 
     /// The inventory as operators see it: stored rows, with live sessions' last frame time and gossip's
@@ -195,37 +213,8 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::identity::Prepare;
+    use crate::daemon::loopback;
     use crate::data_dir::DataDir;
-    use polarizer_transport::client::client_endpoint;
-    use polarizer_transport::{tls, CaTrust};
-
-    /// A real QUIC connection on loopback for sessions to hold, with both endpoints kept alive.
-    async fn connection(
-        data_dir: &DataDir,
-    ) -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
-        polarizer_transport::install_crypto_provider();
-        let identity = data_dir.prepare().unwrap();
-        let server = quinn::Endpoint::server(
-            tls::server_config(identity.chain, identity.key).unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let address = server.local_addr().unwrap();
-        let trust = CaTrust::from_pem_file(&data_dir.ca_certificate()).unwrap();
-        let client = client_endpoint(tls::client_config(&trust).unwrap(), address).unwrap();
-        let (accepted, _connected) = tokio::join!(
-            async { server.accept().await.unwrap().await.unwrap() },
-            async {
-                client
-                    .connect(address, tls::server_name())
-                    .unwrap()
-                    .await
-                    .unwrap()
-            }
-        );
-        (server, client, accepted)
-    }
 
     fn session(connection: &quinn::Connection) -> LiveSession {
         LiveSession {
@@ -233,14 +222,15 @@ mod tests {
             last_frame: Instant::now(),
             incarnation: 1,
             facts: AgentFacts::for_test("vm-1"),
-            outbox: mpsc::unbounded_channel().0,
+            outbox: mpsc::channel(OUTBOX_MESSAGES).0,
         }
     }
 
     #[tokio::test]
     async fn a_revocation_wins_over_a_session_registering_at_the_same_time() {
         let temp = tempfile::tempdir().unwrap();
-        let (_server, _client, connection) = connection(&DataDir::new(temp.path())).await;
+        let loopback = loopback::connect(&DataDir::new(temp.path())).await;
+        let connection = loopback.accepted.clone();
         let sessions = Sessions::new(watch::channel(BTreeSet::new()).1);
         // Registered first: the revocation takes the session, to be closed.
         assert!(matches!(
@@ -258,5 +248,36 @@ mod tests {
             Ok(None)
         ));
         assert_eq!(sessions.online_agents().len(), 1);
+    }
+
+    /// An agent whose session cannot send (its peer does not read) is disconnected once its outbox
+    /// is full: with an unbounded outbox, messages would pile up for as long as the connection lasts.
+    #[tokio::test]
+    async fn a_full_outbox_closes_the_connection_instead_of_growing() {
+        let temp = tempfile::tempdir().unwrap();
+        let loopback = loopback::connect(&DataDir::new(temp.path())).await;
+        let sessions = Sessions::new(watch::channel(BTreeSet::new()).1);
+        // Nobody takes from it: the session is stuck writing to its peer.
+        let (outbox, _outbox_rx) = mpsc::channel(OUTBOX_MESSAGES);
+        let stuck = LiveSession {
+            outbox,
+            ..session(&loopback.accepted)
+        };
+        assert!(matches!(sessions.register("vm-1", stuck), Ok(None)));
+        for _ in 0..OUTBOX_MESSAGES {
+            assert!(sessions.send_to_agent("vm-1", CoordinatorMessage::HeartbeatAck));
+        }
+        assert!(loopback.accepted.close_reason().is_none());
+        assert!(!sessions.send_to_agent("vm-1", CoordinatorMessage::HeartbeatAck));
+        assert!(
+            loopback.accepted.close_reason().is_some(),
+            "the session is closed, so it ends and its leases go back to the queue"
+        );
+        // The agent is told, and reconnects.
+        assert!(matches!(
+            loopback.connected.closed().await,
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == close_code::NORMAL.into()
+        ));
     }
 }
