@@ -1,6 +1,9 @@
 //! Planning benchmark: select + partition 100,000 tests over 1,000 platforms, and the plan's makespan
 //! against the lower bound max(total / platforms, longest chain), beside round-robin assignment.
 //!
+//! Then partition where many tests share resources: 10,000 that all `need` one resource and 1,000 that
+//! modify another (one serial suite of 1,000, the rest parallel).
+//!
 //! Run: `cargo bench -p polarizer --bench plan`
 
 use std::time::Instant;
@@ -141,5 +144,41 @@ fn main() {
     println!(
         "| round-robin makespan / lower bound, same tests | {:.3} | (baseline) |",
         round_robin_makespan / lower_bound
+    );
+    shared_resources();
+}
+
+fn shared_resources() {
+    const NEED: usize = 10_000;
+    const MODIFY: usize = 1_000;
+    let tests: Vec<TestMetadata> = (0..NEED + MODIFY)
+        .map(|index| {
+            let mut test = test(index, 60, 0);
+            if index < NEED {
+                test.resources.needs = vec!["candlepin".into()];
+            } else {
+                test.resources.modifies = vec!["database".into()];
+            }
+            test
+        })
+        .collect();
+    let refs: Vec<&TestMetadata> = tests.iter().collect();
+    let started = Instant::now();
+    let suites = partition(&refs, &|test| test.duration_seconds as f64, &|_| 100);
+    let elapsed = started.elapsed();
+    let serial = suites
+        .iter()
+        .filter(|suite| suite.kind == SuiteKind::Serial)
+        .map(|suite| suite.tests.len())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        serial,
+        [MODIFY],
+        "one serial suite of the tests that modify"
+    );
+    println!(
+        "| partition {NEED} tests that need one resource + {MODIFY} that modify another ({} suites) | {:.0} ms | linear |",
+        suites.len(),
+        elapsed.as_secs_f64() * 1000.0
     );
 }

@@ -2,8 +2,13 @@
 //! resource, or one changes what another needs) or are chained by `after` share one serial suite, in
 //! dependency order. The rest are independent and packed into parallel suites, one per platform that can
 //! take them, balanced by expected duration, longest first (LPT), with the serial suites placed first.
+//!
+//! Every step is linear in tests plus resources and `after` edges (up to a log factor): a resource that
+//! anyone writes joins all its tests at once, never pair by pair, and the dependency order is Kahn's
+//! algorithm with a heap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
 
@@ -89,28 +94,25 @@ pub fn partition(
     let mut groups = UnionFind {
         parent: (0..tests.len()).collect(),
     };
-    // Conflicts by resource: bucket by resource name instead of comparing every pair.
-    let mut by_resource: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    // Conflicts by resource. Two tests conflict exactly when they share a resource that one of them
+    // writes; so a resource that anyone writes joins every test on it (each is joined to a writer, and
+    // the writer to the rest), and one that is only needed joins none.
+    let mut by_resource: BTreeMap<&str, (Vec<usize>, bool)> = BTreeMap::new();
     for (index, test) in tests.iter().enumerate() {
         let resources = &test.resources;
-        for resource in resources
-            .needs
-            .iter()
-            .chain(&resources.creates)
-            .chain(&resources.modifies)
-        {
-            by_resource
-                .entry(resource.as_str())
-                .or_default()
-                .push(index);
+        for resource in &resources.needs {
+            by_resource.entry(resource).or_default().0.push(index);
+        }
+        for resource in resources.creates.iter().chain(&resources.modifies) {
+            let (members, written) = by_resource.entry(resource).or_default();
+            members.push(index);
+            *written = true;
         }
     }
-    for members in by_resource.values() {
-        for (position, &first) in members.iter().enumerate() {
-            for &second in &members[position + 1..] {
-                if conflict(tests[first], tests[second]) {
-                    groups.union(first, second);
-                }
+    for (members, written) in by_resource.values() {
+        if *written {
+            for pair in members.windows(2) {
+                groups.union(pair[0], pair[1]);
             }
         }
     }
@@ -220,39 +222,66 @@ pub fn partition(
     suites
 }
 
-/// Kahn's algorithm over `after` within one component; ties broken by fmf `order`, then name.
+/// Kahn's algorithm over `after` within one component (`members` ascending); ties broken by fmf
+/// `order`, then name.
 fn in_after_order(
     tests: &[&TestMetadata],
     members: &[usize],
     index_of: &BTreeMap<&str, usize>,
 ) -> Vec<usize> {
-    let member_set: BTreeSet<usize> = members.iter().copied().collect();
-    let mut waiting_on: BTreeMap<usize, BTreeSet<usize>> = members
+    let position: BTreeMap<usize, usize> = members
         .iter()
-        .map(|&index| {
-            let befores = tests[index]
-                .after
-                .iter()
-                .filter_map(|after| index_of.get(after.as_str()).copied())
-                .filter(|before| member_set.contains(before))
-                .collect();
-            (index, befores)
-        })
+        .enumerate()
+        .map(|(position, &index)| (index, position))
         .collect();
-    let mut ordered = Vec::with_capacity(members.len());
-    while !waiting_on.is_empty() {
-        let ready = waiting_on
+    let mut waiting = vec![0usize; members.len()];
+    let mut unblocks: Vec<Vec<usize>> = vec![Vec::new(); members.len()];
+    for (position_of_test, &index) in members.iter().enumerate() {
+        let befores: BTreeSet<usize> = tests[index]
+            .after
             .iter()
-            .filter(|(_, befores)| befores.is_empty())
-            .map(|(&index, _)| index)
-            .min_by_key(|&index| (tests[index].order, tests[index].name.clone()));
-        // Metadata validation rejects `after` cycles; should one slip through, keep the rest in name order.
-        let next = ready.unwrap_or_else(|| *waiting_on.keys().next().expect("non-empty"));
-        waiting_on.remove(&next);
-        for befores in waiting_on.values_mut() {
-            befores.remove(&next);
+            .filter_map(|after| index_of.get(after.as_str()))
+            .filter_map(|before| position.get(before).copied())
+            .collect();
+        waiting[position_of_test] = befores.len();
+        for before in befores {
+            unblocks[before].push(position_of_test);
         }
-        ordered.push(next);
+    }
+    let key = |position: usize| {
+        let test = tests[members[position]];
+        Reverse((test.order, test.name.as_str(), position))
+    };
+    let mut ready: BinaryHeap<_> = (0..members.len())
+        .filter(|&position| waiting[position] == 0)
+        .map(key)
+        .collect();
+    let mut done = vec![false; members.len()];
+    let mut ordered = Vec::with_capacity(members.len());
+    let mut fallback = 0;
+    while ordered.len() < members.len() {
+        let next = match ready.pop() {
+            Some(Reverse((_, _, position))) => position,
+            // Metadata validation rejects `after` cycles; should one slip through, break it at the first
+            // member still waiting, so the rest keep their order.
+            None => {
+                while done[fallback] {
+                    fallback += 1;
+                }
+                fallback
+            }
+        };
+        if done[next] {
+            continue;
+        }
+        done[next] = true;
+        ordered.push(members[next]);
+        for &after in &unblocks[next] {
+            waiting[after] = waiting[after].saturating_sub(1);
+            if waiting[after] == 0 && !done[after] {
+                ready.push(key(after));
+            }
+        }
     }
     ordered
 }
@@ -400,6 +429,22 @@ mod tests {
                     prop_assert!(before_position < position, "{} must run after {}", first.id, after);
                     prop_assert_eq!(suites[suite].kind, SuiteKind::Serial);
                 }
+            }
+            // Nothing is joined without a reason: tests share a serial suite only when a chain of
+            // pairwise conflicts and `after` links connects them (checked pair by pair, as defined).
+            let mut reference = UnionFind { parent: (0..tests.len()).collect() };
+            for (first_index, first) in tests.iter().enumerate() {
+                for (second_index, second) in tests.iter().enumerate() {
+                    if first.id != second.id && (conflict(first, second) || first.after.contains(&second.id)) {
+                        reference.union(first_index, second_index);
+                    }
+                }
+            }
+            let index_of: BTreeMap<&str, usize> = tests.iter().enumerate().map(|(index, test)| (test.id.as_str(), index)).collect();
+            for suite in suites.iter().filter(|suite| suite.kind == SuiteKind::Serial) {
+                let roots: BTreeSet<usize> = suite.tests.iter().map(|id| reference.find(index_of[id.as_str()])).collect();
+                prop_assert_eq!(roots.len(), 1, "unrelated tests joined in {:?}", suite.tests);
+                prop_assert!(suite.tests.len() > 1);
             }
             // No suite is placed on a slot that does not exist.
             prop_assert!(suites.iter().all(|suite| suite.slot < slots.max(1)));
