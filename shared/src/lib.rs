@@ -13,6 +13,7 @@ pub mod membership;
 pub mod metadata;
 pub mod parallel;
 pub mod protocol;
+pub mod record_codec;
 pub mod run;
 
 pub use facts::{AgentFacts, PlatformKind};
