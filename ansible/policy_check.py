@@ -3,8 +3,9 @@
 their limits. Run by ansible/test.sh; needs only python3 with PyYAML.
 
 - Every task or handler of the roles that mentions a token, credential, secret or key (in its name or its
-  arguments) has `no_log: true` (or sits in a block that has it); those whose module can print a diff of
-  file contents also have `diff: false`.
+  arguments), or a variable such a task registers (a command's output can be a token), has `no_log: true`
+  (or sits in a block that has it); those whose module can print a diff of file contents also have
+  `diff: false`.
 - systemd/polarizer.service bounds the coordinator: `MemoryMax=` and `TasksMax=`.
 - systemd/polarizer-agent.service does not restart an agent the coordinator refused:
   `RestartPreventExitStatus=` (the agent's unit test checks the value against the agent's exit status).
@@ -45,11 +46,22 @@ def tasks_in(items, inherited_no_log=False):
             yield task, no_log
 
 
+def mentions_secret(task, secret_registers):
+    """Whether a task names a secret, or uses what a secret task registered."""
+    text = yaml.safe_dump(task)
+    return bool(SECRET_WORDS.search(text)) or any(
+        re.search(rf"\b{re.escape(name)}\b", text) for name in secret_registers
+    )
+
+
 def secret_task_problems(path):
     problems = []
+    secret_registers = set()
     for task, no_log in tasks_in(yaml.safe_load(path.read_text())):
-        if not SECRET_WORDS.search(yaml.safe_dump(task)):
+        if not mentions_secret(task, secret_registers):
             continue
+        if "register" in task:
+            secret_registers.add(task["register"])
         where = f"{path.relative_to(HERE)}: task {task.get('name', '(unnamed)')!r}"
         if not no_log:
             problems.append(f"{where} handles a secret without `no_log: true`")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Applies the playbook to this machine for real (as root), checks it is idempotent, that the installed
-# units and configs verify, and that the installed binaries start and the agent joins the coordinator.
+# units and configs verify, and that the installed binaries start and the agent joins the coordinator
+# with an enrollment token of its own (not the shared one), spent by its enrollment.
 # Where systemd is not PID 1 the service start steps are skipped (and reported so); this script then
 # starts the installed binaries itself, with the installed configs, as systemd would.
 #
@@ -28,6 +29,11 @@ if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/ansible-lint" ]; t
 fi
 export PATH="$venv/bin:$PATH" ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
 cd "$here"
+
+# The first apply must be a first one: an agent enrolled by an earlier run would never present the
+# token the role gives it, and the coordinator's inventory would hold its name already.
+echo "ansible test: removing what an earlier run installed (coordinator data, agent state, its token)"
+rm -rf /var/lib/polarizer /var/lib/polarizer-agent /etc/polarizer/agent-token "$here/fetched"
 
 "$venv/bin/python" "$here/policy_check.py" >/dev/null
 echo "ansible test: ansible-lint"
@@ -62,6 +68,19 @@ for secret in /etc/polarizer/agent-token /etc/polarizer/ca.pem /var/lib/polarize
   [ "$(stat -c %a "$secret")" = 600 ] || { echo "$secret is not mode 0600"; exit 1; }
 done
 
+# The per-host token row of the agent's token: its name and "spent" or "unspent" ("none" when there is
+# none). The coordinator stores only the digest of a per-host token, with the one name it enrolls.
+host_token_of_agent() {
+  "$venv/bin/python" - <<'PY'
+import hashlib, sqlite3
+token = open("/etc/polarizer/agent-token").read().strip()
+digest = hashlib.sha256(token.encode()).hexdigest()
+database = sqlite3.connect("/var/lib/polarizer/polarizer.db")
+row = database.execute("SELECT name, used_ms FROM host_tokens WHERE digest = ?", (digest,)).fetchone()
+print("none" if row is None else f"{row[0]} {'unspent' if row[1] is None else 'spent'}")
+PY
+}
+
 echo "ansible test: the installed coordinator and agent start and the agent joins"
 logs="$here/../target/ansible-run"
 mkdir -p "$logs"
@@ -79,9 +98,38 @@ until /usr/local/bin/polarizer agents --data-dir /var/lib/polarizer --coordinato
   sleep 0.2
 done
 /usr/local/bin/polarizer agents --data-dir /var/lib/polarizer --coordinator 127.0.0.1:7701
+
+echo "ansible test: the agent enrolled with a token of its own, now spent, that enrolls nobody else"
+if cmp -s /etc/polarizer/agent-token /var/lib/polarizer/agent-token; then
+  echo "the agent holds the coordinator's shared enrollment token, not one of its own"; exit 1
+fi
+[ ! -e "$here/fetched/agent-token" ] || { echo "the shared enrollment token was fetched to the controller"; exit 1; }
+[ "$(host_token_of_agent)" = "local-agent spent" ] \
+  || { echo "/etc/polarizer/agent-token is not a spent per-host token for local-agent: $(host_token_of_agent)"; exit 1; }
+# Presented again by another agent (as a test running as root could): refused, exit status 78.
+rogue_state=$(mktemp -d)
+status=0
+timeout 30 /usr/local/bin/polarizer-agent --config /etc/polarizer/agent.toml --name rogue \
+  --state-dir "$rogue_state" --gossip 127.0.0.1:7711 > "$logs/rogue.log" 2>&1 || status=$?
+rm -rf "$rogue_state"
+if [ "$status" != 78 ] || ! grep -q "the enrollment token is wrong" "$logs/rogue.log"; then
+  echo "an agent presenting the spent token was not refused (exit $status)"; tail -5 "$logs/rogue.log"; exit 1
+fi
+/usr/local/bin/polarizer agents --data-dir /var/lib/polarizer --coordinator 127.0.0.1:7701 --json \
+  | "$venv/bin/python" -c 'import json, sys; names = [agent["name"] for agent in json.load(sys.stdin)]; sys.exit(None if names == ["local-agent"] else f"inventory: {names}")'
 kill -TERM $agent $coordinator
 wait $agent $coordinator || true
 trap - EXIT
+
+echo "ansible test: an agent holding a copy of the shared token (as an earlier role left) gets its own"
+install -m 0600 /var/lib/polarizer/agent-token /etc/polarizer/agent-token
+ansible-playbook "${extra[@]}" site.yml > "$here/../target/ansible-third.log" || { cat "$here/../target/ansible-third.log"; exit 1; }
+[ "$(host_token_of_agent)" = "local-agent unspent" ] \
+  || { echo "the copy of the shared token was not replaced by a per-host one: $(host_token_of_agent)"; exit 1; }
+[ "$(stat -c %a /etc/polarizer/agent-token)" = 600 ] || { echo "the replaced token is not mode 0600"; exit 1; }
+# Made as root in the service user's data dir: whatever SQLite added there still belongs to that user.
+root_owned=$(find /var/lib/polarizer ! -user polarizer)
+[ -z "$root_owned" ] || { echo "files in the data dir the service user does not own: $root_owned"; exit 1; }
 
 echo "install test: the README's manual install, as written"
 block=$(awk '/^### By hand/{found=1} found && /^```sh/{inside=1; next} inside && /^```/{exit} inside{print}' "$here/../README.md")
@@ -91,6 +139,7 @@ if [ "$(ps -p 1 -o comm=)" != systemd ]; then
 fi
 block=${block//target\/release/$binary_dir}
 block=${block//COORDINATOR-HOST/127.0.0.1}
+block=${block//AGENT-NAME/$(hostname -s)}
 (cd "$here/.." && bash -euo pipefail -c "$block")
 /usr/local/bin/polarizer serve --check-config --config /etc/polarizer/coordinator.toml
 /usr/local/bin/polarizer-agent --check-config --config /etc/polarizer/agent.toml
