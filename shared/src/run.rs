@@ -451,6 +451,14 @@ pub enum RunUpdate {
         run: u64,
         state: RunState,
     },
+    /// The agent of a lost attempt came back (a network cut, the same process) before anyone else began
+    /// the suite: the attempt is its again, and what it ran meanwhile counts.
+    Reinstated {
+        run: u64,
+        suite: u64,
+        attempt: u32,
+        agent: String,
+    },
 }
 
 impl RunUpdate {
@@ -460,7 +468,8 @@ impl RunUpdate {
             | RunUpdate::TestFinished { run, .. }
             | RunUpdate::Output { run, .. }
             | RunUpdate::Requeued { run, .. }
-            | RunUpdate::RunFinished { run, .. } => *run,
+            | RunUpdate::RunFinished { run, .. }
+            | RunUpdate::Reinstated { run, .. } => *run,
         }
     }
 }

@@ -5,5 +5,6 @@ mod discovery;
 mod events;
 mod foundation;
 mod hostile_trees;
+mod network;
 mod operations;
 mod runs;

@@ -218,6 +218,13 @@ impl TestCluster {
 
     /// A coordinator with these extra `serve` flags (none: the production defaults).
     pub fn new_coordinator_only_with(serve_flags: &[&str]) -> TestCluster {
+        Self::new_coordinator_only_on(std::net::Ipv4Addr::LOCALHOST.into(), serve_flags)
+    }
+
+    /// A coordinator whose gossip and QUIC listen on `ip` (the host end of a veth pair, say), so agents
+    /// in other network namespaces reach it; operators reach it there too.
+    pub fn new_coordinator_only_on(ip: std::net::IpAddr, serve_flags: &[&str]) -> TestCluster {
+        let on = |addr: SocketAddr| SocketAddr::new(ip, addr.port());
         let dir = tempfile::Builder::new()
             .prefix("polarizer-e2e-")
             .tempdir()
@@ -225,8 +232,8 @@ impl TestCluster {
         let data_dir = dir.path().join("coordinator");
         let mut cluster = TestCluster {
             data_dir,
-            gossip: free_udp_addr(),
-            quic: free_udp_addr(),
+            gossip: on(free_udp_addr()),
+            quic: on(free_udp_addr()),
             http: free_tcp_addr(),
             coordinator: None,
             agents: Vec::new(),
@@ -312,6 +319,22 @@ impl TestCluster {
             command,
             self.path(&format!("agent-{name}.{starts}.log")),
         );
+        self.agents.retain(|(existing, _)| existing != name);
+        self.agents.push((name.to_string(), process));
+    }
+
+    /// Starts an agent inside network namespace `netns` (`ip netns exec`), gossiping on `gossip` there.
+    pub fn start_agent_in_netns(&mut self, netns: &str, name: &str, gossip: SocketAddr) {
+        let inner = with_args(
+            self.agent_command(name),
+            &[("--gossip", gossip.to_string().as_str())],
+        );
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        let process = Process::spawn(name, command, self.path(&format!("agent-{name}.log")));
         self.agents.retain(|(existing, _)| existing != name);
         self.agents.push((name.to_string(), process));
     }

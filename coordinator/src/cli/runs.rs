@@ -329,6 +329,9 @@ pub async fn watch(client: &mut OperatorClient, run: u64, output: bool) -> anyho
                 OperatorResponse::Update(RunUpdate::Requeued { suite, attempt, agent, .. }) => say(format!(
                     "  agent {agent} was lost: suite {suite} goes back to the queue (attempt {attempt})"
                 )),
+                OperatorResponse::Update(RunUpdate::Reinstated { suite, attempt, agent, .. }) => say(format!(
+                    "  agent {agent} is back: suite {suite} stays its attempt {attempt}, what it ran meanwhile counts"
+                )),
                 OperatorResponse::Update(RunUpdate::Output { test, stream, line, .. }) => {
                     say(format!("    {test} {}| {line}", stream.as_str()))
                 }

@@ -6,7 +6,8 @@
 //! A test moves `queued → running → final` once per attempt; a final status is never changed. A suite
 //! whose agent is lost goes back to the queue as the next attempt (its unfinished tests with it) until
 //! `max_attempts`, then its unfinished tests end as infrastructure errors. A run is final exactly when
-//! all its tests are.
+//! all its tests are. An agent lost only to a network cut, back as the same process before its suite
+//! went to anyone else, gets its attempt back (`may_reinstate`): what it ran meanwhile counts.
 
 use polarizer_shared::run::{RunState, SuiteRef, TestStatus};
 
@@ -77,6 +78,25 @@ impl SuiteLease {
 /// Leasing: a queued suite goes to an agent; anything else is refused (someone got there first).
 pub fn may_lease(state: SuiteState) -> bool {
     state == SuiteState::Queued
+}
+
+/// Who held the attempt a suite lost, kept while the suite waits for its next attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostHolder {
+    pub agent: String,
+    /// The agent process (it changes when the agent restarts, and with it whatever it was running).
+    pub incarnation: u64,
+    pub attempt: u32,
+}
+
+/// May `agent` (process `incarnation`), connected again, take back the attempt it lost? Only the same
+/// process (a restarted agent no longer runs it), only while the suite still waits for its next attempt
+/// (nobody else has begun it), and only the attempt right before that one.
+pub fn may_reinstate(lease: &SuiteLease, lost: &LostHolder, agent: &str, incarnation: u64) -> bool {
+    lease.state == SuiteState::Queued
+        && lost.agent == agent
+        && lost.incarnation == incarnation
+        && lost.attempt + 1 == lease.attempt
 }
 
 /// What an agent said about one test of a suite it claims to hold.
@@ -300,6 +320,38 @@ mod tests {
             attempt,
             agent: agent.into(),
         }
+    }
+
+    #[test]
+    fn only_the_same_agent_process_takes_back_its_lost_attempt_while_the_suite_waits() {
+        let queued = SuiteLease {
+            state: SuiteState::Queued,
+            agent: String::new(),
+            ..running("a", 2)
+        };
+        let lost = LostHolder {
+            agent: "a".into(),
+            incarnation: 7,
+            attempt: 1,
+        };
+        assert!(may_reinstate(&queued, &lost, "a", 7));
+        assert!(!may_reinstate(&queued, &lost, "a", 8), "restarted");
+        assert!(!may_reinstate(&queued, &lost, "b", 7), "another agent");
+        let taken = running("b", 2);
+        assert!(!may_reinstate(&taken, &lost, "a", 7), "given to another");
+        let older = LostHolder {
+            attempt: 0,
+            ..lost.clone()
+        };
+        assert!(
+            !may_reinstate(&queued, &older, "a", 7),
+            "not the attempt before"
+        );
+        let done = SuiteLease {
+            state: SuiteState::Done,
+            ..queued
+        };
+        assert!(!may_reinstate(&done, &lost, "a", 7));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use polarizer_shared::metadata::PlatformNeeds;
 use polarizer_shared::run::SuiteRef;
 
 use crate::core::placement::{facts_match, waiting_reason};
-use crate::core::run::SuiteState;
+use crate::core::run::{may_reinstate, LostHolder, SuiteLease, SuiteState};
 
 /// A queued or running suite, as the scheduler sees it.
 #[derive(Clone, Debug)]
@@ -24,9 +24,21 @@ pub struct ActiveSuite {
     pub incarnation: u64,
     pub needs: PlatformNeeds,
     pub run_deadline_ms: i64,
+    /// While queued after a lost attempt: who lost it.
+    pub lost: Option<LostHolder>,
 }
 
 impl ActiveSuite {
+    pub fn lease(&self) -> SuiteLease {
+        SuiteLease {
+            run: self.run,
+            suite: self.suite,
+            state: self.state,
+            attempt: self.attempt,
+            agent: self.agent.clone(),
+        }
+    }
+
     pub fn suite_ref(&self) -> SuiteRef {
         SuiteRef {
             run: self.run,
@@ -62,6 +74,9 @@ pub enum Action {
     EndRunAtDeadline { run: u64 },
     /// The holder of this attempt is gone: requeue or give up (the run state machine decides).
     Revoke { suite: SuiteRef, message: String },
+    /// The agent that lost this queued suite's previous attempt is back as the same process: the
+    /// attempt is its again (the store checks that nobody began the suite meanwhile).
+    Reinstate { agent: String, incarnation: u64 },
     /// Lease this queued suite to this agent (the store refuses if someone got there first).
     Assign {
         suite: SuiteRef,
@@ -125,6 +140,20 @@ pub fn plan(input: &ScheduleInput<'_>) -> Plan {
         .iter()
         .filter(|suite| suite.state == SuiteState::Queued && !ended.contains(&suite.run))
     {
+        // Its lost holder is back and still running it: give it back rather than start it again.
+        let back = suite.lost.as_ref().and_then(|lost| {
+            by_name
+                .get(lost.agent.as_str())
+                .filter(|agent| may_reinstate(&suite.lease(), lost, agent.name, agent.incarnation))
+        });
+        if let Some(agent) = back {
+            busy.insert(agent.name);
+            plan.actions.push(Action::Reinstate {
+                agent: agent.name.to_string(),
+                incarnation: agent.incarnation,
+            });
+            continue;
+        }
         let candidate = input
             .online
             .iter()
@@ -178,6 +207,7 @@ mod tests {
                 ..PlatformNeeds::default()
             },
             run_deadline_ms: 1_000_000,
+            lost: None,
         }
     }
 
@@ -224,6 +254,60 @@ mod tests {
             Some("waiting for an agent with platform vm: all 1 busy (1 suites running)")
         );
         assert!(plan.waiting.contains_key(&4));
+    }
+
+    #[test]
+    fn a_lost_attempt_goes_back_to_its_agent_when_the_same_process_returns() {
+        let vm = facts("vm-1", PlatformKind::Vm);
+        let other = facts("vm-0", PlatformKind::Vm);
+        let lost = LostHolder {
+            agent: "vm-1".into(),
+            incarnation: 7,
+            attempt: 1,
+        };
+        let mut queued = suite(1, SuiteState::Queued, "", None);
+        queued.attempt = 2;
+        queued.lost = Some(lost);
+        let active = [queued];
+        let seen = HashSet::new();
+        let step = |incarnation: u64| {
+            let online = [
+                AgentView {
+                    name: "vm-0",
+                    incarnation: 3,
+                    facts: &other,
+                },
+                AgentView {
+                    name: "vm-1",
+                    incarnation,
+                    facts: &vm,
+                },
+            ];
+            plan(&ScheduleInput {
+                active: &active,
+                online: &online,
+                seen: &seen,
+                restart_grace_until_ms: 0,
+                now_ms: 10,
+            })
+            .actions
+        };
+        assert_eq!(
+            step(7),
+            vec![Action::Reinstate {
+                agent: "vm-1".into(),
+                incarnation: 7
+            }]
+        );
+        // Restarted: it no longer runs the suite, which starts again elsewhere as attempt 2.
+        assert_eq!(
+            step(8),
+            vec![Action::Assign {
+                suite: active[0].suite_ref(),
+                agent: "vm-0".into(),
+                incarnation: 3
+            }]
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub(super) async fn agent_session(
     let name = facts.name.clone();
     let connection_id = connection.stable_id();
     let (outbox, mut outbox_rx) = mpsc::channel(crate::daemon::sessions::OUTBOX_MESSAGES);
+    // Back after a network cut as the same process: its lost attempts are its own again before the
+    // scheduler sees it idle and before its spooled records are read.
+    if let Err(err) = crate::daemon::scheduler::reinstate(&context, &name, incarnation).await {
+        warn!(error = %err, "cannot reinstate lost attempts");
+    }
     let registered = context.sessions.register(
         &name,
         LiveSession {

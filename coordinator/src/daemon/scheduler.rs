@@ -116,6 +116,34 @@ async fn revoke(context: &Context, suite: SuiteRef, message: String) -> Result<(
     Ok(())
 }
 
+/// Gives back to `agent` (process `incarnation`) the attempts it lost and nobody else has begun, and
+/// publishes that. Called when its session begins (before any of its records is read, so what it
+/// spooled during a network cut counts) and by the scheduler should it lose the lease meanwhile.
+pub async fn reinstate(context: &Context, agent: &str, incarnation: u64) -> Result<(), StoreError> {
+    let name = agent.to_string();
+    let effects = context
+        .store
+        .write(move |savepoint, path| {
+            runs::reinstate(savepoint, path, &name, incarnation, now_ms())
+        })
+        .await?;
+    for effect in &effects {
+        if let runs::Effect::Update(polarizer_shared::run::RunUpdate::Reinstated {
+            suite,
+            attempt,
+            ..
+        }) = effect
+        {
+            info!(
+                agent,
+                suite, attempt, "agent back as the same process: its lost attempt is reinstated"
+            );
+        }
+    }
+    context.publish(None, effects);
+    Ok(())
+}
+
 /// Leases the suite to the agent and sends it the assignment.
 async fn assign(
     context: &Context,
@@ -179,6 +207,9 @@ async fn step(context: &Context) -> Result<(), StoreError> {
                 end_run(context, run, RunEnd::Deadline).await?;
             }
             Action::Revoke { suite, message } => revoke(context, suite, message).await?,
+            Action::Reinstate { agent, incarnation } => {
+                reinstate(context, &agent, incarnation).await?
+            }
             Action::Assign {
                 suite,
                 agent,

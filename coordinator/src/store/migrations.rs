@@ -11,6 +11,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CATALOG_FACET_KEYS,
     HOST_TOKENS,
     APPROVAL,
+    LOST_HOLDER,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -237,4 +238,12 @@ CREATE TABLE host_tokens (
 /// operator approves it; every agent enrolled before was admitted, so it counts as approved (agents.rs).
 const APPROVAL: &str = "
 ALTER TABLE agents ADD COLUMN approved INTEGER NOT NULL DEFAULT 1;
+";
+
+/// 8: who held the attempt a queued suite lost (agent, process, attempt), so that agent, back after a
+/// network cut before anyone else began the suite, takes its attempt back (runs.rs).
+const LOST_HOLDER: &str = "
+ALTER TABLE suites ADD COLUMN lost_agent TEXT NOT NULL DEFAULT '';
+ALTER TABLE suites ADD COLUMN lost_incarnation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE suites ADD COLUMN lost_attempt INTEGER NOT NULL DEFAULT 0;
 ";

@@ -14,8 +14,8 @@ use rusqlite::{params, OptionalExtension, Savepoint};
 use tracing::warn;
 
 use crate::core::run::{
-    self, RunEnd, RunTally, SuiteDecision, SuiteEnd, SuiteLease, SuiteState, TestDecision,
-    TestRecord,
+    self, LostHolder, RunEnd, RunTally, SuiteDecision, SuiteEnd, SuiteLease, SuiteState,
+    TestDecision, TestRecord,
 };
 use crate::core::schedule::ActiveSuite;
 use crate::store::sql::{sqlite_error, unknown_value, Reader, StoreError};
@@ -252,7 +252,9 @@ pub fn lease(
     }
     savepoint
         .execute(
-            "UPDATE suites SET state = ?5, agent = ?2, incarnation = ?3, started_ms = ?4 WHERE id = ?1",
+            "UPDATE suites SET state = ?5, agent = ?2, incarnation = ?3, started_ms = ?4,
+                 lost_agent = '', lost_incarnation = 0, lost_attempt = 0
+             WHERE id = ?1",
             params![
                 suite as i64,
                 agent,
@@ -270,6 +272,87 @@ pub fn lease(
         )
         .map_err(&on_sqlite)?;
     Ok(true)
+}
+
+/// `agent` (process `incarnation`) is connected again: every suite whose attempt it lost and that still
+/// waits for its next attempt goes back to it, as that same attempt, so what it ran and spooled meanwhile
+/// counts. Its tests' lost marks for that attempt are taken back.
+pub fn reinstate(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    agent: &str,
+    incarnation: u64,
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
+    let on_sqlite = sqlite_error(path);
+    let candidates: Vec<(u64, LostHolder)> = {
+        let mut statement = savepoint
+            .prepare_cached(
+                "SELECT id, lost_attempt FROM suites
+                 WHERE state = 'queued' AND lost_agent = ?1 AND lost_incarnation = ?2",
+            )
+            .map_err(&on_sqlite)?;
+        let rows = statement
+            .query_map(params![agent, incarnation as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    LostHolder {
+                        agent: agent.to_string(),
+                        incarnation,
+                        attempt: row.get(1)?,
+                    },
+                ))
+            })
+            .map_err(&on_sqlite)?;
+        rows.collect::<Result<_, _>>().map_err(&on_sqlite)?
+    };
+    let mut effects = Vec::new();
+    for (suite, lost) in candidates {
+        let Some(lease) = suite_lease(savepoint, path, suite)? else {
+            continue;
+        };
+        if !run::may_reinstate(&lease, &lost, agent, incarnation) {
+            continue;
+        }
+        let id = suite as i64;
+        savepoint
+            .execute(
+                "UPDATE suites SET state = ?2, attempt = ?3, agent = ?4, incarnation = ?5, started_ms = ?6,
+                     lost_agent = '', lost_incarnation = 0, lost_attempt = 0
+                 WHERE id = ?1",
+                params![
+                    id,
+                    SuiteState::Running.as_str(),
+                    lost.attempt,
+                    agent,
+                    incarnation as i64,
+                    now_ms
+                ],
+            )
+            .map_err(&on_sqlite)?;
+        savepoint
+            .execute(
+                "DELETE FROM lost_attempts
+                 WHERE run_id = ?1 AND attempt = ?3 AND agent = ?4
+                   AND test_id IN (SELECT test_id FROM run_tests WHERE suite_id = ?2)",
+                params![lease.run as i64, id, lost.attempt, agent],
+            )
+            .map_err(&on_sqlite)?;
+        savepoint
+            .execute(
+                "UPDATE run_tests SET attempt = ?2, agent = ?3
+                 WHERE suite_id = ?1 AND status = 'queued' AND attempt = ?4",
+                params![id, lost.attempt, agent, lease.attempt],
+            )
+            .map_err(&on_sqlite)?;
+        effects.push(Effect::Update(RunUpdate::Reinstated {
+            run: lease.run,
+            suite,
+            attempt: lost.attempt,
+            agent: agent.to_string(),
+        }));
+    }
+    Ok(effects)
 }
 
 /// The agent holding `suite` was lost: its unfinished tests go back to the queue as the next attempt
@@ -345,9 +428,12 @@ fn apply_suite_decision(
             lost_message,
         } => {
             record_lost(&lost_message)?;
+            // The holder is remembered: back as the same process before anyone else begins the
+            // suite, it takes the attempt back (`reinstate`). The right-hand sides read the old row.
             savepoint
                 .execute(
-                    "UPDATE suites SET state = ?3, attempt = ?2, agent = '', incarnation = 0, started_ms = NULL
+                    "UPDATE suites SET state = ?3, attempt = ?2, agent = '', incarnation = 0, started_ms = NULL,
+                         lost_agent = agent, lost_incarnation = incarnation, lost_attempt = attempt
                      WHERE id = ?1",
                     params![suite, attempt, SuiteState::Queued.as_str()],
                 )
@@ -1102,7 +1188,8 @@ impl Reader {
             .connection
             .prepare_cached(
                 "SELECT suites.run_id, suites.id, suites.state, suites.attempt, suites.agent, suites.incarnation,
-                        suites.needs_json, runs.deadline_ms
+                        suites.needs_json, runs.deadline_ms, suites.lost_agent, suites.lost_incarnation,
+                        suites.lost_attempt
                  FROM suites JOIN runs ON runs.id = suites.run_id
                  WHERE suites.state IN ('queued', 'running')
                  ORDER BY suites.run_id, suites.ordinal",
@@ -1119,12 +1206,17 @@ impl Reader {
                     row.get::<_, i64>(5)?,
                     row.get::<_, String>(6)?,
                     row.get::<_, i64>(7)?,
+                    LostHolder {
+                        agent: row.get(8)?,
+                        incarnation: row.get::<_, i64>(9)? as u64,
+                        attempt: row.get(10)?,
+                    },
                 ))
             })
             .map_err(&on_sqlite)?;
         let mut out = Vec::new();
         for row in rows {
-            let (run, suite, state, attempt, agent, incarnation, needs, run_deadline_ms) =
+            let (run, suite, state, attempt, agent, incarnation, needs, run_deadline_ms, lost) =
                 row.map_err(&on_sqlite)?;
             out.push(ActiveSuite {
                 run: run as u64,
@@ -1136,6 +1228,7 @@ impl Reader {
                 needs: serde_json::from_str(&needs)
                     .map_err(corrupt(format!("run {run} suite {suite}")))?,
                 run_deadline_ms,
+                lost: (!lost.agent.is_empty()).then_some(lost),
             });
         }
         Ok(out)
