@@ -100,10 +100,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     .await?;
     info!(name = %config.name, gossip = %gossip_listen, platform = %facts.platform, "agent started");
 
-    let spool = spool::SharedSpool::new(spool::Spool::open(
+    let spool = spool::SharedSpool::start(spool::Spool::open(
         &config.state_dir.join("spool"),
         config.spool_max_bytes,
-    )?);
+    )?)?;
     let suites = start_runner(&config, spool.clone());
     collectors::start(&config, &spool, &shutdown);
     let connector = session::Connector {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use polarizer_shared::protocol::*;
+use polarizer_shared::record_codec::RECORDS_FRAME_BUDGET_BYTES;
 use polarizer_shared::run::{Assignment, SuiteRef};
 use polarizer_shared::AgentFacts;
 use polarizer_transport::client::{self, ConnectError};
@@ -33,7 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// than this many timeouts. Rounds rotate through the rest, so a coordinator behind them is still found.
 const GOSSIP_CANDIDATES_PER_ROUND: usize = 4;
 const FACTS_REFRESH: Duration = Duration::from_secs(30);
-/// Records per frame: large enough to amortise a frame, small enough to stay far below the frame limit.
+/// Records per frame at most: large enough to amortise a frame. Frames are bounded in bytes too
+/// (`RECORDS_FRAME_BUDGET_BYTES`), which keeps them far below the frame limit whatever the records hold.
 const SEND_BATCH: usize = 512;
 
 /// Exponential backoff with full jitter, capped: a fleet restarting at once does not reconnect in step.
@@ -161,8 +163,16 @@ impl SuiteQueue {
 }
 
 impl Connector {
-    /// Runs until shutdown, or until the coordinator refuses this agent for good.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
+    /// Runs until shutdown, or until the coordinator refuses this agent for good. Whatever was spooled
+    /// is on disk when it returns (and sent at the next start, if not acknowledged by then).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let spool = self.spool.clone();
+        let outcome = self.connect_and_serve(shutdown).await;
+        spool.sync().await;
+        outcome
+    }
+
+    async fn connect_and_serve(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max);
         let mut dial_plan = DialPlan::default();
         let mut waiting_logged = false;
@@ -338,22 +348,35 @@ impl Connector {
         let mut facts_refresh = tokio::time::interval(FACTS_REFRESH);
         facts_refresh.tick().await;
         // Whatever the coordinator already committed leaves the spool; the rest is sent again.
-        if let Err(err) = self
-            .spool
-            .with(|spool| spool.acknowledge(welcome.records_committed))
-        {
-            warn!(error = %err, "cannot trim the spool");
-        }
+        self.spool.acknowledge(welcome.records_committed);
         let mut sent_up_to = welcome.records_committed;
         let mut last_heard = std::time::Instant::now();
         let silence_allowed = (heartbeat_every * 6).max(Duration::from_secs(2));
-        let pushed = self.spool.pushed.clone();
         loop {
-            if let Err(err) = self.send_unsent(&mut stream, &mut sent_up_to).await {
-                return ended(&connection, err);
-            }
+            // One bounded batch per turn: acknowledgements, heartbeats and shutdown are served between
+            // batches, however large the backlog.
+            let more_to_send = match self.send_next_batch(&mut stream, &mut sent_up_to).await {
+                Ok(more_to_send) => more_to_send,
+                Err(err) => return ended(&connection, err),
+            };
             tokio::select! {
-                () = pushed.notified() => {}
+                // In this order: frames that came during a long write are read before a heartbeat tick
+                // judges the coordinator's silence; the next batch goes when nothing else is ready.
+                biased;
+                () = shutdown.cancelled() => {
+                    stream.finish().await;
+                    connection.close(close_code::NORMAL.into(), b"agent shutting down");
+                    return SessionEnd::Shutdown;
+                }
+                frame = stream.recv::<ServerFrame>() => match frame {
+                    Ok(Some(ServerFrame::Agent(message))) => {
+                        last_heard = std::time::Instant::now();
+                        self.handle(message)
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return ended(&connection, "coordinator closed the stream".into()),
+                    Err(err) => return ended(&connection, err.to_string()),
+                },
                 _ = heartbeat.tick() => {
                     // A coordinator killed outright never closes the connection: notice its silence
                     // long before QUIC's idle timeout, so a restarted one sees this agent back at once.
@@ -374,56 +397,44 @@ impl Connector {
                         }
                     }
                 }
-                frame = stream.recv::<ServerFrame>() => match frame {
-                    Ok(Some(ServerFrame::Agent(message))) => {
-                        last_heard = std::time::Instant::now();
-                        self.handle(message)
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => return ended(&connection, "coordinator closed the stream".into()),
-                    Err(err) => return ended(&connection, err.to_string()),
-                },
-                () = shutdown.cancelled() => {
-                    stream.finish().await;
-                    connection.close(close_code::NORMAL.into(), b"agent shutting down");
-                    return SessionEnd::Shutdown;
-                }
+                () = self.spool.published() => {}
+                () = std::future::ready(()), if more_to_send => {}
             }
         }
     }
 }
 
 impl Connector {
-    /// Sends every spooled record after `sent_up_to`, in batches.
-    async fn send_unsent(
+    /// Sends the next batch of durable spooled records after `sent_up_to`, if there is one, bounded in
+    /// records and bytes. Returns whether more are waiting.
+    async fn send_next_batch(
         &self,
         stream: &mut polarizer_transport::FramedStream,
         sent_up_to: &mut u64,
-    ) -> Result<(), String> {
-        loop {
-            let Some((frame, last)) = self
-                .spool
-                .with(|spool| spool.unsent_frame(*sent_up_to, SEND_BATCH))
-            else {
-                return Ok(());
-            };
-            stream
-                .send_encoded(&frame)
-                .await
-                .map_err(|err| err.to_string())?;
-            *sent_up_to = last;
+    ) -> Result<bool, String> {
+        if self.spool.published_up_to() <= *sent_up_to {
+            return Ok(false);
         }
+        let Some((frame, last)) = self
+            .spool
+            .unsent_frame(*sent_up_to, SEND_BATCH, RECORDS_FRAME_BUDGET_BYTES)
+            .await
+        else {
+            return Ok(false);
+        };
+        stream
+            .send_encoded(&frame)
+            .await
+            .map_err(|err| err.to_string())?;
+        *sent_up_to = last;
+        Ok(self.spool.published_up_to() > last)
     }
 
     fn handle(&self, message: CoordinatorMessage) {
         match message {
             CoordinatorMessage::HeartbeatAck => {}
             CoordinatorMessage::Assign(assignment) => self.suites.assign(*assignment),
-            CoordinatorMessage::Ack { up_to } => {
-                if let Err(err) = self.spool.with(|spool| spool.acknowledge(up_to)) {
-                    warn!(error = %err, "cannot trim the spool");
-                }
-            }
+            CoordinatorMessage::Ack { up_to } => self.spool.acknowledge(up_to),
             CoordinatorMessage::Cancel { suite, reason } => self.suites.cancel(suite, &reason),
         }
     }

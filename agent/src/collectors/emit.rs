@@ -135,7 +135,8 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             match parse(text) {
                 Ok(event) => {
-                    spool.push_event(event);
+                    // Waits while the spool's writer is behind: a flood slows its writer down.
+                    spool.push_event_when_room(event).await;
                     "ok\n".to_string()
                 }
                 Err(reason) => {

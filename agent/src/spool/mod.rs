@@ -1,21 +1,30 @@
 //! The agent's spool of unacknowledged records: every record gets the next per-agent sequence number, is
-//! written to `spool.log` in the state directory (one frame each, written through to the OS before it is
-//! sent, so a killed agent loses nothing), and stays until the coordinator acknowledges it is committed.
-//! When everything is acknowledged the file is emptied and the next sequence number is kept in
-//! `spool.seq`. The spool is bounded: past the limit the oldest output lines are dropped (results never
-//! are) and counted.
+//! written to `spool.log` in the state directory, and stays until the coordinator acknowledges it is
+//! committed. A record is written through to the OS before it is handed out to send (a killed agent
+//! loses nothing), and a result is fsynced before it, or anything after it, is handed out (a crashed
+//! machine loses no result the coordinator may have seen). When everything is acknowledged the file is
+//! emptied and the next sequence number is kept in `spool.seq`. The spool is bounded: past the limit
+//! output and events are dropped (results never are) and counted, and the count is sent as a `dropped`
+//! event.
+//!
+//! - `format`: how records lie in the file: each framed with a checksum and a version, so one damaged
+//!   record is skipped (and reported as dropped) instead of ending the spool there.
+//! - `writer`: the thread that owns the spool, and [`SharedSpool`], the handle the agent's tasks use.
 
-use std::collections::VecDeque;
+mod format;
+mod writer;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use polarizer_shared::events::{Correlation, Event};
-use polarizer_shared::frame::{self, FrameDecoder};
+use polarizer_shared::events::Event;
+use polarizer_shared::record_codec::{self, MAX_RECORD_BYTES};
 use polarizer_shared::run::{Record, RecordBody};
 use polarizer_transport::state_files::{ensure_private_dir, write_private};
-use tokio::sync::Notify;
+
+pub use writer::SharedSpool;
 
 const LOG_FILE: &str = "spool.log";
 const SEQ_FILE: &str = "spool.seq";
@@ -24,6 +33,7 @@ const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 /// Unacknowledged records kept in memory; beyond this they are only on disk until sent (the agent stays
 /// small while the coordinator is away).
 const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+const HEADER_BYTES: u64 = format::HEADER_BYTES as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -41,31 +51,56 @@ pub enum SpoolError {
         bytes: usize,
         reason: String,
     },
+    #[error("cannot start the spool's writer thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 struct Pending {
     seq: u64,
-    /// Where its frame starts in the log, and its length with the prefix.
-    offset: u64,
+    /// Where its payload starts in the log (its header is just before), and the payload's length.
+    payload_offset: u64,
+    payload_bytes: u64,
+    /// Its payload (an encoded `Record`), kept in memory while the memory budget allows; otherwise read
+    /// back from the log to send.
+    payload: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn record_bytes(&self) -> u64 {
+        HEADER_BYTES + self.payload_bytes
+    }
+}
+
+/// What opening a spool found that was not a whole record, reported as a `dropped` event.
+#[derive(Debug, Default)]
+struct Damage {
+    /// Stretches of the file that held no valid record, and their bytes.
+    regions: u64,
     bytes: u64,
-    /// Its frame (prefix included), kept in memory while the memory budget allows; otherwise read back
-    /// from the log to send.
-    frame: Option<Vec<u8>>,
+    /// Records lost in them, counted from the gaps they left in the sequence numbers (at least one each).
+    records: u64,
+    /// Why, in a few words each (a record written by a newer agent, undecodable, out of order).
+    reasons: BTreeMap<String, u64>,
 }
 
 pub struct Spool {
     directory: PathBuf,
-    /// Buffered: written through before anything is sent (see `unsent`), and synced for results.
+    /// Buffered: written through before anything is sent (see `make_durable`).
     log: std::io::BufWriter<File>,
     next_seq: u64,
     pending: VecDeque<Pending>,
+    /// Bytes of the pending records in the log, headers included.
     pending_bytes: u64,
     log_bytes: u64,
-    /// Bytes of the pending records held in memory.
+    /// Bytes of the pending payloads held in memory.
     memory_bytes: u64,
     limit_bytes: u64,
     /// Events and output lines dropped because the spool was full, by kind, not yet reported.
-    dropped: std::collections::BTreeMap<String, u64>,
+    dropped: BTreeMap<String, u64>,
+    /// The same, dropped because the writer thread fell behind (see `writer`).
+    dropped_behind: BTreeMap<String, u64>,
+    /// A result was written since the last fsync.
+    unsynced_result: bool,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
@@ -75,16 +110,30 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
 }
 
+/// Decodes a payload of `version` into a record as this agent sends it.
+fn decode_payload(version: u8, payload: &[u8]) -> Result<Record, String> {
+    match version {
+        format::PAYLOAD_POSTCARD_V1 => match postcard::take_from_bytes::<Record>(payload) {
+            Ok((record, [])) => Ok(record),
+            Ok(_) => Err("bytes after the record".into()),
+            Err(err) => Err(format!("undecodable: {err}")),
+        },
+        newer => Err(format!("record format {newer}, written by a newer agent")),
+    }
+}
+
 impl Spool {
-    /// Opens the spool in `directory`, reloading what a previous process left unacknowledged. A frame
-    /// cut short by a crash is dropped (it was never sent: sending follows the write).
+    /// Opens the spool in `directory`, reloading what a previous process left unacknowledged. A record
+    /// cut short by a crash is dropped (it was never sent: sending follows the write); a damaged record is
+    /// skipped, the records after it kept, and the loss sent as a `dropped` event. A file holding anything
+    /// but whole current records (damage, a torn tail, records of an earlier format) is rewritten clean.
     pub fn open(directory: &Path, limit_bytes: u64) -> Result<Spool, SpoolError> {
         ensure_private_dir(directory)?;
         let log_path = directory.join(LOG_FILE);
@@ -97,133 +146,303 @@ impl Spool {
             .map_err(io_error(&log_path))?;
         let mut bytes = Vec::new();
         log.read_to_end(&mut bytes).map_err(io_error(&log_path))?;
-        let mut decoder = FrameDecoder::new();
-        decoder.push(&bytes);
         let mut pending = VecDeque::new();
-        let mut good_bytes = 0u64;
-        let mut memory_bytes = 0u64;
-        while let Ok(Some(frame_bytes)) = decoder.next_frame_bytes() {
-            let Ok(record) = frame::decode::<Record>(frame_bytes) else {
-                break;
+        let mut damage = Damage::default();
+        let mut needs_rewrite = false;
+        let mut last_seq = 0u64;
+        // Damage was seen since the last good record: the next one tells how many records it held.
+        let mut damage_before_next = false;
+        for item in format::scan(&bytes) {
+            let (version, payload) = match item {
+                format::Scanned::Record { version, payload } => (version, payload),
+                format::Scanned::Legacy { payload } => {
+                    needs_rewrite = true;
+                    (format::PAYLOAD_POSTCARD_V1, payload)
+                }
+                format::Scanned::Damaged { bytes: range } => {
+                    tracing::warn!(spool = %log_path.display(), from = range.start, bytes = range.len(), "damaged spool record; skipping it and keeping the records after it");
+                    damage.regions += 1;
+                    damage.bytes += range.len() as u64;
+                    damage_before_next = true;
+                    needs_rewrite = true;
+                    continue;
+                }
+                format::Scanned::TornTail { from } => {
+                    tracing::warn!(spool = %log_path.display(), kept = from, cut = bytes.len() - from, "spool ended inside a record (the agent was killed while writing it); dropping the partial record");
+                    needs_rewrite = true;
+                    continue;
+                }
             };
-            let length = frame_bytes.len() as u64 + 4;
-            let in_memory = memory_bytes + length <= MEMORY_BYTES;
-            if in_memory {
-                memory_bytes += length;
+            let decoded = decode_payload(version, &bytes[payload.clone()]).and_then(|record| {
+                if record.seq > last_seq {
+                    Ok(record)
+                } else {
+                    Err("out of order".into())
+                }
+            });
+            let record = match decoded {
+                Ok(record) => record,
+                Err(reason) => {
+                    tracing::warn!(spool = %log_path.display(), from = payload.start, reason, "unreadable spool record; skipping it");
+                    *damage.reasons.entry(reason).or_default() += 1;
+                    damage.records += 1;
+                    needs_rewrite = true;
+                    continue;
+                }
+            };
+            if damage_before_next {
+                damage.records += (record.seq - last_seq - 1).max(1);
+                damage_before_next = false;
             }
+            last_seq = record.seq;
+            // Whatever an earlier agent spooled is sent the way this one sends records: within the limit.
+            let kept =
+                if version == format::PAYLOAD_POSTCARD_V1 && payload.len() <= MAX_RECORD_BYTES {
+                    bytes[payload.clone()].to_vec()
+                } else {
+                    needs_rewrite = true;
+                    record_codec::encode_record(&record)
+                        .map_err(|err| SpoolError::Encode {
+                            path: log_path.clone(),
+                            bytes: payload.len(),
+                            reason: err.to_string(),
+                        })?
+                        .bytes
+                };
             pending.push_back(Pending {
                 seq: record.seq,
-                offset: good_bytes,
-                bytes: length,
-                frame: in_memory
-                    .then(|| bytes[good_bytes as usize..(good_bytes + length) as usize].to_vec()),
+                payload_offset: payload.start as u64,
+                payload_bytes: kept.len() as u64,
+                payload: Some(kept),
             });
-            good_bytes += length;
         }
-        if good_bytes < bytes.len() as u64 {
-            tracing::warn!(spool = %log_path.display(), kept = good_bytes, cut = bytes.len() as u64 - good_bytes, "spool ended inside a record (the agent was killed while writing it); dropping the partial record");
-            log.set_len(good_bytes).map_err(io_error(&log_path))?;
+        if damage_before_next {
+            damage.records += 1;
         }
+        drop(bytes);
         log.seek(SeekFrom::End(0)).map_err(io_error(&log_path))?;
         let stored_next = std::fs::read_to_string(directory.join(SEQ_FILE))
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
             .unwrap_or(1);
-        let after_pending = pending.back().map_or(1, |last: &Pending| last.seq + 1);
-        let pending_bytes = pending.iter().map(|entry| entry.bytes).sum();
-        Ok(Spool {
+        let log_bytes = log.metadata().map_err(io_error(&log_path))?.len();
+        let mut spool = Spool {
             directory: directory.to_path_buf(),
             log: std::io::BufWriter::with_capacity(256 * 1024, log),
-            next_seq: stored_next.max(after_pending).max(1),
+            next_seq: stored_next.max(last_seq + 1).max(1),
+            pending_bytes: pending.iter().map(Pending::record_bytes).sum(),
+            memory_bytes: pending.iter().map(|entry| entry.payload_bytes).sum(),
             pending,
-            pending_bytes,
-            log_bytes: good_bytes,
-            memory_bytes,
+            log_bytes,
             limit_bytes,
             dropped: Default::default(),
-        })
+            dropped_behind: Default::default(),
+            unsynced_result: false,
+        };
+        if needs_rewrite {
+            spool.rewrite()?;
+        }
+        spool.release_memory();
+        if damage.regions > 0 || damage.records > 0 {
+            spool.report_damage(damage)?;
+        }
+        Ok(spool)
     }
 
-    /// Gives `body` the next sequence number and writes it through. Returns its sequence number.
-    pub fn push(&mut self, body: RecordBody) -> Result<u64, SpoolError> {
-        if !self.dropped.is_empty() && self.pending_bytes < self.limit_bytes / 2 {
-            let dropped = std::mem::take(&mut self.dropped);
-            let kinds: Vec<String> = dropped
+    /// Keeps only the oldest pending payloads in memory, within the budget; the rest are read back.
+    fn release_memory(&mut self) {
+        let mut kept = 0;
+        for entry in &mut self.pending {
+            if entry.payload.is_some() {
+                if kept + entry.payload_bytes <= MEMORY_BYTES {
+                    kept += entry.payload_bytes;
+                } else {
+                    entry.payload = None;
+                }
+            }
+        }
+        self.memory_bytes = kept;
+    }
+
+    fn report_damage(&mut self, damage: Damage) -> Result<(), SpoolError> {
+        let mut why: Vec<String> = vec![format!(
+            "{} damaged stretch{} of {} bytes",
+            damage.regions,
+            if damage.regions == 1 { "" } else { "es" },
+            damage.bytes
+        )];
+        why.extend(
+            damage
+                .reasons
                 .iter()
-                .map(|(kind, count)| format!("{count} {kind}"))
-                .collect();
-            self.append(RecordBody::Event {
+                .map(|(reason, count)| format!("{count} {reason}")),
+        );
+        self.append(
+            RecordBody::Event {
                 correlation: None,
                 event: Event {
                     kind: polarizer_shared::events::kind::DROPPED.into(),
                     summary: format!(
-                        "spool full ({} MiB): dropped the oldest {}",
-                        self.limit_bytes >> 20,
-                        kinds.join(", ")
+                        "spool damaged: dropped {} record{} ({})",
+                        damage.records,
+                        if damage.records == 1 { "" } else { "s" },
+                        why.join(", ")
                     ),
-                    data: serde_json::json!({ "dropped": dropped }).to_string(),
+                    data: serde_json::json!({
+                        "dropped": { "damaged spool record": damage.records },
+                        "damaged_bytes": damage.bytes,
+                        "reasons": damage.reasons,
+                    })
+                    .to_string(),
                 },
-            })?;
+            },
+            now_ms(),
+        )?;
+        self.make_durable()
+    }
+
+    /// Gives `body` the next sequence number and writes it (see [`push_at`](Self::push_at)).
+    pub fn push(&mut self, body: RecordBody) -> Result<u64, SpoolError> {
+        self.push_at(body, now_ms())
+    }
+
+    /// Gives `body`, created at `at_ms`, the next sequence number and writes it to the log's buffer.
+    /// Returns its sequence number, or 0 when the spool is full and it was dropped (results never are).
+    /// It is on disk once [`make_durable`](Self::make_durable) returns, which everything that hands
+    /// records out calls first.
+    pub fn push_at(&mut self, body: RecordBody, at_ms: i64) -> Result<u64, SpoolError> {
+        if self.pending_bytes < self.limit_bytes / 2 {
+            self.report_dropped()?;
         }
         let is_result = body.is_result();
         if !is_result && self.pending_bytes >= self.limit_bytes {
-            let kind = match &body {
-                RecordBody::Event { event, .. } => event.kind.clone(),
-                _ => polarizer_shared::events::kind::OUTPUT.to_string(),
-            };
-            *self.dropped.entry(kind).or_default() += 1;
+            *self.dropped.entry(kind_of(&body)).or_default() += 1;
             return Ok(0);
         }
-        let seq = self.append(body)?;
-        if is_result {
-            // Results survive a machine crash too, not only a killed agent.
-            let log_path = self.directory.join(LOG_FILE);
-            self.log.flush().map_err(io_error(&log_path))?;
-            self.log
-                .get_ref()
-                .sync_data()
-                .map_err(io_error(&log_path))?;
-        }
+        let seq = self.append(body, at_ms)?;
+        self.unsynced_result |= is_result;
         Ok(seq)
     }
 
-    fn append(&mut self, body: RecordBody) -> Result<u64, SpoolError> {
+    /// Counts a record the writer thread's queue had no room for (see `writer`).
+    fn dropped_behind(&mut self, kind: String, count: u64) {
+        *self.dropped_behind.entry(kind).or_default() += count;
+    }
+
+    /// Sends the counts of dropped records as `dropped` events.
+    fn report_dropped(&mut self) -> Result<(), SpoolError> {
+        let kinds = |dropped: &BTreeMap<String, u64>| -> String {
+            dropped
+                .iter()
+                .map(|(kind, count)| format!("{count} {kind}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.dropped.is_empty() {
+            let dropped = std::mem::take(&mut self.dropped);
+            let summary = format!(
+                "spool full ({} MiB): dropped the oldest {}",
+                self.limit_bytes >> 20,
+                kinds(&dropped)
+            );
+            self.append_dropped(summary, &dropped)?;
+        }
+        if !self.dropped_behind.is_empty() {
+            let dropped = std::mem::take(&mut self.dropped_behind);
+            let summary = format!(
+                "agent busy: the spool's writer fell behind and dropped {}",
+                kinds(&dropped)
+            );
+            self.append_dropped(summary, &dropped)?;
+        }
+        Ok(())
+    }
+
+    fn append_dropped(
+        &mut self,
+        summary: String,
+        dropped: &BTreeMap<String, u64>,
+    ) -> Result<(), SpoolError> {
+        self.append(
+            RecordBody::Event {
+                correlation: None,
+                event: Event {
+                    kind: polarizer_shared::events::kind::DROPPED.into(),
+                    summary,
+                    data: serde_json::json!({ "dropped": dropped }).to_string(),
+                },
+            },
+            now_ms(),
+        )
+        .map(|_| ())
+    }
+
+    fn append(&mut self, body: RecordBody, at_ms: i64) -> Result<u64, SpoolError> {
         let record = Record {
             seq: self.next_seq,
-            at_ms: now_ms(),
+            at_ms,
             body,
         };
         let log_path = self.directory.join(LOG_FILE);
-        let encoded = frame::encode(&record).map_err(|err| SpoolError::Encode {
+        // The one place records are encoded: none is ever larger than a frame may carry.
+        let encoded = record_codec::encode_record(&record).map_err(|err| SpoolError::Encode {
             path: log_path.clone(),
             bytes: 0,
             reason: err.to_string(),
         })?;
-        self.log.write_all(&encoded).map_err(io_error(&log_path))?;
-        self.next_seq += 1;
-        let bytes = encoded.len() as u64;
-        let in_memory = self.memory_bytes + bytes <= MEMORY_BYTES;
-        if in_memory {
-            self.memory_bytes += bytes;
+        if encoded.cut {
+            tracing::warn!(seq = record.seq, kind = %kind_of(&record.body), limit = MAX_RECORD_BYTES, "record over the size limit: cut to fit");
         }
-        self.pending.push_back(Pending {
+        let payload = encoded.bytes;
+        self.log
+            .write_all(&format::header(format::PAYLOAD_POSTCARD_V1, &payload))
+            .and_then(|()| self.log.write_all(&payload))
+            .map_err(io_error(&log_path))?;
+        self.next_seq += 1;
+        let payload_bytes = payload.len() as u64;
+        let in_memory = self.memory_bytes + payload_bytes <= MEMORY_BYTES;
+        if in_memory {
+            self.memory_bytes += payload_bytes;
+        }
+        let entry = Pending {
             seq: record.seq,
-            offset: self.log_bytes,
-            bytes,
-            frame: in_memory.then_some(encoded),
-        });
-        self.log_bytes += bytes;
-        self.pending_bytes += bytes;
-        Ok(self.next_seq - 1)
+            payload_offset: self.log_bytes + HEADER_BYTES,
+            payload_bytes,
+            payload: in_memory.then_some(payload),
+        };
+        self.log_bytes += entry.record_bytes();
+        self.pending_bytes += entry.record_bytes();
+        self.pending.push_back(entry);
+        Ok(record.seq)
+    }
+
+    /// Writes buffered records through to the OS (a killed agent keeps them), and fsyncs when a result
+    /// is among them (a crashed machine keeps it).
+    pub fn make_durable(&mut self) -> Result<(), SpoolError> {
+        let log_path = self.directory.join(LOG_FILE);
+        self.log.flush().map_err(io_error(&log_path))?;
+        if self.unsynced_result {
+            self.log
+                .get_ref()
+                .sync_data()
+                .map_err(io_error(&log_path))?;
+            self.unsynced_result = false;
+        }
+        Ok(())
+    }
+
+    /// The highest sequence number given so far (0 for none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
     }
 
     /// The coordinator has committed everything up to `up_to`: forget it.
     pub fn acknowledge(&mut self, up_to: u64) -> Result<(), SpoolError> {
         while self.pending.front().is_some_and(|entry| entry.seq <= up_to) {
             if let Some(entry) = self.pending.pop_front() {
-                self.pending_bytes -= entry.bytes;
-                if entry.frame.is_some() {
-                    self.memory_bytes -= entry.bytes;
+                self.pending_bytes -= entry.record_bytes();
+                if entry.payload.is_some() {
+                    self.memory_bytes -= entry.payload_bytes;
                 }
             }
         }
@@ -239,24 +458,27 @@ impl Spool {
         Ok(())
     }
 
-    /// Rewrites the log with only the pending records, and records the next sequence number.
+    /// Rewrites the log with only the pending records (in the current format), and records the next
+    /// sequence number. Atomic: a crash leaves the old log or the new one.
     fn rewrite(&mut self) -> Result<(), SpoolError> {
         write_private(
             &self.directory.join(SEQ_FILE),
             self.next_seq.to_string().as_bytes(),
         )?;
         let log_path = self.directory.join(LOG_FILE);
-        let temporary = self.directory.join("spool.log.new");
         self.log.flush().map_err(io_error(&log_path))?;
         let mut out = Vec::with_capacity(self.pending_bytes as usize);
+        let mut offsets = Vec::with_capacity(self.pending.len());
         for index in 0..self.pending.len() {
-            let frame_bytes = self.frame_bytes(index)?;
-            let entry = &mut self.pending[index];
-            entry.offset = out.len() as u64;
-            out.extend_from_slice(&frame_bytes);
+            let payload = self.payload(index)?;
+            out.extend_from_slice(&format::header(format::PAYLOAD_POSTCARD_V1, &payload));
+            offsets.push(out.len() as u64);
+            out.extend_from_slice(&payload);
         }
-        write_private(&temporary, &out)?;
-        std::fs::rename(&temporary, &log_path).map_err(io_error(&log_path))?;
+        write_private(&log_path, &out)?;
+        for (entry, offset) in self.pending.iter_mut().zip(offsets) {
+            entry.payload_offset = offset;
+        }
         self.log = std::io::BufWriter::with_capacity(
             256 * 1024,
             OpenOptions::new()
@@ -266,73 +488,56 @@ impl Spool {
                 .map_err(io_error(&log_path))?,
         );
         self.log_bytes = out.len() as u64;
+        // `write_private` synced the new file.
+        self.unsynced_result = false;
         Ok(())
     }
 
-    /// Writes buffered records through to the file (the OS has them: a killed agent keeps them).
-    pub fn flush(&mut self) {
-        if let Err(err) = self.log.flush() {
-            tracing::error!(error = %err, spool = %self.directory.display(), "cannot write the spool");
-        }
-    }
-
-    /// The frame of pending record `index` as it is in the log (prefix included).
-    fn frame_bytes(&self, index: usize) -> Result<Vec<u8>, SpoolError> {
+    /// The payload of pending record `index`: from memory, or read back from the log (flushed).
+    fn payload(&self, index: usize) -> Result<Vec<u8>, SpoolError> {
         use std::os::unix::fs::FileExt;
         let entry = &self.pending[index];
-        let log_path = self.directory.join(LOG_FILE);
-        match &entry.frame {
-            Some(frame) => Ok(frame.clone()),
+        match &entry.payload {
+            Some(payload) => Ok(payload.clone()),
             None => {
-                let mut bytes = vec![0; entry.bytes as usize];
+                let mut bytes = vec![0; entry.payload_bytes as usize];
                 self.log
                     .get_ref()
-                    .read_exact_at(&mut bytes, entry.offset)
-                    .map_err(io_error(&log_path))?;
+                    .read_exact_at(&mut bytes, entry.payload_offset)
+                    .map_err(io_error(&self.directory.join(LOG_FILE)))?;
                 Ok(bytes)
             }
         }
     }
 
-    /// Up to `max` pending records after sequence number `after`, decoded (the session sends
-    /// [`unsent_frame`](Self::unsent_frame) instead; this is how tests look inside).
-    #[cfg(test)]
-    fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
-        self.flush();
-        let start = self.pending.partition_point(|entry| entry.seq <= after);
-        let end = (start + max).min(self.pending.len());
-        let mut out = Vec::with_capacity(end - start);
-        for index in start..end {
-            let read = self.frame_bytes(index).and_then(|bytes| {
-                frame::decode::<Record>(&bytes[4..]).map_err(|err| SpoolError::Encode {
-                    path: self.directory.join(LOG_FILE),
-                    bytes: bytes.len(),
-                    reason: err.to_string(),
-                })
-            });
-            match read {
-                Ok(record) => out.push(record),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot read a spooled record back");
-                    break;
-                }
-            }
+    /// The next frame to send: the pending records after `after`, at most `max_records` of them and
+    /// while they fit in `budget_bytes` (always at least one), as one `Records` frame built from their
+    /// spooled bytes, and the last sequence number in it. Everything in it is durable first.
+    pub fn unsent_frame(
+        &mut self,
+        after: u64,
+        max_records: usize,
+        budget_bytes: usize,
+    ) -> Option<(Vec<u8>, u64)> {
+        if let Err(err) = self.make_durable() {
+            // Nothing is sent that could still be lost; it is tried again.
+            tracing::error!(error = %err, "cannot write the spool through");
+            return None;
         }
-        out
-    }
-
-    /// The next frame to send: up to `max` pending records after `after`, as one `Records` frame built
-    /// from their spooled bytes, and the last sequence number in it.
-    pub fn unsent_frame(&mut self, after: u64, max: usize) -> Option<(Vec<u8>, u64)> {
-        self.flush();
         let start = self.pending.partition_point(|entry| entry.seq <= after);
-        let end = (start + max).min(self.pending.len());
-        let mut frames = Vec::with_capacity(end - start);
+        let mut payloads = Vec::new();
+        let mut bytes = 0;
         let mut last = None;
-        for index in start..end {
-            match self.frame_bytes(index) {
-                Ok(bytes) => {
-                    frames.push(bytes);
+        for index in start..self.pending.len() {
+            let size = self.pending[index].payload_bytes as usize;
+            let fits = payloads.is_empty() || bytes + size <= budget_bytes;
+            if payloads.len() >= max_records || !fits {
+                break;
+            }
+            match self.payload(index) {
+                Ok(payload) => {
+                    bytes += size;
+                    payloads.push(payload);
                     last = Some(self.pending[index].seq);
                 }
                 Err(err) => {
@@ -343,91 +548,55 @@ impl Spool {
             }
         }
         let last = last?;
-        let bodies: Vec<&[u8]> = frames.iter().map(|frame| &frame[4..]).collect();
-        Some((polarizer_shared::protocol::records_frame(&bodies), last))
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let frame = polarizer_shared::protocol::records_frame(&slices);
+        debug_assert!(frame.len() <= polarizer_shared::frame::MAX_FRAME_BYTES);
+        Some((frame, last))
     }
 
+    /// Up to `max` pending records after sequence number `after`, decoded (the session sends
+    /// [`unsent_frame`](Self::unsent_frame) instead; this is how tests look inside).
     #[cfg(test)]
+    fn unsent(&mut self, after: u64, max: usize) -> Vec<Record> {
+        self.make_durable().unwrap();
+        let start = self.pending.partition_point(|entry| entry.seq <= after);
+        let end = (start + max).min(self.pending.len());
+        (start..end)
+            .map(|index| {
+                decode_payload(format::PAYLOAD_POSTCARD_V1, &self.payload(index).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// Records not acknowledged yet.
     fn pending_count(&self) -> usize {
         self.pending.len()
     }
 }
 
-/// The spool as the agent's tasks share it: the runner pushes, the session sends and acknowledges.
-#[derive(Clone)]
-pub struct SharedSpool {
-    inner: Arc<Mutex<Spool>>,
-    pub pushed: Arc<Notify>,
-    /// What runs on this agent now, learnt from the runner's own records: events are stamped with it.
-    running: Arc<Mutex<Option<Correlation>>>,
-}
-
-impl SharedSpool {
-    pub fn new(spool: Spool) -> SharedSpool {
-        SharedSpool {
-            inner: Arc::new(Mutex::new(spool)),
-            pushed: Arc::new(Notify::new()),
-            running: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Records an event from a collector, correlated with the suite and test running now.
-    pub fn push_event(&self, event: Event) {
-        let correlation = self.running.lock().expect("running lock").clone();
-        self.push(RecordBody::Event { correlation, event });
-    }
-
-    pub fn push(&self, body: RecordBody) {
-        {
-            let mut running = self.running.lock().expect("running lock");
-            match &body {
-                RecordBody::SuiteStarted { suite, .. } => {
-                    *running = Some(Correlation {
-                        suite: *suite,
-                        test: String::new(),
-                    })
-                }
-                RecordBody::TestStarted { suite, test } => {
-                    *running = Some(Correlation {
-                        suite: *suite,
-                        test: test.clone(),
-                    })
-                }
-                RecordBody::TestFinished(outcome) => {
-                    *running = Some(Correlation {
-                        suite: outcome.suite,
-                        test: String::new(),
-                    })
-                }
-                RecordBody::SuiteFinished { .. } => *running = None,
-                _ => {}
-            }
-        }
-        let outcome = self.inner.lock().expect("spool lock").push(body);
-        match outcome {
-            Ok(_) => self.pushed.notify_one(),
-            // The disk is full or gone: the record cannot be kept, and saying so is all that is left.
-            Err(err) => tracing::error!(error = %err, "cannot spool a record"),
-        }
-    }
-
-    pub fn with<T>(&self, action: impl FnOnce(&mut Spool) -> T) -> T {
-        action(&mut self.inner.lock().expect("spool lock"))
+/// The kind a dropped record is counted under.
+fn kind_of(body: &RecordBody) -> String {
+    match body {
+        RecordBody::Event { event, .. } => event.kind.clone(),
+        RecordBody::Output { .. } => polarizer_shared::events::kind::OUTPUT.to_string(),
+        _ => polarizer_shared::events::kind::RESULT.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use polarizer_shared::run::{OutputStream, SuiteRef};
+    use polarizer_shared::run::{Exit, OutputStream, SuiteRef, TestOutcome, TestStatus};
+
+    const SUITE: SuiteRef = SuiteRef {
+        run: 1,
+        suite: 1,
+        attempt: 1,
+    };
 
     fn output(line: &str) -> RecordBody {
         RecordBody::Output {
-            suite: SuiteRef {
-                run: 1,
-                suite: 1,
-                attempt: 1,
-            },
+            suite: SUITE,
             test: "/t".into(),
             stream: OutputStream::Stdout,
             line: line.into(),
@@ -436,13 +605,31 @@ mod tests {
 
     fn finished() -> RecordBody {
         RecordBody::SuiteFinished {
-            suite: SuiteRef {
-                run: 1,
-                suite: 1,
-                attempt: 1,
-            },
+            suite: SUITE,
             error: None,
         }
+    }
+
+    fn result(test: &str) -> RecordBody {
+        RecordBody::TestFinished(Box::new(TestOutcome {
+            suite: SUITE,
+            test: test.into(),
+            status: TestStatus::Pass,
+            exit: Exit::Code(0),
+            started_ms: 1,
+            duration_ms: 2,
+            message: String::new(),
+            output_tail: "ok\n".into(),
+            subresults: Vec::new(),
+        }))
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|record| record.seq).collect()
+    }
+
+    fn log_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join(LOG_FILE)
     }
 
     #[test]
@@ -455,8 +642,7 @@ mod tests {
         drop(spool);
 
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        let seqs: Vec<u64> = spool.unsent(0, 10).iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(seqs(&spool.unsent(0, 10)), [1, 2, 3]);
         assert_eq!(spool.unsent(1, 1)[0].seq, 2);
         spool.acknowledge(2).unwrap();
         assert_eq!(spool.pending_count(), 1);
@@ -475,24 +661,144 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         spool.push(output("whole")).unwrap();
+        spool.push(output("torn")).unwrap();
+        spool.make_durable().unwrap();
         drop(spool);
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(LOG_FILE))
-            .unwrap();
-        file.write_all(&[0, 0, 0, 50, 1, 2]).unwrap();
-        drop(file);
+        // The second record's last bytes never reached the disk.
+        let bytes = std::fs::read(log_path(&dir)).unwrap();
+        std::fs::write(log_path(&dir), &bytes[..bytes.len() - 3]).unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.pending_count(), 1);
         assert_eq!(spool.push(output("next")).unwrap(), 2);
         drop(spool);
-        assert_eq!(
-            Spool::open(dir.path(), 1 << 20)
-                .unwrap()
-                .unsent(0, 10)
-                .len(),
-            2
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let records = spool.unsent(0, 10);
+        assert_eq!(seqs(&records), [1, 2], "a torn tail is no damage to report");
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_reported_as_dropped_and_the_records_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.push(result("/first")).unwrap();
+        spool.push(result("/second")).unwrap();
+        spool.push(result("/third")).unwrap();
+        spool.make_durable().unwrap();
+        drop(spool);
+        let mut bytes = std::fs::read(log_path(&dir)).unwrap();
+        let at = bytes
+            .windows(7)
+            .position(|window| window == b"/second")
+            .unwrap();
+        bytes[at + 2] ^= 0x01;
+        std::fs::write(log_path(&dir), &bytes).unwrap();
+
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let records = spool.unsent(0, 10);
+        assert_eq!(seqs(&records), [1, 3, 4]);
+        let tests: Vec<&str> = records[..2]
+            .iter()
+            .map(|record| match &record.body {
+                RecordBody::TestFinished(outcome) => outcome.test.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(tests, ["/first", "/third"]);
+        let RecordBody::Event { event, .. } = &records[2].body else {
+            panic!("a dropped event")
+        };
+        assert_eq!(event.kind, "dropped");
+        assert!(
+            event.summary.starts_with("spool damaged: dropped 1 record"),
+            "{}",
+            event.summary
         );
+        drop(spool);
+        // The damage was cut out: it is reported once, not at every start.
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(seqs(&spool.unsent(0, 10)), [1, 3, 4]);
+    }
+
+    #[test]
+    fn a_spool_written_in_the_earlier_format_is_read_and_rewritten_in_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_private_dir(dir.path()).unwrap();
+        // Byte for byte what the spool wrote before records were framed: `frame::encode(&record)` each,
+        // and one record too large for a frame of today (it is cut when read).
+        let earlier = [
+            Record {
+                seq: 5,
+                at_ms: 10,
+                body: output("before the upgrade"),
+            },
+            Record {
+                seq: 6,
+                at_ms: 11,
+                body: result("/upgraded"),
+            },
+            Record {
+                seq: 7,
+                at_ms: 12,
+                body: output(&"x".repeat(3 << 20)),
+            },
+        ];
+        let mut bytes = Vec::new();
+        for record in &earlier {
+            bytes.extend(polarizer_shared::frame::encode(record).unwrap());
+        }
+        std::fs::write(log_path(&dir), &bytes).unwrap();
+
+        let mut spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let records = spool.unsent(0, 10);
+        assert_eq!(records[..2], earlier[..2]);
+        assert_eq!(records[2].seq, 7);
+        let RecordBody::Output { line, .. } = &records[2].body else {
+            panic!("still output")
+        };
+        assert!(line.len() < MAX_RECORD_BYTES && line.contains("cut by the agent"));
+        assert_eq!(spool.push(output("after")).unwrap(), 8);
+        spool.make_durable().unwrap();
+        drop(spool);
+        let rewritten = std::fs::read(log_path(&dir)).unwrap();
+        assert!(rewritten.starts_with(&format::MAGIC));
+        let mut spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(seqs(&spool.unsent(0, 10)), [5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn frames_are_bounded_in_bytes_and_any_record_fits_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let line = "y".repeat(100 * 1024);
+        for _ in 0..40 {
+            spool.push(output(&line)).unwrap();
+        }
+        // A D-Bus body or an output line far beyond a frame: cut to fit, never refused.
+        spool.push(output(&"z".repeat(20 << 20))).unwrap();
+        let budget = polarizer_shared::record_codec::RECORDS_FRAME_BUDGET_BYTES;
+        let mut after = 0;
+        let mut frames = 0;
+        while let Some((frame, last)) = spool.unsent_frame(after, 512, budget) {
+            assert!(frame.len() <= budget + MAX_RECORD_BYTES + 64);
+            assert!(frame.len() <= polarizer_shared::frame::MAX_FRAME_BYTES);
+            assert!(last > after);
+            after = last;
+            frames += 1;
+        }
+        assert_eq!(after, 41, "every record sent");
+        assert!(frames >= 5, "4 MB of records take several frames, not one");
+    }
+
+    #[test]
+    fn a_result_is_fsynced_before_it_is_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.push(output("a")).unwrap();
+        assert!(!spool.unsynced_result);
+        spool.push(result("/t")).unwrap();
+        assert!(spool.unsynced_result);
+        spool.unsent_frame(0, 10, 1 << 20).unwrap();
+        assert!(!spool.unsynced_result);
     }
 
     #[test]
@@ -537,13 +843,8 @@ mod tests {
             spool.push(output(&format!("{index} {line}"))).unwrap();
         }
         assert!(spool.memory_bytes <= MEMORY_BYTES);
-        let lines = |spool: &mut Spool, after: u64| -> Vec<u64> {
-            spool
-                .unsent(after, 1000)
-                .iter()
-                .map(|record| record.seq)
-                .collect()
-        };
+        let lines =
+            |spool: &mut Spool, after: u64| -> Vec<u64> { seqs(&spool.unsent(after, 1000)) };
         assert_eq!(lines(&mut spool, 0), (1..=count).collect::<Vec<_>>());
         // Compaction keeps the on-disk ones readable, at their new offsets.
         spool.acknowledge(10).unwrap();
@@ -556,6 +857,7 @@ mod tests {
         }
         drop(spool);
         let mut reopened = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert!(reopened.memory_bytes <= MEMORY_BYTES);
         assert_eq!(lines(&mut reopened, 0), (11..=count).collect::<Vec<_>>());
     }
 
