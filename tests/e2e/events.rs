@@ -472,3 +472,156 @@ fn a_tail_that_stops_reading_does_not_slow_ingest_or_other_tails() {
     let _ = stuck.wait();
     let _ = reading.wait();
 }
+
+/// Writes `count` custom events of kind `big`, numbered, each padded to `pad_bytes`, reading each `ok`.
+fn emit_big(socket: &Path, count: usize, pad_bytes: usize) {
+    let stream = UnixStream::connect(socket).expect("agent socket");
+    let mut writer = stream.try_clone().unwrap();
+    let mut replies = BufReader::new(stream);
+    let pad = "x".repeat(pad_bytes);
+    let mut line = String::new();
+    for index in 0..count {
+        writeln!(
+            writer,
+            r#"{{"kind":"big","data":{{"n":{index},"pad":"{pad}"}}}}"#
+        )
+        .unwrap();
+        line.clear();
+        replies.read_line(&mut line).unwrap();
+        assert_eq!(line, "ok\n");
+    }
+}
+
+/// The number in the newest stored event of `kind`, if any is stored.
+fn newest_number(cluster: &TestCluster, kind: &str) -> Option<u64> {
+    let output = cluster.operator(&["tail", "--no-follow", "--json", "--kind", kind, "-n", "1"]);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .last()
+        .and_then(|event| event["data"]["n"].as_u64())
+}
+
+/// A git repository at `dir` whose fmf tree holds `tests/main.fmf` = `fmf`.
+fn test_repo(dir: &Path, fmf: &str) {
+    for (path, text) in [(".fmf/version", "1\n"), ("tests/main.fmf", fmf)] {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    for args in [
+        &["init", "--quiet"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@example.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "t",
+        ],
+    ] {
+        assert!(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+#[test]
+fn a_backlog_larger_than_a_frame_is_delivered_in_bounded_batches() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    start_quiet_agent(&mut cluster, "vm-1");
+    let socket = cluster.path("agent-vm-1/emit.sock");
+    wait_for("the event socket", DEADLINE, || socket.exists());
+    // With the coordinator away, 300 events of 60 KiB pile up in the spool: 18 MB, more than the
+    // 16 MiB a frame may hold.
+    cluster.coordinator.as_mut().unwrap().kill_9();
+    let total = 300;
+    emit_big(&socket, total, 60 * 1024);
+    cluster.start_coordinator(&[]);
+    // Records commit in order: the last one stored means all are.
+    wait_for("the last big event stored", DEADLINE, || {
+        newest_number(&cluster, "big") == Some(total as u64 - 1)
+    });
+    let stored = events(&cluster, &["--kind", "big"]);
+    let mut numbers: Vec<u64> = stored
+        .iter()
+        .map(|event| event["data"]["n"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..total as u64).collect::<Vec<_>>());
+    assert!(
+        stored
+            .iter()
+            .all(|event| event["data"]["pad"].as_str().unwrap().len() == 60 * 1024),
+        "events of 60 KiB are stored whole"
+    );
+    // The agent is not stuck behind its backlog: a test run afterwards reports its result.
+    let repo = cluster.path("repo");
+    test_repo(&repo, "/after:\n  test: echo after\n");
+    let triggered = cluster.operator(&["trigger", "--repo", repo.to_str().unwrap(), "--wait"]);
+    assert!(
+        triggered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
+    let results = events(&cluster, &["--kind", "result"]);
+    assert_eq!(results.len(), 1, "{:?}", events(&cluster, &["--run", "1"]));
+}
+
+#[test]
+fn a_damaged_spool_record_is_reported_dropped_and_the_records_after_it_delivered() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    start_quiet_agent(&mut cluster, "vm-1");
+    let socket = cluster.path("agent-vm-1/emit.sock");
+    wait_for("the event socket", DEADLINE, || socket.exists());
+    cluster.coordinator.as_mut().unwrap().kill_9();
+    for index in 0..3 {
+        let data = format!(r#"{{"n":{index},"mark":"spooled-record-{index}"}}"#);
+        let sent = emit(&socket, &["--kind", "spooled", "--data", &data]);
+        assert!(sent.status.success(), "{sent:?}");
+    }
+    // Once the three are written through, the agent is killed and one byte of the second changes.
+    let log = cluster.path("agent-vm-1/spool/spool.log");
+    wait_for("the records written through", DEADLINE, || {
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+            .contains("spooled-record-2")
+    });
+    cluster.agent("vm-1").kill_9();
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mark = b"spooled-record-1";
+    let at = bytes
+        .windows(mark.len())
+        .position(|window| window == mark)
+        .expect("the second record in the spool");
+    bytes[at] ^= 0x20;
+    std::fs::write(&log, &bytes).unwrap();
+
+    cluster.start_coordinator(&[]);
+    start_quiet_agent(&mut cluster, "vm-1");
+    let dropped = wait_for_event(&cluster, &["--kind", "dropped"], "a dropped record", |_| {
+        true
+    });
+    assert!(
+        dropped["summary"].as_str().unwrap().contains("damaged"),
+        "{dropped}"
+    );
+    wait_for("the third record stored", DEADLINE, || {
+        newest_number(&cluster, "spooled") == Some(2)
+    });
+    let numbers: Vec<u64> = events(&cluster, &["--kind", "spooled"])
+        .iter()
+        .map(|event| event["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        [0, 2],
+        "the first and third kept, the damaged second dropped"
+    );
+}
