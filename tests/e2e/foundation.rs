@@ -777,19 +777,6 @@ fn oversize_hellos_from_many_peers_cost_the_coordinator_nothing() {
     assert_eq!(cluster.online_names().len(), 3);
 }
 
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn config_files_and_environment_configure_both_daemons() {
     let mut cluster = TestCluster::new_coordinator_only();

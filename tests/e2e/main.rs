@@ -2,6 +2,7 @@
 
 mod catalog;
 mod discovery;
+mod disk;
 mod events;
 mod foundation;
 mod hostile_trees;

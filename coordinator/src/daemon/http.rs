@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use polarizer_shared::protocol::AgentState;
@@ -26,12 +27,30 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// 200 `ok` while the store commits; 503 with the reason while it cannot (agents' records then stay
+/// in their spools, unacknowledged, until it can again).
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.store.failing() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(failing) => {
+            let for_seconds = (crate::daemon::clock::now_ms() - failing.since_ms).max(0) / 1000;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "store cannot commit (for {for_seconds} s; agents keep their records until it can): {}\n",
+                    failing.error
+                ),
+            )
+        }
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> String {
@@ -62,7 +81,10 @@ async fn metrics(State(state): State<HttpState>) -> String {
          polarizer_protocol_errors_total {}\n\
          # HELP polarizer_store_pending_commands Writes sent to the store and not yet committed (bounded).\n\
          # TYPE polarizer_store_pending_commands gauge\n\
-         polarizer_store_pending_commands {}\n",
+         polarizer_store_pending_commands {}\n\
+         # HELP polarizer_store_healthy 1 while the store commits, 0 while it cannot (full disk, I/O error).\n\
+         # TYPE polarizer_store_healthy gauge\n\
+         polarizer_store_healthy {}\n",
         count(AgentState::Online),
         count(AgentState::Offline),
         count(AgentState::Revoked),
@@ -71,5 +93,6 @@ async fn metrics(State(state): State<HttpState>) -> String {
         load(&counters.refusals),
         load(&counters.protocol_errors),
         state.store.pending_commands(),
+        u8::from(state.store.failing().is_none()),
     )
 }

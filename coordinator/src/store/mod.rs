@@ -11,6 +11,7 @@
 mod agents;
 pub mod catalog;
 pub mod events;
+pub mod health;
 pub mod migrations;
 pub mod runs;
 pub mod sql;
@@ -103,6 +104,7 @@ pub struct StoreHandle {
     slots: Arc<Semaphore>,
     capacity: usize,
     path: PathBuf,
+    health: Arc<health::StoreHealth>,
 }
 
 pub struct Store;
@@ -126,9 +128,19 @@ impl Store {
         let (commands_tx, commands_rx) = std_mpsc::channel();
         let checkpoints = spawn_checkpointer(path)?;
         let writer_path = path.to_path_buf();
+        let health = Arc::new(health::StoreHealth::default());
+        let writer_health = health.clone();
         let join = thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(connection, commands_rx, checkpoints, writer_path))
+            .spawn(move || {
+                run_writer(
+                    connection,
+                    commands_rx,
+                    checkpoints,
+                    writer_path,
+                    &writer_health,
+                )
+            })
             .map_err(|err| StoreError::Sqlite {
                 path: path.to_path_buf(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
@@ -139,6 +151,7 @@ impl Store {
                 slots: Arc::new(Semaphore::new(capacity)),
                 capacity,
                 path: path.to_path_buf(),
+                health,
             },
             join,
         ))
@@ -230,6 +243,7 @@ fn run_writer(
     commands_rx: std_mpsc::Receiver<Queued>,
     checkpoints: std_mpsc::SyncSender<()>,
     path: PathBuf,
+    health: &health::StoreHealth,
 ) {
     // The hook replaces SQLite's autocheckpoint: it runs after each commit with the WAL's page count.
     let wal_pages = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -301,8 +315,12 @@ fn run_writer(
                 }
                 transaction.commit().map_err(sqlite_error(&path))
             })();
-            if let Err(err) = &outcome {
-                tracing::error!(error = %err, "store transaction failed; its commands are rolled back");
+            match &outcome {
+                Ok(()) => health.committed(),
+                Err(err) => {
+                    tracing::error!(error = %err, "store transaction failed; its commands are rolled back");
+                    health.failed(err);
+                }
             }
             // Replies go out only after the commit, so a caller never acts on uncommitted state.
             for reply in replies {
@@ -431,6 +449,11 @@ fn apply(
 }
 
 impl StoreHandle {
+    /// `Some` while the store cannot commit (a full disk, an I/O error): since when, and why.
+    pub fn failing(&self) -> Option<health::Failing> {
+        self.health.failing()
+    }
+
     /// Queues `command` once there is room: waits while [`MAX_PENDING_COMMANDS`] are uncommitted.
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         let slot = self

@@ -1,0 +1,160 @@
+//! A full disk: the coordinator's data dir on a small tmpfs that fills during a flood of events. Needs
+//! root (mount); skipped with the reason printed otherwise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use polarizer_e2e::*;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const EVENTS: usize = 120;
+
+/// A tmpfs of its own, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(path)
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            eprintln!(
+                "skipped: cannot mount a tmpfs here (needs root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        Some(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn grow(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {}", self.path.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn flood_events(cluster: &TestCluster) -> BTreeMap<u64, usize> {
+    let output = cluster.operator(&[
+        "tail",
+        "--no-follow",
+        "--json",
+        "--since",
+        "0",
+        "--kind",
+        "flood",
+    ]);
+    let mut seen = BTreeMap::new();
+    if output.status.success() {
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let event: Value = serde_json::from_str(line).unwrap();
+            if let Some(n) = event["data"]["n"].as_u64() {
+                *seen.entry(n).or_default() += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// The store cannot commit while the disk is full: nothing is acknowledged, the agent keeps its
+/// records, `/healthz` says why; once there is room again every event arrives, once.
+#[test]
+fn a_full_disk_under_a_flood_loses_nothing_and_healthz_says_why() {
+    let mount_dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&mount_dir.path().join("data"), "3m") else {
+        return;
+    };
+    let mut cluster = TestCluster::new_coordinator_only();
+    // Move the coordinator's data dir onto the small disk.
+    cluster.coordinator.as_mut().unwrap().terminate(DEADLINE);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", cluster.data_dir.display()))
+        .arg(&disk.path)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    cluster.data_dir = disk.path.clone();
+    cluster.start_coordinator(&[]);
+    cluster.start_agent(
+        "vm-1",
+        &[
+            ("--dbus-address", "off"),
+            ("--dpkg-status", "off"),
+            ("--rpm-dbpath", "off"),
+        ],
+    );
+    wait_for("vm-1 online", DEADLINE, || {
+        cluster.agent_state("vm-1").as_deref() == Some("online")
+    });
+    assert!(http_get(cluster.http, "/healthz").starts_with("HTTP/1.1 200"));
+
+    let socket = cluster.path("agent-vm-1/emit.sock");
+    let pad = "x".repeat(24 * 1024);
+    for n in 0..EVENTS {
+        let output = Command::new(binary("polarizer-agent"))
+            .args(["emit", "--kind", "flood", "--data"])
+            .arg(format!(r#"{{"n":{n},"pad":"{pad}"}}"#))
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "emit {n}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let mut health = String::new();
+    wait_for("/healthz to report the full disk", DEADLINE, || {
+        health = http_get(cluster.http, "/healthz");
+        health.starts_with("HTTP/1.1 503")
+    });
+    assert!(health.contains("full"), "{health}");
+    assert!(
+        http_get(cluster.http, "/metrics").contains("polarizer_store_healthy 0"),
+        "the gauge says it too"
+    );
+    let stored = flood_events(&cluster).len();
+    assert!(stored < EVENTS, "the disk filled before all were stored");
+    assert!(
+        cluster.agent("vm-1").wait_exit(Duration::ZERO).is_none(),
+        "the agent keeps its records and runs on"
+    );
+
+    disk.grow("64m");
+    let mut seen = BTreeMap::new();
+    wait_for("every event stored once there is room", DEADLINE, || {
+        seen = flood_events(&cluster);
+        seen.len() == EVENTS
+    });
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "each stored once: {seen:?}"
+    );
+    wait_for("/healthz ok again", DEADLINE, || {
+        http_get(cluster.http, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    eprintln!("stored {stored} of {EVENTS} while the disk was full, all after it grew");
+}
