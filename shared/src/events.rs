@@ -58,6 +58,18 @@ pub struct EventRow {
     pub data: String,
 }
 
+impl EventRow {
+    /// About what the row takes in memory and on the wire: its text and a fixed part for the rest.
+    /// What pages, frames and the live buffer are measured in.
+    pub fn approximate_bytes(&self) -> usize {
+        64 + self.agent.len()
+            + self.kind.len()
+            + self.test.len()
+            + self.summary.len()
+            + self.data.len()
+    }
+}
+
 /// The filters of `polarizer tail`; every one given must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TailQuery {

@@ -277,7 +277,8 @@ pub enum OperatorResponse {
         state: crate::run::RunState,
     },
     Events(Vec<crate::events::EventRow>),
-    /// This follower fell behind; `missed` events were skipped (the store has them all).
+    /// This follower fell `missed` events behind the live stream (counted before its filters). It
+    /// catches up from the store: the events that follow include every one it missed.
     Lagged {
         missed: u64,
     },

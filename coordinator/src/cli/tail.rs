@@ -111,7 +111,7 @@ async fn stream_events(
                 }
             }
             OperatorResponse::Lagged { missed } => eprintln!(
-                "tail: this terminal fell behind; {missed} events skipped here (all are stored: `polarizer tail --since ID` shows them)"
+                "tail: this terminal fell {missed} events behind the live stream; catching up from the store (none is skipped)"
             ),
             OperatorResponse::EventsEnd => return Ok(()),
             other => bail!("unexpected answer from the coordinator: {other:?}"),

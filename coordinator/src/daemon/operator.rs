@@ -6,11 +6,13 @@ use polarizer_shared::run::RunUpdate;
 use polarizer_transport::state_files;
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::core::run::{RunEnd, SuiteState};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
+use crate::daemon::tail::Ended;
 
 /// Reads and checks the tree off the async runtime, then stores it in one step.
 async fn import(
@@ -272,6 +274,7 @@ pub(super) async fn operator_session(
     connection: quinn::Connection,
     mut stream: FramedStream,
     context: Context,
+    shutdown: CancellationToken,
 ) {
     loop {
         let request = match stream.recv::<ClientFrame>().await {
@@ -361,22 +364,27 @@ pub(super) async fn operator_session(
                 }
             }
             OperatorRequest::Tail(query) => {
-                if crate::daemon::tail::tail(&mut stream, &context.store, &context.fanout, *query)
-                    .await
-                    .is_err()
-                {
-                    return;
+                let ended = crate::daemon::tail::tail(
+                    &mut stream,
+                    &context.store,
+                    &context.fanout,
+                    *query,
+                    &shutdown,
+                )
+                .await;
+                match ended {
+                    Ok(Ended::Done) => continue,
+                    // The endpoint's close tells the operator.
+                    Ok(Ended::ShuttingDown) | Err(_) => return,
                 }
-                continue;
             }
             OperatorRequest::Replay { run } => {
-                if crate::daemon::tail::replay(&mut stream, &context.store, run)
-                    .await
-                    .is_err()
-                {
-                    return;
+                let ended =
+                    crate::daemon::tail::replay(&mut stream, &context.store, run, &shutdown).await;
+                match ended {
+                    Ok(Ended::Done) => continue,
+                    Ok(Ended::ShuttingDown) | Err(_) => return,
                 }
-                continue;
             }
             OperatorRequest::WatchRun { run, output } => {
                 if watch_run(&mut stream, &context, run, output).await.is_err() {

@@ -7,7 +7,6 @@
 //!
 //! Also here: committing an agent's records and publishing what they changed, and ending runs early.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use polarizer_shared::protocol::CoordinatorMessage;
@@ -19,6 +18,7 @@ use crate::core::run::RunEnd;
 use crate::core::schedule::{self, Action, AgentView, ScheduleInput};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
+use crate::daemon::fanout::LiveEvent;
 use crate::store::runs;
 use crate::store::StoreError;
 
@@ -47,7 +47,7 @@ pub async fn ingest(
                 ingested.effects.retain_mut(|effect| match effect {
                     runs::Effect::Event(event) => {
                         if following {
-                            let _ = events.send(Arc::new(std::mem::take(event)));
+                            let _ = events.send(LiveEvent::of(std::mem::take(event)));
                         }
                         false
                     }

@@ -147,7 +147,7 @@ async fn handle_connection(
                 return;
             }
             drop(unauthenticated);
-            crate::daemon::operator::operator_session(connection, stream, context).await;
+            crate::daemon::operator::operator_session(connection, stream, context, shutdown).await;
         }
         Peer::Agent {
             credential,

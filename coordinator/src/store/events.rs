@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use polarizer_shared::events::{kind, EventRow, TailQuery};
-use rusqlite::Savepoint;
+use rusqlite::{OptionalExtension, Savepoint};
 
 use crate::store::sql::{sqlite_error, Reader, StoreError};
 
@@ -191,63 +191,212 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
 const COLUMNS: &str =
     "id, agent, seq, agent_ms, received_ms, kind, run_id, suite_id, test_id, summary, data";
 
-impl Reader {
-    /// Stored events matching `query` (all but `grep`), oldest first; with a limit, the newest that many.
-    pub fn events(&self, query: &TailQuery) -> Result<Vec<EventRow>, StoreError> {
-        let mut conditions = vec!["1 = 1".to_string()];
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        let mut bind = |condition: String, value: rusqlite::types::Value| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("?{}", values.len())));
-        };
-        if let Some(after) = query.after_id {
-            bind("id > ?".into(), (after as i64).into());
+/// How much one page of events may hold: at most `rows` rows, and it ends with the row that reaches
+/// `bytes` (a page holds at least one row, whatever its size). What a stream of stored events holds in
+/// memory at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// Whether `page`, read with this limit, may have stopped before the last row there was.
+    pub fn filled_by(&self, page: &[EventRow]) -> bool {
+        page.len() >= self.rows
+            || page.iter().map(EventRow::approximate_bytes).sum::<usize>() >= self.bytes
+    }
+}
+
+/// Where a run's timeline goes on: after this row. Timelines are in the agents' time order, ties in
+/// the order the rows arrived (their ids), which is the order of `events_by_run`'s entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineCursor {
+    pub agent_ms: i64,
+    pub id: u64,
+}
+
+impl TimelineCursor {
+    pub fn after(event: &EventRow) -> TimelineCursor {
+        TimelineCursor {
+            agent_ms: event.agent_ms,
+            id: event.id,
         }
+    }
+}
+
+/// SQL conditions with their values, numbered as they are added.
+#[derive(Default)]
+struct Conditions {
+    conditions: Vec<String>,
+    values: Vec<rusqlite::types::Value>,
+}
+
+impl Conditions {
+    /// Adds `condition`, whose `?`s take `values` in order.
+    fn add(&mut self, condition: &str, values: Vec<rusqlite::types::Value>) {
+        let mut numbered = String::new();
+        let mut values = values.into_iter();
+        for part in condition.split_inclusive('?') {
+            match part.strip_suffix('?') {
+                Some(before) => {
+                    self.values
+                        .push(values.next().expect("a value for every ?"));
+                    numbered.push_str(&format!("{before}?{}", self.values.len()));
+                }
+                None => numbered.push_str(part),
+            }
+        }
+        debug_assert!(values.next().is_none(), "a ? for every value");
+        self.conditions.push(numbered);
+    }
+
+    fn sql(&self) -> String {
+        if self.conditions.is_empty() {
+            "1 = 1".into()
+        } else {
+            self.conditions.join(" AND ")
+        }
+    }
+
+    /// A query's filters but `grep`, `after_id` and `limit`. Indexed columns are written `+column`:
+    /// pages walk the primary key in id order, where an index would sort its rows again for each page.
+    fn of_query(query: &TailQuery) -> Conditions {
+        let mut conditions = Conditions::default();
         if let Some(since) = query.since_ms {
-            bind("received_ms >= ?".into(), since.into());
+            conditions.add("+received_ms >= ?", vec![since.into()]);
         }
         if let Some(run) = query.run {
-            bind("run_id = ?".into(), (run as i64).into());
+            conditions.add("+run_id = ?", vec![(run as i64).into()]);
         }
         if let Some(test) = &query.test {
-            bind("test_id = ?".into(), test.clone().into());
+            conditions.add("test_id = ?", vec![test.clone().into()]);
         }
         for (column, wanted) in [("agent", &query.agents), ("kind", &query.kinds)] {
             if !wanted.is_empty() {
-                let start = values.len();
-                values.extend(wanted.iter().map(|value| value.clone().into()));
-                let placeholders: Vec<String> = (start + 1..=values.len())
-                    .map(|index| format!("?{index}"))
-                    .collect();
-                conditions.push(format!("{column} IN ({})", placeholders.join(", ")));
+                let placeholders = vec!["?"; wanted.len()].join(", ");
+                let values = wanted.iter().map(|value| value.clone().into()).collect();
+                conditions.add(&format!("{column} IN ({placeholders})"), values);
             }
         }
-        let limit = query.limit.map_or(i64::MAX, i64::from);
-        let sql = format!(
-            "SELECT * FROM (SELECT {COLUMNS} FROM events WHERE {} ORDER BY id DESC LIMIT {limit}) ORDER BY id",
-            conditions.join(" AND ")
-        );
+        conditions
+    }
+}
+
+impl Reader {
+    /// The id a query's stored events start after: its `after_id`; past every row older than the first
+    /// of its run or of its time window (found by their indexes, so pages need not walk those rows);
+    /// and, with a `limit`, where the newest that many begin.
+    pub fn events_start(&self, query: &TailQuery) -> Result<u64, StoreError> {
         let on_sqlite = sqlite_error(&self.path);
-        let mut statement = self.connection.prepare(&sql).map_err(&on_sqlite)?;
-        let rows = statement
-            .query_map(rusqlite::params_from_iter(values), event_row)
-            .map_err(&on_sqlite)?;
-        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+        let mut start = query.after_id.unwrap_or(0);
+        let first_of = |sql: &str, value: i64| -> Result<Option<u64>, StoreError> {
+            self.connection
+                .query_row(sql, [value], |row| row.get::<_, Option<i64>>(0))
+                .map(|first| first.map(|id| id as u64))
+                .map_err(&on_sqlite)
+        };
+        if let Some(run) = query.run {
+            if let Some(first) =
+                first_of("SELECT min(id) FROM events WHERE run_id = ?1", run as i64)?
+            {
+                start = start.max(first.saturating_sub(1));
+            }
+        }
+        if let Some(since) = query.since_ms {
+            if let Some(first) =
+                first_of("SELECT min(id) FROM events WHERE received_ms >= ?1", since)?
+            {
+                start = start.max(first.saturating_sub(1));
+            }
+        }
+        if let Some(limit) = query.limit {
+            let mut conditions = Conditions::of_query(query);
+            conditions.add("id > ?", vec![(start as i64).into()]);
+            // The newest `limit` rows are those after the one past them.
+            let sql = format!(
+                "SELECT id FROM events WHERE {} ORDER BY id DESC LIMIT 1 OFFSET {limit}",
+                conditions.sql()
+            );
+            let before_newest: Option<i64> = self
+                .connection
+                .query_row(&sql, rusqlite::params_from_iter(conditions.values), |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(&on_sqlite)?;
+            if let Some(id) = before_newest {
+                start = id as u64;
+            }
+        }
+        Ok(start)
     }
 
-    /// A run's timeline: its results and its events, in the agents' time order.
-    pub fn timeline(&self, run: u64) -> Result<Vec<EventRow>, StoreError> {
+    /// One page of the stored events matching `query` (all but `grep`, `after_id` and `limit`) with ids
+    /// after `after_id`, oldest first. The next page starts after the last row of this one.
+    pub fn events_page(
+        &self,
+        query: &TailQuery,
+        after_id: u64,
+        limit: PageLimit,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let mut conditions = Conditions::of_query(query);
+        conditions.add("id > ?", vec![(after_id as i64).into()]);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} ORDER BY id LIMIT {}",
+            conditions.sql(),
+            limit.rows
+        );
+        self.page(&sql, conditions.values, limit)
+    }
+
+    /// One page of a run's timeline (its results and events in the agents' time order), after `after`
+    /// or from the start. Keyset pagination on `events_by_run`: each page is an index range, never a sort.
+    pub fn timeline_page(
+        &self,
+        run: u64,
+        after: Option<TimelineCursor>,
+        limit: PageLimit,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let mut conditions = Conditions::default();
+        conditions.add("run_id = ?", vec![(run as i64).into()]);
+        if let Some(after) = after {
+            conditions.add(
+                "(agent_ms, id) > (?, ?)",
+                vec![after.agent_ms.into(), (after.id as i64).into()],
+            );
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} ORDER BY agent_ms, id LIMIT {}",
+            conditions.sql(),
+            limit.rows
+        );
+        self.page(&sql, conditions.values, limit)
+    }
+
+    /// The rows of `sql` up to `limit`, read one by one: a page never holds more than that.
+    fn page(
+        &self,
+        sql: &str,
+        values: Vec<rusqlite::types::Value>,
+        limit: PageLimit,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let on_sqlite = sqlite_error(&self.path);
-        let mut statement = self
-            .connection
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM events WHERE run_id = ?1 ORDER BY agent_ms, agent, seq"
-            ))
+        let mut statement = self.connection.prepare_cached(sql).map_err(&on_sqlite)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(values))
             .map_err(&on_sqlite)?;
-        let rows = statement
-            .query_map([run as i64], event_row)
-            .map_err(&on_sqlite)?;
-        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next().map_err(&on_sqlite)? {
+            let event = event_row(row).map_err(&on_sqlite)?;
+            bytes += event.approximate_bytes();
+            page.push(event);
+            if page.len() >= limit.rows || bytes >= limit.bytes {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// The highest event id stored (0 when none).
@@ -367,5 +516,93 @@ mod tests {
         )
         .expect_err("a mismatched id is refused");
         assert!(error.to_string().contains("events.db"), "{error}");
+    }
+
+    /// Pages walk the matching rows once, in id order, each within its row and byte limits; a limit
+    /// starts at the newest that many; a run or a time window starts at its first row.
+    #[tokio::test]
+    async fn pages_cover_the_matching_events_once_within_their_limits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _writer) =
+            crate::store::Store::open(&dir.path().join("polarizer.db")).expect("open");
+        // 40 events: kinds a and b in turn, every fifth one large, the second half in run 3.
+        let stored = store
+            .write(|savepoint, path| {
+                let first = next_id(savepoint, path)?;
+                let rows: Vec<EventRow> = (0..40u64)
+                    .map(|index| EventRow {
+                        id: first + index,
+                        agent: "vm-1".into(),
+                        seq: index,
+                        received_ms: 7,
+                        kind: if index % 2 == 0 { "a" } else { "b" }.into(),
+                        run: (index >= 20).then_some(3),
+                        data: "x".repeat(if index % 5 == 0 { 3000 } else { 10 }),
+                        ..EventRow::default()
+                    })
+                    .collect();
+                insert_rows(savepoint, path, "vm-1", 7, &rows.iter().collect::<Vec<_>>())?;
+                Ok(rows)
+            })
+            .await
+            .expect("store");
+        let reader = store.reader().expect("reader");
+        let limit = PageLimit {
+            rows: 4,
+            bytes: 2500,
+        };
+        let read_all = |query: &TailQuery| {
+            let mut after = reader.events_start(query).expect("start");
+            let (mut all, mut pages) = (Vec::new(), 0);
+            loop {
+                let page = reader.events_page(query, after, limit).expect("page");
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                pages += 1;
+                assert!(page.len() <= limit.rows);
+                let before_last: usize = page[..page.len() - 1]
+                    .iter()
+                    .map(EventRow::approximate_bytes)
+                    .sum();
+                assert!(
+                    before_last < limit.bytes,
+                    "a page ends with the row that fills it"
+                );
+                let filled = limit.filled_by(&page);
+                all.extend(page);
+                if !filled {
+                    break;
+                }
+            }
+            (all, pages)
+        };
+        let only_a = TailQuery {
+            kinds: vec!["a".into()],
+            ..TailQuery::default()
+        };
+        let (all, pages) = read_all(&only_a);
+        let expected: Vec<EventRow> = stored
+            .iter()
+            .filter(|event| event.kind == "a")
+            .cloned()
+            .collect();
+        assert_eq!(all, expected);
+        assert!(pages >= 5, "20 rows, 4 a page at most: {pages} pages");
+        let newest = TailQuery {
+            limit: Some(3),
+            ..only_a.clone()
+        };
+        assert_eq!(read_all(&newest).0, expected[expected.len() - 3..]);
+        let in_run = TailQuery {
+            run: Some(3),
+            ..TailQuery::default()
+        };
+        assert_eq!(reader.events_start(&in_run).expect("start"), stored[19].id);
+        assert_eq!(read_all(&in_run).0, stored[20..]);
+        let none = TailQuery {
+            limit: Some(0),
+            ..TailQuery::default()
+        };
+        assert!(read_all(&none).0.is_empty());
     }
 }

@@ -930,7 +930,13 @@ mod tests {
             assert_eq!(write.await.unwrap().unwrap(), 1);
         }
         let stored = store
-            .read(|reader| reader.events(&Default::default()))
+            .read(|reader| {
+                let everything = events::PageLimit {
+                    rows: 100,
+                    bytes: usize::MAX,
+                };
+                reader.events_page(&Default::default(), 0, everything)
+            })
             .await
             .unwrap();
         assert_eq!(stored.len(), 50);
