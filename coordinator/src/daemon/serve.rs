@@ -246,7 +246,8 @@ pub async fn create_host_token_offline(
             database.display()
         );
     }
-    let (store, writer) = crate::store::Store::open(&database)?;
+    // Beside a coordinator that may be running: its agents stay as they are, its schema untouched.
+    let (store, writer) = crate::store::Store::open_beside(&database)?;
     let issued = crate::daemon::host_tokens::issue(&store, name, ttl.as_millis() as u64).await;
     store.shutdown();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;

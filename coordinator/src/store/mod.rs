@@ -109,6 +109,12 @@ pub struct StoreHandle {
 
 pub struct Store;
 
+/// Whether this process owns the database (the coordinator) or works beside its owner.
+enum Opening {
+    Owner,
+    Beside,
+}
+
 impl Store {
     /// Opens (creating if needed) the database, migrates it, marks every agent offline (no connection
     /// survives a coordinator restart), and starts the writer thread.
@@ -116,15 +122,46 @@ impl Store {
         Self::open_with_capacity(path, MAX_PENDING_COMMANDS)
     }
 
+    /// Opens an existing database that a running coordinator may be using at the same time (for
+    /// `polarizer tokens create --offline`): nothing migrated (a schema other than this binary's is
+    /// refused) and no agent marked offline; SQLite's locking keeps the two writers apart.
+    pub fn open_beside(path: &Path) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
+        Self::start(path, MAX_PENDING_COMMANDS, Opening::Beside)
+    }
+
     /// [`open`](Self::open) with room for `capacity` uncommitted commands (tests use a few).
     pub fn open_with_capacity(
         path: &Path,
         capacity: usize,
     ) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
+        Self::start(path, capacity, Opening::Owner)
+    }
+
+    fn start(
+        path: &Path,
+        capacity: usize,
+        opening: Opening,
+    ) -> Result<(StoreHandle, thread::JoinHandle<()>), StoreError> {
         debug_assert!(capacity > 0);
         let mut connection = open_connection(path)?;
-        migrate(&mut connection, path)?;
-        agents::all_offline(&connection).map_err(sqlite_error(path))?;
+        match opening {
+            Opening::Owner => {
+                migrate(&mut connection, path)?;
+                agents::all_offline(&connection).map_err(sqlite_error(path))?;
+            }
+            Opening::Beside => {
+                let found: i64 = connection
+                    .query_row("PRAGMA user_version", [], |row| row.get(0))
+                    .map_err(sqlite_error(path))?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaMismatch {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
         let (commands_tx, commands_rx) = std_mpsc::channel();
         let checkpoints = spawn_checkpointer(path)?;
         let writer_path = path.to_path_buf();
@@ -812,6 +849,47 @@ mod tests {
             states(store.clone()).await,
             [AgentState::Offline, AgentState::Online]
         );
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_beside_the_coordinator_leaves_its_agents_and_schema_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polarizer.db");
+        let (owner, _writer) = Store::open(&path).unwrap();
+        owner
+            .enroll(Enrollment {
+                name: "vm-1".to_string(),
+                credential_sha256: "digest".into(),
+                host_token: None,
+                approved: true,
+                facts: AgentFacts::for_test("vm-1"),
+                address: String::new(),
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        let (beside, _beside_writer) = Store::open_beside(&path).unwrap();
+        beside
+            .create_host_token("t".into(), "vm-2".into(), 1, 100)
+            .await
+            .unwrap();
+        let agents = owner.read(|reader| reader.agents()).await.unwrap();
+        assert_eq!(agents[0].state, AgentState::Online, "still online");
+        assert!(owner
+            .read(|reader| reader.host_token("t"))
+            .await
+            .unwrap()
+            .is_some());
+        // An older or newer schema is not this binary's to touch.
+        let other = dir.path().join("other.db");
+        rusqlite::Connection::open(&other)
+            .unwrap()
+            .pragma_update(None, "user_version", 1)
+            .unwrap();
+        assert!(matches!(
+            Store::open_beside(&other),
+            Err(StoreError::SchemaMismatch { found: 1, .. })
+        ));
     }
 
     #[tokio::test]

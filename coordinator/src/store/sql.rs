@@ -20,6 +20,12 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error("database {path} has schema version {found}, this polarizer uses {expected}: run the polarizer that matches the coordinator (a coordinator migrates at start)")]
+    SchemaMismatch {
+        path: PathBuf,
+        found: i64,
+        expected: i64,
+    },
     #[error("agent {name:?} is already enrolled")]
     NameTaken { name: String },
     #[error("the enrollment token for {name:?} is spent, expired or another agent's")]
