@@ -1,6 +1,7 @@
 //! `polarizer`: parse flags, start logging, run the command, print errors as `error: ...`.
 
 use clap::Parser;
+use polarizer::cli::client::{CoordinatorStopped, EXIT_COORDINATOR_STOPPED};
 use polarizer::cli::{Cli, Command};
 use polarizer_transport::daemon;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,16 @@ fn main() -> std::process::ExitCode {
         }
         polarizer::cli::run(cli, shutdown).await
     });
-    daemon::exit_code(outcome)
+    // Dropping a runtime waits for every blocking task without limit (a git clone, a long read): the
+    // daemon has already stopped what matters, so give the rest a moment and go.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Err(err) if CoordinatorStopped::is(&err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(EXIT_COORDINATOR_STOPPED)
+        }
+        outcome => daemon::exit_code(outcome),
+    }
 }
 
 fn restore_default_sigpipe() {

@@ -296,6 +296,9 @@ pub enum OperatorResponse {
     Approved {
         name: String,
     },
+    /// The coordinator is stopping: a streamed answer (`tail`, `runs watch`, `replay`) ends here,
+    /// before its own end. The last frame; everything sent before it was delivered.
+    ShuttingDown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -127,3 +127,109 @@ fn daemons_speak_systemd_notify_and_log_json() {
         );
     }
 }
+
+/// A committed git repository with one test that runs for a minute.
+fn slow_repo(root: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(root.join(".fmf")).unwrap();
+    std::fs::create_dir_all(root.join("tests")).unwrap();
+    std::fs::write(root.join(".fmf/version"), "1\n").unwrap();
+    std::fs::write(
+        root.join("tests/main.fmf"),
+        "/slow:\n  test: echo started; sleep 60\n  duration: 5m\n",
+    )
+    .unwrap();
+    for args in [
+        &["init", "--quiet", "--initial-branch", "main"][..],
+        &["add", "."],
+        &["commit", "--quiet", "-m", "tests"],
+    ] {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args([
+                "-c",
+                "user.name=e2e",
+                "-c",
+                "user.email=e2e@example.invalid",
+            ])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    root.to_path_buf()
+}
+
+/// An operator command running in the background, its output in files.
+fn watcher(cluster: &TestCluster, name: &str, args: &[&str]) -> Process {
+    Process::spawn(
+        name,
+        cluster.operator_command(args),
+        cluster.path(&format!("{name}.out")),
+    )
+}
+
+/// SIGTERM stops the coordinator while operators follow events and watch a run: their streams end
+/// at once instead of holding it up, each told why, and it exits without waiting out its deadline.
+#[test]
+fn sigterm_stops_the_coordinator_while_operators_tail_and_watch() {
+    let mut cluster = TestCluster::builder().agents(1).start();
+    let repo = slow_repo(&cluster.path("slow"));
+    let triggered = cluster.operator(&["trigger", "--repo", repo.to_str().unwrap(), "--json"]);
+    assert!(triggered.status.success(), "{triggered:?}");
+    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let mut tail = watcher(&cluster, "tail", &["tail", "--run", &run, "--since", "0"]);
+    let mut watch = watcher(&cluster, "watch", &["runs", "watch", &run]);
+    // Both are live: the tail has shown the test's first line, the watch its header.
+    wait_for("the tail to follow the run", DEADLINE, || {
+        tail.log_text().contains("started")
+    });
+    wait_for("the watch to follow the run", DEADLINE, || {
+        watch.log_text().contains(&format!("watching run {run}"))
+    });
+
+    let coordinator = cluster.coordinator.as_mut().unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(coordinator.pid().to_string())
+        .status();
+    // A hang would hold it up until SIGKILL; the deadline only has to tell the two apart.
+    let stopped = coordinator
+        .wait_exit(STOP_DEADLINE)
+        .expect("the coordinator exits after SIGTERM with operators watching");
+    assert!(stopped.success(), "{stopped:?}");
+    let log = coordinator.log_text();
+    assert!(log.contains("coordinator stopped"), "{log}");
+    assert!(
+        !log.contains("did not end"),
+        "every session ended by itself, none was cut at the deadline: {log}"
+    );
+
+    // Each operator is told, and exits 75 (EX_TEMPFAIL): cut short, try again; not 1, which
+    // `runs watch` uses for a run that did not pass.
+    for (process, resume) in [
+        (&mut tail, "`polarizer tail --since ".to_string()),
+        (
+            &mut watch,
+            format!("`polarizer runs watch {run}` once it is back"),
+        ),
+    ] {
+        let status = process
+            .wait_exit(STOP_DEADLINE)
+            .unwrap_or_else(|| panic!("{} ends when the coordinator stops", process.name));
+        let output = process.log_text();
+        assert_eq!(status.code(), Some(75), "{}: {output}", process.name);
+        assert!(
+            output.contains("error: the coordinator is shutting down") && output.contains(&resume),
+            "{}: {output}",
+            process.name
+        );
+    }
+}
+
+/// Long enough that only a hang misses it.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(60);

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use polarizer_shared::protocol::{
-    ClientFrame, Hello, OperatorRequest, OperatorResponse, Peer, ServerFrame, PROTOCOL_VERSION,
+    close_code, ClientFrame, Hello, OperatorRequest, OperatorResponse, Peer, ServerFrame,
+    PROTOCOL_VERSION,
 };
 use polarizer_transport::client::{client_endpoint, connect, Session};
 use polarizer_transport::state_files::read_private;
-use polarizer_transport::{tls, CaTrust};
+use polarizer_transport::{tls, CaTrust, StreamError};
 
 use crate::data_dir::default_data_dir;
 
@@ -36,6 +37,56 @@ pub struct ClientArgs {
     /// File holding the operator token [default: DATA_DIR/operator-token]
     #[arg(long, global = true, env = "POLARIZER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// The exit status of a command the coordinator's shutdown cut short: sysexits.h's EX_TEMPFAIL. Not 0:
+/// what was asked (follow, watch to the end) did not happen; not 1: `runs watch` exits 1 for a run
+/// that did not pass, and this says nothing about the run. Run the command again once it is back.
+pub const EXIT_COORDINATOR_STOPPED: u8 = 75;
+
+/// The coordinator stopped while the command was waiting for it (a `tail` following, a `runs watch`).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator is shutting down{}", resume.as_deref().map(|how| format!("; {how}")).unwrap_or_default())]
+pub struct CoordinatorStopped {
+    /// How to carry on once it is back, when the command knows.
+    pub resume: Option<String>,
+}
+
+impl CoordinatorStopped {
+    /// Whether `error` is (or was caused by) the coordinator stopping.
+    pub fn is(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<CoordinatorStopped>())
+    }
+}
+
+/// The coordinator said it is stopping, or closed the connection saying so (the frame that would
+/// have said it may not arrive).
+fn stopped(error: &StreamError) -> bool {
+    let closed = match error {
+        StreamError::Connection(error) => Some(error),
+        StreamError::Read(quinn::ReadError::ConnectionLost(error)) => Some(error),
+        StreamError::Write(quinn::WriteError::ConnectionLost(error)) => Some(error),
+        _ => None,
+    };
+    matches!(
+        closed,
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == close_code::SHUTTING_DOWN.into()
+    )
+}
+
+/// An answer as the commands take it: an error or the coordinator stopping becomes `Err`.
+fn answer(frame: Result<ServerFrame, StreamError>) -> anyhow::Result<OperatorResponse> {
+    match frame {
+        Ok(ServerFrame::Operator(OperatorResponse::Error { message })) => bail!("{message}"),
+        Ok(ServerFrame::Operator(OperatorResponse::ShuttingDown)) => {
+            Err(CoordinatorStopped { resume: None }.into())
+        }
+        Ok(ServerFrame::Operator(response)) => Ok(response),
+        Ok(other) => bail!("unexpected answer from the coordinator: {other:?}"),
+        Err(error) if stopped(&error) => Err(CoordinatorStopped { resume: None }.into()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 pub struct OperatorClient {
@@ -83,24 +134,20 @@ impl OperatorClient {
     }
 
     pub async fn request(&mut self, request: OperatorRequest) -> anyhow::Result<OperatorResponse> {
-        self.session
+        if let Err(error) = self
+            .session
             .stream
             .send(&ClientFrame::Operator(request))
-            .await?;
-        match self.session.stream.expect::<ServerFrame>().await? {
-            ServerFrame::Operator(OperatorResponse::Error { message }) => bail!("{message}"),
-            ServerFrame::Operator(response) => Ok(response),
-            other => bail!("unexpected answer from the coordinator: {other:?}"),
+            .await
+        {
+            return answer(Err(error));
         }
+        answer(self.session.stream.expect::<ServerFrame>().await)
     }
 
-    /// The next answer of a streamed response (`WatchRun`).
+    /// The next answer of a streamed response (`WatchRun`, `Tail`, `Replay`).
     pub async fn next(&mut self) -> anyhow::Result<OperatorResponse> {
-        match self.session.stream.expect::<ServerFrame>().await? {
-            ServerFrame::Operator(OperatorResponse::Error { message }) => bail!("{message}"),
-            ServerFrame::Operator(response) => Ok(response),
-            other => bail!("unexpected answer from the coordinator: {other:?}"),
-        }
+        answer(self.session.stream.expect::<ServerFrame>().await)
     }
 
     pub async fn close(self) {

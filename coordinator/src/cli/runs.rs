@@ -10,7 +10,7 @@ use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::*;
 use serde_json::json;
 
-use crate::cli::client::OperatorClient;
+use crate::cli::client::{CoordinatorStopped, OperatorClient};
 use crate::cli::format::{rfc3339, table};
 
 #[derive(Debug, clap::Args)]
@@ -314,7 +314,21 @@ pub async fn watch(client: &mut OperatorClient, run: u64, output: bool) -> anyho
         show_done(&detail.tests, &mut finished);
         bar.set_position(finished.len() as u64);
         loop {
-            let response = client.next().await?;
+            let response = match client.next().await {
+                Ok(response) => response,
+                Err(error) => {
+                    bar.finish_and_clear();
+                    if CoordinatorStopped::is(&error) {
+                        return Err(CoordinatorStopped {
+                            resume: Some(format!(
+                                "run {run} is not over: `polarizer runs watch {run}` once it is back"
+                            )),
+                        }
+                        .into());
+                    }
+                    return Err(error);
+                }
+            };
             match response {
                 OperatorResponse::Update(RunUpdate::TestFinished { row, .. }) => {
                     show_done(std::slice::from_ref(&row), &mut finished);

@@ -8,7 +8,7 @@ use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use serde_json::json;
 
-use crate::cli::client::OperatorClient;
+use crate::cli::client::{CoordinatorStopped, OperatorClient};
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -80,18 +80,37 @@ pub fn tail_query(args: &TailArgs, now_ms: i64) -> anyhow::Result<TailQuery> {
 pub async fn tail(client: &mut OperatorClient, args: TailArgs) -> anyhow::Result<()> {
     let query = tail_query(&args, crate::cli::format::now_ms())?;
     let printer = Printer::new(args.json);
-    stream_events(client, OperatorRequest::Tail(Box::new(query)), &printer).await
+    let mut last_id = None;
+    let streamed = stream_events(
+        client,
+        OperatorRequest::Tail(Box::new(query)),
+        &printer,
+        &mut last_id,
+    )
+    .await;
+    match (streamed, last_id) {
+        // Where to pick up once the coordinator is back: right after the last event shown.
+        (Err(error), Some(last_id)) if CoordinatorStopped::is(&error) => Err(CoordinatorStopped {
+            resume: Some(format!(
+                "`polarizer tail --since {last_id}` goes on after the last event shown"
+            )),
+        }
+        .into()),
+        (streamed, _) => streamed,
+    }
 }
 
 pub async fn replay(client: &mut OperatorClient, run: u64, json: bool) -> anyhow::Result<()> {
     let printer = Printer::new(json);
-    stream_events(client, OperatorRequest::Replay { run }, &printer).await
+    stream_events(client, OperatorRequest::Replay { run }, &printer, &mut None).await
 }
 
+/// Prints events until the stream ends; `last_id` is the last one printed.
 async fn stream_events(
     client: &mut OperatorClient,
     request: OperatorRequest,
     printer: &Printer,
+    last_id: &mut Option<u64>,
 ) -> anyhow::Result<()> {
     let mut response = client.request(request).await?;
     let stdout = std::io::stdout();
@@ -100,6 +119,7 @@ async fn stream_events(
             OperatorResponse::Events(events) => {
                 let mut out = stdout.lock();
                 for event in &events {
+                    *last_id = Some(event.id);
                     let line = printer.line(event);
                     // A closed pipe (`| head`) ends the tail quietly.
                     if writeln!(out, "{line}").is_err() {

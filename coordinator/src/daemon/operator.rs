@@ -1,5 +1,6 @@
 //! The operator's side of a QUIC connection: one request after another (listings, imports, triggers,
-//! cancels, revocations), and the streaming ones (`runs watch`, `tail`, `replay`) until they end.
+//! cancels, revocations), and the streaming ones (`runs watch`, `tail`, `replay`) until they end, or
+//! until the coordinator stops: then the operator is told `ShuttingDown` and the connection closes.
 
 use polarizer_shared::protocol::*;
 use polarizer_shared::run::RunUpdate;
@@ -13,6 +14,9 @@ use crate::core::run::{RunEnd, SuiteState};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
 use crate::daemon::tail::Ended;
+
+/// How long a stopping coordinator gives an operator to receive what was sent before it closes.
+const GOODBYE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads and checks the tree off the async runtime, then stores it in one step.
 async fn import(
@@ -215,28 +219,31 @@ async fn revoke(context: &Context, name: &str) -> OperatorResponse {
     }
 }
 
-/// Streams a run: a snapshot, then every committed change, until the run is finished. A watcher that
-/// falls behind gets a fresh snapshot instead of slowing anyone down.
+/// Streams a run: a snapshot, then every committed change, until the run is finished or the
+/// coordinator stops. A watcher that falls behind gets a fresh snapshot instead of slowing anyone down.
 async fn watch_run(
     stream: &mut FramedStream,
     context: &Context,
     run: u64,
     output: bool,
-) -> Result<(), StreamError> {
+    shutdown: &CancellationToken,
+) -> Result<Ended, StreamError> {
     let mut updates = context.fanout.updates.subscribe();
     loop {
         let detail = match run_detail(context, run).await {
             Ok(Some(detail)) => detail,
             Ok(None) => {
                 let message = format!("no run {run}");
-                return stream
+                stream
                     .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
-                    .await;
+                    .await?;
+                return Ok(Ended::Done);
             }
             Err(message) => {
-                return stream
+                stream
                     .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
-                    .await
+                    .await?;
+                return Ok(Ended::Done);
             }
         };
         let finished = detail.run.state.is_final();
@@ -246,10 +253,15 @@ async fn watch_run(
             ))))
             .await?;
         if finished {
-            return Ok(());
+            return Ok(Ended::Done);
         }
         loop {
-            match updates.recv().await {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(Ended::ShuttingDown),
+                received = updates.recv() => received,
+            };
+            match received {
                 Ok(update) if update.run() == run => {
                     if !output && matches!(update, RunUpdate::Output { .. }) {
                         continue;
@@ -259,15 +271,31 @@ async fn watch_run(
                         .send(&ServerFrame::Operator(OperatorResponse::Update(update)))
                         .await?;
                     if done {
-                        return Ok(());
+                        return Ok(Ended::Done);
                     }
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                Err(broadcast::error::RecvError::Closed) => return Ok(Ended::Done),
             }
         }
     }
+}
+
+/// Tells the operator the coordinator is stopping, gives it a moment to receive everything sent so
+/// far, then closes the connection.
+async fn say_shutting_down(connection: &quinn::Connection, mut stream: FramedStream) {
+    let _ = tokio::time::timeout(GOODBYE_DEADLINE, async {
+        let goodbye = ServerFrame::Operator(OperatorResponse::ShuttingDown);
+        if stream.send(&goodbye).await.is_ok() {
+            stream.finish().await;
+        }
+    })
+    .await;
+    connection.close(
+        close_code::SHUTTING_DOWN.into(),
+        b"coordinator shutting down",
+    );
 }
 
 pub(super) async fn operator_session(
@@ -277,7 +305,12 @@ pub(super) async fn operator_session(
     shutdown: CancellationToken,
 ) {
     loop {
-        let request = match stream.recv::<ClientFrame>().await {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return say_shutting_down(&connection, stream).await,
+            received = stream.recv::<ClientFrame>() => received,
+        };
+        let request = match received {
             Ok(Some(ClientFrame::Operator(request))) => request,
             Ok(None) => break,
             Ok(Some(_)) => {
@@ -374,8 +407,8 @@ pub(super) async fn operator_session(
                 .await;
                 match ended {
                     Ok(Ended::Done) => continue,
-                    // The endpoint's close tells the operator.
-                    Ok(Ended::ShuttingDown) | Err(_) => return,
+                    Ok(Ended::ShuttingDown) => return say_shutting_down(&connection, stream).await,
+                    Err(_) => return,
                 }
             }
             OperatorRequest::Replay { run } => {
@@ -383,14 +416,16 @@ pub(super) async fn operator_session(
                     crate::daemon::tail::replay(&mut stream, &context.store, run, &shutdown).await;
                 match ended {
                     Ok(Ended::Done) => continue,
-                    Ok(Ended::ShuttingDown) | Err(_) => return,
+                    Ok(Ended::ShuttingDown) => return say_shutting_down(&connection, stream).await,
+                    Err(_) => return,
                 }
             }
             OperatorRequest::WatchRun { run, output } => {
-                if watch_run(&mut stream, &context, run, output).await.is_err() {
-                    return;
+                match watch_run(&mut stream, &context, run, output, &shutdown).await {
+                    Ok(Ended::Done) => continue,
+                    Ok(Ended::ShuttingDown) => return say_shutting_down(&connection, stream).await,
+                    Err(_) => return,
                 }
-                continue;
             }
             OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(&context),
             OperatorRequest::ApproveAgent { name } => match context.store.approve(&name).await {
