@@ -498,7 +498,7 @@ fn newest_number(cluster: &TestCluster, kind: &str) -> Option<u64> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .last()
+        .next_back()
         .and_then(|event| event["data"]["n"].as_u64())
 }
 
