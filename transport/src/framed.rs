@@ -23,6 +23,8 @@ pub struct FramedStream {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
     write_buffer: Vec<u8>,
+    /// The body size of the last frame received.
+    last_frame_bytes: usize,
 }
 
 impl FramedStream {
@@ -32,6 +34,7 @@ impl FramedStream {
             recv,
             decoder: FrameDecoder::new(),
             write_buffer: Vec::new(),
+            last_frame_bytes: 0,
         }
     }
 
@@ -67,6 +70,7 @@ impl FramedStream {
     pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, StreamError> {
         loop {
             if let Some(bytes) = self.decoder.next_frame_bytes()? {
+                self.last_frame_bytes = bytes.len();
                 return Ok(Some(bytes.to_vec()));
             }
             match self.recv.read_chunk(64 * 1024, true).await? {
@@ -77,6 +81,12 @@ impl FramedStream {
                 }
             }
         }
+    }
+
+    /// How many bytes the last frame received held (what its decoded message stands for in memory,
+    /// roughly): for a reader that bounds what it holds in bytes.
+    pub fn last_frame_bytes(&self) -> usize {
+        self.last_frame_bytes
     }
 
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {

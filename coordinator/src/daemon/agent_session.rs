@@ -18,8 +18,10 @@ use crate::daemon::context::Context;
 use crate::daemon::sessions::LiveSession;
 use crate::store::StoreError;
 
-/// Records of one agent held while its previous batch commits.
+/// Records of one agent held while its previous batch commits, at most: this many, or as many as
+/// frames of this many bytes brought.
 const MAX_WAITING_RECORDS: usize = 65_536;
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 
 type IngestFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>> + Send>>;
@@ -71,11 +73,11 @@ pub(super) async fn agent_session(
     info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
     let mut liveness_check = tokio::time::interval(context.settings.heartbeat_interval / 2);
     let mut in_flight: Option<IngestFuture> = None;
-    let mut waiting: Vec<polarizer_shared::run::Record> = Vec::new();
+    let mut waiting = Gathering::default();
     let end = loop {
         tokio::select! {
             // Backpressure: with this much waiting for the store, stop reading until the commit lands.
-            frame = stream.recv::<ClientFrame>(), if waiting.len() < MAX_WAITING_RECORDS => match frame {
+            frame = stream.recv::<ClientFrame>(), if waiting.has_room() => match frame {
                 Ok(Some(ClientFrame::Agent(AgentMessage::Heartbeat))) => {
                     context.sessions.touch(&name, connection_id);
                     // The agent's proof that this coordinator is alive: it reconnects when acks stop.
@@ -98,7 +100,7 @@ pub(super) async fn agent_session(
                     if in_flight.is_none() {
                         in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(context.clone(), name.clone(), records)));
                     } else {
-                        waiting.extend(records);
+                        waiting.add(records, stream.last_frame_bytes());
                     }
                 }
                 Ok(Some(_)) => {
@@ -131,8 +133,7 @@ pub(super) async fn agent_session(
                         break "store unavailable";
                     }
                 }
-                if !waiting.is_empty() {
-                    let records = std::mem::take(&mut waiting);
+                if let Some(records) = waiting.take() {
                     in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(context.clone(), name.clone(), records)));
                 }
             }
@@ -171,5 +172,71 @@ pub(super) async fn agent_session(
         let _ = context.store.agent_disconnected(&name, now_ms()).await;
         info!(reason = end, "agent offline");
         context.scheduler.wake();
+    }
+}
+
+/// Records that arrived while the batch before them commits, to go as the next batch. Bounded in
+/// records and in the bytes of the frames that brought them: once full, the session stops reading its
+/// agent (QUIC flow control makes the agent wait) until the batch in flight has committed.
+#[derive(Default)]
+struct Gathering {
+    records: Vec<polarizer_shared::run::Record>,
+    frame_bytes: usize,
+}
+
+impl Gathering {
+    fn has_room(&self) -> bool {
+        self.records.len() < MAX_WAITING_RECORDS && self.frame_bytes < MAX_WAITING_BYTES
+    }
+
+    fn add(&mut self, records: Vec<polarizer_shared::run::Record>, frame_bytes: usize) {
+        self.records.extend(records);
+        self.frame_bytes += frame_bytes;
+    }
+
+    /// Everything gathered, if anything, leaving it empty.
+    fn take(&mut self) -> Option<Vec<polarizer_shared::run::Record>> {
+        self.frame_bytes = 0;
+        (!self.records.is_empty()).then(|| std::mem::take(&mut self.records))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polarizer_shared::run::Record;
+
+    fn record(seq: u64) -> Record {
+        Record {
+            seq,
+            at_ms: 0,
+            body: polarizer_shared::run::RecordBody::Event {
+                correlation: None,
+                event: polarizer_shared::events::Event {
+                    kind: "app".into(),
+                    summary: String::new(),
+                    data: "{}".into(),
+                },
+            },
+        }
+    }
+
+    /// A session stops reading once what waits is large, however few records it is (a counted bound
+    /// alone would hold 65,536 records of up to a frame each), and reads again once it is taken.
+    #[test]
+    fn what_waits_for_the_store_is_bounded_in_records_and_in_bytes() {
+        let mut few_but_large = Gathering::default();
+        for seq in 0..4 {
+            assert!(few_but_large.has_room());
+            few_but_large.add(vec![record(seq)], 16 * 1024 * 1024);
+        }
+        assert!(!few_but_large.has_room(), "4 records in 64 MiB of frames");
+        assert_eq!(few_but_large.take().map(|records| records.len()), Some(4));
+        assert!(few_but_large.has_room());
+        assert!(few_but_large.take().is_none());
+
+        let mut many_but_small = Gathering::default();
+        many_but_small.add((0..MAX_WAITING_RECORDS as u64).map(record).collect(), 1024);
+        assert!(!many_but_small.has_room());
     }
 }
