@@ -54,22 +54,6 @@ fn names(cluster: &TestCluster, filters: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn git(directory: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(directory)
-        .args([
-            "-c",
-            "user.name=Polarizer",
-            "-c",
-            "user.email=polarizer@example.com",
-        ])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
 #[test]
 fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
     let cluster = TestCluster::new_coordinator_only();
@@ -322,16 +306,7 @@ fn git_sources_are_cloned_at_a_ref_and_their_commit_recorded() {
     );
     git(&repository, &["add", "."]);
     git(&repository, &["commit", "--quiet", "-m", "tests"]);
-    let head = String::from_utf8(
-        Command::new("git")
-            .arg("-C")
-            .arg(&repository)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let head = git(&repository, &["rev-parse", "HEAD"]);
     let url = format!("file://{}", repository.display());
 
     let imported = json(cluster.operator(&["tests", "import", &url, "--ref", "main", "--json"]));

@@ -277,33 +277,7 @@ fn events_are_correlated_with_the_test_running_and_replayed_with_results() {
         "/emits:\n  test: echo before; {agent} emit --kind app --data '{{\"step\":1}}'; echo after\n/quiet:\n  test: echo quiet\n  after: [/tests/emits]\n",
         agent = agent.display()
     );
-    for (path, text) in [(".fmf/version", "1\n"), ("tests/main.fmf", fmf.as_str())] {
-        let path = repo.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    for args in [
-        &["init", "--quiet"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@example.invalid",
-            "commit",
-            "--quiet",
-            "-m",
-            "t",
-        ],
-    ] {
-        assert!(Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(args)
-            .status()
-            .unwrap()
-            .success());
-    }
+    test_repo(&repo, &fmf);
     let triggered = cluster.operator(&["trigger", "--repo", repo.to_str().unwrap(), "--wait"]);
     assert!(
         triggered.status.success(),
@@ -504,33 +478,7 @@ fn newest_number(cluster: &TestCluster, kind: &str) -> Option<u64> {
 
 /// A git repository at `dir` whose fmf tree holds `tests/main.fmf` = `fmf`.
 fn test_repo(dir: &Path, fmf: &str) {
-    for (path, text) in [(".fmf/version", "1\n"), ("tests/main.fmf", fmf)] {
-        let path = dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    for args in [
-        &["init", "--quiet"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@example.invalid",
-            "commit",
-            "--quiet",
-            "-m",
-            "t",
-        ],
-    ] {
-        assert!(Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .status()
-            .unwrap()
-            .success());
-    }
+    git_repo(dir, &[(".fmf/version", "1\n"), ("tests/main.fmf", fmf)]);
 }
 
 #[test]

@@ -106,22 +106,6 @@ impl Drop for Link {
     }
 }
 
-fn git(directory: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(directory)
-        .args([
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@example.invalid",
-        ])
-        .args(args)
-        .status()
-        .expect("run git");
-    assert!(status.success(), "git {args:?}");
-}
-
 fn ok_json(output: std::process::Output) -> Value {
     assert!(
         output.status.success(),
@@ -150,14 +134,7 @@ fn serial_repo(root: &Path) {
             "/t{test}:\n  test: for i in 1 2 3 4; do echo line-t{test}-$i; sleep 0.25; done\n"
         ));
     }
-    for (path, text) in [(".fmf/version", "1\n"), ("tests/main.fmf", fmf.as_str())] {
-        let path = root.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    git(root, &["init", "--quiet", "--initial-branch", "main"]);
-    git(root, &["add", "."]);
-    git(root, &["commit", "--quiet", "-m", "tests"]);
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)]);
 }
 
 /// The agent is cut off while it runs a serial suite, long enough for the coordinator to call it lost

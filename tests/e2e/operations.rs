@@ -130,34 +130,16 @@ fn daemons_speak_systemd_notify_and_log_json() {
 
 /// A committed git repository with one test that runs for a minute.
 fn slow_repo(root: &std::path::Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(root.join(".fmf")).unwrap();
-    std::fs::create_dir_all(root.join("tests")).unwrap();
-    std::fs::write(root.join(".fmf/version"), "1\n").unwrap();
-    std::fs::write(
-        root.join("tests/main.fmf"),
-        "/slow:\n  test: echo started; sleep 60\n  duration: 5m\n",
+    git_repo(
+        root,
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "/slow:\n  test: echo started; sleep 60\n  duration: 5m\n",
+            ),
+        ],
     )
-    .unwrap();
-    for args in [
-        &["init", "--quiet", "--initial-branch", "main"][..],
-        &["add", "."],
-        &["commit", "--quiet", "-m", "tests"],
-    ] {
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args([
-                "-c",
-                "user.name=e2e",
-                "-c",
-                "user.email=e2e@example.invalid",
-            ])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    }
-    root.to_path_buf()
 }
 
 /// An operator command running in the background, its output in files.

@@ -50,6 +50,41 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs git in `directory` as a fixed author; its stdout, trimmed. Fails the test with git's complaint.
+pub fn git(directory: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(directory)
+        .args([
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A git repository at `root` with `files` (path, text) written and committed on `main`.
+pub fn git_repo(root: &Path, files: &[(&str, &str)]) -> PathBuf {
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in a directory")).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(root, &["init", "--quiet", "--initial-branch", "main"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "--quiet", "-m", "tests"]);
+    root.to_path_buf()
+}
+
 /// `GET path` over plain HTTP/1.1: the whole response, status line and headers included.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
