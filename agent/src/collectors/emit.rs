@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::spool::SharedSpool;
+use crate::spool::{SharedSpool, EVENT_BATCH};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +115,9 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
     // One byte over the limit is enough to know a line is too long; the rest is skipped.
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
+    // The events of what one read brought go to the spool together, before their replies are flushed:
+    // an `ok` a writer reads is an event the spool has.
+    let mut accepted: Vec<(Event, i64)> = Vec::new();
     loop {
         line.clear();
         let read = (&mut lines)
@@ -122,7 +125,10 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
             .read_until(b'\n', &mut line)
             .await;
         match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                spool.push_events_when_room(accepted).await;
+                return;
+            }
             Ok(_) => {}
         }
         let complete = line.last() == Some(&b'\n');
@@ -135,8 +141,7 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             match parse(text) {
                 Ok(event) => {
-                    // Waits while the spool's writer is behind: a flood slows its writer down.
-                    spool.push_event_when_room(event).await;
+                    accepted.push((event, crate::spool::now_ms()));
                     "ok\n".to_string()
                 }
                 Err(reason) => {
@@ -145,10 +150,18 @@ async fn connection(stream: UnixStream, spool: SharedSpool) {
                 }
             }
         };
+        let read_all = lines.buffer().is_empty();
+        if read_all || accepted.len() >= EVENT_BATCH {
+            // Waits while the spool's writer is behind: a flood slows its writer down.
+            spool
+                .push_events_when_room(std::mem::take(&mut accepted))
+                .await;
+        }
         if write.write_all(reply.as_bytes()).await.is_err() {
+            spool.push_events_when_room(accepted).await;
             return;
         }
-        if lines.buffer().is_empty() && write.flush().await.is_err() {
+        if read_all && write.flush().await.is_err() {
             return;
         }
     }

@@ -24,7 +24,7 @@ use polarizer_shared::record_codec::{self, MAX_RECORD_BYTES};
 use polarizer_shared::run::{Record, RecordBody};
 use polarizer_transport::state_files::{ensure_private_dir, write_private};
 
-pub use writer::SharedSpool;
+pub use writer::{SharedSpool, EVENT_BATCH};
 
 const LOG_FILE: &str = "spool.log";
 const SEQ_FILE: &str = "spool.seq";
@@ -525,21 +525,26 @@ impl Spool {
             return None;
         }
         let start = self.pending.partition_point(|entry| entry.seq <= after);
-        let mut payloads = Vec::new();
+        // Which records go: sizes are known without reading them.
+        let mut end = start;
         let mut bytes = 0;
-        let mut last = None;
-        for index in start..self.pending.len() {
-            let size = self.pending[index].payload_bytes as usize;
-            let fits = payloads.is_empty() || bytes + size <= budget_bytes;
-            if payloads.len() >= max_records || !fits {
+        while end < self.pending.len() && end - start < max_records {
+            let size = self.pending[end].payload_bytes as usize;
+            if end > start && bytes + size > budget_bytes {
                 break;
             }
+            bytes += size;
+            end += 1;
+        }
+        // Payloads on disk are read back; those in memory are borrowed, not copied twice.
+        let mut read_back: Vec<Option<Vec<u8>>> = Vec::with_capacity(end - start);
+        for index in start..end {
+            if self.pending[index].payload.is_some() {
+                read_back.push(None);
+                continue;
+            }
             match self.payload(index) {
-                Ok(payload) => {
-                    bytes += size;
-                    payloads.push(payload);
-                    last = Some(self.pending[index].seq);
-                }
+                Ok(payload) => read_back.push(Some(payload)),
                 Err(err) => {
                     // Sending stops here; the records stay spooled and are tried again.
                     tracing::error!(error = %err, "cannot read a spooled record back");
@@ -547,11 +552,21 @@ impl Spool {
                 }
             }
         }
-        let last = last?;
-        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let end = start + read_back.len();
+        if end == start {
+            return None;
+        }
+        let slices: Vec<&[u8]> = (start..end)
+            .zip(&read_back)
+            .map(|(index, read)| match (&self.pending[index].payload, read) {
+                (Some(payload), _) => payload.as_slice(),
+                (None, Some(read)) => read.as_slice(),
+                (None, None) => unreachable!("every payload on disk was read back"),
+            })
+            .collect();
         let frame = polarizer_shared::protocol::records_frame(&slices);
         debug_assert!(frame.len() <= polarizer_shared::frame::MAX_FRAME_BYTES);
-        Some((frame, last))
+        Some((frame, self.pending[end - 1].seq))
     }
 
     /// Up to `max` pending records after sequence number `after`, decoded (the session sends

@@ -5,20 +5,22 @@
 //! is queued, writes it, then makes it durable in one go (a single fsync for all the results among it)
 //! and only then publishes it to the session: nothing is sent before it is on disk, and a result before
 //! it is fsynced. The session asks the thread for each frame to send and tells it what the coordinator
-//! acknowledged, through the same queue, so they see the records in the order they were written.
+//! acknowledged; those requests go before whatever is queued, so a flood never makes the session wait
+//! behind it (a frame holds the records written so far).
 //!
 //! When the queue is full: `push` (the runner's and collectors' path, which must never block) still
 //! queues a result, and drops an event or output line, counted and reported as `dropped` like a full
-//! spool; [`SharedSpool::push_event_when_room`] (the event socket) waits for room instead, which slows
+//! spool; [`SharedSpool::push_events_when_room`] (the event socket) waits for room instead, which slows
 //! the writer on the other end of the socket down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use polarizer_shared::events::{Correlation, Event};
 use polarizer_shared::run::RecordBody;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::{kind_of, now_ms, Spool, SpoolError};
 
@@ -26,6 +28,8 @@ use super::{kind_of, now_ms, Spool, SpoolError};
 pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Requests the thread handles before it makes what it wrote durable and publishes it.
 const DRAIN_BATCH: usize = 4096;
+/// Events the event socket hands over in one request at most.
+pub const EVENT_BATCH: usize = 512;
 
 enum Request {
     Append {
@@ -34,6 +38,11 @@ enum Request {
         /// Queue room this record holds, given back once it is written.
         held_bytes: u32,
         durable_tx: Option<oneshot::Sender<Result<u64, String>>>,
+    },
+    /// Events from the event socket, each with when it came: one request for all that one read brought.
+    AppendEvents {
+        events: Vec<(RecordBody, i64)>,
+        held_bytes: u32,
     },
     Unsent {
         after: u64,
@@ -50,6 +59,8 @@ enum Request {
     AllAcknowledged {
         reply_tx: oneshot::Sender<bool>,
     },
+    /// Look at the session's requests (see `SharedSpool::send_first`).
+    Wake,
 }
 
 struct Shared {
@@ -64,20 +75,24 @@ struct Shared {
     /// Records dropped because the queue was full, by kind, for the thread to report.
     dropped: Mutex<BTreeMap<String, u64>>,
     any_dropped: AtomicBool,
+    /// The session's requests, handled before whatever is queued: a flood of events must not make the
+    /// session wait behind it for the frame of records that are already written.
+    first: Mutex<Vec<Request>>,
+    any_first: AtomicBool,
 }
 
 /// The spool as the agent's tasks share it: the runner and the collectors push, the session sends and
 /// acknowledges. Cheap to clone; every call returns at once or awaits, none blocks the thread.
 #[derive(Clone)]
 pub struct SharedSpool {
-    requests_tx: mpsc::UnboundedSender<Request>,
+    requests_tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
 }
 
 impl SharedSpool {
     /// Starts the writer thread, which owns `spool` from now on.
     pub fn start(spool: Spool) -> Result<SharedSpool, SpoolError> {
-        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        let (requests_tx, requests_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             room: Semaphore::new(QUEUE_BYTES),
             published: Notify::new(),
@@ -85,6 +100,8 @@ impl SharedSpool {
             running: Mutex::new(None),
             dropped: Mutex::new(BTreeMap::new()),
             any_dropped: AtomicBool::new(false),
+            first: Mutex::new(Vec::new()),
+            any_first: AtomicBool::new(false),
         });
         let writer = Writer {
             spool,
@@ -109,15 +126,38 @@ impl SharedSpool {
         self.push(RecordBody::Event { correlation, event });
     }
 
-    /// Records an event, waiting while the writer's queue is full: the event socket's path, so that a
-    /// flood of events slows its sender down rather than losing events.
-    pub async fn push_event_when_room(&self, event: Event) {
+    /// Records events (at most [`EVENT_BATCH`]) that came at `at_ms` each, waiting while the writer's
+    /// queue is full: the event socket's path, so that a flood of events slows its sender down rather
+    /// than losing events, and hands them over in one request rather than one per event.
+    pub async fn push_events_when_room(&self, events: Vec<(Event, i64)>) {
+        if events.is_empty() {
+            return;
+        }
         let correlation = self.running();
-        let body = RecordBody::Event { correlation, event };
-        let Some(held_bytes) = self.wait_for_room(&body).await else {
+        let events: Vec<(RecordBody, i64)> = events
+            .into_iter()
+            .map(|(event, at_ms)| {
+                let correlation = correlation.clone();
+                (RecordBody::Event { correlation, event }, at_ms)
+            })
+            .collect();
+        let cost = events
+            .iter()
+            .map(|(body, _)| queue_cost(body) as usize)
+            .sum::<usize>()
+            .min(QUEUE_BYTES) as u32;
+        let Ok(permit) = self.shared.room.acquire_many(cost).await else {
             return;
         };
-        self.send_append(body, held_bytes, None);
+        permit.forget();
+        let request = Request::AppendEvents {
+            events,
+            held_bytes: cost,
+        };
+        if self.requests_tx.send(request).is_err() {
+            self.shared.room.add_permits(cost as usize);
+            tracing::error!("the spool's writer has stopped; events are lost");
+        }
     }
 
     /// Records `body`; never blocks. A result always goes to the writer; an event or output line is
@@ -181,20 +221,26 @@ impl SharedSpool {
         budget_bytes: usize,
     ) -> Option<(Vec<u8>, u64)> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.requests_tx
-            .send(Request::Unsent {
-                after,
-                max_records,
-                budget_bytes,
-                reply_tx,
-            })
-            .ok()?;
+        self.send_first(Request::Unsent {
+            after,
+            max_records,
+            budget_bytes,
+            reply_tx,
+        });
         reply_rx.await.ok().flatten()
     }
 
     /// The coordinator has committed everything up to `up_to`.
     pub fn acknowledge(&self, up_to: u64) {
-        let _ = self.requests_tx.send(Request::Acknowledge { up_to });
+        self.send_first(Request::Acknowledge { up_to });
+    }
+
+    /// Hands the thread a request to handle before what is queued (it looks between two requests).
+    fn send_first(&self, request: Request) {
+        self.shared.first.lock().expect("first lock").push(request);
+        self.shared.any_first.store(true, Ordering::Release);
+        // Wakes an idle thread; a busy one sees the flag before it gets here.
+        let _ = self.requests_tx.send(Request::Wake);
     }
 
     /// Returns once everything pushed before is on disk (results fsynced): before the agent exits.
@@ -311,7 +357,7 @@ fn queue_cost(body: &RecordBody) -> u32 {
 
 struct Writer {
     spool: Spool,
-    requests_rx: mpsc::UnboundedReceiver<Request>,
+    requests_rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     /// Callers waiting for their record to be durable, with its sequence number.
     durable_waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
@@ -320,9 +366,12 @@ struct Writer {
 impl Writer {
     /// Until every handle is gone: take what is queued, write it, make it durable, publish it.
     fn run(mut self) {
-        while let Some(first) = self.requests_rx.blocking_recv() {
+        // Idle, the thread sleeps until a request comes.
+        while let Ok(first) = self.requests_rx.recv() {
+            self.handle_first();
             self.handle(first);
             for _ in 1..DRAIN_BATCH {
+                self.handle_first();
                 match self.requests_rx.try_recv() {
                     Ok(request) => self.handle(request),
                     Err(_) => break,
@@ -333,21 +382,28 @@ impl Writer {
         self.publish();
     }
 
+    /// The session's requests, if any came.
+    fn handle_first(&mut self) {
+        if self.shared.any_first.load(Ordering::Acquire)
+            && self.shared.any_first.swap(false, Ordering::AcqRel)
+        {
+            let requests = std::mem::take(&mut *self.shared.first.lock().expect("first lock"));
+            for request in requests {
+                self.handle(request);
+            }
+        }
+    }
+
     fn handle(&mut self, request: Request) {
         match request {
+            Request::Wake => self.handle_first(),
             Request::Append {
                 body,
                 at_ms,
                 held_bytes,
                 durable_tx,
             } => {
-                if self.shared.any_dropped.swap(false, Ordering::AcqRel) {
-                    let dropped =
-                        std::mem::take(&mut *self.shared.dropped.lock().expect("dropped lock"));
-                    for (kind, count) in dropped {
-                        self.spool.dropped_behind(kind, count);
-                    }
-                }
+                self.take_dropped();
                 let outcome = self.spool.push_at(body, at_ms);
                 self.shared.room.add_permits(held_bytes as usize);
                 match (outcome, durable_tx) {
@@ -362,6 +418,15 @@ impl Writer {
                         }
                     }
                 }
+            }
+            Request::AppendEvents { events, held_bytes } => {
+                self.take_dropped();
+                for (body, at_ms) in events {
+                    if let Err(err) = self.spool.push_at(body, at_ms) {
+                        tracing::error!(error = %err, "cannot spool an event");
+                    }
+                }
+                self.shared.room.add_permits(held_bytes as usize);
             }
             Request::Unsent {
                 after,
@@ -383,6 +448,18 @@ impl Writer {
             }
             Request::AllAcknowledged { reply_tx } => {
                 let _ = reply_tx.send(self.spool.pending_count() == 0);
+            }
+        }
+    }
+
+    /// Counts in the spool what `push` dropped for want of room (a load first: this runs per record).
+    fn take_dropped(&mut self) {
+        if self.shared.any_dropped.load(Ordering::Acquire)
+            && self.shared.any_dropped.swap(false, Ordering::AcqRel)
+        {
+            let dropped = std::mem::take(&mut *self.shared.dropped.lock().expect("dropped lock"));
+            for (kind, count) in dropped {
+                self.spool.dropped_behind(kind, count);
             }
         }
     }
@@ -442,7 +519,7 @@ mod tests {
             suite,
             test: "/t".into(),
         });
-        spool.push_event_when_room(event("{}")).await;
+        spool.push_events_when_room(vec![(event("{}"), 5)]).await;
         let result = RecordBody::TestFinished(Box::new(TestOutcome {
             suite,
             test: "/t".into(),
