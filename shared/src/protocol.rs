@@ -175,6 +175,9 @@ pub enum AgentMessage {
     FactsChanged(Box<AgentFacts>),
     /// Sequenced records, in order; acknowledged by [`CoordinatorMessage::Ack`] once committed.
     Records(Vec<crate::run::Record>),
+    /// The agent is stopping: it finishes (or hands back) the suite it holds and takes no new one. Sent
+    /// before the records that end its suite, again on every session until it exits.
+    Draining,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! An agent's session: heartbeats and their acks, facts changes, batches of records committed then
 //! acknowledged (one batch in flight, the next gathering meanwhile), assignments and cancels from the
-//! scheduler, and the liveness check that ends a silent session.
+//! scheduler, the agent's notice that it is stopping (draining), and the liveness check that ends a silent
+//! session.
 
 use std::time::Instant;
 
@@ -51,6 +52,7 @@ pub(super) async fn agent_session(
             incarnation,
             facts: facts.clone(),
             outbox,
+            draining: false,
         },
     );
     let replaced = match registered {
@@ -93,6 +95,11 @@ pub(super) async fn agent_session(
                     }
                     context.sessions.update_facts(&name, connection_id, (*new_facts).clone());
                     let _ = context.store.facts_changed(&name, *new_facts).await;
+                }
+                Ok(Some(ClientFrame::Agent(AgentMessage::Draining))) => {
+                    context.sessions.touch(&name, connection_id);
+                    context.sessions.set_draining(&name, connection_id);
+                    info!("agent draining: it finishes what it holds and is given nothing new");
                 }
                 Ok(Some(ClientFrame::Agent(AgentMessage::Records(records)))) => {
                     context.sessions.touch(&name, connection_id);

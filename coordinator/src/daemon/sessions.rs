@@ -25,6 +25,8 @@ pub struct LiveSession {
     pub facts: AgentFacts,
     /// Bounded by [`OUTBOX_MESSAGES`].
     pub outbox: mpsc::Sender<CoordinatorMessage>,
+    /// The agent said it is stopping: it keeps what it holds and is given nothing new.
+    pub draining: bool,
 }
 
 /// An online agent as the scheduler sees it.
@@ -34,6 +36,7 @@ pub struct OnlineAgent {
     pub incarnation: u64,
     pub facts: AgentFacts,
     pub outbox: mpsc::Sender<CoordinatorMessage>,
+    pub draining: bool,
 }
 
 /// The sessions and the names revoked while this process runs, under one lock: a session registers
@@ -132,6 +135,11 @@ impl Sessions {
         self.with_own_session(name, connection_id, |session| session.facts = facts);
     }
 
+    /// The agent is stopping: from now on this session is given no new suite.
+    pub fn set_draining(&self, name: &str, connection_id: usize) {
+        self.with_own_session(name, connection_id, |session| session.draining = true);
+    }
+
     pub fn silent_for(&self, name: &str) -> Option<Duration> {
         self.live
             .lock()
@@ -161,6 +169,7 @@ impl Sessions {
                 incarnation: session.incarnation,
                 facts: session.facts.clone(),
                 outbox: session.outbox.clone(),
+                draining: session.draining,
             })
             .collect()
     }
@@ -223,6 +232,7 @@ mod tests {
             incarnation: 1,
             facts: AgentFacts::for_test("vm-1"),
             outbox: mpsc::channel(OUTBOX_MESSAGES).0,
+            draining: false,
         }
     }
 
