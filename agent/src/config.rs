@@ -11,6 +11,10 @@ use polarizer_shared::PlatformKind;
 use polarizer_transport::daemon::millis_setting;
 use serde::Deserialize;
 
+/// The running test's time to finish after the first SIGTERM: 10 min, so that with the kill, the cleanups
+/// and the last acknowledgements it stays within the unit's `TimeoutStopSec=15min`.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 600_000;
+
 /// A bad setting, naming its key.
 pub use polarizer_transport::daemon::InvalidSetting as ConfigError;
 
@@ -66,6 +70,10 @@ pub struct AgentSettings {
     /// results never are [default: 256]
     #[arg(long, env = "POLARIZER_SPOOL_MAX_MB")]
     pub spool_max_mb: Option<u64>,
+    /// After the first SIGTERM, how long the running test may take to finish before it is stopped, in
+    /// milliseconds [default: 600000]
+    #[arg(long, env = "POLARIZER_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
     /// D-Bus signals to record: system, session, a bus address, or off [default: system, when its socket exists]
     #[arg(long, env = "POLARIZER_DBUS_ADDRESS")]
     pub dbus_address: Option<String>,
@@ -153,6 +161,8 @@ pub struct AgentConfig {
     pub gossip_interval: Duration,
     pub reconnect_max: Duration,
     pub spool_max_bytes: u64,
+    /// From the first SIGTERM: the running test's time to finish before it is stopped.
+    pub drain_timeout: Duration,
     pub events: EventsConfig,
 }
 
@@ -181,6 +191,7 @@ impl AgentSettings {
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
             spool_max_mb: self.spool_max_mb.or(lower.spool_max_mb),
+            drain_timeout_ms: self.drain_timeout_ms.or(lower.drain_timeout_ms),
             dbus_address: self.dbus_address.or(lower.dbus_address),
             dbus_match: self.dbus_match.or(lower.dbus_match),
             watch: if self.watch.is_empty() {
@@ -270,6 +281,12 @@ impl AgentSettings {
             5_000,
             100..=600_000,
         )?;
+        let drain_timeout = millis_setting(
+            "drain_timeout_ms",
+            self.drain_timeout_ms,
+            DEFAULT_DRAIN_TIMEOUT_MS,
+            0..=86_400_000,
+        )?;
         let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
         let events = EventsConfig {
             dbus_address: off_or(
@@ -327,6 +344,7 @@ impl AgentSettings {
                 .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
             gossip_interval,
             reconnect_max,
+            drain_timeout,
             spool_max_bytes: match self.spool_max_mb {
                 None => 256 << 20,
                 Some(mb @ 1..=1_048_576) => mb << 20,
@@ -419,6 +437,31 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    /// systemd gives a stopping agent more than its default drain, with minutes left for the kill, the
+    /// cleanups and the last acknowledgements, and signals only the agent: otherwise the tests it drains
+    /// would be killed under it.
+    #[test]
+    fn the_unit_lets_the_default_drain_finish() {
+        let unit = include_str!("../../systemd/polarizer-agent.service");
+        let setting = |key: &str| {
+            unit.lines()
+                .find_map(|line| line.trim().strip_prefix(key))
+                .unwrap_or_else(|| panic!("systemd/polarizer-agent.service sets no {key}"))
+        };
+        let timeout = setting("TimeoutStopSec=");
+        let stop_seconds: u64 = match timeout.strip_suffix("min") {
+            Some(minutes) => minutes.parse::<u64>().unwrap() * 60,
+            None => timeout.trim_end_matches('s').parse().unwrap(),
+        };
+        let after_drain = Duration::from_secs(stop_seconds)
+            .checked_sub(Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS));
+        assert!(
+            after_drain.is_some_and(|left| left >= Duration::from_secs(4 * 60)),
+            "TimeoutStopSec={timeout} leaves less than 4 min after the default drain"
+        );
+        assert_eq!(setting("KillMode="), "mixed");
     }
 
     #[test]

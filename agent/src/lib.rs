@@ -10,13 +10,14 @@ pub mod session;
 pub mod spool;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use polarizer_shared::membership::*;
 use polarizer_transport::client::client_endpoint;
 use polarizer_transport::gossip::{advertised_addr, concrete_udp_addr};
 use polarizer_transport::{tls, CaTrust, Gossip, GossipConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{AgentConfig, CaPin};
 
@@ -55,8 +56,24 @@ impl AgentError {
     }
 }
 
-/// Runs the agent until `shutdown` is cancelled, or until the coordinator refuses it for good.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+/// Once the running suite is drained, how long the agent waits for the coordinator to acknowledge its
+/// last records before it exits anyway (they stay in the spool and are sent at the next start).
+const ACKNOWLEDGE_WAIT: Duration = Duration::from_secs(10);
+const ACKNOWLEDGE_POLL: Duration = Duration::from_millis(50);
+
+/// How the agent is asked to stop. `drain` (the first SIGTERM or SIGINT): take no new suite, let the
+/// running test finish within the drain timeout, run the cleanups, hand the suite's other tests back to
+/// the coordinator, and exit once every record is acknowledged. `stop` (the second): exit at once, killing
+/// whatever runs.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub stop: CancellationToken,
+}
+
+/// Runs the agent until `shutdown` has drained it (or stopped it), or until the coordinator refuses it
+/// for good.
+pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentError> {
     polarizer_transport::install_crypto_provider();
     let trust = match &config.ca {
         CaPin::File(path) => CaTrust::from_pem_file(path)?,
@@ -104,8 +121,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         &config.state_dir.join("spool"),
         config.spool_max_bytes,
     )?)?;
-    let suites = start_runner(&config, spool.clone());
-    collectors::start(&config, &spool, &shutdown);
+    let stopping = runner::Stopping {
+        drain: shutdown.drain.clone(),
+        expired: CancellationToken::new(),
+        drain_timeout: config.drain_timeout,
+    };
+    tokio::spawn(stopping.clone().expire_after_drain());
+    tokio::spawn({
+        let drain = shutdown.drain.clone();
+        let drain_timeout = config.drain_timeout;
+        async move {
+            drain.cancelled().await;
+            info!(?drain_timeout, "stopping: no new suite starts; the running test has the drain timeout to finish (a second SIGTERM stops it now)");
+        }
+    });
+    let (suites, runner_drained) = start_runner(&config, spool.clone(), stopping);
+    let collectors_stop = CancellationToken::new();
+    collectors::start(&config, &spool, &collectors_stop);
+    let session_end = CancellationToken::new();
+    tokio::spawn(end_session_when_drained(
+        shutdown.clone(),
+        runner_drained,
+        spool.clone(),
+        collectors_stop,
+        session_end.clone(),
+    ));
     let connector = session::Connector {
         config,
         endpoint: endpoint.clone(),
@@ -117,16 +157,62 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         incarnation: rand::random::<u64>(),
         spool,
         suites,
+        draining: shutdown.drain.clone(),
     };
-    let outcome = connector.run(shutdown).await;
+    let outcome = connector.run(session_end).await;
     endpoint.close(0u32.into(), b"agent stopped");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     info!("agent stopped");
     outcome
 }
 
-/// The runner task: runs assigned suites one after another, each feeding the spool.
-fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::SuiteQueue {
+/// The agent's stop after the first SIGTERM: once the runner has drained (its suite ended, cleanups run,
+/// records spooled), the collectors stop and the session stays open until the coordinator has
+/// acknowledged every record, for at most `ACKNOWLEDGE_WAIT`; then `session_end` ends it. The second
+/// SIGTERM ends it at once.
+async fn end_session_when_drained(
+    shutdown: Shutdown,
+    runner_drained: CancellationToken,
+    spool: spool::SharedSpool,
+    collectors_stop: CancellationToken,
+    session_end: CancellationToken,
+) {
+    tokio::select! {
+        () = runner_drained.cancelled() => {}
+        () = shutdown.stop.cancelled() => {
+            warn!("stopping now: the running test is killed");
+            session_end.cancel();
+            return;
+        }
+    }
+    collectors_stop.cancel();
+    let deadline = tokio::time::Instant::now() + ACKNOWLEDGE_WAIT;
+    loop {
+        // Nothing left to send means nothing unacknowledged: the spool keeps a record until its ack.
+        if spool.all_acknowledged().await {
+            info!("drained: every record is acknowledged");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(waited = ?ACKNOWLEDGE_WAIT, "drained, but the coordinator has not acknowledged every record; the spool sends them at the next start");
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ACKNOWLEDGE_POLL) => {}
+            () = shutdown.stop.cancelled() => break,
+        }
+    }
+    session_end.cancel();
+}
+
+/// The runner task: runs assigned suites one after another, each feeding the spool. Once the agent
+/// drains, it starts no suite (each assignment ends at once, for the coordinator to give elsewhere), and
+/// `runner_drained` is cancelled as soon as nothing runs and nothing waits.
+fn start_runner(
+    config: &AgentConfig,
+    spool: spool::SharedSpool,
+    stopping: runner::Stopping,
+) -> (session::SuiteQueue, CancellationToken) {
     let (assign, mut assignments) =
         tokio::sync::mpsc::unbounded_channel::<polarizer_shared::run::Assignment>();
     let cancels: std::sync::Arc<
@@ -141,8 +227,21 @@ fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::Sui
         assign,
         cancels: cancels.clone(),
     };
+    let runner_drained = CancellationToken::new();
+    let drained = runner_drained.clone();
     tokio::spawn(async move {
-        while let Some(assignment) = assignments.recv().await {
+        loop {
+            let assignment = tokio::select! {
+                // Assignments already here are handled first: drained means none is left.
+                biased;
+                assignment = assignments.recv() => assignment,
+                () = stopping.drain.cancelled(), if !drained.is_cancelled() => {
+                    info!("drained: no suite runs or waits");
+                    drained.cancel();
+                    continue;
+                }
+            };
+            let Some(assignment) = assignment else { break };
             let suite = assignment.suite;
             let cancel = cancels
                 .lock()
@@ -150,11 +249,18 @@ fn start_runner(config: &AgentConfig, spool: spool::SharedSpool) -> session::Sui
                 .entry(suite)
                 .or_default()
                 .clone();
-            runner::run_suite(assignment, &runner_config, emit.clone(), cancel).await;
+            runner::run_suite(
+                assignment,
+                &runner_config,
+                emit.clone(),
+                cancel,
+                stopping.clone(),
+            )
+            .await;
             info!(%suite, "suite finished");
         }
     });
-    queue
+    (queue, runner_drained)
 }
 
 #[cfg(test)]

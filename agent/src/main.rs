@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use polarizer_agent::config::AgentSettings;
+use polarizer_agent::Shutdown;
 use polarizer_transport::daemon;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
     name = "polarizer-agent",
     version,
     about = "The Polarizer agent: runs on every test platform.",
-    after_help = "Exit status: 0 after a clean stop; 78 (EX_CONFIG) when the coordinator refused this \
+    after_help = "Stopping: the first SIGTERM (or SIGINT) drains: no new suite starts, the running test \
+                  has --drain-timeout-ms to finish (then it is stopped and recorded as an error), cleanups \
+                  run, the suite's other tests go back to the coordinator, and the agent exits once its \
+                  records are acknowledged. A second SIGTERM stops at once.\n\n\
+                  Exit status: 0 after a clean stop; 130 when a second signal stopped it; 78 (EX_CONFIG) when the coordinator refused this \
                   agent for good (revoked, wrong enrollment token, unknown credential) or it has no \
                   credential and no token: starting it again as it is cannot help; 1 on any other error."
 )]
@@ -53,6 +57,27 @@ enum AgentCommand {
     },
 }
 
+/// The exit status when a second signal stopped the agent before it drained (128 + SIGINT, as a shell
+/// reports an interrupted command).
+const EXIT_STOPPED: u8 = 130;
+
+/// The first SIGTERM or SIGINT drains the agent; the second stops it at once.
+async fn drain_then_stop_on_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    daemon::notify_stopping();
+    shutdown.drain.cancel();
+    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    shutdown.stop.cancel();
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(AgentCommand::Emit {
@@ -87,6 +112,7 @@ fn main() -> std::process::ExitCode {
         return daemon::exit_code(outcome);
     }
     daemon::init_logging("info", cli.log_format);
+    let shutdown = Shutdown::default();
     let outcome = (|| -> anyhow::Result<()> {
         let file_settings = match &cli.config {
             Some(path) => daemon::read_toml(path)?,
@@ -101,14 +127,18 @@ fn main() -> std::process::ExitCode {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // Dropping the runtime drops a suite still running, which kills its process groups.
         runtime.block_on(async {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(daemon::cancel_on_signal(shutdown.clone()));
-            daemon::spawn_watchdog(shutdown.clone());
-            polarizer_agent::run(config, shutdown).await
+            tokio::spawn(drain_then_stop_on_signals(shutdown.clone()));
+            // Pings go on while the agent drains: the drain is bounded by its own timeout.
+            daemon::spawn_watchdog(shutdown.stop.clone());
+            polarizer_agent::run(config, shutdown.clone()).await
         })?;
         Ok(())
     })();
+    if outcome.is_ok() && shutdown.stop.is_cancelled() {
+        return std::process::ExitCode::from(EXIT_STOPPED);
+    }
     let refused = outcome
         .as_ref()
         .err()

@@ -123,6 +123,9 @@ pub struct Connector {
     pub incarnation: u64,
     pub spool: SharedSpool,
     pub suites: SuiteQueue,
+    /// Cancelled when the agent starts to stop: each session tells the coordinator, which then assigns it
+    /// nothing new. The session itself goes on until `run`'s shutdown, so the last records get through.
+    pub draining: CancellationToken,
 }
 
 /// Assignments waiting for (or being run by) the runner task, each with the token that cancels it.
@@ -352,7 +355,18 @@ impl Connector {
         let mut sent_up_to = welcome.records_committed;
         let mut last_heard = std::time::Instant::now();
         let silence_allowed = (heartbeat_every * 6).max(Duration::from_secs(2));
+        let mut told_draining = false;
         loop {
+            // Before the records: the coordinator must not give back to this agent what they hand back.
+            if self.draining.is_cancelled() && !told_draining {
+                if let Err(err) = stream
+                    .send(&ClientFrame::Agent(AgentMessage::Draining))
+                    .await
+                {
+                    return ended(&connection, err.to_string());
+                }
+                told_draining = true;
+            }
             // One bounded batch per turn: acknowledgements, heartbeats and shutdown are served between
             // batches, however large the backlog.
             let more_to_send = match self.send_next_batch(&mut stream, &mut sent_up_to).await {
@@ -397,6 +411,7 @@ impl Connector {
                         }
                     }
                 }
+                () = self.draining.cancelled(), if !told_draining => {}
                 () = self.spool.published() => {}
                 () = std::future::ready(()), if more_to_send => {}
             }

@@ -12,7 +12,7 @@ use polarizer_shared::run::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{run_suite, Emit, RunnerConfig};
+use super::{run_suite, Emit, RunnerConfig, Stopping};
 
 pub(super) const SUITE: SuiteRef = SuiteRef {
     run: 7,
@@ -89,7 +89,14 @@ impl Fixture {
 
     pub(super) async fn run(&self, assignment: Assignment) -> Vec<RecordBody> {
         let (emit, records) = recorder();
-        run_suite(assignment, &self.config, emit, CancellationToken::new()).await;
+        run_suite(
+            assignment,
+            &self.config,
+            emit,
+            CancellationToken::new(),
+            Stopping::new(Duration::from_secs(60)),
+        )
+        .await;
         let records = records.lock().expect("records").clone();
         records
     }

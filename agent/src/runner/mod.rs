@@ -3,7 +3,9 @@
 //!
 //! Contract: every test of an assignment ends in exactly one `TestFinished` unless the checkout fails (then the
 //! suite ends with `SuiteFinished { error }` alone, an infrastructure failure the coordinator retries
-//! elsewhere). Cleanup hooks always run and are never cancelled; only their own timeout stops them.
+//! elsewhere) or the agent is stopping (`Stopping`): then the tests it did not start have none, and the
+//! suite ends with `SuiteFinished { error }`, which sends them to another agent. Cleanup hooks always run and
+//! are never cancelled; only their own timeout stops them.
 //!
 //! One module per job, each told apart by what it may import from its siblings:
 //! - here: the runner's vocabulary (`Emit`, `RunnerConfig`) and the millisecond clock (`unix_ms`, `duration_ms`);
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use polarizer_shared::run::RecordBody;
+use tokio_util::sync::CancellationToken;
 
 pub use suite::run_suite;
 
@@ -70,6 +73,34 @@ impl RunnerConfig {
             kill_grace: Duration::from_secs(2),
             emit_socket: None,
         }
+    }
+}
+
+/// The agent's stop as its suites see it. `drain` is cancelled by the first SIGTERM: no suite and no test
+/// starts after it, and the tests of a suite that were not started go back to the coordinator's queue.
+/// `expired` is cancelled `drain_timeout` later: the test (or setup hook) still running is stopped and
+/// recorded as an error. Cleanups run in every case.
+#[derive(Clone, Debug)]
+pub struct Stopping {
+    pub drain: CancellationToken,
+    pub expired: CancellationToken,
+    pub drain_timeout: Duration,
+}
+
+impl Stopping {
+    pub fn new(drain_timeout: Duration) -> Stopping {
+        Stopping {
+            drain: CancellationToken::new(),
+            expired: CancellationToken::new(),
+            drain_timeout,
+        }
+    }
+
+    /// Cancels `expired` once `drain_timeout` has passed since `drain`; spawn it once.
+    pub async fn expire_after_drain(self) {
+        self.drain.cancelled().await;
+        tokio::time::sleep(self.drain_timeout).await;
+        self.expired.cancel();
     }
 }
 

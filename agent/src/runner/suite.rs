@@ -9,13 +9,14 @@ use polarizer_shared::run::{
     VersionChain,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn, Instrument};
 
 use super::checkout::{checkout, remove_worktree};
 use super::junit::apply_junit;
 use super::process::{self, exit_message, ProcessOutcome, ProcessRequest};
 use super::versions::package_versions;
-use super::{duration_ms, unix_ms, Emit, RunnerConfig};
+use super::{duration_ms, unix_ms, Emit, RunnerConfig, Stopping};
 
 /// A test whose `duration` is 0 gets this long.
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -24,12 +25,15 @@ const MAX_TEST_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 const HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs one suite attempt to the end, emitting its records in order. Never fails: every problem becomes a
-/// record. `cancel` stops the running test and skips the remaining ones; cleanups still run.
+/// record. `cancel` (the coordinator's) stops the running test and skips the remaining ones; `stopping`
+/// (the agent's) lets the running test finish, within the drain timeout, and leaves the remaining ones to
+/// another agent. Cleanups run in both cases.
 pub async fn run_suite(
     assignment: Assignment,
     config: &RunnerConfig,
     emit: Emit,
     cancel: CancellationToken,
+    stopping: Stopping,
 ) {
     let span = tracing::info_span!(
         "suite",
@@ -37,11 +41,27 @@ pub async fn run_suite(
         suite = assignment.suite.suite,
         attempt = assignment.suite.attempt
     );
+    // What stops a running test or setup hook: the coordinator's cancel, or the end of the drain.
+    let interrupt = CancellationToken::new();
+    let _interrupt_watch = AbortOnDropHandle::new(tokio::spawn({
+        let interrupt = interrupt.clone();
+        let cancel = cancel.clone();
+        let expired = stopping.expired.clone();
+        async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = expired.cancelled() => {}
+            }
+            interrupt.cancel();
+        }
+    }));
     let runner = SuiteRunner {
         assignment,
         config,
         emit,
         cancel,
+        stopping,
+        interrupt,
     };
     runner.run().instrument(span).await
 }
@@ -51,17 +71,38 @@ struct SuiteRunner<'a> {
     config: &'a RunnerConfig,
     emit: Emit,
     cancel: CancellationToken,
+    stopping: Stopping,
+    /// `cancel` or `stopping.expired`, whichever comes first.
+    interrupt: CancellationToken,
 }
 
 /// Why a suite's tests cannot start.
 enum SuiteBlocked {
     SetupFailed(String),
     Cancelled,
+    /// The agent is stopping: the tests go back to the queue.
+    Stopping,
+}
+
+/// Why a process was interrupted: the coordinator's cancel wins over the end of the agent's drain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    Cancelled,
+    DrainExpired,
 }
 
 impl SuiteRunner<'_> {
     async fn run(&self) {
         let suite = self.assignment.suite;
+        if self.stopping.drain.is_cancelled() {
+            // Assigned while the agent stops (or waiting behind the suite it drained): not started here.
+            info!("the agent is stopping; suite not started");
+            self.emit(RecordBody::SuiteFinished {
+                suite,
+                error: Some(self.stopping_message(self.assignment.tests.len())),
+            });
+            return;
+        }
         let versions = VersionChain {
             commit: self.assignment.commit.clone(),
             agent_version: self.config.agent_version.clone(),
@@ -73,10 +114,19 @@ impl SuiteRunner<'_> {
         let workdir = std::path::absolute(self.workdir()).unwrap_or_else(|_| self.workdir());
         let checkout = tokio::select! {
             biased;
-            () = self.cancel.cancelled() => None,
+            () = self.interrupt.cancelled() => None,
             checked_out = checkout(&self.assignment, self.config, &workdir) => Some(checked_out),
         };
         match checkout {
+            None if self.interruption() == Some(Interruption::DrainExpired) => {
+                info!("the drain timeout passed during checkout");
+                self.emit(RecordBody::SuiteFinished {
+                    suite,
+                    error: Some(self.stopping_message(self.assignment.tests.len())),
+                });
+                remove_worktree(&self.assignment, self.config, &workdir).await;
+                return;
+            }
             None => {
                 info!("cancelled during checkout");
                 for test in &self.assignment.tests {
@@ -103,8 +153,8 @@ impl SuiteRunner<'_> {
         }
 
         let tree_root = workdir.join(self.assignment.tree_path.trim_start_matches('/'));
-        self.run_tests(&tree_root).await;
-        self.emit(RecordBody::SuiteFinished { suite, error: None });
+        let error = self.run_tests(&tree_root).await;
+        self.emit(RecordBody::SuiteFinished { suite, error });
         remove_worktree(&self.assignment, self.config, &workdir).await;
     }
 
@@ -115,8 +165,14 @@ impl SuiteRunner<'_> {
             .join(format!("{}-{}-{}", suite.run, suite.suite, suite.attempt))
     }
 
-    /// Suite setup, the tests, suite cleanup.
-    async fn run_tests(&self, tree_root: &Path) {
+    /// Suite setup, the tests, suite cleanup. Returns the suite's error when the agent stopped before
+    /// running all of its tests (the coordinator gives those to another agent).
+    async fn run_tests(&self, tree_root: &Path) -> Option<String> {
+        let tests = self.assignment.tests.iter();
+        if self.stopping.drain.is_cancelled() && !self.cancel.is_cancelled() {
+            // Stopping since the checkout: nothing ran, so there is nothing to clean up.
+            return Some(self.stopping_message(tests.len()));
+        }
         let suite_environment = self.suite_environment(tree_root);
         let mut blocked = None;
         for command in &self.assignment.suite_setup {
@@ -126,11 +182,14 @@ impl SuiteRunner<'_> {
                     tree_root,
                     &suite_environment,
                     "",
-                    Some(&self.cancel),
+                    Some(&self.interrupt),
                 )
                 .await;
             if hook.cancelled {
-                blocked = Some(SuiteBlocked::Cancelled);
+                blocked = Some(match self.interruption() {
+                    Some(Interruption::DrainExpired) => SuiteBlocked::Stopping,
+                    _ => SuiteBlocked::Cancelled,
+                });
                 break;
             }
             if !hook.succeeded() {
@@ -141,7 +200,10 @@ impl SuiteRunner<'_> {
             }
         }
 
-        let tests = self.assignment.tests.iter();
+        if blocked.is_none() && self.stopping.drain.is_cancelled() && !self.cancel.is_cancelled() {
+            blocked = Some(SuiteBlocked::Stopping);
+        }
+        let mut error = None;
         match blocked {
             Some(SuiteBlocked::SetupFailed(message)) => {
                 for test in tests {
@@ -153,11 +215,19 @@ impl SuiteRunner<'_> {
                     self.finish_unstarted(test, TestStatus::Cancelled, "cancelled".into());
                 }
             }
+            // No result for the tests: they are not this agent's to decide.
+            Some(SuiteBlocked::Stopping) => error = Some(self.stopping_message(tests.len())),
             None => {
-                for test in tests {
+                for (index, test) in tests.enumerate() {
                     if self.cancel.is_cancelled() {
                         self.finish_unstarted(test, TestStatus::Cancelled, "cancelled".into());
                         continue;
+                    }
+                    if self.stopping.drain.is_cancelled() {
+                        let not_started = self.assignment.tests.len() - index;
+                        info!(not_started, "the agent is stopping; no further test starts");
+                        error = Some(self.stopping_message(not_started));
+                        break;
                     }
                     let outcome = self.run_test(test, tree_root).await;
                     self.emit(RecordBody::TestFinished(Box::new(outcome)));
@@ -175,6 +245,7 @@ impl SuiteRunner<'_> {
                 self.emit_agent_line("", message);
             }
         }
+        error
     }
 
     /// One test: its setup hooks, its command, its JUnit report, its cleanup hooks.
@@ -228,7 +299,7 @@ impl SuiteRunner<'_> {
                     timeout,
                     test: &test.id,
                     hook: false,
-                    cancel: Some(&self.cancel),
+                    cancel: Some(&self.interrupt),
                 })
                 .await;
             outcome.exit = process.exit;
@@ -236,8 +307,9 @@ impl SuiteRunner<'_> {
             outcome.duration_ms = duration_ms(process.duration);
             outcome.output_tail = process.tail.clone();
             if process.cancelled {
-                outcome.status = TestStatus::Cancelled;
-                messages.push("cancelled".into());
+                let (status, message) = self.interrupted_outcome();
+                outcome.status = status;
+                messages.push(message);
             } else if process.spawn_error.is_some() {
                 outcome.status = TestStatus::Error;
                 messages.push(process.describe());
@@ -282,10 +354,16 @@ impl SuiteRunner<'_> {
     ) -> Option<(TestStatus, String)> {
         for command in &test.setup {
             let hook = self
-                .run_hook(command, test_dir, environment, &test.id, Some(&self.cancel))
+                .run_hook(
+                    command,
+                    test_dir,
+                    environment,
+                    &test.id,
+                    Some(&self.interrupt),
+                )
                 .await;
             if hook.cancelled {
-                return Some((TestStatus::Cancelled, "cancelled".into()));
+                return Some(self.interrupted_outcome());
             }
             if !hook.succeeded() {
                 let message = format!("setup `{command}` failed: {}", hook.describe());
@@ -356,6 +434,39 @@ impl SuiteRunner<'_> {
         environment
     }
 
+    fn interruption(&self) -> Option<Interruption> {
+        if self.cancel.is_cancelled() {
+            Some(Interruption::Cancelled)
+        } else if self.stopping.expired.is_cancelled() {
+            Some(Interruption::DrainExpired)
+        } else {
+            None
+        }
+    }
+
+    /// A test (or its setup) that was interrupted: cancelled by the coordinator, or stopped by the end of
+    /// the agent's drain, an error that says so.
+    fn interrupted_outcome(&self) -> (TestStatus, String) {
+        match self.interruption() {
+            Some(Interruption::DrainExpired) => (
+                TestStatus::Error,
+                format!(
+                    "interrupted: the agent was stopped and the test did not finish within its drain timeout ({})",
+                    describe_duration(self.stopping.drain_timeout)
+                ),
+            ),
+            _ => (TestStatus::Cancelled, "cancelled".into()),
+        }
+    }
+
+    /// The suite's error when the agent stops before starting `not_started` of its tests.
+    fn stopping_message(&self, not_started: usize) -> String {
+        format!(
+            "the agent was stopped before it started {not_started} of the suite's {} tests",
+            self.assignment.tests.len()
+        )
+    }
+
     fn finish_unstarted(&self, test: &AssignedTest, status: TestStatus, message: String) {
         self.emit(RecordBody::TestFinished(Box::new(TestOutcome {
             suite: self.assignment.suite,
@@ -384,6 +495,15 @@ impl SuiteRunner<'_> {
     }
 }
 
+/// "600 s", or "500 ms" for what is not whole seconds.
+fn describe_duration(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -398,6 +518,11 @@ mod tests {
     use crate::runner::fixture::{
         event_tags, fixture, outcome, output_lines, recorder, test, wait_for, SUITE,
     };
+    use crate::runner::Stopping;
+
+    fn stopping() -> Stopping {
+        Stopping::new(Duration::from_secs(60))
+    }
 
     #[tokio::test]
     async fn statuses_environment_and_record_order() {
@@ -513,7 +638,7 @@ mod tests {
         let suite_task = tokio::spawn({
             let cancel = cancel.clone();
             let config = fixture.config.clone();
-            async move { run_suite(assignment, &config, emit, cancel).await }
+            async move { run_suite(assignment, &config, emit, cancel, stopping()).await }
         });
         wait_for("the second test to start", Duration::from_secs(10), || {
             records.lock().expect("records").iter().any(|record| {
@@ -544,5 +669,165 @@ mod tests {
             records.last(),
             Some(RecordBody::SuiteFinished { error: None, .. })
         ));
+    }
+
+    /// Runs `assignment` in a task; returns the task and the records it emits, as they come.
+    fn spawn_suite(
+        fixture: &crate::runner::fixture::Fixture,
+        assignment: Assignment,
+        stopping: &Stopping,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        std::sync::Arc<std::sync::Mutex<Vec<RecordBody>>>,
+    ) {
+        let (emit, records) = recorder();
+        let config = fixture.config.clone();
+        let stopping = stopping.clone();
+        let task = tokio::spawn(async move {
+            run_suite(
+                assignment,
+                &config,
+                emit,
+                CancellationToken::new(),
+                stopping,
+            )
+            .await
+        });
+        (task, records)
+    }
+
+    async fn wait_started(records: &std::sync::Mutex<Vec<RecordBody>>, id: &str) {
+        wait_for(&format!("{id} to start"), Duration::from_secs(10), || {
+            records
+                .lock()
+                .expect("records")
+                .iter()
+                .any(|record| matches!(record, RecordBody::TestStarted { test, .. } if test == id))
+        })
+        .await;
+    }
+
+    fn suite_error(records: &[RecordBody]) -> Option<String> {
+        match records.last() {
+            Some(RecordBody::SuiteFinished { error, .. }) => error.clone(),
+            other => panic!("the suite did not end with SuiteFinished: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_the_running_test_finish_and_leaves_the_rest_to_another_agent() {
+        let fixture = fixture();
+        let go = fixture.path("go");
+        let test_cleaned = fixture.path("test-cleaned");
+        let suite_cleaned = fixture.path("suite-cleaned");
+        // Runs until the test below says so: it must outlive the agent's first SIGTERM.
+        let mut running = test(
+            "/t/running",
+            &format!("while [ ! -e '{go}' ]; do sleep 0.05; done; echo finished"),
+        );
+        running.cleanup = vec![format!("touch '{test_cleaned}'")];
+        let assignment = Assignment {
+            suite_cleanup: vec![format!("touch '{suite_cleaned}'")],
+            ..fixture.assignment(vec![
+                test("/t/first", "true"),
+                running,
+                test("/t/second", "true"),
+                test("/t/third", "true"),
+            ])
+        };
+        let stopping = stopping();
+        let (task, records) = spawn_suite(&fixture, assignment.clone(), &stopping);
+        wait_started(&records, "/t/running").await;
+        stopping.drain.cancel();
+        std::fs::write(&go, "").expect("write go");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the suite ends")
+            .expect("no panic");
+
+        let records = records.lock().expect("records").clone();
+        assert_eq!(
+            event_tags(&records),
+            [
+                "suite started",
+                "started /t/first",
+                "finished /t/first",
+                "started /t/running",
+                "finished /t/running",
+                "suite finished Some(\"the agent was stopped before it started 2 of the suite's 4 tests\")",
+            ]
+        );
+        let finished = outcome(&records, "/t/running");
+        assert_eq!(
+            (finished.status, finished.exit),
+            (TestStatus::Pass, Exit::Code(0))
+        );
+        assert!(Path::new(&test_cleaned).exists(), "the test's cleanup ran");
+        assert!(
+            Path::new(&suite_cleaned).exists(),
+            "the suite's cleanup ran"
+        );
+
+        // A suite that comes after the first SIGTERM is not started at all.
+        let (emit, late) = recorder();
+        run_suite(
+            assignment,
+            &fixture.config,
+            emit,
+            CancellationToken::new(),
+            stopping,
+        )
+        .await;
+        let late = late.lock().expect("records").clone();
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!(
+            suite_error(&late).as_deref(),
+            Some("the agent was stopped before it started 4 of the suite's 4 tests")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_test_outlasting_the_drain_is_stopped_as_an_error_and_cleanups_still_run() {
+        let fixture = fixture();
+        let test_cleaned = fixture.path("test-cleaned");
+        let suite_cleaned = fixture.path("suite-cleaned");
+        // Ignores SIGTERM, so only the SIGKILL after the grace stops it.
+        let mut stubborn = test("/t/stubborn", "trap '' TERM; sleep 30");
+        stubborn.cleanup = vec![format!("touch '{test_cleaned}'")];
+        let assignment = Assignment {
+            suite_cleanup: vec![format!("touch '{suite_cleaned}'")],
+            ..fixture.assignment(vec![stubborn, test("/t/after", "true")])
+        };
+        let stopping = Stopping::new(Duration::from_millis(200));
+        let (task, records) = spawn_suite(&fixture, assignment, &stopping);
+        wait_started(&records, "/t/stubborn").await;
+        stopping.drain.cancel();
+        tokio::spawn(stopping.clone().expire_after_drain());
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the suite ends")
+            .expect("no panic");
+
+        let records = records.lock().expect("records").clone();
+        let stopped = outcome(&records, "/t/stubborn");
+        assert_eq!(stopped.status, TestStatus::Error);
+        assert_eq!(stopped.exit, Exit::Signal(libc::SIGKILL));
+        assert_eq!(
+            stopped.message,
+            "interrupted: the agent was stopped and the test did not finish within its drain timeout (200 ms)"
+        );
+        assert!(
+            !records.iter().any(|record| matches!(record, RecordBody::TestStarted { test, .. } if test == "/t/after")),
+            "no test starts after the drain"
+        );
+        assert_eq!(
+            suite_error(&records).as_deref(),
+            Some("the agent was stopped before it started 1 of the suite's 2 tests")
+        );
+        assert!(Path::new(&test_cleaned).exists(), "the test's cleanup ran");
+        assert!(
+            Path::new(&suite_cleaned).exists(),
+            "the suite's cleanup ran"
+        );
     }
 }
