@@ -301,6 +301,157 @@ fn kill_9_of_an_agent_mid_suite_reruns_its_unfinished_tests_elsewhere() {
     eprintln!("kill -9 → suite finished elsewhere in {elapsed:?}");
 }
 
+/// A serial suite of four tests whose second runs `second`; the suite's cleanup leaves
+/// `<markers>/cleaned-<attempt>`.
+fn drain_repo(root: &Path, second: &str, markers: &Path) -> PathBuf {
+    let fmf = format!(
+        "resources:\n  modifies: [db]\nduration: 5m\nhooks:\n  suite-cleanup: touch {}/cleaned-$POLARIZER_ATTEMPT\n\
+         /t1:\n  test: 'true'\n/t2:\n  test: '{second}'\n/t3:\n  test: 'true'\n/t4:\n  test: 'true'\n",
+        markers.display()
+    );
+    repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
+}
+
+/// Triggers a run of `repo` and waits for its second test to run; returns the run and the agent running it.
+fn run_until_second_test_runs(cluster: &TestCluster, repo: &Path) -> (u64, String) {
+    let run = trigger(cluster, repo, &[]);
+    let mut holder = String::new();
+    wait_for("the second test to start", RUN_DEADLINE, || {
+        let second = &tests_by_name(&show(cluster, run))["/tests/t2"];
+        holder = second["agent"].as_str().unwrap_or_default().to_string();
+        second["status"] == "running"
+    });
+    (run, holder)
+}
+
+/// The first SIGTERM, as `systemctl stop` sends it; waits until the agent says it is draining.
+fn sigterm_and_wait_for_the_drain(agent: &Process) {
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    wait_for("the agent to start draining", RUN_DEADLINE, || {
+        agent.log_text().contains("stopping: no new suite starts")
+    });
+}
+
+#[test]
+fn sigterm_lets_the_running_test_finish_runs_cleanups_and_hands_the_rest_to_another_agent() {
+    let mut cluster = TestCluster::builder().agents(2).start();
+    let markers = cluster.path("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let go = markers.join("go");
+    // The running test finishes only once told to, after the agent began to drain.
+    let second = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo finished",
+        go.display()
+    );
+    let repo = drain_repo(&cluster.path("drain"), &second, &markers);
+    let (run, holder) = run_until_second_test_runs(&cluster, &repo);
+    let survivor = if holder == "vm-1" { "vm-2" } else { "vm-1" };
+
+    sigterm_and_wait_for_the_drain(cluster.agent(&holder));
+    std::fs::write(&go, "").unwrap();
+    let exit = cluster.agent(&holder).wait_exit(RUN_DEADLINE);
+    assert!(
+        exit.is_some_and(|status| status.code() == Some(0)),
+        "{exit:?}: {}",
+        cluster.agent(&holder).log_text()
+    );
+    assert!(
+        markers.join("cleaned-1").exists(),
+        "the drained suite's cleanup ran"
+    );
+
+    let finished = wait_finished(&cluster, run);
+    assert_eq!(finished["state"], "passed", "{finished:#}");
+    let tests = tests_by_name(&finished);
+    for name in ["/tests/t1", "/tests/t2"] {
+        assert_eq!(
+            tests[name]["attempt"], 1,
+            "{name}: finished on the stopping agent"
+        );
+        assert_eq!(tests[name]["agent"], holder.as_str(), "{name}");
+    }
+    assert!(tests["/tests/t2"]["output_tail"]
+        .as_str()
+        .unwrap()
+        .contains("finished"));
+    for name in ["/tests/t3", "/tests/t4"] {
+        let test = &tests[name];
+        assert_eq!(test["status"], "pass", "{name}");
+        assert_eq!(test["attempt"], 2, "{name}");
+        assert_eq!(test["agent"], survivor, "{name}");
+        let lost = test["lost_attempts"].as_array().unwrap();
+        assert_eq!(lost.len(), 1, "{name}: {lost:?}");
+        assert_eq!(lost[0]["agent"], holder.as_str());
+        assert!(
+            lost[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("was stopped before it started 2 of the suite's 4 tests"),
+            "{lost:?}"
+        );
+    }
+}
+
+#[test]
+fn a_test_outlasting_the_drain_timeout_is_stopped_and_recorded_and_cleanups_still_run() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    cluster.start_agent("vm-1", &[("--drain-timeout-ms", "1000")]);
+    wait_for("the agent online", RUN_DEADLINE, || {
+        cluster.online_names() == ["vm-1"]
+    });
+    let markers = cluster.path("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    // Ignores SIGTERM too: only the SIGKILL after the grace ends it.
+    let repo = drain_repo(
+        &cluster.path("stubborn"),
+        "trap \"\" TERM; sleep 300",
+        &markers,
+    );
+    let (run, _) = run_until_second_test_runs(&cluster, &repo);
+
+    sigterm_and_wait_for_the_drain(cluster.agent("vm-1"));
+    let exit = cluster.agent("vm-1").wait_exit(RUN_DEADLINE);
+    assert!(
+        exit.is_some_and(|status| status.code() == Some(0)),
+        "{exit:?}: {}",
+        cluster.agent("vm-1").log_text()
+    );
+    assert!(
+        markers.join("cleaned-1").exists(),
+        "the suite's cleanup ran"
+    );
+
+    // Without another agent the rest waits in the queue as attempt 2, the lost attempt recorded.
+    let shown = show(&cluster, run);
+    let tests = tests_by_name(&shown);
+    assert_eq!(tests["/tests/t1"]["status"], "pass");
+    let stopped = &tests["/tests/t2"];
+    assert_eq!(stopped["status"], "error", "{stopped:#}");
+    assert!(
+        stopped["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within its drain timeout (1 s)"),
+        "{stopped:#}"
+    );
+    for name in ["/tests/t3", "/tests/t4"] {
+        let test = &tests[name];
+        assert_eq!(test["status"], "queued", "{name}: {test:#}");
+        assert_eq!(test["attempt"], 2, "{name}");
+        let lost = test["lost_attempts"].as_array().unwrap();
+        assert_eq!(lost.len(), 1, "{name}: {lost:?}");
+        assert_eq!(
+            (lost[0]["attempt"].as_u64(), lost[0]["agent"].as_str()),
+            (Some(1), Some("vm-1"))
+        );
+    }
+}
+
 #[test]
 fn kill_9_of_the_coordinator_mid_run_loses_and_duplicates_nothing() {
     let mut cluster = TestCluster::builder().agents(2).start();
