@@ -163,8 +163,14 @@ pub enum SuiteDecision {
     /// The suite is done; tests it left without a result end as errors (not infrastructure).
     Close { unfinished_message: String },
     /// Each unfinished test's attempt is recorded as lost with `lost_message`; the suite and those
-    /// tests go back to the queue as `attempt`.
-    Requeue { attempt: u32, lost_message: String },
+    /// tests go back to the queue as `attempt`. `holder_may_return`: the agent was lost, not done
+    /// with it, so it may still be running it and take it back (`may_reinstate`); an agent that said
+    /// it could not run the suite there never takes it back.
+    Requeue {
+        attempt: u32,
+        lost_message: String,
+        holder_may_return: bool,
+    },
     /// No attempts left: the lost attempt is recorded, the suite is done, and its unfinished tests end
     /// as infrastructure errors with `final_message`.
     GiveUp {
@@ -216,6 +222,7 @@ pub fn on_suite_end(
         Some(attempt) => SuiteDecision::Requeue {
             attempt,
             lost_message,
+            holder_may_return: matches!(end, SuiteEnd::Lost { .. }),
         },
         None => SuiteDecision::GiveUp {
             final_message: format!(
@@ -407,8 +414,22 @@ mod tests {
             on_suite_end(Some(&running("a", 1)), suite_ref(1, 2, 1), lost, 2),
             SuiteDecision::Requeue {
                 attempt: 2,
-                lost_message: "gone".into()
+                lost_message: "gone".into(),
+                holder_may_return: true,
             }
+        );
+        let could_not = SuiteEnd::CouldNotRun {
+            agent: "a",
+            error: "checkout failed",
+        };
+        assert_eq!(
+            on_suite_end(Some(&running("a", 1)), suite_ref(1, 2, 1), could_not, 2),
+            SuiteDecision::Requeue {
+                attempt: 2,
+                lost_message: "agent a: checkout failed".into(),
+                holder_may_return: false,
+            },
+            "it said it cannot run it: never handed back to it"
         );
         assert_eq!(
             on_suite_end(Some(&running("a", 2)), suite_ref(1, 2, 2), lost, 2),

@@ -54,6 +54,8 @@ pub struct AgentView<'a> {
     pub name: &'a str,
     pub incarnation: u64,
     pub facts: &'a AgentFacts,
+    /// Stopping: it keeps what it holds (and may take back what it lost) but is given nothing new.
+    pub draining: bool,
 }
 
 /// Everything one scheduling step looks at.
@@ -157,7 +159,11 @@ pub fn plan(input: &ScheduleInput<'_>) -> Plan {
         let candidate = input
             .online
             .iter()
-            .filter(|agent| !busy.contains(agent.name) && facts_match(agent.facts, &suite.needs))
+            .filter(|agent| {
+                !agent.draining
+                    && !busy.contains(agent.name)
+                    && facts_match(agent.facts, &suite.needs)
+            })
             .min_by(|a, b| a.name.cmp(b.name));
         let Some(agent) = candidate else {
             let facts: Vec<_> = input.online.iter().map(|agent| agent.facts).collect();
@@ -220,11 +226,13 @@ mod tests {
                 name: "vm-1",
                 incarnation: 7,
                 facts: &vm,
+                draining: false,
             },
             AgentView {
                 name: "c-1",
                 incarnation: 7,
                 facts: &container,
+                draining: false,
             },
         ];
         let active = [
@@ -257,6 +265,31 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_agent_keeps_its_suite_and_is_given_nothing_new() {
+        let vm = facts("vm-1", PlatformKind::Vm);
+        let online = [AgentView {
+            name: "vm-1",
+            incarnation: 7,
+            facts: &vm,
+            draining: true,
+        }];
+        let seen = HashSet::new();
+        let input = |active| ScheduleInput {
+            active,
+            online: &online,
+            seen: &seen,
+            restart_grace_until_ms: 0,
+            now_ms: 10,
+        };
+        let holding = [suite(1, SuiteState::Running, "vm-1", None)];
+        assert!(plan(&input(&holding)).actions.is_empty(), "not revoked");
+        let queued = [suite(2, SuiteState::Queued, "", None)];
+        let idle = plan(&input(&queued));
+        assert!(idle.actions.is_empty(), "not assigned");
+        assert!(idle.waiting.contains_key(&2));
+    }
+
+    #[test]
     fn a_lost_attempt_goes_back_to_its_agent_when_the_same_process_returns() {
         let vm = facts("vm-1", PlatformKind::Vm);
         let other = facts("vm-0", PlatformKind::Vm);
@@ -276,11 +309,13 @@ mod tests {
                     name: "vm-0",
                     incarnation: 3,
                     facts: &other,
+                    draining: false,
                 },
                 AgentView {
                     name: "vm-1",
                     incarnation,
                     facts: &vm,
+                    draining: false,
                 },
             ];
             plan(&ScheduleInput {
@@ -317,6 +352,7 @@ mod tests {
             name: "vm-1",
             incarnation: 8,
             facts: &vm,
+            draining: false,
         }];
         let active = [
             suite(1, SuiteState::Running, "vm-1", None),
@@ -350,6 +386,7 @@ mod tests {
             name: "vm-1",
             incarnation: 7,
             facts: &vm,
+            draining: false,
         }];
         let mut active = [
             suite(1, SuiteState::Running, "gone", None),

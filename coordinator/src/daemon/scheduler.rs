@@ -14,7 +14,7 @@ use polarizer_shared::run::{Record, SuiteRef};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::run::{RunEnd, SuiteState};
+use crate::core::run::RunEnd;
 use crate::core::schedule::{self, Action, AgentView, ScheduleInput};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
@@ -183,18 +183,11 @@ async fn step(context: &Context) -> Result<(), StoreError> {
     let online = context.sessions.online_agents();
     let views: Vec<AgentView<'_>> = online
         .iter()
-        // A draining agent is given nothing new: in view while it holds a suite (busy with it, which
-        // is not revoked), out of view once it holds none (so nothing it handed back returns to it).
-        .filter(|agent| {
-            !agent.draining
-                || active
-                    .iter()
-                    .any(|suite| suite.state == SuiteState::Running && suite.agent == agent.name)
-        })
         .map(|agent| AgentView {
             name: &agent.name,
             incarnation: agent.incarnation,
             facts: &agent.facts,
+            draining: agent.draining,
         })
         .collect();
     let seen = context.sessions.seen();

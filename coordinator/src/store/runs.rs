@@ -426,16 +426,19 @@ fn apply_suite_decision(
         SuiteDecision::Requeue {
             attempt,
             lost_message,
+            holder_may_return,
         } => {
             record_lost(&lost_message)?;
-            // The holder is remembered: back as the same process before anyone else begins the
+            // A lost holder is remembered: back as the same process before anyone else begins the
             // suite, it takes the attempt back (`reinstate`). The right-hand sides read the old row.
             savepoint
                 .execute(
                     "UPDATE suites SET state = ?3, attempt = ?2, agent = '', incarnation = 0, started_ms = NULL,
-                         lost_agent = agent, lost_incarnation = incarnation, lost_attempt = attempt
+                         lost_agent = CASE WHEN ?4 THEN agent ELSE '' END,
+                         lost_incarnation = CASE WHEN ?4 THEN incarnation ELSE 0 END,
+                         lost_attempt = CASE WHEN ?4 THEN attempt ELSE 0 END
                      WHERE id = ?1",
-                    params![suite, attempt, SuiteState::Queued.as_str()],
+                    params![suite, attempt, SuiteState::Queued.as_str(), holder_may_return],
                 )
                 .map_err(&on_sqlite)?;
             savepoint
