@@ -37,6 +37,9 @@ const FACTS_REFRESH: Duration = Duration::from_secs(30);
 /// Records per frame at most: large enough to amortise a frame. Frames are bounded in bytes too
 /// (`RECORDS_FRAME_BUDGET_BYTES`), which keeps them far below the frame limit whatever the records hold.
 const SEND_BATCH: usize = 512;
+/// Frames taken from the spool's thread at once (at least one, more while they fit in this): one round
+/// trip to that thread for many frames under a backlog, while each turn of the loop still sends one.
+const READY_BYTES: usize = 1024 * 1024;
 
 /// Exponential backoff with full jitter, capped: a fleet restarting at once does not reconnect in step.
 #[derive(Debug)]
@@ -353,6 +356,8 @@ impl Connector {
         // Whatever the coordinator already committed leaves the spool; the rest is sent again.
         self.spool.acknowledge(welcome.records_committed);
         let mut sent_up_to = welcome.records_committed;
+        // Frames taken from the spool, not sent yet; a new session starts from the coordinator's count.
+        let mut ready = std::collections::VecDeque::new();
         let mut last_heard = std::time::Instant::now();
         let silence_allowed = (heartbeat_every * 6).max(Duration::from_secs(2));
         let mut told_draining = false;
@@ -369,7 +374,10 @@ impl Connector {
             }
             // One bounded batch per turn: acknowledgements, heartbeats and shutdown are served between
             // batches, however large the backlog.
-            let more_to_send = match self.send_next_batch(&mut stream, &mut sent_up_to).await {
+            let more_to_send = match self
+                .send_next_batch(&mut stream, &mut sent_up_to, &mut ready)
+                .await
+            {
                 Ok(more_to_send) => more_to_send,
                 Err(err) => return ended(&connection, err),
             };
@@ -421,20 +429,30 @@ impl Connector {
 
 impl Connector {
     /// Sends the next batch of durable spooled records after `sent_up_to`, if there is one, bounded in
-    /// records and bytes. Returns whether more are waiting.
+    /// records and bytes; `ready` holds the frames already taken from the spool. Returns whether more are
+    /// waiting.
     async fn send_next_batch(
         &self,
         stream: &mut polarizer_transport::FramedStream,
         sent_up_to: &mut u64,
+        ready: &mut std::collections::VecDeque<(Vec<u8>, u64)>,
     ) -> Result<bool, String> {
-        if self.spool.published_up_to() <= *sent_up_to {
-            return Ok(false);
+        if ready.is_empty() {
+            if self.spool.published_up_to() <= *sent_up_to {
+                return Ok(false);
+            }
+            ready.extend(
+                self.spool
+                    .unsent_frames(
+                        *sent_up_to,
+                        SEND_BATCH,
+                        RECORDS_FRAME_BUDGET_BYTES,
+                        READY_BYTES,
+                    )
+                    .await,
+            );
         }
-        let Some((frame, last)) = self
-            .spool
-            .unsent_frame(*sent_up_to, SEND_BATCH, RECORDS_FRAME_BUDGET_BYTES)
-            .await
-        else {
+        let Some((frame, last)) = ready.pop_front() else {
             return Ok(false);
         };
         stream
@@ -442,7 +460,7 @@ impl Connector {
             .await
             .map_err(|err| err.to_string())?;
         *sent_up_to = last;
-        Ok(self.spool.published_up_to() > last)
+        Ok(!ready.is_empty() || self.spool.published_up_to() > last)
     }
 
     fn handle(&self, message: CoordinatorMessage) {

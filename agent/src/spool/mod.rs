@@ -2,8 +2,8 @@
 //! written to `spool.log` in the state directory, and stays until the coordinator acknowledges it is
 //! committed. A record is written through to the OS before it is handed out to send (a killed agent
 //! loses nothing), and a result is fsynced before it, or anything after it, is handed out (a crashed
-//! machine loses no result the coordinator may have seen). When everything is acknowledged the file is
-//! emptied and the next sequence number is kept in `spool.seq`. The spool is bounded: past the limit
+//! machine loses no result the coordinator may have seen). When everything is acknowledged and the file
+//! holds 1 MiB or more it is emptied, and the next sequence number is kept in `spool.seq`. The spool is bounded: past the limit
 //! output and events are dropped (results never are) and counted, and the count is sent as a `dropped`
 //! event.
 //!
@@ -30,6 +30,10 @@ const LOG_FILE: &str = "spool.log";
 const SEQ_FILE: &str = "spool.seq";
 /// Rewrite the log once it holds this much acknowledged data (and more than what is pending).
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
+/// A log whose records are all acknowledged is emptied once it holds this much. Emptying costs four
+/// fsyncs (the sequence file, the log, their directory), too many to pay at every acknowledgement that
+/// catches up; records left behind are trimmed again by the next session's welcome.
+const DRAINED_REWRITE_BYTES: u64 = 1024 * 1024;
 /// Unacknowledged records kept in memory; beyond this they are only on disk until sent (the agent stays
 /// small while the coordinator is away).
 const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
@@ -449,7 +453,7 @@ impl Spool {
         // A coordinator that has committed more than we ever numbered (our state dir was restored from
         // an old backup) must not see those numbers again.
         self.next_seq = self.next_seq.max(up_to + 1);
-        let drained = self.pending.is_empty() && self.log_bytes > 0;
+        let drained = self.pending.is_empty() && self.log_bytes >= DRAINED_REWRITE_BYTES;
         let mostly_acknowledged =
             self.log_bytes > COMPACT_BYTES && self.log_bytes > 4 * self.pending_bytes;
         if drained || mostly_acknowledged {
@@ -569,6 +573,28 @@ impl Spool {
         Some((frame, self.pending[end - 1].seq))
     }
 
+    /// The frames [`unsent_frame`](Self::unsent_frame) would give one after the other, while they fit
+    /// in `total_bytes` (at least one, if any record is pending after `after`).
+    pub fn unsent_frames(
+        &mut self,
+        mut after: u64,
+        max_records: usize,
+        budget_bytes: usize,
+        total_bytes: usize,
+    ) -> Vec<(Vec<u8>, u64)> {
+        let mut frames = Vec::new();
+        let mut total = 0;
+        while total < total_bytes {
+            let Some((frame, last)) = self.unsent_frame(after, max_records, budget_bytes) else {
+                break;
+            };
+            total += frame.len();
+            after = last;
+            frames.push((frame, last));
+        }
+        frames
+    }
+
     /// Up to `max` pending records after sequence number `after`, decoded (the session sends
     /// [`unsent_frame`](Self::unsent_frame) instead; this is how tests look inside).
     #[cfg(test)]
@@ -665,7 +691,13 @@ mod tests {
         assert_eq!(spool.pending_count(), 0);
         drop(spool);
 
+        // A small log is left as it is; the coordinator's welcome trims it again.
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.acknowledge(3).unwrap();
+        assert_eq!(spool.pending_count(), 0);
         // Emptied, yet numbering goes on where it stopped: the coordinator must never see a seq twice.
+        spool.rewrite().unwrap();
+        drop(spool);
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.pending_count(), 0);
         assert_eq!(spool.push(output("d")).unwrap(), 4);
@@ -802,6 +834,13 @@ mod tests {
         }
         assert_eq!(after, 41, "every record sent");
         assert!(frames >= 5, "4 MB of records take several frames, not one");
+        // Taken several at a time, the same frames.
+        let taken = spool.unsent_frames(0, 512, budget, 2 * budget);
+        assert!(taken.len() >= 2 && taken.len() < frames);
+        let bytes: usize = taken.iter().map(|(frame, _)| frame.len()).sum();
+        assert!(bytes - taken.last().unwrap().0.len() < 2 * budget);
+        assert_eq!(taken[0], spool.unsent_frame(0, 512, budget).unwrap());
+        assert_eq!(spool.unsent_frames(41, 512, budget, 2 * budget), []);
     }
 
     #[test]

@@ -48,7 +48,8 @@ enum Request {
         after: u64,
         max_records: usize,
         budget_bytes: usize,
-        reply_tx: oneshot::Sender<Option<(Vec<u8>, u64)>>,
+        total_bytes: usize,
+        reply_tx: oneshot::Sender<Vec<(Vec<u8>, u64)>>,
     },
     Acknowledge {
         up_to: u64,
@@ -220,14 +221,30 @@ impl SharedSpool {
         max_records: usize,
         budget_bytes: usize,
     ) -> Option<(Vec<u8>, u64)> {
+        self.unsent_frames(after, max_records, budget_bytes, 0)
+            .await
+            .into_iter()
+            .next()
+    }
+
+    /// The next frames to send, one after the other, while they fit in `total_bytes` (at least one when
+    /// anything is waiting): one request to the thread for many frames under a backlog.
+    pub async fn unsent_frames(
+        &self,
+        after: u64,
+        max_records: usize,
+        budget_bytes: usize,
+        total_bytes: usize,
+    ) -> Vec<(Vec<u8>, u64)> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send_first(Request::Unsent {
             after,
             max_records,
             budget_bytes,
+            total_bytes,
             reply_tx,
         });
-        reply_rx.await.ok().flatten()
+        reply_rx.await.unwrap_or_default()
     }
 
     /// The coordinator has committed everything up to `up_to`.
@@ -432,10 +449,14 @@ impl Writer {
                 after,
                 max_records,
                 budget_bytes,
+                total_bytes,
                 reply_tx,
             } => {
                 self.publish();
-                let _ = reply_tx.send(self.spool.unsent_frame(after, max_records, budget_bytes));
+                let frames =
+                    self.spool
+                        .unsent_frames(after, max_records, budget_bytes, total_bytes.max(1));
+                let _ = reply_tx.send(frames);
             }
             Request::Acknowledge { up_to } => {
                 if let Err(err) = self.spool.acknowledge(up_to) {
