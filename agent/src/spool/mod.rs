@@ -540,37 +540,57 @@ impl Spool {
             bytes += size;
             end += 1;
         }
-        // Payloads on disk are read back; those in memory are borrowed, not copied twice.
-        let mut read_back: Vec<Option<Vec<u8>>> = Vec::with_capacity(end - start);
-        for index in start..end {
-            if self.pending[index].payload.is_some() {
-                read_back.push(None);
-                continue;
-            }
-            match self.payload(index) {
-                Ok(payload) => read_back.push(Some(payload)),
-                Err(err) => {
-                    // Sending stops here; the records stay spooled and are tried again.
-                    tracing::error!(error = %err, "cannot read a spooled record back");
-                    break;
-                }
-            }
-        }
-        let end = start + read_back.len();
         if end == start {
             return None;
         }
+        // Payloads on disk are read back in one read (they lie one after the other, each after its
+        // header); those in memory are borrowed, not copied twice.
+        let on_disk = match self.read_back(start, end) {
+            Ok(on_disk) => on_disk,
+            Err(err) => {
+                // Nothing is sent; the records stay spooled and are tried again.
+                tracing::error!(error = %err, "cannot read spooled records back");
+                return None;
+            }
+        };
         let slices: Vec<&[u8]> = (start..end)
-            .zip(&read_back)
-            .map(|(index, read)| match (&self.pending[index].payload, read) {
-                (Some(payload), _) => payload.as_slice(),
-                (None, Some(read)) => read.as_slice(),
-                (None, None) => unreachable!("every payload on disk was read back"),
+            .map(|index| {
+                let entry = &self.pending[index];
+                match &entry.payload {
+                    Some(payload) => payload.as_slice(),
+                    None => {
+                        let at = (entry.payload_offset - on_disk.offset) as usize;
+                        &on_disk.bytes[at..at + entry.payload_bytes as usize]
+                    }
+                }
             })
             .collect();
         let frame = polarizer_shared::protocol::records_frame(&slices);
         debug_assert!(frame.len() <= polarizer_shared::frame::MAX_FRAME_BYTES);
         Some((frame, self.pending[end - 1].seq))
+    }
+
+    /// The stretch of the log that holds the payloads of pending records `start..end` not kept in
+    /// memory, read in one go.
+    fn read_back(&self, start: usize, end: usize) -> Result<ReadBack, SpoolError> {
+        use std::os::unix::fs::FileExt;
+        let on_disk = |index: &usize| self.pending[*index].payload.is_none();
+        let (Some(first), Some(last)) =
+            ((start..end).find(on_disk), (start..end).rev().find(on_disk))
+        else {
+            return Ok(ReadBack {
+                offset: 0,
+                bytes: Vec::new(),
+            });
+        };
+        let offset = self.pending[first].payload_offset;
+        let until = self.pending[last].payload_offset + self.pending[last].payload_bytes;
+        let mut bytes = vec![0; (until - offset) as usize];
+        self.log
+            .get_ref()
+            .read_exact_at(&mut bytes, offset)
+            .map_err(io_error(&self.directory.join(LOG_FILE)))?;
+        Ok(ReadBack { offset, bytes })
     }
 
     /// The frames [`unsent_frame`](Self::unsent_frame) would give one after the other, while they fit
@@ -613,6 +633,12 @@ impl Spool {
     fn pending_count(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// Payloads read back from the log: `bytes` from `offset` on.
+struct ReadBack {
+    offset: u64,
+    bytes: Vec<u8>,
 }
 
 /// The kind a dropped record is counted under.
@@ -900,6 +926,28 @@ mod tests {
         let lines =
             |spool: &mut Spool, after: u64| -> Vec<u64> { seqs(&spool.unsent(after, 1000)) };
         assert_eq!(lines(&mut spool, 0), (1..=count).collect::<Vec<_>>());
+        // Frames read the ones on disk back in one go, each record whole and in its place.
+        let mut after = 0;
+        while let Some((frame, last)) = spool.unsent_frame(after, 7, 1 << 20) {
+            let records = match polarizer_shared::frame::decode(&frame[4..]).unwrap() {
+                polarizer_shared::protocol::ClientFrame::Agent(
+                    polarizer_shared::protocol::AgentMessage::Records(records),
+                ) => records,
+                other => panic!("{other:?}"),
+            };
+            for record in &records {
+                after += 1;
+                assert_eq!(record.seq, after);
+                match &record.body {
+                    RecordBody::Output { line: text, .. } => {
+                        assert!(text.starts_with(&format!("{} x", after - 1)))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(last, after);
+        }
+        assert_eq!(after, count);
         // Compaction keeps the on-disk ones readable, at their new offsets.
         spool.acknowledge(10).unwrap();
         spool.rewrite().unwrap();

@@ -494,13 +494,14 @@ impl Writer {
             }
             return;
         }
-        for (seq, durable_tx) in self.durable_waiters.drain(..) {
-            let _ = durable_tx.send(Ok(seq));
-        }
         let last = self.spool.last_seq();
         if last > self.shared.published_up_to.load(Ordering::Acquire) {
             self.shared.published_up_to.store(last, Ordering::Release);
             self.shared.published.notify_one();
+        }
+        // After publishing: whoever waited sees its record published.
+        for (seq, durable_tx) in self.durable_waiters.drain(..) {
+            let _ = durable_tx.send(Ok(seq));
         }
     }
 }
