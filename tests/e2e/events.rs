@@ -492,6 +492,8 @@ fn a_backlog_larger_than_a_frame_is_delivered_in_bounded_batches() {
     cluster.coordinator.as_mut().unwrap().kill_9();
     let total = 300;
     emit_big(&socket, total, 60 * 1024);
+    let coordinator_log = cluster.path("coordinator.log");
+    let log_before_restart = read(&coordinator_log).len();
     cluster.start_coordinator(&[]);
     // Records commit in order: the last one stored means all are.
     wait_for("the last big event stored", DEADLINE, || {
@@ -509,6 +511,13 @@ fn a_backlog_larger_than_a_frame_is_delivered_in_bounded_batches() {
             .iter()
             .all(|event| event["data"]["pad"].as_str().unwrap().len() == 60 * 1024),
         "events of 60 KiB are stored whole"
+    );
+    // One session carried it all: heartbeats went on between the batches, nothing was refused.
+    let since_restart = read(&coordinator_log)[log_before_restart..].to_string();
+    assert_eq!(
+        since_restart.matches("agent online").count(),
+        1,
+        "{since_restart}"
     );
     // The agent is not stuck behind its backlog: a test run afterwards reports its result.
     let repo = cluster.path("repo");
