@@ -103,6 +103,9 @@ pub struct Spool {
     dropped: BTreeMap<String, u64>,
     /// The same, dropped because the writer thread fell behind (see `writer`).
     dropped_behind: BTreeMap<String, u64>,
+    /// The same, lost because the log could not be written (a full disk), and the last such error.
+    unwritable: BTreeMap<String, u64>,
+    unwritable_error: String,
     /// A result was written since the last fsync.
     unsynced_result: bool,
 }
@@ -241,6 +244,8 @@ impl Spool {
             limit_bytes,
             dropped: Default::default(),
             dropped_behind: Default::default(),
+            unwritable: Default::default(),
+            unwritable_error: String::new(),
             unsynced_result: false,
         };
         if needs_rewrite {
@@ -315,17 +320,30 @@ impl Spool {
     /// It is on disk once [`make_durable`](Self::make_durable) returns, which everything that hands
     /// records out calls first.
     pub fn push_at(&mut self, body: RecordBody, at_ms: i64) -> Result<u64, SpoolError> {
-        if self.pending_bytes < self.limit_bytes / 2 {
-            self.report_dropped()?;
-        }
+        let kind = kind_of(&body);
+        let reported = if self.pending_bytes < self.limit_bytes / 2 {
+            self.report_dropped()
+        } else {
+            Ok(())
+        };
         let is_result = body.is_result();
-        if !is_result && self.pending_bytes >= self.limit_bytes {
-            *self.dropped.entry(kind_of(&body)).or_default() += 1;
+        if reported.is_ok() && !is_result && self.pending_bytes >= self.limit_bytes {
+            *self.dropped.entry(kind).or_default() += 1;
             return Ok(0);
         }
-        let seq = self.append(body, at_ms)?;
-        self.unsynced_result |= is_result;
-        Ok(seq)
+        // A log that cannot be written (a full disk) loses the record; it is counted, and reported
+        // as dropped once the log takes records again.
+        match reported.and_then(|()| self.append(body, at_ms)) {
+            Ok(seq) => {
+                self.unsynced_result |= is_result;
+                Ok(seq)
+            }
+            Err(err) => {
+                *self.unwritable.entry(kind).or_default() += 1;
+                self.unwritable_error = err.to_string();
+                Err(err)
+            }
+        }
     }
 
     /// Counts a record the writer thread's queue had no room for (see `writer`).
@@ -342,32 +360,44 @@ impl Spool {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // Counts are cleared only once their report is written: a full disk keeps them for later.
         if !self.dropped.is_empty() {
-            let dropped = std::mem::take(&mut self.dropped);
             let summary = format!(
                 "spool full ({} MiB): dropped the oldest {}",
                 self.limit_bytes >> 20,
-                kinds(&dropped)
+                kinds(&self.dropped)
             );
-            self.append_dropped(summary, &dropped)?;
+            self.append_dropped(summary, &self.dropped.clone())?;
+            self.dropped.clear();
         }
         if !self.dropped_behind.is_empty() {
-            let dropped = std::mem::take(&mut self.dropped_behind);
             let summary = format!(
                 "agent busy: the spool's writer fell behind and dropped {}",
-                kinds(&dropped)
+                kinds(&self.dropped_behind)
             );
-            self.append_dropped(summary, &dropped)?;
+            self.append_dropped(summary, &self.dropped_behind.clone())?;
+            self.dropped_behind.clear();
+        }
+        if !self.unwritable.is_empty() {
+            let summary = format!(
+                "cannot write the spool ({}): dropped {}",
+                self.unwritable_error,
+                kinds(&self.unwritable)
+            );
+            self.append_dropped(summary, &self.unwritable.clone())?;
+            self.unwritable.clear();
         }
         Ok(())
     }
 
+    /// Appends a `dropped` report and writes it through: its counts may be cleared only once it will be
+    /// sent (in the file, or held in memory), not while it sits in a buffer a full disk would lose.
     fn append_dropped(
         &mut self,
         summary: String,
         dropped: &BTreeMap<String, u64>,
     ) -> Result<(), SpoolError> {
-        self.append(
+        let seq = self.append(
             RecordBody::Event {
                 correlation: None,
                 event: Event {
@@ -377,8 +407,23 @@ impl Spool {
                 },
             },
             now_ms(),
-        )
-        .map(|_| ())
+        )?;
+        let Err(err) = self.log.flush() else {
+            return Ok(());
+        };
+        let _ = self.cut_back_after_failed_write();
+        if self.pending.iter().any(|entry| entry.seq == seq) {
+            // Held in memory: it is sent.
+            return Ok(());
+        }
+        // The report itself is not a lost record of the agent's: its counts stay for the next one.
+        if let Some(count) = self.unwritable.get_mut("record") {
+            *count -= 1;
+            if *count == 0 {
+                self.unwritable.remove("record");
+            }
+        }
+        Err(io_error(&self.directory.join(LOG_FILE))(err))
     }
 
     fn append(&mut self, body: RecordBody, at_ms: i64) -> Result<u64, SpoolError> {
@@ -398,10 +443,16 @@ impl Spool {
             tracing::warn!(seq = record.seq, kind = %kind_of(&record.body), limit = MAX_RECORD_BYTES, "record over the size limit: cut to fit");
         }
         let payload = encoded.bytes;
-        self.log
+        let written = self
+            .log
             .write_all(&format::header(format::PAYLOAD_POSTCARD_V1, &payload))
-            .and_then(|()| self.log.write_all(&payload))
-            .map_err(io_error(&log_path))?;
+            .and_then(|()| self.log.write_all(&payload));
+        if let Err(err) = written {
+            if let Err(cut) = self.cut_back_after_failed_write() {
+                tracing::warn!(path = %log_path.display(), error = %cut, "cannot cut a half-written record off the spool");
+            }
+            return Err(io_error(&log_path)(err));
+        }
         self.next_seq += 1;
         let payload_bytes = payload.len() as u64;
         let in_memory = self.memory_bytes + payload_bytes <= MEMORY_BYTES;
@@ -420,11 +471,57 @@ impl Spool {
         Ok(record.seq)
     }
 
+    /// A write failed (a full disk): what it left half-written is dropped from the buffer and cut off the
+    /// file, so the log holds whole records and the next one lands where the index expects it.
+    fn cut_back_after_failed_write(&mut self) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let file = self.log.get_ref().try_clone()?;
+        let failed = std::mem::replace(
+            &mut self.log,
+            std::io::BufWriter::with_capacity(256 * 1024, file),
+        );
+        // The buffer is dropped, not written.
+        let (file, _unwritten) = failed.into_parts();
+        let len = file.metadata()?.len();
+        if len > self.log_bytes {
+            file.set_len(self.log_bytes)?;
+        } else if len < self.log_bytes {
+            // Records whose bytes were still in the buffer never reached the file: those held in
+            // memory are still sent; the others are lost, counted, and never read back.
+            let mut lost = 0;
+            let mut lost_bytes = 0;
+            self.pending.retain(|entry| {
+                let kept =
+                    entry.payload.is_some() || entry.payload_offset + entry.payload_bytes <= len;
+                if !kept {
+                    lost += 1;
+                    lost_bytes += entry.record_bytes();
+                }
+                kept
+            });
+            self.pending_bytes -= lost_bytes;
+            if lost > 0 {
+                *self.unwritable.entry("record".into()).or_default() += lost;
+            }
+            // The next record goes where the file ends; what lies half-written there is read past
+            // (as damage) at the next start.
+            self.log_bytes = len;
+        }
+        // The two handles share one offset.
+        (&file).seek(SeekFrom::Start(self.log_bytes))?;
+        Ok(())
+    }
+
     /// Writes buffered records through to the OS (a killed agent keeps them), and fsyncs when a result
     /// is among them (a crashed machine keeps it).
     pub fn make_durable(&mut self) -> Result<(), SpoolError> {
         let log_path = self.directory.join(LOG_FILE);
-        self.log.flush().map_err(io_error(&log_path))?;
+        if let Err(err) = self.log.flush() {
+            // What the buffer held stays pending in memory and is still sent; the file keeps whole
+            // records only.
+            let _ = self.cut_back_after_failed_write();
+            return Err(io_error(&log_path)(err));
+        }
         if self.unsynced_result {
             self.log
                 .get_ref()
