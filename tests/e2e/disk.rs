@@ -55,25 +55,26 @@ impl Drop for SmallDisk {
 }
 
 fn flood_events(cluster: &TestCluster) -> BTreeMap<u64, usize> {
-    let output = cluster.operator(&[
-        "tail",
-        "--no-follow",
-        "--json",
-        "--since",
-        "0",
-        "--kind",
-        "flood",
-    ]);
     let mut seen = BTreeMap::new();
-    if output.status.success() {
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let event: Value = serde_json::from_str(line).unwrap();
-            if let Some(n) = event["data"]["n"].as_u64() {
-                *seen.entry(n).or_default() += 1;
-            }
+    for event in cluster.stored_events(&["--kind", "flood"]) {
+        if let Some(n) = event["data"]["n"].as_u64() {
+            *seen.entry(n).or_default() += 1;
         }
     }
     seen
+}
+
+/// `count` events of kind `flood`, numbered, each padded to 24 KiB; how many the agent refused.
+fn flood(socket: &Path, count: usize) -> usize {
+    let pad = "x".repeat(24 * 1024);
+    (0..count)
+        .filter(|n| {
+            let data = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+            !emit(socket, &["--kind", "flood", "--data", &data])
+                .status
+                .success()
+        })
+        .count()
 }
 
 /// The store cannot commit while the disk is full: nothing is acknowledged, the agent keeps its
@@ -110,21 +111,7 @@ fn a_full_disk_under_a_flood_loses_nothing_and_healthz_says_why() {
     assert!(http_get(cluster.http, "/healthz").starts_with("HTTP/1.1 200"));
 
     let socket = cluster.path("agent-vm-1/emit.sock");
-    let pad = "x".repeat(24 * 1024);
-    for n in 0..EVENTS {
-        let output = Command::new(binary("polarizer-agent"))
-            .args(["emit", "--kind", "flood", "--data"])
-            .arg(format!(r#"{{"n":{n},"pad":"{pad}"}}"#))
-            .arg("--socket")
-            .arg(&socket)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "emit {n}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    assert_eq!(flood(&socket, EVENTS), 0, "the agent takes every event");
 
     // A small commit may still fit now and then (and say healthy until the next fails): each is
     // looked for on its own.
@@ -185,56 +172,19 @@ fn an_agent_whose_spool_disk_fills_runs_on_and_reports_what_it_dropped() {
     // With the coordinator away, everything stays in the spool, which fills its 1 MiB disk.
     cluster.coordinator.as_mut().unwrap().kill_9();
     let socket = disk.path.join("emit.sock");
-    let pad = "x".repeat(24 * 1024);
     // More than the agent holds in memory (4 MiB), so some records are on neither disk nor in memory.
-    let flood = 200;
-    let mut refused = 0;
-    for n in 0..flood {
-        let output = Command::new(binary("polarizer-agent"))
-            .args(["emit", "--kind", "flood", "--data"])
-            .arg(format!(r#"{{"n":{n},"pad":"{pad}"}}"#))
-            .arg("--socket")
-            .arg(&socket)
-            .output()
-            .unwrap();
-        if !output.status.success() {
-            refused += 1;
-            eprintln!(
-                "emit {n}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-    }
+    let flood_size = 200;
+    let refused = flood(&socket, flood_size) as u64;
     assert!(
         cluster.agent("vm-1").wait_exit(Duration::ZERO).is_none(),
         "the agent runs on"
     );
     disk.grow("64m");
     cluster.start_coordinator(&[]);
-    let after = Command::new(binary("polarizer-agent"))
-        .args(["emit", "--kind", "after", "--data", r#"{"n":1}"#])
-        .arg("--socket")
-        .arg(&socket)
-        .output()
-        .unwrap();
+    let after = emit(&socket, &["--kind", "after", "--data", r#"{"n":1}"#]);
     assert!(after.status.success());
-    let events_of = |kind: &str| -> Vec<Value> {
-        let output = cluster.operator(&[
-            "tail",
-            "--no-follow",
-            "--json",
-            "--since",
-            "0",
-            "--kind",
-            kind,
-        ]);
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    };
     wait_for("the event sent after the disk grew", DEADLINE, || {
-        !events_of("after").is_empty()
+        !cluster.stored_events(&["--kind", "after"]).is_empty()
     });
     let stored = flood_events(&cluster);
     assert!(
@@ -242,7 +192,8 @@ fn an_agent_whose_spool_disk_fills_runs_on_and_reports_what_it_dropped() {
         "each stored once: {stored:?}"
     );
     // Counted by kind where the agent still knew it, else as records.
-    let dropped: u64 = events_of("dropped")
+    let dropped: u64 = cluster
+        .stored_events(&["--kind", "dropped"])
         .iter()
         .filter_map(|event| event["data"]["dropped"].as_object())
         .flat_map(|counts| counts.values().filter_map(Value::as_u64))
@@ -253,7 +204,7 @@ fn an_agent_whose_spool_disk_fills_runs_on_and_reports_what_it_dropped() {
     );
     assert_eq!(
         stored.len() as u64 + dropped + refused,
-        flood as u64,
+        flood_size as u64,
         "every event is either stored or counted as dropped"
     );
 }

@@ -13,19 +13,6 @@ use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn events(cluster: &TestCluster, filters: &[&str]) -> Vec<Value> {
-    let mut args = vec!["tail", "--no-follow", "--json", "--since", "0"];
-    args.extend(filters);
-    let output = cluster.operator(&args);
-    if !output.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
 fn wait_for_event(
     cluster: &TestCluster,
     filters: &[&str],
@@ -34,7 +21,8 @@ fn wait_for_event(
 ) -> Value {
     let mut found = Value::Null;
     wait_for(what, DEADLINE, || {
-        match events(cluster, filters)
+        match cluster
+            .stored_events(filters)
             .into_iter()
             .find(|event| matches(event))
         {
@@ -46,16 +34,6 @@ fn wait_for_event(
         }
     });
     found
-}
-
-fn emit(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary("polarizer-agent"))
-        .arg("emit")
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run polarizer-agent emit")
 }
 
 /// A private bus: `dbus-daemon --session` on a socket in `dir`.
@@ -244,10 +222,7 @@ fn collectors_record_dbus_files_packages_and_custom_events() {
     });
     assert_eq!(removed["data"]["arch"], "noarch");
     // Reads of the database never count as changes: exactly one install and one erase.
-    let probe_events = events(
-        &cluster,
-        &["--kind", "package", "--grep", "polarizer-probe"],
-    );
+    let probe_events = cluster.stored_events(&["--kind", "package", "--grep", "polarizer-probe"]);
     assert_eq!(probe_events.len(), 2, "{probe_events:?}");
 
     // Human output: time, agent, kind, summary; no colour when not on a terminal.
@@ -285,7 +260,7 @@ fn events_are_correlated_with_the_test_running_and_replayed_with_results() {
         String::from_utf8_lossy(&triggered.stderr)
     );
 
-    let during = events(&cluster, &["--run", "1", "--test", "/tests/emits"]);
+    let during = cluster.stored_events(&["--run", "1", "--test", "/tests/emits"]);
     let kinds: Vec<&str> = during
         .iter()
         .map(|event| event["kind"].as_str().unwrap())
@@ -337,7 +312,8 @@ fn flood(socket: &Path, from: usize, count: usize) {
 }
 
 fn flood_numbers(cluster: &TestCluster) -> Vec<u64> {
-    events(cluster, &["--kind", "flood"])
+    cluster
+        .stored_events(&["--kind", "flood"])
         .iter()
         .map(|event| event["data"]["n"].as_u64().unwrap())
         .collect()
@@ -355,7 +331,7 @@ fn kill_9_of_the_coordinator_during_a_flood_keeps_every_event_exactly_once() {
         std::thread::spawn(move || flood(&socket, 0, total))
     };
     wait_for("some events stored", DEADLINE, || {
-        !events(&cluster, &["--kind", "flood"]).is_empty()
+        !cluster.stored_events(&["--kind", "flood"]).is_empty()
     });
     cluster.coordinator.as_mut().unwrap().kill_9();
     flooding.join().unwrap();
@@ -499,7 +475,7 @@ fn a_backlog_larger_than_a_frame_is_delivered_in_bounded_batches() {
     wait_for("the last big event stored", DEADLINE, || {
         newest_number(&cluster, "big") == Some(total as u64 - 1)
     });
-    let stored = events(&cluster, &["--kind", "big"]);
+    let stored = cluster.stored_events(&["--kind", "big"]);
     let mut numbers: Vec<u64> = stored
         .iter()
         .map(|event| event["data"]["n"].as_u64().unwrap())
@@ -528,8 +504,13 @@ fn a_backlog_larger_than_a_frame_is_delivered_in_bounded_batches() {
         "{}",
         String::from_utf8_lossy(&triggered.stderr)
     );
-    let results = events(&cluster, &["--kind", "result"]);
-    assert_eq!(results.len(), 1, "{:?}", events(&cluster, &["--run", "1"]));
+    let results = cluster.stored_events(&["--kind", "result"]);
+    assert_eq!(
+        results.len(),
+        1,
+        "{:?}",
+        cluster.stored_events(&["--run", "1"])
+    );
 }
 
 #[test]
@@ -572,7 +553,8 @@ fn a_damaged_spool_record_is_reported_dropped_and_the_records_after_it_delivered
     wait_for("the third record stored", DEADLINE, || {
         newest_number(&cluster, "spooled") == Some(2)
     });
-    let numbers: Vec<u64> = events(&cluster, &["--kind", "spooled"])
+    let numbers: Vec<u64> = cluster
+        .stored_events(&["--kind", "spooled"])
         .iter()
         .map(|event| event["data"]["n"].as_u64().unwrap())
         .collect();

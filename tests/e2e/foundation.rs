@@ -206,6 +206,39 @@ fn a_rotated_enrollment_token_takes_effect_at_once() {
     assert_eq!(cluster.online_names().len(), 2);
 }
 
+/// The agent `name` exited, refused for its enrollment token.
+fn refused_token(cluster: &mut TestCluster, name: &str) {
+    let status = cluster
+        .agent(name)
+        .wait_exit(WAIT)
+        .expect("a refused agent exits");
+    assert!(!status.success());
+    let log = cluster.agent(name).log_text();
+    assert!(log.contains("the enrollment token is wrong"), "{log}");
+}
+
+/// A per-host token made for vm-7 in `token_file`: another agent presenting it is refused, vm-7
+/// enrolls with it, and then it is spent: a second vm-7 (another state dir) is refused.
+fn token_enrolls_vm_7_once(cluster: &mut TestCluster, token_file: &std::path::Path) {
+    let token = token_file.to_str().unwrap();
+    cluster.start_agent("vm-8", &[("--token-file", token)]);
+    refused_token(cluster, "vm-8");
+    cluster.start_agent("vm-7", &[("--token-file", token)]);
+    wait_for("vm-7 online with its host token", WAIT, || {
+        cluster.agent_state("vm-7").as_deref() == Some("online")
+    });
+    let elsewhere = cluster.path("agent-vm-7-elsewhere");
+    cluster.start_agent(
+        "vm-7-again",
+        &[
+            ("--name", "vm-7"),
+            ("--token-file", token),
+            ("--state-dir", elsewhere.to_str().unwrap()),
+        ],
+    );
+    refused_token(cluster, "vm-7-again");
+}
+
 #[test]
 fn an_offline_host_token_enrolls_its_one_agent_whether_or_not_the_coordinator_runs() {
     let mut cluster = TestCluster::new_coordinator_only();
@@ -243,32 +276,7 @@ fn an_offline_host_token_enrolls_its_one_agent_whether_or_not_the_coordinator_ru
     );
     assert!(output.stdout.is_empty(), "{output:?}");
     cluster.start_coordinator(&[]);
-    let token = token_file.to_str().unwrap();
-    let refused = |cluster: &mut TestCluster, name: &str| {
-        let status = cluster
-            .agent(name)
-            .wait_exit(WAIT)
-            .expect("a refused agent exits");
-        assert!(!status.success());
-        let log = cluster.agent(name).log_text();
-        assert!(log.contains("the enrollment token is wrong"), "{log}");
-    };
-    cluster.start_agent("vm-8", &[("--token-file", token)]);
-    refused(&mut cluster, "vm-8");
-    cluster.start_agent("vm-7", &[("--token-file", token)]);
-    wait_for("vm-7 online with its offline token", WAIT, || {
-        cluster.agent_state("vm-7").as_deref() == Some("online")
-    });
-    let elsewhere = cluster.path("agent-vm-7-elsewhere");
-    cluster.start_agent(
-        "vm-7-again",
-        &[
-            ("--name", "vm-7"),
-            ("--token-file", token),
-            ("--state-dir", elsewhere.to_str().unwrap()),
-        ],
-    );
-    refused(&mut cluster, "vm-7-again");
+    token_enrolls_vm_7_once(&mut cluster, &token_file);
 
     // Beside a running coordinator too: its next hello finds the row another process wrote.
     let output = offline(&["--data-dir", &data_dir, "--name", "vm-9"]);
@@ -321,33 +329,7 @@ fn a_host_token_enrolls_its_one_agent_once_before_it_expires() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let token = token_file.to_str().unwrap();
-    let refused = |cluster: &mut TestCluster, name: &str| {
-        let status = cluster
-            .agent(name)
-            .wait_exit(WAIT)
-            .expect("a refused agent exits");
-        assert!(!status.success());
-        let log = cluster.agent(name).log_text();
-        assert!(log.contains("the enrollment token is wrong"), "{log}");
-    };
-
-    // Another agent's token: refused. Its own agent: enrolled. Then it is spent.
-    cluster.start_agent("vm-8", &[("--token-file", token)]);
-    refused(&mut cluster, "vm-8");
-    cluster.start_agent("vm-7", &[("--token-file", token)]);
-    wait_for("vm-7 online with its host token", WAIT, || {
-        cluster.agent_state("vm-7").as_deref() == Some("online")
-    });
-    let elsewhere = cluster.path("agent-vm-7-elsewhere");
-    cluster.start_agent(
-        "vm-7",
-        &[
-            ("--token-file", token),
-            ("--state-dir", elsewhere.to_str().unwrap()),
-        ],
-    );
-    refused(&mut cluster, "vm-7");
+    token_enrolls_vm_7_once(&mut cluster, &token_file);
 
     // Printed when no file is named; expired at once with a zero TTL.
     let output = cluster.operator(&["tokens", "create", "--name", "vm-9", "--ttl", "0s"]);
@@ -356,7 +338,7 @@ fn a_host_token_enrolls_its_one_agent_once_before_it_expires() {
     let expired = cluster.path("vm-9-token");
     write_secret(&expired, &printed);
     cluster.start_agent("vm-9", &[("--token-file", expired.to_str().unwrap())]);
-    refused(&mut cluster, "vm-9");
+    refused_token(&mut cluster, "vm-9");
     let output = cluster.operator(&["tokens", "create", "--name", "bad name!", "--ttl", "1h"]);
     assert!(!output.status.success());
     assert_eq!(cluster.inventory().len(), 1, "only vm-7 enrolled");

@@ -106,24 +106,6 @@ impl Drop for Link {
     }
 }
 
-fn ok_json(output: std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
-}
-
-fn tests_by_name(run: &Value) -> BTreeMap<String, Value> {
-    run["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|test| (test["name"].as_str().unwrap().to_string(), test.clone()))
-        .collect()
-}
-
 const TESTS: usize = 8;
 
 /// A serial suite (the tests share a resource) of tests that each print 4 lines over a second.

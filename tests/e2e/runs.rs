@@ -11,51 +11,6 @@ use serde_json::Value;
 
 const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
-fn git(directory: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(directory)
-        .args([
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@example.invalid",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// A committed git repository holding `files`.
-fn repo(root: &Path, files: &[(&str, &str)]) -> PathBuf {
-    for (path, text) in files {
-        let path = root.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    git(root, &["init", "--quiet", "--initial-branch", "main"]);
-    git(root, &["add", "."]);
-    git(root, &["commit", "--quiet", "-m", "tests"]);
-    root.to_path_buf()
-}
-
-fn ok_json(output: std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stdout)))
-}
-
 fn trigger(cluster: &TestCluster, repo: &Path, extra: &[&str]) -> u64 {
     let mut args = vec!["trigger", "--repo", repo.to_str().unwrap(), "--json"];
     args.extend(extra);
@@ -78,15 +33,6 @@ fn wait_finished(cluster: &TestCluster, run: u64) -> Value {
         !matches!(last["state"].as_str(), Some("queued" | "running"))
     });
     last
-}
-
-fn tests_by_name(run: &Value) -> BTreeMap<String, Value> {
-    run["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|test| (test["name"].as_str().unwrap().to_string(), test.clone()))
-        .collect()
 }
 
 fn status_of(run: &Value, name: &str) -> String {
@@ -251,7 +197,7 @@ fn serial_repo(root: &Path) -> PathBuf {
             "/t{index}:\n  test: echo marker-t{index}; sleep 1\n"
         ));
     }
-    repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
 }
 
 #[test]
@@ -309,7 +255,7 @@ fn drain_repo(root: &Path, second: &str, markers: &Path) -> PathBuf {
          /t1:\n  test: 'true'\n/t2:\n  test: '{second}'\n/t3:\n  test: 'true'\n/t4:\n  test: 'true'\n",
         markers.display()
     );
-    repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
 }
 
 /// Triggers a run of `repo` and waits for its second test to run; returns the run and the agent running it.
@@ -467,7 +413,7 @@ fn kill_9_of_the_coordinator_mid_run_loses_and_duplicates_nothing() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let repo = repo(&cluster.path("parallel"), &files);
+    let repo = git_repo(&cluster.path("parallel"), &files);
     let run = trigger(&cluster, &repo, &[]);
 
     wait_for("a few results", RUN_DEADLINE, || {
@@ -512,7 +458,7 @@ fn kill_9_of_the_coordinator_mid_run_loses_and_duplicates_nothing() {
 #[test]
 fn bad_triggers_say_why_and_store_nothing() {
     let cluster = TestCluster::new_coordinator_only();
-    let no_tree = repo(&cluster.path("no-tree"), &[("README", "no fmf here\n")]);
+    let no_tree = git_repo(&cluster.path("no-tree"), &[("README", "no fmf here\n")]);
     let good = serial_repo(&cluster.path("good"));
     let plain = cluster.path("plain");
     std::fs::create_dir_all(&plain).unwrap();
@@ -562,7 +508,7 @@ fn bad_triggers_say_why_and_store_nothing() {
 #[test]
 fn a_cancelled_run_stops_its_tests_and_a_queued_suite_says_what_it_waits_for() {
     let cluster = TestCluster::builder().agents(1).start();
-    let repo = repo(
+    let repo = git_repo(
         &cluster.path("slow"),
         &[
             (".fmf/version", "1\n"),

@@ -85,6 +85,44 @@ pub fn git_repo(root: &Path, files: &[(&str, &str)]) -> PathBuf {
     root.to_path_buf()
 }
 
+/// A command's stdout as JSON; fails the test with its output when it failed.
+pub fn ok_json(output: Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// A run's tests (`runs show --json`) by name.
+pub fn tests_by_name(run: &Value) -> std::collections::BTreeMap<String, Value> {
+    run["tests"]
+        .as_array()
+        .expect("a run's tests")
+        .iter()
+        .map(|test| {
+            (
+                test["name"].as_str().unwrap_or_default().to_string(),
+                test.clone(),
+            )
+        })
+        .collect()
+}
+
+/// `polarizer-agent emit ARGS --socket SOCKET`: one custom event into an agent.
+pub fn emit(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary("polarizer-agent"))
+        .arg("emit")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run polarizer-agent emit")
+}
+
 /// `GET path` over plain HTTP/1.1: the whole response, status line and headers included.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
@@ -412,6 +450,21 @@ impl TestCluster {
             .arg("--coordinator")
             .arg(self.quic.to_string());
         command
+    }
+
+    /// Every stored event matching `filters` (`tail` flags), oldest first; none while the coordinator
+    /// cannot answer.
+    pub fn stored_events(&self, filters: &[&str]) -> Vec<Value> {
+        let mut args = vec!["tail", "--no-follow", "--json", "--since", "0"];
+        args.extend(filters);
+        let output = self.operator(&args);
+        if !output.status.success() {
+            return Vec::new();
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// The inventory as `polarizer agents --json` prints it (empty when the coordinator is unreachable).
