@@ -63,19 +63,7 @@ const EXIT_STOPPED: u8 = 130;
 
 /// The first SIGTERM or SIGINT drains the agent; the second stops it at once.
 async fn drain_then_stop_on_signals(shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    daemon::notify_stopping();
-    shutdown.drain.cancel();
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    shutdown.stop.cancel();
+    daemon::on_two_signals(|| shutdown.drain.cancel(), || shutdown.stop.cancel()).await
 }
 
 fn main() -> std::process::ExitCode {

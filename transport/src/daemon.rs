@@ -147,6 +147,12 @@ pub fn spawn_watchdog(shutdown: CancellationToken) {
 
 /// The first SIGTERM or SIGINT cancels `shutdown` (a clean stop); a second one exits at once.
 pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    on_two_signals(|| shutdown.cancel(), || std::process::exit(130)).await
+}
+
+/// Waits for SIGTERM or SIGINT: at the first, tells systemd the daemon is stopping and runs `first`;
+/// at the second, runs `second`.
+pub async fn on_two_signals(first: impl FnOnce(), second: impl FnOnce()) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -157,9 +163,9 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     };
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
     notify_stopping();
-    shutdown.cancel();
+    first();
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    std::process::exit(130);
+    second();
 }
 
 /// The exit status of a daemon refused for good (revoked, a wrong enrollment token, a credential the
