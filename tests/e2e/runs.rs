@@ -189,6 +189,28 @@ fn a_change_runs_its_tests_across_three_agents_live() {
     assert_eq!(listed[0]["done"], 17);
 }
 
+/// Test `name` passed on `survivor` as attempt 2, its first attempt recorded as lost by `holder`
+/// with a message containing `why`.
+fn assert_passed_on_retry(
+    tests: &BTreeMap<String, Value>,
+    name: &str,
+    holder: &str,
+    survivor: &str,
+    why: &str,
+) {
+    let test = &tests[name];
+    assert_eq!(test["status"], "pass", "{name}: {test:#}");
+    assert_eq!(test["attempt"], 2, "{name}");
+    assert_eq!(test["agent"], survivor, "{name}");
+    let lost = test["lost_attempts"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{name}: {lost:?}");
+    assert_eq!(lost[0]["agent"], holder, "{name}");
+    assert!(
+        lost[0]["message"].as_str().unwrap().contains(why),
+        "{name}: {lost:?}"
+    );
+}
+
 /// Six one-second tests that share a resource: one serial suite.
 fn serial_repo(root: &Path) -> PathBuf {
     let mut fmf = String::from("resources:\n  modifies: [db]\nduration: 1m\n");
@@ -232,17 +254,7 @@ fn kill_9_of_an_agent_mid_suite_reruns_its_unfinished_tests_elsewhere() {
     );
     assert_eq!(tests["/tests/t1"]["agent"], holder.as_str());
     for name in ["/tests/t2", "/tests/t6"] {
-        let test = &tests[name];
-        assert_eq!(test["status"], "pass", "{name}");
-        assert_eq!(test["attempt"], 2, "{name}");
-        assert_eq!(test["agent"], survivor, "{name}");
-        let lost = test["lost_attempts"].as_array().unwrap();
-        assert_eq!(lost.len(), 1, "{name}: {lost:?}");
-        assert_eq!(lost[0]["agent"], holder.as_str());
-        assert!(lost[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("went offline"));
+        assert_passed_on_retry(&tests, name, &holder, survivor, "went offline");
     }
     eprintln!("kill -9 → suite finished elsewhere in {elapsed:?}");
 }
@@ -326,19 +338,12 @@ fn sigterm_lets_the_running_test_finish_runs_cleanups_and_hands_the_rest_to_anot
         .unwrap()
         .contains("finished"));
     for name in ["/tests/t3", "/tests/t4"] {
-        let test = &tests[name];
-        assert_eq!(test["status"], "pass", "{name}");
-        assert_eq!(test["attempt"], 2, "{name}");
-        assert_eq!(test["agent"], survivor, "{name}");
-        let lost = test["lost_attempts"].as_array().unwrap();
-        assert_eq!(lost.len(), 1, "{name}: {lost:?}");
-        assert_eq!(lost[0]["agent"], holder.as_str());
-        assert!(
-            lost[0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("was stopped before it started 2 of the suite's 4 tests"),
-            "{lost:?}"
+        assert_passed_on_retry(
+            &tests,
+            name,
+            &holder,
+            survivor,
+            "was stopped before it started 2 of the suite's 4 tests",
         );
     }
 }
