@@ -74,6 +74,9 @@ pub struct AgentSettings {
     /// milliseconds [default: 600000]
     #[arg(long, env = "POLARIZER_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// The same as a duration: 90s, 10m, 1h 30m (give this or drain_timeout_ms, not both)
+    #[arg(long, env = "POLARIZER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
     /// D-Bus signals to record: system, session, a bus address, or off [default: system, when its socket exists]
     #[arg(long, env = "POLARIZER_DBUS_ADDRESS")]
     pub dbus_address: Option<String>,
@@ -192,6 +195,7 @@ impl AgentSettings {
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
             spool_max_mb: self.spool_max_mb.or(lower.spool_max_mb),
             drain_timeout_ms: self.drain_timeout_ms.or(lower.drain_timeout_ms),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
             dbus_address: self.dbus_address.or(lower.dbus_address),
             dbus_match: self.dbus_match.or(lower.dbus_match),
             watch: if self.watch.is_empty() {
@@ -281,9 +285,26 @@ impl AgentSettings {
             5_000,
             100..=600_000,
         )?;
+        let drain_timeout_ms = match (self.drain_timeout.as_deref(), self.drain_timeout_ms) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    key: "drain_timeout",
+                    message: "give drain_timeout or drain_timeout_ms, not both".into(),
+                })
+            }
+            (Some(text), None) => Some(
+                polarizer_shared::metadata::parse_duration_seconds(text)
+                    .map(|seconds| seconds.saturating_mul(1000))
+                    .ok_or_else(|| ConfigError {
+                        key: "drain_timeout",
+                        message: format!("{text:?} is not a duration such as 90s, 10m or 1h 30m"),
+                    })?,
+            ),
+            (None, milliseconds) => milliseconds,
+        };
         let drain_timeout = millis_setting(
             "drain_timeout_ms",
-            self.drain_timeout_ms,
+            drain_timeout_ms,
             DEFAULT_DRAIN_TIMEOUT_MS,
             0..=86_400_000,
         )?;
@@ -442,6 +463,37 @@ mod tests {
     /// systemd gives a stopping agent more than its default drain, with minutes left for the kill, the
     /// cleanups and the last acknowledgements, and signals only the agent: otherwise the tests it drains
     /// would be killed under it.
+    #[test]
+    fn the_drain_timeout_is_given_in_milliseconds_or_as_a_duration_never_both() {
+        let validate =
+            |settings: AgentSettings| settings.validate().map(|config| config.drain_timeout);
+        let base = minimal;
+        let as_duration = AgentSettings {
+            drain_timeout: Some("1h 30m".into()),
+            ..base()
+        };
+        assert_eq!(validate(as_duration).unwrap(), Duration::from_secs(5400));
+        let in_ms = AgentSettings {
+            drain_timeout_ms: Some(1500),
+            ..base()
+        };
+        assert_eq!(validate(in_ms).unwrap(), Duration::from_millis(1500));
+        let both = AgentSettings {
+            drain_timeout: Some("5m".into()),
+            drain_timeout_ms: Some(1),
+            ..base()
+        };
+        assert!(validate(both).unwrap_err().to_string().contains("not both"));
+        let bad = AgentSettings {
+            drain_timeout: Some("soon".into()),
+            ..base()
+        };
+        assert!(validate(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("drain_timeout"));
+    }
+
     #[test]
     fn the_unit_lets_the_default_drain_finish() {
         let unit = include_str!("../../systemd/polarizer-agent.service");
