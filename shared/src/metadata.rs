@@ -2,8 +2,13 @@
 //! and the feature graph (features with path globs and dependencies).
 //!
 //! Unknown top-level keys are kept out of the model but never rejected: a team's tmt trees carry keys
-//! Polarizer does not use. Polarizer's own structured keys (`resources`, `platform`, `provision`) are
-//! strict: an unknown sub-key is an error naming the node and key.
+//! Polarizer does not use. A key tmt defines means what tmt says (`provision` is tmt's plan step).
+//! Polarizer's own keys are read as `extra-polarizer-<key>` (tmt's `extra-` namespace, which `tmt lint`
+//! accepts) or bare; its structured keys (`resources`, `platform`, `provision`, `hooks`) are strict: an
+//! unknown sub-key is an error naming the node and key.
+//!
+//! Reading never stops at the first problem: each node gives all of its errors and warnings, and a
+//! catalog all of its whole-tree ones (see [`NodeReading`], [`Catalog::problems`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,9 +80,48 @@ pub struct Resources {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PlatformNeeds {
-    pub kind: Option<PlatformKind>,
+    /// Any of these kinds (sorted, each once); empty for any kind. On the wire a `Vec` of at most one
+    /// kind is encoded as the `Option` it replaced was; stored JSON of that `Option` (`null`, `"vm"`)
+    /// still reads.
+    #[serde(deserialize_with = "kinds_from_list_or_option")]
+    pub kind: Vec<PlatformKind>,
     pub arch: Vec<String>,
     pub distro: Vec<String>,
+}
+
+impl PlatformNeeds {
+    /// Whether an agent of this kind may take the test.
+    pub fn accepts_kind(&self, kind: PlatformKind) -> bool {
+        self.kind.is_empty() || self.kind.contains(&kind)
+    }
+
+    /// The kinds as text: `vm`, `vm|baremetal`, or empty for any.
+    pub fn kind_text(&self) -> String {
+        let kinds: Vec<&str> = self.kind.iter().map(|kind| kind.as_str()).collect();
+        kinds.join("|")
+    }
+}
+
+/// Reads `kind` as a list, or (from a self-describing format such as stored JSON) as the single
+/// optional kind it was before.
+fn kinds_from_list_or_option<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PlatformKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Kinds {
+        One(PlatformKind),
+        Many(Vec<PlatformKind>),
+        None(()),
+    }
+    if !deserializer.is_human_readable() {
+        return Vec::deserialize(deserializer);
+    }
+    Ok(match Option::<Kinds>::deserialize(deserializer)? {
+        Some(Kinds::One(kind)) => vec![kind],
+        Some(Kinds::Many(kinds)) => kinds,
+        Some(Kinds::None(())) | None => Vec::new(),
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,9 +255,9 @@ pub enum MetadataError {
     #[error("{node}: unknown key {key:?} in {section} (expected one of: {expected})")]
     UnknownKey {
         node: String,
-        section: &'static str,
+        section: String,
         key: String,
-        expected: &'static str,
+        expected: String,
     },
     #[error("{node}: key {key:?}: {message}")]
     BadValue {
@@ -225,10 +269,6 @@ pub enum MetadataError {
     UnknownAfter { node: String, test: String },
     #[error("feature {feature:?} depends on {depends:?}, which is not declared")]
     UnknownDependency { feature: String, depends: String },
-    #[error(
-        "test {test:?} names feature {feature:?}, which is not declared under {FEATURES_NODE}"
-    )]
-    UnknownFeature { test: String, feature: String },
     #[error("cycle in feature dependencies: {}", cycle.join(" -> "))]
     FeatureCycle { cycle: Vec<String> },
     #[error("cycle in `after`: {}", cycle.join(" -> "))]
@@ -239,6 +279,64 @@ pub enum MetadataError {
         first: String,
         second: String,
     },
+}
+
+impl MetadataError {
+    /// The node the error is about (a test's name; for a feature, its name), and the key as written.
+    pub fn place(&self) -> (&str, String) {
+        match self {
+            MetadataError::WrongType { node, key, .. }
+            | MetadataError::BadValue { node, key, .. } => (node, key.clone()),
+            MetadataError::UnknownKey {
+                node, section, key, ..
+            } => (node, format!("{section}.{key}")),
+            MetadataError::UnknownAfter { node, .. } => (node, "after".into()),
+            MetadataError::UnknownDependency { feature, .. } => (feature, "depends".into()),
+            MetadataError::FeatureCycle { cycle } => {
+                (cycle.first().map_or("", String::as_str), "depends".into())
+            }
+            MetadataError::AfterCycle { cycle } => {
+                (cycle.first().map_or("", String::as_str), "after".into())
+            }
+            MetadataError::DuplicateId { second, .. } => (second, "id".into()),
+        }
+    }
+}
+
+/// What Polarizer can use but the tree should change: shown by import, trigger and lint, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataWarning {
+    #[error(
+        "{test}: names feature {feature:?}, which is not declared under {FEATURES_NODE}: a change selects this test only through `--all` or `--feature {feature}`"
+    )]
+    UndeclaredFeature { test: String, feature: String },
+    #[error(
+        "{node}: `provision` is tmt's plan step; this one is read as Polarizer's (playbook, containerfile): write it as `extra-polarizer-provision`"
+    )]
+    ProvisionIsTmts { node: String },
+    #[error(
+        "{node}: {key:?} is not a tmt key (`tmt lint` fails on it): write it as `extra-polarizer-{key}`"
+    )]
+    NotLintClean { node: String, key: String },
+}
+
+impl MetadataWarning {
+    /// The node the warning is about, and the key as written.
+    pub fn place(&self) -> (&str, String) {
+        match self {
+            MetadataWarning::UndeclaredFeature { test, .. } => (test, "feature".into()),
+            MetadataWarning::ProvisionIsTmts { node } => (node, "provision".into()),
+            MetadataWarning::NotLintClean { node, key } => (node, key.clone()),
+        }
+    }
+}
+
+/// Everything wrong with a catalog as a whole: references that do not resolve, cycles, duplicate ids
+/// (errors), features named but not declared (warnings).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Problems {
+    pub errors: Vec<MetadataError>,
+    pub warnings: Vec<MetadataWarning>,
 }
 
 /// What one node of an adjusted tree is to Polarizer.
@@ -258,21 +356,26 @@ impl CatalogItem {
         node: &Node,
         root: &std::path::Path,
     ) -> Result<Option<CatalogItem>, MetadataError> {
+        CatalogItem::read(node, root).into_result()
+    }
+
+    /// [`of_node`](Self::of_node) with every error and warning of the node.
+    pub fn read(node: &Node, root: &std::path::Path) -> NodeReading<Option<CatalogItem>> {
         match node.name().strip_prefix(FEATURES_NODE) {
             Some(rest) if rest.starts_with('/') => {
                 if node.is_leaf() {
-                    Ok(Some(CatalogItem::Feature(feature_from_node(
-                        node,
-                        &rest[1..],
-                    )?)))
+                    feature_from_node(node, &rest[1..])
+                        .map(|feature| Some(CatalogItem::Feature(feature)))
                 } else {
-                    Ok(None)
+                    NodeReading::nothing()
                 }
             }
+            // tmt's rule: a node is a test when it has `test`. Plans (`discover`, `execute`, …) and
+            // stories are not, and are left alone.
             _ if node.is_selected() && node.data().contains_key("test") => {
-                Ok(Some(CatalogItem::Test(test_from_node(node, root)?)))
+                test_from_node(node, root).map(|test| Some(CatalogItem::Test(test)))
             }
-            _ => Ok(None),
+            _ => NodeReading::nothing(),
         }
     }
 }
@@ -324,7 +427,19 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The first error of [`problems`](Self::problems), if any: for a caller that acts on the catalog
+    /// only when it is usable.
     pub fn validate(&self) -> Result<(), MetadataError> {
+        match self.problems().errors.into_iter().next() {
+            None => Ok(()),
+            Some(first) => Err(first),
+        }
+    }
+
+    /// Every whole-catalog problem, in a stable order: undeclared `depends`, duplicate ids, `after`
+    /// naming no test, cycles (errors); features named by tests but not declared (warnings).
+    pub fn problems(&self) -> Problems {
+        let mut problems = Problems::default();
         // Membership only: hash sets (a catalog has 100,000 tests); graphs stay ordered so the cycle
         // named is always the same one.
         let feature_names: HashSet<&str> = self
@@ -335,7 +450,7 @@ impl Catalog {
         for feature in &self.features {
             for depends in &feature.depends {
                 if !feature_names.contains(depends.as_str()) {
-                    return Err(MetadataError::UnknownDependency {
+                    problems.errors.push(MetadataError::UnknownDependency {
                         feature: feature.name.clone(),
                         depends: depends.clone(),
                     });
@@ -345,14 +460,14 @@ impl Catalog {
         let mut ids: HashMap<&str, &str> = HashMap::with_capacity(self.tests.len());
         for test in &self.tests {
             if let Some(first) = ids.insert(&test.id, &test.name) {
-                return Err(MetadataError::DuplicateId {
+                problems.errors.push(MetadataError::DuplicateId {
                     id: test.id.clone(),
                     first: first.to_string(),
                     second: test.name.clone(),
                 });
             }
             if !test.feature.is_empty() && !feature_names.contains(test.feature.as_str()) {
-                return Err(MetadataError::UnknownFeature {
+                problems.warnings.push(MetadataWarning::UndeclaredFeature {
                     test: test.name.clone(),
                     feature: test.feature.clone(),
                 });
@@ -369,7 +484,7 @@ impl Catalog {
         for test in &self.tests {
             for after in &test.after {
                 if !name_of.contains_key(after.as_str()) {
-                    return Err(MetadataError::UnknownAfter {
+                    problems.errors.push(MetadataError::UnknownAfter {
                         node: test.name.clone(),
                         test: after.clone(),
                     });
@@ -387,7 +502,7 @@ impl Catalog {
             })
             .collect();
         if let Some(cycle) = find_cycle(&feature_edges) {
-            return Err(MetadataError::FeatureCycle { cycle });
+            problems.errors.push(MetadataError::FeatureCycle { cycle });
         }
         // A test that follows none cannot be in a cycle: only tests with `after` are searched from.
         let after_edges: BTreeMap<&str, Vec<&str>> = self
@@ -405,9 +520,25 @@ impl Catalog {
             })
             .collect();
         if let Some(cycle) = find_cycle(&after_edges) {
-            return Err(MetadataError::AfterCycle { cycle });
+            problems.errors.push(MetadataError::AfterCycle { cycle });
         }
-        Ok(())
+        problems
+    }
+
+    /// Names of features tests name that are not declared, sorted, each once.
+    pub fn undeclared_features(&self) -> Vec<String> {
+        let declared: HashSet<&str> = self
+            .features
+            .iter()
+            .map(|feature| feature.name.as_str())
+            .collect();
+        let undeclared: BTreeSet<&str> = self
+            .tests
+            .iter()
+            .map(|test| test.feature.as_str())
+            .filter(|feature| !feature.is_empty() && !declared.contains(feature))
+            .collect();
+        undeclared.into_iter().map(str::to_string).collect()
     }
 
     /// Every feature that depends on `feature`, directly or transitively, including itself.
@@ -478,85 +609,246 @@ fn find_cycle(edges: &BTreeMap<&str, Vec<&str>>) -> Option<Vec<String>> {
     None
 }
 
-/// Reads keys of one node with errors that name it.
+/// Polarizer's own keys, each also readable as `extra-polarizer-<key>`: the lint-clean spelling, which
+/// tmt's schema accepts (`^extra-`) and which wins over the bare key where both are set.
+pub const POLARIZER_KEYS: [&str; 10] = [
+    "type",
+    "feature",
+    "after",
+    "resources",
+    "services",
+    "platform",
+    "provision",
+    "junit",
+    "bdd",
+    "hooks",
+];
+
+/// The prefix of Polarizer's keys in tmt's `extra-` namespace: `extra-polarizer-type`, ….
+pub const EXTRA_PREFIX: &str = "extra-polarizer-";
+
+/// The lint-clean spelling of one of Polarizer's keys.
+pub fn extra_key(key: &str) -> String {
+    format!("{EXTRA_PREFIX}{key}")
+}
+
+/// Reads keys of one node with errors that name it. Every problem is recorded, not only the first: a
+/// key that cannot be read reads as empty and the node is refused at the end with all of them.
 struct Reader<'a> {
     node: &'a Node,
+    errors: std::cell::RefCell<Vec<MetadataError>>,
+    warnings: std::cell::RefCell<Vec<MetadataWarning>>,
 }
 
 impl<'a> Reader<'a> {
-    fn wrong(&self, key: &str, expected: &'static str, found: &FmfValue) -> MetadataError {
-        MetadataError::WrongType {
+    fn new(node: &'a Node) -> Reader<'a> {
+        Reader {
+            node,
+            errors: Default::default(),
+            warnings: Default::default(),
+        }
+    }
+
+    fn error(&self, error: MetadataError) {
+        self.errors.borrow_mut().push(error);
+    }
+
+    fn wrong(&self, key: &str, expected: &'static str, found: &FmfValue) {
+        self.error(MetadataError::WrongType {
             node: self.node.name().to_string(),
             key: key.to_string(),
             expected,
             found: found.type_name().to_string(),
+        })
+    }
+
+    fn bad_value(&self, key: &str, message: String) {
+        self.error(MetadataError::BadValue {
+            node: self.node.name().to_string(),
+            key: key.to_string(),
+            message,
+        })
+    }
+
+    /// One of Polarizer's keys: its `extra-polarizer-` form if set, else the bare key; with the key as
+    /// written, for errors. tmt's `provision` is Polarizer's only as a mapping of Polarizer's sub-keys
+    /// (see [`is_polarizer_provision`]), and then with a warning.
+    fn polarizer(&self, key: &'static str) -> Option<(String, &'a FmfValue)> {
+        let extra = extra_key(key);
+        if let Some(value) = self.node.get(&extra) {
+            return Some((extra, value));
+        }
+        let value = self.node.get(key)?;
+        if key == "provision" {
+            match value {
+                FmfValue::Map(map) if is_polarizer_provision(map) => {
+                    self.warnings
+                        .borrow_mut()
+                        .push(MetadataWarning::ProvisionIsTmts {
+                            node: self.node.name().to_string(),
+                        });
+                }
+                _ => return None,
+            }
+        }
+        Some((key.to_string(), value))
+    }
+
+    fn string_value(&self, key: &str, value: Option<&FmfValue>) -> String {
+        match value {
+            None | Some(FmfValue::Null) => String::new(),
+            Some(FmfValue::String(text)) => text.clone(),
+            Some(FmfValue::Integer(number)) => number.to_string(),
+            Some(FmfValue::Float(number)) => number.to_string(),
+            Some(other) => {
+                self.wrong(key, "a string", other);
+                String::new()
+            }
         }
     }
 
-    fn string(&self, key: &str) -> Result<String, MetadataError> {
-        match self.node.get(key) {
-            None | Some(FmfValue::Null) => Ok(String::new()),
-            Some(FmfValue::String(text)) => Ok(text.clone()),
-            Some(FmfValue::Integer(number)) => Ok(number.to_string()),
-            Some(FmfValue::Float(number)) => Ok(number.to_string()),
-            Some(other) => Err(self.wrong(key, "a string", other)),
+    fn string(&self, key: &str) -> String {
+        self.string_value(key, self.node.get(key))
+    }
+
+    fn polarizer_string(&self, key: &'static str) -> String {
+        match self.polarizer(key) {
+            Some((written, value)) => self.string_value(&written, Some(value)),
+            None => String::new(),
         }
     }
 
     /// A string or a list of strings (tmt accepts both for `tag`, `component`, `require`, …).
-    fn strings(&self, key: &str) -> Result<Vec<String>, MetadataError> {
-        strings_of(self.node.get(key))
-            .map_err(|found| self.wrong(key, "a string or a list of strings", &found))
+    fn strings_value(&self, key: &str, value: Option<&FmfValue>) -> Vec<String> {
+        strings_of(value).unwrap_or_else(|found| {
+            self.wrong(key, "a string or a list of strings", &found);
+            Vec::new()
+        })
     }
 
-    fn boolean(&self, key: &str, default: bool) -> Result<bool, MetadataError> {
-        match self.node.get(key) {
-            None | Some(FmfValue::Null) => Ok(default),
-            Some(FmfValue::Bool(value)) => Ok(*value),
-            Some(other) => Err(self.wrong(key, "true or false", other)),
+    fn strings(&self, key: &str) -> Vec<String> {
+        self.strings_value(key, self.node.get(key))
+    }
+
+    fn polarizer_strings(&self, key: &'static str) -> Vec<String> {
+        match self.polarizer(key) {
+            Some((written, value)) => self.strings_value(&written, Some(value)),
+            None => Vec::new(),
         }
     }
 
-    /// A sub-map with only the given keys allowed.
-    fn section(
-        &self,
-        key: &str,
-        section: &'static str,
-        allowed: &'static [&'static str],
-        expected: &'static str,
-    ) -> Result<Option<&'a crate::fmf::FmfMap>, MetadataError> {
+    fn boolean(&self, key: &str, default: bool) -> bool {
         match self.node.get(key) {
-            None | Some(FmfValue::Null) => Ok(None),
-            Some(FmfValue::Map(map)) => {
+            None | Some(FmfValue::Null) => default,
+            Some(FmfValue::Bool(value)) => *value,
+            Some(other) => {
+                self.wrong(key, "true or false", other);
+                default
+            }
+        }
+    }
+
+    /// One of Polarizer's sections: a sub-map with only the given keys allowed. Each unknown sub-key
+    /// is an error; the known ones are still read.
+    fn section(&self, key: &'static str, allowed: &'static [&'static str]) -> Section<'a> {
+        let Some((written, value)) = self.polarizer(key) else {
+            return Section {
+                written: key.to_string(),
+                map: None,
+            };
+        };
+        let map = match value {
+            FmfValue::Null => None,
+            FmfValue::Map(map) => {
                 for sub_key in map.keys() {
                     if !allowed.contains(&sub_key.as_str()) {
-                        return Err(MetadataError::UnknownKey {
+                        self.error(MetadataError::UnknownKey {
                             node: self.node.name().to_string(),
-                            section,
+                            section: written.clone(),
                             key: sub_key.clone(),
-                            expected,
+                            expected: allowed.join(", "),
                         });
                     }
                 }
-                Ok(Some(map))
+                Some(map)
             }
-            Some(other) => Err(self.wrong(key, "a mapping", other)),
+            other => {
+                self.wrong(&written, "a mapping", other);
+                None
+            }
+        };
+        Section { written, map }
+    }
+
+    fn section_strings(&self, section: &Section<'_>, sub_key: &str) -> Vec<String> {
+        self.strings_value(
+            &format!("{}.{sub_key}", section.written),
+            section.map.and_then(|map| map.get(sub_key)),
+        )
+    }
+
+    fn section_string(&self, section: &Section<'_>, sub_key: &str) -> String {
+        let field = format!("{}.{sub_key}", section.written);
+        match section.map.and_then(|map| map.get(sub_key)) {
+            None | Some(FmfValue::Null) => String::new(),
+            Some(FmfValue::String(text)) => text.clone(),
+            Some(other) => {
+                self.wrong(&field, "a string", other);
+                String::new()
+            }
         }
     }
 
-    fn section_strings(
-        &self,
-        map: Option<&crate::fmf::FmfMap>,
-        key: &str,
-        sub_key: &str,
-    ) -> Result<Vec<String>, MetadataError> {
-        strings_of(map.and_then(|map| map.get(sub_key))).map_err(|found| {
-            self.wrong(
-                &format!("{key}.{sub_key}"),
-                "a string or a list of strings",
-                &found,
-            )
-        })
+    /// What the node's reading found wrong, or `value` when nothing was.
+    fn finish<T>(self, value: T) -> NodeReading<T> {
+        NodeReading {
+            value,
+            errors: self.errors.into_inner(),
+            warnings: self.warnings.into_inner(),
+        }
+    }
+}
+
+/// A Polarizer section as read: the key as written (for errors) and its mapping, if it is one.
+struct Section<'a> {
+    written: String,
+    map: Option<&'a crate::fmf::FmfMap>,
+}
+
+/// One node read: what it is, and every error and warning found in it. With errors, `value` holds
+/// what could be read and must not be used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeReading<T> {
+    pub value: T,
+    pub errors: Vec<MetadataError>,
+    pub warnings: Vec<MetadataWarning>,
+}
+
+impl<T> NodeReading<T> {
+    /// The value if the node had no error, else its first error.
+    pub fn into_result(self) -> Result<T, MetadataError> {
+        match self.errors.into_iter().next() {
+            None => Ok(self.value),
+            Some(first) => Err(first),
+        }
+    }
+
+    fn map<U>(self, transform: impl FnOnce(T) -> U) -> NodeReading<U> {
+        NodeReading {
+            value: transform(self.value),
+            errors: self.errors,
+            warnings: self.warnings,
+        }
+    }
+}
+
+impl NodeReading<Option<CatalogItem>> {
+    fn nothing() -> Self {
+        NodeReading {
+            value: None,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -603,33 +895,59 @@ pub fn parse_duration_seconds(text: &str) -> Option<u64> {
 
 pub const DEFAULT_DURATION_SECONDS: u64 = 300;
 
-fn feature_from_node(node: &Node, default_name: &str) -> Result<Feature, MetadataError> {
-    let reader = Reader { node };
-    let name = match reader.string("name")? {
+/// Whether a `provision` mapping is Polarizer's (`playbook`, `containerfile`) rather than tmt's plan
+/// step: it has at least one key and every key is one of Polarizer's, which no tmt provision plugin has.
+fn is_polarizer_provision(map: &crate::fmf::FmfMap) -> bool {
+    !map.is_empty()
+        && map
+            .keys()
+            .all(|key| matches!(key.as_str(), "playbook" | "containerfile"))
+}
+
+/// `kind: vm` or `kind: [vm, baremetal]`: the platform kinds a test can run on, sorted, each once.
+fn platform_kinds(reader: &Reader<'_>, section: &Section<'_>) -> Vec<PlatformKind> {
+    let field = format!("{}.kind", section.written);
+    let texts = reader.strings_value(&field, section.map.and_then(|map| map.get("kind")));
+    let mut kinds = Vec::with_capacity(texts.len());
+    for text in texts {
+        match text.parse::<PlatformKind>() {
+            Ok(kind) => kinds.push(kind),
+            Err(err) => reader.bad_value(&field, err.to_string()),
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+fn feature_from_node(node: &Node, default_name: &str) -> NodeReading<Feature> {
+    let reader = Reader::new(node);
+    let name = match reader.string("name") {
         name if name.is_empty() => default_name.to_string(),
         name => name,
     };
-    Ok(Feature {
+    let feature = Feature {
         name,
-        description: reader.string("description")?,
-        paths: reader.strings("paths")?,
-        depends: reader.strings("depends")?,
-    })
+        description: reader.string("description"),
+        paths: reader.strings("paths"),
+        depends: reader.strings("depends"),
+    };
+    reader.finish(feature)
 }
 
-fn links_of(reader: &Reader<'_>) -> Result<Vec<Link>, MetadataError> {
+fn links_of(reader: &Reader<'_>) -> Vec<Link> {
     let mut links = Vec::new();
-    let items: Vec<FmfValue> = match reader.node.get("link") {
-        None | Some(FmfValue::Null) => return Ok(links),
-        Some(FmfValue::List(items)) => items.clone(),
-        Some(other) => vec![other.clone()],
+    let items: Vec<&FmfValue> = match reader.node.get("link") {
+        None | Some(FmfValue::Null) => return links,
+        Some(FmfValue::List(items)) => items.iter().collect(),
+        Some(other) => vec![other],
     };
     for item in items {
         match item {
             // A bare link is `relates`, as in tmt.
             FmfValue::String(target) => links.push(Link {
                 relation: "relates".into(),
-                target,
+                target: target.clone(),
                 note: String::new(),
             }),
             FmfValue::Map(map) => {
@@ -640,14 +958,16 @@ fn links_of(reader: &Reader<'_>) -> Result<Vec<Link>, MetadataError> {
                     .to_string();
                 let mut relations = map.iter().filter(|(key, _)| key.as_str() != "note");
                 let (Some((relation, target)), None) = (relations.next(), relations.next()) else {
-                    return Err(reader.wrong(
+                    reader.wrong(
                         "link",
                         "one relation: target pair per link (and an optional note)",
-                        &FmfValue::Map(map.clone()),
-                    ));
+                        item,
+                    );
+                    continue;
                 };
                 let Some(target) = target.as_str() else {
-                    return Err(reader.wrong("link", "a string target", target));
+                    reader.wrong("link", "a string target", target);
+                    continue;
                 };
                 links.push(Link {
                     relation: relation.clone(),
@@ -655,40 +975,46 @@ fn links_of(reader: &Reader<'_>) -> Result<Vec<Link>, MetadataError> {
                     note,
                 });
             }
-            other => return Err(reader.wrong("link", "a string or a mapping", &other)),
+            other => reader.wrong("link", "a string or a mapping", other),
         }
     }
-    Ok(links)
+    links
 }
 
-fn test_from_node(node: &Node, root: &std::path::Path) -> Result<TestMetadata, MetadataError> {
-    let reader = Reader { node };
+fn test_from_node(node: &Node, root: &std::path::Path) -> NodeReading<TestMetadata> {
+    let reader = Reader::new(node);
     let name = node.name().to_string();
-    let id = match reader.string("id")? {
+    let id = match reader.string("id") {
         id if id.is_empty() => name.clone(),
         id => id,
     };
-    let duration_text = reader.string("duration")?;
+    let duration_text = reader.string("duration");
     let duration_seconds = if duration_text.is_empty() {
         DEFAULT_DURATION_SECONDS
     } else {
-        parse_duration_seconds(&duration_text).ok_or_else(|| MetadataError::BadValue {
-            node: name.clone(),
-            key: "duration".into(),
-            message: format!("{duration_text:?} is not a duration (like 90, 30s, 5m, 2h, 1h 30m)"),
-        })?
+        parse_duration_seconds(&duration_text).unwrap_or_else(|| {
+            reader.bad_value(
+                "duration",
+                format!("{duration_text:?} is not a duration (like 90, 30s, 5m, 2h, 1h 30m)"),
+            );
+            DEFAULT_DURATION_SECONDS
+        })
     };
-    let test_type = match reader.string("type")? {
-        text if text.is_empty() => None,
-        text => Some(
-            TestType::parse(&text).ok_or_else(|| MetadataError::BadValue {
-                node: name.clone(),
-                key: "type".into(),
-                message: format!(
-                    "{text:?} is not one of unit, integration, functional, performance, acceptance"
-                ),
-            })?,
-        ),
+    let test_type = match reader.polarizer("type") {
+        None | Some((_, FmfValue::Null)) => None,
+        Some((written, value)) => {
+            let text = reader.string_value(&written, Some(value));
+            let parsed = TestType::parse(&text);
+            if parsed.is_none() && !text.is_empty() {
+                reader.bad_value(
+                    &written,
+                    format!(
+                        "{text:?} is not one of unit, integration, functional, performance, acceptance"
+                    ),
+                );
+            }
+            parsed
+        }
     };
     let environment = match node.get("environment") {
         None | Some(FmfValue::Null) => BTreeMap::new(),
@@ -696,57 +1022,22 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> Result<TestMetadata, M
             .iter()
             .map(|(key, value)| (key.clone(), value.python_str()))
             .collect(),
-        Some(other) => return Err(reader.wrong("environment", "a mapping", other)),
-    };
-    let resources = reader.section(
-        "resources",
-        "resources",
-        &["needs", "creates", "modifies"],
-        "needs, creates, modifies",
-    )?;
-    let platform = reader.section(
-        "platform",
-        "platform",
-        &["kind", "arch", "distro"],
-        "kind, arch, distro",
-    )?;
-    let provision = reader.section(
-        "provision",
-        "provision",
-        &["playbook", "containerfile"],
-        "playbook, containerfile",
-    )?;
-    let platform_kind = match platform.and_then(|map| map.get("kind")) {
-        None | Some(FmfValue::Null) => None,
-        Some(FmfValue::String(text)) => {
-            Some(
-                text.parse::<PlatformKind>()
-                    .map_err(|err| MetadataError::BadValue {
-                        node: name.clone(),
-                        key: "platform.kind".into(),
-                        message: err.to_string(),
-                    })?,
-            )
-        }
         Some(other) => {
-            return Err(reader.wrong("platform.kind", "vm, container or baremetal", other))
+            reader.wrong("environment", "a mapping", other);
+            BTreeMap::new()
         }
     };
-    let provision_string = |sub_key: &str| -> Result<String, MetadataError> {
-        match provision.and_then(|map| map.get(sub_key)) {
-            None | Some(FmfValue::Null) => Ok(String::new()),
-            Some(FmfValue::String(text)) => Ok(text.clone()),
-            Some(other) => Err(reader.wrong(&format!("provision.{sub_key}"), "a string", other)),
-        }
-    };
+    let resources = reader.section("resources", &["needs", "creates", "modifies"]);
+    let platform = reader.section("platform", &["kind", "arch", "distro"]);
+    // `provision` is tmt's plan step (`how`, `image`, `hardware`, …) and means what tmt says; see
+    // `Reader::polarizer`.
+    let provision = reader.section("provision", &["playbook", "containerfile"]);
     let hooks = reader.section(
         "hooks",
-        "hooks",
         &["setup", "cleanup", "suite-setup", "suite-cleanup"],
-        "setup, cleanup, suite-setup, suite-cleanup",
-    )?;
+    );
     // As in tmt, a test without `path` runs in the directory its metadata file is in.
-    let path = match reader.string("path")? {
+    let path = match reader.string("path") {
         path if path.is_empty() => node
             .sources()
             .last()
@@ -759,54 +1050,58 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> Result<TestMetadata, M
     let order = match node.get("order") {
         None | Some(FmfValue::Null) => 50,
         Some(FmfValue::Integer(order)) => *order,
-        Some(other) => return Err(reader.wrong("order", "an integer", other)),
+        Some(other) => {
+            reader.wrong("order", "an integer", other);
+            50
+        }
     };
-    Ok(TestMetadata {
-        summary: reader.string("summary")?,
-        description: reader.string("description")?,
-        test: reader.string("test")?,
+    let test = TestMetadata {
+        summary: reader.string("summary"),
+        description: reader.string("description"),
+        test: reader.string("test"),
         path,
-        framework: reader.string("framework")?,
+        framework: reader.string("framework"),
         duration_seconds,
-        tags: reader.strings("tag")?,
-        tier: reader.string("tier")?,
-        components: reader.strings("component")?,
-        require: reader.strings("require")?,
-        recommend: reader.strings("recommend")?,
-        links: links_of(&reader)?,
-        enabled: reader.boolean("enabled", true)?,
+        tags: reader.strings("tag"),
+        tier: reader.string("tier"),
+        components: reader.strings("component"),
+        require: reader.strings("require"),
+        recommend: reader.strings("recommend"),
+        links: links_of(&reader),
+        enabled: reader.boolean("enabled", true),
         environment,
-        result: reader.string("result")?,
+        result: reader.string("result"),
         order,
         test_type,
-        feature: reader.string("feature")?,
-        after: reader.strings("after")?,
+        feature: reader.polarizer_string("feature"),
+        after: reader.polarizer_strings("after"),
         resources: Resources {
-            needs: reader.section_strings(resources, "resources", "needs")?,
-            creates: reader.section_strings(resources, "resources", "creates")?,
-            modifies: reader.section_strings(resources, "resources", "modifies")?,
+            needs: reader.section_strings(&resources, "needs"),
+            creates: reader.section_strings(&resources, "creates"),
+            modifies: reader.section_strings(&resources, "modifies"),
         },
-        services: reader.strings("services")?,
+        services: reader.polarizer_strings("services"),
         platform: PlatformNeeds {
-            kind: platform_kind,
-            arch: reader.section_strings(platform, "platform", "arch")?,
-            distro: reader.section_strings(platform, "platform", "distro")?,
+            kind: platform_kinds(&reader, &platform),
+            arch: reader.section_strings(&platform, "arch"),
+            distro: reader.section_strings(&platform, "distro"),
         },
         provision: Provision {
-            playbook: provision_string("playbook")?,
-            containerfile: provision_string("containerfile")?,
+            playbook: reader.section_string(&provision, "playbook"),
+            containerfile: reader.section_string(&provision, "containerfile"),
         },
-        junit: reader.string("junit")?,
-        bdd: reader.string("bdd")?,
+        junit: reader.polarizer_string("junit"),
+        bdd: reader.polarizer_string("bdd"),
         hooks: Hooks {
-            setup: reader.section_strings(hooks, "hooks", "setup")?,
-            cleanup: reader.section_strings(hooks, "hooks", "cleanup")?,
-            suite_setup: reader.section_strings(hooks, "hooks", "suite-setup")?,
-            suite_cleanup: reader.section_strings(hooks, "hooks", "suite-cleanup")?,
+            setup: reader.section_strings(&hooks, "setup"),
+            cleanup: reader.section_strings(&hooks, "cleanup"),
+            suite_setup: reader.section_strings(&hooks, "suite-setup"),
+            suite_cleanup: reader.section_strings(&hooks, "suite-cleanup"),
         },
         id,
         name,
-    })
+    };
+    reader.finish(test)
 }
 
 #[cfg(test)]
@@ -850,7 +1145,7 @@ mod tests {
             },
             services: list("service"),
             platform: PlatformNeeds {
-                kind: Some(PlatformKind::Container),
+                kind: vec![PlatformKind::Vm, PlatformKind::Baremetal],
                 arch: list("x86_64"),
                 distro: list("rhel-9"),
             },
@@ -936,7 +1231,7 @@ mod tests {
         assert_eq!(basic.test_type, Some(TestType::Integration));
         assert_eq!(basic.tags, vec!["smoke"]);
         assert_eq!(basic.resources.modifies, vec!["identity-cert"]);
-        assert_eq!(basic.platform.kind, Some(PlatformKind::Container));
+        assert_eq!(basic.platform.kind, vec![PlatformKind::Container]);
         assert_eq!(
             basic.links[0],
             Link {
@@ -983,11 +1278,157 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a duration"));
-        let (_dir, tree) = load(&[("t.fmf", "test: ./x\nfeature: nowhere\n")]);
-        assert!(Catalog::from_tree(&tree)
-            .unwrap_err()
-            .to_string()
-            .contains("\"nowhere\""));
+    }
+
+    /// Every problem of a node at once, not the first one only.
+    #[test]
+    fn a_node_gives_all_its_errors() {
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "test: ./x\ntype: smoke\nduration: soon\nresources: {needz: [a]}\nplatform: {kind: [vm, moon]}\ntag: {a: 1}\n",
+        )]);
+        let reading = CatalogItem::read(tree.node("/t").unwrap(), tree.root());
+        let fields: Vec<String> = reading.errors.iter().map(|err| err.place().1).collect();
+        assert_eq!(
+            fields,
+            [
+                "duration",
+                "type",
+                "resources.needz",
+                "tag",
+                "platform.kind"
+            ],
+            "{:?}",
+            reading.errors
+        );
+    }
+
+    /// A feature a test names but `/features` does not declare is a warning: the test is imported
+    /// with it. Errors stay errors where the data can't be used.
+    #[test]
+    fn an_undeclared_feature_is_a_warning() {
+        let (_dir, tree) = load(&[
+            ("main.fmf", FEATURES),
+            (
+                "t.fmf",
+                "/a:\n  test: ./a\n  feature: nowhere\n/b:\n  test: ./b\n  feature: attach\n",
+            ),
+        ]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        assert_eq!(catalog.tests[0].feature, "nowhere");
+        assert_eq!(
+            catalog.problems().warnings,
+            vec![MetadataWarning::UndeclaredFeature {
+                test: "/t/a".into(),
+                feature: "nowhere".into()
+            }]
+        );
+        assert_eq!(catalog.undeclared_features(), vec!["nowhere"]);
+        // Two errors of the whole tree, both reported.
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "/a:\n  test: ./a\n  after: [/ghost]\n/b:\n  test: ./b\n  id: same\n/c:\n  test: ./c\n  id: same\n",
+        )]);
+        let catalog = Catalog::from_tree(&tree).unwrap_err();
+        assert!(catalog.to_string().contains("same"), "{catalog}");
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "/a:\n  test: ./a\n  after: [/ghost]\n/b:\n  test: ./b\n  id: same\n/c:\n  test: ./c\n  id: same\n",
+        )]);
+        let catalog = Catalog::assemble(
+            tree.nodes()
+                .iter()
+                .map(|node| CatalogItem::of_node(node, tree.root())),
+        )
+        .unwrap();
+        assert_eq!(catalog.problems().errors.len(), 2);
+    }
+
+    /// `kind` takes a list like `arch` and `distro`; a single kind still reads.
+    #[test]
+    fn platform_kind_takes_a_list_or_one_kind() {
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "/many:\n  test: ./a\n  platform: {kind: [vm, baremetal, vm]}\n/one:\n  test: ./b\n  platform: {kind: container}\n/any:\n  test: ./c\n",
+        )]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        let kinds: Vec<&[PlatformKind]> = catalog
+            .tests
+            .iter()
+            .map(|test| test.platform.kind.as_slice())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                &[][..],
+                &[PlatformKind::Vm, PlatformKind::Baremetal],
+                &[PlatformKind::Container],
+            ]
+        );
+        assert!(catalog.tests[1]
+            .platform
+            .accepts_kind(PlatformKind::Baremetal));
+        assert!(!catalog.tests[1]
+            .platform
+            .accepts_kind(PlatformKind::Container));
+        assert!(catalog.tests[0]
+            .platform
+            .accepts_kind(PlatformKind::Container));
+        // Stored JSON from before lists (`"kind":"vm"`, `null`) still reads.
+        let old: PlatformNeeds =
+            serde_json::from_str(r#"{"kind":"vm","arch":[],"distro":[]}"#).unwrap();
+        assert_eq!(old.kind, vec![PlatformKind::Vm]);
+        let old: PlatformNeeds =
+            serde_json::from_str(r#"{"kind":null,"arch":[],"distro":[]}"#).unwrap();
+        assert!(old.kind.is_empty());
+        // On the wire, zero or one kind is encoded exactly as the `Option` it replaced.
+        #[derive(Serialize)]
+        struct Before {
+            kind: Option<PlatformKind>,
+            arch: Vec<String>,
+            distro: Vec<String>,
+        }
+        let before = Before {
+            kind: Some(PlatformKind::Container),
+            arch: vec![],
+            distro: vec![],
+        };
+        assert_eq!(
+            postcard::to_stdvec(&before).unwrap(),
+            postcard::to_stdvec(&catalog.tests[2].platform).unwrap()
+        );
+    }
+
+    /// Polarizer's keys in tmt's `extra-` namespace read as the bare ones, inherit the same way, and
+    /// win where both are set; errors name the key as written.
+    #[test]
+    fn extra_polarizer_keys_read_as_the_bare_ones() {
+        let (_dir, tree) = load(&[
+            ("main.fmf", "extra-polarizer-type: unit\ntype: functional\n/features:\n  /login: {}\n"),
+            (
+                "t.fmf",
+                "/a:\n  test: ./a\n  extra-polarizer-feature: login\n  extra-polarizer-after: [/t/b]\n  extra-polarizer-resources: {needs: [db]}\n  extra-polarizer-services: [sshd]\n  extra-polarizer-platform: {kind: [vm, baremetal], arch: x86_64}\n  extra-polarizer-provision: {playbook: p.yml}\n  extra-polarizer-junit: r.xml\n  extra-polarizer-bdd: f.feature\n  extra-polarizer-hooks: {setup: ./s}\n/b:\n  test: ./b\n",
+            ),
+        ]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        let a = &catalog.tests[0];
+        assert_eq!(a.test_type, Some(TestType::Unit));
+        assert_eq!(a.feature, "login");
+        assert_eq!(a.after, ["/t/b"]);
+        assert_eq!(a.resources.needs, ["db"]);
+        assert_eq!(a.services, ["sshd"]);
+        assert_eq!(a.platform.kind, [PlatformKind::Vm, PlatformKind::Baremetal]);
+        assert_eq!(a.platform.arch, ["x86_64"]);
+        assert_eq!(a.provision.playbook, "p.yml");
+        assert_eq!((a.junit.as_str(), a.bdd.as_str()), ("r.xml", "f.feature"));
+        assert_eq!(a.hooks.setup, ["./s"]);
+        assert_eq!(catalog.tests[1].test_type, Some(TestType::Unit));
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "test: ./x\nextra-polarizer-platform: {kind: moon}\n",
+        )]);
+        let err = Catalog::from_tree(&tree).unwrap_err();
+        assert_eq!(err.place().1, "extra-polarizer-platform.kind");
     }
 
     #[test]
@@ -1006,6 +1447,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"/ghost\" named in `after` does not exist"));
+    }
+
+    /// tmt's own repository has test nodes that are also plans: their `provision` is tmt's plan step.
+    #[test]
+    fn tmt_provision_steps_are_tmts_not_polarizers() {
+        let (_dir, tree) = load(&[(
+            "plan.fmf",
+            "/local:\n  test: ./run\n  provision: {how: local}\n  discover: {how: fmf}\n  execute: {how: tmt}\n/multihost:\n  test: ./run\n  provision: [{how: container, image: fedora}, {how: virtual}]\n/hardware:\n  test: ./run\n  provision:\n    how: virtual\n    hardware: {memory: '>= 4 GB'}\n/ours:\n  test: ./run\n  provision: {playbook: setup.yml}\n",
+        )]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        assert_eq!(catalog.tests.len(), 4);
+        for test in &catalog.tests[..3] {
+            assert_eq!(test.provision, Provision::default(), "{}", test.name);
+        }
+        assert_eq!(catalog.tests[3].provision.playbook, "setup.yml");
     }
 
     #[test]

@@ -142,7 +142,12 @@ pub fn partition(
             let needs = members
                 .iter()
                 .map(|&index| tests[index].platform.clone())
-                .max_by_key(|needs| (needs.kind.is_some(), needs.arch.len() + needs.distro.len()))
+                .max_by_key(|needs| {
+                    (
+                        !needs.kind.is_empty(),
+                        needs.arch.len() + needs.distro.len(),
+                    )
+                })
                 .unwrap_or_default();
             serial.push((needs, in_after_order(tests, &members, &index_of)));
         }

@@ -6,7 +6,7 @@ use polarizer_shared::metadata::PlatformNeeds;
 
 /// Can an agent with these facts take a suite with these needs?
 pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
-    needs.kind.is_none_or(|kind| kind == facts.platform)
+    needs.accepts_kind(facts.platform)
         && (needs.arch.is_empty() || needs.arch.iter().any(|arch| arch == &facts.arch))
         && (needs.distro.is_empty()
             || needs.distro.iter().any(|distro| {
@@ -20,8 +20,9 @@ pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
 /// Why no agent takes a suite with these needs right now.
 pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize) -> String {
     let mut wanted = Vec::new();
-    if let Some(kind) = needs.kind {
-        wanted.push(format!("platform {kind}"));
+    if !needs.kind.is_empty() {
+        let kinds: Vec<&str> = needs.kind.iter().map(|kind| kind.as_str()).collect();
+        wanted.push(format!("platform {}", kinds.join(" or ")));
     }
     if !needs.arch.is_empty() {
         wanted.push(format!("arch {}", needs.arch.join(" or ")));
@@ -42,5 +43,39 @@ pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize
         format!("waiting for {what}: none online")
     } else {
         format!("waiting for {what}: all {matching} busy ({busy} suites running)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polarizer_shared::facts::PlatformKind;
+
+    fn agent(platform: PlatformKind) -> AgentFacts {
+        AgentFacts {
+            platform,
+            ..AgentFacts::for_test("agent")
+        }
+    }
+
+    /// `kind: [vm, baremetal]`: an agent of either kind takes the suite, a container does not.
+    #[test]
+    fn any_of_the_platform_kinds_matches() {
+        let needs = PlatformNeeds {
+            kind: vec![PlatformKind::Vm, PlatformKind::Baremetal],
+            ..PlatformNeeds::default()
+        };
+        assert!(facts_match(&agent(PlatformKind::Vm), &needs));
+        assert!(facts_match(&agent(PlatformKind::Baremetal), &needs));
+        assert!(!facts_match(&agent(PlatformKind::Container), &needs));
+        assert!(facts_match(
+            &agent(PlatformKind::Container),
+            &PlatformNeeds::default()
+        ));
+        let container = agent(PlatformKind::Container);
+        assert_eq!(
+            waiting_reason(&needs, &[&container], 0),
+            "waiting for an agent with platform vm or baremetal: none online"
+        );
     }
 }

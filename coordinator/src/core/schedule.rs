@@ -209,7 +209,7 @@ mod tests {
             agent: agent.into(),
             incarnation: 7,
             needs: PlatformNeeds {
-                kind: needs,
+                kind: needs.into_iter().collect(),
                 ..PlatformNeeds::default()
             },
             run_deadline_ms: 1_000_000,

@@ -106,7 +106,10 @@ pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection
     // Feature → the reason it was touched.
     let mut touched: BTreeMap<String, Reason> = BTreeMap::new();
     for feature in &request.features {
-        if !catalog.features.iter().any(|known| &known.name == feature) {
+        // A feature tests name without declaring it (a warning at import) can still be asked for.
+        if !catalog.features.iter().any(|known| &known.name == feature)
+            && !catalog.tests.iter().any(|test| &test.feature == feature)
+        {
             return Err(SelectionError::UnknownFeature(feature.clone()));
         }
         touched.insert(
@@ -401,6 +404,18 @@ mod tests {
         assert_eq!(
             select(&catalog(), &unknown).unwrap_err(),
             SelectionError::UnknownFeature("nope".into())
+        );
+        // An undeclared feature some test names is selectable by name (it was a warning at import).
+        let mut undeclared = catalog();
+        undeclared.tests[0].feature = "nope".into();
+        let named_test = undeclared.tests[0].id.clone();
+        assert_eq!(
+            select(&undeclared, &unknown)
+                .unwrap()
+                .tests
+                .keys()
+                .collect::<Vec<_>>(),
+            [&named_test]
         );
         let mut bad = catalog();
         bad.features[0].paths = vec!["src/[".into()];

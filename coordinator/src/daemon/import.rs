@@ -246,7 +246,6 @@ mod tests {
                 "/a:\n  test: ./a\n  summary: new\n  after: [/tests/b]\n/b:\n  test: ./b\n  after: [/tests/a]\n/c:\n  test: ./c\n",
                 "cycle in `after`",
             ),
-            ("/a:\n  test: ./a\n  feature: nowhere\n/c:\n  test: ./c\n", "nowhere"),
             (
                 "/a:\n  test: ./a\n  id: same\n/b:\n  test: ./b\n  id: same\n",
                 "same",

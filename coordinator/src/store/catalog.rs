@@ -222,7 +222,8 @@ struct StoredTest<'a> {
     test: &'a TestMetadata,
     row: &'a TestRowData,
     test_type: &'static str,
-    platform_kind: &'static str,
+    /// `vm`, `vm|baremetal`, or empty for any kind.
+    platform_kind: String,
     duration_seconds: i64,
 }
 
@@ -243,7 +244,7 @@ impl<'a> StoredTest<'a> {
             test,
             row,
             test_type: test.test_type.map(|kind| kind.as_str()).unwrap_or(""),
-            platform_kind: test.platform.kind.map(|kind| kind.as_str()).unwrap_or(""),
+            platform_kind: test.platform.kind_text(),
             duration_seconds: test.duration_seconds as i64,
         }
     }
@@ -608,7 +609,11 @@ impl Reader {
         // A test with no platform kind can run on any.
         if let Some(platform) = &query.platform {
             values.push(platform.clone());
-            conditions.push(format!("tests.platform_kind IN (?{}, '')", values.len()));
+            // Or one of its kinds: the column holds them as `vm|baremetal`.
+            conditions.push(format!(
+                "(tests.platform_kind = '' OR instr('|' || tests.platform_kind || '|', '|' || ?{} || '|') > 0)",
+                values.len()
+            ));
         }
         if let Some(linked) = &query.linked {
             values.push(linked.clone());

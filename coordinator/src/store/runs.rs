@@ -1152,7 +1152,8 @@ impl Reader {
                         id: row.get::<_, i64>(0)? as u64,
                         ordinal: row.get(1)?,
                         kind: row.get(2)?,
-                        platform: needs.kind,
+                        // The row has room for one kind: the first of a suite's alternatives.
+                        platform: needs.kind.first().copied(),
                         arch: needs.arch,
                         distro: needs.distro,
                         state: suite_state(row, 4)?.as_str().to_string(),
