@@ -9,6 +9,7 @@ pub mod fmf;
 pub mod frame;
 pub mod ids;
 pub mod junit;
+pub mod lint;
 pub mod membership;
 pub mod metadata;
 pub mod parallel;
