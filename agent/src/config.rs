@@ -110,6 +110,15 @@ pub struct AgentSettings {
     /// The Unix socket (mode 0660) for custom events from `polarizer-agent emit`, or off [default: STATE_DIR/emit.sock]
     #[arg(long, env = "POLARIZER_EMIT_SOCKET")]
     pub emit_socket: Option<PathBuf>,
+    /// Fetch a run's tests from their git URL directly when this host can reach it (and holds any
+    /// credentials it needs), rather than have the coordinator ship them; shipping remains the fallback
+    /// [default: false]
+    #[arg(long, env = "POLARIZER_FETCH_TESTS_DIRECTLY")]
+    pub fetch_tests_directly: Option<bool>,
+    /// Largest cache of shipped tests (git repositories, tars) in MiB; the least recently used commits
+    /// go first [default: 4096]
+    #[arg(long, env = "POLARIZER_TEST_CACHE_MAX_MB")]
+    pub test_cache_max_mb: Option<u64>,
 }
 
 /// Collectors of live events; `None` is off.
@@ -167,6 +176,8 @@ pub struct AgentConfig {
     /// From the first SIGTERM: the running test's time to finish before it is stopped.
     pub drain_timeout: Duration,
     pub events: EventsConfig,
+    pub fetch_tests_directly: bool,
+    pub test_cache_max_bytes: u64,
 }
 
 impl AgentSettings {
@@ -218,6 +229,8 @@ impl AgentSettings {
             rpm_dbpath: self.rpm_dbpath.or(lower.rpm_dbpath),
             dpkg_status: self.dpkg_status.or(lower.dpkg_status),
             emit_socket: self.emit_socket.or(lower.emit_socket),
+            fetch_tests_directly: self.fetch_tests_directly.or(lower.fetch_tests_directly),
+            test_cache_max_mb: self.test_cache_max_mb.or(lower.test_cache_max_mb),
         }
     }
 
@@ -349,8 +362,17 @@ impl AgentSettings {
                 || Some(state_dir.join("emit.sock")),
             ),
         };
+        let test_cache_max_mb = self.test_cache_max_mb.unwrap_or(4096);
+        if !(16..=16_777_216).contains(&test_cache_max_mb) {
+            return Err(ConfigError {
+                key: "test_cache_max_mb",
+                message: format!("{test_cache_max_mb} is not between 16 and 16777216"),
+            });
+        }
         Ok(AgentConfig {
             events,
+            fetch_tests_directly: self.fetch_tests_directly.unwrap_or(false),
+            test_cache_max_bytes: test_cache_max_mb << 20,
             join: self.join,
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             advertise: self.advertise,

@@ -135,7 +135,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             info!(?drain_timeout, "stopping: no new suite starts; the running test has the drain timeout to finish (a second SIGTERM stops it now)");
         }
     });
-    let (suites, runner_drained) = start_runner(&config, spool.clone(), stopping);
+    let (link, link_rx) = tokio::sync::watch::channel(None);
+    let (suites, runner_drained) = start_runner(&config, spool.clone(), stopping, link_rx);
     let collectors_stop = CancellationToken::new();
     collectors::start(&config, &spool, &collectors_stop);
     let session_end = CancellationToken::new();
@@ -158,6 +159,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         spool,
         suites,
         draining: shutdown.drain.clone(),
+        link,
     };
     let outcome = connector.run(session_end).await;
     endpoint.close(0u32.into(), b"agent stopped");
@@ -212,6 +214,7 @@ fn start_runner(
     config: &AgentConfig,
     spool: spool::SharedSpool,
     stopping: runner::Stopping,
+    link: tokio::sync::watch::Receiver<Option<quinn::Connection>>,
 ) -> (session::SuiteQueue, CancellationToken) {
     let (assign, mut assignments) =
         tokio::sync::mpsc::unbounded_channel::<polarizer_shared::run::Assignment>();
@@ -222,6 +225,12 @@ fn start_runner(
     > = Default::default();
     let mut runner_config = runner::RunnerConfig::new(&config.state_dir);
     runner_config.emit_socket = config.events.emit_socket.clone();
+    runner_config.courier = Some(runner::Courier::new(link));
+    runner_config.fetch_tests_directly = config.fetch_tests_directly;
+    runner_config.test_cache_max_bytes = config.test_cache_max_bytes;
+    if !runner_config.git_available {
+        info!("git is not installed: tests come from the coordinator as tars of their tree");
+    }
     let emit: runner::Emit = std::sync::Arc::new(move |body| spool.push(body));
     let queue = session::SuiteQueue {
         assign,

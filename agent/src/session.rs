@@ -129,6 +129,8 @@ pub struct Connector {
     /// Cancelled when the agent starts to stop: each session tells the coordinator, which then assigns it
     /// nothing new. The session itself goes on until `run`'s shutdown, so the last records get through.
     pub draining: CancellationToken,
+    /// The live connection for the runner, which asks for tests over it; `None` between connections.
+    pub link: tokio::sync::watch::Sender<Option<quinn::Connection>>,
 }
 
 /// Assignments waiting for (or being run by) the runner task, each with the token that cancels it.
@@ -204,7 +206,10 @@ impl Connector {
                     Ok(session) => {
                         backoff.reset();
                         dial_plan.connected(addr);
-                        match self.run_session(addr, session, &shutdown).await {
+                        self.link.send_replace(Some(session.connection.clone()));
+                        let end = self.run_session(addr, session, &shutdown).await;
+                        self.link.send_replace(None);
+                        match end {
                             SessionEnd::Shutdown => return Ok(()),
                             SessionEnd::Revoked(reason) => {
                                 return Err(AgentError::Revoked { reason })

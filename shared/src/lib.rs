@@ -16,6 +16,7 @@ pub mod parallel;
 pub mod protocol;
 pub mod record_codec;
 pub mod run;
+pub mod shipping;
 
 pub use facts::{AgentFacts, PlatformKind};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_BYTES};

@@ -13,7 +13,7 @@ use crate::facts::{AgentFacts, PlatformKind};
 
 /// Bumped whenever a message changes shape. Peers with another version are refused with
 /// [`Refusal::VersionMismatch`] rather than misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// QUIC application close codes, so a peer can tell why a connection ended without a frame.
 pub mod close_code {

@@ -6,6 +6,8 @@ mod disk;
 mod events;
 mod foundation;
 mod hostile_trees;
+mod netns;
 mod network;
 mod operations;
 mod runs;
+mod shipping;

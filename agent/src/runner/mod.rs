@@ -15,18 +15,23 @@
 //! - `process`: one `sh -c` command in its own process group, with a timeout, cancellation and a kill of
 //!   whatever is left; how it ended, in words. Uses `output`.
 //! - `output`: a process's output as line records, capped per line and per test, with its tail.
-//! - `checkout`: the per-repository git cache and the suite worktrees made from it.
+//! - `checkout`: the suite's tree: a worktree from the per-repository git cache (or a tar without git).
+//!   Uses `cache` and `shipping`.
+//! - `cache`: the cache of tests on disk, its locks and its eviction (least recently used first).
+//! - `shipping`: receiving the tests the coordinator ships, chunk by checked chunk, resumable.
 //! - `junit`: a test's JUnit report as subresults.
 //! - `versions`: the installed package versions of the suite's version chain.
 //!
-//! `output`, `checkout`, `junit` and `versions` use no sibling. Tests that need a real suite share `fixture`.
+//! `output`, `cache`, `shipping`, `junit` and `versions` use no sibling. Tests that need a real suite share `fixture`.
 
+mod cache;
 mod checkout;
 #[cfg(test)]
 mod fixture;
 mod junit;
 mod output;
 mod process;
+mod shipping;
 mod suite;
 mod versions;
 
@@ -37,6 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use polarizer_shared::run::RecordBody;
 use tokio_util::sync::CancellationToken;
 
+pub use shipping::Courier;
 pub use suite::run_suite;
 
 /// Appends a record to the agent's spool; cheap, never blocks.
@@ -59,6 +65,15 @@ pub struct RunnerConfig {
     pub kill_grace: Duration,
     /// The agent's custom-event socket, given to tests as POLARIZER_EMIT_SOCKET (for `polarizer-agent emit`).
     pub emit_socket: Option<PathBuf>,
+    /// The link to the coordinator tests are shipped over; `None` (the runner's own tests) fetches them
+    /// from the repository itself.
+    pub courier: Option<Courier>,
+    /// With a courier: try the repository itself first when it is a URL (`fetch_tests_directly`).
+    pub fetch_tests_directly: bool,
+    /// The cache of tests (`repo_cache`) is kept under this many bytes.
+    pub test_cache_max_bytes: u64,
+    /// Whether this host has `git`; without it, trees come as tars.
+    pub git_available: bool,
 }
 
 impl RunnerConfig {
@@ -72,6 +87,10 @@ impl RunnerConfig {
             tail_bytes: 16 * 1024,
             kill_grace: Duration::from_secs(2),
             emit_socket: None,
+            courier: None,
+            fetch_tests_directly: false,
+            test_cache_max_bytes: 4096 << 20,
+            git_available: git_available(),
         }
     }
 }
@@ -102,6 +121,16 @@ impl Stopping {
         tokio::time::sleep(self.drain_timeout).await;
         self.expired.cancel();
     }
+}
+
+/// Whether `git` runs here.
+fn git_available() -> bool {
+    std::process::Command::new("git")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn unix_ms() -> i64 {

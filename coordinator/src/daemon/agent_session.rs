@@ -11,7 +11,7 @@ use polarizer_shared::AgentFacts;
 use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::core::admission;
 use crate::daemon::clock::now_ms;
@@ -23,6 +23,8 @@ use crate::store::StoreError;
 /// frames of this many bytes brought.
 const MAX_WAITING_RECORDS: usize = 65_536;
 const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+/// Test transfers one agent may have going at once (one per suite it runs, and a few to spare).
+const MAX_TRANSFERS: usize = 8;
 
 type IngestFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>> + Send>>;
@@ -76,6 +78,7 @@ pub(super) async fn agent_session(
     let mut liveness_check = tokio::time::interval(context.settings.heartbeat_interval / 2);
     let mut in_flight: Option<IngestFuture> = None;
     let mut waiting = Gathering::default();
+    let transfers = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS));
     let end = loop {
         tokio::select! {
             // Backpressure: with this much waiting for the store, stop reading until the commit lands.
@@ -144,6 +147,26 @@ pub(super) async fn agent_session(
                     in_flight = Some(Box::pin(crate::daemon::scheduler::ingest_owned(context.clone(), name.clone(), records)));
                 }
             }
+            // Every further stream the agent opens asks for a run's tests: served beside the session.
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let transfers = transfers.clone();
+                    match transfers.try_acquire_owned() {
+                        Ok(permit) => {
+                            let transfer = crate::daemon::shipping::serve(context.clone(), name.clone(), send, recv);
+                            tokio::spawn(async move {
+                                transfer.await;
+                                drop(permit);
+                            }.instrument(tracing::Span::current()));
+                        }
+                        Err(_) => {
+                            context.metrics.protocol_error(&connection, "too many test transfers at once");
+                            break "protocol error";
+                        }
+                    }
+                }
+                Err(_) => break "connection lost",
+            },
             message = outbox_rx.recv() => {
                 // The sender lives in the sessions map: gone means a newer session replaced this one.
                 let Some(message) = message else { break "replaced" };

@@ -81,6 +81,14 @@ pub struct ServeSettings {
     /// pending until `polarizer agents approve NAME`) [default: token]
     #[arg(long, env = "POLARIZER_ENROLL")]
     pub enroll: Option<String>,
+    /// Largest git bundle (or tar) of a run's tests shipped to an agent, in MiB; a larger one ends the
+    /// suite with an error naming this key [default: 1024]
+    #[arg(long, env = "POLARIZER_SHIP_MAX_MB")]
+    pub ship_max_mb: Option<u64>,
+    /// Pace each transfer of tests to an agent at most this many KiB per second; 0 for no limit
+    /// [default: 0]
+    #[arg(long, env = "POLARIZER_SHIP_RATE_KB_PER_S")]
+    pub ship_rate_kb_per_s: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +107,7 @@ pub struct ServeConfig {
     pub event_retention: Duration,
     pub event_retention_bytes: u64,
     pub enroll: EnrollMode,
+    pub shipping: crate::daemon::shipping::ShippingConfig,
 }
 
 /// How runs are planned and retried.
@@ -195,6 +204,8 @@ impl ServeSettings {
             event_retention_days: self.event_retention_days.or(lower.event_retention_days),
             event_retention_mb: self.event_retention_mb.or(lower.event_retention_mb),
             enroll: self.enroll.or(lower.enroll),
+            ship_max_mb: self.ship_max_mb.or(lower.ship_max_mb),
+            ship_rate_kb_per_s: self.ship_rate_kb_per_s.or(lower.ship_rate_kb_per_s),
         }
     }
 
@@ -277,8 +288,20 @@ impl ServeSettings {
                 message,
             })?,
         };
+        let ship_max_mb = self.ship_max_mb.unwrap_or(1024);
+        if !(1..=1_048_576).contains(&ship_max_mb) {
+            return Err(ConfigError {
+                key: "ship_max_mb",
+                message: format!("{ship_max_mb} is not between 1 and 1048576"),
+            });
+        }
+        let shipping = crate::daemon::shipping::ShippingConfig {
+            max_bytes: ship_max_mb << 20,
+            rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
+        };
         Ok(ServeConfig {
             enroll,
+            shipping,
             runs,
             local_agents,
             event_retention: Duration::from_secs(retention_days * 86_400),
@@ -316,6 +339,7 @@ impl ServeConfig {
             event_retention: Duration::from_secs(30 * 86_400),
             event_retention_bytes: 1 << 30,
             enroll: EnrollMode::Token,
+            shipping: crate::daemon::shipping::ShippingConfig::default(),
         }
     }
 }

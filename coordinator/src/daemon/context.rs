@@ -43,6 +43,8 @@ pub struct Context {
     pub fanout: Arc<FanOut>,
     pub metrics: Arc<Metrics>,
     pub scheduler: Arc<SchedulerHandle>,
+    /// The tests shipped to agents: built once per commit, format and base.
+    pub shipping: Arc<crate::daemon::shipping::Shipping>,
 }
 
 impl Context {
@@ -73,6 +75,9 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub refusals: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Test transfers started (a resumed one counts again) and the bytes of tests sent to agents.
+    pub transfers: AtomicU64,
+    pub shipped_bytes: AtomicU64,
 }
 
 impl Metrics {

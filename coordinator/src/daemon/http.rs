@@ -84,7 +84,13 @@ async fn metrics(State(state): State<HttpState>) -> String {
          polarizer_store_pending_commands {}\n\
          # HELP polarizer_store_healthy 1 while the store commits, 0 while it cannot (full disk, I/O error).\n\
          # TYPE polarizer_store_healthy gauge\n\
-         polarizer_store_healthy {}\n",
+         polarizer_store_healthy {}\n\
+         # HELP polarizer_test_transfers_total Transfers of a run's tests to an agent started (resumed ones again).\n\
+         # TYPE polarizer_test_transfers_total counter\n\
+         polarizer_test_transfers_total {}\n\
+         # HELP polarizer_test_shipped_bytes_total Bytes of tests (git bundles, tars) sent to agents.\n\
+         # TYPE polarizer_test_shipped_bytes_total counter\n\
+         polarizer_test_shipped_bytes_total {}\n",
         count(AgentState::Online),
         count(AgentState::Offline),
         count(AgentState::Revoked),
@@ -94,5 +100,7 @@ async fn metrics(State(state): State<HttpState>) -> String {
         load(&counters.protocol_errors),
         state.store.pending_commands(),
         u8::from(state.store.failing().is_none()),
+        load(&counters.transfers),
+        load(&counters.shipped_bytes),
     )
 }

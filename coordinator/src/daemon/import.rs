@@ -150,7 +150,8 @@ pub fn git(
     })
 }
 
-/// Clones (once) and fetches `git_ref` into a cache directory named after the URL; checks it out detached.
+/// Clones (once) and fetches `git_ref` with its history into a cache directory named after the URL; checks it
+/// out detached.
 /// The guard keeps the checkout from changing until the caller has read it; other repositories are not
 /// held up meanwhile.
 pub fn checkout(
@@ -177,12 +178,16 @@ pub fn checkout(
     if !directory.join(".git").exists() {
         git(cache, &["init", "--quiet", "--", &key[..16]], "init", url)?;
     }
-    git(
-        &directory,
-        &["fetch", "--quiet", "--depth", "1", "--", url, wanted],
-        "fetch",
-        url,
-    )?;
+    // The whole history, not the commit alone: agents get the tests shipped as bundles thin against the
+    // commits they hold, and git can leave out only what a commit's ancestry shares with them. A cache
+    // fetched shallow by an older version is deepened once.
+    let unshallow = directory.join(".git/shallow").exists();
+    let mut fetch = vec!["fetch", "--quiet"];
+    if unshallow {
+        fetch.push("--unshallow");
+    }
+    fetch.extend(["--", url, wanted]);
+    git(&directory, &fetch, "fetch", url)?;
     git(
         &directory,
         &[

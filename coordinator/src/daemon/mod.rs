@@ -1,6 +1,6 @@
 //! `polarizer serve`: the data directory and config, QUIC sessions with agents and operators, the
 //! scheduler loop that carries out `core`'s decisions, imports and triggers, live fan-out to `tail` and
-//! `runs watch`, and HTTP (`/healthz`, `/metrics`).
+//! `runs watch`, shipping a run's tests to its agents, and HTTP (`/healthz`, `/metrics`).
 //!
 //! The tasks share no catch-all state: each gets the parts it needs (`context::Context` bundles them
 //! for the connection tasks, which need most): the store handle, the settings, the live sessions, the
@@ -25,5 +25,6 @@ pub mod scheduler;
 pub mod serve;
 pub mod server;
 pub mod sessions;
+pub mod shipping;
 pub mod tail;
 pub mod trigger;

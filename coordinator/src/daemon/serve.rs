@@ -95,6 +95,10 @@ pub async fn run(
         fanout: Arc::new(FanOut::default()),
         metrics: Arc::new(Metrics::default()),
         scheduler: Arc::new(SchedulerHandle::default()),
+        shipping: Arc::new(crate::daemon::shipping::Shipping::new(
+            &data_dir.root,
+            config.shipping,
+        )),
     };
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();

@@ -1238,6 +1238,25 @@ impl Reader {
         Ok(out)
     }
 
+    /// Where the tests of `suite` come from (the repository as fetched, the commit), if that attempt is
+    /// running on `agent`: what an agent may have shipped to it.
+    pub fn shipment(
+        &self,
+        suite: SuiteRef,
+        agent: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT runs.fetch_url, runs.git_commit FROM suites JOIN runs ON runs.id = suites.run_id
+                 WHERE suites.run_id = ?1 AND suites.id = ?2 AND suites.attempt = ?3 AND suites.agent = ?4
+                       AND suites.state = 'running'",
+                rusqlite::params![suite.run as i64, suite.suite as i64, suite.attempt, agent],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sqlite_error(&self.path))
+    }
+
     /// The assignment for a suite's current attempt: its unfinished tests, in order.
     pub fn assignment(
         &self,
