@@ -254,3 +254,24 @@ fn an_agent_without_git_gets_a_tar_and_an_oversize_bundle_is_refused_by_name() {
         "{shown:#}"
     );
 }
+
+/// `fetch_tests_directly`: an agent that can reach the repository's URL fetches the commit itself and
+/// nothing is shipped; without it (the default), the same URL is shipped.
+#[test]
+fn an_agent_allowed_to_fetch_directly_takes_the_tests_from_the_url() {
+    let mut cluster = TestCluster::new_coordinator_only();
+    cluster.start_agent("direct", &[("--fetch-tests-directly", "true")]);
+    wait_for("the agent online", DEADLINE, || {
+        cluster.agent_state("direct").as_deref() == Some("online")
+    });
+    let repo = repo_with(&cluster.path("repo"), "fetched directly", 64 * 1024);
+    let url = format!("file://{}", repo.display());
+    let run = ok_json(cluster.operator(&["trigger", "--repo", &url, "--json"]))["run"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let shown = finished(&cluster, &run);
+    assert_eq!(shown["state"], "passed", "{shown:#}");
+    assert_eq!(metric(&cluster, "polarizer_test_shipped_bytes_total"), 0);
+    assert_eq!(metric(&cluster, "polarizer_test_transfers_total"), 0);
+}

@@ -2,7 +2,9 @@
 //! holds named `refs/polarizer/<commit>`, its last use the mtime of `.git/polarizer-used/<commit>`), tars of
 //! trees by commit under `tars/` for hosts without git, and transfers in progress under `incoming/`. Kept
 //! under `test_cache_max_mb`: past it, the least recently used commits go first (never the one about to
-//! run; a worktree in use keeps its own objects, git never prunes what a worktree's HEAD reaches).
+//! run; a worktree in use keeps its own objects, git never prunes what a worktree's HEAD reaches). A
+//! commit's objects go once no kept commit reaches them: in a line of history, the newer commits keep
+//! the older ones' objects, and eviction goes on to the next entry until the cache fits.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -227,4 +229,151 @@ pub(super) fn unpack(tar: &Path, workdir: &Path) -> Result<(), String> {
     archive
         .unpack(workdir)
         .map_err(|err| format!("cannot unpack the tests into {}: {err}", workdir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_in(directory: &Path, args: &[&str]) -> String {
+        git::run_blocking(
+            directory,
+            [
+                &[
+                    "-c",
+                    "user.name=Polarizer Test",
+                    "-c",
+                    "user.email=test@example.invalid",
+                ],
+                args,
+            ]
+            .concat(),
+            GIT_TIMEOUT,
+        )
+        .unwrap()
+    }
+
+    fn noise(bytes: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..bytes)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn used_at(path: &Path, seconds_ago: u64) {
+        let file = std::fs::File::options().append(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(seconds_ago))
+            .unwrap();
+    }
+
+    /// Past the limit, the least recently used go first, a tar or a commit alike, until the cache fits;
+    /// the commit about to run stays whatever its age, and a repository left with nothing goes whole.
+    #[test]
+    fn eviction_takes_the_least_recently_used_until_the_cache_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RunnerConfig::new(dir.path());
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        git_in(&source, &["init", "--quiet"]);
+        // The cache as the agent fills it: fetched commits, each named, nothing else.
+        let repository = cache_dir(&config, "https://example.invalid/tests.git");
+        std::fs::create_dir_all(&repository).unwrap();
+        git_in(&repository, &["init", "--quiet"]);
+        let mut commits = Vec::new();
+        for (index, seed) in [11, 21, 31].into_iter().enumerate() {
+            // Unrelated commits (as of branches force-pushed over): each reaches only its own blob. In a
+            // line of history an older commit frees nothing while a newer one is kept.
+            git_in(
+                &source,
+                &["checkout", "--quiet", "--orphan", &format!("o{index}")],
+            );
+            std::fs::write(source.join("blob"), noise(400_000, seed)).unwrap();
+            git_in(&source, &["add", "blob"]);
+            git_in(&source, &["commit", "--quiet", "-m", &format!("c{index}")]);
+            let commit = git_in(&source, &["rev-parse", "HEAD"]);
+            git_in(
+                &repository,
+                &["fetch", "--quiet", "--", source.to_str().unwrap(), &commit],
+            );
+            git_in(
+                &repository,
+                &["update-ref", &format!("refs/polarizer/{commit}"), &commit],
+            );
+            mark_used(&repository, &commit);
+            commits.push(commit);
+        }
+        std::fs::remove_file(repository.join(".git/FETCH_HEAD")).unwrap();
+        git_in(&repository, &["gc", "--quiet", "--prune=now"]);
+
+        let tars = config.repo_cache.join("tars");
+        std::fs::create_dir_all(&tars).unwrap();
+        let tar = tars.join(format!("{}.tar", "a".repeat(40)));
+        std::fs::write(&tar, noise(400_000, 41)).unwrap();
+        // Oldest to newest: commit 0 (but it is about to run), the tar, commit 1, commit 2.
+        let marker = |commit: &str| markers(&repository).join(commit);
+        used_at(&marker(&commits[0]), 400);
+        used_at(&tar, 300);
+        used_at(&marker(&commits[1]), 200);
+        used_at(&marker(&commits[2]), 100);
+
+        config.test_cache_max_bytes = size_of(&config.repo_cache) - 100_000;
+        evict(&config, &commits[0]);
+        assert!(!tar.exists(), "the least recently used entry that may go");
+        assert!(
+            marker(&commits[0]).exists(),
+            "the commit about to run stays"
+        );
+        assert!(marker(&commits[1]).exists() && marker(&commits[2]).exists());
+
+        config.test_cache_max_bytes = size_of(&config.repo_cache) - 100_000;
+        evict(&config, &commits[0]);
+        assert!(!marker(&commits[1]).exists(), "next oldest");
+        let named = git_in(
+            &repository,
+            &["for-each-ref", "--format=%(objectname)", "refs/polarizer/"],
+        );
+        assert!(
+            !named.contains(&commits[1]) && named.contains(&commits[2]),
+            "{named}"
+        );
+        assert!(size_of(&config.repo_cache) <= config.test_cache_max_bytes);
+
+        config.test_cache_max_bytes = 1;
+        evict(&config, "none of them");
+        assert!(
+            !repository.exists(),
+            "nothing left in it: the repository goes"
+        );
+    }
+
+    /// The commit `git archive` wrote into a tar's header, and its tree unpacked.
+    #[test]
+    fn a_tar_from_git_archive_names_its_commit_and_unpacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = dir.path().join("repo");
+        std::fs::create_dir_all(repository.join("tests")).unwrap();
+        git_in(&repository, &["init", "--quiet"]);
+        std::fs::write(repository.join("tests/run.sh"), "echo ok\n").unwrap();
+        git_in(&repository, &["add", "."]);
+        git_in(&repository, &["commit", "--quiet", "-m", "one"]);
+        let commit = git_in(&repository, &["rev-parse", "HEAD"]);
+        let tar = dir.path().join("tree.tar");
+        let output = format!("--output={}", tar.display());
+        git_in(&repository, &["archive", "--format=tar", &output, &commit]);
+
+        assert_eq!(tar_commit(&tar), Some(commit));
+        let workdir = dir.path().join("work");
+        unpack(&tar, &workdir).unwrap();
+        assert_eq!(read(&workdir.join("tests/run.sh")), "echo ok\n");
+        assert_eq!(tar_commit(&workdir.join("tests/run.sh")), None);
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
 }

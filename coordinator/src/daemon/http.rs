@@ -19,6 +19,7 @@ pub struct HttpState {
     pub store: StoreHandle,
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
+    pub shipping: Arc<crate::daemon::shipping::Shipping>,
 }
 
 pub async fn serve(
@@ -90,7 +91,10 @@ async fn metrics(State(state): State<HttpState>) -> String {
          polarizer_test_transfers_total {}\n\
          # HELP polarizer_test_shipped_bytes_total Bytes of tests (git bundles, tars) sent to agents.\n\
          # TYPE polarizer_test_shipped_bytes_total counter\n\
-         polarizer_test_shipped_bytes_total {}\n",
+         polarizer_test_shipped_bytes_total {}\n\
+         # HELP polarizer_test_bundles_built_total Bundles and tars of tests built (each once per commit, format and base).\n\
+         # TYPE polarizer_test_bundles_built_total counter\n\
+         polarizer_test_bundles_built_total {}\n",
         count(AgentState::Online),
         count(AgentState::Offline),
         count(AgentState::Revoked),
@@ -102,5 +106,6 @@ async fn metrics(State(state): State<HttpState>) -> String {
         u8::from(state.store.failing().is_none()),
         load(&counters.transfers),
         load(&counters.shipped_bytes),
+        state.shipping.builds(),
     )
 }

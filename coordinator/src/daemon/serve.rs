@@ -130,6 +130,7 @@ pub async fn run(
             store: store.clone(),
             sessions: context.sessions.clone(),
             metrics: context.metrics.clone(),
+            shipping: context.shipping.clone(),
         };
         let shutdown = shutdown.clone();
         async move {

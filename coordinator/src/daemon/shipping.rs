@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub struct Shipping {
     dir: PathBuf,
     config: ShippingConfig,
     built: Mutex<Built>,
+    /// Files built by this process (each once, however many agents asked at the same time).
+    builds: AtomicU64,
 }
 
 #[derive(Default)]
@@ -78,7 +80,13 @@ impl Shipping {
             dir: data_dir.join("shipping"),
             config,
             built: Mutex::default(),
+            builds: AtomicU64::new(0),
         }
+    }
+
+    /// Files built by this process so far.
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
     }
 
     /// The coordinator's cache of `repo`, where triggers fetched its commits.
@@ -121,6 +129,7 @@ impl Shipping {
                 let commit = commit.to_string();
                 let path = self.dir.join(format!("{key}.{}", format.name()));
                 let config = self.config;
+                self.builds.fetch_add(1, Ordering::Relaxed);
                 async move {
                     tokio::task::spawn_blocking(move || {
                         build(&repository, &repo, &commit, format, &base, &path, config)
@@ -449,4 +458,120 @@ async fn send_chunks(
     }
     const _: () = assert!((CHUNK_BYTES as usize) < MAX_FRAME_BYTES / 2);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_in(directory: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(directory)
+            .args([
+                "-c",
+                "user.name=Polarizer Test",
+                "-c",
+                "user.email=test@example.invalid",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Agents that ask for the same commit at the same time share one build; one that holds the parent
+    /// gets a thin bundle of its own, far smaller; a tar holds the commit id `git archive` writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_build_and_a_held_parent_makes_it_thin() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git_in(&repo, &["init", "--quiet"]);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(repo.join("blob"), noise).unwrap();
+        std::fs::write(repo.join("small"), "one\n").unwrap();
+        git_in(&repo, &["add", "."]);
+        git_in(&repo, &["commit", "--quiet", "-m", "one"]);
+        let parent = git_in(&repo, &["rev-parse", "HEAD"]);
+        std::fs::write(repo.join("small"), "two\n").unwrap();
+        git_in(&repo, &["commit", "--quiet", "-am", "two"]);
+        let child = git_in(&repo, &["rev-parse", "HEAD"]);
+        let url: &'static str = repo.to_str().unwrap().to_string().leak();
+        let data_dir = dir.path().join("data");
+        drop(crate::daemon::import::checkout(url, "HEAD", &data_dir.join("git-cache")).unwrap());
+
+        let shipping = Arc::new(Shipping::new(&data_dir, ShippingConfig::default()));
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let shipping = shipping.clone();
+                let child = child.clone();
+                tokio::spawn(async move {
+                    shipping
+                        .artifact(url, &child, ShipFormat::Bundle, Vec::new())
+                        .await
+                        .map(|artifact| artifact.offer.clone())
+                })
+            })
+            .collect();
+        let mut offers = Vec::new();
+        for ask in asks {
+            offers.push(ask.await.unwrap().unwrap());
+        }
+        assert_eq!(shipping.builds(), 1);
+        assert!(offers.iter().all(|offer| *offer == offers[0]));
+        let whole = offers[0].size;
+        assert!(whole > 300_000, "{whole}");
+
+        let thin = shipping
+            .artifact(
+                url,
+                &child,
+                ShipFormat::Bundle,
+                vec![parent.clone(), "f".repeat(40)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(thin.offer.thin_against, vec![parent.clone()]);
+        assert!(
+            thin.offer.size * 10 < whole,
+            "{} of {whole}",
+            thin.offer.size
+        );
+        assert_eq!(shipping.builds(), 2);
+
+        let tar = shipping
+            .artifact(url, &child, ShipFormat::Tar, Vec::new())
+            .await
+            .unwrap();
+        let bytes = std::fs::read(&tar.path).unwrap();
+        let text = String::from_utf8_lossy(&bytes[..1024]);
+        assert!(text.contains(&format!("comment={child}")), "{text}");
+
+        let limited = Shipping::new(
+            &data_dir,
+            ShippingConfig {
+                max_bytes: 1000,
+                rate_bytes_per_s: 0,
+            },
+        );
+        let refused = limited
+            .artifact(url, &parent, ShipFormat::Bundle, Vec::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            refused.contains("over the limit of 0 MiB (ship_max_mb)"),
+            "{refused}"
+        );
+    }
 }
