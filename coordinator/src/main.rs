@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use polarizer::cli::client::{CoordinatorStopped, EXIT_COORDINATOR_STOPPED};
+use polarizer::cli::lint::LintFailed;
 use polarizer::cli::{Cli, Command};
 use polarizer_transport::daemon;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,10 @@ fn main() -> std::process::ExitCode {
         Err(err) if CoordinatorStopped::is(&err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(EXIT_COORDINATOR_STOPPED)
+        }
+        Err(err) if LintFailed::of(&err).is_some() => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(LintFailed::of(&err).map_or(1, |failed| failed.code))
         }
         outcome => daemon::exit_code(outcome),
     }

@@ -22,6 +22,9 @@ pub struct ImportSummary {
     pub removed: u64,
     /// Tests already stored whose metadata changed (the others were left as they were).
     pub changed: u64,
+    /// What the tree should change but did not stop the import (a feature named but not declared),
+    /// each `file:line: warning: …`.
+    pub warnings: Vec<String>,
 }
 
 /// Filters of `polarizer tests list`; every one given must hold.
@@ -74,4 +77,7 @@ pub struct FeatureRow {
     pub direct_tests: u64,
     /// Tests selected when this feature changes: its own and those of every feature depending on it.
     pub selected_tests: u64,
+    /// Declared under `/features`; false for a feature tests name that is not (it has no paths, so
+    /// no change selects it).
+    pub declared: bool,
 }

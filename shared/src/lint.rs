@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fmf::{Context, FmfError, Node, Tree};
 use crate::metadata::{
-    Catalog, CatalogItem, MetadataError, MetadataWarning, FEATURES_NODE, POLARIZER_KEYS,
+    extra_key, Catalog, CatalogItem, MetadataError, MetadataWarning, FEATURES_NODE, POLARIZER_KEYS,
 };
 
 /// At most this many problems are listed; the report still counts them all.
@@ -415,9 +415,18 @@ impl Locator<'_> {
             if key.is_empty() {
                 continue;
             }
+            // Whole-tree problems name Polarizer's keys bare: look for the lint-clean spelling too.
+            let spellings = if POLARIZER_KEYS.contains(&key) {
+                vec![extra_key(key), key.to_string()]
+            } else {
+                vec![key.to_string()]
+            };
             // Innermost block first: the node's own lines, then what it inherits in the same file.
             for block in blocks.iter().rev() {
-                if let Some(index) = find_key(&lines, block, key) {
+                let found = spellings
+                    .iter()
+                    .find_map(|spelling| find_key(&lines, block, spelling));
+                if let Some(index) = found {
                     let index = sub_key
                         .and_then(|sub_key| {
                             let inner = Block::under(&lines, index);

@@ -314,8 +314,9 @@ pub enum MetadataWarning {
         "{node}: `provision` is tmt's plan step; this one is read as Polarizer's (playbook, containerfile): write it as `extra-polarizer-provision`"
     )]
     ProvisionIsTmts { node: String },
+    /// Named by its place (file and line) in a report, not by the node: many inherit it.
     #[error(
-        "{node}: {key:?} is not a tmt key (`tmt lint` fails on it): write it as `extra-polarizer-{key}`"
+        "{key:?} is not a tmt key (`tmt lint` fails on it): write it as `extra-polarizer-{key}`"
     )]
     NotLintClean { node: String, key: String },
 }

@@ -192,6 +192,19 @@ pub enum TestsAction {
     },
     /// A test's full, adjusted metadata and where it came from.
     Show { id: String },
+    /// Check an fmf tree here, without a coordinator: every error and warning with file, line, node
+    /// and key; bare Polarizer keys with their lint-clean `extra-polarizer-` form. Exit 0 when clean
+    /// (warnings shown), 1 with errors (or warnings, with --strict), 2 when there is no tree to read.
+    Lint {
+        /// A directory holding an fmf tree (.fmf/version)
+        path: PathBuf,
+        /// An adjust context dimension, key=value (repeatable), e.g. distro=rhel-9.4
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Fail (exit 1) on warnings too
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

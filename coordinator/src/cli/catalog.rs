@@ -61,6 +61,8 @@ pub(super) fn tests_request(action: TestsAction) -> anyhow::Result<OperatorReque
             include_removed,
         })),
         TestsAction::Show { id } => OperatorRequest::ShowTest { id },
+        // Dispatched before any connection: a lint needs no coordinator.
+        TestsAction::Lint { .. } => anyhow::bail!("`tests lint` runs without a coordinator"),
     })
 }
 
@@ -87,6 +89,9 @@ pub(super) fn print_catalog_response(response: OperatorResponse, json: bool) -> 
                     summary.removed,
                     summary.features
                 );
+                for warning in &summary.warnings {
+                    eprintln!("{warning}");
+                }
             }
         }
         OperatorResponse::Tests(tests) => {
@@ -167,7 +172,11 @@ pub(super) fn print_catalog_response(response: OperatorResponse, json: bool) -> 
                     .iter()
                     .map(|feature| {
                         vec![
-                            feature.name.clone(),
+                            if feature.declared {
+                                feature.name.clone()
+                            } else {
+                                format!("{} (undeclared)", feature.name)
+                            },
                             feature.depends.join(","),
                             feature.dependents.join(","),
                             feature.direct_tests.to_string(),

@@ -13,6 +13,7 @@ pub mod client;
 pub mod demo;
 pub mod examples;
 pub mod format;
+pub mod lint;
 pub mod reports;
 pub mod runs;
 pub mod tail;
@@ -55,6 +56,16 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             client.close().await;
             outcome
         }
+        Command::Tests {
+            action:
+                TestsAction::Lint {
+                    path,
+                    context,
+                    strict,
+                },
+            json,
+            ..
+        } => lint::lint(&path, &context, json, strict),
         Command::Tests {
             action,
             json,

@@ -99,6 +99,18 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
     else {
         bail!("the coordinator answered a trigger with something else");
     };
+    // The tree's warnings (an undeclared feature, say) are in the run's note, one per line.
+    let detail = fetch(client, summary.run).await?;
+    let warnings: Vec<&str> = detail
+        .message
+        .lines()
+        .filter(|line| line.contains(": warning: "))
+        .collect();
+    if !args.json {
+        for warning in &warnings {
+            eprintln!("{warning}");
+        }
+    }
     if args.json {
         println!(
             "{}",
@@ -111,6 +123,7 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
                 "fail_open": summary.fail_open,
                 "parallel_suites": summary.parallel_suites,
                 "serial_suites": summary.serial_suites,
+                "warnings": warnings,
             })
         );
     } else {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use polarizer_shared::catalog::Source;
 use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
+use polarizer_shared::lint::{lint_tree, place_problems, LintOptions, Report};
 use polarizer_shared::metadata::{Catalog, CatalogItem};
 use polarizer_transport::git::{self, RepoGuard, RepoLocks};
 
@@ -19,6 +20,9 @@ pub enum ImportError {
     Fmf(#[from] polarizer_shared::fmf::FmfError),
     #[error("{0}")]
     Metadata(#[from] polarizer_shared::metadata::MetadataError),
+    /// The tree's metadata cannot be used: every error, placed, in one report.
+    #[error("{}", .0.errors_text())]
+    Invalid(Box<Report>),
     #[error("git {action} {location}: {message}")]
     Git {
         action: &'static str,
@@ -53,19 +57,26 @@ pub fn prepare(
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
         (path.to_path_buf(), commit, None)
     };
-    let (catalog, rows) = read_catalog(&tree_path, context)?;
+    let (catalog, rows, warnings) = read_catalog(&tree_path, context)?;
     let source = Source {
         location: location.to_string(),
         git_ref: git_ref.to_string(),
         git_commit,
         tree_path: tree_path.display().to_string(),
     };
-    Ok(Import::new(source, catalog, rows, now_ms))
+    let mut import = Import::new(source, catalog, rows, now_ms);
+    import.warnings = warnings;
+    Ok(import)
 }
 
 /// Checks a prepared import's catalog whole (references resolve, no cycles) and gathers its facets.
 pub fn check(import: &Import) -> Result<FacetPostings, ImportError> {
-    import.catalog.validate()?;
+    let problems = import.catalog.problems();
+    if !problems.errors.is_empty() {
+        // Placed in the files read (only now, on the way to refusing the import).
+        let report = place_problems(Path::new(&import.source.tree_path), &problems.errors, &[]);
+        return Err(ImportError::Invalid(Box::new(report)));
+    }
     Ok(import.facet_postings())
 }
 
@@ -74,18 +85,23 @@ pub fn check(import: &Import) -> Result<FacetPostings, ImportError> {
 pub fn load_catalog(
     tree_path: &Path,
     context: &[(String, String)],
-) -> Result<(Catalog, Vec<TestRowData>), ImportError> {
-    let (catalog, rows) = read_catalog(tree_path, context)?;
-    catalog.validate()?;
-    Ok((catalog, rows))
+) -> Result<(Catalog, Vec<TestRowData>, Vec<String>), ImportError> {
+    let (catalog, rows, warnings) = read_catalog(tree_path, context)?;
+    let problems = catalog.problems();
+    if !problems.errors.is_empty() {
+        let report = place_problems(tree_path, &problems.errors, &[]);
+        return Err(ImportError::Invalid(Box::new(report)));
+    }
+    Ok((catalog, rows, warnings))
 }
 
 /// [`load_catalog`] without the whole-catalog checks (each node is still checked on its own). Nodes are
-/// read on every core and not kept.
+/// read on every core and not kept. With the tree's warnings, placed; when a node has an error, the
+/// error is the report of every problem of the tree.
 pub fn read_catalog(
     tree_path: &Path,
     context: &[(String, String)],
-) -> Result<(Catalog, Vec<TestRowData>), ImportError> {
+) -> Result<(Catalog, Vec<TestRowData>, Vec<String>), ImportError> {
     let mut fmf_context = Context::new();
     for (key, value) in context {
         fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
@@ -93,7 +109,12 @@ pub fn read_catalog(
     let root = std::path::absolute(tree_path).unwrap_or_else(|_| tree_path.to_owned());
     let visited =
         Tree::load_and_visit(tree_path, &fmf_context, &AdjustOptions::default(), |node| {
-            let item = CatalogItem::of_node(node, &root)?;
+            let reading = CatalogItem::read(node, &root);
+            if !reading.errors.is_empty() {
+                return Err(());
+            }
+            let warned = !reading.warnings.is_empty();
+            let item = reading.value;
             // Adjust rules stay in each node's (inherited) data: a test differs by distro when one
             // conditions on it.
             let row = match &item {
@@ -104,19 +125,32 @@ pub fn read_catalog(
             };
             // Boxed: a test is about a kilobyte, and the results are gathered from every core and
             // collected before the catalog takes them. Each is then copied once, not three times.
-            Ok(Box::new((item, row)))
+            Ok(Box::new((item, row, warned)))
         })?;
     let mut rows = Vec::new();
-    let catalog = Catalog::assemble(visited.into_iter().map(
-        |visited: Result<_, polarizer_shared::metadata::MetadataError>| {
-            visited.map(|visited| {
-                let (item, row) = *visited;
-                rows.extend(row);
-                item
-            })
-        },
-    ))?;
-    Ok((catalog, rows))
+    let mut node_problems = (false, false);
+    let catalog = Catalog::assemble(visited.into_iter().filter_map(|visited| match visited {
+        Ok(visited) => {
+            let (item, row, warned) = *visited;
+            node_problems.1 |= warned;
+            rows.extend(row);
+            Some(Ok(item))
+        }
+        Err(()) => {
+            node_problems.0 = true;
+            None
+        }
+    }))?;
+    let (node_errors, node_warnings) = node_problems;
+    // Problems are rare: only then is the tree read again, for the report that places each one.
+    if node_errors || node_warnings || !catalog.undeclared_features().is_empty() {
+        let report = lint_tree(tree_path, &fmf_context, LintOptions::default())?;
+        if report.has_errors() || node_errors {
+            return Err(ImportError::Invalid(Box::new(report)));
+        }
+        return Ok((catalog, rows, report.warning_lines()));
+    }
+    Ok((catalog, rows, Vec::new()))
 }
 
 /// The `when` conditions of a node's adjust rules that look at the distro.

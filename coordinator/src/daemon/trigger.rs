@@ -115,13 +115,14 @@ pub fn plan(
     let commit = import::git(&checkout, &["rev-parse", "HEAD"], "rev-parse", &fetch_url)
         .map_err(Box::new)?;
     let tree_root = checkout.join(&tree_path);
-    let (catalog, rows) = import::load_catalog(&tree_root, &request.context).map_err(|source| {
-        TriggerError::Tree {
-            repo: request.repo.clone(),
-            git_ref: git_ref.clone(),
-            source: Box::new(source),
-        }
-    })?;
+    let (catalog, rows, warnings) =
+        import::load_catalog(&tree_root, &request.context).map_err(|source| {
+            TriggerError::Tree {
+                repo: request.repo.clone(),
+                git_ref: git_ref.clone(),
+                source: Box::new(source),
+            }
+        })?;
 
     let test_types: Vec<TestType> = if request.test_types.is_empty() {
         config.default_types(request.kind).to_vec()
@@ -214,11 +215,13 @@ pub fn plan(
             (kind.to_string(), suite.needs, tests)
         })
         .collect();
-    let message = if selection.fail_open {
-        "no feature's paths match the changed paths: everything selected".to_string()
-    } else {
-        String::new()
-    };
+    // The run's note: why everything was selected, and what the tree should change (one per line).
+    let mut notes: Vec<String> = Vec::new();
+    if selection.fail_open {
+        notes.push("no feature's paths match the changed paths: everything selected".to_string());
+    }
+    notes.extend(warnings);
+    let message = notes.join("\n");
     let import = Import::new(
         polarizer_shared::catalog::Source {
             location: request.repo.clone(),

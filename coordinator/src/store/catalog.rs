@@ -3,7 +3,7 @@
 //! of its own per import); read with indexed queries.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
@@ -20,6 +20,8 @@ pub struct Import {
     /// One per `catalog.tests`, in the same order: the stored form, worked out off the writer thread.
     pub rows: Vec<TestRowData>,
     pub now_ms: i64,
+    /// The tree's warnings, placed (`file:line: warning: …`): the import's answer carries them.
+    pub warnings: Vec<String>,
 }
 
 /// Which tests carry each facet value: (kind, value, places in `catalog.tests`, ascending), sorted.
@@ -32,6 +34,7 @@ impl Import {
             catalog,
             rows,
             now_ms,
+            warnings: Vec::new(),
         }
     }
 
@@ -334,6 +337,7 @@ pub fn write_tests(
     let mut summary = ImportSummary {
         tests: import.catalog.tests.len() as u64,
         features: import.catalog.features.len() as u64,
+        warnings: import.warnings.clone(),
         ..ImportSummary::default()
     };
     let mut present: HashSet<i64> = HashSet::with_capacity(import.catalog.tests.len());
@@ -748,7 +752,23 @@ impl Reader {
             tests: Vec::new(),
             features: catalog_features,
         };
-        Ok(features
+        let declared: BTreeSet<&str> = features.iter().map(|(name, _, _)| name.as_str()).collect();
+        // Named by tests, not declared: listed too, so a typo shows.
+        let undeclared: Vec<FeatureRow> = direct_counts
+            .iter()
+            .filter(|(name, _)| !declared.contains(name.as_str()))
+            .map(|(name, count)| FeatureRow {
+                name: name.clone(),
+                description: String::new(),
+                paths: Vec::new(),
+                depends: Vec::new(),
+                dependents: Vec::new(),
+                direct_tests: *count,
+                selected_tests: *count,
+                declared: false,
+            })
+            .collect();
+        let mut rows: Vec<FeatureRow> = features
             .into_iter()
             .map(|(name, description, paths_json)| {
                 let selected_tests = catalog
@@ -764,9 +784,13 @@ impl Reader {
                     selected_tests,
                     description,
                     name,
+                    declared: true,
                 }
             })
-            .collect())
+            .collect();
+        rows.extend(undeclared);
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
     }
 }
 
