@@ -11,3 +11,4 @@ mod network;
 mod operations;
 mod runs;
 mod shipping;
+mod tmt_trees;

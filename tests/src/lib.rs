@@ -547,3 +547,44 @@ pub fn bench_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// tmt's version the tests lint with: the one `scripts/test` installs from PyPI.
+pub const TMT_VERSION: &str = "1.78.0";
+
+/// `python3 -m tmt`, installing tmt from PyPI first when it is missing (as `scripts/test` does:
+/// pinned, `--break-system-packages` where the system Python needs it). `Err` says why tmt cannot be
+/// had: the only reason a test that needs it may skip.
+pub fn tmt_command() -> Result<Command, String> {
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", "import tmt"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if !importable() {
+        let spec = format!("tmt=={TMT_VERSION}");
+        let mut complaint = String::new();
+        for extra in [&[][..], &["--break-system-packages"][..]] {
+            let output = Command::new("python3")
+                .args(["-m", "pip", "install", "-q"])
+                .args(extra)
+                .arg(&spec)
+                .output()
+                .map_err(|err| format!("cannot run python3 -m pip: {err}"))?;
+            if output.status.success() {
+                break;
+            }
+            complaint = String::from_utf8_lossy(&output.stderr).into_owned();
+        }
+        if !importable() {
+            let tail: Vec<&str> = complaint.lines().rev().take(3).collect();
+            return Err(format!(
+                "tmt {TMT_VERSION} cannot be installed from PyPI: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ));
+        }
+    }
+    let mut command = Command::new("python3");
+    command.args(["-m", "tmt"]);
+    Ok(command)
+}
