@@ -635,7 +635,7 @@ mod tests {
                 "main.fmf:5 error /features/login depends",
                 "tests/c.fmf:3 error /tests/c extra-polarizer-platform.kind",
                 "tests/d.fmf:2 error /tests/d id",
-                "tests/d.fmf:3 error /tests/d duration",
+                "tests/d.fmf:3 warning /tests/d duration",
                 "tests/main.fmf:5 error /tests/a type",
                 "tests/main.fmf:8 error /tests/a resources.needz",
                 "tests/main.fmf:11 error /tests/b after",
@@ -643,11 +643,11 @@ mod tests {
             ],
             "{report}"
         );
-        assert_eq!((report.errors, report.warnings), (7, 1));
+        assert_eq!((report.errors, report.warnings), (6, 2));
         assert_eq!((report.tests, report.features), (4, 1));
         assert!(report
             .to_string()
-            .ends_with("7 errors, 1 warning in 4 tests and 1 feature"));
+            .ends_with("6 errors, 2 warnings in 4 tests and 1 feature"));
         let line = report.diagnostics[1].to_string();
         assert!(
             line.starts_with(

@@ -311,6 +311,10 @@ pub enum MetadataWarning {
     )]
     UndeclaredFeature { test: String, feature: String },
     #[error(
+        "{node}: duration {text:?} is not one tmt can run (like 90, 30s, 5m, 2h, 1h 30m, 5m*2): it runs with the default, 5m"
+    )]
+    BadDuration { node: String, text: String },
+    #[error(
         "{node}: `provision` is tmt's plan step; this one is read as Polarizer's (playbook, containerfile): write it as `extra-polarizer-provision`"
     )]
     ProvisionIsTmts { node: String },
@@ -327,6 +331,7 @@ impl MetadataWarning {
         match self {
             MetadataWarning::UndeclaredFeature { test, .. } => (test, "feature".into()),
             MetadataWarning::ProvisionIsTmts { node } => (node, "provision".into()),
+            MetadataWarning::BadDuration { node, .. } => (node, "duration".into()),
             MetadataWarning::NotLintClean { node, key } => (node, key.clone()),
         }
     }
@@ -869,29 +874,83 @@ fn strings_of(value: Option<&FmfValue>) -> Result<Vec<String>, FmfValue> {
     }
 }
 
-/// tmt durations: `90`, `30s`, `5m`, `2h`, `1d`, and sums like `1h 30m`; tmt's default is 5 minutes.
+/// tmt durations, by tmt's own grammar (`tmt.utils.duration_to_seconds`): `90`, `30s`, `5m`, `2h`,
+/// `1d`, sums like `1h 30m` or `1h1m`, and factors like `5m*2` or `1m * 2.5` (what an adjust rule's
+/// `duration+: '*2'` makes), rounded up; factors alone multiply tmt's default of 5 minutes.
 pub fn parse_duration_seconds(text: &str) -> Option<u64> {
-    let text = text.trim();
+    let text = text.trim().as_bytes();
+    let is_word = |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_';
+    // A token must end at a word boundary: at the end, or before a character that is not a word's.
+    let at_boundary = |position: usize| position >= text.len() || !is_word(text[position]);
+    let skip_spaces = |mut position: usize| {
+        while position < text.len() && text[position].is_ascii_whitespace() {
+            position += 1;
+        }
+        position
+    };
+    let digits_end = |mut position: usize| {
+        while position < text.len() && text[position].is_ascii_digit() {
+            position += 1;
+        }
+        position
+    };
+    let (mut total, mut factor, mut position) = (0f64, 1f64, 0usize);
     if text.is_empty() {
         return None;
     }
-    let mut total = 0u64;
-    for part in text.split_whitespace() {
-        let (number, unit) = match part.find(|c: char| !c.is_ascii_digit() && c != '.') {
-            Some(split) => part.split_at(split),
-            None => (part, "s"),
-        };
-        let number: f64 = number.parse().ok()?;
-        let multiplier = match unit {
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
+    while position < text.len() {
+        if text[position] == b'*' {
+            let start = skip_spaces(position + 1);
+            let mut end = digits_end(start);
+            if end == start {
+                return None;
+            }
+            if end + 1 < text.len() && text[end] == b'.' && text[end + 1].is_ascii_digit() {
+                end = digits_end(end + 1);
+            }
+            if !at_boundary(end) {
+                return None;
+            }
+            factor *= std::str::from_utf8(&text[start..end])
+                .ok()?
+                .parse::<f64>()
+                .ok()?;
+            position = skip_spaces(end);
+            continue;
+        }
+        let digits = digits_end(position);
+        if digits == position {
+            return None;
+        }
+        let number: f64 = std::str::from_utf8(&text[position..digits])
+            .ok()?
+            .parse()
+            .ok()?;
+        let suffix_at = skip_spaces(digits);
+        let unit = text.get(suffix_at).and_then(|suffix| match suffix {
+            b's' => Some(1.0),
+            b'm' => Some(60.0),
+            b'h' => Some(3600.0),
+            b'd' => Some(86400.0),
+            _ => None,
+        });
+        match unit {
+            Some(unit) if at_boundary(suffix_at + 1) || text[suffix_at + 1].is_ascii_digit() => {
+                total += number * unit;
+                position = skip_spaces(suffix_at + 1);
+            }
+            _ if at_boundary(digits) => {
+                total += number;
+                position = skip_spaces(digits);
+            }
             _ => return None,
-        };
-        total = total.checked_add((number * multiplier).round() as u64)?;
+        }
     }
-    Some(total)
+    if total == 0.0 && factor != 1.0 {
+        total = DEFAULT_DURATION_SECONDS as f64;
+    }
+    let seconds = (total * factor).ceil();
+    (seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64).then_some(seconds as u64)
 }
 
 pub const DEFAULT_DURATION_SECONDS: u64 = 300;
@@ -919,6 +978,38 @@ fn platform_kinds(reader: &Reader<'_>, section: &Section<'_>) -> Vec<PlatformKin
     kinds.sort();
     kinds.dedup();
     kinds
+}
+
+/// tmt's `require` and `recommend`: package names, or mappings (a library as an fmf id, files by
+/// pattern), each mapping kept as its text.
+fn requirements(reader: &Reader<'_>, key: &str) -> Vec<String> {
+    let item = |value: &FmfValue| match value {
+        FmfValue::String(text) => Some(text.clone()),
+        FmfValue::Integer(number) => Some(number.to_string()),
+        FmfValue::Map(_) => Some(value.python_repr()),
+        _ => None,
+    };
+    let expected = "a package, a library or file mapping, or a list of them";
+    match reader.node.get(key) {
+        None | Some(FmfValue::Null) => Vec::new(),
+        Some(FmfValue::List(items)) => items
+            .iter()
+            .filter_map(|value| {
+                let read = item(value);
+                if read.is_none() {
+                    reader.wrong(key, expected, value);
+                }
+                read
+            })
+            .collect(),
+        Some(value) => match item(value) {
+            Some(read) => vec![read],
+            None => {
+                reader.wrong(key, expected, value);
+                Vec::new()
+            }
+        },
+    }
 }
 
 fn feature_from_node(node: &Node, default_name: &str) -> NodeReading<Feature> {
@@ -993,11 +1084,16 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> NodeReading<TestMetada
     let duration_seconds = if duration_text.is_empty() {
         DEFAULT_DURATION_SECONDS
     } else {
+        // tmt accepts such a tree (`tmt lint` only warns) and fails the test when it runs it; here
+        // it runs with the default, and the tree is told.
         parse_duration_seconds(&duration_text).unwrap_or_else(|| {
-            reader.bad_value(
-                "duration",
-                format!("{duration_text:?} is not a duration (like 90, 30s, 5m, 2h, 1h 30m)"),
-            );
+            reader
+                .warnings
+                .borrow_mut()
+                .push(MetadataWarning::BadDuration {
+                    node: node.name().to_string(),
+                    text: duration_text.clone(),
+                });
             DEFAULT_DURATION_SECONDS
         })
     };
@@ -1066,8 +1162,8 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> NodeReading<TestMetada
         tags: reader.strings("tag"),
         tier: reader.string("tier"),
         components: reader.strings("component"),
-        require: reader.strings("require"),
-        recommend: reader.strings("recommend"),
+        require: requirements(&reader, "require"),
+        recommend: requirements(&reader, "recommend"),
         links: links_of(&reader),
         enabled: reader.boolean("enabled", true),
         environment,
@@ -1274,11 +1370,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"smoke\" is not one of"));
-        let (_dir, tree) = load(&[("t.fmf", "test: ./x\nduration: soon\n")]);
-        assert!(Catalog::from_tree(&tree)
-            .unwrap_err()
+        // A duration tmt cannot run is a warning (tmt's lint only warns too); the default is used.
+        let (_dir, tree) = load(&[("t.fmf", "test: ./x\nduration: 1s+10s\n")]);
+        let reading = CatalogItem::read(tree.node("/t").unwrap(), tree.root());
+        assert!(reading.errors.is_empty());
+        assert!(reading.warnings[0]
             .to_string()
-            .contains("not a duration"));
+            .contains("\"1s+10s\" is not one tmt can run"));
     }
 
     /// Every problem of a node at once, not the first one only.
@@ -1292,13 +1390,7 @@ mod tests {
         let fields: Vec<String> = reading.errors.iter().map(|err| err.place().1).collect();
         assert_eq!(
             fields,
-            [
-                "duration",
-                "type",
-                "resources.needz",
-                "tag",
-                "platform.kind"
-            ],
+            ["type", "resources.needz", "tag", "platform.kind"],
             "{:?}",
             reading.errors
         );
@@ -1450,6 +1542,27 @@ mod tests {
             .contains("\"/ghost\" named in `after` does not exist"));
     }
 
+    /// tmt's `require` may name libraries and files by mapping (fmf ids), not only packages.
+    #[test]
+    fn requirements_may_be_libraries() {
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "test: ./x\nrequire:\n  - make\n  - {url: https://github.com/beakerlib/openssl, name: /certgen}\n  - {type: file, pattern: /files}\nrecommend: {url: https://x, name: /y}\n",
+        )]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        assert_eq!(
+            catalog.tests[0].require,
+            [
+                "make",
+                "{'url': 'https://github.com/beakerlib/openssl', 'name': '/certgen'}",
+                "{'type': 'file', 'pattern': '/files'}"
+            ]
+        );
+        assert_eq!(catalog.tests[0].recommend.len(), 1);
+        let (_dir, tree) = load(&[("t.fmf", "test: ./x\nrequire: [[nested]]\n")]);
+        assert!(Catalog::from_tree(&tree).is_err());
+    }
+
     /// tmt's own repository has test nodes that are also plans: their `provision` is tmt's plan step.
     #[test]
     fn tmt_provision_steps_are_tmts_not_polarizers() {
@@ -1473,5 +1586,23 @@ mod tests {
         assert_eq!(parse_duration_seconds("2d"), Some(172800));
         assert_eq!(parse_duration_seconds("5 minutes"), None);
         assert_eq!(parse_duration_seconds(""), None);
+        // As tmt's `duration_to_seconds` says (checked against tmt 1.78 by hand): its own tree has these.
+        for (text, seconds) in [
+            ("1s1h1m", Some(3661)),
+            ("10 *2", Some(20)),
+            ("5 m", Some(300)),
+            ("1m*2.5", Some(150)),
+            ("5m*2", Some(600)),
+            ("5m * 2", Some(600)),
+            ("2 1m 4", Some(66)),
+            ("*2", Some(600)),
+            ("1s+10s", None),
+            ("5m +5m", None),
+            ("1.5m", None),
+            ("5x", None),
+            ("*2m", None),
+        ] {
+            assert_eq!(parse_duration_seconds(text), seconds, "{text:?}");
+        }
     }
 }

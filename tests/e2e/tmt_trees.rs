@@ -215,7 +215,7 @@ fn tests_lint_needs_no_coordinator_and_exits_as_ci_needs() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("6 errors, 1 warning in 3 tests and 1 feature"),
+        stdout.contains("5 errors, 2 warnings in 3 tests and 1 feature"),
         "{stdout}"
     );
     assert!(
@@ -229,7 +229,7 @@ fn tests_lint_needs_no_coordinator_and_exits_as_ci_needs() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         (report["errors"].as_u64(), report["warnings"].as_u64()),
-        (Some(6), Some(1))
+        (Some(5), Some(2))
     );
     let first = &report["diagnostics"][0];
     assert_eq!(first["file"], "main.fmf");
@@ -386,5 +386,178 @@ fn an_undeclared_feature_warns_everywhere_and_a_trees_errors_come_at_once() {
         listed.as_array().unwrap().len(),
         2,
         "a refused import stored nothing"
+    );
+}
+
+/// Each fmf tree under the roots given, as Python fmf finds its tests (selected nodes with `test`, as
+/// tmt's `Tree.tests()`): root → name → [test, summary, enabled, tags]; `null` for a tree fmf refuses.
+const PYTHON_TESTS: &str = r#"
+import json, sys, fmf
+out = {}
+for root in sys.argv[1:]:
+    try:
+        tree = fmf.Tree(root)
+        tests = {}
+        for node in tree.prune(keys=["test"]):
+            data = node.data
+            tags = data.get("tag", [])
+            if isinstance(tags, str):
+                tags = [tags]
+            tests[node.name] = [str(data["test"]), str(data.get("summary", "") or ""),
+                                data.get("enabled", True) is not False, [str(tag) for tag in tags]]
+        out[root] = tests
+    except Exception:
+        out[root] = None
+print(json.dumps(out))
+"#;
+
+type TestView = (String, String, bool, Vec<String>);
+
+/// tmt's own sdist from PyPI, fetched once into `target/tmt-sdist/` (or `$POLARIZER_TMT_SDIST`).
+fn tmt_sdist() -> Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("POLARIZER_TMT_SDIST") {
+        return Ok(path.into());
+    }
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmt-sdist");
+    let archive = directory.join(format!("tmt-{TMT_VERSION}.tar.gz"));
+    if !archive.is_file() {
+        let output = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+            ])
+            .arg(format!("tmt=={TMT_VERSION}"))
+            .arg("-d")
+            .arg(&directory)
+            .output()
+            .map_err(|err| format!("cannot run python3 -m pip: {err}"))?;
+        if !archive.is_file() {
+            return Err(format!(
+                "pip download tmt=={TMT_VERSION}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+    }
+    Ok(archive)
+}
+
+fn tree_roots(directory: &Path, roots: &mut Vec<std::path::PathBuf>) {
+    if directory.join(".fmf/version").is_file() {
+        roots.push(directory.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return;
+    };
+    let mut children: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.path())
+        .collect();
+    children.sort();
+    for child in children {
+        tree_roots(&child, roots);
+    }
+}
+
+/// A large real tmt tree as it is: every fmf tree in tmt's own sdist (its tests, plans and stories,
+/// and the ~200 trees its tests run on: tests that are plans, `provision` steps with `how` and
+/// `hardware`, libraries in `require`, durations like `1m*2.5`). Each tree Python fmf reads and
+/// `tmt lint` accepts imports with the same tests (name, test, summary, enabled, tags) as Python
+/// fmf finds; a tree Polarizer refuses must be one `tmt lint` refuses too.
+#[test]
+fn tmts_own_trees_import_with_the_tests_python_fmf_finds() {
+    let (archive, mut tmt) = match (tmt_sdist(), tmt_command()) {
+        (Ok(archive), Ok(tmt)) => (archive, tmt),
+        (Err(reason), _) | (_, Err(reason)) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let unpacked = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "cannot unpack {}", archive.display());
+    let mut roots = Vec::new();
+    tree_roots(unpacked.path(), &mut roots);
+    assert!(roots.len() > 100, "{} trees", roots.len());
+
+    let output = Command::new("python3")
+        .args(["-c", PYTHON_TESTS])
+        .args(&roots)
+        .output()
+        .expect("run python3");
+    assert!(output.status.success(), "{}", text(&output));
+    let python: std::collections::BTreeMap<
+        String,
+        Option<std::collections::BTreeMap<String, TestView>>,
+    > = serde_json::from_slice(&output.stdout).unwrap();
+
+    let (mut compared, mut tests, mut refused_by_both) = (0, 0, Vec::new());
+    for root in &roots {
+        let Some(Some(expected)) = python.get(root.to_str().unwrap()) else {
+            continue;
+        };
+        let relative = root
+            .strip_prefix(unpacked.path())
+            .unwrap()
+            .display()
+            .to_string();
+        let tree = polarizer_shared::fmf::Tree::load(root)
+            .unwrap_or_else(|err| panic!("{relative}: Python fmf reads it, Polarizer: {err}"));
+        let catalog = match polarizer_shared::metadata::Catalog::from_tree(&tree) {
+            Ok(catalog) => catalog,
+            Err(err) => {
+                // Only a tree tmt refuses too (its lint fails on it: duplicate ids, `test: false`).
+                let lint = tmt.arg("lint").current_dir(root).output().expect("run tmt");
+                tmt = tmt_command().expect("tmt was there a moment ago");
+                assert!(
+                    !lint.status.success(),
+                    "{relative}: tmt lint passes, Polarizer refuses it: {err}"
+                );
+                refused_by_both.push(relative);
+                continue;
+            }
+        };
+        let ours: std::collections::BTreeMap<String, TestView> = catalog
+            .tests
+            .iter()
+            .map(|test| {
+                let view = (
+                    test.test.clone(),
+                    test.summary.clone(),
+                    test.enabled,
+                    test.tags.clone(),
+                );
+                (test.name.clone(), view)
+            })
+            .collect();
+        assert_eq!(&ours, expected, "{relative}");
+        // tmt's `provision` steps are never read as Polarizer's.
+        assert!(
+            catalog
+                .tests
+                .iter()
+                .all(|test| test.provision.playbook.is_empty()),
+            "{relative}"
+        );
+        compared += 1;
+        tests += ours.len();
+    }
+    eprintln!(
+        "tmt {TMT_VERSION}: {compared} trees, {tests} tests as Python fmf finds them; refused by tmt lint and Polarizer alike: {refused_by_both:?}"
+    );
+    assert!(
+        compared > 150 && tests > 600,
+        "{compared} trees, {tests} tests"
     );
 }
