@@ -22,6 +22,9 @@ use crate::metadata::{
 /// At most this many problems are listed; the report still counts them all.
 pub const MAX_REPORTED: usize = 100;
 
+/// The longest message kept: a message may quote a value of the tree.
+const MAX_MESSAGE_BYTES: usize = 400;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -44,6 +47,8 @@ pub struct Diagnostic {
     pub severity: Severity,
     pub file: String,
     pub line: usize,
+    /// 1-based where the reader knows it (YAML syntax), else 0.
+    pub column: usize,
     /// The node (a test's or feature's name), empty for a problem of a file.
     pub node: String,
     /// The key as written (`extra-polarizer-platform.kind`), empty where none applies.
@@ -53,9 +58,10 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            0 => write!(formatter, "{}: ", self.file)?,
-            line => write!(formatter, "{}:{line}: ", self.file)?,
+        match (self.line, self.column) {
+            (0, _) => write!(formatter, "{}: ", self.file)?,
+            (line, 0) => write!(formatter, "{}:{line}: ", self.file)?,
+            (line, column) => write!(formatter, "{}:{line}:{column}: ", self.file)?,
         }
         write!(formatter, "{}: {}", self.severity, self.message)
     }
@@ -147,7 +153,20 @@ pub fn lint_tree(root: &Path, context: &Context, options: LintOptions) -> Result
         Ok(tree) => tree,
         Err(err @ FmfError::MissingRoot { .. }) => return Err(err),
         Err(err) => {
-            report.push(fmf_diagnostic(root, &err));
+            let first = fmf_diagnostic(root, &err);
+            // A file that does not parse stops the tree's reading: list every such file at once.
+            if matches!(
+                err,
+                FmfError::Yaml { .. } | FmfError::AliasExpansion { .. } | FmfError::Read { .. }
+            ) {
+                for other in Tree::file_errors(root) {
+                    let other = fmf_diagnostic(root, &other);
+                    if other != first {
+                        report.push(other);
+                    }
+                }
+            }
+            report.push(first);
             return Ok(report.finish());
         }
     };
@@ -237,6 +256,7 @@ pub fn lint_adjusted(tree: &Tree, options: LintOptions) -> Report {
             severity,
             file,
             line,
+            column: 0,
             node: node_name.to_string(),
             field,
             message,
@@ -297,6 +317,7 @@ pub fn place_problems(
             severity,
             file,
             line,
+            column: 0,
             node: node.map_or(node_name, |node| node.name()).to_string(),
             field,
             message,
@@ -314,7 +335,16 @@ pub fn place_problems(
 }
 
 impl Report {
-    fn push(&mut self, diagnostic: Diagnostic) {
+    fn push(&mut self, mut diagnostic: Diagnostic) {
+        // Messages may quote a value from the tree (a hostile one's): never at length.
+        if diagnostic.message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES;
+            while !diagnostic.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            diagnostic.message.truncate(cut);
+            diagnostic.message.push('…');
+        }
         match diagnostic.severity {
             Severity::Error => self.errors += 1,
             Severity::Warning => self.warnings += 1,
@@ -336,24 +366,27 @@ impl Report {
 
 /// A reading problem as a diagnostic: its file (relative to the root) and, for YAML, its line.
 pub fn fmf_diagnostic(root: &Path, error: &FmfError) -> Diagnostic {
-    let (path, line, node) = match error {
+    let (path, line, column, node) = match error {
         FmfError::MissingRoot { path }
         | FmfError::InvalidVersion { path, .. }
         | FmfError::SymlinkOutsideTree { path }
         | FmfError::AliasExpansion { path, .. }
-        | FmfError::Read { path, .. } => (path, 0, ""),
-        FmfError::Yaml { path, line, .. } => (path, *line, ""),
+        | FmfError::Read { path, .. } => (path, 0, 0, ""),
+        FmfError::Yaml {
+            path, line, column, ..
+        } => (path, *line, *column, ""),
         FmfError::Format { path, node, .. }
         | FmfError::Merge { path, node, .. }
         | FmfError::Adjust { path, node, .. }
         | FmfError::Condition { path, node, .. }
-        | FmfError::Undecided { path, node, .. } => (path, 0, node.as_str()),
+        | FmfError::Undecided { path, node, .. } => (path, 0, 0, node.as_str()),
     };
     let absolute = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
     Diagnostic {
         severity: Severity::Error,
         file: relative(&absolute, path),
         line,
+        column,
         node: node.to_string(),
         field: match error {
             FmfError::Merge { key, .. } => key.clone(),
@@ -697,14 +730,20 @@ mod tests {
         assert!(report.summary().contains("50 more"), "{}", report.summary());
     }
 
-    /// A YAML error is placed by the reader itself; a directory that is no tree is an `Err`.
+    /// A YAML error is placed by the reader itself, every file's at once; a directory that is no
+    /// tree is an `Err`.
     #[test]
     fn unreadable_trees() {
-        let dir = tree(&[("tests/main.fmf", "test: ./x\n  bad: [\n")]);
+        let dir = tree(&[
+            ("tests/main.fmf", "test: ./x\n  bad: [\n"),
+            ("tests/other.fmf", "test: ./y\n"),
+            ("zzz.fmf", "a: 1\na: 2\n"),
+        ]);
         let report = lint_tree(dir.path(), &Context::new(), LintOptions::default()).unwrap();
-        assert_eq!(report.errors, 1);
+        assert_eq!(report.errors, 2, "{report}");
         assert_eq!(report.diagnostics[0].file, "tests/main.fmf");
         assert!(report.diagnostics[0].line > 0, "{report}");
+        assert_eq!(report.diagnostics[1].file, "zzz.fmf", "{report}");
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(
             lint_tree(empty.path(), &Context::new(), LintOptions::default()),

@@ -235,7 +235,7 @@ fn fmf_trees_import_query_reimport_and_refuse_bad_input() {
     refuse(
         "tests/identity.fmf",
         "/cert:\n  test: [unclosed\n",
-        "identity.fmf:3:1: invalid YAML",
+        "identity.fmf:3:1: error: invalid YAML",
     );
     refuse(
         "tests/identity.fmf",

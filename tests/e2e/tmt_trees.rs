@@ -381,6 +381,24 @@ fn an_undeclared_feature_warns_everywhere_and_a_trees_errors_come_at_once() {
                 .contains("tests.fmf:5: error: cycle in `after`: /tests/b -> /tests/c -> /tests/b"),
         "{stderr}"
     );
+    // Two files whose YAML does not parse: both, with line and column.
+    write_files(
+        &repo,
+        &[
+            ("tests.fmf", "/a:\n  test: [unclosed\n"),
+            ("more.fmf", "test: ./m\n  oops: 1\n"),
+        ],
+    );
+    let output = cluster.operator(&["tests", "import", repo_arg]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for expected in [
+        "2 errors",
+        "more.fmf:2:7: error: invalid YAML",
+        "tests.fmf:3:1: error: invalid YAML",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
     let listed = ok_json(cluster.operator(&["tests", "list", "--json"]));
     assert_eq!(
         listed.as_array().unwrap().len(),

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use polarizer_shared::catalog::Source;
-use polarizer_shared::fmf::{AdjustOptions, Context, FmfValue, Tree};
+use polarizer_shared::fmf::{AdjustOptions, Context, FmfError, FmfValue, Tree};
 use polarizer_shared::lint::{lint_tree, place_problems, LintOptions, Report};
 use polarizer_shared::metadata::{Catalog, CatalogItem};
 use polarizer_transport::git::{self, RepoGuard, RepoLocks};
@@ -126,6 +126,16 @@ pub fn read_catalog(
             // Boxed: a test is about a kilobyte, and the results are gathered from every core and
             // collected before the catalog takes them. Each is then copied once, not three times.
             Ok(Box::new((item, row, warned)))
+        })
+        .map_err(|err| match err {
+            // A file that does not parse stops the reading: the report lists every such file.
+            FmfError::Yaml { .. } | FmfError::AliasExpansion { .. } | FmfError::Read { .. } => {
+                match lint_tree(tree_path, &fmf_context, LintOptions::default()) {
+                    Ok(report) if report.has_errors() => ImportError::Invalid(Box::new(report)),
+                    _ => ImportError::Fmf(err),
+                }
+            }
+            other => ImportError::Fmf(other),
         })?;
     let mut rows = Vec::new();
     let mut node_problems = (false, false);

@@ -184,6 +184,17 @@ impl Tree {
     }
 
     /// Find the tree root at or above `path` (the nearest directory holding `.fmf/version`), as fmf does.
+    /// Every `.fmf` file of the tree at `root` that cannot be read or parsed (YAML syntax, an alias
+    /// bomb, not UTF-8), in reading order: what a report lists when [`load`](Self::load) stops at the
+    /// first. Reads what `load` would (no symlink, hidden name or nested tree).
+    pub fn file_errors(root: impl AsRef<Path>) -> Vec<FmfError> {
+        let root = std::path::absolute(root.as_ref()).unwrap_or_else(|_| root.as_ref().to_owned());
+        fmf_files(&root)
+            .iter()
+            .filter_map(|path| read_fmf_file(path).err())
+            .collect()
+    }
+
     pub fn find_root(path: impl AsRef<Path>) -> Result<PathBuf, FmfError> {
         let start = std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().to_owned());
         start
