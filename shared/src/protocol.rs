@@ -4,6 +4,7 @@
 //! variants go at the end, and fields are never reordered. A client opens one bidirectional stream, sends
 //! [`ClientFrame::Hello`] and reads one [`ServerFrame`]: `Welcome` or `Refused`. Then agents stream
 //! [`AgentMessage`]s and operators send [`OperatorRequest`]s, each answered by one [`OperatorResponse`].
+//! Every further stream an admitted agent opens asks for a run's tests (see [`crate::shipping`]).
 
 use std::fmt;
 

@@ -275,3 +275,47 @@ fn an_agent_allowed_to_fetch_directly_takes_the_tests_from_the_url() {
     assert_eq!(metric(&cluster, "polarizer_test_shipped_bytes_total"), 0);
     assert_eq!(metric(&cluster, "polarizer_test_transfers_total"), 0);
 }
+
+/// A chunk of the coordinator's bundle damaged on its disk during a transfer is never sent: the
+/// coordinator checks each chunk against its digest as it reads it, drops the file, builds it again, and
+/// the agent, asking again, gets a sound one.
+#[test]
+fn a_chunk_damaged_on_the_coordinators_disk_is_never_sent_and_the_file_is_built_again() {
+    use std::io::{Seek, Write};
+    let mut cluster = TestCluster::new_coordinator_only_with(&["--ship-rate-kb-per-s", "1024"]);
+    cluster.start_agent("receiver", &[]);
+    wait_for("the agent online", DEADLINE, || {
+        cluster.agent_state("receiver").as_deref() == Some("online")
+    });
+    let repo = repo_with(&cluster.path("repo"), "built again", 6 * CHUNK as usize);
+    let run = trigger(&cluster, &repo);
+
+    let shipping = cluster.data_dir.join("shipping");
+    let bundle = || {
+        std::fs::read_dir(&shipping).ok()?.flatten().find_map(|entry| {
+            let path = entry.path();
+            (path.extension()? == "bundle").then_some(path)
+        })
+    };
+    let incoming = cluster.path("agent-receiver/repos/incoming");
+    wait_for("the first chunk received", DEADLINE, || {
+        std::fs::read_dir(&incoming).into_iter().flatten().flatten().any(|entry| {
+            entry.metadata().is_ok_and(|metadata| metadata.len() >= CHUNK)
+        })
+    });
+    let path = bundle().expect("the bundle being sent");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(std::io::SeekFrom::Start(5 * CHUNK + 10)).unwrap();
+    file.write_all(b"damage").unwrap();
+    drop(file);
+
+    let shown = finished(&cluster, &run);
+    assert_eq!(shown["state"], "passed", "{shown:#}");
+    let log = read(&cluster.path("coordinator.log"));
+    assert!(
+        log.contains("the tests' file is damaged on disk; building it again"),
+        "{log}"
+    );
+    let rebuilt = std::fs::read(bundle().expect("the bundle built again")).unwrap();
+    assert_ne!(&rebuilt[5 * CHUNK as usize + 10..][..6], b"damage");
+}

@@ -31,6 +31,9 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// Built files kept for reuse (each run's commit, per format and base); older unused ones are deleted.
 const KEEP_ARTIFACTS: usize = 64;
+const KEEP_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Files an earlier process built are reused (a transfer it began resumes on the same file) unless older.
+const REUSE_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
 #[derive(Clone, Copy, Debug)]
@@ -75,9 +78,27 @@ struct Built {
 
 impl Shipping {
     pub fn new(data_dir: &Path, config: ShippingConfig) -> Shipping {
+        let dir = data_dir.join("shipping");
+        // What an earlier process left: files half built, and files too old to be resumed.
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let stale = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_none_or(|age| age > REUSE_FOR);
+            if stale
+                || path
+                    .extension()
+                    .is_some_and(|extension| extension == "building")
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         Shipping {
             git_cache: data_dir.join("git-cache"),
-            dir: data_dir.join("shipping"),
+            dir,
             config,
             built: Mutex::default(),
             builds: AtomicU64::new(0),
@@ -140,10 +161,11 @@ impl Shipping {
             })
             .await?
             .clone();
+        self.trim();
         Ok(artifact)
     }
 
-    /// The cell for `key`, made if new; forgets the oldest unused ones past `KEEP_ARTIFACTS` (and their files).
+    /// The cell for `key`, made if new.
     fn cell(&self, key: &str) -> Arc<OnceCell<Arc<Artifact>>> {
         let mut built = self.built.lock().expect("shipping lock");
         if let Some(cell) = built.cells.get(key) {
@@ -152,16 +174,45 @@ impl Shipping {
         let cell = Arc::new(OnceCell::new());
         built.cells.insert(key.to_string(), cell.clone());
         built.order.push_back(key.to_string());
+        cell
+    }
+
+    /// Forgets a file found damaged (and deletes it): the next request builds it again.
+    fn forget(&self, damaged: &Arc<Artifact>) {
+        let mut built = self.built.lock().expect("shipping lock");
+        let key = built.cells.iter().find_map(|(key, cell)| {
+            cell.get()
+                .is_some_and(|artifact| Arc::ptr_eq(artifact, damaged))
+                .then(|| key.clone())
+        });
+        if let Some(key) = key {
+            built.cells.remove(&key);
+            built.order.retain(|kept| *kept != key);
+            let _ = std::fs::remove_file(&damaged.path);
+        }
+    }
+
+    /// Forgets the oldest files no transfer uses (and deletes them) while more than `KEEP_ARTIFACTS` are
+    /// kept or they hold more than `KEEP_BYTES` (at least two of the largest allowed).
+    fn trim(&self) {
+        let keep_bytes = KEEP_BYTES.max(2 * self.config.max_bytes);
+        let mut built = self.built.lock().expect("shipping lock");
+        let size =
+            |cell: &OnceCell<Arc<Artifact>>| cell.get().map_or(0, |artifact| artifact.offer.size);
+        let mut bytes: u64 = built.cells.values().map(|cell| size(cell)).sum();
         let mut scan = built.order.len();
-        while built.cells.len() > KEEP_ARTIFACTS && scan > 0 {
+        while (built.cells.len() > KEEP_ARTIFACTS || bytes > keep_bytes) && scan > 0 {
             scan -= 1;
             let Some(oldest) = built.order.pop_front() else {
                 break;
             };
-            let in_use = built
-                .cells
-                .get(&oldest)
-                .is_some_and(|cell| Arc::strong_count(cell) > 1 || !cell.initialized());
+            // In use: someone waits for it to be built, or a transfer holds it.
+            let in_use = built.cells.get(&oldest).is_some_and(|cell| {
+                Arc::strong_count(cell) > 1
+                    || cell
+                        .get()
+                        .is_none_or(|artifact| Arc::strong_count(artifact) > 1)
+            });
             if in_use {
                 built.order.push_back(oldest);
                 continue;
@@ -171,10 +222,10 @@ impl Shipping {
                 .remove(&oldest)
                 .and_then(|cell| cell.get().cloned())
             {
+                bytes -= artifact.offer.size;
                 let _ = std::fs::remove_file(&artifact.path);
             }
         }
-        cell
     }
 }
 
@@ -382,8 +433,14 @@ pub async fn serve(
         info!(agent, %suite, offset, size = artifact.offer.size, "resuming a test transfer");
     }
     match send_chunks(&context, &mut stream, &artifact, offset).await {
+        Err(Sending::Damaged(index)) => {
+            warn!(agent, %suite, chunk = index, file = %artifact.path.display(), "the tests' file is damaged on disk; building it again");
+            context.shipping.forget(&artifact);
+        }
         Ok(()) => stream.finish().await,
-        Err(err) => info!(agent, %suite, error = %err, "test transfer ended early"),
+        Err(Sending::Failed(err)) => {
+            info!(agent, %suite, error = %err, "test transfer ended early")
+        }
     }
 }
 
@@ -415,18 +472,27 @@ async fn prepare(
         .await
 }
 
+enum Sending {
+    Failed(String),
+    /// A chunk read from the file does not match the digest it was offered with.
+    Damaged(usize),
+}
+
+/// Sends the file's chunks from `offset` on, each checked against its digest as read (a file damaged on
+/// the coordinator's disk is never sent), paced to the rate limit.
 async fn send_chunks(
     context: &Context,
     stream: &mut FramedStream,
     artifact: &Artifact,
     offset: u64,
-) -> Result<(), String> {
+) -> Result<(), Sending> {
+    let failed = |err: std::io::Error| Sending::Failed(err.to_string());
     let mut file = tokio::fs::File::open(&artifact.path)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(failed)?;
     file.seek(std::io::SeekFrom::Start(offset))
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(failed)?;
     let offer = &artifact.offer;
     let first = (offset / u64::from(offer.chunk_bytes)) as usize;
     let rate = context.shipping.config.rate_bytes_per_s;
@@ -434,15 +500,21 @@ async fn send_chunks(
     let mut sent: u64 = 0;
     for index in first..offer.chunk_digests.len() {
         let mut bytes = vec![0; offer.chunk_len(index) as usize];
-        file.read_exact(&mut bytes)
-            .await
-            .map_err(|err| err.to_string())?;
+        file.read_exact(&mut bytes).await.map_err(failed)?;
+        if ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()
+            != offer.chunk_digests[index]
+        {
+            return Err(Sending::Damaged(index));
+        }
         let len = bytes.len() as u64;
         let frame = CoordinatorShipFrame::Chunk {
             index: index as u32,
             bytes,
         };
-        stream.send(&frame).await.map_err(|err| err.to_string())?;
+        stream
+            .send(&frame)
+            .await
+            .map_err(|err| Sending::Failed(err.to_string()))?;
         sent += len;
         context
             .metrics
