@@ -112,8 +112,10 @@ fn main() -> std::process::ExitCode {
             return Ok(());
         }
         // One thread is plenty for an agent, and keeps its memory small.
+        // Blocking work (a package database read, a JUnit parse) is rare: its threads go soon after.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_keep_alive(std::time::Duration::from_secs(1))
             .build()?;
         // Dropping the runtime drops a suite still running, which kills its process groups.
         runtime.block_on(async {

@@ -94,21 +94,43 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Logs to stderr, filtered by `POLARIZER_LOG` (a tracing filter) or `default_filter`. Colour only on a
-/// terminal; under systemd's journal (`JOURNAL_STREAM` set) human lines carry no timestamp of their own,
-/// since journald stamps every line.
+/// Logs to stderr, filtered by `POLARIZER_LOG` (`debug`, `polarizer=debug,info`: a level, and levels per
+/// target) or `default_filter`. Colour only on a terminal; under systemd's journal (`JOURNAL_STREAM` set)
+/// human lines carry no timestamp of their own, since journald stamps every line. The filter is a plain
+/// list of targets (no regular expressions to compile: the agent's idle memory counts).
 pub fn init_logging(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POLARIZER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = || default_filter.parse().unwrap_or_default();
+    let mut unusable = None;
+    let filter: tracing_subscriber::filter::Targets = match std::env::var("POLARIZER_LOG") {
+        Ok(text) => text.parse().unwrap_or_else(|err| {
+            unusable = Some(format!(
+                "POLARIZER_LOG={text:?} is not a filter ({err}); using {default_filter:?}"
+            ));
+            default()
+        }),
+        Err(_) => default(),
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human if under_journald => builder.with_ansi(false).without_time().init(),
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().finish().with(filter).init(),
+        LogFormat::Human if under_journald => builder
+            .with_ansi(false)
+            .without_time()
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+    }
+    if let Some(warning) = unusable {
+        tracing::warn!("{warning}");
     }
 }
 

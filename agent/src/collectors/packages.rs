@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use notify_debouncer_full::notify::{self, RecursiveMode};
 use polarizer_shared::events::{kind, Event};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::spool::SharedSpool;
+
+/// Quiet time after the database's last write before it is read again.
+const QUIET: Duration = Duration::from_millis(300);
 
 /// (name, arch) → epoch:version-release
 pub type PackageSet = BTreeMap<(String, String), String>;
@@ -83,10 +85,16 @@ impl Source {
                     .collect())
             }
             Source::Dpkg { status } => {
-                let text = tokio::fs::read_to_string(status)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                Ok(parse_dpkg_status(&text))
+                // Read a line at a time on a blocking thread: the status file is about a megabyte,
+                // and a thread that held it whole would keep that much resident for nothing.
+                let status = status.clone();
+                tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&status).map_err(|err| err.to_string())?;
+                    read_dpkg_status(std::io::BufReader::with_capacity(16 * 1024, file))
+                        .map_err(|err| err.to_string())
+                })
+                .await
+                .map_err(|err| err.to_string())?
             }
         }
     }
@@ -94,28 +102,50 @@ impl Source {
 
 /// Installed packages of a dpkg status file.
 pub fn parse_dpkg_status(text: &str) -> PackageSet {
-    let mut packages = PackageSet::new();
-    for paragraph in text.split("\n\n") {
-        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
-        for line in paragraph.lines() {
-            if line.starts_with([' ', '\t']) {
-                continue;
-            }
-            if let Some((key, value)) = line.split_once(':') {
-                fields.insert(key, value.trim());
-            }
-        }
-        let installed = fields
-            .get("Status")
-            .is_some_and(|status| status.ends_with(" installed"));
+    read_dpkg_status(text.as_bytes()).unwrap_or_default()
+}
+
+/// Installed packages of a dpkg status file, read a line at a time.
+pub fn read_dpkg_status(reader: impl std::io::BufRead) -> std::io::Result<PackageSet> {
+    #[derive(Default)]
+    struct Paragraph {
+        package: Option<String>,
+        version: Option<String>,
+        architecture: String,
+        installed: bool,
+    }
+    fn end(paragraph: Paragraph, packages: &mut PackageSet) {
         if let (true, Some(name), Some(version)) =
-            (installed, fields.get("Package"), fields.get("Version"))
+            (paragraph.installed, paragraph.package, paragraph.version)
         {
-            let arch = fields.get("Architecture").copied().unwrap_or("");
-            packages.insert((name.to_string(), arch.to_string()), version.to_string());
+            packages.insert((name, paragraph.architecture), version);
         }
     }
-    packages
+    let mut packages = PackageSet::new();
+    let mut paragraph = Paragraph::default();
+    for line in reader.lines() {
+        let line = line?;
+        if line.is_empty() {
+            end(std::mem::take(&mut paragraph), &mut packages);
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "Package" => paragraph.package = Some(value.to_string()),
+            "Version" => paragraph.version = Some(value.to_string()),
+            "Architecture" => paragraph.architecture = value.to_string(),
+            "Status" => paragraph.installed = value.ends_with(" installed"),
+            _ => {}
+        }
+    }
+    end(paragraph, &mut packages);
+    Ok(packages)
 }
 
 /// What changed between two package sets, as events.
@@ -243,16 +273,30 @@ pub fn start(source: Source, spool: SharedSpool, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let label = source.label();
         let directory = source.directory();
-        let (changes_tx, mut changes_rx) =
-            tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-        let debouncer = new_debouncer(Duration::from_millis(300), None, move |result| {
-            let _ = changes_tx.send(result);
+        let database_touched = {
+            let source = source.clone();
+            move |event: &notify::Event| {
+                event.paths.iter().any(|path| {
+                    path.file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(|name| source.is_database(name))
+                })
+            }
+        };
+        // A plain watcher (one thread); the quiet period is kept here, not by a debouncer thread of its own.
+        let (changes_tx, mut changes_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            if result.is_ok_and(|event| database_touched(&event)) {
+                let _ = changes_tx.send(());
+            }
         });
-        let mut debouncer = match debouncer {
-            Ok(debouncer) => debouncer,
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
             Err(err) => return warn!(source = %label, error = %err, "package events: cannot watch"),
         };
-        if let Err(err) = debouncer.watch(&directory, RecursiveMode::NonRecursive) {
+        if let Err(err) =
+            notify::Watcher::watch(&mut watcher, &directory, RecursiveMode::NonRecursive)
+        {
             return warn!(source = %label, error = %err, "package events: cannot watch; the other collectors carry on");
         }
         let mut known = match source.read().await {
@@ -266,26 +310,17 @@ pub fn start(source: Source, spool: SharedSpool, shutdown: CancellationToken) {
             }
         };
         loop {
-            let result = tokio::select! {
-                result = changes_rx.recv() => result,
+            tokio::select! {
+                changed = changes_rx.recv() => if changed.is_none() { return },
                 () = shutdown.cancelled() => return,
-            };
-            let Some(Ok(events)) = result else {
-                if result.is_none() {
-                    return;
+            }
+            // A package manager writes its database in bursts: read it once they have been quiet a while.
+            loop {
+                tokio::select! {
+                    changed = changes_rx.recv() => if changed.is_none() { return },
+                    () = tokio::time::sleep(QUIET) => break,
+                    () = shutdown.cancelled() => return,
                 }
-                continue;
-            };
-            let touched = events
-                .iter()
-                .flat_map(|event| &event.event.paths)
-                .any(|path| {
-                    path.file_name()
-                        .and_then(|name| name.to_str())
-                        .is_some_and(|name| source.is_database(name))
-                });
-            if !touched {
-                continue;
             }
             match source.read().await {
                 Ok(packages) => {
