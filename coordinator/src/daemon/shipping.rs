@@ -285,9 +285,18 @@ fn build(
                     GIT_TIMEOUT,
                 )
                 .map_err(|err| err.to_string())?;
-                let mut args = vec!["bundle".into(), "create".into(), partial_arg, name.into()];
+                let mut args = vec![
+                    "bundle".into(),
+                    "create".into(),
+                    partial_arg,
+                    name.clone().into(),
+                ];
                 args.extend(base.iter().map(|have| format!("^{have}").into()));
-                git::run_blocking(repository, &args, GIT_TIMEOUT)
+                let bundled = git::run_blocking(repository, &args, GIT_TIMEOUT);
+                // The name was only for the bundle: kept, it would pin the commit in the cache forever.
+                let _ =
+                    git::run_blocking(repository, ["update-ref", "-d", name.as_str()], GIT_TIMEOUT);
+                bundled
             }
             ShipFormat::Tar => {
                 let mut output = std::ffi::OsString::from("--output=");
