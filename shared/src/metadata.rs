@@ -630,6 +630,20 @@ pub const POLARIZER_KEYS: [&str; 10] = [
     "hooks",
 ];
 
+/// [`POLARIZER_KEYS`] in their lint-clean spelling, in the same order.
+const EXTRA_KEYS: [&str; 10] = [
+    "extra-polarizer-type",
+    "extra-polarizer-feature",
+    "extra-polarizer-after",
+    "extra-polarizer-resources",
+    "extra-polarizer-services",
+    "extra-polarizer-platform",
+    "extra-polarizer-provision",
+    "extra-polarizer-junit",
+    "extra-polarizer-bdd",
+    "extra-polarizer-hooks",
+];
+
 /// The prefix of Polarizer's keys in tmt's `extra-` namespace: `extra-polarizer-type`, ….
 pub const EXTRA_PREFIX: &str = "extra-polarizer-";
 
@@ -679,9 +693,10 @@ impl<'a> Reader<'a> {
     /// One of Polarizer's keys: its `extra-polarizer-` form if set, else the bare key; with the key as
     /// written, for errors. tmt's `provision` is Polarizer's only as a mapping of Polarizer's sub-keys
     /// (see [`is_polarizer_provision`]), and then with a warning.
-    fn polarizer(&self, key: &'static str) -> Option<(String, &'a FmfValue)> {
-        let extra = extra_key(key);
-        if let Some(value) = self.node.get(&extra) {
+    fn polarizer(&self, key: &'static str) -> Option<(&'static str, &'a FmfValue)> {
+        // Looked up for every key of every test (a million times in a large import): no allocation.
+        let extra = EXTRA_KEYS[POLARIZER_KEYS.iter().position(|known| *known == key)?];
+        if let Some(value) = self.node.get(extra) {
             return Some((extra, value));
         }
         let value = self.node.get(key)?;
@@ -697,7 +712,7 @@ impl<'a> Reader<'a> {
                 _ => return None,
             }
         }
-        Some((key.to_string(), value))
+        Some((key, value))
     }
 
     fn string_value(&self, key: &str, value: Option<&FmfValue>) -> String {
@@ -719,7 +734,7 @@ impl<'a> Reader<'a> {
 
     fn polarizer_string(&self, key: &'static str) -> String {
         match self.polarizer(key) {
-            Some((written, value)) => self.string_value(&written, Some(value)),
+            Some((written, value)) => self.string_value(written, Some(value)),
             None => String::new(),
         }
     }
@@ -738,7 +753,7 @@ impl<'a> Reader<'a> {
 
     fn polarizer_strings(&self, key: &'static str) -> Vec<String> {
         match self.polarizer(key) {
-            Some((written, value)) => self.strings_value(&written, Some(value)),
+            Some((written, value)) => self.strings_value(written, Some(value)),
             None => Vec::new(),
         }
     }
@@ -759,7 +774,7 @@ impl<'a> Reader<'a> {
     fn section(&self, key: &'static str, allowed: &'static [&'static str]) -> Section<'a> {
         let Some((written, value)) = self.polarizer(key) else {
             return Section {
-                written: key.to_string(),
+                written: key,
                 map: None,
             };
         };
@@ -770,7 +785,7 @@ impl<'a> Reader<'a> {
                     if !allowed.contains(&sub_key.as_str()) {
                         self.error(MetadataError::UnknownKey {
                             node: self.node.name().to_string(),
-                            section: written.clone(),
+                            section: written.to_string(),
                             key: sub_key.clone(),
                             expected: allowed.join(", "),
                         });
@@ -779,7 +794,7 @@ impl<'a> Reader<'a> {
                 Some(map)
             }
             other => {
-                self.wrong(&written, "a mapping", other);
+                self.wrong(written, "a mapping", other);
                 None
             }
         };
@@ -817,7 +832,7 @@ impl<'a> Reader<'a> {
 
 /// A Polarizer section as read: the key as written (for errors) and its mapping, if it is one.
 struct Section<'a> {
-    written: String,
+    written: &'static str,
     map: Option<&'a crate::fmf::FmfMap>,
 }
 
@@ -1100,11 +1115,11 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> NodeReading<TestMetada
     let test_type = match reader.polarizer("type") {
         None | Some((_, FmfValue::Null)) => None,
         Some((written, value)) => {
-            let text = reader.string_value(&written, Some(value));
+            let text = reader.string_value(written, Some(value));
             let parsed = TestType::parse(&text);
             if parsed.is_none() && !text.is_empty() {
                 reader.bad_value(
-                    &written,
+                    written,
                     format!(
                         "{text:?} is not one of unit, integration, functional, performance, acceptance"
                     ),
@@ -1494,6 +1509,13 @@ mod tests {
 
     /// Polarizer's keys in tmt's `extra-` namespace read as the bare ones, inherit the same way, and
     /// win where both are set; errors name the key as written.
+    #[test]
+    fn extra_keys_are_the_polarizer_keys_prefixed() {
+        for (key, extra) in POLARIZER_KEYS.iter().zip(EXTRA_KEYS) {
+            assert_eq!(extra_key(key), extra);
+        }
+    }
+
     #[test]
     fn extra_polarizer_keys_read_as_the_bare_ones() {
         let (_dir, tree) = load(&[
