@@ -17,19 +17,6 @@ use crate::netns::Link;
 const DEADLINE: Duration = Duration::from_secs(120);
 const CHUNK: u64 = 1024 * 1024;
 
-/// `bytes` of noise git cannot compress, the same for the same seed.
-fn noise(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// A repository of one test that checks the shipped tree holds `data.txt` saying `marker`, beside `noise`
 /// bytes of incompressible data.
 fn repo_with(root: &Path, marker: &str, noise_bytes: usize) -> PathBuf {

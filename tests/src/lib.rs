@@ -588,3 +588,16 @@ pub fn tmt_command() -> Result<Command, String> {
     command.args(["-m", "tmt"]);
     Ok(command)
 }
+
+/// `bytes` of noise that git cannot compress (xorshift), the same for the same seed.
+pub fn noise(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

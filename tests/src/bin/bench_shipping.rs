@@ -11,22 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use polarizer_e2e::{git, git_repo, http_get, wait_for, TestCluster};
+use polarizer_e2e::{git, git_repo, http_get, noise, wait_for, TestCluster};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
-
-fn noise(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn metric(cluster: &TestCluster, name: &str) -> u64 {
     http_get(cluster.http, "/metrics")
