@@ -29,7 +29,8 @@ tree = fmf.Tree(sys.argv[1])
 tree.adjust(fmf.context.Context(distro='rhel-8.4', arch='x86_64'))
 tests = [node for node in tree.climb() if 'test' in node.get()]
 finished = time.perf_counter()
-print(json.dumps({"import_fmf": imported - started, "load": finished - imported, "tests": len(tests)}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"import_fmf": imported - started, "load": finished - imported, "tests": len(tests), "peak_rss_kib": hwm}))
 "#;
 
 struct Arguments {
@@ -160,6 +161,10 @@ fn main() -> anyhow::Result<()> {
         seconds(python.teardown)
     );
     println!("| speed ratio (Python ÷ ours) | {ratio:.1}× faster | ≥ 20× faster |");
+    println!(
+        "| Python fmf's peak RSS (VmHWM: load, adjust, collect tests) | {:.0} MiB | — |",
+        python.peak_rss_kib as f64 / 1024.0
+    );
     store_and_query(root, our_tests)?;
     Ok(())
 }
@@ -194,6 +199,7 @@ fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Res
         ))
     };
     let mut times = Vec::new();
+    let mut peaks = Vec::new();
     let mut cluster = None;
     for _ in 0..IMPORT_RUNS {
         // The last run's coordinator stops first: its checkpointing must not overlap this run.
@@ -208,6 +214,13 @@ fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Res
         if let Some(line) = log.lines().find(|line| line.contains("catalog imported")) {
             eprintln!("{} s; coordinator: {line}", elapsed.as_secs_f64());
         }
+        // The coordinator's high-water mark: everything it held at once to read, check and store.
+        let coordinator_peak = fresh
+            .coordinator
+            .as_ref()
+            .and_then(|process| process_peak_rss_kib(process.pid()))
+            .unwrap_or(0);
+        peaks.push(coordinator_peak);
         times.push(elapsed);
         cluster = Some(fresh);
     }
@@ -218,6 +231,16 @@ fn store_and_query(root: &std::path::Path, expected_tests: usize) -> anyhow::Res
         "| `polarizer tests import` end to end (CLI → coordinator: read, check, store), {expected_tests} tests, fresh coordinator, median of {IMPORT_RUNS} | {} (runs: {}) | ≤ 3 s |",
         seconds(sorted[IMPORT_RUNS / 2]),
         times.iter().map(|time| seconds(*time)).collect::<Vec<_>>().join(", ")
+    );
+    peaks.sort();
+    println!(
+        "| coordinator peak RSS (VmHWM) after that import, median of {IMPORT_RUNS} | {:.0} MiB (runs: {}) | ≤ Python fmf's |",
+        peaks[IMPORT_RUNS / 2] as f64 / 1024.0,
+        peaks
+            .iter()
+            .map(|kib| format!("{:.0} MiB", *kib as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let (unchanged, said) = import(&cluster)?;
     eprintln!("{said}");
@@ -294,6 +317,8 @@ struct PythonTiming {
     import_fmf: Duration,
     load: Duration,
     tests: usize,
+    /// The interpreter's VmHWM once the tree is loaded, adjusted and its tests collected.
+    peak_rss_kib: u64,
 }
 
 fn run_python(root: &std::path::Path) -> anyhow::Result<PythonTiming> {
@@ -329,7 +354,9 @@ fn run_python(root: &std::path::Path) -> anyhow::Result<PythonTiming> {
     let import_fmf = Duration::from_secs_f64(field("import_fmf")?);
     let load = Duration::from_secs_f64(field("load")?);
     let tests = field("tests")? as usize;
+    let peak_rss_kib = field("peak_rss_kib")? as u64;
     Ok(PythonTiming {
+        peak_rss_kib,
         interpreter_start,
         teardown: wall.saturating_sub(interpreter_start + import_fmf + load),
         import_fmf,
@@ -340,7 +367,15 @@ fn run_python(root: &std::path::Path) -> anyhow::Result<PythonTiming> {
 
 /// Our process's peak resident set (VmHWM), in KiB.
 fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_kib("/proc/self/status")
+}
+
+fn process_peak_rss_kib(pid: u32) -> Option<u64> {
+    vm_hwm_kib(&format!("/proc/{pid}/status"))
+}
+
+fn vm_hwm_kib(status_path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
