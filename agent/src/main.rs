@@ -67,6 +67,13 @@ async fn drain_then_stop_on_signals(shutdown: Shutdown) {
 }
 
 fn main() -> std::process::ExitCode {
+    // The agent does its work on one thread; glibc's default arena per thread would only hold memory
+    // that the others cannot reuse (a blocking read, the file watcher's thread).
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let cli = Cli::parse();
     if let Some(AgentCommand::Emit {
         kind,

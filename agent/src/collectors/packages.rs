@@ -123,8 +123,15 @@ pub fn read_dpkg_status(reader: impl std::io::BufRead) -> std::io::Result<Packag
     }
     let mut packages = PackageSet::new();
     let mut paragraph = Paragraph::default();
-    for line in reader.lines() {
-        let line = line?;
+    // One buffer for every line: the file has tens of thousands.
+    let mut reader = reader;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.is_empty() {
             end(std::mem::take(&mut paragraph), &mut packages);
             continue;
