@@ -183,7 +183,6 @@ impl Tree {
         visited
     }
 
-    /// Find the tree root at or above `path` (the nearest directory holding `.fmf/version`), as fmf does.
     /// Every `.fmf` file of the tree at `root` that cannot be read or parsed (YAML syntax, an alias
     /// bomb, not UTF-8), in reading order: what a report lists when [`load`](Self::load) stops at the
     /// first. Reads what `load` would (no symlink, hidden name or nested tree).
@@ -195,6 +194,7 @@ impl Tree {
             .collect()
     }
 
+    /// Find the tree root at or above `path` (the nearest directory holding `.fmf/version`), as fmf does.
     pub fn find_root(path: impl AsRef<Path>) -> Result<PathBuf, FmfError> {
         let start = std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().to_owned());
         start
