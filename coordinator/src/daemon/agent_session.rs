@@ -153,7 +153,7 @@ pub(super) async fn agent_session(
                     let transfers = transfers.clone();
                     match transfers.try_acquire_owned() {
                         Ok(permit) => {
-                            let transfer = crate::daemon::shipping::serve(context.clone(), name.clone(), send, recv);
+                            let transfer = crate::daemon::transfers::serve(context.clone(), name.clone(), send, recv);
                             tokio::spawn(async move {
                                 transfer.await;
                                 drop(permit);

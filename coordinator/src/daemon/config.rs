@@ -91,6 +91,24 @@ pub struct ServeSettings {
     pub ship_rate_kb_per_s: Option<u64>,
 }
 
+/// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShippingConfig {
+    /// A bundle or tar larger than this is refused, and the suite ends with that error.
+    pub max_bytes: u64,
+    /// Per transfer; 0 for no limit.
+    pub rate_bytes_per_s: u64,
+}
+
+impl Default for ShippingConfig {
+    fn default() -> Self {
+        ShippingConfig {
+            max_bytes: 1024 * 1024 * 1024,
+            rate_bytes_per_s: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
@@ -107,7 +125,7 @@ pub struct ServeConfig {
     pub event_retention: Duration,
     pub event_retention_bytes: u64,
     pub enroll: EnrollMode,
-    pub shipping: crate::daemon::shipping::ShippingConfig,
+    pub shipping: ShippingConfig,
 }
 
 /// How runs are planned and retried.
@@ -295,7 +313,7 @@ impl ServeSettings {
                 message: format!("{ship_max_mb} is not between 1 and 1048576"),
             });
         }
-        let shipping = crate::daemon::shipping::ShippingConfig {
+        let shipping = ShippingConfig {
             max_bytes: ship_max_mb << 20,
             rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
         };
@@ -339,7 +357,7 @@ impl ServeConfig {
             event_retention: Duration::from_secs(30 * 86_400),
             event_retention_bytes: 1 << 30,
             enroll: EnrollMode::Token,
-            shipping: crate::daemon::shipping::ShippingConfig::default(),
+            shipping: ShippingConfig::default(),
         }
     }
 }

@@ -27,4 +27,5 @@ pub mod server;
 pub mod sessions;
 pub mod shipping;
 pub mod tail;
+pub mod transfers;
 pub mod trigger;

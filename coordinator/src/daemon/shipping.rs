@@ -2,61 +2,35 @@
 //! exchange). The coordinator fetched the run's commit into its git cache to read the fmf tree; from there
 //! it builds a git bundle (thin against the commits the agent holds) or a tar of the tree, once per commit,
 //! format and base, kept under `<data dir>/shipping` so that the agents running a run's suites at once share
-//! it and a transfer cut by a reconnect or a coordinator restart resumes on the same file. It reads
-//! the file a chunk at a time and sends it over the agent's connection; QUIC's flow control is the
-//! backpressure, and at most `ship_rate_kb_per_s` paces each transfer when set.
+//! it and a transfer cut by a reconnect or a coordinator restart resumes on the same file.
+//! `daemon::transfers` sends them a chunk at a time over the agent's connection; QUIC's flow control is
+//! the backpressure, and at most `ship_rate_kb_per_s` paces each transfer when set.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use polarizer_shared::frame::MAX_FRAME_BYTES;
-use polarizer_shared::shipping::{
-    bundle_ref, is_full_commit_id, AgentShipFrame, CoordinatorShipFrame, ShipFormat, ShipOffer,
-    ShipRequest, CHUNK_BYTES, MAX_HAVES, MAX_REQUEST_BYTES,
-};
+use polarizer_shared::shipping::{bundle_ref, ShipFormat, ShipOffer, CHUNK_BYTES};
 use polarizer_transport::git::{self, RepoLocks};
-use polarizer_transport::FramedStream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::OnceCell;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::daemon::context::Context;
+use crate::daemon::config::ShippingConfig;
 
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long an agent has to say what it wants, and where to start, once it opened a stream.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// Built files kept for reuse (each run's commit, per format and base); older unused ones are deleted.
 const KEEP_ARTIFACTS: usize = 64;
 const KEEP_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Files an earlier process built are reused (a transfer it began resumes on the same file) unless older.
 const REUSE_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
-#[derive(Clone, Copy, Debug)]
-pub struct ShippingConfig {
-    /// A bundle or tar larger than this is refused, and the suite ends with that error.
-    pub max_bytes: u64,
-    /// Per transfer; 0 for no limit.
-    pub rate_bytes_per_s: u64,
-}
-
-impl Default for ShippingConfig {
-    fn default() -> Self {
-        ShippingConfig {
-            max_bytes: 1024 * 1024 * 1024,
-            rate_bytes_per_s: 0,
-        }
-    }
-}
-
 /// One built file and what an agent is told of it.
 pub struct Artifact {
-    path: PathBuf,
-    offer: ShipOffer,
+    pub path: PathBuf,
+    pub offer: ShipOffer,
 }
 
 /// The coordinator's built files, each built once however many agents ask for it at the same time.
@@ -105,6 +79,11 @@ impl Shipping {
         }
     }
 
+    /// Each transfer is paced to this many bytes per second; 0 for no limit.
+    pub fn rate_bytes_per_s(&self) -> u64 {
+        self.config.rate_bytes_per_s
+    }
+
     /// Files built by this process so far.
     pub fn builds(&self) -> u64 {
         self.builds.load(Ordering::Relaxed)
@@ -118,7 +97,7 @@ impl Shipping {
 
     /// The file for `commit` of `repo` in `format`, thin against those of `haves` this coordinator holds;
     /// built now unless it was built before (by this process or an earlier one).
-    async fn artifact(
+    pub async fn artifact(
         &self,
         repo: &str,
         commit: &str,
@@ -178,7 +157,7 @@ impl Shipping {
     }
 
     /// Forgets a file found damaged (and deletes it): the next request builds it again.
-    fn forget(&self, damaged: &Arc<Artifact>) {
+    pub fn forget(&self, damaged: &Arc<Artifact>) {
         let mut built = self.built.lock().expect("shipping lock");
         let key = built.cells.iter().find_map(|(key, cell)| {
             cell.get()
@@ -384,161 +363,6 @@ fn chunk_digests(path: &Path) -> Result<Vec<[u8; 32]>, String> {
             return Ok(digests);
         }
     }
-}
-
-/// Serves one stream an agent opened for tests: the request, the offer, the chunks. Whatever goes wrong
-/// ends this stream only; the agent asks again.
-pub async fn serve(
-    context: Context,
-    agent: String,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-) {
-    let mut stream = FramedStream::new(send, recv);
-    stream.set_frame_limit(MAX_REQUEST_BYTES);
-    let request =
-        match tokio::time::timeout(REQUEST_DEADLINE, stream.expect::<AgentShipFrame>()).await {
-            Ok(Ok(AgentShipFrame::Request(request))) => request,
-            Ok(Ok(_)) => return warn!(agent, "a test transfer must start with a request"),
-            Ok(Err(err)) => return warn!(agent, error = %err, "bad test transfer request"),
-            Err(_) => {
-                return warn!(
-                    agent,
-                    "no test transfer request within {REQUEST_DEADLINE:?}"
-                )
-            }
-        };
-    let suite = request.suite;
-    let artifact = match prepare(&context, &agent, request).await {
-        Ok(artifact) => artifact,
-        Err(reason) => {
-            warn!(agent, %suite, reason, "refused to ship tests");
-            let _ = stream.send(&CoordinatorShipFrame::Refused { reason }).await;
-            stream.finish().await;
-            return;
-        }
-    };
-    if stream
-        .send(&CoordinatorShipFrame::Offer(artifact.offer.clone()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let offset =
-        match tokio::time::timeout(REQUEST_DEADLINE, stream.expect::<AgentShipFrame>()).await {
-            Ok(Ok(AgentShipFrame::From { offset })) => offset,
-            _ => return,
-        };
-    let chunk = u64::from(artifact.offer.chunk_bytes);
-    if offset % chunk != 0 || offset > artifact.offer.size {
-        return warn!(
-            agent,
-            offset, "a test transfer asked to start mid-chunk or past the end"
-        );
-    }
-    context.metrics.transfers.fetch_add(1, Ordering::Relaxed);
-    if offset > 0 {
-        info!(agent, %suite, offset, size = artifact.offer.size, "resuming a test transfer");
-    }
-    match send_chunks(&context, &mut stream, &artifact, offset).await {
-        Err(Sending::Damaged(index)) => {
-            warn!(agent, %suite, chunk = index, file = %artifact.path.display(), "the tests' file is damaged on disk; building it again");
-            context.shipping.forget(&artifact);
-        }
-        Ok(()) => stream.finish().await,
-        Err(Sending::Failed(err)) => {
-            info!(agent, %suite, error = %err, "test transfer ended early")
-        }
-    }
-}
-
-/// Checks the request against the store (the suite must be this agent's, running) and finds its file.
-async fn prepare(
-    context: &Context,
-    agent: &str,
-    request: ShipRequest,
-) -> Result<Arc<Artifact>, String> {
-    if request.haves.len() > MAX_HAVES || !request.haves.iter().all(|have| is_full_commit_id(have))
-    {
-        return Err(format!(
-            "at most {MAX_HAVES} full commit ids may be named as held"
-        ));
-    }
-    let suite = request.suite;
-    let owner = agent.to_string();
-    let source = context
-        .store
-        .read(move |reader| reader.shipment(suite, &owner))
-        .await
-        .map_err(|err| err.to_string())?;
-    let Some((repo, commit)) = source else {
-        return Err(format!("{suite} is not running on {agent}"));
-    };
-    context
-        .shipping
-        .artifact(&repo, &commit, request.format, request.haves)
-        .await
-}
-
-enum Sending {
-    Failed(String),
-    /// A chunk read from the file does not match the digest it was offered with.
-    Damaged(usize),
-}
-
-/// Sends the file's chunks from `offset` on, each checked against its digest as read (a file damaged on
-/// the coordinator's disk is never sent), paced to the rate limit.
-async fn send_chunks(
-    context: &Context,
-    stream: &mut FramedStream,
-    artifact: &Artifact,
-    offset: u64,
-) -> Result<(), Sending> {
-    let failed = |err: std::io::Error| Sending::Failed(err.to_string());
-    let mut file = tokio::fs::File::open(&artifact.path)
-        .await
-        .map_err(failed)?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(failed)?;
-    let offer = &artifact.offer;
-    let first = (offset / u64::from(offer.chunk_bytes)) as usize;
-    let rate = context.shipping.config.rate_bytes_per_s;
-    let started = Instant::now();
-    let mut sent: u64 = 0;
-    for index in first..offer.chunk_digests.len() {
-        let mut bytes = vec![0; offer.chunk_len(index) as usize];
-        file.read_exact(&mut bytes).await.map_err(failed)?;
-        if ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()
-            != offer.chunk_digests[index]
-        {
-            return Err(Sending::Damaged(index));
-        }
-        let len = bytes.len() as u64;
-        let frame = CoordinatorShipFrame::Chunk {
-            index: index as u32,
-            bytes,
-        };
-        stream
-            .send(&frame)
-            .await
-            .map_err(|err| Sending::Failed(err.to_string()))?;
-        sent += len;
-        context
-            .metrics
-            .shipped_bytes
-            .fetch_add(len, Ordering::Relaxed);
-        if rate > 0 {
-            // Paced: never ahead of `rate` bytes per second since this transfer started.
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(ahead).await;
-            }
-        }
-    }
-    const _: () = assert!((CHUNK_BYTES as usize) < MAX_FRAME_BYTES / 2);
-    Ok(())
 }
 
 #[cfg(test)]
