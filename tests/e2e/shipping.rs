@@ -279,16 +279,25 @@ fn a_chunk_damaged_on_the_coordinators_disk_is_never_sent_and_the_file_is_built_
 
     let shipping = cluster.data_dir.join("shipping");
     let bundle = || {
-        std::fs::read_dir(&shipping).ok()?.flatten().find_map(|entry| {
-            let path = entry.path();
-            (path.extension()? == "bundle").then_some(path)
-        })
+        std::fs::read_dir(&shipping)
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let path = entry.path();
+                (path.extension()? == "bundle").then_some(path)
+            })
     };
     let incoming = cluster.path("agent-receiver/repos/incoming");
     wait_for("the first chunk received", DEADLINE, || {
-        std::fs::read_dir(&incoming).into_iter().flatten().flatten().any(|entry| {
-            entry.metadata().is_ok_and(|metadata| metadata.len() >= CHUNK)
-        })
+        std::fs::read_dir(&incoming)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                entry
+                    .metadata()
+                    .is_ok_and(|metadata| metadata.len() >= CHUNK)
+            })
     });
     let path = bundle().expect("the bundle being sent");
     let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
