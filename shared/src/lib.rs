@@ -13,6 +13,7 @@ pub mod lint;
 pub mod membership;
 pub mod metadata;
 pub mod parallel;
+pub mod plans;
 pub mod protocol;
 pub mod record_codec;
 pub mod run;

@@ -1,0 +1,799 @@
+//! tmt plans: which tests a plan's `discover: how: fmf` selects, as tmt 1.78 selects them. A plan is a
+//! node of the same fmf tree (one with `execute` or `discover`); each fmf discover phase selects the
+//! tree's enabled, non-manual tests by `test` (names searched as regular expressions), `filter` (fmf's
+//! filter expressions, evaluated the way tmt calls `fmf.utils.filter`: regular expressions, no node
+//! name), `link` (`relation:target` needles), `exclude` and `include`. Pure: nodes in, names out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fancy_regex::Regex;
+
+use crate::fmf::{FmfMap, FmfValue, Node, Tree};
+
+/// Why a plan cannot be used: each names the plan and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no plan named {plan:?} in the tree (plans found: {})", listed(.found))]
+    Unknown { plan: String, found: Vec<String> },
+    #[error("plan {plan}: {key}: {message}")]
+    Unsupported {
+        plan: String,
+        key: String,
+        message: String,
+    },
+    #[error("plan {plan}: {key}: {message}")]
+    Invalid {
+        plan: String,
+        key: String,
+        message: String,
+    },
+    #[error("plan {plan}: {key}: invalid regular expression {pattern:?}: {message}")]
+    BadPattern {
+        plan: String,
+        key: String,
+        pattern: String,
+        message: String,
+    },
+}
+
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A link needle, `relation:target`, each a regular expression searched for.
+#[derive(Debug, Clone)]
+pub struct LinkNeedle {
+    relation: Regex,
+    target: Regex,
+}
+
+/// One `discover` phase with `how: fmf`, its patterns compiled.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoverPhase {
+    pub names: Vec<Regex>,
+    pub filters: Vec<String>,
+    pub links: Vec<LinkNeedle>,
+    pub excludes: Vec<Regex>,
+    pub includes: Vec<Regex>,
+}
+
+/// A plan's fmf discovery: the union of its phases.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub phases: Vec<DiscoverPhase>,
+}
+
+/// Plan nodes of a tree, as tmt finds them: selected nodes with `execute` (or `discover`).
+pub fn plan_names(tree: &Tree) -> Vec<String> {
+    tree.selected()
+        .filter(|node| is_plan(node))
+        .map(|node| node.name().to_string())
+        .collect()
+}
+
+fn is_plan(node: &Node) -> bool {
+    node.data().contains_key("execute") || node.data().contains_key("discover")
+}
+
+/// The discover keys of tmt's fmf plugin that Polarizer cannot honour: they fetch another repository,
+/// read another tree, or decide by data Polarizer does not have.
+const REFUSED_KEYS: &[(&str, &str)] = &[
+    (
+        "url",
+        "tests from another repository are not supported: trigger that repository instead",
+    ),
+    (
+        "ref",
+        "tests at another ref are not supported: give the ref to the trigger instead",
+    ),
+    (
+        "path",
+        "a tree root other than the trigger's is not supported: trigger that directory instead",
+    ),
+    (
+        "modified-only",
+        "not supported: give the changed paths with --changed instead",
+    ),
+    (
+        "modified-url",
+        "not supported: give the changed paths with --changed instead",
+    ),
+    (
+        "modified-ref",
+        "not supported: give the changed paths with --changed instead",
+    ),
+    ("adjust-tests", "not supported"),
+    ("dist-git-source", "not supported"),
+    ("when", "conditional phases are not supported"),
+];
+
+impl Plan {
+    /// Finds plan `name` in `tree` (already adjusted by the trigger's context) and reads its discover.
+    pub fn find(tree: &Tree, name: &str) -> Result<Plan, PlanError> {
+        let Some(node) = tree
+            .selected()
+            .find(|node| node.name() == name && is_plan(node))
+        else {
+            return Err(PlanError::Unknown {
+                plan: name.to_string(),
+                found: plan_names(tree),
+            });
+        };
+        Plan::from_node(node)
+    }
+
+    pub fn from_node(node: &Node) -> Result<Plan, PlanError> {
+        let plan = node.name().to_string();
+        if let Some(FmfValue::Bool(false)) = node.get("enabled") {
+            return Err(PlanError::Invalid {
+                plan,
+                key: "enabled".into(),
+                message: "the plan is disabled".into(),
+            });
+        }
+        if node.get("context").is_some() {
+            return Err(PlanError::Unsupported {
+                plan,
+                key: "context".into(),
+                message:
+                    "a plan's own context is not supported: give it to the trigger with --context"
+                        .into(),
+            });
+        }
+        let phases: Vec<&FmfValue> = match node.get("discover") {
+            // tmt's default discover is `how: shell` with no tests.
+            None => {
+                return Err(PlanError::Unsupported {
+                    plan,
+                    key: "discover".into(),
+                    message: "the plan has no discover step (tmt's default is `how: shell`, which \
+                              selects no tests from the tree): add `discover: {how: fmf}`"
+                        .into(),
+                })
+            }
+            Some(FmfValue::List(items)) => items.iter().collect(),
+            Some(single) => vec![single],
+        };
+        let mut read = Vec::new();
+        for phase in phases {
+            let FmfValue::Map(map) = phase else {
+                return Err(PlanError::Invalid {
+                    plan,
+                    key: "discover".into(),
+                    message: format!(
+                        "expected a mapping or a list of mappings, found {}",
+                        phase.type_name()
+                    ),
+                });
+            };
+            read.push(DiscoverPhase::read(&plan, map)?);
+        }
+        Ok(Plan {
+            name: plan,
+            phases: read,
+        })
+    }
+
+    /// The names of the tests (nodes of `tree`) this plan selects, sorted.
+    pub fn select<'a>(&self, tree: &'a Tree) -> BTreeSet<&'a str> {
+        let mut selected = BTreeSet::new();
+        for node in tree.tests() {
+            if !is_enabled_automated(node) {
+                continue;
+            }
+            let data = filter_data(node);
+            if self.phases.iter().any(|phase| phase.selects(node, &data)) {
+                selected.insert(node.name());
+            }
+        }
+        selected
+    }
+}
+
+/// tmt discovers `enabled` tests with the condition `manual is False`.
+fn is_enabled_automated(node: &Node) -> bool {
+    let enabled = !matches!(node.get("enabled"), Some(FmfValue::Bool(false)));
+    let manual = matches!(node.get("manual"), Some(FmfValue::Bool(true)));
+    enabled && !manual
+}
+
+fn strings(plan: &str, key: &str, value: Option<&FmfValue>) -> Result<Vec<String>, PlanError> {
+    let items: Vec<&FmfValue> = match value {
+        None | Some(FmfValue::Null) => return Ok(Vec::new()),
+        Some(FmfValue::List(items)) => items.iter().collect(),
+        Some(other) => vec![other],
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            FmfValue::String(text) => Ok(text.clone()),
+            FmfValue::Integer(_) | FmfValue::Float(_) | FmfValue::Bool(_) => Ok(item.python_str()),
+            other => Err(PlanError::Invalid {
+                plan: plan.to_string(),
+                key: key.to_string(),
+                message: format!(
+                    "expected a string or a list of strings, found {}",
+                    other.type_name()
+                ),
+            }),
+        })
+        .collect()
+}
+
+fn compile(plan: &str, key: &str, pattern: &str) -> Result<Regex, PlanError> {
+    Regex::new(pattern).map_err(|err| PlanError::BadPattern {
+        plan: plan.to_string(),
+        key: key.to_string(),
+        pattern: pattern.to_string(),
+        message: err.to_string(),
+    })
+}
+
+impl DiscoverPhase {
+    fn read(plan: &str, map: &FmfMap) -> Result<DiscoverPhase, PlanError> {
+        let key = |name: &str| format!("discover.{name}");
+        // A phase without `how` is a shell phase in tmt.
+        let how = match map.get("how") {
+            Some(FmfValue::String(how)) => how.as_str(),
+            _ => "shell",
+        };
+        if how != "fmf" {
+            return Err(PlanError::Unsupported {
+                plan: plan.to_string(),
+                key: key("how"),
+                message: format!(
+                    "discover `how: {how}` is not supported: Polarizer selects tests from the fmf tree, use `how: fmf`"
+                ),
+            });
+        }
+        for (refused, message) in REFUSED_KEYS {
+            if map
+                .get(*refused)
+                .is_some_and(|value| !matches!(value, FmfValue::Null))
+            {
+                return Err(PlanError::Unsupported {
+                    plan: plan.to_string(),
+                    key: key(refused),
+                    message: message.to_string(),
+                });
+            }
+        }
+        // `test` items are names, or `{name, adjust}` mappings (adjust is refused).
+        let mut names = Vec::new();
+        let tests: Vec<&FmfValue> = match map.get("test") {
+            None | Some(FmfValue::Null) => Vec::new(),
+            Some(FmfValue::List(items)) => items.iter().collect(),
+            Some(other) => vec![other],
+        };
+        for item in tests {
+            let name = match item {
+                FmfValue::String(name) => name.clone(),
+                FmfValue::Map(entry) => {
+                    if entry.contains_key("adjust") {
+                        return Err(PlanError::Unsupported {
+                            plan: plan.to_string(),
+                            key: key("test.adjust"),
+                            message: "adjust rules per test are not supported".into(),
+                        });
+                    }
+                    match entry.get("name").and_then(FmfValue::as_str) {
+                        Some(name) => name.to_string(),
+                        None => {
+                            return Err(PlanError::Invalid {
+                                plan: plan.to_string(),
+                                key: key("test"),
+                                message: "a mapping needs a string `name`".into(),
+                            })
+                        }
+                    }
+                }
+                other => {
+                    return Err(PlanError::Invalid {
+                        plan: plan.to_string(),
+                        key: key("test"),
+                        message: format!("expected a test name, found {}", other.type_name()),
+                    })
+                }
+            };
+            names.push(compile(plan, &key("test"), &name)?);
+        }
+        let filters = strings(plan, &key("filter"), map.get("filter"))?;
+        for filter in &filters {
+            FilterExpression::parse(filter).map_err(|message| PlanError::Invalid {
+                plan: plan.to_string(),
+                key: key("filter"),
+                message: format!("{filter:?}: {message}"),
+            })?;
+        }
+        let mut links = Vec::new();
+        for spec in strings(plan, &key("link"), map.get("link"))? {
+            let (relation, target) = match spec.split_once(':') {
+                Some((relation, target)) => (relation, target),
+                None => (".*", spec.as_str()),
+            };
+            links.push(LinkNeedle {
+                relation: compile(plan, &key("link"), relation)?,
+                target: compile(plan, &key("link"), target)?,
+            });
+        }
+        let patterns = |name: &str| -> Result<Vec<Regex>, PlanError> {
+            strings(plan, &key(name), map.get(name))?
+                .iter()
+                .map(|pattern| compile(plan, &key(name), pattern))
+                .collect()
+        };
+        Ok(DiscoverPhase {
+            names,
+            filters,
+            links,
+            excludes: patterns("exclude")?,
+            includes: patterns("include")?,
+        })
+    }
+
+    fn selects(&self, node: &Node, data: &FilterData) -> bool {
+        let name = node.name();
+        let search = |regex: &Regex| regex.is_match(name).unwrap_or(false);
+        if !self.names.is_empty() && !self.names.iter().any(search) {
+            return false;
+        }
+        // tmt passes no node name to the filter, so a name literal fails the filter.
+        if !self.filters.iter().all(|filter| {
+            FilterExpression::parse(filter)
+                .ok()
+                .and_then(|expression| expression.matches(data, None, true).ok())
+                .unwrap_or(false)
+        }) {
+            return false;
+        }
+        if !self.links.is_empty() {
+            let links = links_of(node);
+            let linked = self.links.iter().any(|needle| {
+                links.iter().any(|(relation, target)| {
+                    needle.relation.is_match(relation).unwrap_or(false)
+                        && target
+                            .as_deref()
+                            .is_some_and(|target| needle.target.is_match(target).unwrap_or(false))
+                })
+            });
+            if !linked {
+                return false;
+            }
+        }
+        if self.excludes.iter().any(search) {
+            return false;
+        }
+        if !self.includes.is_empty() && !self.includes.iter().any(search) {
+            return false;
+        }
+        true
+    }
+}
+
+/// A test's links as tmt normalises them: (relation, target); a target that is an fmf id is its `name`.
+fn links_of(node: &Node) -> Vec<(String, Option<String>)> {
+    let items: Vec<&FmfValue> = match node.get("link") {
+        None | Some(FmfValue::Null) => return Vec::new(),
+        Some(FmfValue::List(items)) => items.iter().collect(),
+        Some(other) => vec![other],
+    };
+    let mut links = Vec::new();
+    for item in items {
+        match item {
+            FmfValue::String(target) => links.push(("relates".to_string(), Some(target.clone()))),
+            FmfValue::Map(map) => {
+                for (relation, target) in map.iter().filter(|(key, _)| key.as_str() != "note") {
+                    let target = match target {
+                        FmfValue::String(text) => Some(text.clone()),
+                        FmfValue::Map(id) => id
+                            .get("name")
+                            .and_then(FmfValue::as_str)
+                            .map(str::to_string),
+                        _ => None,
+                    };
+                    links.push((relation.clone(), target));
+                }
+            }
+            _ => {}
+        }
+    }
+    links
+}
+
+/// What a filter sees of a test: each key's values as strings (Python's `str()` of each item).
+pub type FilterData = BTreeMap<String, Vec<String>>;
+
+/// tmt's exported test keys with their defaults: a filter on a key the test leaves out sees these.
+const TMT_TEST_DEFAULTS: &[(&str, &[&str])] = &[
+    ("summary", &["None"]),
+    ("description", &["None"]),
+    ("author", &[]),
+    ("contact", &[]),
+    ("enabled", &["True", "true"]),
+    ("order", &["50"]),
+    ("link", &[]),
+    ("id", &["None"]),
+    ("tag", &[]),
+    ("tier", &["None"]),
+    ("component", &[]),
+    ("framework", &["shell"]),
+    ("manual", &["False", "false"]),
+    ("tty", &["False", "false"]),
+    ("require", &[]),
+    ("recommend", &[]),
+    ("environment", &["{}"]),
+    ("duration", &["5m"]),
+    ("result", &["respect"]),
+    ("where", &["None"]),
+    ("check", &[]),
+    ("restart-on-exit-code", &[]),
+    ("restart-max-count", &["1"]),
+    ("restart-with-reboot", &["False", "false"]),
+];
+
+/// The data tmt filters a test by: its node data over tmt's defaults, its `name`, and booleans also
+/// in lower case.
+pub fn filter_data(node: &Node) -> FilterData {
+    let mut data: FilterData = TMT_TEST_DEFAULTS
+        .iter()
+        .map(|(key, values)| {
+            (
+                key.to_string(),
+                values.iter().map(|v| v.to_string()).collect(),
+            )
+        })
+        .collect();
+    for (key, value) in node.data() {
+        let values = match value {
+            FmfValue::List(items) => items.iter().map(FmfValue::python_str).collect(),
+            FmfValue::Bool(flag) => vec![value.python_str(), flag.to_string()],
+            other => vec![other.python_str()],
+        };
+        data.insert(key.clone(), values);
+    }
+    data.insert("name".into(), vec![node.name().to_string()]);
+    data
+}
+
+/// A parsed fmf filter: clauses joined by `|`, each literals joined by `&`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterExpression {
+    clauses: Vec<Vec<Literal>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Literal {
+    /// `dimension: value`; the value may hold comma-separated atoms, each possibly `-` negated.
+    Dimension { dimension: String, value: String },
+    /// Text without `:`: a search for the node name.
+    Name(String),
+}
+
+/// Why a filter failed to decide (fmf's `FilterError`): tmt treats it as "does not match".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterFailure {
+    UnknownDimension(String),
+    NameNotGiven(String),
+    BadPattern(String),
+}
+
+fn split_unescaped(text: &str, separator: char) -> Vec<String> {
+    // fmf splits on `\s*(?<!\\)SEP\s*` and then unescapes `\SEP` in each part.
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut previous: Option<char> = None;
+    for character in text.chars() {
+        if character == separator && previous != Some('\\') {
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push(character);
+        }
+        previous = Some(character);
+    }
+    parts.push(current);
+    let count = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| {
+            let part = if index + 1 < count {
+                part.trim_end().to_string()
+            } else {
+                part
+            };
+            let part = if index > 0 {
+                part.trim_start().to_string()
+            } else {
+                part
+            };
+            part.replace(&format!("\\{separator}"), &separator.to_string())
+        })
+        .collect()
+}
+
+impl FilterExpression {
+    /// Parses as fmf does; an empty filter matches everything.
+    pub fn parse(filter: &str) -> Result<FilterExpression, String> {
+        if filter.is_empty() {
+            return Ok(FilterExpression {
+                clauses: Vec::new(),
+            });
+        }
+        let mut clauses = Vec::new();
+        for clause in split_unescaped(filter, '|') {
+            let mut literals = Vec::new();
+            for literal in split_unescaped(&clause, '&') {
+                // fmf's `^([^:]*)\s*:\s*(.*)$`: the dimension keeps any space before the colon.
+                match literal.split_once(':') {
+                    Some((dimension, value)) if !literal.contains('\n') => {
+                        literals.push(Literal::Dimension {
+                            dimension: dimension.to_string(),
+                            value: value.trim_start().to_string(),
+                        })
+                    }
+                    _ => literals.push(Literal::Name(literal)),
+                }
+            }
+            clauses.push(literals);
+        }
+        Ok(FilterExpression { clauses })
+    }
+
+    /// fmf's `filter(…, regexp=True)`: any clause true, every clause decided (an unknown dimension
+    /// or a name search without a name anywhere fails the whole filter, as fmf evaluates all clauses).
+    pub fn matches(
+        &self,
+        data: &FilterData,
+        name: Option<&str>,
+        case_sensitive: bool,
+    ) -> Result<bool, FilterFailure> {
+        if self.clauses.is_empty() {
+            return Ok(true);
+        }
+        let lowered;
+        let data = if case_sensitive {
+            data
+        } else {
+            lowered = data
+                .iter()
+                .map(|(key, values)| {
+                    (
+                        key.to_lowercase(),
+                        values.iter().map(|v| v.to_lowercase()).collect(),
+                    )
+                })
+                .collect::<FilterData>();
+            &lowered
+        };
+        let mut any = false;
+        for clause in &self.clauses {
+            if self.clause_matches(clause, data, name, case_sensitive)? {
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    fn clause_matches(
+        &self,
+        clause: &[Literal],
+        data: &FilterData,
+        name: Option<&str>,
+        case_sensitive: bool,
+    ) -> Result<bool, FilterFailure> {
+        let fold = |text: &str| {
+            if case_sensitive {
+                text.to_string()
+            } else {
+                text.to_lowercase()
+            }
+        };
+        // Dimension → its values, in the order written (fmf's dict of lists).
+        let mut dimensions: Vec<(String, Vec<String>)> = Vec::new();
+        for literal in clause {
+            match literal {
+                Literal::Name(pattern) => {
+                    let Some(name) = name else {
+                        return Err(FilterFailure::NameNotGiven(pattern.clone()));
+                    };
+                    let regex = Regex::new(&fold(pattern))
+                        .map_err(|_| FilterFailure::BadPattern(pattern.clone()))?;
+                    if !regex.is_match(name).unwrap_or(false) {
+                        return Ok(false);
+                    }
+                }
+                Literal::Dimension { dimension, value } => {
+                    let dimension = fold(dimension);
+                    match dimensions.iter_mut().find(|(known, _)| *known == dimension) {
+                        Some((_, values)) => values.push(fold(value)),
+                        None => dimensions.push((dimension, vec![fold(value)])),
+                    }
+                }
+            }
+        }
+        let mut all = true;
+        for (dimension, values) in &dimensions {
+            let Some(data_values) = data.get(dimension) else {
+                return Err(FilterFailure::UnknownDimension(dimension.clone()));
+            };
+            for value in values {
+                if !value_matches(value, data_values)? {
+                    all = false;
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// fmf's `check_value`: comma-separated atoms, any true; `-atom` is true when no datum matches.
+fn value_matches(value: &str, data_values: &[String]) -> Result<bool, FilterFailure> {
+    for atom in split_commas(value) {
+        let (negated, pattern) = match atom.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, atom.as_str()),
+        };
+        // Python's `re.match("^{pattern}$", text)`: anchored at the start whatever the alternation.
+        let regex = Regex::new(&format!(r"\A(?:^{pattern}$)"))
+            .map_err(|_| FilterFailure::BadPattern(pattern.to_string()))?;
+        let mut found = false;
+        for datum in data_values {
+            if regex.is_match(datum).unwrap_or(false) {
+                found = true;
+                break;
+            }
+        }
+        if found != negated {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn split_commas(value: &str) -> Vec<String> {
+    let parts: Vec<&str> = value.split(',').collect();
+    let count = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| {
+            let part = if index + 1 < count {
+                part.trim_end()
+            } else {
+                part
+            };
+            let part = if index > 0 { part.trim_start() } else { part };
+            part.to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, &[&str])]) -> FilterData {
+        pairs
+            .iter()
+            .map(|(key, values)| {
+                (
+                    key.to_string(),
+                    values.iter().map(|v| v.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn check(filter: &str, data: &FilterData) -> Result<bool, FilterFailure> {
+        FilterExpression::parse(filter)
+            .unwrap()
+            .matches(data, None, true)
+    }
+
+    #[test]
+    fn filters_decide_like_fmf() {
+        let tier1 = data(&[("tag", &["Tier1", "fast"]), ("component", &["sub"])]);
+        assert_eq!(check("tag: Tier1", &tier1), Ok(true));
+        assert_eq!(check("tag: Tier2 | tag: Tier1", &tier1), Ok(true));
+        assert_eq!(check("tag: Tier1 & tag: -fast", &tier1), Ok(false));
+        assert_eq!(check("tag: Tier1 & tag: -slow", &tier1), Ok(true));
+        assert_eq!(check("tag: Tier2, Tier1", &tier1), Ok(true));
+        assert_eq!(check("tag: Tier.*", &tier1), Ok(true));
+        assert_eq!(check("tag: Tier", &tier1), Ok(false), "values match whole");
+        assert_eq!(check("tag: tier1", &tier1), Ok(false), "case sensitive");
+        assert_eq!(
+            FilterExpression::parse("tag: tier1")
+                .unwrap()
+                .matches(&tier1, None, false),
+            Ok(true)
+        );
+        assert_eq!(check("tag: -Tier1, fast", &tier1), Ok(true));
+        assert!(check("tier: 1", &tier1).is_err(), "unknown dimension");
+        assert!(
+            check("tag: Tier1 | tier: 1", &tier1).is_err(),
+            "every clause is decided"
+        );
+        assert!(check("/tests/a", &tier1).is_err(), "no name given");
+        assert_eq!(
+            FilterExpression::parse("/tests & tag: fast")
+                .unwrap()
+                .matches(&tier1, Some("/tests/a"), true),
+            Ok(true)
+        );
+        assert_eq!(check("", &tier1), Ok(true));
+        let escaped = data(&[("text", &["Q&A", "a|b"])]);
+        assert_eq!(check(r"text: Q\&A", &escaped), Ok(true));
+        assert_eq!(
+            check(r"text: a\|b", &escaped),
+            Ok(true),
+            "`^a|b$` under re.match: starts with a"
+        );
+        assert_eq!(check(r"text: a\\\|b", &escaped), Ok(false));
+        assert!(check("tag: fast|x", &tier1).is_err(), "`x` searches a name");
+        // `^a|x$` under re.match: starts with a, or is x.
+        let alternation = data(&[("v", &["xa"])]);
+        assert_eq!(check(r"v: a\|x", &alternation), Ok(false));
+    }
+
+    fn tree(plans: &str) -> (tempfile::TempDir, Tree) {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        std::fs::create_dir_all(root.join(".fmf")).unwrap();
+        std::fs::write(root.join(".fmf/version"), "1\n").unwrap();
+        std::fs::write(
+            root.join("tests.fmf"),
+            "test: ./run.sh\n/a:\n  tag: fast\n/b:\n  tag: slow\n/c:\n  tag: fast\n  enabled: false\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("plans.fmf"), plans).unwrap();
+        let tree = Tree::load(root).unwrap();
+        (directory, tree)
+    }
+
+    #[test]
+    fn plans_select_refuse_and_name_what_is_wrong() {
+        let (_directory, tree) = tree(
+            "execute: {how: tmt}\n/fast:\n  discover: {how: fmf, filter: 'tag: fast'}\n\
+             /shell:\n  discover: {how: shell}\n/remote:\n  discover: {how: fmf, url: 'https://x'}\n\
+             /bad:\n  discover: {how: fmf, test: '('}\n",
+        );
+        let fast = Plan::find(&tree, "/plans/fast").unwrap();
+        assert_eq!(
+            fast.select(&tree).into_iter().collect::<Vec<_>>(),
+            ["/tests/a"]
+        );
+        let shell = Plan::find(&tree, "/plans/shell").unwrap_err().to_string();
+        assert!(
+            shell.contains("/plans/shell") && shell.contains("discover.how"),
+            "{shell}"
+        );
+        let remote = Plan::find(&tree, "/plans/remote").unwrap_err().to_string();
+        assert!(remote.contains("discover.url"), "{remote}");
+        let bad = Plan::find(&tree, "/plans/bad").unwrap_err().to_string();
+        assert!(
+            bad.contains("discover.test") && bad.contains("\"(\""),
+            "{bad}"
+        );
+        let unknown = Plan::find(&tree, "/plans/nope").unwrap_err().to_string();
+        assert!(
+            unknown.contains("/plans/nope") && unknown.contains("/plans/fast, /plans/remote"),
+            "{unknown}"
+        );
+        assert!(
+            Plan::find(&tree, "/tests/a").is_err(),
+            "a test is not a plan"
+        );
+    }
+
+    #[test]
+    fn bad_patterns_fail_to_decide_without_panicking() {
+        let tags = data(&[("tag", &["a"])]);
+        assert!(check("tag: (", &tags).is_err());
+        assert!(check(":::", &tags).is_err());
+    }
+}
