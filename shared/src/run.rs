@@ -332,6 +332,9 @@ pub struct TriggerRequest {
     pub all: bool,
     /// fmf context for adjust rules.
     pub context: Vec<(String, String)>,
+    /// A tmt plan of the tree (`/plans/smoke`): only the tests its fmf discover selects. Empty: no plan.
+    #[serde(default)]
+    pub plan: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

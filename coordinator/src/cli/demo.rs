@@ -136,6 +136,7 @@ async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()>
         artifacts: Vec::new(),
         all: false,
         context: Vec::new(),
+        plan: String::new(),
     };
     let outcome = async {
         let OperatorResponse::Triggered(summary) = client

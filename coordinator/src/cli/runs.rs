@@ -42,6 +42,10 @@ pub struct TriggerArgs {
     /// An adjust context dimension, key=value (repeatable)
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub context: Vec<String>,
+    /// Only the tests this tmt plan's fmf discover selects (a plan node of the tree, e.g. /plans/smoke);
+    /// --changed then narrows them
+    #[arg(long, value_name = "PLAN")]
+    pub plan: Option<String>,
     /// Watch the run until it finishes (exit code 1 if anything failed)
     #[arg(long)]
     pub wait: bool,
@@ -92,6 +96,7 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
         artifacts: args.artifact,
         all: args.all,
         context,
+        plan: args.plan.unwrap_or_default(),
     };
     let OperatorResponse::Triggered(summary) = client
         .request(OperatorRequest::Trigger(Box::new(request)))

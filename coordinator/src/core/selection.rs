@@ -16,6 +16,8 @@ pub struct SelectionRequest {
     /// Empty: every type.
     pub test_types: Vec<TestType>,
     pub all: bool,
+    /// A tmt plan's name and the names of the tests it selects: nothing outside it is selected.
+    pub plan: Option<(String, BTreeSet<String>)>,
 }
 
 /// Why a test was selected.
@@ -31,6 +33,8 @@ pub enum Reason {
     After { test: String },
     /// `--all`.
     All,
+    /// The plan selects it (and no change narrowed the plan).
+    Plan { plan: String },
     /// Changed paths matched no feature, so everything runs.
     NoFeatureMatched,
 }
@@ -49,6 +53,7 @@ impl std::fmt::Display for Reason {
             Reason::ExplicitFeature { feature } => write!(formatter, "feature {feature} requested"),
             Reason::After { test } => write!(formatter, "{test} must run after it"),
             Reason::All => formatter.write_str("all tests requested"),
+            Reason::Plan { plan } => write!(formatter, "plan {plan} selects it"),
             Reason::NoFeatureMatched => {
                 formatter.write_str("no feature's paths match the change: everything selected")
             }
@@ -81,16 +86,19 @@ pub enum SelectionError {
 
 pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection, SelectionError> {
     let mut selection = Selection::default();
-    let wanted_type = |test_type: Option<TestType>| {
-        request.test_types.is_empty()
-            || test_type.is_some_and(|test_type| request.test_types.contains(&test_type))
+    let wanted = |test: &polarizer_shared::metadata::TestMetadata| {
+        let wanted_type = request.test_types.is_empty()
+            || test
+                .test_type
+                .is_some_and(|test_type| request.test_types.contains(&test_type));
+        let in_plan = request
+            .plan
+            .as_ref()
+            .is_none_or(|(_, names)| names.contains(&test.name));
+        test.enabled && wanted_type && in_plan
     };
     let select_everything = |selection: &mut Selection, reason: Reason| {
-        for test in catalog
-            .tests
-            .iter()
-            .filter(|test| test.enabled && wanted_type(test.test_type))
-        {
+        for test in catalog.tests.iter().filter(|test| wanted(test)) {
             selection
                 .tests
                 .entry(test.id.clone())
@@ -99,7 +107,11 @@ pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection
         }
     };
     if request.all {
-        select_everything(&mut selection, Reason::All);
+        let reason = match &request.plan {
+            Some((plan, _)) => Reason::Plan { plan: plan.clone() },
+            None => Reason::All,
+        };
+        select_everything(&mut selection, reason);
         return Ok(selection);
     }
 
@@ -178,11 +190,7 @@ pub fn select(catalog: &Catalog, request: &SelectionRequest) -> Result<Selection
         .cloned()
         .collect();
 
-    for test in catalog
-        .tests
-        .iter()
-        .filter(|test| test.enabled && wanted_type(test.test_type))
-    {
+    for test in catalog.tests.iter().filter(|test| wanted(test)) {
         if let Some(reason) = feature_reasons.get(&test.feature) {
             selection
                 .tests
@@ -423,5 +431,54 @@ mod tests {
             select(&bad, &request(&["x"], &[])),
             Err(SelectionError::BadGlob { .. })
         ));
+    }
+
+    #[test]
+    fn a_plan_bounds_the_selection_and_a_change_narrows_it() {
+        let plan = Some((
+            "/plans/smoke".to_string(),
+            ["/identity", "/attach", "/docs"]
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+        ));
+        let whole_plan = SelectionRequest {
+            all: true,
+            plan: plan.clone(),
+            ..Default::default()
+        };
+        let selection = select(&catalog(), &whole_plan).unwrap();
+        assert_eq!(
+            selection.tests.keys().collect::<Vec<_>>(),
+            ["/attach", "/docs", "/identity"]
+        );
+        assert_eq!(
+            selection.tests["/docs"][0].to_string(),
+            "plan /plans/smoke selects it"
+        );
+        let narrowed = SelectionRequest {
+            plan: plan.clone(),
+            ..request(&["src/register.py"], &[])
+        };
+        assert_eq!(
+            select(&catalog(), &narrowed)
+                .unwrap()
+                .tests
+                .keys()
+                .collect::<Vec<_>>(),
+            ["/attach"],
+            "the change's /register and /setup are outside the plan"
+        );
+        let unmatched = SelectionRequest {
+            plan,
+            ..request(&["README.md"], &[])
+        };
+        let fail_open = select(&catalog(), &unmatched).unwrap();
+        assert!(fail_open.fail_open);
+        assert_eq!(
+            fail_open.tests.len(),
+            3,
+            "failing open stays inside the plan"
+        );
     }
 }

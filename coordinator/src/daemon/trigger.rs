@@ -3,11 +3,13 @@
 //! stores the planned run. Everything here runs before the store sees anything: a bad trigger stores
 //! nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use polarizer_shared::facts::AgentFacts;
+use polarizer_shared::fmf::{Context, Tree};
 use polarizer_shared::metadata::{TestMetadata, TestType};
+use polarizer_shared::plans::{Plan, PlanError};
 
 use crate::core::placement::facts_match;
 use polarizer_shared::run::TriggerRequest;
@@ -29,6 +31,13 @@ pub enum TriggerError {
         git_ref: String,
         #[source]
         source: Box<ImportError>,
+    },
+    #[error("{repo} at {git_ref}: {source}")]
+    Plan {
+        repo: String,
+        git_ref: String,
+        #[source]
+        source: Box<PlanError>,
     },
     #[error("{0}")]
     Import(#[from] Box<ImportError>),
@@ -86,6 +95,30 @@ fn resolve(repo: &str) -> Result<(String, String), TriggerError> {
     Ok((top.display().to_string(), tree_path))
 }
 
+/// The names of the tests plan `plan` of the tree at `tree_root` selects, the tree adjusted by `context`
+/// (plans are adjusted like tests).
+fn plan_tests(
+    tree_root: &Path,
+    context: &[(String, String)],
+    plan: &str,
+) -> Result<BTreeSet<String>, PlanLookupError> {
+    let mut tree =
+        Tree::load(tree_root).map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
+    let mut fmf_context = Context::new();
+    for (key, value) in context {
+        fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
+    }
+    tree.adjust(&fmf_context)
+        .map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
+    let plan = Plan::find(&tree, plan).map_err(PlanLookupError::Plan)?;
+    Ok(plan.select(&tree).into_iter().map(str::to_string).collect())
+}
+
+enum PlanLookupError {
+    Tree(ImportError),
+    Plan(PlanError),
+}
+
 /// Fetches, reads, selects and partitions. `agents` is the inventory (for how many platforms each suite
 /// could use); `history` gives a test's mean past duration in seconds.
 pub fn plan(
@@ -124,6 +157,26 @@ pub fn plan(
             }
         })?;
 
+    // The plan is read from the same commit's tree; a plan Polarizer cannot honour refuses the trigger.
+    let plan = if request.plan.is_empty() {
+        None
+    } else {
+        let names =
+            plan_tests(&tree_root, &request.context, &request.plan).map_err(|err| match err {
+                PlanLookupError::Tree(source) => TriggerError::Tree {
+                    repo: request.repo.clone(),
+                    git_ref: git_ref.clone(),
+                    source: Box::new(source),
+                },
+                PlanLookupError::Plan(source) => TriggerError::Plan {
+                    repo: request.repo.clone(),
+                    git_ref: git_ref.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+        Some((request.plan.clone(), names))
+    };
+
     let test_types: Vec<TestType> = if request.test_types.is_empty() {
         config.default_types(request.kind).to_vec()
     } else {
@@ -143,18 +196,24 @@ pub fn plan(
             features: request.features.clone(),
             test_types: test_types.clone(),
             all: everything,
+            plan,
         },
     )?;
     if selection.tests.is_empty() {
         let types: Vec<&str> = test_types.iter().map(|t| t.as_str()).collect();
         return Err(TriggerError::NothingSelected(format!(
-            "{} tests in the tree at {}, none {}{}",
+            "{} tests in the tree at {}, none {}{}{}",
             catalog.tests.len(),
             &commit[..commit.len().min(12)],
             if types.is_empty() {
                 "enabled".to_string()
             } else {
                 format!("enabled and of type {}", types.join(", "))
+            },
+            if request.plan.is_empty() {
+                String::new()
+            } else {
+                format!(" in plan {}", request.plan)
             },
             if everything {
                 String::new()

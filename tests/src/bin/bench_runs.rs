@@ -80,6 +80,7 @@ fn everything_in(repo: &Path) -> TriggerRequest {
         artifacts: Vec::new(),
         all: true,
         context: Vec::new(),
+        plan: String::new(),
     }
 }
 
