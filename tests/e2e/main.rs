@@ -9,6 +9,7 @@ mod hostile_trees;
 mod netns;
 mod network;
 mod operations;
+mod plans;
 mod runs;
 mod shipping;
 mod tmt_trees;
