@@ -55,7 +55,7 @@ pub struct LinkNeedle {
 #[derive(Debug, Clone, Default)]
 pub struct DiscoverPhase {
     pub names: Vec<Regex>,
-    pub filters: Vec<String>,
+    pub filters: Vec<FilterExpression>,
     pub links: Vec<LinkNeedle>,
     pub excludes: Vec<Regex>,
     pub includes: Vec<Regex>,
@@ -302,14 +302,17 @@ impl DiscoverPhase {
             };
             names.push(compile(plan, &key("test"), &name)?);
         }
-        let filters = strings(plan, &key("filter"), map.get("filter"))?;
-        for filter in &filters {
-            FilterExpression::parse(filter).map_err(|message| PlanError::Invalid {
-                plan: plan.to_string(),
-                key: key("filter"),
-                message: format!("{filter:?}: {message}"),
-            })?;
-        }
+        // tmt calls fmf's filter case-sensitively.
+        let filters = strings(plan, &key("filter"), map.get("filter"))?
+            .iter()
+            .map(|filter| {
+                FilterExpression::parse(filter, true).map_err(|message| PlanError::Invalid {
+                    plan: plan.to_string(),
+                    key: key("filter"),
+                    message: format!("{filter:?}: {message}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut links = Vec::new();
         for spec in strings(plan, &key("link"), map.get("link"))? {
             let (relation, target) = match spec.split_once(':') {
@@ -343,12 +346,11 @@ impl DiscoverPhase {
             return false;
         }
         // tmt passes no node name to the filter, so a name literal fails the filter.
-        if !self.filters.iter().all(|filter| {
-            FilterExpression::parse(filter)
-                .ok()
-                .and_then(|expression| expression.matches(data, None, true).ok())
-                .unwrap_or(false)
-        }) {
+        if !self
+            .filters
+            .iter()
+            .all(|filter| filter.matches(data, None).unwrap_or(false))
+        {
             return false;
         }
         if !self.links.is_empty() {
@@ -460,26 +462,33 @@ pub fn filter_data(node: &Node) -> FilterData {
     data
 }
 
-/// A parsed fmf filter: clauses joined by `|`, each literals joined by `&`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed fmf filter: clauses joined by `|`, each literals joined by `&`, every pattern compiled once.
+#[derive(Debug, Clone)]
 pub struct FilterExpression {
-    clauses: Vec<Vec<Literal>>,
+    clauses: Vec<Clause>,
+    case_sensitive: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Literal {
-    /// `dimension: value`; the value may hold comma-separated atoms, each possibly `-` negated.
-    Dimension { dimension: String, value: String },
-    /// Text without `:`: a search for the node name.
-    Name(String),
+/// One `&`-joined clause: its name searches in the order written, then each dimension with its values
+/// (every value must match; a value is comma-separated atoms, any of which may match).
+#[derive(Debug, Clone)]
+struct Clause {
+    names: Vec<Regex>,
+    dimensions: Vec<(String, Vec<Vec<Atom>>)>,
+}
+
+/// `pattern` or `-pattern`, matched against a whole datum.
+#[derive(Debug, Clone)]
+struct Atom {
+    negated: bool,
+    regex: Regex,
 }
 
 /// Why a filter failed to decide (fmf's `FilterError`): tmt treats it as "does not match".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterFailure {
     UnknownDimension(String),
-    NameNotGiven(String),
-    BadPattern(String),
+    NameNotGiven,
 }
 
 fn split_unescaped(text: &str, separator: char) -> Vec<String> {
@@ -517,46 +526,72 @@ fn split_unescaped(text: &str, separator: char) -> Vec<String> {
 }
 
 impl FilterExpression {
-    /// Parses as fmf does; an empty filter matches everything.
-    pub fn parse(filter: &str) -> Result<FilterExpression, String> {
+    /// Parses and compiles as fmf does (`sensitive=False` lowercases the filter and the data); an empty
+    /// filter matches everything. A pattern that is not a regular expression is an error.
+    pub fn parse(filter: &str, case_sensitive: bool) -> Result<FilterExpression, String> {
+        let mut expression = FilterExpression {
+            clauses: Vec::new(),
+            case_sensitive,
+        };
         if filter.is_empty() {
-            return Ok(FilterExpression {
-                clauses: Vec::new(),
-            });
+            return Ok(expression);
         }
-        let mut clauses = Vec::new();
-        for clause in split_unescaped(filter, '|') {
-            let mut literals = Vec::new();
-            for literal in split_unescaped(&clause, '&') {
+        let filter = if case_sensitive {
+            filter.to_string()
+        } else {
+            filter.to_lowercase()
+        };
+        let compile = |pattern: &str| {
+            Regex::new(pattern)
+                .map_err(|err| format!("invalid regular expression {pattern:?}: {err}"))
+        };
+        for clause_text in split_unescaped(&filter, '|') {
+            let mut clause = Clause {
+                names: Vec::new(),
+                dimensions: Vec::new(),
+            };
+            for literal in split_unescaped(&clause_text, '&') {
                 // fmf's `^([^:]*)\s*:\s*(.*)$`: the dimension keeps any space before the colon.
-                match literal.split_once(':') {
-                    Some((dimension, value)) if !literal.contains('\n') => {
-                        literals.push(Literal::Dimension {
-                            dimension: dimension.to_string(),
-                            value: value.trim_start().to_string(),
-                        })
-                    }
-                    _ => literals.push(Literal::Name(literal)),
+                let Some((dimension, value)) =
+                    literal.split_once(':').filter(|_| !literal.contains('\n'))
+                else {
+                    clause.names.push(compile(&literal)?);
+                    continue;
+                };
+                let mut atoms = Vec::new();
+                for atom in split_commas(value.trim_start()) {
+                    let (negated, pattern) = match atom.strip_prefix('-') {
+                        Some(rest) => (true, rest),
+                        None => (false, atom.as_str()),
+                    };
+                    // Python's `re.match("^{pattern}$", text)`: anchored at the start whatever the
+                    // alternation inside.
+                    let regex = Regex::new(&format!(r"\A(?:^{pattern}$)"))
+                        .map_err(|err| format!("invalid regular expression {pattern:?}: {err}"))?;
+                    atoms.push(Atom { negated, regex });
+                }
+                match clause
+                    .dimensions
+                    .iter_mut()
+                    .find(|(known, _)| known == dimension)
+                {
+                    Some((_, values)) => values.push(atoms),
+                    None => clause.dimensions.push((dimension.to_string(), vec![atoms])),
                 }
             }
-            clauses.push(literals);
+            expression.clauses.push(clause);
         }
-        Ok(FilterExpression { clauses })
+        Ok(expression)
     }
 
     /// fmf's `filter(…, regexp=True)`: any clause true, every clause decided (an unknown dimension
     /// or a name search without a name anywhere fails the whole filter, as fmf evaluates all clauses).
-    pub fn matches(
-        &self,
-        data: &FilterData,
-        name: Option<&str>,
-        case_sensitive: bool,
-    ) -> Result<bool, FilterFailure> {
+    pub fn matches(&self, data: &FilterData, name: Option<&str>) -> Result<bool, FilterFailure> {
         if self.clauses.is_empty() {
             return Ok(true);
         }
         let lowered;
-        let data = if case_sensitive {
+        let data = if self.case_sensitive {
             data
         } else {
             lowered = data
@@ -572,87 +607,50 @@ impl FilterExpression {
         };
         let mut any = false;
         for clause in &self.clauses {
-            if self.clause_matches(clause, data, name, case_sensitive)? {
+            if clause.matches(data, name)? {
                 any = true;
             }
         }
         Ok(any)
     }
+}
 
-    fn clause_matches(
-        &self,
-        clause: &[Literal],
-        data: &FilterData,
-        name: Option<&str>,
-        case_sensitive: bool,
-    ) -> Result<bool, FilterFailure> {
-        let fold = |text: &str| {
-            if case_sensitive {
-                text.to_string()
-            } else {
-                text.to_lowercase()
-            }
-        };
-        // Dimension → its values, in the order written (fmf's dict of lists).
-        let mut dimensions: Vec<(String, Vec<String>)> = Vec::new();
-        for literal in clause {
-            match literal {
-                Literal::Name(pattern) => {
-                    let Some(name) = name else {
-                        return Err(FilterFailure::NameNotGiven(pattern.clone()));
-                    };
-                    let regex = Regex::new(&fold(pattern))
-                        .map_err(|_| FilterFailure::BadPattern(pattern.clone()))?;
-                    if !regex.is_match(name).unwrap_or(false) {
-                        return Ok(false);
-                    }
-                }
-                Literal::Dimension { dimension, value } => {
-                    let dimension = fold(dimension);
-                    match dimensions.iter_mut().find(|(known, _)| *known == dimension) {
-                        Some((_, values)) => values.push(fold(value)),
-                        None => dimensions.push((dimension, vec![fold(value)])),
-                    }
-                }
+impl Clause {
+    fn matches(&self, data: &FilterData, name: Option<&str>) -> Result<bool, FilterFailure> {
+        if !self.names.is_empty() {
+            let Some(name) = name else {
+                return Err(FilterFailure::NameNotGiven);
+            };
+            // A name that does not match ends the clause before its dimensions are looked up.
+            if !self
+                .names
+                .iter()
+                .all(|regex| regex.is_match(name).unwrap_or(false))
+            {
+                return Ok(false);
             }
         }
         let mut all = true;
-        for (dimension, values) in &dimensions {
+        for (dimension, values) in &self.dimensions {
             let Some(data_values) = data.get(dimension) else {
                 return Err(FilterFailure::UnknownDimension(dimension.clone()));
             };
-            for value in values {
-                if !value_matches(value, data_values)? {
-                    all = false;
-                }
+            if !values.iter().all(|atoms| value_matches(atoms, data_values)) {
+                all = false;
             }
         }
         Ok(all)
     }
 }
 
-/// fmf's `check_value`: comma-separated atoms, any true; `-atom` is true when no datum matches.
-fn value_matches(value: &str, data_values: &[String]) -> Result<bool, FilterFailure> {
-    for atom in split_commas(value) {
-        let (negated, pattern) = match atom.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, atom.as_str()),
-        };
-        // Python's `re.match("^{pattern}$", text)`: anchored at the start whatever the alternation.
-        let regex = Regex::new(&format!(r"\A(?:^{pattern}$)"))
-            .map_err(|_| FilterFailure::BadPattern(pattern.to_string()))?;
-        let mut found = false;
-        for datum in data_values {
-            if regex.is_match(datum).unwrap_or(false) {
-                found = true;
-                break;
-            }
-        }
-        if found != negated {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// fmf's `check_value`: any atom true; `-atom` is true when no datum matches it.
+fn value_matches(atoms: &[Atom], data_values: &[String]) -> bool {
+    atoms.iter().any(|atom| {
+        let found = data_values
+            .iter()
+            .any(|datum| atom.regex.is_match(datum).unwrap_or(false));
+        found != atom.negated
+    })
 }
 
 fn split_commas(value: &str) -> Vec<String> {
@@ -689,10 +687,11 @@ mod tests {
             .collect()
     }
 
-    fn check(filter: &str, data: &FilterData) -> Result<bool, FilterFailure> {
-        FilterExpression::parse(filter)
-            .unwrap()
-            .matches(data, None, true)
+    /// The filter's answer; Err for a filter that does not parse or does not decide.
+    fn check(filter: &str, data: &FilterData) -> Result<bool, String> {
+        FilterExpression::parse(filter, true)?
+            .matches(data, None)
+            .map_err(|failure| format!("{failure:?}"))
     }
 
     #[test]
@@ -707,9 +706,9 @@ mod tests {
         assert_eq!(check("tag: Tier", &tier1), Ok(false), "values match whole");
         assert_eq!(check("tag: tier1", &tier1), Ok(false), "case sensitive");
         assert_eq!(
-            FilterExpression::parse("tag: tier1")
+            FilterExpression::parse("tag: tier1", false)
                 .unwrap()
-                .matches(&tier1, None, false),
+                .matches(&tier1, None),
             Ok(true)
         );
         assert_eq!(check("tag: -Tier1, fast", &tier1), Ok(true));
@@ -720,9 +719,9 @@ mod tests {
         );
         assert!(check("/tests/a", &tier1).is_err(), "no name given");
         assert_eq!(
-            FilterExpression::parse("/tests & tag: fast")
+            FilterExpression::parse("/tests & tag: fast", true)
                 .unwrap()
-                .matches(&tier1, Some("/tests/a"), true),
+                .matches(&tier1, Some("/tests/a")),
             Ok(true)
         );
         assert_eq!(check("", &tier1), Ok(true));
@@ -793,7 +792,18 @@ mod tests {
     #[test]
     fn bad_patterns_fail_to_decide_without_panicking() {
         let tags = data(&[("tag", &["a"])]);
-        assert!(check("tag: (", &tags).is_err());
+        assert!(check("tag: (", &tags)
+            .unwrap_err()
+            .contains("invalid regular expression \"(\""));
+        assert!(check("(", &tags).is_err());
         assert!(check(":::", &tags).is_err());
+        let (_directory, tree) = tree(
+            "execute: {how: tmt}\n/bad:\n  discover: {how: fmf, filter: 'tag: a & tag: [x'}\n",
+        );
+        let refused = Plan::find(&tree, "/plans/bad").unwrap_err().to_string();
+        assert!(
+            refused.starts_with("plan /plans/bad: discover.filter: \"tag: a & tag: [x\": invalid"),
+            "{refused}"
+        );
     }
 }
