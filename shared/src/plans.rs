@@ -65,6 +65,8 @@ pub struct DiscoverPhase {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
+    /// `enabled: false` (after adjust): tmt does not run it, and neither does a trigger.
+    pub enabled: bool,
     pub phases: Vec<DiscoverPhase>,
 }
 
@@ -113,8 +115,22 @@ const REFUSED_KEYS: &[(&str, &str)] = &[
 ];
 
 impl Plan {
-    /// Finds plan `name` in `tree` (already adjusted by the trigger's context) and reads its discover.
+    /// Finds plan `name` in `tree` (already adjusted by the trigger's context) and reads its discover;
+    /// a disabled plan is refused.
     pub fn find(tree: &Tree, name: &str) -> Result<Plan, PlanError> {
+        let plan = Plan::read(tree, name)?;
+        if !plan.enabled {
+            return Err(PlanError::Invalid {
+                plan: plan.name,
+                key: "enabled".into(),
+                message: "the plan is disabled".into(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// [`Plan::find`], disabled or not.
+    pub fn read(tree: &Tree, name: &str) -> Result<Plan, PlanError> {
         let Some(node) = tree
             .selected()
             .find(|node| node.name() == name && is_plan(node))
@@ -129,13 +145,7 @@ impl Plan {
 
     pub fn from_node(node: &Node) -> Result<Plan, PlanError> {
         let plan = node.name().to_string();
-        if let Some(FmfValue::Bool(false)) = node.get("enabled") {
-            return Err(PlanError::Invalid {
-                plan,
-                key: "enabled".into(),
-                message: "the plan is disabled".into(),
-            });
-        }
+        let enabled = !matches!(node.get("enabled"), Some(FmfValue::Bool(false)));
         if node.get("context").is_some() {
             return Err(PlanError::Unsupported {
                 plan,
@@ -175,6 +185,7 @@ impl Plan {
         }
         Ok(Plan {
             name: plan,
+            enabled,
             phases: read,
         })
     }

@@ -63,7 +63,11 @@ for context_name, context in contexts.items():
                                    includes=listed(phase.get('include')),
                                    excludes=listed(phase.get('exclude')))
                 selected.update(test.name for test in tests if test.enabled)
-            result[node.name] = sorted(selected)
+            # A disabled plan is not run; what it would select is still compared.
+            if node.get('enabled') is False:
+                result[node.name] = {"disabled": sorted(selected)}
+            else:
+                result[node.name] = sorted(selected)
         except Exception as error:
             result[node.name] = {"error": str(error)}
     out[context_name] = result
@@ -166,6 +170,24 @@ fn compare_tree(root: &Path) -> (usize, Vec<String>) {
             match (want, ours) {
                 (serde_json::Value::String(refused), Err(PlanError::Unsupported { .. }))
                     if refused == "refused" => {}
+                (serde_json::Value::Object(disabled), Err(PlanError::Invalid { key, .. }))
+                    if key == "enabled" =>
+                {
+                    let want: BTreeSet<&str> = disabled["disabled"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| n.as_str())
+                        .collect();
+                    match Plan::read(&tree, plan_name) {
+                        Ok(plan) if plan.select(&tree) == want => {}
+                        Ok(plan) => differences.push(format!(
+                            "{place} (disabled): tmt selects {want:?}, ours {:?}",
+                            plan.select(&tree)
+                        )),
+                        Err(err) => differences.push(format!("{place} (disabled): {err}")),
+                    }
+                }
                 (serde_json::Value::String(_), Ok(_)) => {
                     differences.push(format!("{place}: Polarizer should refuse it"))
                 }
@@ -282,6 +304,11 @@ fn write_generated_tree(root: &Path) {
 provision:
     how: local
 /default: {}
+/disabled-plan:
+    enabled: false
+    discover:
+        how: fmf
+        filter: 'tag: slow'
 /no-how:
     discover:
         filter: 'tag: fast'
@@ -409,7 +436,7 @@ fn generated_plans_select_what_tmt_selects() {
         differences.join("\n")
     );
     // Every plan, in every context.
-    assert_eq!(compared, 24 * CONTEXTS.len());
+    assert_eq!(compared, 25 * CONTEXTS.len());
 }
 
 /// The harness against tmt itself: `tmt run discover` on the generated tree (without the plans tmt would
@@ -507,5 +534,51 @@ fn the_harness_agrees_with_tmt_run_discover() {
     assert!(
         checked >= 20,
         "only {checked} plans checked against tmt run"
+    );
+}
+
+/// tmt's own repository (its PyPI sdist, which ships `plans/` and `tests/`): every plan it has. The
+/// archive is the one the e2e suite downloads (`target/tmt-sdist/`) or `POLARIZER_TMT_SDIST`; without
+/// it the test says so and passes, as this crate's tests do not download.
+#[test]
+fn tmts_own_plans_select_what_tmt_selects() {
+    require_tmt();
+    let archive = std::env::var_os("POLARIZER_TMT_SDIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmt-sdist/tmt-1.78.0.tar.gz")
+        });
+    if !archive.is_file() {
+        eprintln!(
+            "skipped: no tmt sdist at {} (the e2e suite downloads it)",
+            archive.display()
+        );
+        return;
+    }
+    let unpacked = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "cannot unpack {}", archive.display());
+    let root = std::fs::read_dir(unpacked.path())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.join(".fmf/version").is_file())
+        .expect("the sdist's tree root");
+    let (compared, differences) = compare_tree(&root);
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    assert!(
+        compared > 50,
+        "only {compared} plans compared in tmt's tree"
     );
 }
