@@ -108,6 +108,14 @@ fn a_plan_selects_its_tests_a_change_narrows_them_and_a_shell_plan_is_refused() 
         ]
     );
 
+    // Without --json, the sentence says where the tests come from.
+    let said = cluster.operator(&["trigger", "--repo", repo_arg, "--plan", "/plans/smoke"]);
+    assert!(
+        text(&said).contains("2 tests selected (the tests of plan /plans/smoke)"),
+        "{}",
+        text(&said)
+    );
+
     // A change narrows the plan: login's change selects login's tests, of which the plan has one.
     let narrowed = ok_json(cluster.operator(&[
         "trigger",
@@ -122,6 +130,20 @@ fn a_plan_selects_its_tests_a_change_narrows_them_and_a_shell_plan_is_refused() 
     assert_eq!(
         test_names(&cluster, narrowed["run"].as_u64().unwrap()),
         ["/tests/login-fast"]
+    );
+    let said = cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo_arg,
+        "--plan",
+        "/plans/smoke",
+        "--changed",
+        "src/login/form.py",
+    ]);
+    assert!(
+        text(&said).contains("1 test selected (features login in plan /plans/smoke)"),
+        "{}",
+        text(&said)
     );
 
     // Refused, naming the plan and the key, with nothing stored.

@@ -86,6 +86,7 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
         _ => args.repo.clone(),
     };
     let context = crate::core::source::parse_context(&args.context)?;
+    let plan = args.plan.unwrap_or_default();
     let request = TriggerRequest {
         repo,
         git_ref: args.git_ref,
@@ -96,7 +97,7 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
         artifacts: args.artifact,
         all: args.all,
         context,
-        plan: args.plan.unwrap_or_default(),
+        plan: plan.clone(),
     };
     let OperatorResponse::Triggered(summary) = client
         .request(OperatorRequest::Trigger(Box::new(request)))
@@ -132,7 +133,7 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
             })
         );
     } else {
-        println!("{}", trigger_sentence(&summary));
+        println!("{}", trigger_sentence_in_plan(&summary, &plan));
     }
     if args.wait {
         watch(client, summary.run, false).await?;
@@ -142,10 +143,24 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
 
 /// `run 7: 23 tests selected (features register, attach, +2 dependents), 5 suites: 4 parallel, 1 serial`
 pub fn trigger_sentence(summary: &TriggerSummary) -> String {
+    trigger_sentence_in_plan(summary, "")
+}
+
+/// [`trigger_sentence`] for a trigger bounded by tmt plan `plan` (empty: none).
+fn trigger_sentence_in_plan(summary: &TriggerSummary, plan: &str) -> String {
+    let in_plan = if plan.is_empty() {
+        String::new()
+    } else {
+        format!(" in plan {plan}")
+    };
     let why = if summary.fail_open {
-        "no feature matched the change: everything selected".to_string()
+        format!("no feature matched the change: everything{in_plan} selected")
     } else if summary.touched_features.is_empty() {
-        "all tests of the selected types".to_string()
+        if plan.is_empty() {
+            "all tests of the selected types".to_string()
+        } else {
+            format!("the tests of plan {plan}")
+        }
     } else {
         let mut why = format!("features {}", summary.touched_features.join(", "));
         if !summary.dependent_features.is_empty() {
@@ -155,6 +170,7 @@ pub fn trigger_sentence(summary: &TriggerSummary) -> String {
                 plural(summary.dependent_features.len() as u64)
             ));
         }
+        why.push_str(&in_plan);
         why
     };
     let suites = summary.parallel_suites + summary.serial_suites;
