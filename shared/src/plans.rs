@@ -197,7 +197,7 @@ impl Plan {
             if !is_enabled_automated(node) {
                 continue;
             }
-            let data = filter_data(node);
+            let data = filter_data(node, tree.root());
             if self.phases.iter().any(|phase| phase.selects(node, &data)) {
                 selected.insert(node.name());
             }
@@ -450,8 +450,9 @@ const TMT_TEST_DEFAULTS: &[(&str, &[&str])] = &[
 ];
 
 /// The data tmt filters a test by: its node data over tmt's defaults, its `name`, and booleans also
-/// in lower case.
-pub fn filter_data(node: &Node) -> FilterData {
+/// in lower case. `path` defaults, as in tmt, to the directory of the node's last source file, from
+/// the tree's `root`.
+pub fn filter_data(node: &Node, root: &std::path::Path) -> FilterData {
     let mut data: FilterData = TMT_TEST_DEFAULTS
         .iter()
         .map(|(key, values)| {
@@ -461,6 +462,14 @@ pub fn filter_data(node: &Node) -> FilterData {
             )
         })
         .collect();
+    let directory = node
+        .sources()
+        .last()
+        .and_then(|source| source.parent())
+        .and_then(|directory| directory.strip_prefix(root).ok())
+        .map(|relative| relative.display().to_string())
+        .unwrap_or_default();
+    data.insert("path".into(), vec![format!("/{directory}")]);
     for (key, value) in node.data() {
         let values = match value {
             FmfValue::List(items) => items.iter().map(FmfValue::python_str).collect(),

@@ -254,6 +254,7 @@ fn corpus_plans_select_what_tmt_selects() {
 fn write_generated_tree(root: &Path) {
     let files: &[(&str, &str)] = &[
         (".fmf/version", "1\n"),
+        ("smoke.fmf", "test: ./smoke.sh\ntag: [fast]\n"),
         (
             "tests/main.fmf",
             r#"test: ./run.sh
@@ -352,6 +353,10 @@ provision:
     discover:
         how: fmf
         filter: '/tests/login'
+/path:
+    discover:
+        how: fmf
+        filter: 'path: /tests'
 /case:
     discover:
         how: fmf
@@ -436,7 +441,7 @@ fn generated_plans_select_what_tmt_selects() {
         differences.join("\n")
     );
     // Every plan, in every context.
-    assert_eq!(compared, 25 * CONTEXTS.len());
+    assert_eq!(compared, 26 * CONTEXTS.len());
 }
 
 /// The harness against tmt itself: `tmt run discover` on the generated tree (without the plans tmt would
