@@ -2,7 +2,8 @@
 //! node of the same fmf tree (one with `execute` or `discover`); each fmf discover phase selects the
 //! tree's enabled, non-manual tests by `test` (names searched as regular expressions), `filter` (fmf's
 //! filter expressions, evaluated the way tmt calls `fmf.utils.filter`: regular expressions, no node
-//! name), `link` (`relation:target` needles), `exclude` and `include`. Pure: nodes in, names out.
+//! name), `link` (`relation:target` needles), `exclude` and `include`; the plan's `context` adjusts
+//! its tests under the trigger's. Pure: nodes in, names out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,6 +68,9 @@ pub struct Plan {
     pub name: String,
     /// `enabled: false` (after adjust): tmt does not run it, and neither does a trigger.
     pub enabled: bool,
+    /// The plan's own `context`: tmt adjusts the tests it discovers by it, the trigger's context
+    /// overriding it dimension by dimension (see [`Plan::test_context`]).
+    pub context: Vec<(String, String)>,
     pub phases: Vec<DiscoverPhase>,
 }
 
@@ -146,14 +150,38 @@ impl Plan {
     pub fn from_node(node: &Node) -> Result<Plan, PlanError> {
         let plan = node.name().to_string();
         let enabled = !matches!(node.get("enabled"), Some(FmfValue::Bool(false)));
-        if node.get("context").is_some() {
-            return Err(PlanError::Unsupported {
-                plan,
-                key: "context".into(),
-                message:
-                    "a plan's own context is not supported: give it to the trigger with --context"
-                        .into(),
-            });
+        let mut context = Vec::new();
+        match node.get("context") {
+            None | Some(FmfValue::Null) => {}
+            Some(FmfValue::Map(map)) => {
+                for (dimension, value) in map {
+                    let key = format!("context.{dimension}");
+                    let value = match value {
+                        FmfValue::String(text) => text.clone(),
+                        FmfValue::Integer(_) | FmfValue::Float(_) | FmfValue::Bool(_) => {
+                            value.python_str()
+                        }
+                        other => {
+                            return Err(PlanError::Unsupported {
+                                plan,
+                                key,
+                                message: format!(
+                                    "only a single value per dimension is supported, found {}",
+                                    other.type_name()
+                                ),
+                            })
+                        }
+                    };
+                    context.push((dimension.clone(), value));
+                }
+            }
+            Some(other) => {
+                return Err(PlanError::Invalid {
+                    plan,
+                    key: "context".into(),
+                    message: format!("expected a mapping, found {}", other.type_name()),
+                })
+            }
         }
         let phases: Vec<&FmfValue> = match node.get("discover") {
             // tmt's default discover is `how: shell` with no tests.
@@ -186,11 +214,25 @@ impl Plan {
         Ok(Plan {
             name: plan,
             enabled,
+            context,
             phases: read,
         })
     }
 
-    /// The names of the tests (nodes of `tree`) this plan selects, sorted.
+    /// The context tmt adjusts this plan's tests by: the plan's `context`, then the trigger's.
+    pub fn test_context(&self, trigger: &[(String, String)]) -> Vec<(String, String)> {
+        let mut merged: Vec<(String, String)> = self
+            .context
+            .iter()
+            .filter(|(dimension, _)| !trigger.iter().any(|(given, _)| given == dimension))
+            .cloned()
+            .collect();
+        merged.extend(trigger.iter().cloned());
+        merged
+    }
+
+    /// The names of the tests (nodes of `tree`, adjusted by [`Plan::test_context`]) this plan
+    /// selects, sorted.
     pub fn select<'a>(&self, tree: &'a Tree) -> BTreeSet<&'a str> {
         let mut selected = BTreeSet::new();
         // A test's filter data is a map of strings: built only when some phase filters.

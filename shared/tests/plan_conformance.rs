@@ -45,7 +45,7 @@ for context_name, context in contexts.items():
     for node in plans:
         discover = node.get('discover')
         phases = listed(discover)
-        refused = 'context' in node.data or not phases or any(
+        refused = not phases or any(
             not isinstance(phase, dict) or phase.get('how', 'shell') != 'fmf'
             or any(phase.get(key) is not None for key in REFUSED)
             or any(isinstance(test, dict) and 'adjust' in test for test in listed(phase.get('test')))
@@ -54,10 +54,15 @@ for context_name, context in contexts.items():
             result[node.name] = "refused"
             continue
         try:
+            # tmt adjusts the plan's tests by the plan's context, the command line's overriding it.
+            plan_context = {k: [str(v)] for k, v in (node.get('context') or {}).items()}
+            plan_context.update({k: [v] for k, v in context.items()})
+            tests_tree = tmt.Tree(logger=logger, path=tmt.utils.Path(root),
+                                  fmf_context=tmt.utils.FmfContext(plan_context))
             selected = set()
             for phase in phases:
                 names = [t if isinstance(t, str) else t['name'] for t in listed(phase.get('test'))]
-                tests = tree.tests(filters=[str(f) for f in listed(phase.get('filter'))], names=names,
+                tests = tests_tree.tests(filters=[str(f) for f in listed(phase.get('filter'))], names=names,
                                    conditions=["manual is False"], unique=False,
                                    links=[LinkNeedle.from_spec(str(l)) for l in listed(phase.get('link'))],
                                    includes=listed(phase.get('include')),
@@ -125,6 +130,33 @@ fn python_selection(root: &Path) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("the harness prints JSON")
 }
 
+/// What `plan` selects, its tests adjusted by its own context under the trigger's (`dimensions`):
+/// `tree` as it is when the plan has no context, else the tree read again.
+fn selection_in_context(
+    root: &Path,
+    tree: &Tree,
+    plan: &Plan,
+    dimensions: &[(&str, &str)],
+) -> Result<BTreeSet<String>, String> {
+    let owned = |set: BTreeSet<&str>| set.into_iter().map(str::to_string).collect();
+    if plan.context.is_empty() {
+        return Ok(owned(plan.select(tree)));
+    }
+    let trigger: Vec<(String, String)> = dimensions
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    let context = plan
+        .test_context(&trigger)
+        .iter()
+        .fold(Context::new(), |context, (key, value)| {
+            context.with_dimension(key.as_str(), [value.as_str()])
+        });
+    let mut tests_tree = Tree::load(root).map_err(|err| err.to_string())?;
+    tests_tree.adjust(&context).map_err(|err| err.to_string())?;
+    Ok(owned(plan.select(&tests_tree)))
+}
+
 /// Compares every plan of `root`; returns (plans compared, differences).
 fn compare_tree(root: &Path) -> (usize, Vec<String>) {
     let python = python_selection(root);
@@ -173,17 +205,19 @@ fn compare_tree(root: &Path) -> (usize, Vec<String>) {
                 (serde_json::Value::Object(disabled), Err(PlanError::Invalid { key, .. }))
                     if key == "enabled" =>
                 {
-                    let want: BTreeSet<&str> = disabled["disabled"]
+                    let want: BTreeSet<String> = disabled["disabled"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter_map(|n| n.as_str())
+                        .filter_map(|n| n.as_str().map(str::to_string))
                         .collect();
-                    match Plan::read(&tree, plan_name) {
-                        Ok(plan) if plan.select(&tree) == want => {}
-                        Ok(plan) => differences.push(format!(
-                            "{place} (disabled): tmt selects {want:?}, ours {:?}",
-                            plan.select(&tree)
+                    let got = Plan::read(&tree, plan_name)
+                        .map_err(|err| err.to_string())
+                        .and_then(|plan| selection_in_context(root, &tree, &plan, dimensions));
+                    match got {
+                        Ok(got) if got == want => {}
+                        Ok(got) => differences.push(format!(
+                            "{place} (disabled): tmt selects {want:?}, ours {got:?}"
                         )),
                         Err(err) => differences.push(format!("{place} (disabled): {err}")),
                     }
@@ -193,7 +227,14 @@ fn compare_tree(root: &Path) -> (usize, Vec<String>) {
                 }
                 (serde_json::Value::Array(names), Ok(plan)) => {
                     let want: BTreeSet<&str> = names.iter().filter_map(|n| n.as_str()).collect();
-                    let got = plan.select(&tree);
+                    let got = match selection_in_context(root, &tree, &plan, dimensions) {
+                        Ok(got) => got,
+                        Err(err) => {
+                            differences.push(format!("{place}: {err}"));
+                            continue;
+                        }
+                    };
+                    let got: BTreeSet<&str> = got.iter().map(String::as_str).collect();
                     if want != got {
                         differences.push(format!("{place}: tmt selects {want:?}, ours {got:?}"));
                     }
@@ -353,6 +394,12 @@ provision:
     discover:
         how: fmf
         filter: '/tests/login'
+/with-context:
+    context:
+        distro: fedora
+    discover:
+        how: fmf
+        filter: 'tag: Tier1'
 /path:
     discover:
         how: fmf
@@ -441,7 +488,7 @@ fn generated_plans_select_what_tmt_selects() {
         differences.join("\n")
     );
     // Every plan, in every context.
-    assert_eq!(compared, 26 * CONTEXTS.len());
+    assert_eq!(compared, 27 * CONTEXTS.len());
 }
 
 /// The harness against tmt itself: `tmt run discover` on the generated tree (without the plans tmt would

@@ -27,6 +27,7 @@ const TREE: &[(&str, &str)] = &[
         "plans.fmf",
         "execute:\n  how: tmt\n\
          /smoke:\n  discover:\n    how: fmf\n    filter: 'tag: fast'\n\
+         /rhel:\n  context:\n    distro: rhel-9\n  discover:\n    how: fmf\n    filter: 'tag: fast'\n\
          /shell:\n  discover:\n    how: shell\n    tests:\n      - name: /x\n        test: 'true'\n",
     ),
 ];
@@ -108,6 +109,24 @@ fn a_plan_selects_its_tests_a_change_narrows_them_and_a_shell_plan_is_refused() 
         ]
     );
 
+    // A plan's own context adjusts its tests (the trigger's context would override it).
+    let in_context = ok_json(cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo_arg,
+        "--plan",
+        "/plans/rhel",
+        "--json",
+    ]));
+    assert_eq!(
+        test_names(&cluster, in_context["run"].as_u64().unwrap()),
+        [
+            "/tests/billing-fast",
+            "/tests/billing-rhel",
+            "/tests/login-fast"
+        ]
+    );
+
     // Without --json, the sentence says where the tests come from.
     let said = cluster.operator(&["trigger", "--repo", repo_arg, "--plan", "/plans/smoke"]);
     assert!(
@@ -160,7 +179,7 @@ fn a_plan_selects_its_tests_a_change_narrows_them_and_a_shell_plan_is_refused() 
     let message = String::from_utf8_lossy(&unknown.stderr);
     assert!(
         message.contains("no plan named \"/plans/nope\"")
-            && message.contains("plans found: /plans/shell, /plans/smoke"),
+            && message.contains("plans found: /plans/rhel, /plans/shell, /plans/smoke"),
         "{message}"
     );
     assert_eq!(run_count(&cluster), before, "a refused plan stores no run");

@@ -95,23 +95,42 @@ fn resolve(repo: &str) -> Result<(String, String), TriggerError> {
     Ok((top.display().to_string(), tree_path))
 }
 
-/// The names of the tests plan `plan` of the tree at `tree_root` selects, the tree adjusted by `context`
-/// (plans are adjusted like tests).
+/// A plan's test names, and the context its tests are adjusted by.
+type PlanTests = (BTreeSet<String>, Vec<(String, String)>);
+
+/// The names of the tests plan `plan` of the tree at `tree_root` selects, and the context its tests are
+/// adjusted by (the plan's own `context` under the trigger's). The plan itself is found in the tree
+/// adjusted by the trigger's `context`, as tmt does.
 fn plan_tests(
     tree_root: &Path,
     context: &[(String, String)],
     plan: &str,
-) -> Result<BTreeSet<String>, PlanLookupError> {
-    let mut tree =
-        Tree::load(tree_root).map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
-    let mut fmf_context = Context::new();
-    for (key, value) in context {
-        fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
-    }
-    tree.adjust(&fmf_context)
-        .map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
+) -> Result<PlanTests, PlanLookupError> {
+    let adjusted = |context: &[(String, String)]| -> Result<Tree, PlanLookupError> {
+        let mut tree =
+            Tree::load(tree_root).map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
+        let mut fmf_context = Context::new();
+        for (key, value) in context {
+            fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
+        }
+        tree.adjust(&fmf_context)
+            .map_err(|err| PlanLookupError::Tree(ImportError::Fmf(err)))?;
+        Ok(tree)
+    };
+    let tree = adjusted(context)?;
     let plan = Plan::find(&tree, plan).map_err(PlanLookupError::Plan)?;
-    Ok(plan.select(&tree).into_iter().map(str::to_string).collect())
+    let test_context = plan.test_context(context);
+    let tests_tree = if test_context.as_slice() == context {
+        tree
+    } else {
+        adjusted(&test_context)?
+    };
+    let names = plan
+        .select(&tests_tree)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    Ok((names, test_context))
 }
 
 enum PlanLookupError {
@@ -148,25 +167,21 @@ pub fn plan(
     let commit = import::git(&checkout, &["rev-parse", "HEAD"], "rev-parse", &fetch_url)
         .map_err(Box::new)?;
     let tree_root = checkout.join(&tree_path);
-    let (catalog, rows, warnings) =
-        import::load_catalog(&tree_root, &request.context).map_err(|source| {
-            TriggerError::Tree {
-                repo: request.repo.clone(),
-                git_ref: git_ref.clone(),
-                source: Box::new(source),
-            }
-        })?;
-
     // The plan is read from the same commit's tree; a plan Polarizer cannot honour refuses the trigger.
-    let plan = if request.plan.is_empty() {
-        None
+    let (plan, test_context) = if request.plan.is_empty() {
+        (None, request.context.clone())
     } else {
-        let names =
-            plan_tests(&tree_root, &request.context, &request.plan).map_err(|err| match err {
+        let (names, test_context) = plan_tests(&tree_root, &request.context, &request.plan)
+            .map_err(|err| match err {
+                // A tree that does not read: the catalog's report places every error.
                 PlanLookupError::Tree(source) => TriggerError::Tree {
                     repo: request.repo.clone(),
                     git_ref: git_ref.clone(),
-                    source: Box::new(source),
+                    source: Box::new(
+                        import::load_catalog(&tree_root, &request.context)
+                            .err()
+                            .unwrap_or(source),
+                    ),
                 },
                 PlanLookupError::Plan(source) => TriggerError::Plan {
                     repo: request.repo.clone(),
@@ -174,8 +189,15 @@ pub fn plan(
                     source: Box::new(source),
                 },
             })?;
-        Some((request.plan.clone(), names))
+        (Some((request.plan.clone(), names)), test_context)
     };
+
+    let (catalog, rows, warnings) =
+        import::load_catalog(&tree_root, &test_context).map_err(|source| TriggerError::Tree {
+            repo: request.repo.clone(),
+            git_ref: git_ref.clone(),
+            source: Box::new(source),
+        })?;
 
     let test_types: Vec<TestType> = if request.test_types.is_empty() {
         config.default_types(request.kind).to_vec()
