@@ -248,19 +248,13 @@ pub fn lint_adjusted(tree: &Tree, options: LintOptions) -> Report {
             .get(node_name)
             .map(String::as_str)
             .unwrap_or(node_name);
-        let (file, line) = match nodes.get(node_name) {
-            Some(node) => locator.locate(node, &field),
-            None => (String::new(), 0),
-        };
-        Diagnostic {
+        locator.diagnostic(
             severity,
-            file,
-            line,
-            column: 0,
-            node: node_name.to_string(),
+            nodes.get(node_name).copied(),
+            node_name,
             field,
             message,
-        }
+        )
     };
     for error in &errors {
         let (node, field) = error.place();
@@ -309,19 +303,8 @@ pub fn place_problems(
         let node = nodes
             .get(node_name)
             .or_else(|| nodes.get(feature_node.as_str()));
-        let (file, line) = match node {
-            Some(node) => locator.locate(node, &field),
-            None => (String::new(), 0),
-        };
-        Diagnostic {
-            severity,
-            file,
-            line,
-            column: 0,
-            node: node.map_or(node_name, |node| node.name()).to_string(),
-            field,
-            message,
-        }
+        let node_name = node.map_or(node_name, |node| node.name());
+        locator.diagnostic(severity, node.copied(), node_name, field, message)
     };
     for error in errors {
         let (node, field) = error.place();
@@ -425,6 +408,30 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// A problem of `node_name` at the place `field` is written (no place when the node is not found).
+    fn diagnostic(
+        &mut self,
+        severity: Severity,
+        node: Option<&Node>,
+        node_name: &str,
+        field: String,
+        message: String,
+    ) -> Diagnostic {
+        let (file, line) = match node {
+            Some(node) => self.locate(node, &field),
+            None => (String::new(), 0),
+        };
+        Diagnostic {
+            severity,
+            file,
+            line,
+            column: 0,
+            node: node_name.to_string(),
+            field,
+            message,
+        }
+    }
+
     /// The file and line where `field` (`key` or `key.sub-key`) is written for `node`: the most
     /// specific of its files first. Else the node's own file, at its block if found.
     fn locate(&mut self, node: &Node, field: &str) -> (String, usize) {

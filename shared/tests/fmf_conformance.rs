@@ -7,6 +7,9 @@
 //! `fmf.context.Context.matches`, including a few thousand generated ones. Python fmf is required:
 //! `pip install fmf` (the test fails, not skips, without it).
 
+mod common;
+use common::find_tree_roots;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,22 +168,6 @@ enum PythonOutcome {
 fn corpus_directory() -> PathBuf {
     let relative = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/fmf");
     relative.canonicalize().unwrap_or(relative)
-}
-
-fn find_tree_roots(directory: &Path, roots: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return;
-    };
-    let mut children: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
-    children.sort();
-    if directory.join(".fmf").join("version").is_file() {
-        roots.push(directory.to_owned());
-    }
-    for child in children {
-        if child.is_dir() && !child.is_symlink() {
-            find_tree_roots(&child, roots);
-        }
-    }
 }
 
 fn require_python_fmf() {

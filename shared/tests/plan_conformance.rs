@@ -9,6 +9,9 @@
 //! Plans Polarizer refuses (another repository, `how: shell`, …) must be refused here and are marked so
 //! by the harness. tmt from PyPI is required (the test fails, not skips, without it).
 
+mod common;
+use common::find_tree_roots;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -247,22 +250,6 @@ fn compare_tree(root: &Path) -> (usize, Vec<String>) {
         }
     }
     (compared, differences)
-}
-
-fn find_tree_roots(directory: &Path, roots: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return;
-    };
-    let mut children: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
-    children.sort();
-    if directory.join(".fmf").join("version").is_file() {
-        roots.push(directory.to_owned());
-    }
-    for child in children {
-        if child.is_dir() && !child.is_symlink() {
-            find_tree_roots(&child, roots);
-        }
-    }
 }
 
 #[test]
