@@ -10,6 +10,7 @@ mod netns;
 mod network;
 mod operations;
 mod plans;
+mod podman;
 mod runs;
 mod shipping;
 mod tmt_trees;
