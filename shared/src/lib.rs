@@ -14,6 +14,7 @@ pub mod membership;
 pub mod metadata;
 pub mod parallel;
 pub mod plans;
+pub mod platforms;
 pub mod protocol;
 pub mod record_codec;
 pub mod run;

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod partition;
 pub mod placement;
+pub mod pools;
 pub mod run;
 pub mod schedule;
 pub mod selection;

@@ -4,16 +4,26 @@
 use polarizer_shared::facts::AgentFacts;
 use polarizer_shared::metadata::PlatformNeeds;
 
-/// Can an agent with these facts take a suite with these needs?
+/// Can an agent with these facts take a suite with these needs? An agent's labels `distro` (as
+/// `rhel-9.4`) and `arch`, where set, stand for what it detected: the operator (or the pool that made
+/// the platform) says what it is.
 pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
+    let arch = facts.labels.get("arch").unwrap_or(&facts.arch);
+    let (full, id) = match facts.labels.get("distro") {
+        Some(label) => (
+            label.clone(),
+            label.rsplit_once('-').map_or(label.as_str(), |(id, _)| id),
+        ),
+        None => (
+            format!("{}-{}", facts.distro_id, facts.distro_version),
+            facts.distro_id.as_str(),
+        ),
+    };
     needs.accepts_kind(facts.platform)
-        && (needs.arch.is_empty() || needs.arch.iter().any(|arch| arch == &facts.arch))
+        && (needs.arch.is_empty() || needs.arch.iter().any(|wanted| wanted == arch))
         && (needs.distro.is_empty()
             || needs.distro.iter().any(|distro| {
-                let full = format!("{}-{}", facts.distro_id, facts.distro_version);
-                distro == &facts.distro_id
-                    || distro == &full
-                    || full.starts_with(&format!("{distro}."))
+                distro == id || distro == &full || full.starts_with(&format!("{distro}."))
             }))
 }
 

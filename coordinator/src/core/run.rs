@@ -233,6 +233,41 @@ pub fn on_suite_end(
     }
 }
 
+/// No platform could be made for `claimed`, a queued suite (its pool's provisioner failed every try,
+/// or the platform's agent never joined): an infrastructure failure, counted as a lost attempt like an
+/// agent lost mid-suite. The suite waits for its next attempt, or with none left its tests end as
+/// infrastructure errors. Never a test failure.
+pub fn on_platform_failure(
+    lease: Option<&SuiteLease>,
+    claimed: SuiteRef,
+    error: &str,
+    max_attempts: u32,
+) -> SuiteDecision {
+    let Some(lease) = lease else {
+        return SuiteDecision::Ignore;
+    };
+    if lease.state != SuiteState::Queued
+        || lease.suite != claimed.suite
+        || lease.attempt != claimed.attempt
+    {
+        return SuiteDecision::Ignore;
+    }
+    let lost_message = error.to_string();
+    match next_attempt(lease.attempt, max_attempts) {
+        Some(attempt) => SuiteDecision::Requeue {
+            attempt,
+            lost_message,
+            holder_may_return: false,
+        },
+        None => SuiteDecision::GiveUp {
+            final_message: format!(
+                "infrastructure error: {lost_message}; no attempts left ({max_attempts})"
+            ),
+            lost_message,
+        },
+    }
+}
+
 /// A run's tests, counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunTally {
@@ -447,6 +482,52 @@ mod tests {
         queued.state = SuiteState::Queued;
         assert_eq!(
             on_suite_end(Some(&queued), suite_ref(1, 2, 2), lost, 3),
+            SuiteDecision::Ignore
+        );
+    }
+
+    /// A platform that could not be made costs the queued suite an attempt; a suite already leased
+    /// elsewhere, or at another attempt, is not touched.
+    #[test]
+    fn a_platform_failure_costs_a_queued_suite_an_attempt() {
+        let lease = SuiteLease {
+            run: 1,
+            suite: 4,
+            state: SuiteState::Queued,
+            attempt: 1,
+            agent: String::new(),
+        };
+        let claimed = SuiteRef {
+            run: 1,
+            suite: 4,
+            attempt: 1,
+        };
+        assert_eq!(
+            on_platform_failure(Some(&lease), claimed, "pool p: create failed", 2),
+            SuiteDecision::Requeue {
+                attempt: 2,
+                lost_message: "pool p: create failed".into(),
+                holder_may_return: false
+            }
+        );
+        assert!(matches!(
+            on_platform_failure(Some(&lease), claimed, "x", 1),
+            SuiteDecision::GiveUp { .. }
+        ));
+        let running = SuiteLease {
+            state: SuiteState::Running,
+            ..lease.clone()
+        };
+        assert_eq!(
+            on_platform_failure(Some(&running), claimed, "x", 2),
+            SuiteDecision::Ignore
+        );
+        let later = SuiteRef {
+            attempt: 2,
+            ..claimed
+        };
+        assert_eq!(
+            on_platform_failure(Some(&lease), later, "x", 2),
             SuiteDecision::Ignore
         );
     }

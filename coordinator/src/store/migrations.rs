@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     HOST_TOKENS,
     APPROVAL,
     LOST_HOLDER,
+    PLATFORMS,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -246,4 +247,25 @@ const LOST_HOLDER: &str = "
 ALTER TABLE suites ADD COLUMN lost_agent TEXT NOT NULL DEFAULT '';
 ALTER TABLE suites ADD COLUMN lost_incarnation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE suites ADD COLUMN lost_attempt INTEGER NOT NULL DEFAULT 0;
+";
+
+/// 9: platforms made by pools, kept so a restarted coordinator finds the ones it was making or using
+/// and destroys them; `id` only ever grows, so a platform's name (and its agent's) is never reused
+/// (platforms.rs).
+const PLATFORMS: &str = "
+CREATE TABLE platforms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    pool TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'leased', 'cleaning', 'destroying', 'failed')),
+    provider_id TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '',
+    run_id INTEGER,
+    suite_id INTEGER,
+    attempt INTEGER,
+    created_ms INTEGER NOT NULL,
+    state_ms INTEGER NOT NULL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT ''
+) STRICT;
 ";

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod events;
 pub mod health;
 pub mod migrations;
+pub mod platforms;
 pub mod runs;
 pub mod sql;
 

@@ -382,6 +382,32 @@ pub fn revoke(
     Ok(effects)
 }
 
+/// No platform could be made for the queued suite `suite` (its pool `pool` failed): the attempt is
+/// recorded as lost to that pool, and the suite waits for its next attempt or, with none left, its
+/// tests end as infrastructure errors.
+pub fn platform_failed(
+    savepoint: &Savepoint<'_>,
+    path: &Path,
+    suite: SuiteRef,
+    pool: &str,
+    error: &str,
+    max_attempts: u32,
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
+    let Some(lease) = suite_lease(savepoint, path, suite.suite)? else {
+        return Ok(Vec::new());
+    };
+    let decision = run::on_platform_failure(Some(&lease), suite, error, max_attempts);
+    // Recorded as lost by the pool: there was no agent.
+    let lease = SuiteLease {
+        agent: format!("pool {pool}"),
+        ..lease
+    };
+    let mut effects = apply_suite_decision(savepoint, path, &lease, decision, now_ms)?;
+    effects.extend(maybe_finish_run(savepoint, path, suite.run, now_ms)?);
+    Ok(effects)
+}
+
 /// Persists the end of a suite's attempt as the state machine decided it.
 fn apply_suite_decision(
     savepoint: &Savepoint<'_>,
