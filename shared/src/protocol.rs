@@ -249,6 +249,13 @@ pub enum OperatorRequest {
     ApproveAgent {
         name: String,
     },
+    /// The pools and their platforms. Answered by `Platforms`.
+    ListPlatforms,
+    /// Destroy a pool's platform now (a suite it runs goes back to the queue). Answered by
+    /// `PlatformDestroyed`.
+    DestroyPlatform {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -303,6 +310,13 @@ pub enum OperatorResponse {
     /// The coordinator is stopping: a streamed answer (`tail`, `runs watch`, `replay`) ends here,
     /// before its own end. The last frame; everything sent before it was delivered.
     ShuttingDown,
+    Platforms {
+        pools: Vec<crate::platforms::PoolRecord>,
+        platforms: Vec<crate::platforms::PlatformRecord>,
+    },
+    PlatformDestroyed {
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ mod network;
 mod operations;
 mod plans;
 mod podman;
+mod pools;
 mod runs;
 mod shipping;
 mod tmt_trees;

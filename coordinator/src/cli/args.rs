@@ -56,6 +56,16 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The pools of platforms made on demand, and each platform: its state, age, suite and agent.
+    Platforms {
+        #[command(subcommand)]
+        action: Option<PlatformsAction>,
+        /// Print JSON (an object with `pools` and `platforms`) instead of tables
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Enrollment tokens: `rotate` writes a new one to the data dir's agent-token, in effect at once.
     Tokens {
         #[command(subcommand)]
@@ -259,4 +269,10 @@ pub enum AgentsAction {
     Revoke { name: String },
     /// Admit an agent waiting as `pending` (the coordinator runs with `--enroll approve`).
     Approve { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlatformsAction {
+    /// Destroy a platform now; a suite it runs goes back to the queue.
+    Destroy { name: String },
 }

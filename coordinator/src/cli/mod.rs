@@ -14,11 +14,12 @@ pub mod demo;
 pub mod examples;
 pub mod format;
 pub mod lint;
+mod platforms;
 pub mod reports;
 pub mod runs;
 pub mod tail;
 
-pub use args::{AgentsAction, Cli, Command, TestsAction, TokensAction};
+pub use args::{AgentsAction, Cli, Command, PlatformsAction, TestsAction, TokensAction};
 
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,16 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         } => {
             let mut client = OperatorClient::connect(&client).await?;
             let outcome = agents::agents_command(&mut client, action, json).await;
+            client.close().await;
+            outcome
+        }
+        Command::Platforms {
+            action,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = platforms::platforms_command(&mut client, action, json).await;
             client.close().await;
             outcome
         }

@@ -89,6 +89,10 @@ pub struct ServeSettings {
     /// [default: 0]
     #[arg(long, env = "POLARIZER_SHIP_RATE_KB_PER_S")]
     pub ship_rate_kb_per_s: Option<u64>,
+    /// Pools of platforms made on demand: `[[pools]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub pools: Vec<crate::daemon::pools::config::PoolSettings>,
 }
 
 /// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
@@ -126,6 +130,7 @@ pub struct ServeConfig {
     pub event_retention_bytes: u64,
     pub enroll: EnrollMode,
     pub shipping: ShippingConfig,
+    pub pools: Vec<crate::daemon::pools::config::PoolConfig>,
 }
 
 /// How runs are planned and retried.
@@ -224,6 +229,11 @@ impl ServeSettings {
             enroll: self.enroll.or(lower.enroll),
             ship_max_mb: self.ship_max_mb.or(lower.ship_max_mb),
             ship_rate_kb_per_s: self.ship_rate_kb_per_s.or(lower.ship_rate_kb_per_s),
+            pools: if self.pools.is_empty() {
+                lower.pools
+            } else {
+                self.pools
+            },
         }
     }
 
@@ -317,7 +327,9 @@ impl ServeSettings {
             max_bytes: ship_max_mb << 20,
             rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
         };
+        let pools = crate::daemon::pools::config::validate_pools(self.pools)?;
         Ok(ServeConfig {
+            pools,
             enroll,
             shipping,
             runs,
@@ -358,6 +370,7 @@ impl ServeConfig {
             event_retention_bytes: 1 << 30,
             enroll: EnrollMode::Token,
             shipping: ShippingConfig::default(),
+            pools: Vec::new(),
         }
     }
 }

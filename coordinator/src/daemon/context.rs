@@ -45,6 +45,8 @@ pub struct Context {
     pub scheduler: Arc<SchedulerHandle>,
     /// The tests shipped to agents: built once per commit, format and base.
     pub shipping: Arc<crate::daemon::shipping::Shipping>,
+    /// Pools of platforms made on demand, and their platforms.
+    pub pools: Arc<crate::daemon::pools::Pools>,
 }
 
 impl Context {

@@ -20,6 +20,7 @@ pub struct HttpState {
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
     pub shipping: Arc<crate::daemon::shipping::Shipping>,
+    pub pools: Arc<crate::daemon::pools::Pools>,
 }
 
 pub async fn serve(
@@ -107,5 +108,38 @@ async fn metrics(State(state): State<HttpState>) -> String {
         load(&counters.transfers),
         load(&counters.shipped_bytes),
         state.shipping.builds(),
-    )
+    ) + &platform_metrics(&state.pools)
+}
+
+fn platform_metrics(pools: &crate::daemon::pools::Pools) -> String {
+    use polarizer_shared::platforms::PlatformState;
+    let platforms = pools.snapshot();
+    let mut text = String::from(
+        "# HELP polarizer_platforms Platforms of the pools by state.\n\
+         # TYPE polarizer_platforms gauge\n",
+    );
+    for state in PlatformState::ALL {
+        let count = platforms
+            .iter()
+            .filter(|platform| platform.state == state)
+            .count();
+        text += &format!("polarizer_platforms{{state=\"{state}\"}} {count}\n");
+    }
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    text += &format!(
+        "# HELP polarizer_platforms_created_total Platforms pools decided to make.\n\
+         # TYPE polarizer_platforms_created_total counter\n\
+         polarizer_platforms_created_total {}\n\
+         # HELP polarizer_platforms_destroyed_total Platforms destroyed.\n\
+         # TYPE polarizer_platforms_destroyed_total counter\n\
+         polarizer_platforms_destroyed_total {}\n\
+         # HELP polarizer_platform_failures_total Platforms that could not be made in any try (infrastructure errors).\n\
+         # TYPE polarizer_platform_failures_total counter\n\
+         polarizer_platform_failures_total {}\n",
+        load(&pools.metrics.created),
+        load(&pools.metrics.destroyed),
+        load(&pools.metrics.failures),
+    );
+    text
 }

@@ -1,6 +1,6 @@
 //! `polarizer serve`: the data directory and config, QUIC sessions with agents and operators, the
 //! scheduler loop that carries out `core`'s decisions, imports and triggers, live fan-out to `tail` and
-//! `runs watch`, shipping a run's tests to its agents, and HTTP (`/healthz`, `/metrics`).
+//! `runs watch`, shipping a run's tests to its agents, pools of platforms made on demand, and HTTP (`/healthz`, `/metrics`).
 //!
 //! The tasks share no catch-all state: each gets the parts it needs (`context::Context` bundles them
 //! for the connection tasks, which need most): the store handle, the settings, the live sessions, the
@@ -21,6 +21,7 @@ pub mod local_agents;
 #[cfg(test)]
 pub(crate) mod loopback;
 mod operator;
+pub mod pools;
 pub mod scheduler;
 pub mod serve;
 pub mod server;

@@ -74,6 +74,8 @@ async fn trigger(
             .into_iter()
             .filter(|agent| agent.state != AgentState::Revoked)
             .map(|agent| agent.facts)
+            // A pool's platforms count as platforms a suite may go to, as many as it may make.
+            .chain(context.pools.slot_facts())
             .collect::<Vec<_>>(),
         Err(err) => return error(err.to_string()),
     };
@@ -440,6 +442,17 @@ pub(super) async fn operator_session(
             OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
                 create_host_token(&context, name, ttl_ms).await
             }
+            OperatorRequest::ListPlatforms => {
+                let (pools, platforms) = context.pools.list();
+                OperatorResponse::Platforms { pools, platforms }
+            }
+            OperatorRequest::DestroyPlatform { name } => match context.pools.destroy_now(&name) {
+                Ok(()) => {
+                    info!(platform = %name, "platform destroyed by an operator");
+                    OperatorResponse::PlatformDestroyed { name }
+                }
+                Err(message) => OperatorResponse::Error { message },
+            },
             OperatorRequest::ListFeatures => {
                 match context.store.read(|reader| reader.features()).await {
                     Ok(features) => OperatorResponse::Features(features),

@@ -7,14 +7,18 @@
 //!
 //! Also here: committing an agent's records and publishing what they changed, and ending runs early.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
+
+use polarizer_shared::platforms::{PlatformRecord, PlatformState};
 
 use polarizer_shared::protocol::CoordinatorMessage;
 use polarizer_shared::run::{Record, SuiteRef};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::run::RunEnd;
+use crate::core::pools::{self, PoolPlan};
+use crate::core::run::{RunEnd, SuiteState};
 use crate::core::schedule::{self, Action, AgentView, ScheduleInput};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
@@ -163,6 +167,7 @@ async fn assign(
         context.scheduler.wake();
         return Ok(());
     }
+    context.pools.leased(&agent, suite).await;
     let packages = context.settings.runs.packages.clone();
     let assignment = context
         .store
@@ -181,13 +186,22 @@ async fn assign(
 async fn step(context: &Context) -> Result<(), StoreError> {
     let active = context.store.read(|reader| reader.active_suites()).await?;
     let online = context.sessions.online_agents();
+    let platforms = context.pools.snapshot();
+    let platform_states: HashMap<&str, PlatformState> = platforms
+        .iter()
+        .map(|platform| (platform.name.as_str(), platform.state))
+        .collect();
     let views: Vec<AgentView<'_>> = online
         .iter()
         .map(|agent| AgentView {
             name: &agent.name,
             incarnation: agent.incarnation,
             facts: &agent.facts,
-            draining: agent.draining,
+            // A platform that ran its suite (or is being cleaned or destroyed) takes no other.
+            draining: agent.draining
+                || platform_states
+                    .get(agent.name.as_str())
+                    .is_some_and(|state| !state.takes_suites()),
         })
         .collect();
     let seen = context.sessions.seen();
@@ -198,6 +212,11 @@ async fn step(context: &Context) -> Result<(), StoreError> {
         restart_grace_until_ms: context.settings.restart_grace_until_ms,
         now_ms: now_ms(),
     });
+    let pool_plan = if context.pools.is_empty() {
+        PoolPlan::default()
+    } else {
+        plan_pools(context, &active, &online, &platforms, &plan)
+    };
     for action in plan.actions {
         match action {
             Action::EndRunAtDeadline { run } => {
@@ -218,6 +237,62 @@ async fn step(context: &Context) -> Result<(), StoreError> {
             } => assign(context, suite, agent, incarnation).await?,
         }
     }
-    *context.scheduler.waiting.lock().expect("waiting lock") = plan.waiting;
+    context.pools.apply(pool_plan.actions).await?;
+    let mut waiting = plan.waiting;
+    waiting.extend(pool_plan.waiting);
+    *context.scheduler.waiting.lock().expect("waiting lock") = waiting;
     Ok(())
+}
+
+/// What the pools do in this step: platforms for the suites no agent took, warm ones, joined and
+/// released ones.
+fn plan_pools(
+    context: &Context,
+    active: &[schedule::ActiveSuite],
+    online: &[crate::daemon::sessions::OnlineAgent],
+    platforms: &[PlatformRecord],
+    plan: &schedule::Plan,
+) -> PoolPlan {
+    let failed = context.pools.failed_pools();
+    let waiting: Vec<pools::WaitingSuite<'_>> = active
+        .iter()
+        .filter(|suite| plan.waiting.contains_key(&suite.suite))
+        .map(|suite| pools::WaitingSuite {
+            suite: suite.suite_ref(),
+            needs: &suite.needs,
+            failed_pools: failed.get(&suite.suite).map_or(&[], Vec::as_slice),
+            reason: plan.waiting.get(&suite.suite).map_or("", String::as_str),
+        })
+        .collect();
+    let online_names: BTreeSet<&str> = online.iter().map(|agent| agent.name.as_str()).collect();
+    let mut busy: BTreeSet<&str> = active
+        .iter()
+        .filter(|suite| suite.state == SuiteState::Running)
+        .map(|suite| suite.agent.as_str())
+        .collect();
+    for action in &plan.actions {
+        match action {
+            Action::Assign { agent, .. } | Action::Reinstate { agent, .. } => {
+                busy.insert(agent.as_str());
+            }
+            _ => {}
+        }
+    }
+    let pool_views = context.pools.views();
+    let platform_views: Vec<pools::PlatformView<'_>> = platforms
+        .iter()
+        .map(|platform| pools::PlatformView {
+            name: &platform.name,
+            pool: &platform.pool,
+            state: platform.state,
+            for_suite: platform.suite.map(|suite| suite.suite),
+        })
+        .collect();
+    pools::plan(&pools::PoolInput {
+        pools: &pool_views,
+        platforms: &platform_views,
+        waiting: &waiting,
+        online: &online_names,
+        busy: &busy,
+    })
 }

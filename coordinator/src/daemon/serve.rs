@@ -80,6 +80,27 @@ pub async fn run(
     let http_addr = http_listener.local_addr()?;
 
     let (gossip_live_tx, gossip_live_rx) = watch::channel(BTreeSet::new());
+    let fanout = Arc::new(FanOut::default());
+    let scheduler = Arc::new(SchedulerHandle::default());
+    let pools = Arc::new(crate::daemon::pools::Pools::new(
+        crate::daemon::pools::PoolsSetup {
+            pools: config.pools.clone(),
+            store: store.clone(),
+            join: gossip_advertised,
+            ca: data_dir.ca_certificate(),
+            data_dir: data_dir.root.clone(),
+            attempts: config.runs.attempts,
+            publish: {
+                let fanout = fanout.clone();
+                let scheduler = scheduler.clone();
+                Box::new(move |effects| {
+                    fanout.publish(effects);
+                    scheduler.wake();
+                })
+            },
+        },
+    ));
+    pools.recover().await?;
     let context = Context {
         store: store.clone(),
         settings: Arc::new(Settings {
@@ -92,13 +113,14 @@ pub async fn run(
             restart_grace_until_ms: now_ms() + config.runs.lease_grace.as_millis() as i64,
         }),
         sessions: Arc::new(Sessions::new(gossip_live_rx)),
-        fanout: Arc::new(FanOut::default()),
+        fanout,
         metrics: Arc::new(Metrics::default()),
-        scheduler: Arc::new(SchedulerHandle::default()),
+        scheduler,
         shipping: Arc::new(crate::daemon::shipping::Shipping::new(
             &data_dir.root,
             config.shipping,
         )),
+        pools: pools.clone(),
     };
     let tracker = TaskTracker::new();
     let sessions_shutdown = shutdown.child_token();
@@ -131,6 +153,7 @@ pub async fn run(
             sessions: context.sessions.clone(),
             metrics: context.metrics.clone(),
             shipping: context.shipping.clone(),
+            pools: context.pools.clone(),
         };
         let shutdown = shutdown.clone();
         async move {
@@ -187,6 +210,10 @@ pub async fn run(
     shutdown.cancelled().await;
     if let Some(agents) = local_agents {
         agents.stop().await;
+    }
+    if !pools.is_empty() {
+        info!("shutting down: destroying the pools' platforms");
+        pools.shutdown(Duration::from_secs(30)).await;
     }
     info!("shutting down: closing connections");
     sessions_shutdown.cancel();

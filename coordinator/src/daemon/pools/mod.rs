@@ -1,0 +1,646 @@
+//! Pools of platforms made on demand: what `core::pools` decides, carried out. Each platform is a row in
+//! the store from the moment it is decided until it is destroyed, and a task makes it: a one-time
+//! enrollment token for its name, the provisioner's create, then waiting (within `boot_timeout`) for its
+//! agent to join; a try that fails is destroyed and tried again (`launch_retries`), and when every try
+//! fails the suite it was made for loses an attempt as an infrastructure error. After its suite a
+//! platform is destroyed (`reuse = "never"`) or cleaned and kept (`reuse = "clean"`). Platforms a
+//! previous coordinator process left (it stopped or crashed mid-create or mid-suite) are destroyed at
+//! start; a stopping coordinator destroys its own.
+
+pub mod config;
+pub mod provision;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use polarizer_shared::facts::AgentFacts;
+use polarizer_shared::platforms::{PlatformRecord, PlatformState, PoolRecord};
+use polarizer_shared::run::SuiteRef;
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::core::pools::{PoolAction, PoolView};
+use crate::daemon::clock::now_ms;
+use crate::store::runs::Effect;
+use crate::store::{platforms, runs, StoreError, StoreHandle};
+use config::{PoolConfig, Reuse};
+use provision::{Enrollment, Provisioner};
+
+struct Pool {
+    config: PoolConfig,
+    /// What its platforms are, for placement.
+    offers: AgentFacts,
+    provisioner: Provisioner,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct PoolMetrics {
+    pub created: AtomicU64,
+    pub destroyed: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Where new platforms' agents join, and what the pools do with what they change.
+pub struct PoolsSetup {
+    pub pools: Vec<PoolConfig>,
+    pub store: StoreHandle,
+    /// The coordinator's gossip address: every platform's agent joins there.
+    pub join: SocketAddr,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+    /// Attempts per suite (a platform that could not be made costs one).
+    pub attempts: u32,
+    /// Publishes what a store write changed (a suite requeued or given up) and wakes the scheduler.
+    pub publish: Box<dyn Fn(Vec<Effect>) + Send + Sync>,
+}
+
+pub struct Pools {
+    pools: Vec<Pool>,
+    platforms: Mutex<BTreeMap<String, PlatformRecord>>,
+    /// Per queued suite, the pools that could not make a platform for it.
+    failed: Mutex<HashMap<u64, Vec<String>>>,
+    /// A platform changed state (its agent joined, it was destroyed).
+    changed: Notify,
+    store: StoreHandle,
+    join: SocketAddr,
+    ca: PathBuf,
+    /// `DATA_DIR/platforms`: a directory per platform (token, logs, a local agent's state).
+    root: PathBuf,
+    attempts: u32,
+    publish: Box<dyn Fn(Vec<Effect>) + Send + Sync>,
+    tasks: TaskTracker,
+    pub metrics: PoolMetrics,
+}
+
+impl Pools {
+    pub fn new(setup: PoolsSetup) -> Pools {
+        let arch = std::env::consts::ARCH.to_string();
+        let pools = setup
+            .pools
+            .into_iter()
+            .map(|config| {
+                let offers = AgentFacts {
+                    name: config.name.clone(),
+                    hostname: String::new(),
+                    os: "linux".into(),
+                    distro_id: String::new(),
+                    distro_version: String::new(),
+                    kernel: String::new(),
+                    arch: arch.clone(),
+                    cpus: 0,
+                    memory_bytes: 0,
+                    agent_version: String::new(),
+                    labels: config.labels.clone(),
+                    platform: config.platform,
+                };
+                Pool {
+                    provisioner: Provisioner::new(config.provisioner.clone()),
+                    offers,
+                    config,
+                }
+            })
+            .collect();
+        Pools {
+            pools,
+            platforms: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            store: setup.store,
+            join: setup.join,
+            ca: setup.ca,
+            root: setup.data_dir.join("platforms"),
+            attempts: setup.attempts,
+            publish: setup.publish,
+            tasks: TaskTracker::new(),
+            metrics: PoolMetrics::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty() && self.platforms.lock().expect("platforms lock").is_empty()
+    }
+
+    /// The pools, for the planner.
+    pub fn views(&self) -> Vec<PoolView<'_>> {
+        self.pools
+            .iter()
+            .map(|pool| PoolView {
+                name: &pool.config.name,
+                offers: &pool.offers,
+                max: pool.config.max,
+                min_ready: pool.config.min_ready,
+            })
+            .collect()
+    }
+
+    /// What each pool's platforms are, once per platform it may make: the platforms a run's parallel
+    /// suites may spread over, beside the agents in the inventory.
+    pub fn slot_facts(&self) -> Vec<AgentFacts> {
+        self.pools
+            .iter()
+            .flat_map(|pool| {
+                std::iter::repeat_n(pool.offers.clone(), pool.config.max.min(64) as usize)
+            })
+            .collect()
+    }
+
+    /// Every platform as it is now.
+    pub fn snapshot(&self) -> Vec<PlatformRecord> {
+        self.platforms
+            .lock()
+            .expect("platforms lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn failed_pools(&self) -> HashMap<u64, Vec<String>> {
+        self.failed.lock().expect("failed lock").clone()
+    }
+
+    /// The pools and their platforms, for `polarizer platforms`.
+    pub fn list(&self) -> (Vec<PoolRecord>, Vec<PlatformRecord>) {
+        let pools = self
+            .pools
+            .iter()
+            .map(|pool| PoolRecord {
+                name: pool.config.name.clone(),
+                provisioner: pool.config.provisioner.kind().into(),
+                max: pool.config.max,
+                min_ready: pool.config.min_ready,
+                reuse: match pool.config.reuse {
+                    Reuse::Never => "never".into(),
+                    Reuse::Clean(_) => "clean".into(),
+                },
+            })
+            .collect();
+        (pools, self.snapshot())
+    }
+
+    fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|pool| pool.config.name == name)
+    }
+
+    fn get(&self, name: &str) -> Option<PlatformRecord> {
+        self.platforms
+            .lock()
+            .expect("platforms lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Changes a platform in memory, then writes it. `None` when there is no such platform.
+    async fn update(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut PlatformRecord),
+    ) -> Option<PlatformRecord> {
+        let record = {
+            let mut platforms = self.platforms.lock().expect("platforms lock");
+            let record = platforms.get_mut(name)?;
+            let before = record.state;
+            change(record);
+            if record.state != before {
+                record.state_ms = now_ms();
+            }
+            record.clone()
+        };
+        let row = record.clone();
+        if let Err(err) = self
+            .store
+            .write(move |savepoint, path| {
+                platforms::update(savepoint, &row).map_err(crate::store::sql::sqlite_error(path))
+            })
+            .await
+        {
+            warn!(platform = name, error = %err, "cannot store a platform's state");
+        }
+        self.changed.notify_waiters();
+        Some(record)
+    }
+
+    /// Carries out the planner's actions.
+    pub async fn apply(self: &Arc<Self>, actions: Vec<PoolAction>) -> Result<(), StoreError> {
+        for action in actions {
+            match action {
+                PoolAction::Create { pool, for_suite } => self.create(&pool, for_suite).await?,
+                PoolAction::Joined { platform } => {
+                    self.update(&platform, |record| {
+                        if record.state == PlatformState::Creating {
+                            record.state = PlatformState::Ready;
+                        }
+                    })
+                    .await;
+                    info!(platform, "platform ready: its agent joined");
+                }
+                PoolAction::Release { platform } => {
+                    let pools = self.clone();
+                    self.tasks
+                        .spawn(async move { pools.release(&platform).await });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheduler leased `suite` to `agent`: if that agent is a platform, it is spent on it.
+    pub async fn leased(&self, agent: &str, suite: SuiteRef) {
+        if self.get(agent).is_none() {
+            return;
+        }
+        self.failed
+            .lock()
+            .expect("failed lock")
+            .remove(&suite.suite);
+        self.update(agent, |record| {
+            record.state = PlatformState::Leased;
+            record.suite = Some(suite);
+        })
+        .await;
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        pool: &str,
+        for_suite: Option<SuiteRef>,
+    ) -> Result<(), StoreError> {
+        let pool_name = pool.to_string();
+        let record = self
+            .store
+            .write(move |savepoint, path| {
+                platforms::insert(savepoint, &pool_name, for_suite, now_ms())
+                    .map_err(crate::store::sql::sqlite_error(path))
+            })
+            .await?;
+        info!(platform = %record.name, pool, suite = ?for_suite.map(|suite| suite.suite), "making a platform");
+        let name = record.name.clone();
+        self.platforms
+            .lock()
+            .expect("platforms lock")
+            .insert(name.clone(), record);
+        self.metrics.created.fetch_add(1, Ordering::Relaxed);
+        let pools = self.clone();
+        let pool = pool.to_string();
+        self.tasks
+            .spawn(async move { pools.make(&name, &pool).await });
+        Ok(())
+    }
+
+    /// Makes a platform: tries until its agent joins, or every try failed.
+    async fn make(self: Arc<Self>, name: &str, pool_name: &str) {
+        let Some(pool) = self.pool(pool_name) else {
+            return;
+        };
+        let config = &pool.config;
+        let work_dir = self.root.join(name);
+        let mut error = std::fs::create_dir_all(&work_dir)
+            .map_err(|err| err.to_string())
+            .and_then(|()| {
+                polarizer_transport::state_files::ensure_private_dir(&work_dir)
+                    .map_err(|err| err.to_string())
+            })
+            .map_err(|err| format!("cannot create {}: {err}", work_dir.display()))
+            .err();
+        if error.is_none() {
+            for attempt in 1..=config.launch_retries {
+                match self.try_make(pool, name, attempt, &work_dir).await {
+                    Ok(()) => return,
+                    Err(None) => return, // destroyed meanwhile
+                    Err(Some(try_error)) => error = Some(try_error),
+                }
+            }
+        }
+        let error = error.unwrap_or_default();
+        self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "pool {pool_name} could not make platform {name} ({} tries): {error}",
+            config.launch_retries
+        );
+        warn!(platform = name, pool = pool_name, error = %error, "platform failed");
+        let Some(record) = self
+            .update(name, |record| {
+                record.state = PlatformState::Failed;
+                record.error = error.clone();
+            })
+            .await
+        else {
+            return;
+        };
+        let mut effects = Vec::new();
+        if let Some(suite) = record.suite {
+            self.failed
+                .lock()
+                .expect("failed lock")
+                .entry(suite.suite)
+                .or_default()
+                .push(pool_name.to_string());
+            let attempts = self.attempts;
+            let pool = pool_name.to_string();
+            match self
+                .store
+                .write(move |savepoint, path| {
+                    runs::platform_failed(
+                        savepoint,
+                        path,
+                        suite,
+                        &pool,
+                        &message,
+                        attempts,
+                        now_ms(),
+                    )
+                })
+                .await
+            {
+                Ok(changed) => effects = changed,
+                Err(err) => warn!(error = %err, "cannot record a platform failure"),
+            }
+        }
+        (self.publish)(effects);
+    }
+
+    /// One try: a token, the provisioner's create, the agent joining within `boot_timeout`. A failed
+    /// try is destroyed. `Err(None)`: the platform was destroyed meanwhile.
+    async fn try_make(
+        &self,
+        pool: &Pool,
+        name: &str,
+        attempt: u32,
+        work_dir: &std::path::Path,
+    ) -> Result<(), Option<String>> {
+        let config = &pool.config;
+        self.update(name, |record| record.tries = attempt)
+            .await
+            .filter(|record| record.state == PlatformState::Creating)
+            .ok_or(None)?;
+        if attempt > 1 {
+            // What an earlier try's agent may have enrolled is void: this try enrolls afresh.
+            let agent = name.to_string();
+            let _ = self
+                .store
+                .write(move |savepoint, path| {
+                    platforms::forget_agent(savepoint, &agent)
+                        .map_err(crate::store::sql::sqlite_error(path))
+                })
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + config.boot_timeout;
+        let made = match crate::daemon::local_agents::agent_binary() {
+            Err(err) => Err(err.to_string()),
+            Ok(agent_binary) => match self.enroll(name, config, work_dir).await {
+                Err(err) => Err(err),
+                Ok(token_file) => {
+                    let enrollment = Enrollment {
+                        name: name.to_string(),
+                        pool: config.name.clone(),
+                        join: self.join,
+                        ca: self.ca.clone(),
+                        token_file,
+                        labels: config.labels.clone(),
+                        platform: config.platform,
+                        agent_binary,
+                        work_dir: work_dir.to_path_buf(),
+                    };
+                    pool.provisioner
+                        .create(&enrollment, config.boot_timeout)
+                        .await
+                }
+            },
+        };
+        let error = match made {
+            Ok(made) => {
+                self.update(name, |record| {
+                    record.provider_id = made.id;
+                    record.address = made.address;
+                })
+                .await;
+                if self.joined(name, deadline).await {
+                    let _ = std::fs::remove_file(work_dir.join("agent-token"));
+                    return Ok(());
+                }
+                format!(
+                    "its agent did not join within boot_timeout ({} s)",
+                    config.boot_timeout.as_secs()
+                )
+            }
+            Err(err) => err,
+        };
+        warn!(platform = name, pool = %config.name, attempt, error = %error, "a try at making a platform failed");
+        let record = self
+            .update(name, |record| record.error = error.clone())
+            .await
+            .filter(|record| record.state == PlatformState::Creating)
+            .ok_or(None)?;
+        if let Err(err) = pool.provisioner.destroy(&record).await {
+            warn!(platform = name, error = %err, "cannot destroy a failed try");
+        }
+        Err(Some(error))
+    }
+
+    /// A one-time token for the platform's name, in a 0600 file its agent (or ansible) reads.
+    async fn enroll(
+        &self,
+        name: &str,
+        config: &PoolConfig,
+        work_dir: &std::path::Path,
+    ) -> Result<PathBuf, String> {
+        let ttl = config.boot_timeout + Duration::from_secs(60);
+        let issued = crate::daemon::host_tokens::issue(
+            &self.store,
+            name.to_string(),
+            ttl.as_millis() as u64,
+        )
+        .await
+        .map_err(|err| format!("cannot make an enrollment token: {err}"))?;
+        let path = work_dir.join("agent-token");
+        polarizer_transport::state_files::write_private(&path, issued.token.as_bytes())
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Waits until the platform's agent joined (it left `creating`); false at the deadline or when the
+    /// platform is gone.
+    async fn joined(&self, name: &str, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.get(name).map(|record| record.state) {
+                None => return false,
+                Some(PlatformState::Creating) => {}
+                Some(PlatformState::Destroying | PlatformState::Failed) => return false,
+                Some(_) => return true,
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    /// Its suite ended: destroyed, or cleaned and back in the pool.
+    async fn release(self: Arc<Self>, name: &str) {
+        let Some(record) = self.get(name) else {
+            return;
+        };
+        let Some(pool) = self.pool(&record.pool) else {
+            return self.destroy(name).await;
+        };
+        let Reuse::Clean(command) = &pool.config.reuse else {
+            info!(platform = name, "suite done: destroying its platform");
+            return self.destroy(name).await;
+        };
+        self.update(name, |record| record.state = PlatformState::Cleaning)
+            .await;
+        let work_dir = self.root.join(name);
+        match pool
+            .provisioner
+            .clean(&record, command, &work_dir, pool.config.boot_timeout)
+            .await
+        {
+            Ok(()) => {
+                info!(platform = name, "platform cleaned and back in its pool");
+                self.update(name, |record| {
+                    if record.state == PlatformState::Cleaning {
+                        record.state = PlatformState::Ready;
+                        record.suite = None;
+                    }
+                })
+                .await;
+                (self.publish)(Vec::new());
+            }
+            Err(err) => {
+                warn!(platform = name, error = %err, "cleaning failed: destroying the platform");
+                self.update(name, |record| record.error = err).await;
+                self.destroy(name).await;
+            }
+        }
+    }
+
+    /// Destroys a platform and forgets it (and its agent). One that cannot be destroyed stays,
+    /// failed, with the error.
+    async fn destroy(self: &Arc<Self>, name: &str) {
+        let Some(record) = self
+            .update(name, |record| record.state = PlatformState::Destroying)
+            .await
+        else {
+            return;
+        };
+        let destroyed = match self.pool(&record.pool) {
+            Some(pool) => pool.provisioner.destroy(&record).await,
+            None => Err(format!(
+                "its pool {} is no longer configured: destroy it by hand, then `polarizer platforms destroy {name}` forgets it",
+                record.pool
+            )),
+        };
+        match destroyed {
+            Ok(()) => {
+                self.platforms.lock().expect("platforms lock").remove(name);
+                let platform = name.to_string();
+                if let Err(err) = self
+                    .store
+                    .write(move |savepoint, path| {
+                        platforms::remove(savepoint, &platform)
+                            .map_err(crate::store::sql::sqlite_error(path))
+                    })
+                    .await
+                {
+                    warn!(platform = name, error = %err, "cannot forget a destroyed platform");
+                }
+                let _ = std::fs::remove_dir_all(self.root.join(name));
+                self.metrics.destroyed.fetch_add(1, Ordering::Relaxed);
+                self.changed.notify_waiters();
+                info!(platform = name, "platform destroyed");
+            }
+            Err(err) => {
+                warn!(platform = name, error = %err, "cannot destroy a platform");
+                self.update(name, |record| {
+                    record.state = PlatformState::Failed;
+                    record.error = err;
+                })
+                .await;
+            }
+        }
+        (self.publish)(Vec::new());
+    }
+
+    /// `polarizer platforms destroy NAME`. A failed platform whose pool is gone is only forgotten.
+    pub fn destroy_now(self: &Arc<Self>, name: &str) -> Result<(), String> {
+        let Some(record) = self.get(name) else {
+            return Err(format!("no platform named {name:?}"));
+        };
+        if record.state == PlatformState::Destroying {
+            return Ok(());
+        }
+        if record.state == PlatformState::Failed && self.pool(&record.pool).is_none() {
+            self.platforms.lock().expect("platforms lock").remove(name);
+            let store = self.store.clone();
+            let platform = name.to_string();
+            self.tasks.spawn(async move {
+                let _ = store
+                    .write(move |savepoint, path| {
+                        platforms::remove(savepoint, &platform)
+                            .map_err(crate::store::sql::sqlite_error(path))
+                    })
+                    .await;
+            });
+            return Ok(());
+        }
+        let pools = self.clone();
+        let name = name.to_string();
+        self.tasks.spawn(async move { pools.destroy(&name).await });
+        Ok(())
+    }
+
+    /// At start: every platform an earlier process left is destroyed (those that failed stay listed).
+    pub async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        let left = self.store.read(|reader| reader.platforms()).await?;
+        let mut leaked = Vec::new();
+        {
+            let mut platforms = self.platforms.lock().expect("platforms lock");
+            for record in left {
+                if record.state != PlatformState::Failed {
+                    leaked.push(record.name.clone());
+                }
+                platforms.insert(record.name.clone(), record);
+            }
+        }
+        for name in leaked {
+            warn!(platform = %name, "platform left by an earlier coordinator process: destroying it");
+            let pools = self.clone();
+            self.tasks.spawn(async move { pools.destroy(&name).await });
+        }
+        Ok(())
+    }
+
+    /// A stopping coordinator destroys its platforms (waiting at most `deadline`).
+    pub async fn shutdown(self: &Arc<Self>, deadline: Duration) {
+        let names: Vec<String> = self
+            .snapshot()
+            .into_iter()
+            .filter(|record| {
+                !matches!(
+                    record.state,
+                    PlatformState::Failed | PlatformState::Destroying
+                )
+            })
+            .map(|record| record.name)
+            .collect();
+        for name in names {
+            let pools = self.clone();
+            self.tasks.spawn(async move { pools.destroy(&name).await });
+        }
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some platforms were not destroyed in time; the next start destroys them");
+        }
+    }
+}

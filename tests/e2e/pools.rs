@@ -1,0 +1,317 @@
+//! Platforms made on demand: a coordinator with pools and no agents installed runs every suite on a
+//! platform made for it and destroys it after; a suite no pool can serve waits saying why; a platform
+//! that cannot be made is retried, then counted as an infrastructure error; platforms a killed
+//! coordinator left behind are destroyed when it starts again.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use polarizer_e2e::*;
+use serde_json::Value;
+
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A coordinator started with `coordinator.toml` holding `pools` (kept in `config_dir`).
+pub fn cluster_with_pools(config_dir: &Path, pools: &str, flags: &[&str]) -> TestCluster {
+    let config = config_dir.join("coordinator.toml");
+    std::fs::write(&config, pools).unwrap();
+    let mut serve = vec![
+        "--gossip-interval-ms",
+        "100",
+        "--heartbeat-interval-ms",
+        "200",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    serve.extend(flags);
+    TestCluster::new_coordinator_only_with(&serve)
+}
+
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/usr/bin/env bash\nset -eu\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+pub fn trigger(cluster: &TestCluster, repo: &Path) -> u64 {
+    ok_json(cluster.operator(&["trigger", "--repo", repo.to_str().unwrap(), "--json"]))["run"]
+        .as_u64()
+        .unwrap()
+}
+
+pub fn show(cluster: &TestCluster, run: u64) -> Value {
+    ok_json(cluster.operator(&["runs", "show", &run.to_string(), "--json"]))
+}
+
+pub fn platforms(cluster: &TestCluster) -> Value {
+    ok_json(cluster.operator(&["platforms", "--json"]))
+}
+
+/// Four independent tests and a serial pair (both modify `db`): three suites on a pool of two.
+pub fn three_suite_repo(root: &Path) -> PathBuf {
+    let mut fmf = String::from("duration: 1m\n");
+    for index in 1..=4 {
+        fmf.push_str(&format!(
+            "/p{index}:\n  test: echo on $(hostname) p{index}; sleep 1\n"
+        ));
+    }
+    for index in 1..=2 {
+        fmf.push_str(&format!(
+            "/s{index}:\n  test: sleep 1\n  extra-polarizer-resources:\n    modifies: [db]\n"
+        ));
+    }
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
+}
+
+/// Polls the run to its end; on each poll also calls `each` with the run and the platforms listing.
+pub fn follow(cluster: &TestCluster, run: u64, mut each: impl FnMut(&Value, &Value)) -> Value {
+    let mut last = Value::Null;
+    wait_for(&format!("run {run} to finish"), RUN_DEADLINE, || {
+        last = show(cluster, run);
+        each(&last, &platforms(cluster));
+        !matches!(last["state"].as_str(), Some("queued" | "running"))
+    });
+    last
+}
+
+#[test]
+fn a_local_pool_runs_every_suite_on_a_fresh_platform_and_destroys_it_after() {
+    let config = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_pools(
+        config.path(),
+        "[[pools]]\nname = \"fresh\"\nprovisioner = \"local\"\nmax = 2\n",
+        &[],
+    );
+    let repo = three_suite_repo(&cluster.path("repo"));
+    let run = trigger(&cluster, &repo);
+
+    let mut most_at_once = 0;
+    let mut reasons = BTreeSet::new();
+    let finished = follow(&cluster, run, |shown, listing| {
+        let alive = listing["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|platform| platform["state"] != "failed")
+            .count();
+        most_at_once = most_at_once.max(alive);
+        for suite in shown["suites"].as_array().unwrap() {
+            if suite["state"] == "queued" {
+                reasons.insert(suite["waiting_for"].as_str().unwrap().to_string());
+            }
+        }
+    });
+    assert_eq!(finished["state"], "passed", "{finished:#}");
+    let suites = finished["suites"].as_array().unwrap();
+    assert_eq!(suites.len(), 3, "{finished:#}");
+    let agents: BTreeSet<&str> = suites
+        .iter()
+        .map(|suite| suite["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agents.len(),
+        3,
+        "every suite had a platform of its own: {agents:?}"
+    );
+    assert!(
+        agents.iter().all(|agent| agent.starts_with("fresh-")),
+        "{agents:?}"
+    );
+    assert!(most_at_once <= 2, "never more than max: {most_at_once}");
+    assert!(
+        reasons.iter().any(|reason| reason.contains("pool fresh")),
+        "a waiting suite said it waits for the pool: {reasons:?}"
+    );
+
+    // After the run: every platform destroyed, its agent forgotten, no agent process left.
+    wait_for(
+        "the platforms to be destroyed",
+        Duration::from_secs(30),
+        || {
+            platforms(&cluster)["platforms"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    let inventory: Vec<String> = cluster
+        .inventory()
+        .iter()
+        .map(|agent| agent["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        inventory.iter().all(|name| !agents.contains(name.as_str())),
+        "{inventory:?}"
+    );
+    let listing = platforms(&cluster);
+    assert_eq!(listing["pools"][0]["name"], "fresh");
+    assert_eq!(listing["pools"][0]["provisioner"], "local");
+    let text = String::from_utf8(cluster.operator(&["platforms"]).stdout).unwrap();
+    assert!(text.contains("POOL") && text.contains("fresh"), "{text}");
+}
+
+#[test]
+fn a_suite_no_agent_and_no_pool_can_take_waits_saying_why() {
+    let config = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_pools(
+        config.path(),
+        "[[pools]]\nname = \"boxes\"\nprovisioner = \"local\"\nplatform = \"container\"\nmax = 1\n",
+        &[],
+    );
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "/vm-only:\n  test: \"true\"\n  extra-polarizer-platform:\n    kind: vm\n",
+            ),
+        ],
+    );
+    let run = trigger(&cluster, &repo);
+    let mut reason = String::new();
+    wait_for(
+        "the suite to say why it waits",
+        Duration::from_secs(20),
+        || {
+            reason = show(&cluster, run)["suites"][0]["waiting_for"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            reason.contains("no pool offers it")
+        },
+    );
+    assert!(reason.contains("platform vm"), "{reason}");
+    assert!(
+        platforms(&cluster)["platforms"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing is made for a suite the pool cannot serve"
+    );
+    assert!(cluster
+        .operator(&["runs", "cancel", &run.to_string()])
+        .status
+        .success());
+}
+
+#[test]
+fn a_platform_that_cannot_be_made_is_retried_then_its_suite_ends_as_an_infrastructure_error() {
+    let config = tempfile::tempdir().unwrap();
+    let failing = Path::new(env!("CARGO_MANIFEST_DIR")).join("provision/failing-create");
+    let destroyed = config.path().join("destroyed.log");
+    let destroy = script(
+        config.path(),
+        "destroy",
+        &format!("echo \"$1\" >> {}\n", destroyed.display()),
+    );
+    let cluster = cluster_with_pools(
+        config.path(),
+        &format!(
+            "[[pools]]\nname = \"cloud\"\nprovisioner = \"command\"\ncreate = \"{}\"\ndestroy = \"{}\"\ninstall = \"none\"\nlaunch_retries = 2\nmax = 2\n",
+            failing.display(),
+            destroy.display()
+        ),
+        &["--attempts", "1"],
+    );
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
+        ],
+    );
+    let run = trigger(&cluster, &repo);
+    let finished = follow(&cluster, run, |_, _| {});
+    let test = &tests_by_name(&finished)["/tests/one"];
+    assert_eq!(test["status"], "error", "{finished:#}");
+    assert_eq!(test["lost_attempts"][0]["agent"], "pool cloud", "{test:#}");
+    let message = test["message"].as_str().unwrap();
+    assert!(
+        message.contains("infrastructure error")
+            && message.contains("pool cloud could not make platform cloud-1 (2 tries)")
+            && message.contains("quota exceeded"),
+        "{message}"
+    );
+    let listing = platforms(&cluster);
+    let failed = &listing["platforms"][0];
+    assert_eq!(failed["state"], "failed", "{listing:#}");
+    assert_eq!(failed["tries"], 2);
+    assert!(failed["error"].as_str().unwrap().contains("quota exceeded"));
+    // Each failed try was destroyed (by name: it never had an id).
+    assert_eq!(read(&destroyed), "cloud-1\ncloud-1\n");
+    let metrics = http_get(cluster.http, "/metrics");
+    assert!(
+        metrics.contains("polarizer_platform_failures_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_platform_left_mid_create_by_a_killed_coordinator_is_destroyed_when_it_starts_again() {
+    let config = tempfile::tempdir().unwrap();
+    let created = config.path().join("created.log");
+    let destroyed = config.path().join("destroyed.log");
+    // A cloud that takes its time: the coordinator is killed while it waits.
+    let create = script(
+        config.path(),
+        "create",
+        &format!("echo \"$1\" >> {}\nexec sleep 30\n", created.display()),
+    );
+    let destroy = script(
+        config.path(),
+        "destroy",
+        &format!("echo \"$1\" >> {}\n", destroyed.display()),
+    );
+    let mut cluster = cluster_with_pools(
+        config.path(),
+        &format!(
+            "[[pools]]\nname = \"slow\"\nprovisioner = \"command\"\ncreate = \"{}\"\ndestroy = \"{}\"\ninstall = \"none\"\nmax = 1\n",
+            create.display(),
+            destroy.display()
+        ),
+        &[],
+    );
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
+        ],
+    );
+    let run = trigger(&cluster, &repo);
+    wait_for(
+        "the create script to start",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&created).is_ok_and(|text| text.contains("slow-1")),
+    );
+    cluster.coordinator.as_mut().unwrap().kill_9();
+    assert!(
+        !destroyed.exists(),
+        "nothing destroyed it before the restart"
+    );
+
+    cluster.start_coordinator(&[]);
+    wait_for(
+        "the leaked platform to be destroyed",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&destroyed)
+                .is_ok_and(|text| text.lines().any(|line| line == "slow-1"))
+        },
+    );
+    wait_for("it to leave the listing", Duration::from_secs(20), || {
+        platforms(&cluster)["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|platform| platform["name"] != "slow-1")
+    });
+    assert!(cluster
+        .operator(&["runs", "cancel", &run.to_string()])
+        .status
+        .success());
+}
