@@ -315,3 +315,164 @@ fn a_platform_left_mid_create_by_a_killed_coordinator_is_destroyed_when_it_start
         .status
         .success());
 }
+
+/// The names of the containers of a pool, running or not.
+fn containers_of(pool: &str) -> Vec<String> {
+    let mut command = podman::podman().expect("podman was usable a moment ago");
+    let output = command
+        .args(["ps", "--all", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=polarizer.pool={pool}"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A coordinator with a podman pool of the test image, or `None` (reason printed) where podman is
+/// unusable. Pool names carry the test process's id: container names are global on the host.
+fn podman_cluster(config_dir: &Path, pool: &str, max: u32) -> Option<TestCluster> {
+    let (key, conf) = podman::containers_conf()?;
+    let image = podman::test_image()?;
+    let config = config_dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pools]]\nname = \"{pool}\"\nprovisioner = \"podman\"\nimage = \"{image}\"\nmax = {max}\nlabels = {{ distro = \"debian-12\" }}\nboot_timeout = \"2m\"\n"
+        ),
+    )
+    .unwrap();
+    Some(TestCluster::new_coordinator_only_with_env(
+        &[
+            "--gossip-interval-ms",
+            "100",
+            "--heartbeat-interval-ms",
+            "200",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        vec![(key.to_string(), conf)],
+    ))
+}
+
+#[test]
+fn a_podman_pool_runs_the_demo_with_no_agent_installed_each_suite_on_a_fresh_container() {
+    let config = tempfile::tempdir().unwrap();
+    let pool = format!("demo{}", std::process::id());
+    let Some(cluster) = podman_cluster(config.path(), &pool, 3) else {
+        return;
+    };
+    let examples = cluster.path("examples");
+    polarizer::cli::examples::materialize(&examples).unwrap();
+    let run = ok_json(cluster.operator(&[
+        "trigger",
+        "--repo",
+        examples.to_str().unwrap(),
+        "--changed",
+        "src/identity/uuid.py",
+        "--kind",
+        "commit",
+        "--type",
+        "unit,integration,functional",
+        "--json",
+    ]))["run"]
+        .as_u64()
+        .unwrap();
+    let mut most_at_once = 0;
+    let finished = follow(&cluster, run, |_, _| {
+        most_at_once = most_at_once.max(containers_of(&pool).len());
+    });
+    // One test fails and one times out on purpose; every other passes, each in a container.
+    assert_eq!(finished["state"], "failed", "{finished:#}");
+    let tests = tests_by_name(&finished);
+    assert_eq!(tests.len(), 17);
+    for (name, test) in &tests {
+        let expected = match name.as_str() {
+            "/tests/register/unregister" => "fail",
+            "/tests/repos/mirror-sync" => "timeout",
+            _ => "pass",
+        };
+        assert_eq!(test["status"], expected, "{name}: {test}");
+    }
+    let suites = finished["suites"].as_array().unwrap();
+    let agents: BTreeSet<&str> = suites
+        .iter()
+        .map(|suite| suite["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agents.len(),
+        suites.len(),
+        "a fresh container per suite: {agents:?}"
+    );
+    assert!(
+        agents
+            .iter()
+            .all(|agent| agent.starts_with(&format!("{pool}-"))),
+        "{agents:?}"
+    );
+    assert!(most_at_once <= 3, "never more than max: {most_at_once}");
+    let inventory = cluster.inventory();
+    assert!(
+        inventory.is_empty()
+            || inventory
+                .iter()
+                .all(|agent| agent["facts"]["platform"] == "container")
+    );
+    wait_for(
+        "the containers to be removed",
+        Duration::from_secs(60),
+        || containers_of(&pool).is_empty(),
+    );
+}
+
+#[test]
+fn a_container_left_by_a_killed_coordinator_is_removed_when_it_starts_again() {
+    let config = tempfile::tempdir().unwrap();
+    let pool = format!("leak{}", std::process::id());
+    let Some(mut cluster) = podman_cluster(config.path(), &pool, 1) else {
+        return;
+    };
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "/long:\n  test: sleep 60\n  duration: 5m\n",
+            ),
+        ],
+    );
+    let run = trigger(&cluster, &repo);
+    wait_for(
+        "the test to run in a container",
+        Duration::from_secs(90),
+        || tests_by_name(&show(&cluster, run))["/tests/long"]["status"] == "running",
+    );
+    assert_eq!(containers_of(&pool).len(), 1);
+    cluster.coordinator.as_mut().unwrap().kill_9();
+    assert_eq!(
+        containers_of(&pool).len(),
+        1,
+        "the container outlives the coordinator"
+    );
+
+    cluster.start_coordinator(&[]);
+    let leaked = format!("{pool}-1");
+    wait_for(
+        "the leaked container to be removed",
+        Duration::from_secs(60),
+        || !containers_of(&pool).contains(&leaked),
+    );
+    assert!(cluster
+        .operator(&["runs", "cancel", &run.to_string()])
+        .status
+        .success());
+    wait_for(
+        "every container of the pool to be removed",
+        Duration::from_secs(60),
+        || containers_of(&pool).is_empty(),
+    );
+}

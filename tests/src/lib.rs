@@ -268,6 +268,8 @@ pub struct TestCluster {
     pub agents: Vec<(String, Process)>,
     restarts: usize,
     serve_flags: Vec<String>,
+    /// Set in the coordinator's environment at each start (e.g. `CONTAINERS_CONF` for its podman).
+    pub coordinator_env: Vec<(String, PathBuf)>,
 }
 
 /// Rebuilds `command` with each `(flag, value)` replacing that flag's value, or appended when absent.
@@ -311,7 +313,23 @@ impl TestCluster {
 
     /// A coordinator whose gossip and QUIC listen on `ip` (the host end of a veth pair, say), so agents
     /// in other network namespaces reach it; operators reach it there too.
+    /// A coordinator with these extra `serve` flags and these variables in its environment.
+    pub fn new_coordinator_only_with_env(
+        serve_flags: &[&str],
+        env: Vec<(String, PathBuf)>,
+    ) -> TestCluster {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), serve_flags, env)
+    }
+
     pub fn new_coordinator_only_on(ip: std::net::IpAddr, serve_flags: &[&str]) -> TestCluster {
+        Self::start_on(ip, serve_flags, Vec::new())
+    }
+
+    fn start_on(
+        ip: std::net::IpAddr,
+        serve_flags: &[&str],
+        coordinator_env: Vec<(String, PathBuf)>,
+    ) -> TestCluster {
         let on = |addr: SocketAddr| SocketAddr::new(ip, addr.port());
         let dir = tempfile::Builder::new()
             .prefix("polarizer-e2e-")
@@ -328,6 +346,7 @@ impl TestCluster {
             restarts: 0,
             dir,
             serve_flags: serve_flags.iter().map(|flag| flag.to_string()).collect(),
+            coordinator_env,
         };
         cluster.start_coordinator(&[]);
         cluster
@@ -350,7 +369,8 @@ impl TestCluster {
             .arg("--http")
             .arg(self.http.to_string())
             .args(&self.serve_flags)
-            .args(extra);
+            .args(extra)
+            .envs(self.coordinator_env.iter().map(|(key, value)| (key, value)));
         self.coordinator = Some(Process::spawn(
             "coordinator",
             command,
