@@ -33,6 +33,10 @@ pub struct PoolSettings {
     pub playbook: Option<PathBuf>,
     /// command, `install = "ansible"`: the program [default: ansible-playbook]
     pub ansible_playbook: Option<PathBuf>,
+    /// command, `install = "ansible"`: more variables for the play (`{name}` in a value becomes the
+    /// platform's name), e.g. `polarizer_agent_service = "process"` where the platform has no systemd.
+    #[serde(default)]
+    pub install_vars: BTreeMap<String, String>,
     /// What the platforms are, for placement: `distro`, `arch`, and any label of your own.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -60,7 +64,11 @@ pub enum Reuse {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Install {
-    Ansible { playbook: PathBuf, program: PathBuf },
+    Ansible {
+        playbook: PathBuf,
+        program: PathBuf,
+        vars: BTreeMap<String, String>,
+    },
     None,
 }
 
@@ -171,8 +179,14 @@ impl PoolSettings {
                             .ansible_playbook
                             .clone()
                             .unwrap_or_else(|| PathBuf::from("ansible-playbook")),
+                        vars: self.install_vars.clone(),
                     },
-                    "none" => Install::None,
+                    "none" if self.install_vars.is_empty() => Install::None,
+                    "none" => {
+                        return Err(fail(
+                            "install_vars: only used with install = \"ansible\"".into(),
+                        ))
+                    }
                     other => {
                         return Err(fail(format!("install: {other:?} is not ansible or none")))
                     }

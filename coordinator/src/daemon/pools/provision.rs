@@ -251,9 +251,16 @@ impl Provisioner {
                     id: created.id.clone(),
                     address: created.address.clone(),
                 };
-                if let Install::Ansible { playbook, program } = install {
+                if let Install::Ansible {
+                    playbook,
+                    program,
+                    vars,
+                } = install
+                {
                     let left = timeout.saturating_sub(started.elapsed());
-                    if let Err(err) = ansible(enrollment, &created, playbook, program, left).await {
+                    if let Err(err) =
+                        ansible(enrollment, &created, playbook, program, vars, left).await
+                    {
                         // Made but not usable: destroy it here, the caller only knows its name.
                         let _ = self.destroy_id(&made.id).await;
                         return Err(err);
@@ -402,9 +409,10 @@ async fn ansible(
     created: &Created,
     playbook: &Path,
     program: &Path,
+    extra: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let vars = serde_json::json!({
+    let mut vars = serde_json::json!({
         "polarizer_agent_binary_src": enrollment.agent_binary,
         "polarizer_agent_join": [enrollment.join.to_string()],
         "polarizer_agent_ca_src": enrollment.ca,
@@ -412,7 +420,15 @@ async fn ansible(
         "polarizer_agent_name": enrollment.name,
         "polarizer_agent_labels": enrollment.labels,
         "polarizer_agent_platform": enrollment.platform.as_str(),
+        // A fresh platform's host key is unknown; remember it for this platform only.
+        "ansible_ssh_common_args": format!(
+            "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+            enrollment.work_dir.join("known_hosts").display()
+        ),
     });
+    for (key, value) in extra {
+        vars[key] = serde_json::Value::String(value.replace("{name}", &enrollment.name));
+    }
     let vars_path = enrollment.work_dir.join("ansible-vars.json");
     polarizer_transport::state_files::write_private(&vars_path, vars.to_string().as_bytes())
         .map_err(|err| format!("cannot write {}: {err}", vars_path.display()))?;
@@ -431,9 +447,8 @@ async fn ansible(
     command
         .arg("--")
         .arg(playbook)
-        .current_dir(&enrollment.work_dir)
-        // A platform just made has a host key nobody has seen yet.
-        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        // The playbook's own ansible.cfg (roles_path), never one where the coordinator happens to run.
+        .current_dir(playbook.parent().unwrap_or(Path::new("/")))
         .env("ANSIBLE_NOCOLOR", "1")
         .env("ANSIBLE_LOG_PATH", &log_path);
     run(&mut command, "ansible-playbook", timeout)
