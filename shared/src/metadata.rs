@@ -124,7 +124,7 @@ fn kinds_from_list_or_option<'de, D: serde::Deserializer<'de>>(
     })
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Provision {
     pub playbook: String,
     pub containerfile: String,
@@ -820,6 +820,32 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A file of the tree named by a section's sub-key: relative to the tree's root, inside it (no `..`,
+    /// not absolute), in plain characters (it reaches a shell and other programs as it is written).
+    fn section_tree_path(&self, section: &Section<'_>, sub_key: &str) -> String {
+        let path = self.section_string(section, sub_key);
+        if path.is_empty() {
+            return path;
+        }
+        let plain = path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/+@".contains(c));
+        let inside = !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|part| !part.is_empty() && part != ".." && part != ".");
+        if !(plain && inside) {
+            self.bad_value(
+                &format!("{}.{sub_key}", section.written),
+                format!(
+                    "{path:?} must be a path inside the tree, relative to its root, of letters, digits and . _ - / + @"
+                ),
+            );
+            return String::new();
+        }
+        path
+    }
+
     /// What the node's reading found wrong, or `value` when nothing was.
     fn finish<T>(self, value: T) -> NodeReading<T> {
         NodeReading {
@@ -1199,8 +1225,8 @@ fn test_from_node(node: &Node, root: &std::path::Path) -> NodeReading<TestMetada
             distro: reader.section_strings(&platform, "distro"),
         },
         provision: Provision {
-            playbook: reader.section_string(&provision, "playbook"),
-            containerfile: reader.section_string(&provision, "containerfile"),
+            playbook: reader.section_tree_path(&provision, "playbook"),
+            containerfile: reader.section_tree_path(&provision, "containerfile"),
         },
         junit: reader.polarizer_string("junit"),
         bdd: reader.polarizer_string("bdd"),
@@ -1544,6 +1570,35 @@ mod tests {
         )]);
         let err = Catalog::from_tree(&tree).unwrap_err();
         assert_eq!(err.place().1, "extra-polarizer-platform.kind");
+    }
+
+    /// A provisioning file is a path inside the tree: a hostile tree cannot point outside it, nor put
+    /// shell syntax where a command line is built from it.
+    #[test]
+    fn provisioning_files_are_paths_inside_the_tree() {
+        for bad in [
+            "/etc/shadow",
+            "../up.yml",
+            "a/../../b",
+            "p.yml; rm -rf /",
+            "$(id).yml",
+        ] {
+            let (_dir, tree) = load(&[(
+                "t.fmf",
+                &*format!("test: ./x\nextra-polarizer-provision: {{playbook: '{bad}'}}\n"),
+            )]);
+            let err = Catalog::from_tree(&tree).unwrap_err();
+            assert_eq!(err.place().1, "extra-polarizer-provision.playbook", "{bad}");
+        }
+        let (_dir, tree) = load(&[(
+            "t.fmf",
+            "test: ./x\nextra-polarizer-provision: {containerfile: images/Containerfile.rhel9}\n",
+        )]);
+        let catalog = Catalog::from_tree(&tree).unwrap();
+        assert_eq!(
+            catalog.tests[0].provision.containerfile,
+            "images/Containerfile.rhel9"
+        );
     }
 
     #[test]

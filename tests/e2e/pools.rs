@@ -476,3 +476,71 @@ fn a_container_left_by_a_killed_coordinator_is_removed_when_it_starts_again() {
         || containers_of(&pool).is_empty(),
     );
 }
+
+/// The ansible venv the test script makes (ansible-core), if there is one.
+fn ansible_bin() -> Option<PathBuf> {
+    let venv = std::env::var_os("POLARIZER_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ansible-venv"));
+    let bin = venv.join("bin");
+    if bin.join("ansible-playbook").exists() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "skipped: no ansible-playbook in {} (scripts/test makes it)",
+            bin.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn a_tests_playbook_sets_its_platform_up_before_its_suite_and_only_for_its_suite() {
+    let Some(ansible) = ansible_bin() else {
+        return;
+    };
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("coordinator.toml"),
+        "[[pools]]\nname = \"played\"\nprovisioner = \"local\"\nmax = 2\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        ansible.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cluster = TestCluster::new_coordinator_only_with_env(
+        &[
+            "--gossip-interval-ms",
+            "100",
+            "--heartbeat-interval-ms",
+            "200",
+            "--config",
+            config.path().join("coordinator.toml").to_str().unwrap(),
+        ],
+        vec![("PATH".into(), PathBuf::from(path))],
+    );
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "setup/play.yml",
+                "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: Mark the platform\n      ansible.builtin.copy:\n        content: provisioned\n        dest: \"{{ playbook_dir }}/../provisioned\"\n",
+            ),
+            (
+                "tests/main.fmf",
+                "/played:\n  test: grep -q provisioned ../provisioned\n  extra-polarizer-provision:\n    playbook: setup/play.yml\n/plain:\n  test: test ! -e ../provisioned\n",
+            ),
+        ],
+    );
+    let run = trigger(&cluster, &repo);
+    let finished = follow(&cluster, run, |_, _| {});
+    assert_eq!(finished["state"], "passed", "{finished:#}");
+    assert_eq!(
+        finished["suites"].as_array().unwrap().len(),
+        2,
+        "{finished:#}"
+    );
+}

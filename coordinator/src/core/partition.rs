@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use polarizer_shared::metadata::{PlatformNeeds, TestMetadata};
+use polarizer_shared::metadata::{PlatformNeeds, Provision, TestMetadata};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SuiteKind {
@@ -22,6 +22,9 @@ pub enum SuiteKind {
 pub struct Suite {
     pub kind: SuiteKind,
     pub needs: PlatformNeeds,
+    /// How its platform is set up (a playbook, a Containerfile): one per suite, so tests that set
+    /// their platform up differently never share one.
+    pub provision: Provision,
     /// Test ids; for a serial suite, in the order they must run.
     pub tests: Vec<String>,
     pub expected_seconds: f64,
@@ -129,12 +132,15 @@ pub fn partition(
         components.entry(root).or_default().push(index);
     }
 
-    let mut serial: Vec<(PlatformNeeds, Vec<usize>)> = Vec::new();
-    let mut independent: BTreeMap<PlatformNeeds, Vec<usize>> = BTreeMap::new();
+    // Tests are grouped by what their platform must be and how it is set up.
+    type Group = (PlatformNeeds, Provision);
+    let mut serial: Vec<(Group, Vec<usize>)> = Vec::new();
+    let mut independent: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
     for members in components.into_values() {
         if members.len() == 1 {
+            let test = tests[members[0]];
             independent
-                .entry(tests[members[0]].platform.clone())
+                .entry((test.platform.clone(), test.provision.clone()))
                 .or_default()
                 .push(members[0]);
         } else {
@@ -149,17 +155,28 @@ pub fn partition(
                     )
                 })
                 .unwrap_or_default();
-            serial.push((needs, in_after_order(tests, &members, &index_of)));
+            // Tests chained together share one platform: the first that sets it up says how.
+            let provision = members
+                .iter()
+                .map(|&index| &tests[index].provision)
+                .find(|provision| **provision != Provision::default())
+                .cloned()
+                .unwrap_or_default();
+            serial.push((
+                (needs, provision),
+                in_after_order(tests, &members, &index_of),
+            ));
         }
     }
 
     let mut suites = Vec::new();
-    let group_needs: BTreeSet<PlatformNeeds> = serial
+    let groups_here: BTreeSet<Group> = serial
         .iter()
-        .map(|(needs, _)| needs.clone())
+        .map(|(group, _)| group.clone())
         .chain(independent.keys().cloned())
         .collect();
-    for needs in group_needs {
+    for group in groups_here {
+        let (needs, provision) = &group;
         let slot_count = slots(&needs).max(1);
         let mut load = vec![0.0f64; slot_count];
         let least_loaded = |load: &[f64]| {
@@ -171,7 +188,7 @@ pub fn partition(
         };
         let mut serial_here: Vec<(f64, Vec<usize>)> = serial
             .iter()
-            .filter(|(suite_needs, _)| *suite_needs == needs)
+            .filter(|(suite_group, _)| *suite_group == group)
             .map(|(_, members)| {
                 (
                     members.iter().map(|&index| expected(tests[index])).sum(),
@@ -186,6 +203,7 @@ pub fn partition(
             suites.push(Suite {
                 kind: SuiteKind::Serial,
                 needs: needs.clone(),
+                provision: provision.clone(),
                 tests: members
                     .iter()
                     .map(|&index| tests[index].id.clone())
@@ -194,7 +212,7 @@ pub fn partition(
                 slot,
             });
         }
-        let mut singles: Vec<usize> = independent.remove(&needs).unwrap_or_default();
+        let mut singles: Vec<usize> = independent.remove(&group).unwrap_or_default();
         singles.sort_by(|&a, &b| {
             expected(tests[b])
                 .total_cmp(&expected(tests[a]))
@@ -215,6 +233,7 @@ pub fn partition(
             suites.push(Suite {
                 kind: SuiteKind::Parallel,
                 needs: needs.clone(),
+                provision: provision.clone(),
                 tests: members
                     .iter()
                     .map(|&index| tests[index].id.clone())
@@ -323,6 +342,28 @@ mod tests {
     fn plan(tests: &[TestMetadata], slots: usize) -> Vec<Suite> {
         let refs: Vec<&TestMetadata> = tests.iter().collect();
         partition(&refs, &|test| test.duration_seconds as f64, &|_| slots)
+    }
+
+    /// Tests that set their platform up differently never share a suite; those set up alike do.
+    #[test]
+    fn tests_are_grouped_by_how_their_platform_is_set_up() {
+        let mut tests: Vec<TestMetadata> = (0..4)
+            .map(|index| test(&format!("/t{index}"), 10))
+            .collect();
+        for test in &mut tests[..2] {
+            test.provision.playbook = "setup/rhel.yml".into();
+        }
+        let suites = plan(&tests, 1);
+        assert_eq!(suites.len(), 2, "{suites:?}");
+        for suite in &suites {
+            let with_playbook = suite.tests.iter().any(|id| id == "/t0" || id == "/t1");
+            assert_eq!(
+                suite.provision.playbook.is_empty(),
+                !with_playbook,
+                "{suite:?}"
+            );
+            assert_eq!(suite.tests.len(), 2, "{suite:?}");
+        }
     }
 
     #[test]

@@ -1318,10 +1318,23 @@ impl Reader {
         let mut tests = Vec::new();
         let mut suite_setup: Vec<String> = Vec::new();
         let mut suite_cleanup: Vec<String> = Vec::new();
+        // Playbooks run first, in the order of the tests that name them.
+        let mut playbooks = 0;
         for row in rows {
             let json = row.map_err(&on_sqlite)?;
             let metadata: TestMetadata =
                 serde_json::from_str(&json).map_err(corrupt(format!("{suite}")))?;
+            // A test's playbook sets its platform up before the suite, on the platform itself (a
+            // pull request's playbook never runs on the coordinator's host). The path was checked at
+            // import: inside the tree, plain characters.
+            let playbook = &metadata.provision.playbook;
+            if !playbook.is_empty() {
+                let command = playbook_command(playbook);
+                if !suite_setup.contains(&command) {
+                    suite_setup.insert(playbooks, command);
+                    playbooks += 1;
+                }
+            }
             for (hooks, wanted) in [
                 (&mut suite_setup, &metadata.hooks.suite_setup),
                 (&mut suite_cleanup, &metadata.hooks.suite_cleanup),
@@ -1399,4 +1412,13 @@ fn assigned_test(metadata: TestMetadata) -> AssignedTest {
         setup: metadata.hooks.setup,
         cleanup: metadata.hooks.cleanup,
     }
+}
+
+/// The suite setup command that applies a test's `provision.playbook` to the platform it runs on,
+/// from the tree's root, with the Python that runs ansible itself. Needs `ansible-playbook` on the
+/// platform.
+pub fn playbook_command(playbook: &str) -> String {
+    format!(
+        "ansible-playbook --connection=local --inventory=localhost, -e 'ansible_python_interpreter={{{{ ansible_playbook_python }}}}' -- {playbook}"
+    )
 }
