@@ -1,6 +1,7 @@
 //! End-to-end tests: real `polarizer` and `polarizer-agent` processes on loopback.
 
 mod catalog;
+mod command_pools;
 mod discovery;
 mod disk;
 mod events;

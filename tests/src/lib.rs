@@ -270,6 +270,9 @@ pub struct TestCluster {
     serve_flags: Vec<String>,
     /// Set in the coordinator's environment at each start (e.g. `CONTAINERS_CONF` for its podman).
     pub coordinator_env: Vec<(String, PathBuf)>,
+    /// Where the coordinator's gossip and QUIC listen when not on the addresses above (0.0.0.0: hosts
+    /// in other network namespaces reach it at its advertised address, operators still on loopback).
+    listen_ip: Option<std::net::IpAddr>,
 }
 
 /// Rebuilds `command` with each `(flag, value)` replacing that flag's value, or appended when absent.
@@ -311,8 +314,6 @@ impl TestCluster {
         Self::new_coordinator_only_on(std::net::Ipv4Addr::LOCALHOST.into(), serve_flags)
     }
 
-    /// A coordinator whose gossip and QUIC listen on `ip` (the host end of a veth pair, say), so agents
-    /// in other network namespaces reach it; operators reach it there too.
     /// A coordinator with these extra `serve` flags and these variables in its environment.
     pub fn new_coordinator_only_with_env(
         serve_flags: &[&str],
@@ -321,12 +322,37 @@ impl TestCluster {
         Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), serve_flags, env)
     }
 
+    /// A coordinator whose gossip and QUIC listen on `ip` (the host end of a veth pair, say), so agents
+    /// in other network namespaces reach it; operators reach it there too.
     pub fn new_coordinator_only_on(ip: std::net::IpAddr, serve_flags: &[&str]) -> TestCluster {
         Self::start_on(ip, serve_flags, Vec::new())
     }
 
+    /// A coordinator whose gossip and QUIC listen on 0.0.0.0, so it advertises its outbound IP (or the
+    /// `--advertise` among `serve_flags`) to agents elsewhere; operators reach it on loopback.
+    pub fn new_coordinator_only_on_every_address(
+        serve_flags: &[&str],
+        env: Vec<(String, PathBuf)>,
+    ) -> TestCluster {
+        Self::start_listening(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            serve_flags,
+            env,
+        )
+    }
+
     fn start_on(
         ip: std::net::IpAddr,
+        serve_flags: &[&str],
+        coordinator_env: Vec<(String, PathBuf)>,
+    ) -> TestCluster {
+        Self::start_listening(ip, None, serve_flags, coordinator_env)
+    }
+
+    fn start_listening(
+        ip: std::net::IpAddr,
+        listen_ip: Option<std::net::IpAddr>,
         serve_flags: &[&str],
         coordinator_env: Vec<(String, PathBuf)>,
     ) -> TestCluster {
@@ -347,6 +373,7 @@ impl TestCluster {
             dir,
             serve_flags: serve_flags.iter().map(|flag| flag.to_string()).collect(),
             coordinator_env,
+            listen_ip,
         };
         cluster.start_coordinator(&[]);
         cluster
@@ -357,15 +384,19 @@ impl TestCluster {
     }
 
     pub fn start_coordinator(&mut self, extra: &[&str]) {
+        let listen = |addr: SocketAddr| match self.listen_ip {
+            Some(ip) => SocketAddr::new(ip, addr.port()),
+            None => addr,
+        };
         let mut command = Command::new(binary("polarizer"));
         command
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--gossip")
-            .arg(self.gossip.to_string())
+            .arg(listen(self.gossip).to_string())
             .arg("--quic")
-            .arg(self.quic.to_string())
+            .arg(listen(self.quic).to_string())
             .arg("--http")
             .arg(self.http.to_string())
             .args(&self.serve_flags)
