@@ -86,6 +86,9 @@ pub struct PlatformRecord {
     pub tries: u32,
     /// The last try's error (or the destroy's), empty when none.
     pub error: String,
+    /// Made from its suite's Containerfile (this path in the tree): that suite's alone. Empty: the
+    /// pool's image.
+    pub image: String,
 }
 
 /// A pool as configured, with its platforms counted.

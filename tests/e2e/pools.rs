@@ -544,3 +544,47 @@ fn a_tests_playbook_sets_its_platform_up_before_its_suite_and_only_for_its_suite
         "{finished:#}"
     );
 }
+
+#[test]
+fn a_suites_containerfile_builds_the_image_of_its_platform_once_per_content() {
+    let config = tempfile::tempdir().unwrap();
+    let pool = format!("baked{}", std::process::id());
+    let Some(cluster) = podman_cluster(config.path(), &pool, 2) else {
+        return;
+    };
+    let Some(base) = podman::test_image() else {
+        return;
+    };
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "images/Containerfile",
+                &format!("FROM {base}\nCOPY marker /etc/polarizer-baked\n"),
+            ),
+            // New content each time: the image is built by this test, not found from an earlier one.
+            ("images/marker", &format!("baked {:?}\n", std::time::SystemTime::now())),
+            (
+                "tests/main.fmf",
+                "/baked:\n  test: grep -q baked /etc/polarizer-baked\n  extra-polarizer-provision:\n    containerfile: images/Containerfile\n/plain:\n  test: test ! -e /etc/polarizer-baked\n",
+            ),
+        ],
+    );
+    for _ in 0..2 {
+        let run = trigger(&cluster, &repo);
+        let finished = follow(&cluster, run, |_, _| {});
+        assert_eq!(finished["state"], "passed", "{finished:#}");
+        assert_eq!(finished["suites"].as_array().unwrap().len(), 2);
+    }
+    let metrics = http_get(cluster.http, "/metrics");
+    assert!(
+        metrics.contains("polarizer_platform_images_built_total 1"),
+        "the second run reuses the image: {metrics}"
+    );
+    wait_for(
+        "the containers to be removed",
+        Duration::from_secs(60),
+        || containers_of(&pool).is_empty(),
+    );
+}

@@ -177,7 +177,7 @@ pub fn partition(
         .collect();
     for group in groups_here {
         let (needs, provision) = &group;
-        let slot_count = slots(&needs).max(1);
+        let slot_count = slots(needs).max(1);
         let mut load = vec![0.0f64; slot_count];
         let least_loaded = |load: &[f64]| {
             load.iter()

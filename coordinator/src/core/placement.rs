@@ -27,6 +27,18 @@ pub fn facts_match(facts: &AgentFacts, needs: &PlatformNeeds) -> bool {
             }))
 }
 
+/// The label of a platform made for one suite alone (from the image its tests' Containerfile built).
+pub const MADE_FOR_LABEL: &str = "polarizer-suite";
+
+/// A suite with a Containerfile goes only to the platform made for it; a platform made for a suite
+/// takes no other.
+pub fn made_for_match(facts: &AgentFacts, suite: u64, containerfile: &str) -> bool {
+    match facts.labels.get(MADE_FOR_LABEL) {
+        Some(made_for) => !containerfile.is_empty() && *made_for == suite.to_string(),
+        None => containerfile.is_empty(),
+    }
+}
+
 /// Why no agent takes a suite with these needs right now.
 pub fn waiting_reason(needs: &PlatformNeeds, online: &[&AgentFacts], busy: usize) -> String {
     let mut wanted = Vec::new();

@@ -20,6 +20,8 @@ pub struct PoolView<'a> {
     pub offers: &'a AgentFacts,
     pub max: u32,
     pub min_ready: u32,
+    /// Whether it can make a platform from an image built from a suite's Containerfile (podman).
+    pub builds_images: bool,
 }
 
 /// A platform of a pool; its agent has the platform's name.
@@ -30,6 +32,8 @@ pub struct PlatformView<'a> {
     pub state: PlatformState,
     /// While creating: the suite it is made for, if any (else it is one kept warm).
     pub for_suite: Option<u64>,
+    /// Made from its suite's Containerfile: that suite's alone.
+    pub dedicated: bool,
 }
 
 /// A queued suite no agent took in this step.
@@ -41,6 +45,8 @@ pub struct WaitingSuite<'a> {
     pub failed_pools: &'a [String],
     /// Why no agent took it (placement's words).
     pub reason: &'a str,
+    /// Its tests' Containerfile, empty for none: it needs a platform made from it.
+    pub containerfile: &'a str,
 }
 
 pub struct PoolInput<'a> {
@@ -59,6 +65,8 @@ pub enum PoolAction {
     Create {
         pool: String,
         for_suite: Option<SuiteRef>,
+        /// The suite's Containerfile to build the platform's image from; empty: the pool's image.
+        containerfile: String,
     },
     /// Its agent is online: the platform is ready.
     Joined { platform: String },
@@ -81,6 +89,7 @@ pub fn pool_offers(pool: &PoolView<'_>, needs: &PlatformNeeds) -> bool {
 
 pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
     let mut plan = PoolPlan::default();
+    let waiting_now: BTreeSet<u64> = input.waiting.iter().map(|w| w.suite.suite).collect();
 
     for platform in input.platforms {
         let online = input.online.contains(platform.name);
@@ -93,6 +102,18 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
                     platform: platform.name.to_string(),
                 })
             }
+            // Made for a suite that no longer waits for it (cancelled, ended): nobody else may use it.
+            PlatformState::Creating | PlatformState::Ready
+                if platform.dedicated
+                    && !input.busy.contains(platform.name)
+                    && !platform
+                        .for_suite
+                        .is_some_and(|suite| waiting_now.contains(&suite)) =>
+            {
+                plan.actions.push(PoolAction::Release {
+                    platform: platform.name.to_string(),
+                })
+            }
             _ => {}
         }
     }
@@ -101,17 +122,20 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
     // claimed yet (made for a suite that no longer waits, or to keep the pool warm).
     let mut alive: HashMap<&str, u32> = HashMap::new();
     let mut spare: HashMap<&str, Vec<&str>> = HashMap::new();
-    let waiting_ids: BTreeSet<u64> = input.waiting.iter().map(|w| w.suite.suite).collect();
     let mut made_for: HashMap<u64, &PlatformView<'_>> = HashMap::new();
     for platform in input.platforms {
         if platform.state.counts() {
             *alive.entry(platform.pool).or_default() += 1;
         }
-        if platform.state == PlatformState::Creating && !input.online.contains(platform.name) {
+        if platform.state == PlatformState::Creating
+            && !input.online.contains(platform.name)
+            && (platform.for_suite.is_some() || !platform.dedicated)
+        {
             match platform.for_suite {
-                Some(suite) if waiting_ids.contains(&suite) && !made_for.contains_key(&suite) => {
+                Some(suite) if waiting_now.contains(&suite) && !made_for.contains_key(&suite) => {
                     made_for.insert(suite, platform);
                 }
+                _ if platform.dedicated => {}
                 _ => spare.entry(platform.pool).or_default().push(platform.name),
             }
         }
@@ -129,15 +153,24 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
             );
             continue;
         }
+        let image = !waiting.containerfile.is_empty();
         let offering: Vec<&PoolView<'_>> = input
             .pools
             .iter()
-            .filter(|pool| pool_offers(pool, waiting.needs))
+            .filter(|pool| pool_offers(pool, waiting.needs) && (!image || pool.builds_images))
             .collect();
         if offering.is_empty() {
             if !input.pools.is_empty() {
+                let what = if image {
+                    format!(
+                        "no podman pool offers it (its Containerfile {} needs one)",
+                        waiting.containerfile
+                    )
+                } else {
+                    "no pool offers it".to_string()
+                };
                 plan.waiting
-                    .insert(suite, format!("{}; no pool offers it", waiting.reason));
+                    .insert(suite, format!("{}; {what}", waiting.reason));
             }
             continue;
         }
@@ -148,7 +181,7 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
             .filter(|pool| !waiting.failed_pools.iter().any(|name| name == pool.name))
             .collect();
         let candidates = if fresh.is_empty() { offering } else { fresh };
-        if let Some((pool, name)) = candidates.iter().find_map(|pool| {
+        if let Some((pool, name)) = candidates.iter().filter(|_| !image).find_map(|pool| {
             spare
                 .get_mut(pool.name)
                 .and_then(|names| names.pop())
@@ -172,6 +205,7 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
                 plan.actions.push(PoolAction::Create {
                     pool: pool.name.to_string(),
                     for_suite: Some(waiting.suite),
+                    containerfile: waiting.containerfile.to_string(),
                 });
                 plan.waiting.insert(
                     suite,
@@ -199,6 +233,7 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
                 .iter()
                 .filter(|platform| {
                     platform.pool == pool.name
+                        && !platform.dedicated
                         && (platform.state == PlatformState::Ready
                             || (platform.state == PlatformState::Creating
                                 && input.online.contains(platform.name)))
@@ -210,6 +245,7 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
             plan.actions.push(PoolAction::Create {
                 pool: pool.name.to_string(),
                 for_suite: None,
+                containerfile: String::new(),
             });
             idle += 1;
             *alive += 1;
@@ -242,9 +278,9 @@ mod tests {
         plan.actions
             .iter()
             .filter_map(|action| match action {
-                PoolAction::Create { pool, for_suite } => {
-                    Some((pool.clone(), for_suite.map(|suite| suite.suite)))
-                }
+                PoolAction::Create {
+                    pool, for_suite, ..
+                } => Some((pool.clone(), for_suite.map(|suite| suite.suite))),
                 _ => None,
             })
             .collect()
@@ -260,6 +296,7 @@ mod tests {
             offers: &container,
             max: 2,
             min_ready: 0,
+            builds_images: false,
         }];
         let any = PlatformNeeds::default();
         let vm = PlatformNeeds {
@@ -272,24 +309,28 @@ mod tests {
                 needs: &any,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
             WaitingSuite {
                 suite: suite(2),
                 needs: &vm,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
             WaitingSuite {
                 suite: suite(3),
                 needs: &any,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
             WaitingSuite {
                 suite: suite(4),
                 needs: &any,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
         ];
         let none = BTreeSet::new();
@@ -324,6 +365,7 @@ mod tests {
             offers: &container,
             max: 5,
             min_ready: 1,
+            builds_images: false,
         }];
         let platforms = [
             PlatformView {
@@ -331,24 +373,28 @@ mod tests {
                 pool: "p",
                 state: PlatformState::Creating,
                 for_suite: Some(1),
+                dedicated: false,
             },
             PlatformView {
                 name: "p-2",
                 pool: "p",
                 state: PlatformState::Creating,
                 for_suite: Some(9),
+                dedicated: false,
             },
             PlatformView {
                 name: "p-3",
                 pool: "p",
                 state: PlatformState::Leased,
                 for_suite: None,
+                dedicated: false,
             },
             PlatformView {
                 name: "p-4",
                 pool: "p",
                 state: PlatformState::Creating,
                 for_suite: None,
+                dedicated: false,
             },
         ];
         let any = PlatformNeeds::default();
@@ -358,12 +404,14 @@ mod tests {
                 needs: &any,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
             WaitingSuite {
                 suite: suite(2),
                 needs: &any,
                 failed_pools: &[],
                 reason: "",
+                containerfile: "",
             },
         ];
         let online = BTreeSet::from(["p-4"]);
@@ -387,6 +435,70 @@ mod tests {
         assert!(creates(&plan).is_empty(), "{:?}", plan.actions);
     }
 
+    /// A suite with a Containerfile gets a platform of its own from a pool that builds images, never a
+    /// warm one; a platform made for a suite that no longer waits is released.
+    #[test]
+    fn a_containerfile_suite_gets_a_platform_of_its_own() {
+        let container = offers(PlatformKind::Container);
+        let pools = [
+            PoolView {
+                name: "local",
+                offers: &container,
+                max: 5,
+                min_ready: 0,
+                builds_images: false,
+            },
+            PoolView {
+                name: "podman",
+                offers: &container,
+                max: 5,
+                min_ready: 0,
+                builds_images: true,
+            },
+        ];
+        let platforms = [
+            PlatformView {
+                name: "podman-1",
+                pool: "podman",
+                state: PlatformState::Creating,
+                for_suite: None,
+                dedicated: false,
+            },
+            PlatformView {
+                name: "podman-2",
+                pool: "podman",
+                state: PlatformState::Ready,
+                for_suite: Some(8),
+                dedicated: true,
+            },
+        ];
+        let any = PlatformNeeds::default();
+        let waiting = [WaitingSuite {
+            suite: suite(1),
+            needs: &any,
+            failed_pools: &[],
+            reason: "",
+            containerfile: "images/Containerfile",
+        }];
+        let none = BTreeSet::new();
+        let plan = plan(&PoolInput {
+            pools: &pools,
+            platforms: &platforms,
+            waiting: &waiting,
+            online: &none,
+            busy: &none,
+        });
+        assert!(plan.actions.contains(&PoolAction::Create {
+            pool: "podman".into(),
+            for_suite: Some(suite(1)),
+            containerfile: "images/Containerfile".into(),
+        }));
+        assert!(plan.actions.contains(&PoolAction::Release {
+            platform: "podman-2".into()
+        }));
+        assert_eq!(creates(&plan).len(), 1, "{:?}", plan.actions);
+    }
+
     /// A pool that failed a suite is passed over for another that offers it; with no other, it is
     /// tried again. `min_ready` keeps platforms warm within `max`.
     #[test]
@@ -398,12 +510,14 @@ mod tests {
                 offers: &container,
                 max: 3,
                 min_ready: 0,
+                builds_images: false,
             },
             PoolView {
                 name: "b",
                 offers: &container,
                 max: 1,
                 min_ready: 4,
+                builds_images: false,
             },
         ];
         let any = PlatformNeeds::default();
@@ -413,6 +527,7 @@ mod tests {
             needs: &any,
             failed_pools: &failed,
             reason: "",
+            containerfile: "",
         }];
         let none = BTreeSet::new();
         let input = PoolInput {

@@ -10,7 +10,7 @@ use polarizer_shared::facts::AgentFacts;
 use polarizer_shared::metadata::PlatformNeeds;
 use polarizer_shared::run::SuiteRef;
 
-use crate::core::placement::{facts_match, waiting_reason};
+use crate::core::placement::{facts_match, made_for_match, waiting_reason};
 use crate::core::run::{may_reinstate, LostHolder, SuiteLease, SuiteState};
 
 /// A queued or running suite, as the scheduler sees it.
@@ -26,6 +26,9 @@ pub struct ActiveSuite {
     pub run_deadline_ms: i64,
     /// While queued after a lost attempt: who lost it.
     pub lost: Option<LostHolder>,
+    /// Its tests' Containerfile (a path in the tree), empty for none: it then runs only on a platform
+    /// made for it from the image built from that file.
+    pub containerfile: String,
 }
 
 impl ActiveSuite {
@@ -163,6 +166,7 @@ pub fn plan(input: &ScheduleInput<'_>) -> Plan {
                 !agent.draining
                     && !busy.contains(agent.name)
                     && facts_match(agent.facts, &suite.needs)
+                    && made_for_match(agent.facts, suite.suite, &suite.containerfile)
             })
             .min_by(|a, b| a.name.cmp(b.name));
         let Some(agent) = candidate else {
@@ -214,6 +218,7 @@ mod tests {
             },
             run_deadline_ms: 1_000_000,
             lost: None,
+            containerfile: String::new(),
         }
     }
 

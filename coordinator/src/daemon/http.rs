@@ -136,10 +136,14 @@ fn platform_metrics(pools: &crate::daemon::pools::Pools) -> String {
          polarizer_platforms_destroyed_total {}\n\
          # HELP polarizer_platform_failures_total Platforms that could not be made in any try (infrastructure errors).\n\
          # TYPE polarizer_platform_failures_total counter\n\
-         polarizer_platform_failures_total {}\n",
+         polarizer_platform_failures_total {}\n\
+         # HELP polarizer_platform_images_built_total Images built from suites' Containerfiles (one per content).\n\
+         # TYPE polarizer_platform_images_built_total counter\n\
+         polarizer_platform_images_built_total {}\n",
         load(&pools.metrics.created),
         load(&pools.metrics.destroyed),
         load(&pools.metrics.failures),
+        load(&pools.metrics.images_built),
     );
     text
 }

@@ -262,6 +262,7 @@ fn plan_pools(
             needs: &suite.needs,
             failed_pools: failed.get(&suite.suite).map_or(&[], Vec::as_slice),
             reason: plan.waiting.get(&suite.suite).map_or("", String::as_str),
+            containerfile: &suite.containerfile,
         })
         .collect();
     let online_names: BTreeSet<&str> = online.iter().map(|agent| agent.name.as_str()).collect();
@@ -286,6 +287,7 @@ fn plan_pools(
             pool: &platform.pool,
             state: platform.state,
             for_suite: platform.suite.map(|suite| suite.suite),
+            dedicated: !platform.image.is_empty(),
         })
         .collect();
     pools::plan(&pools::PoolInput {

@@ -91,8 +91,7 @@ impl Shipping {
 
     /// The coordinator's cache of `repo`, where triggers fetched its commits.
     fn repository(&self, repo: &str) -> PathBuf {
-        let key = polarizer_transport::state_files::secret_digest(repo);
-        self.git_cache.join(&key[..16])
+        repository_in(&self.git_cache, repo)
     }
 
     /// The file for `commit` of `repo` in `format`, thin against those of `haves` this coordinator holds;
@@ -209,6 +208,16 @@ impl Shipping {
 }
 
 /// Those of `haves` (checked to be commit ids) this repository holds, other than `commit` itself.
+fn repository_in(git_cache: &Path, repo: &str) -> PathBuf {
+    let key = polarizer_transport::state_files::secret_digest(repo);
+    git_cache.join(&key[..16])
+}
+
+/// The coordinator's cache of `repo` under `data_dir`, where triggers fetched its commits.
+pub fn cached_repository(data_dir: &Path, repo: &str) -> PathBuf {
+    repository_in(&data_dir.join("git-cache"), repo)
+}
+
 fn held_bases(repository: &Path, commit: &str, haves: Vec<String>) -> Vec<String> {
     let _guard = RepoLocks::global().lock(repository);
     let mut held: Vec<String> = haves

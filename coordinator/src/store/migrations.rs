@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     APPROVAL,
     LOST_HOLDER,
     PLATFORMS,
+    SUITE_IMAGES,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -268,4 +269,11 @@ CREATE TABLE platforms (
     tries INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT ''
 ) STRICT;
+";
+
+/// 10: a suite whose tests bring a Containerfile runs on a platform made from the image built from it
+/// (runs.rs); such a platform is the image's and its suite's alone (platforms.rs).
+const SUITE_IMAGES: &str = "
+ALTER TABLE suites ADD COLUMN containerfile TEXT NOT NULL DEFAULT '';
+ALTER TABLE platforms ADD COLUMN image TEXT NOT NULL DEFAULT '';
 ";

@@ -13,17 +13,19 @@ pub fn insert(
     connection: &Connection,
     pool: &str,
     suite: Option<SuiteRef>,
+    image: &str,
     now_ms: i64,
 ) -> rusqlite::Result<PlatformRecord> {
     connection.execute(
-        "INSERT INTO platforms (name, pool, state, run_id, suite_id, attempt, created_ms, state_ms)
-         VALUES ('', ?1, 'creating', ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO platforms (name, pool, state, run_id, suite_id, attempt, created_ms, state_ms, image)
+         VALUES ('', ?1, 'creating', ?2, ?3, ?4, ?5, ?5, ?6)",
         params![
             pool,
             suite.map(|suite| suite.run as i64),
             suite.map(|suite| suite.suite as i64),
             suite.map(|suite| suite.attempt),
-            now_ms
+            now_ms,
+            image
         ],
     )?;
     let id = connection.last_insert_rowid();
@@ -43,6 +45,7 @@ pub fn insert(
         state_ms: now_ms,
         tries: 0,
         error: String::new(),
+        image: image.to_string(),
     })
 }
 
@@ -95,7 +98,7 @@ impl Reader {
             .connection
             .prepare(
                 "SELECT name, pool, state, provider_id, address, run_id, suite_id, attempt,
-                        created_ms, state_ms, tries, error
+                        created_ms, state_ms, tries, error, image
                  FROM platforms ORDER BY id",
             )
             .map_err(&on_sqlite)?;
@@ -122,6 +125,7 @@ impl Reader {
                     state_ms: row.get(9)?,
                     tries: row.get(10)?,
                     error: row.get(11)?,
+                    image: row.get(12)?,
                 })
             })
             .map_err(&on_sqlite)?;

@@ -83,7 +83,7 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
         .map_err(&on_sqlite)?;
     let run_id = savepoint.last_insert_rowid();
     let mut insert_suite = savepoint
-        .prepare("INSERT INTO suites (run_id, ordinal, kind, needs_json, state) VALUES (?1, ?2, ?3, ?4, 'queued')")
+        .prepare("INSERT INTO suites (run_id, ordinal, kind, needs_json, containerfile, state) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')")
         .map_err(&on_sqlite)?;
     let mut insert_test = savepoint
         .prepare(
@@ -97,8 +97,20 @@ pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Resul
         )
         .map_err(&on_sqlite)?;
     for (ordinal, (kind, needs, tests)) in run.suites.iter().enumerate() {
+        // Partition groups tests by how their platform is set up: the first that says, says for all.
+        let containerfile = tests
+            .iter()
+            .map(|(test, _)| test.provision.containerfile.as_str())
+            .find(|file| !file.is_empty())
+            .unwrap_or_default();
         insert_suite
-            .execute(params![run_id, ordinal as i64 + 1, kind, json(needs)])
+            .execute(params![
+                run_id,
+                ordinal as i64 + 1,
+                kind,
+                json(needs),
+                containerfile
+            ])
             .map_err(&on_sqlite)?;
         let suite_id = savepoint.last_insert_rowid();
         for (position, (test, reasons)) in tests.iter().enumerate() {
@@ -1219,7 +1231,7 @@ impl Reader {
             .prepare_cached(
                 "SELECT suites.run_id, suites.id, suites.state, suites.attempt, suites.agent, suites.incarnation,
                         suites.needs_json, runs.deadline_ms, suites.lost_agent, suites.lost_incarnation,
-                        suites.lost_attempt
+                        suites.lost_attempt, suites.containerfile
                  FROM suites JOIN runs ON runs.id = suites.run_id
                  WHERE suites.state IN ('queued', 'running')
                  ORDER BY suites.run_id, suites.ordinal",
@@ -1241,13 +1253,24 @@ impl Reader {
                         incarnation: row.get::<_, i64>(9)? as u64,
                         attempt: row.get(10)?,
                     },
+                    row.get::<_, String>(11)?,
                 ))
             })
             .map_err(&on_sqlite)?;
         let mut out = Vec::new();
         for row in rows {
-            let (run, suite, state, attempt, agent, incarnation, needs, run_deadline_ms, lost) =
-                row.map_err(&on_sqlite)?;
+            let (
+                run,
+                suite,
+                state,
+                attempt,
+                agent,
+                incarnation,
+                needs,
+                run_deadline_ms,
+                lost,
+                containerfile,
+            ) = row.map_err(&on_sqlite)?;
             out.push(ActiveSuite {
                 run: run as u64,
                 suite: suite as u64,
@@ -1258,6 +1281,7 @@ impl Reader {
                 needs: serde_json::from_str(&needs)
                     .map_err(corrupt(format!("run {run} suite {suite}")))?,
                 run_deadline_ms,
+                containerfile,
                 lost: (!lost.agent.is_empty()).then_some(lost),
             });
         }
@@ -1278,6 +1302,18 @@ impl Reader {
                        AND suites.state = 'running'",
                 rusqlite::params![suite.run as i64, suite.suite as i64, suite.attempt, agent],
                 |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Where a run's tests come from: (repository, commit, the fmf tree's path in it).
+    pub fn run_source(&self, run: u64) -> Result<Option<(String, String, String)>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT fetch_url, git_commit, tree_path FROM runs WHERE id = ?1",
+                [run as i64],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()
             .map_err(sqlite_error(&self.path))

@@ -8,6 +8,7 @@
 //! start; a stopping coordinator destroys its own.
 
 pub mod config;
+mod images;
 pub mod provision;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,8 @@ pub struct PoolMetrics {
     pub created: AtomicU64,
     pub destroyed: AtomicU64,
     pub failures: AtomicU64,
+    /// Images built from suites' Containerfiles (an image of the same content is reused).
+    pub images_built: AtomicU64,
 }
 
 /// Where new platforms' agents join, and what the pools do with what they change.
@@ -76,6 +79,9 @@ pub struct Pools {
     publish: Box<dyn Fn(Vec<Effect>) + Send + Sync>,
     tasks: TaskTracker,
     pub metrics: PoolMetrics,
+    data_dir: PathBuf,
+    /// One image build at a time (two suites of one Containerfile share the first's build).
+    builds: tokio::sync::Mutex<()>,
 }
 
 impl Pools {
@@ -119,6 +125,8 @@ impl Pools {
             publish: setup.publish,
             tasks: TaskTracker::new(),
             metrics: PoolMetrics::default(),
+            data_dir: setup.data_dir.clone(),
+            builds: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -135,6 +143,10 @@ impl Pools {
                 offers: &pool.offers,
                 max: pool.config.max,
                 min_ready: pool.config.min_ready,
+                builds_images: matches!(
+                    pool.config.provisioner,
+                    config::ProvisionerConfig::Podman { .. }
+                ),
             })
             .collect()
     }
@@ -229,7 +241,11 @@ impl Pools {
     pub async fn apply(self: &Arc<Self>, actions: Vec<PoolAction>) -> Result<(), StoreError> {
         for action in actions {
             match action {
-                PoolAction::Create { pool, for_suite } => self.create(&pool, for_suite).await?,
+                PoolAction::Create {
+                    pool,
+                    for_suite,
+                    containerfile,
+                } => self.create(&pool, for_suite, containerfile).await?,
                 PoolAction::Joined { platform } => {
                     self.update(&platform, |record| {
                         if record.state == PlatformState::Creating {
@@ -269,12 +285,13 @@ impl Pools {
         self: &Arc<Self>,
         pool: &str,
         for_suite: Option<SuiteRef>,
+        containerfile: String,
     ) -> Result<(), StoreError> {
         let pool_name = pool.to_string();
         let record = self
             .store
             .write(move |savepoint, path| {
-                platforms::insert(savepoint, &pool_name, for_suite, now_ms())
+                platforms::insert(savepoint, &pool_name, for_suite, &containerfile, now_ms())
                     .map_err(crate::store::sql::sqlite_error(path))
             })
             .await?;
@@ -323,15 +340,11 @@ impl Pools {
             config.launch_retries
         );
         warn!(platform = name, pool = pool_name, error = %error, "platform failed");
-        let Some(record) = self
-            .update(name, |record| {
-                record.state = PlatformState::Failed;
-                record.error = error.clone();
-            })
-            .await
-        else {
+        let Some(record) = self.get(name) else {
             return;
         };
+        // The suite's attempt is settled first: while this platform still counts as being made for
+        // it, no other is made for the attempt that just failed.
         let mut effects = Vec::new();
         if let Some(suite) = record.suite {
             self.failed
@@ -361,6 +374,11 @@ impl Pools {
                 Err(err) => warn!(error = %err, "cannot record a platform failure"),
             }
         }
+        self.update(name, |record| {
+            record.state = PlatformState::Failed;
+            record.error = error.clone();
+        })
+        .await;
         (self.publish)(effects);
     }
 
@@ -390,9 +408,26 @@ impl Pools {
                 .await;
         }
         let deadline = tokio::time::Instant::now() + config.boot_timeout;
-        let made = match crate::daemon::local_agents::agent_binary() {
-            Err(err) => Err(err.to_string()),
-            Ok(agent_binary) => match self.enroll(name, config, work_dir).await {
+        let record = self.get(name).ok_or(None)?;
+        // A platform made for one suite's Containerfile: its image first (built once per content),
+        // and a label that binds its agent to that suite.
+        let mut labels = config.labels.clone();
+        let image = match (&record.image, record.suite) {
+            (containerfile, Some(suite)) if !containerfile.is_empty() => {
+                labels.insert(
+                    crate::core::placement::MADE_FOR_LABEL.into(),
+                    suite.suite.to_string(),
+                );
+                self.image_for(suite, containerfile, config.boot_timeout)
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
+        };
+        let made = match (image, crate::daemon::local_agents::agent_binary()) {
+            (Err(err), _) => Err(err),
+            (_, Err(err)) => Err(err.to_string()),
+            (Ok(image), Ok(agent_binary)) => match self.enroll(name, config, work_dir).await {
                 Err(err) => Err(err),
                 Ok(token_file) => {
                     let enrollment = Enrollment {
@@ -401,10 +436,11 @@ impl Pools {
                         join: self.join,
                         ca: self.ca.clone(),
                         token_file,
-                        labels: config.labels.clone(),
+                        labels,
                         platform: config.platform,
                         agent_binary,
                         work_dir: work_dir.to_path_buf(),
+                        image,
                     };
                     pool.provisioner
                         .create(&enrollment, config.boot_timeout)
@@ -440,6 +476,43 @@ impl Pools {
             warn!(platform = name, error = %err, "cannot destroy a failed try");
         }
         Err(Some(error))
+    }
+
+    /// The image built from a suite's Containerfile at its run's commit; built once per content (the
+    /// git tree of the file's directory), reused after.
+    async fn image_for(
+        &self,
+        suite: SuiteRef,
+        containerfile: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let source = self
+            .store
+            .read(move |reader| reader.run_source(suite.run))
+            .await
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("run {} is gone", suite.run))?;
+        let (repo, commit, tree_path) = source;
+        let in_repo = if tree_path.is_empty() {
+            containerfile.to_string()
+        } else {
+            format!("{}/{containerfile}", tree_path.trim_matches('/'))
+        };
+        let _building = self.builds.lock().await;
+        let (tag, built) = images::build(
+            &crate::daemon::shipping::cached_repository(&self.data_dir, &repo),
+            &repo,
+            &commit,
+            &in_repo,
+            &self.root,
+            timeout,
+        )
+        .await?;
+        if built {
+            self.metrics.images_built.fetch_add(1, Ordering::Relaxed);
+            info!(image = %tag, containerfile = %in_repo, "image built from a suite's Containerfile");
+        }
+        Ok(tag)
     }
 
     /// A one-time token for the platform's name, in a 0600 file its agent (or ansible) reads.

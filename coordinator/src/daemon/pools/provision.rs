@@ -34,6 +34,8 @@ pub struct Enrollment {
     pub agent_binary: PathBuf,
     /// `DATA_DIR/platforms/NAME`: logs, the token, a local agent's state.
     pub work_dir: PathBuf,
+    /// podman: the image built for this platform's suite, in place of the pool's.
+    pub image: Option<String>,
 }
 
 /// A platform made: what its provisioner calls it, and where it is.
@@ -203,7 +205,7 @@ impl Provisioner {
                     ))
                     .args(args)
                     .arg("--")
-                    .arg(image)
+                    .arg(enrollment.image.as_ref().unwrap_or(image))
                     .arg("/usr/local/bin/polarizer-agent")
                     .args(Self::agent_args(
                         enrollment,
