@@ -332,6 +332,21 @@ fn containers_of(pool: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes a pool's containers when dropped: a failed test leaves none behind.
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        for name in containers_of(&self.0) {
+            if let Some(mut command) = podman::podman() {
+                let _ = command
+                    .args(["rm", "--force", "--time", "0", "--", &name])
+                    .output();
+            }
+        }
+    }
+}
+
 /// A coordinator with a podman pool of the test image, or `None` (reason printed) where podman is
 /// unusable. Pool names carry the test process's id: container names are global on the host.
 fn podman_cluster(config_dir: &Path, pool: &str, max: u32) -> Option<TestCluster> {
@@ -362,6 +377,7 @@ fn podman_cluster(config_dir: &Path, pool: &str, max: u32) -> Option<TestCluster
 fn a_podman_pool_runs_the_demo_with_no_agent_installed_each_suite_on_a_fresh_container() {
     let config = tempfile::tempdir().unwrap();
     let pool = format!("demo{}", std::process::id());
+    let _remove = RemoveContainers(pool.clone());
     let Some(cluster) = podman_cluster(config.path(), &pool, 3) else {
         return;
     };
@@ -432,6 +448,7 @@ fn a_podman_pool_runs_the_demo_with_no_agent_installed_each_suite_on_a_fresh_con
 fn a_container_left_by_a_killed_coordinator_is_removed_when_it_starts_again() {
     let config = tempfile::tempdir().unwrap();
     let pool = format!("leak{}", std::process::id());
+    let _remove = RemoveContainers(pool.clone());
     let Some(mut cluster) = podman_cluster(config.path(), &pool, 1) else {
         return;
     };
@@ -549,6 +566,7 @@ fn a_tests_playbook_sets_its_platform_up_before_its_suite_and_only_for_its_suite
 fn a_suites_containerfile_builds_the_image_of_its_platform_once_per_content() {
     let config = tempfile::tempdir().unwrap();
     let pool = format!("baked{}", std::process::id());
+    let _remove = RemoveContainers(pool.clone());
     let Some(cluster) = podman_cluster(config.path(), &pool, 2) else {
         return;
     };
@@ -586,5 +604,52 @@ fn a_suites_containerfile_builds_the_image_of_its_platform_once_per_content() {
         "the containers to be removed",
         Duration::from_secs(60),
         || containers_of(&pool).is_empty(),
+    );
+}
+
+#[test]
+fn a_warm_platform_takes_a_suite_at_once_and_is_cleaned_and_kept_for_the_next() {
+    let config = tempfile::tempdir().unwrap();
+    // Under approval, the pool's own platforms are admitted as they enroll.
+    let cluster = cluster_with_pools(
+        config.path(),
+        "[[pools]]\nname = \"warm\"\nprovisioner = \"local\"\nmin_ready = 1\nmax = 1\nreuse = \"clean\"\nclean = \"touch cleaned\"\n",
+        &["--enroll", "approve"],
+    );
+    let ready = |cluster: &TestCluster| {
+        platforms(cluster)["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|platform| platform["name"] == "warm-1" && platform["state"] == "ready")
+    };
+    wait_for(
+        "a warm platform, made with no run asking",
+        Duration::from_secs(30),
+        || ready(&cluster),
+    );
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
+        ],
+    );
+    let cleaned = cluster.data_dir.join("platforms/warm-1/cleaned");
+    for round in 1..=2 {
+        let run = trigger(&cluster, &repo);
+        let finished = follow(&cluster, run, |_, _| {});
+        assert_eq!(finished["state"], "passed", "round {round}: {finished:#}");
+        assert_eq!(finished["suites"][0]["agent"], "warm-1", "round {round}");
+        wait_for(
+            "the platform to be cleaned and ready again",
+            Duration::from_secs(30),
+            || ready(&cluster) && cleaned.exists(),
+        );
+        std::fs::remove_file(&cleaned).unwrap();
+    }
+    assert_eq!(
+        platforms(&cluster)["platforms"].as_array().unwrap().len(),
+        1
     );
 }

@@ -90,6 +90,7 @@ pub async fn run(
             ca: data_dir.ca_certificate(),
             data_dir: data_dir.root.clone(),
             attempts: config.runs.attempts,
+            approve_own: config.enroll == crate::core::admission::EnrollMode::Approve,
             publish: {
                 let fanout = fanout.clone();
                 let scheduler = scheduler.clone();

@@ -61,6 +61,9 @@ pub struct PoolsSetup {
     pub attempts: u32,
     /// Publishes what a store write changed (a suite requeued or given up) and wakes the scheduler.
     pub publish: Box<dyn Fn(Vec<Effect>) + Send + Sync>,
+    /// Under `--enroll approve`: a platform's agent is the coordinator's own making, approved as it
+    /// enrolls.
+    pub approve_own: bool,
 }
 
 pub struct Pools {
@@ -80,6 +83,7 @@ pub struct Pools {
     tasks: TaskTracker,
     pub metrics: PoolMetrics,
     data_dir: PathBuf,
+    approve_own: bool,
     /// One image build at a time (two suites of one Containerfile share the first's build).
     builds: tokio::sync::Mutex<()>,
 }
@@ -126,6 +130,7 @@ impl Pools {
             tasks: TaskTracker::new(),
             metrics: PoolMetrics::default(),
             data_dir: setup.data_dir.clone(),
+            approve_own: setup.approve_own,
             builds: tokio::sync::Mutex::new(()),
         }
     }
@@ -549,9 +554,16 @@ impl Pools {
                 Some(PlatformState::Destroying | PlatformState::Failed) => return false,
                 Some(_) => return true,
             }
+            let approve_in = tokio::time::sleep(Duration::from_millis(250));
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(deadline) => return false,
+                // Its agent waits as pending until approved: it reconnects and is admitted.
+                () = approve_in, if self.approve_own => {
+                    if self.store.approve(name).await.is_ok() {
+                        info!(platform = name, "platform's agent approved: the pool made it");
+                    }
+                }
             }
         }
     }
