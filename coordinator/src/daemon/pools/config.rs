@@ -316,6 +316,61 @@ mod tests {
         assert_eq!(config.launch_retries, 3);
     }
 
+    /// The issue's own example, as users write it, reads and validates.
+    #[test]
+    fn the_documented_pools_read_from_coordinator_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[pools]]
+name = "containers"
+provisioner = "podman"
+image = "localhost/rhel9-test:latest"
+labels = { distro = "rhel-9.4" }
+platform = "container"
+min_ready = 1
+max = 8
+reuse = "never"
+podman_args = []
+
+[[pools]]
+name = "openstack-rhel9"
+provisioner = "command"
+create = "/etc/polarizer/provision/openstack-create"
+destroy = "/etc/polarizer/provision/openstack-destroy"
+install = "ansible"
+max = 20
+boot_timeout = "10m"
+"#,
+        )
+        .unwrap();
+        let settings: crate::daemon::config::ServeSettings =
+            polarizer_transport::daemon::read_toml(&path).unwrap();
+        let config = settings.validate().unwrap();
+        assert_eq!(config.pools.len(), 2);
+        assert_eq!(config.pools[0].labels["distro"], "rhel-9.4");
+        assert_eq!(config.pools[1].boot_timeout, Duration::from_secs(600));
+        assert!(matches!(
+            config.pools[1].provisioner,
+            ProvisionerConfig::Command {
+                install: Install::Ansible { .. },
+                ..
+            }
+        ));
+        std::fs::write(
+            &path,
+            "[[pools]]\nname = \"x\"\nprovisioner = \"podman\"\nimage = \"i\"\nmaxx = 3\n",
+        )
+        .unwrap();
+        let err =
+            polarizer_transport::daemon::read_toml::<crate::daemon::config::ServeSettings>(&path)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("maxx") && err.contains("line 5"), "{err}");
+    }
+
     /// Each mistake names the pool and the key.
     #[test]
     fn mistakes_name_the_pool_and_key() {
