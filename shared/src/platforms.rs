@@ -49,9 +49,10 @@ impl PlatformState {
             .find(|state| state.as_str() == text)
     }
 
-    /// Whether its agent may be given a suite.
+    /// Whether its agent may be given a suite: only once made and joined (an agent may join before
+    /// its provisioner is done, mid-install).
     pub fn takes_suites(self) -> bool {
-        matches!(self, PlatformState::Creating | PlatformState::Ready)
+        self == PlatformState::Ready
     }
 
     /// Whether it counts against its pool's `max`.

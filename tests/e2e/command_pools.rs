@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use polarizer_e2e::*;
 
-use super::pools::{platforms, show, trigger};
+use super::pools::{platforms, show, tests_repo, trigger, wait_platforms_gone};
 
 /// Two ansible plays at once, each copying the 83 MB debug agent over SSH, then two short tests.
 const RUN_DEADLINE: Duration = Duration::from_secs(420);
@@ -187,15 +187,9 @@ ansible_python_interpreter = "/usr/bin/python3"
     let inside = format!(
         "    echo \"in $(ip netns identify $$)\" && ip -o -4 addr show scope global && ip netns identify $$ | grep -qx 'pzhost-{pool}-[0-9]*' && ip -o -4 addr show scope global | grep -qE ' pzv[0-9]+n +inet 10\\.214\\.'\n"
     );
-    let repo = git_repo(
+    let repo = tests_repo(
         &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                &format!("duration: 5m\n/first:\n  test: |\n{inside}/second:\n  test: |\n{inside}"),
-            ),
-        ],
+        &format!("duration: 5m\n/first:\n  test: |\n{inside}/second:\n  test: |\n{inside}"),
     );
     let run = trigger(&cluster, &repo);
     let mut finished = serde_json::Value::Null;
@@ -242,16 +236,7 @@ ansible_python_interpreter = "/usr/bin/python3"
     }
 
     // After the run: every platform destroyed, its namespace, links and per-host directory gone.
-    wait_for(
-        "the platforms to be destroyed",
-        Duration::from_secs(60),
-        || {
-            platforms(&cluster)["platforms"]
-                .as_array()
-                .unwrap()
-                .is_empty()
-        },
-    );
+    wait_platforms_gone(&cluster);
     assert_eq!(netns_hosts_of(&pool), Vec::<String>::new());
     assert_eq!(host_dirs(hosts.path()), Vec::<String>::new());
     println!(

@@ -50,6 +50,25 @@ pub fn platforms(cluster: &TestCluster) -> Value {
     ok_json(cluster.operator(&["platforms", "--json"]))
 }
 
+/// A git repository whose fmf tree has one file, `tests/main.fmf`.
+pub fn tests_repo(root: &Path, fmf: &str) -> PathBuf {
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", fmf)])
+}
+
+/// Waits until the coordinator lists no platform: every one destroyed.
+pub fn wait_platforms_gone(cluster: &TestCluster) {
+    wait_for(
+        "the platforms to be destroyed",
+        Duration::from_secs(60),
+        || {
+            platforms(cluster)["platforms"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+}
+
 /// Four independent tests and a serial pair (both modify `db`): three suites on a pool of two.
 pub fn three_suite_repo(root: &Path) -> PathBuf {
     let mut fmf = String::from("duration: 1m\n");
@@ -63,7 +82,7 @@ pub fn three_suite_repo(root: &Path) -> PathBuf {
             "/s{index}:\n  test: sleep 1\n  extra-polarizer-resources:\n    modifies: [db]\n"
         ));
     }
-    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)])
+    tests_repo(root, &fmf)
 }
 
 /// Polls the run to its end; on each poll also calls `each` with the run and the platforms listing.
@@ -127,16 +146,7 @@ fn a_local_pool_runs_every_suite_on_a_fresh_platform_and_destroys_it_after() {
     );
 
     // After the run: every platform destroyed, its agent forgotten, no agent process left.
-    wait_for(
-        "the platforms to be destroyed",
-        Duration::from_secs(30),
-        || {
-            platforms(&cluster)["platforms"]
-                .as_array()
-                .unwrap()
-                .is_empty()
-        },
-    );
+    wait_platforms_gone(&cluster);
     let inventory: Vec<String> = cluster
         .inventory()
         .iter()
@@ -161,15 +171,9 @@ fn a_suite_no_agent_and_no_pool_can_take_waits_saying_why() {
         "[[pools]]\nname = \"boxes\"\nprovisioner = \"local\"\nplatform = \"container\"\nmax = 1\n",
         &[],
     );
-    let repo = git_repo(
+    let repo = tests_repo(
         &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                "/vm-only:\n  test: \"true\"\n  extra-polarizer-platform:\n    kind: vm\n",
-            ),
-        ],
+        "/vm-only:\n  test: \"true\"\n  extra-polarizer-platform:\n    kind: vm\n",
     );
     let run = trigger(&cluster, &repo);
     let mut reason = String::new();
@@ -217,13 +221,7 @@ fn a_platform_that_cannot_be_made_is_retried_then_its_suite_ends_as_an_infrastru
         ),
         &["--attempts", "1"],
     );
-    let repo = git_repo(
-        &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
-        ],
-    );
+    let repo = tests_repo(&cluster.path("repo"), "/one:\n  test: \"true\"\n");
     let run = trigger(&cluster, &repo);
     let finished = follow(&cluster, run, |_, _| {});
     let test = &tests_by_name(&finished)["/tests/one"];
@@ -275,13 +273,7 @@ fn a_platform_left_mid_create_by_a_killed_coordinator_is_destroyed_when_it_start
         ),
         &[],
     );
-    let repo = git_repo(
-        &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
-        ],
-    );
+    let repo = tests_repo(&cluster.path("repo"), "/one:\n  test: \"true\"\n");
     let run = trigger(&cluster, &repo);
     wait_for(
         "the create script to start",
@@ -452,15 +444,9 @@ fn a_container_left_by_a_killed_coordinator_is_removed_when_it_starts_again() {
     let Some(mut cluster) = podman_cluster(config.path(), &pool, 1) else {
         return;
     };
-    let repo = git_repo(
+    let repo = tests_repo(
         &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                "/long:\n  test: sleep 60\n  duration: 5m\n",
-            ),
-        ],
+        "/long:\n  test: sleep 60\n  duration: 5m\n",
     );
     let run = trigger(&cluster, &repo);
     wait_for(
@@ -628,13 +614,7 @@ fn a_warm_platform_takes_a_suite_at_once_and_is_cleaned_and_kept_for_the_next() 
         Duration::from_secs(30),
         || ready(&cluster),
     );
-    let repo = git_repo(
-        &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            ("tests/main.fmf", "/one:\n  test: \"true\"\n"),
-        ],
-    );
+    let repo = tests_repo(&cluster.path("repo"), "/one:\n  test: \"true\"\n");
     let cleaned = cluster.data_dir.join("platforms/warm-1/cleaned");
     for round in 1..=2 {
         let run = trigger(&cluster, &repo);

@@ -34,7 +34,15 @@ pub struct PlatformView<'a> {
     pub for_suite: Option<u64>,
     /// Made from its suite's Containerfile: that suite's alone.
     pub dedicated: bool,
+    /// Its provisioner has finished making it (an agent may join before, mid-install).
+    pub made: bool,
+    /// How long it has been ready with no suite (0 when not ready).
+    pub idle_ms: i64,
 }
+
+/// A ready platform nobody took for this long, beyond its pool's `min_ready`, is destroyed (made for a
+/// suite that was cancelled meanwhile, say).
+pub const IDLE_LIMIT_MS: i64 = 10_000;
 
 /// A queued suite no agent took in this step.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +76,7 @@ pub enum PoolAction {
         /// The suite's Containerfile to build the platform's image from; empty: the pool's image.
         containerfile: String,
     },
-    /// Its agent is online: the platform is ready.
+    /// Made, and its agent is online: the platform is ready (and takes a suite from then on).
     Joined { platform: String },
     /// It held a suite and holds none now (the suite ended, or its agent was lost): clean it or
     /// destroy it, as its pool says.
@@ -94,14 +102,20 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
     for platform in input.platforms {
         let online = input.online.contains(platform.name);
         match platform.state {
-            PlatformState::Creating if online => plan.actions.push(PoolAction::Joined {
-                platform: platform.name.to_string(),
-            }),
+            PlatformState::Creating if online && platform.made => {
+                plan.actions.push(PoolAction::Joined {
+                    platform: platform.name.to_string(),
+                })
+            }
             PlatformState::Leased if !input.busy.contains(platform.name) => {
                 plan.actions.push(PoolAction::Release {
                     platform: platform.name.to_string(),
                 })
             }
+            // Its agent went away while it waited for a suite (the platform died): no use keeping it.
+            PlatformState::Ready if !online => plan.actions.push(PoolAction::Release {
+                platform: platform.name.to_string(),
+            }),
             // Made for a suite that no longer waits for it (cancelled, ended): nobody else may use it.
             PlatformState::Creating | PlatformState::Ready
                 if platform.dedicated
@@ -128,7 +142,6 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
             *alive.entry(platform.pool).or_default() += 1;
         }
         if platform.state == PlatformState::Creating
-            && !input.online.contains(platform.name)
             && (platform.for_suite.is_some() || !platform.dedicated)
         {
             match platform.for_suite {
@@ -225,8 +238,27 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
         }
     }
 
-    // Warm platforms: made or ready, and nobody's yet.
+    // Warm platforms: made or ready, and nobody's yet. Beyond `min_ready`, one left idle too long goes.
     for pool in input.pools {
+        let idle_ready: Vec<&PlatformView<'_>> = input
+            .platforms
+            .iter()
+            .filter(|platform| {
+                platform.pool == pool.name
+                    && platform.state == PlatformState::Ready
+                    && !input.busy.contains(platform.name)
+            })
+            .collect();
+        let surplus = idle_ready.len().saturating_sub(pool.min_ready as usize);
+        for platform in idle_ready
+            .iter()
+            .filter(|platform| platform.idle_ms > IDLE_LIMIT_MS && !platform.dedicated)
+            .take(surplus)
+        {
+            plan.actions.push(PoolAction::Release {
+                platform: platform.name.to_string(),
+            });
+        }
         let mut idle = spare.get(pool.name).map_or(0, Vec::len) as u32
             + input
                 .platforms
@@ -234,9 +266,7 @@ pub fn plan(input: &PoolInput<'_>) -> PoolPlan {
                 .filter(|platform| {
                     platform.pool == pool.name
                         && !platform.dedicated
-                        && (platform.state == PlatformState::Ready
-                            || (platform.state == PlatformState::Creating
-                                && input.online.contains(platform.name)))
+                        && platform.state == PlatformState::Ready
                         && !input.busy.contains(platform.name)
                 })
                 .count() as u32;
@@ -274,6 +304,55 @@ mod tests {
         }
     }
 
+    fn pool<'a>(
+        name: &'a str,
+        offers: &'a AgentFacts,
+        max: u32,
+        min_ready: u32,
+        builds_images: bool,
+    ) -> PoolView<'a> {
+        PoolView {
+            name,
+            offers,
+            max,
+            min_ready,
+            builds_images,
+        }
+    }
+
+    fn platform<'a>(
+        name: &'a str,
+        pool: &'a str,
+        state: PlatformState,
+        for_suite: Option<u64>,
+        dedicated: bool,
+    ) -> PlatformView<'a> {
+        PlatformView {
+            name,
+            pool,
+            state,
+            for_suite,
+            dedicated,
+            made: true,
+            idle_ms: 0,
+        }
+    }
+
+    fn waiting<'a>(
+        id: u64,
+        needs: &'a PlatformNeeds,
+        failed_pools: &'a [String],
+        containerfile: &'a str,
+    ) -> WaitingSuite<'a> {
+        WaitingSuite {
+            suite: suite(id),
+            needs,
+            failed_pools,
+            reason: "",
+            containerfile,
+        }
+    }
+
     fn creates(plan: &PoolPlan) -> Vec<(String, Option<u64>)> {
         plan.actions
             .iter()
@@ -291,47 +370,17 @@ mod tests {
     #[test]
     fn a_pool_makes_platforms_for_waiting_suites_within_max() {
         let container = offers(PlatformKind::Container);
-        let pools = [PoolView {
-            name: "containers",
-            offers: &container,
-            max: 2,
-            min_ready: 0,
-            builds_images: false,
-        }];
+        let pools = [pool("containers", &container, 2, 0, false)];
         let any = PlatformNeeds::default();
         let vm = PlatformNeeds {
             kind: vec![PlatformKind::Vm],
             ..PlatformNeeds::default()
         };
         let waiting = [
-            WaitingSuite {
-                suite: suite(1),
-                needs: &any,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
-            WaitingSuite {
-                suite: suite(2),
-                needs: &vm,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
-            WaitingSuite {
-                suite: suite(3),
-                needs: &any,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
-            WaitingSuite {
-                suite: suite(4),
-                needs: &any,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
+            waiting(1, &any, &[], ""),
+            waiting(2, &vm, &[], ""),
+            waiting(3, &any, &[], ""),
+            waiting(4, &any, &[], ""),
         ];
         let none = BTreeSet::new();
         let plan = plan(&PoolInput {
@@ -360,60 +409,15 @@ mod tests {
     #[test]
     fn platforms_being_made_are_claimed_once_and_released_when_idle() {
         let container = offers(PlatformKind::Container);
-        let pools = [PoolView {
-            name: "p",
-            offers: &container,
-            max: 5,
-            min_ready: 1,
-            builds_images: false,
-        }];
+        let pools = [pool("p", &container, 5, 1, false)];
         let platforms = [
-            PlatformView {
-                name: "p-1",
-                pool: "p",
-                state: PlatformState::Creating,
-                for_suite: Some(1),
-                dedicated: false,
-            },
-            PlatformView {
-                name: "p-2",
-                pool: "p",
-                state: PlatformState::Creating,
-                for_suite: Some(9),
-                dedicated: false,
-            },
-            PlatformView {
-                name: "p-3",
-                pool: "p",
-                state: PlatformState::Leased,
-                for_suite: None,
-                dedicated: false,
-            },
-            PlatformView {
-                name: "p-4",
-                pool: "p",
-                state: PlatformState::Creating,
-                for_suite: None,
-                dedicated: false,
-            },
+            platform("p-1", "p", PlatformState::Creating, Some(1), false),
+            platform("p-2", "p", PlatformState::Creating, Some(9), false),
+            platform("p-3", "p", PlatformState::Leased, None, false),
+            platform("p-4", "p", PlatformState::Creating, None, false),
         ];
         let any = PlatformNeeds::default();
-        let waiting = [
-            WaitingSuite {
-                suite: suite(1),
-                needs: &any,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
-            WaitingSuite {
-                suite: suite(2),
-                needs: &any,
-                failed_pools: &[],
-                reason: "",
-                containerfile: "",
-            },
-        ];
+        let waiting = [waiting(1, &any, &[], ""), waiting(2, &any, &[], "")];
         let online = BTreeSet::from(["p-4"]);
         let busy = BTreeSet::new();
         let plan = plan(&PoolInput {
@@ -424,7 +428,11 @@ mod tests {
             busy: &busy,
         });
         assert!(plan.waiting[&1].contains("p-1"), "{:?}", plan.waiting);
-        assert!(plan.waiting[&2].contains("p-2"), "{:?}", plan.waiting);
+        assert!(
+            plan.waiting[&2].contains("being made"),
+            "{:?}",
+            plan.waiting
+        );
         assert!(plan.actions.contains(&PoolAction::Joined {
             platform: "p-4".into()
         }));
@@ -441,45 +449,15 @@ mod tests {
     fn a_containerfile_suite_gets_a_platform_of_its_own() {
         let container = offers(PlatformKind::Container);
         let pools = [
-            PoolView {
-                name: "local",
-                offers: &container,
-                max: 5,
-                min_ready: 0,
-                builds_images: false,
-            },
-            PoolView {
-                name: "podman",
-                offers: &container,
-                max: 5,
-                min_ready: 0,
-                builds_images: true,
-            },
+            pool("local", &container, 5, 0, false),
+            pool("podman", &container, 5, 0, true),
         ];
         let platforms = [
-            PlatformView {
-                name: "podman-1",
-                pool: "podman",
-                state: PlatformState::Creating,
-                for_suite: None,
-                dedicated: false,
-            },
-            PlatformView {
-                name: "podman-2",
-                pool: "podman",
-                state: PlatformState::Ready,
-                for_suite: Some(8),
-                dedicated: true,
-            },
+            platform("podman-1", "podman", PlatformState::Creating, None, false),
+            platform("podman-2", "podman", PlatformState::Ready, Some(8), true),
         ];
         let any = PlatformNeeds::default();
-        let waiting = [WaitingSuite {
-            suite: suite(1),
-            needs: &any,
-            failed_pools: &[],
-            reason: "",
-            containerfile: "images/Containerfile",
-        }];
+        let waiting = [waiting(1, &any, &[], "images/Containerfile")];
         let none = BTreeSet::new();
         let plan = plan(&PoolInput {
             pools: &pools,
@@ -499,36 +477,46 @@ mod tests {
         assert_eq!(creates(&plan).len(), 1, "{:?}", plan.actions);
     }
 
+    /// A ready platform nobody took for long goes, beyond `min_ready`; the warm ones stay.
+    #[test]
+    fn idle_ready_platforms_beyond_min_ready_are_released() {
+        let container = offers(PlatformKind::Container);
+        let mut idle = platform("p-1", "p", PlatformState::Ready, None, false);
+        idle.idle_ms = IDLE_LIMIT_MS + 1;
+        let online = BTreeSet::from(["p-1"]);
+        let none = BTreeSet::new();
+        for (min_ready, released) in [(0, true), (1, false)] {
+            let pools = [pool("p", &container, 2, min_ready, false)];
+            let plan = plan(&PoolInput {
+                pools: &pools,
+                platforms: &[idle],
+                waiting: &[],
+                online: &online,
+                busy: &none,
+            });
+            assert_eq!(
+                plan.actions.contains(&PoolAction::Release {
+                    platform: "p-1".into()
+                }),
+                released,
+                "min_ready {min_ready}: {:?}",
+                plan.actions
+            );
+        }
+    }
+
     /// A pool that failed a suite is passed over for another that offers it; with no other, it is
     /// tried again. `min_ready` keeps platforms warm within `max`.
     #[test]
     fn failed_pools_come_last_and_min_ready_stays_within_max() {
         let container = offers(PlatformKind::Container);
         let pools = [
-            PoolView {
-                name: "a",
-                offers: &container,
-                max: 3,
-                min_ready: 0,
-                builds_images: false,
-            },
-            PoolView {
-                name: "b",
-                offers: &container,
-                max: 1,
-                min_ready: 4,
-                builds_images: false,
-            },
+            pool("a", &container, 3, 0, false),
+            pool("b", &container, 1, 4, false),
         ];
         let any = PlatformNeeds::default();
         let failed = ["a".to_string()];
-        let waiting = [WaitingSuite {
-            suite: suite(1),
-            needs: &any,
-            failed_pools: &failed,
-            reason: "",
-            containerfile: "",
-        }];
+        let waiting = [waiting(1, &any, &failed, "")];
         let none = BTreeSet::new();
         let input = PoolInput {
             pools: &pools,

@@ -280,6 +280,7 @@ fn plan_pools(
         }
     }
     let pool_views = context.pools.views();
+    let now = now_ms();
     let platform_views: Vec<pools::PlatformView<'_>> = platforms
         .iter()
         .map(|platform| pools::PlatformView {
@@ -288,6 +289,12 @@ fn plan_pools(
             state: platform.state,
             for_suite: platform.suite.map(|suite| suite.suite),
             dedicated: !platform.image.is_empty(),
+            made: !platform.provider_id.is_empty(),
+            idle_ms: if platform.state == PlatformState::Ready {
+                now - platform.state_ms
+            } else {
+                0
+            },
         })
         .collect();
     pools::plan(&pools::PoolInput {

@@ -258,12 +258,22 @@ impl Pools {
                         }
                     })
                     .await;
-                    info!(platform, "platform ready: its agent joined");
+                    info!(platform, "platform ready: made, and its agent joined");
+                    (self.publish)(Vec::new());
                 }
                 PoolAction::Release { platform } => {
-                    let pools = self.clone();
-                    self.tasks
-                        .spawn(async move { pools.release(&platform).await });
+                    // Claimed now, under the lock: a later step never releases it twice.
+                    if let Some(cleaning) = self.begin_release(&platform) {
+                        let pools = self.clone();
+                        self.tasks.spawn(async move {
+                            if cleaning {
+                                pools.clean(&platform).await
+                            } else {
+                                info!(platform, "destroying the platform: its suite is done, or nobody needs it");
+                                pools.destroy(&platform).await
+                            }
+                        });
+                    }
                 }
             }
         }
@@ -455,11 +465,31 @@ impl Pools {
         };
         let error = match made {
             Ok(made) => {
-                self.update(name, |record| {
-                    record.provider_id = made.id;
-                    record.address = made.address;
-                })
-                .await;
+                let (id, address) = (made.id.clone(), made.address.clone());
+                let made_record = self
+                    .update(name, |record| {
+                        record.provider_id = id;
+                        record.address = address;
+                    })
+                    .await;
+                // Destroyed (by an operator, or a stopping coordinator) while the provisioner made it:
+                // what it made must not outlive it.
+                if made_record
+                    .as_ref()
+                    .is_none_or(|record| record.state != PlatformState::Creating)
+                {
+                    let leftover = PlatformRecord {
+                        provider_id: made.id,
+                        address: made.address,
+                        ..record
+                    };
+                    if let Err(err) = pool.provisioner.destroy(&leftover).await {
+                        warn!(platform = name, error = %err, "cannot destroy a platform made after it was destroyed");
+                    }
+                    return Err(None);
+                }
+                // Made: once its agent is online too, the scheduler's next step finds it ready.
+                (self.publish)(Vec::new());
                 if self.joined(name, deadline).await {
                     let _ = std::fs::remove_file(work_dir.join("agent-token"));
                     return Ok(());
@@ -569,19 +599,44 @@ impl Pools {
     }
 
     /// Its suite ended: destroyed, or cleaned and back in the pool.
-    async fn release(self: Arc<Self>, name: &str) {
+    /// Moves a platform the planner released to `cleaning` (its suite is done and its pool reuses
+    /// platforms) or `destroying`; `Some(true)` to clean, `Some(false)` to destroy, `None` when it is
+    /// no longer there to release.
+    fn begin_release(&self, name: &str) -> Option<bool> {
+        let mut platforms = self.platforms.lock().expect("platforms lock");
+        let record = platforms.get_mut(name)?;
+        let reuses = self
+            .pool(&record.pool)
+            .is_some_and(|pool| matches!(pool.config.reuse, Reuse::Clean(_)));
+        let cleaning = match record.state {
+            PlatformState::Leased => reuses,
+            PlatformState::Creating | PlatformState::Ready => false,
+            PlatformState::Cleaning | PlatformState::Destroying | PlatformState::Failed => {
+                return None
+            }
+        };
+        record.state = if cleaning {
+            PlatformState::Cleaning
+        } else {
+            PlatformState::Destroying
+        };
+        record.state_ms = now_ms();
+        Some(cleaning)
+    }
+
+    /// After its suite: the pool's clean command, then back in the pool (destroyed if it fails).
+    async fn clean(self: Arc<Self>, name: &str) {
         let Some(record) = self.get(name) else {
             return;
         };
+        let Some(Reuse::Clean(command)) = self.pool(&record.pool).map(|pool| &pool.config.reuse)
+        else {
+            return self.destroy(name).await;
+        };
         let Some(pool) = self.pool(&record.pool) else {
-            return self.destroy(name).await;
+            return;
         };
-        let Reuse::Clean(command) = &pool.config.reuse else {
-            info!(platform = name, "suite done: destroying its platform");
-            return self.destroy(name).await;
-        };
-        self.update(name, |record| record.state = PlatformState::Cleaning)
-            .await;
+        self.update(name, |_| {}).await;
         let work_dir = self.root.join(name);
         match pool
             .provisioner
@@ -616,6 +671,7 @@ impl Pools {
         else {
             return;
         };
+        self.changed.notify_waiters();
         let destroyed = match self.pool(&record.pool) {
             Some(pool) => pool.provisioner.destroy(&record).await,
             None => Err(format!(
