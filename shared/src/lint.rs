@@ -201,7 +201,7 @@ pub fn lint_adjusted(tree: &Tree, options: LintOptions) -> Report {
                                 !map.is_empty()
                                     && map
                                         .keys()
-                                        .all(|sub| sub == "playbook" || sub == "containerfile")
+                                        .all(|sub| matches!(&**sub, "playbook" | "containerfile"))
                             }
                             ("provision", Some(_)) => false,
                             _ => true,

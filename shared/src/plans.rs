@@ -154,10 +154,10 @@ impl Plan {
         match node.get("context") {
             None | Some(FmfValue::Null) => {}
             Some(FmfValue::Map(map)) => {
-                for (dimension, value) in map {
+                for (dimension, value) in map.iter() {
                     let key = format!("context.{dimension}");
                     let value = match value {
-                        FmfValue::String(text) => text.clone(),
+                        FmfValue::String(text) => text.to_string(),
                         FmfValue::Integer(_) | FmfValue::Float(_) | FmfValue::Bool(_) => {
                             value.python_str()
                         }
@@ -172,7 +172,7 @@ impl Plan {
                             })
                         }
                     };
-                    context.push((dimension.clone(), value));
+                    context.push((dimension.to_string(), value));
                 }
             }
             Some(other) => {
@@ -268,7 +268,7 @@ fn strings(plan: &str, key: &str, value: Option<&FmfValue>) -> Result<Vec<String
     items
         .into_iter()
         .map(|item| match item {
-            FmfValue::String(text) => Ok(text.clone()),
+            FmfValue::String(text) => Ok(text.to_string()),
             FmfValue::Integer(_) | FmfValue::Float(_) | FmfValue::Bool(_) => Ok(item.python_str()),
             other => Err(PlanError::Invalid {
                 plan: plan.to_string(),
@@ -296,7 +296,7 @@ impl DiscoverPhase {
         let key = |name: &str| format!("discover.{name}");
         // A phase without `how` is a shell phase in tmt.
         let how = match map.get("how") {
-            Some(FmfValue::String(how)) => how.as_str(),
+            Some(FmfValue::String(how)) => how.as_ref(),
             _ => "shell",
         };
         if how != "fmf" {
@@ -329,7 +329,7 @@ impl DiscoverPhase {
         };
         for item in tests {
             let name = match item {
-                FmfValue::String(name) => name.clone(),
+                FmfValue::String(name) => name.to_string(),
                 FmfValue::Map(entry) => {
                     if entry.contains_key("adjust") {
                         return Err(PlanError::Unsupported {
@@ -444,18 +444,20 @@ fn links_of(node: &Node) -> Vec<(String, Option<String>)> {
     let mut links = Vec::new();
     for item in items {
         match item {
-            FmfValue::String(target) => links.push(("relates".to_string(), Some(target.clone()))),
+            FmfValue::String(target) => {
+                links.push(("relates".to_string(), Some(target.to_string())))
+            }
             FmfValue::Map(map) => {
-                for (relation, target) in map.iter().filter(|(key, _)| key.as_str() != "note") {
+                for (relation, target) in map.iter().filter(|(key, _)| key.as_ref() != "note") {
                     let target = match target {
-                        FmfValue::String(text) => Some(text.clone()),
+                        FmfValue::String(text) => Some(text.to_string()),
                         FmfValue::Map(id) => id
                             .get("name")
                             .and_then(FmfValue::as_str)
                             .map(str::to_string),
                         _ => None,
                     };
-                    links.push((relation.clone(), target));
+                    links.push((relation.to_string(), target));
                 }
             }
             _ => {}
@@ -522,7 +524,7 @@ pub fn filter_data(node: &Node, root: &std::path::Path) -> FilterData {
             FmfValue::Bool(flag) => vec![value.python_str(), flag.to_string()],
             other => vec![other.python_str()],
         };
-        data.insert(key.clone(), values);
+        data.insert(key.to_string(), values);
     }
     data.insert("name".into(), vec![node.name().to_string()]);
     data

@@ -231,20 +231,21 @@ fn python_tree_outcomes(root: &Path) -> HashMap<String, PythonOutcome> {
 /// Infinite and NaN floats as the Python dump spells them, since JSON cannot carry them.
 fn spell_non_finite_floats(value: FmfValue) -> FmfValue {
     match value {
-        FmfValue::Float(number) if number.is_nan() => FmfValue::String("float:nan".to_owned()),
-        FmfValue::Float(number) if number.is_infinite() => FmfValue::String(
-            if number > 0.0 {
-                "float:inf"
-            } else {
-                "float:-inf"
-            }
-            .to_owned(),
+        FmfValue::Float(number) if number.is_nan() => FmfValue::string("float:nan"),
+        FmfValue::Float(number) if number.is_infinite() => FmfValue::string(if number > 0.0 {
+            "float:inf"
+        } else {
+            "float:-inf"
+        }),
+        FmfValue::List(items) => FmfValue::list(
+            std::sync::Arc::unwrap_or_clone(items)
+                .into_iter()
+                .map(spell_non_finite_floats)
+                .collect(),
         ),
-        FmfValue::List(items) => {
-            FmfValue::List(items.into_iter().map(spell_non_finite_floats).collect())
-        }
-        FmfValue::Map(map) => FmfValue::Map(
-            map.into_iter()
+        FmfValue::Map(map) => FmfValue::map(
+            std::sync::Arc::unwrap_or_clone(map)
+                .into_iter()
                 .map(|(key, item)| (key, spell_non_finite_floats(item)))
                 .collect(),
         ),
@@ -281,7 +282,7 @@ fn compare(ours: &Result<Tree, String>, python: &PythonOutcome) -> (Vec<String>,
                         python_node.selected
                     ));
                 }
-                let our_data = spell_non_finite_floats(FmfValue::Map(our_node.data().clone()));
+                let our_data = spell_non_finite_floats(FmfValue::map(our_node.data().clone()));
                 if !our_data.identical(&python_node.data) {
                     mismatches.push(format!(
                         "{}: data differs\n  ours:   {}\n  python: {}",

@@ -137,7 +137,7 @@ pub fn read_catalog(
             }
             other => ImportError::Fmf(other),
         })?;
-    let mut rows = Vec::new();
+    let mut rows = Vec::with_capacity(visited.len());
     let mut node_problems = (false, false);
     let catalog = Catalog::assemble(visited.into_iter().filter_map(|visited| match visited {
         Ok(visited) => {

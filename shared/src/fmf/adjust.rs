@@ -17,7 +17,7 @@ const ADJUST_KEY: &str = "adjust";
 const CONTROL_KEYS: [&str; 3] = ["because", "continue", "when"];
 
 /// Parsed `when` conditions by their text, kept across the nodes of one tree.
-pub(crate) type ConditionCache = foldhash::HashMap<String, Condition>;
+pub(crate) type ConditionCache = foldhash::HashMap<super::value::FmfText, Condition>;
 
 /// How to adjust, beyond the context itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub(crate) fn adjust_node_data(
     let rules: Vec<FmfValue> = match data.get(ADJUST_KEY) {
         None => return Ok(()),
         Some(FmfValue::Map(rule)) => vec![FmfValue::Map(rule.clone())],
-        Some(FmfValue::List(rules)) => rules.clone(),
+        Some(FmfValue::List(rules)) => rules.to_vec(),
         Some(other) => {
             return Err(invalid(format!(
                 "Should be a dictionary or a list of dictionaries, got '{}'.",
@@ -120,7 +120,7 @@ pub(crate) fn adjust_node_data(
             Decision::Match => {
                 let to_merge: FmfMap = rule
                     .iter()
-                    .filter(|(key, _)| !CONTROL_KEYS.contains(&key.as_str()))
+                    .filter(|(key, _)| !CONTROL_KEYS.contains(&key.as_ref()))
                     .map(|(key, value)| (key.clone(), value.clone()))
                     .collect();
                 merge_special(data, &to_merge).map_err(|failure| FmfError::Merge {
@@ -181,10 +181,7 @@ mod tests {
         let data = adjusted(yaml, &fedora()).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(
             data["tag"],
-            FmfValue::List(vec![
-                FmfValue::String("a".into()),
-                FmfValue::String("b".into())
-            ])
+            FmfValue::list(vec![FmfValue::string("a"), FmfValue::string("b")])
         );
     }
 

@@ -60,7 +60,7 @@ pub(crate) fn merge_special(data: &mut FmfMap, source: &FmfMap) -> Result<(), Me
             SuffixOperation::Remove(bare_key) => merge_minus(data, bare_key, value)?,
             SuffixOperation::Substitute(bare_key) => merge_regexp(data, bare_key, value)?,
             SuffixOperation::Set(bare_key) => {
-                data.insert(bare_key.to_owned(), value.clone());
+                data.insert(bare_key.into(), value.clone());
             }
         }
     }
@@ -74,41 +74,43 @@ fn merge_plus(
     prepend: bool,
 ) -> Result<(), MergeFailure> {
     let Some(current) = data.get_mut(key) else {
-        data.insert(key.to_owned(), value.clone());
+        data.insert(key.into(), value.clone());
         return Ok(());
     };
     match (&mut *current, value) {
         // A list of dicts extended by a dict: every item gets the dict merged in.
         (FmfValue::List(items), FmfValue::Map(addition)) => {
-            for item in items.iter_mut() {
+            for item in std::sync::Arc::make_mut(items).iter_mut() {
                 let FmfValue::Map(item_map) = item else {
                     return Err(failure(
                         key,
                         format!("item '{}' must be a dictionary", item.python_str()),
                     ));
                 };
-                merge_special(item_map, addition)?;
+                merge_special(std::sync::Arc::make_mut(item_map), addition)?;
             }
             Ok(())
         }
         // A dict extended by a list of dicts: the dict becomes one merged copy per list item.
         (FmfValue::Map(original), FmfValue::List(additions)) => {
             let mut merged_copies = Vec::with_capacity(additions.len());
-            for addition in additions {
+            for addition in additions.iter() {
                 let FmfValue::Map(addition_map) = addition else {
                     return Err(failure(
                         key,
                         format!("item '{}' must be a dictionary", addition.python_str()),
                     ));
                 };
-                let mut copy = original.clone();
+                let mut copy = FmfMap::clone(original);
                 merge_special(&mut copy, addition_map)?;
-                merged_copies.push(FmfValue::Map(copy));
+                merged_copies.push(FmfValue::map(copy));
             }
-            *current = FmfValue::List(merged_copies);
+            *current = FmfValue::list(merged_copies);
             Ok(())
         }
-        (FmfValue::Map(original), FmfValue::Map(addition)) => merge_special(original, addition),
+        (FmfValue::Map(original), FmfValue::Map(addition)) => {
+            merge_special(std::sync::Arc::make_mut(original), addition)
+        }
         (existing, _) => {
             let (left, right) = if prepend {
                 (value, &*existing)
@@ -137,9 +139,9 @@ fn python_add(left: &FmfValue, right: &FmfValue) -> Option<FmfValue> {
         return a.combine(b, false);
     }
     match (left, right) {
-        (FmfValue::String(a), FmfValue::String(b)) => Some(FmfValue::String(format!("{a}{b}"))),
+        (FmfValue::String(a), FmfValue::String(b)) => Some(FmfValue::string(format!("{a}{b}"))),
         (FmfValue::List(a), FmfValue::List(b)) => {
-            Some(FmfValue::List(a.iter().chain(b).cloned().collect()))
+            Some(FmfValue::list(a.iter().chain(b.iter()).cloned().collect()))
         }
         _ => None,
     }
@@ -160,18 +162,20 @@ fn merge_minus(data: &mut FmfMap, key: &str, value: &FmfValue) -> Result<(), Mer
             let regex = PythonRegex::new(pattern).map_err(|reason| failure(key, reason))?;
             *text = regex
                 .substitute("", text)
-                .map_err(|reason| failure(key, reason))?;
+                .map_err(|reason| failure(key, reason))?
+                .into();
             Ok(())
         }
         (FmfValue::List(items), FmfValue::List(removed)) => {
-            items.retain(|item| !removed.iter().any(|candidate| candidate.python_eq(item)));
+            std::sync::Arc::make_mut(items)
+                .retain(|item| !removed.iter().any(|candidate| candidate.python_eq(item)));
             Ok(())
         }
         (FmfValue::Map(map), FmfValue::List(removed_keys)) => {
-            for removed_key in removed_keys {
+            for removed_key in removed_keys.iter() {
                 match removed_key {
                     FmfValue::String(name) => {
-                        map.shift_remove(name);
+                        std::sync::Arc::make_mut(map).shift_remove(&**name);
                     }
                     FmfValue::List(_) | FmfValue::Map(_) => {
                         return Err(failure(
@@ -193,7 +197,7 @@ fn merge_minus(data: &mut FmfMap, key: &str, value: &FmfValue) -> Result<(), Mer
 fn pattern_values(value: &FmfValue) -> Result<Vec<FmfValue>, String> {
     match value {
         FmfValue::String(_) => Ok(vec![value.clone()]),
-        FmfValue::List(items) => Ok(items.clone()),
+        FmfValue::List(items) => Ok(items.to_vec()),
         FmfValue::Map(map) => Ok(map
             .keys()
             .map(|key| FmfValue::String(key.clone()))
@@ -234,14 +238,15 @@ fn merge_regexp(data: &mut FmfMap, key: &str, value: &FmfValue) -> Result<(), Me
                     let substituted = regex
                         .substitute(&replacement, text)
                         .map_err(|reason| failure(key, reason))?;
-                    replaced.push(FmfValue::String(substituted));
+                    replaced.push(FmfValue::string(substituted));
                 }
-                *items = replaced;
+                *items = std::sync::Arc::new(replaced);
             }
             FmfValue::String(text) => {
                 *text = regex
                     .substitute(&replacement, text)
-                    .map_err(|reason| failure(key, reason))?;
+                    .map_err(|reason| failure(key, reason))?
+                    .into();
             }
             _ => return Err(failure(key, "wrong type")),
         }
@@ -310,20 +315,20 @@ fn merge_minus_regexp(data: &mut FmfMap, key: &str, value: &FmfValue) -> Result<
                     kept.push(item.clone());
                 }
             }
-            *items = kept;
+            *items = std::sync::Arc::new(kept);
         }
         FmfValue::String(text) => {
             if any_pattern_matches(&patterns, text).map_err(|reason| failure(key, reason))? {
-                text.clear();
+                *text = "".into();
             }
         }
         FmfValue::Map(map) => {
-            let keys: Vec<String> = map.keys().cloned().collect();
+            let keys: Vec<super::value::FmfText> = map.keys().cloned().collect();
             for existing_key in keys {
                 if any_pattern_matches(&patterns, &existing_key)
                     .map_err(|reason| failure(key, reason))?
                 {
-                    map.shift_remove(&existing_key);
+                    std::sync::Arc::make_mut(map).shift_remove(&*existing_key);
                 }
             }
         }
@@ -339,16 +344,16 @@ mod tests {
     fn map(entries: &[(&str, FmfValue)]) -> FmfMap {
         entries
             .iter()
-            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .map(|(key, value)| ((*key).into(), value.clone()))
             .collect()
     }
 
     fn text(value: &str) -> FmfValue {
-        FmfValue::String(value.to_owned())
+        FmfValue::string(value)
     }
 
     fn list(values: &[&str]) -> FmfValue {
-        FmfValue::List(values.iter().map(|value| text(value)).collect())
+        FmfValue::list(values.iter().map(|value| text(value)).collect())
     }
 
     #[test]

@@ -38,4 +38,4 @@ pub use condition::{
 };
 pub use error::FmfError;
 pub use tree::{Node, Tree};
-pub use value::{FmfMap, FmfValue};
+pub use value::{FmfMap, FmfText, FmfValue};

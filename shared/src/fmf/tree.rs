@@ -594,7 +594,7 @@ impl TreeBuilder {
         self.nodes[node_id].updated = true;
         let mut data = match data {
             FmfValue::Null => return Ok(()),
-            FmfValue::Map(map) => map,
+            FmfValue::Map(map) => std::sync::Arc::unwrap_or_clone(map),
             // Python fmf fails on a list or number here; a bare string it would even take for a directory
             // path relative to its working directory. Both are refused.
             other => {
@@ -629,9 +629,9 @@ impl TreeBuilder {
                     let rest = &child_name[slash..];
                     let rest = rest.split('\n').next().unwrap_or(rest);
                     let mut nested = FmfMap::default();
-                    nested.insert(rest.to_owned(), value);
+                    nested.insert(rest.into(), value);
                     let name = child_name[..slash].to_owned();
-                    self.child(node_id, &name, FmfValue::Map(nested), None, blame_path)?;
+                    self.child(node_id, &name, FmfValue::map(nested), None, blame_path)?;
                 }
                 _ => self.child(node_id, child_name, value, None, blame_path)?,
             }
@@ -657,9 +657,9 @@ impl TreeBuilder {
             ));
         };
         let mut parsed = self.nodes[node_id].directives;
-        for (key, value) in &directives {
+        for (key, value) in directives.iter() {
             let FmfValue::Bool(flag) = value else {
-                if key == "inherit" || key == "select" {
+                if &**key == "inherit" || &**key == "select" {
                     return Err(self.format_error(
                         node_id,
                         blame_path,
@@ -672,7 +672,7 @@ impl TreeBuilder {
                     format!("Unknown fmf directive {}.", snippet(key)),
                 ));
             };
-            match key.as_str() {
+            match &**key {
                 "inherit" => parsed.inherit = Some(*flag),
                 "select" => parsed.select = Some(*flag),
                 _ => {

@@ -5,6 +5,7 @@
 //! as explicit functions, so results compare one-to-one with Python's JSON dump of the same tree.
 
 use std::fmt;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -12,21 +13,42 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 /// A mapping with insertion order kept, as Python dicts keep it. Hashed with foldhash (seeded per map,
 /// several times faster than SipHash on short keys): trees hold hundreds of thousands of small maps.
-pub type FmfMap = IndexMap<String, FmfValue, foldhash::fast::RandomState>;
+pub type FmfMap = IndexMap<FmfText, FmfValue, foldhash::fast::RandomState>;
+
+/// Text in node data (keys and string values): shared, not copied, when a child inherits it.
+pub type FmfText = Arc<str>;
 
 /// One value in fmf node data.
 ///
 /// Mapping keys are strings; a non-string YAML key below the node level is turned into the string Python's
 /// `json.dumps` would print for it (`1`, `true`, `null`).
+///
+/// Strings, lists and mappings are shared (`Arc`): every node of a tree holds its parent's data merged
+/// with its own, and what it inherits unchanged is the parent's, not a copy. A change copies only what
+/// it changes (`Arc::make_mut`). 24 bytes a value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FmfValue {
     Null,
     Bool(bool),
     Integer(i64),
     Float(f64),
-    String(String),
-    List(Vec<FmfValue>),
-    Map(FmfMap),
+    String(FmfText),
+    List(Arc<Vec<FmfValue>>),
+    Map(Arc<FmfMap>),
+}
+
+impl FmfValue {
+    pub fn string(text: impl Into<FmfText>) -> FmfValue {
+        FmfValue::String(text.into())
+    }
+
+    pub fn list(items: Vec<FmfValue>) -> FmfValue {
+        FmfValue::List(Arc::new(items))
+    }
+
+    pub fn map(map: FmfMap) -> FmfValue {
+        FmfValue::Map(Arc::new(map))
+    }
 }
 
 impl FmfValue {
@@ -72,13 +94,14 @@ impl FmfValue {
     pub fn identical(&self, other: &FmfValue) -> bool {
         match (self, other) {
             (FmfValue::List(left), FmfValue::List(right)) => {
-                left.len() == right.len() && left.iter().zip(right).all(|(a, b)| a.identical(b))
+                left.len() == right.len()
+                    && left.iter().zip(right.iter()).all(|(a, b)| a.identical(b))
             }
             (FmfValue::Map(left), FmfValue::Map(right)) => {
                 left.len() == right.len()
                     && left
                         .iter()
-                        .zip(right)
+                        .zip(right.iter())
                         .all(|((key_a, a), (key_b, b))| key_a == key_b && a.identical(b))
             }
             (FmfValue::Float(left), FmfValue::Float(right)) => {
@@ -97,7 +120,8 @@ impl FmfValue {
             (FmfValue::Null, FmfValue::Null) => true,
             (FmfValue::String(left), FmfValue::String(right)) => left == right,
             (FmfValue::List(left), FmfValue::List(right)) => {
-                left.len() == right.len() && left.iter().zip(right).all(|(a, b)| a.python_eq(b))
+                left.len() == right.len()
+                    && left.iter().zip(right.iter()).all(|(a, b)| a.python_eq(b))
             }
             (FmfValue::Map(left), FmfValue::Map(right)) => {
                 left.len() == right.len()
@@ -112,7 +136,7 @@ impl FmfValue {
     /// Python's `str(value)`: a string is itself, everything else is its `repr`.
     pub fn python_str(&self) -> String {
         match self {
-            FmfValue::String(text) => text.clone(),
+            FmfValue::String(text) => text.to_string(),
             other => other.python_repr(),
         }
     }
@@ -299,15 +323,15 @@ impl Serialize for FmfValue {
             FmfValue::String(text) => serializer.serialize_str(text),
             FmfValue::List(items) => {
                 let mut sequence = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
+                for item in items.iter() {
                     sequence.serialize_element(item)?;
                 }
                 sequence.end()
             }
             FmfValue::Map(map) => {
                 let mut serialized = serializer.serialize_map(Some(map.len()))?;
-                for (key, value) in map {
-                    serialized.serialize_entry(key, value)?;
+                for (key, value) in map.iter() {
+                    serialized.serialize_entry(&**key, value)?;
                 }
                 serialized.end()
             }
@@ -348,11 +372,11 @@ impl<'de> Visitor<'de> for FmfValueVisitor {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<FmfValue, E> {
-        Ok(FmfValue::String(text.to_owned()))
+        Ok(FmfValue::string(text))
     }
 
     fn visit_string<E: de::Error>(self, text: String) -> Result<FmfValue, E> {
-        Ok(FmfValue::String(text))
+        Ok(FmfValue::string(text))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<FmfValue, E> {
@@ -372,7 +396,7 @@ impl<'de> Visitor<'de> for FmfValueVisitor {
         while let Some(item) = access.next_element()? {
             items.push(item);
         }
-        Ok(FmfValue::List(items))
+        Ok(FmfValue::list(items))
     }
 
     /// Keys must be strings (as the format resolves them: YAML's `1` or `true` is refused, not read as
@@ -391,7 +415,7 @@ impl<'de> Visitor<'de> for FmfValueVisitor {
                 }
             }
         }
-        Ok(FmfValue::Map(map))
+        Ok(FmfValue::map(map))
     }
 }
 
@@ -399,26 +423,26 @@ impl<'de> Visitor<'de> for FmfValueVisitor {
 struct StringKey;
 
 impl<'de> de::DeserializeSeed<'de> for StringKey {
-    type Value = String;
+    type Value = FmfText;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<FmfText, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for StringKey {
-    type Value = String;
+    type Value = FmfText;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("a string key")
     }
 
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<String, E> {
-        Ok(text.to_owned())
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<FmfText, E> {
+        Ok(text.into())
     }
 
-    fn visit_string<E: de::Error>(self, text: String) -> Result<String, E> {
-        Ok(text)
+    fn visit_string<E: de::Error>(self, text: String) -> Result<FmfText, E> {
+        Ok(text.into())
     }
 }
 
@@ -448,11 +472,11 @@ mod tests {
         let mut map = FmfMap::default();
         map.insert(
             "a".into(),
-            FmfValue::List(vec![FmfValue::Integer(1), FmfValue::Bool(true)]),
+            FmfValue::list(vec![FmfValue::Integer(1), FmfValue::Bool(true)]),
         );
         map.insert("it's".into(), FmfValue::Null);
         assert_eq!(
-            FmfValue::Map(map).python_repr(),
+            FmfValue::map(map).python_repr(),
             "{'a': [1, True], \"it's\": None}"
         );
     }

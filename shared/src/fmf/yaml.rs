@@ -192,8 +192,8 @@ fn convert(value: &YamlValue, node_level: bool) -> Result<FmfValue, String> {
                 FmfValue::Float(number.as_f64().unwrap_or(f64::NAN))
             }
         }
-        YamlValue::String(text) => FmfValue::String(text.clone()),
-        YamlValue::Sequence(items) => FmfValue::List(
+        YamlValue::String(text) => FmfValue::string(text.as_str()),
+        YamlValue::Sequence(items) => FmfValue::list(
             items
                 .iter()
                 .map(|item| convert(item, false))
@@ -233,9 +233,9 @@ fn convert(value: &YamlValue, node_level: bool) -> Result<FmfValue, String> {
                     other => return Err(format!("unhashable mapping key {}", describe(other))),
                 };
                 let child_is_node = node_level && key_text.starts_with('/');
-                map.insert(key_text, convert(item, child_is_node)?);
+                map.insert(key_text.into(), convert(item, child_is_node)?);
             }
-            FmfValue::Map(map)
+            FmfValue::map(map)
         }
         YamlValue::Tagged(tagged) => {
             return Err(format!(
