@@ -87,6 +87,8 @@ pub async fn run(
             pools: config.pools.clone(),
             store: store.clone(),
             join: gossip_advertised,
+            cluster: config.cluster.clone(),
+            gossip_interval: config.gossip_interval,
             ca: data_dir.ca_certificate(),
             data_dir: data_dir.root.clone(),
             attempts: config.runs.attempts,

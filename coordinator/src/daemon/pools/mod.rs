@@ -55,6 +55,9 @@ pub struct PoolsSetup {
     pub store: StoreHandle,
     /// The coordinator's gossip address: every platform's agent joins there.
     pub join: SocketAddr,
+    /// Its gossip cluster and interval, which the platforms' agents use too.
+    pub cluster: String,
+    pub gossip_interval: Duration,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
     /// Attempts per suite (a platform that could not be made costs one).
@@ -75,6 +78,8 @@ pub struct Pools {
     changed: Notify,
     store: StoreHandle,
     join: SocketAddr,
+    cluster: String,
+    gossip_interval: Duration,
     ca: PathBuf,
     /// `DATA_DIR/platforms`: a directory per platform (token, logs, a local agent's state).
     root: PathBuf,
@@ -123,6 +128,8 @@ impl Pools {
             changed: Notify::new(),
             store: setup.store,
             join: setup.join,
+            cluster: setup.cluster,
+            gossip_interval: setup.gossip_interval,
             ca: setup.ca,
             root: setup.data_dir.join("platforms"),
             attempts: setup.attempts,
@@ -449,6 +456,8 @@ impl Pools {
                         name: name.to_string(),
                         pool: config.name.clone(),
                         join: self.join,
+                        cluster: self.cluster.clone(),
+                        gossip_interval_ms: self.gossip_interval.as_millis() as u64,
                         ca: self.ca.clone(),
                         token_file,
                         labels,

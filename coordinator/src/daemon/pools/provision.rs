@@ -26,6 +26,9 @@ pub struct Enrollment {
     pub pool: String,
     /// The coordinator's gossip address: the agent's seed.
     pub join: SocketAddr,
+    /// The coordinator's gossip cluster and interval: the agent gossips as it does.
+    pub cluster: String,
+    pub gossip_interval_ms: u64,
     pub ca: PathBuf,
     /// The one-time token for this platform's name (0600).
     pub token_file: PathBuf,
@@ -169,6 +172,10 @@ impl Provisioner {
             enrollment.platform.as_str().into(),
             "--reconnect-max-ms".into(),
             "1000".into(),
+            "--cluster".into(),
+            enrollment.cluster.clone(),
+            "--gossip-interval-ms".into(),
+            enrollment.gossip_interval_ms.to_string(),
         ];
         for (key, value) in &enrollment.labels {
             args.push("--label".into());
@@ -232,6 +239,7 @@ impl Provisioner {
                 if *install == Install::None {
                     command
                         .env("POLARIZER_JOIN", enrollment.join.to_string())
+                        .env("POLARIZER_CLUSTER", &enrollment.cluster)
                         .env("POLARIZER_CA", &enrollment.ca)
                         .env("POLARIZER_TOKEN_FILE", &enrollment.token_file)
                         .env("POLARIZER_AGENT_BINARY", &enrollment.agent_binary)
@@ -422,6 +430,8 @@ async fn ansible(
         "polarizer_agent_name": enrollment.name,
         "polarizer_agent_labels": enrollment.labels,
         "polarizer_agent_platform": enrollment.platform.as_str(),
+        "polarizer_agent_cluster": enrollment.cluster,
+        "polarizer_agent_gossip_interval_ms": enrollment.gossip_interval_ms,
         // A fresh platform's host key is unknown; remember it for this platform only.
         "ansible_ssh_common_args": format!(
             "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
