@@ -4,14 +4,13 @@
 //! destroy script removes it after. Needs root (namespaces), a non-loopback address for the coordinator
 //! to advertise, and the ansible venv scripts/test makes before `cargo test`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use polarizer_e2e::*;
 
-use super::pools::{platforms, show, tests_repo, trigger, wait_platforms_gone};
+use super::pools::{platforms, show, suite_agents, tests_repo, trigger, wait_platforms_gone};
 
 /// Two ansible plays at once, each copying the 83 MB debug agent over SSH, then two short tests.
 const RUN_DEADLINE: Duration = Duration::from_secs(420);
@@ -208,10 +207,7 @@ ansible_python_interpreter = "/usr/bin/python3"
         cluster.path("coordinator.log").display()
     );
     let suites = finished["suites"].as_array().unwrap();
-    let agents: BTreeSet<&str> = suites
-        .iter()
-        .map(|suite| suite["agent"].as_str().unwrap())
-        .collect();
+    let agents = suite_agents(suites);
     assert_eq!(
         agents.len(),
         suites.len(),

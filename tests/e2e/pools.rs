@@ -126,10 +126,7 @@ fn a_local_pool_runs_every_suite_on_a_fresh_platform_and_destroys_it_after() {
     assert_eq!(finished["state"], "passed", "{finished:#}");
     let suites = finished["suites"].as_array().unwrap();
     assert_eq!(suites.len(), 3, "{finished:#}");
-    let agents: BTreeSet<&str> = suites
-        .iter()
-        .map(|suite| suite["agent"].as_str().unwrap())
-        .collect();
+    let agents = suite_agents(suites);
     assert_eq!(
         agents.len(),
         3,
@@ -324,6 +321,23 @@ fn containers_of(pool: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no container of the pool is left, running or not.
+fn wait_containers_gone(pool: &str) {
+    wait_for(
+        "the containers to be removed",
+        Duration::from_secs(60),
+        || containers_of(pool).is_empty(),
+    );
+}
+
+/// The agents a run's suites ran on, each once.
+pub fn suite_agents(suites: &[Value]) -> BTreeSet<&str> {
+    suites
+        .iter()
+        .map(|suite| suite["agent"].as_str().unwrap())
+        .collect()
+}
+
 /// Removes a pool's containers when dropped: a failed test leaves none behind.
 struct RemoveContainers(String);
 
@@ -406,10 +420,7 @@ fn a_podman_pool_runs_the_demo_with_no_agent_installed_each_suite_on_a_fresh_con
         assert_eq!(test["status"], expected, "{name}: {test}");
     }
     let suites = finished["suites"].as_array().unwrap();
-    let agents: BTreeSet<&str> = suites
-        .iter()
-        .map(|suite| suite["agent"].as_str().unwrap())
-        .collect();
+    let agents = suite_agents(suites);
     assert_eq!(
         agents.len(),
         suites.len(),
@@ -429,11 +440,7 @@ fn a_podman_pool_runs_the_demo_with_no_agent_installed_each_suite_on_a_fresh_con
                 .iter()
                 .all(|agent| agent["facts"]["platform"] == "container")
     );
-    wait_for(
-        "the containers to be removed",
-        Duration::from_secs(60),
-        || containers_of(&pool).is_empty(),
-    );
+    wait_containers_gone(&pool);
 }
 
 #[test]
@@ -586,11 +593,7 @@ fn a_suites_containerfile_builds_the_image_of_its_platform_once_per_content() {
         metrics.contains("polarizer_platform_images_built_total 1"),
         "the second run reuses the image: {metrics}"
     );
-    wait_for(
-        "the containers to be removed",
-        Duration::from_secs(60),
-        || containers_of(&pool).is_empty(),
-    );
+    wait_containers_gone(&pool);
 }
 
 #[test]

@@ -638,13 +638,13 @@ impl Pools {
         let Some(record) = self.get(name) else {
             return;
         };
-        let Some(Reuse::Clean(command)) = self.pool(&record.pool).map(|pool| &pool.config.reuse)
+        let Some((pool, Reuse::Clean(command))) = self
+            .pool(&record.pool)
+            .map(|pool| (pool, &pool.config.reuse))
         else {
             return self.destroy(name).await;
         };
-        let Some(pool) = self.pool(&record.pool) else {
-            return;
-        };
+        // `cleaning`, set when the release was claimed, stored now.
         self.update(name, |_| {}).await;
         let work_dir = self.root.join(name);
         match pool
