@@ -15,6 +15,16 @@ const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A coordinator started with `coordinator.toml` holding `pools` (kept in `config_dir`).
 pub fn cluster_with_pools(config_dir: &Path, pools: &str, flags: &[&str]) -> TestCluster {
+    cluster_with_pools_env(config_dir, pools, flags, Vec::new())
+}
+
+/// [`cluster_with_pools`] with these variables in the coordinator's environment.
+pub fn cluster_with_pools_env(
+    config_dir: &Path,
+    pools: &str,
+    flags: &[&str],
+    env: Vec<(String, PathBuf)>,
+) -> TestCluster {
     let config = config_dir.join("coordinator.toml");
     std::fs::write(&config, pools).unwrap();
     let mut serve = vec![
@@ -26,7 +36,16 @@ pub fn cluster_with_pools(config_dir: &Path, pools: &str, flags: &[&str]) -> Tes
         config.to_str().unwrap(),
     ];
     serve.extend(flags);
-    TestCluster::new_coordinator_only_with(&serve)
+    TestCluster::new_coordinator_only_with_env(&serve, env)
+}
+
+/// A script that appends its argument to `log`, as a destroy script that only records.
+fn recording_script(dir: &Path, name: &str, log: &Path, then: &str) -> PathBuf {
+    script(
+        dir,
+        name,
+        &format!("echo \"$1\" >> {}\n{then}", log.display()),
+    )
 }
 
 pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -204,11 +223,7 @@ fn a_platform_that_cannot_be_made_is_retried_then_its_suite_ends_as_an_infrastru
     let config = tempfile::tempdir().unwrap();
     let failing = Path::new(env!("CARGO_MANIFEST_DIR")).join("provision/failing-create");
     let destroyed = config.path().join("destroyed.log");
-    let destroy = script(
-        config.path(),
-        "destroy",
-        &format!("echo \"$1\" >> {}\n", destroyed.display()),
-    );
+    let destroy = recording_script(config.path(), "destroy", &destroyed, "");
     let cluster = cluster_with_pools(
         config.path(),
         &format!(
@@ -251,16 +266,8 @@ fn a_platform_left_mid_create_by_a_killed_coordinator_is_destroyed_when_it_start
     let created = config.path().join("created.log");
     let destroyed = config.path().join("destroyed.log");
     // A cloud that takes its time: the coordinator is killed while it waits.
-    let create = script(
-        config.path(),
-        "create",
-        &format!("echo \"$1\" >> {}\nexec sleep 30\n", created.display()),
-    );
-    let destroy = script(
-        config.path(),
-        "destroy",
-        &format!("echo \"$1\" >> {}\n", destroyed.display()),
-    );
+    let create = recording_script(config.path(), "create", &created, "exec sleep 30\n");
+    let destroy = recording_script(config.path(), "destroy", &destroyed, "");
     let mut cluster = cluster_with_pools(
         config.path(),
         &format!(
@@ -358,23 +365,12 @@ impl Drop for RemoveContainers {
 fn podman_cluster(config_dir: &Path, pool: &str, max: u32) -> Option<TestCluster> {
     let (key, conf) = podman::containers_conf()?;
     let image = podman::test_image()?;
-    let config = config_dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
+    Some(cluster_with_pools_env(
+        config_dir,
+        &format!(
             "[[pools]]\nname = \"{pool}\"\nprovisioner = \"podman\"\nimage = \"{image}\"\nmax = {max}\nlabels = {{ distro = \"debian-12\" }}\nboot_timeout = \"2m\"\n"
         ),
-    )
-    .unwrap();
-    Some(TestCluster::new_coordinator_only_with_env(
-        &[
-            "--gossip-interval-ms",
-            "100",
-            "--heartbeat-interval-ms",
-            "200",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &[],
         vec![(key.to_string(), conf)],
     ))
 }
@@ -510,25 +506,15 @@ fn a_tests_playbook_sets_its_platform_up_before_its_suite_and_only_for_its_suite
         return;
     };
     let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("coordinator.toml"),
-        "[[pools]]\nname = \"played\"\nprovisioner = \"local\"\nmax = 2\n",
-    )
-    .unwrap();
     let path = format!(
         "{}:{}",
         ansible.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let cluster = TestCluster::new_coordinator_only_with_env(
-        &[
-            "--gossip-interval-ms",
-            "100",
-            "--heartbeat-interval-ms",
-            "200",
-            "--config",
-            config.path().join("coordinator.toml").to_str().unwrap(),
-        ],
+    let cluster = cluster_with_pools_env(
+        config.path(),
+        "[[pools]]\nname = \"played\"\nprovisioner = \"local\"\nmax = 2\n",
+        &[],
         vec![("PATH".into(), PathBuf::from(path))],
     );
     let repo = git_repo(

@@ -234,6 +234,30 @@ fn held_bases(repository: &Path, commit: &str, haves: Vec<String>) -> Vec<String
 }
 
 /// Builds (or finds, from an earlier process) the file at `path` and reads its digests.
+/// Makes sure the cache `repository` holds `commit` of `repo`: gone from it (a force-pushed branch, a
+/// pruned object), it is fetched again by id. The caller holds the repository's lock.
+pub fn ensure_commit(repository: &Path, repo: &str, commit: &str) -> Result<(), String> {
+    let object = format!("{commit}^{{commit}}");
+    if git::run_blocking(repository, ["cat-file", "-e", object.as_str()], GIT_TIMEOUT).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(repository).map_err(|err| err.to_string())?;
+    if !repository.join(".git").exists() {
+        git::run_blocking(repository, ["init", "--quiet"], GIT_TIMEOUT)
+            .map_err(|err| err.to_string())?;
+    }
+    git::check_url(repo).map_err(|err| err.to_string())?;
+    git::run_blocking(
+        repository,
+        ["fetch", "--quiet", "--", repo, commit],
+        GIT_TIMEOUT,
+    )
+    .map(drop)
+    .map_err(|err| {
+        format!("{commit} is not in the coordinator's cache of {repo} and cannot be fetched: {err}")
+    })
+}
+
 fn build(
     repository: &Path,
     repo: &str,
@@ -245,21 +269,7 @@ fn build(
 ) -> Result<Arc<Artifact>, String> {
     if !path.exists() {
         let _guard = RepoLocks::global().lock(repository);
-        let object = format!("{commit}^{{commit}}");
-        let present = |repository: &Path| {
-            git::run_blocking(repository, ["cat-file", "-e", object.as_str()], GIT_TIMEOUT).is_ok()
-        };
-        if !present(repository) {
-            // Gone from the cache (a force-pushed branch, a pruned object): fetch it again by id.
-            std::fs::create_dir_all(repository).map_err(|err| err.to_string())?;
-            if !repository.join(".git").exists() {
-                git::run_blocking(repository, ["init", "--quiet"], GIT_TIMEOUT)
-                    .map_err(|err| err.to_string())?;
-            }
-            git::check_url(repo).map_err(|err| err.to_string())?;
-            git::run_blocking(repository, ["fetch", "--quiet", "--", repo, commit], GIT_TIMEOUT)
-                .map_err(|err| format!("{commit} is not in the coordinator's cache of {repo} and cannot be fetched: {err}"))?;
-        }
+        ensure_commit(repository, repo, commit)?;
         let parent = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|err| format!("{}: {err}", parent.display()))?;
         let partial = path.with_extension("building");

@@ -59,6 +59,7 @@ pub async fn build(
             let archive = archive.clone();
             let treeish = format!("{commit}:{directory}");
             tokio::task::spawn_blocking(move || {
+                let _guard = git::RepoLocks::global().lock(&repository);
                 let mut output = std::ffi::OsString::from("--output=");
                 output.push(&archive);
                 git::run_blocking(
@@ -122,7 +123,7 @@ pub async fn build(
 }
 
 /// The git tree id of the Containerfile's directory at `commit`, fetching the commit into the cache
-/// if it is not there; an error when the file is not in the commit.
+/// if it is not there (as shipping does); an error when the file is not in the commit.
 fn context_tree(
     repository: &Path,
     repo: &str,
@@ -130,21 +131,9 @@ fn context_tree(
     file: &str,
     directory: &str,
 ) -> Result<String, String> {
-    let object = format!("{commit}^{{commit}}");
-    if git::run_blocking(repository, ["cat-file", "-e", object.as_str()], GIT_TIMEOUT).is_err() {
-        std::fs::create_dir_all(repository).map_err(|err| err.to_string())?;
-        if !repository.join(".git").exists() {
-            git::run_blocking(repository, ["init", "--quiet"], GIT_TIMEOUT)
-                .map_err(|err| err.to_string())?;
-        }
-        git::check_url(repo).map_err(|err| err.to_string())?;
-        git::run_blocking(
-            repository,
-            ["fetch", "--quiet", "--", repo, commit],
-            GIT_TIMEOUT,
-        )
-        .map_err(|err| format!("cannot fetch {commit} of {repo}: {err}"))?;
-    }
+    // Triggers and shipping use the same cache: one git command on it at a time.
+    let _guard = git::RepoLocks::global().lock(repository);
+    crate::daemon::shipping::ensure_commit(repository, repo, commit)?;
     let blob = format!("{commit}:{file}");
     git::run_blocking(repository, ["cat-file", "-e", blob.as_str()], GIT_TIMEOUT)
         .map_err(|_| format!("the Containerfile {file} is not in commit {commit}"))?;
