@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod record_codec;
 pub mod run;
 pub mod shipping;
+pub mod triggers;
 
 pub use facts::{AgentFacts, PlatformKind};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_BYTES};

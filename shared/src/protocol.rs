@@ -256,6 +256,10 @@ pub enum OperatorRequest {
     DestroyPlatform {
         name: String,
     },
+    /// The newest `limit` triggers that arrived from outside (webhooks). Answered by `Triggers`.
+    ListTriggers {
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -317,6 +321,7 @@ pub enum OperatorResponse {
     PlatformDestroyed {
         name: String,
     },
+    Triggers(Vec<crate::triggers::TriggerRecord>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ mod discovery;
 mod disk;
 mod events;
 mod foundation;
+mod github;
 mod hostile_trees;
 mod netns;
 mod network;

@@ -1,5 +1,6 @@
 //! `TestCluster`: boots a real coordinator and real agents (the built binaries) on loopback, each in its
 //! own temp dir with fresh certificates, and keeps their logs when a test fails.
+pub mod fake_github;
 pub mod generate;
 pub mod podman;
 

@@ -66,6 +66,19 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// What arrived from outside (GitHub webhooks), newest first: time, source, delivery id, repository,
+    /// event, commit, and what became of it (a run, ignored and why, a duplicate, refused and why), with
+    /// its report back.
+    Triggers {
+        /// Show this many [default: 50]
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON (an array of objects) instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Enrollment tokens: `rotate` writes a new one to the data dir's agent-token, in effect at once.
     Tokens {
         #[command(subcommand)]

@@ -18,6 +18,7 @@ mod platforms;
 pub mod reports;
 pub mod runs;
 pub mod tail;
+mod triggers;
 
 pub use args::{AgentsAction, Cli, Command, PlatformsAction, TestsAction, TokensAction};
 
@@ -66,6 +67,18 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             let outcome = platforms::platforms_command(&mut client, action, json).await;
             client.close().await;
             outcome
+        }
+        Command::Triggers {
+            limit,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client
+                .request(OperatorRequest::ListTriggers { limit })
+                .await;
+            client.close().await;
+            triggers::print(response?, json)
         }
         Command::Tests {
             action:

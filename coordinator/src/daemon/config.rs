@@ -93,6 +93,10 @@ pub struct ServeSettings {
     #[arg(skip)]
     #[serde(default)]
     pub pools: Vec<crate::daemon::pools::config::PoolSettings>,
+    /// GitHub webhooks in, commit statuses or check runs out: `[github]` and `[[github.repos]]`, in
+    /// the file only.
+    #[arg(skip)]
+    pub github: Option<Box<crate::daemon::github::config::GithubSettings>>,
 }
 
 /// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
@@ -131,6 +135,7 @@ pub struct ServeConfig {
     pub enroll: EnrollMode,
     pub shipping: ShippingConfig,
     pub pools: Vec<crate::daemon::pools::config::PoolConfig>,
+    pub github: Option<crate::daemon::github::config::GithubConfig>,
 }
 
 /// How runs are planned and retried.
@@ -234,6 +239,7 @@ impl ServeSettings {
             } else {
                 self.pools
             },
+            github: self.github.or(lower.github),
         }
     }
 
@@ -328,8 +334,13 @@ impl ServeSettings {
             rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
         };
         let pools = crate::daemon::pools::config::validate_pools(self.pools)?;
+        let github = self
+            .github
+            .map(|settings| crate::daemon::github::config::validate(*settings))
+            .transpose()?;
         Ok(ServeConfig {
             pools,
+            github,
             enroll,
             shipping,
             runs,
@@ -371,6 +382,7 @@ impl ServeConfig {
             enroll: EnrollMode::Token,
             shipping: ShippingConfig::default(),
             pools: Vec::new(),
+            github: None,
         }
     }
 }

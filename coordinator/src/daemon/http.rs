@@ -1,4 +1,5 @@
-//! The coordinator's HTTP side: `/healthz` for probes and `/metrics` in Prometheus text format.
+//! The coordinator's HTTP side: `/healthz` for probes, `/metrics` in Prometheus text format, and
+//! `/hooks/github` for GitHub's webhooks when `[github]` is configured.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub shipping: Arc<crate::daemon::shipping::Shipping>,
     pub pools: Arc<crate::daemon::pools::Pools>,
+    pub github: Option<Arc<crate::daemon::github::Github>>,
 }
 
 pub async fn serve(
@@ -28,13 +30,26 @@ pub async fn serve(
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .with_state(state.clone());
+    if let Some(github) = state.github {
+        router = router.merge(
+            Router::new()
+                .route(
+                    "/hooks/github",
+                    axum::routing::post(crate::daemon::github::webhook::receive),
+                )
+                .with_state(github),
+        );
+    }
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// 200 `ok` while the store commits; 503 with the reason while it cannot (agents' records then stay
@@ -109,6 +124,39 @@ async fn metrics(State(state): State<HttpState>) -> String {
         load(&counters.shipped_bytes),
         state.shipping.builds(),
     ) + &platform_metrics(&state.pools)
+        + &state.github.as_deref().map(github_metrics).unwrap_or_default()
+}
+
+fn github_metrics(github: &crate::daemon::github::Github) -> String {
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let counters = &github.metrics;
+    format!(
+        "# HELP polarizer_github_deliveries_total Deliveries to /hooks/github.\n\
+         # TYPE polarizer_github_deliveries_total counter\n\
+         polarizer_github_deliveries_total {}\n\
+         # HELP polarizer_github_refused_total Deliveries refused (signature, size, body).\n\
+         # TYPE polarizer_github_refused_total counter\n\
+         polarizer_github_refused_total {}\n\
+         # HELP polarizer_github_duplicates_total Deliveries dropped as duplicates.\n\
+         # TYPE polarizer_github_duplicates_total counter\n\
+         polarizer_github_duplicates_total {}\n\
+         # HELP polarizer_github_runs_total Runs started by deliveries.\n\
+         # TYPE polarizer_github_runs_total counter\n\
+         polarizer_github_runs_total {}\n\
+         # HELP polarizer_github_reports_sent_total Commit statuses and check run updates GitHub took.\n\
+         # TYPE polarizer_github_reports_sent_total counter\n\
+         polarizer_github_reports_sent_total {}\n\
+         # HELP polarizer_github_report_failures_total Tries at sending a report that failed (each is tried again).\n\
+         # TYPE polarizer_github_report_failures_total counter\n\
+         polarizer_github_report_failures_total {}\n",
+        load(&counters.deliveries),
+        load(&counters.refused),
+        load(&counters.duplicates),
+        load(&counters.runs),
+        load(&counters.reports_sent),
+        load(&counters.report_failures),
+    )
 }
 
 fn platform_metrics(pools: &crate::daemon::pools::Pools) -> String {

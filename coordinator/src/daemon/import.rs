@@ -194,8 +194,36 @@ pub fn git(
     })
 }
 
+/// The cache's repository for `url` (made on first use), locked: git commands on it wait for each other.
+pub fn cached_repository(url: &str, cache: &Path) -> Result<(PathBuf, RepoGuard), ImportError> {
+    let key = polarizer_transport::state_files::secret_digest(url);
+    let directory = cache.join(&key[..16]);
+    let guard = RepoLocks::global().lock(&directory);
+    std::fs::create_dir_all(cache).map_err(|err| ImportError::Git {
+        action: "cache",
+        location: url.into(),
+        message: err.to_string(),
+    })?;
+    if !directory.join(".git").exists() {
+        git(cache, &["init", "--quiet", "--", &key[..16]], "init", url)?;
+    }
+    Ok((directory, guard))
+}
+
+/// Is `git_ref` a full commit id the repository at `directory` already holds?
+pub fn holds_commit(directory: &Path, git_ref: &str) -> bool {
+    git_ref.len() == 40
+        && git_ref.bytes().all(|byte| byte.is_ascii_hexdigit())
+        && git::run_blocking(
+            directory,
+            ["cat-file", "-e", &format!("{git_ref}^{{commit}}")],
+            GIT_TIMEOUT,
+        )
+        .is_ok()
+}
+
 /// Clones (once) and fetches `git_ref` with its history into a cache directory named after the URL; checks it
-/// out detached.
+/// out detached. A commit id the cache already holds is not fetched again.
 /// The guard keeps the checkout from changing until the caller has read it; other repositories are not
 /// held up meanwhile.
 pub fn checkout(
@@ -211,37 +239,25 @@ pub fn checkout(
     git::check_url(url).map_err(refused)?;
     let wanted = if git_ref.is_empty() { "HEAD" } else { git_ref };
     git::check_ref(wanted).map_err(refused)?;
-    let key = polarizer_transport::state_files::secret_digest(url);
-    let directory = cache.join(&key[..16]);
-    let guard = RepoLocks::global().lock(&directory);
-    std::fs::create_dir_all(cache).map_err(|err| ImportError::Git {
-        action: "cache",
-        location: url.into(),
-        message: err.to_string(),
-    })?;
-    if !directory.join(".git").exists() {
-        git(cache, &["init", "--quiet", "--", &key[..16]], "init", url)?;
-    }
-    // The whole history, not the commit alone: agents get the tests shipped as bundles thin against the
-    // commits they hold, and git can leave out only what a commit's ancestry shares with them. A cache
-    // fetched shallow by an older version is deepened once.
-    let unshallow = directory.join(".git/shallow").exists();
-    let mut fetch = vec!["fetch", "--quiet"];
-    if unshallow {
-        fetch.push("--unshallow");
-    }
-    fetch.extend(["--", url, wanted]);
-    git(&directory, &fetch, "fetch", url)?;
+    let (directory, guard) = cached_repository(url, cache)?;
+    let target = if holds_commit(&directory, wanted) {
+        wanted
+    } else {
+        // The whole history, not the commit alone: agents get the tests shipped as bundles thin against the
+        // commits they hold, and git can leave out only what a commit's ancestry shares with them. A cache
+        // fetched shallow by an older version is deepened once.
+        let unshallow = directory.join(".git/shallow").exists();
+        let mut fetch = vec!["fetch", "--quiet"];
+        if unshallow {
+            fetch.push("--unshallow");
+        }
+        fetch.extend(["--", url, wanted]);
+        git(&directory, &fetch, "fetch", url)?;
+        "FETCH_HEAD"
+    };
     git(
         &directory,
-        &[
-            "checkout",
-            "--quiet",
-            "--detach",
-            "--force",
-            "FETCH_HEAD",
-            "--",
-        ],
+        &["checkout", "--quiet", "--detach", "--force", target, "--"],
         "checkout",
         url,
     )?;

@@ -1,6 +1,7 @@
 //! `polarizer serve`: the data directory and config, QUIC sessions with agents and operators, the
 //! scheduler loop that carries out `core`'s decisions, imports and triggers, live fan-out to `tail` and
-//! `runs watch`, shipping a run's tests to its agents, pools of platforms made on demand, and HTTP (`/healthz`, `/metrics`).
+//! `runs watch`, shipping a run's tests to its agents, pools of platforms made on demand, GitHub (webhooks in, statuses
+//! and check runs out), and HTTP (`/healthz`, `/metrics`, `/hooks/github`).
 //!
 //! The tasks share no catch-all state: each gets the parts it needs (`context::Context` bundles them
 //! for the connection tasks, which need most): the store handle, the settings, the live sessions, the
@@ -13,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod fanout;
+pub mod github;
 pub mod host_tokens;
 pub mod http;
 pub mod identity;

@@ -63,75 +63,16 @@ async fn import(
     }
 }
 
-/// Plans a run off the async runtime (git, fmf, selection, partition), then stores it in one step.
+/// Plans and stores a run (`polarizer trigger`).
 async fn trigger(
     context: &Context,
     request: polarizer_shared::run::TriggerRequest,
 ) -> OperatorResponse {
-    let error = |message: String| OperatorResponse::Error { message };
-    let agents = match context.store.read(|reader| reader.agents()).await {
-        Ok(agents) => agents
-            .into_iter()
-            .filter(|agent| agent.state != AgentState::Revoked)
-            .map(|agent| agent.facts)
-            // A pool's platforms count as platforms a suite may go to, as many as it may make.
-            .chain(context.pools.slot_facts())
-            .collect::<Vec<_>>(),
-        Err(err) => return error(err.to_string()),
-    };
-    let store = context.store.clone();
-    let config = context.settings.runs.clone();
-    let data_dir = context.settings.data_dir.clone();
-    let planned = tokio::task::spawn_blocking(move || {
-        let reader = store.reader().map_err(|err| err.to_string())?;
-        crate::daemon::trigger::plan(
-            request,
-            &config,
-            &data_dir,
-            &agents,
-            &|ids| reader.duration_history(ids).unwrap_or_default(),
-            now_ms(),
-        )
-        .map_err(|err| err.to_string())
-    })
-    .await;
-    let planned = match planned {
-        Ok(Ok(planned)) => planned,
-        Ok(Err(message)) => return error(format!("trigger failed, no run created: {message}")),
-        Err(err) => return error(format!("trigger failed: {err}")),
-    };
-    if let Err(err) = context.store.import_catalog(planned.import).await {
-        return error(format!("trigger failed, no run created: {err}"));
-    }
-    let run = planned.run;
-    let tests: usize = run.suites.iter().map(|(_, _, tests)| tests.len()).sum();
-    let serial = run
-        .suites
-        .iter()
-        .filter(|(kind, _, _)| kind == "serial")
-        .count();
-    let parallel = run.suites.len() - serial;
-    let commit = run.commit.clone();
-    let created = context
-        .store
-        .write(move |savepoint, path| crate::store::runs::create_run(savepoint, path, &run))
-        .await;
-    match created {
-        Ok(id) => {
-            info!(run = id, tests, serial, parallel, commit = %commit, "run triggered");
-            context.scheduler.wake();
-            OperatorResponse::Triggered(polarizer_shared::run::TriggerSummary {
-                run: id,
-                tests: tests as u64,
-                touched_features: planned.touched_features,
-                dependent_features: planned.dependent_features,
-                fail_open: planned.fail_open,
-                parallel_suites: parallel as u64,
-                serial_suites: serial as u64,
-                commit,
-            })
-        }
-        Err(err) => error(format!("trigger failed, no run created: {err}")),
+    match crate::daemon::trigger::start(context, request, None).await {
+        Ok(summary) => OperatorResponse::Triggered(summary),
+        Err(failure) => OperatorResponse::Error {
+            message: failure.message,
+        },
     }
 }
 
@@ -441,6 +382,18 @@ pub(super) async fn operator_session(
             },
             OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
                 create_host_token(&context, name, ttl_ms).await
+            }
+            OperatorRequest::ListTriggers { limit } => {
+                match context
+                    .store
+                    .read(move |reader| reader.triggers(limit.clamp(1, 10_000)))
+                    .await
+                {
+                    Ok(triggers) => OperatorResponse::Triggers(triggers),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
             }
             OperatorRequest::ListPlatforms => {
                 let (pools, platforms) = context.pools.list();

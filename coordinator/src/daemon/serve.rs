@@ -150,6 +150,15 @@ pub async fn run(
         sessions_shutdown.clone(),
         tracker.clone(),
     ));
+    let github = match config.github.clone() {
+        Some(github) => {
+            let github = crate::daemon::github::Github::new(github, context.clone())
+                .map_err(anyhow::Error::msg)?;
+            github.spawn(&tracker, shutdown.clone());
+            Some(github)
+        }
+        None => None,
+    };
     tracker.spawn({
         let state = HttpState {
             store: store.clone(),
@@ -157,6 +166,7 @@ pub async fn run(
             metrics: context.metrics.clone(),
             shipping: context.shipping.clone(),
             pools: context.pools.clone(),
+            github: github.clone(),
         };
         let shutdown = shutdown.clone();
         async move {
@@ -173,7 +183,14 @@ pub async fn run(
         config.cluster
     );
     println!("  quic            {quic_advertised}");
-    println!("  http            http://{http_addr} (/healthz, /metrics)");
+    println!(
+        "  http            http://{http_addr} (/healthz, /metrics{})",
+        if github.is_some() {
+            ", /hooks/github"
+        } else {
+            ""
+        }
+    );
     print!("{}", data_dir.secrets_summary(&identity.ca_fingerprint));
     info!(quic = %quic_advertised, gossip = %gossip_advertised, http = %http_addr, created = identity.created, "coordinator listening");
     polarizer_transport::daemon::notify_ready(&format!(

@@ -331,3 +331,120 @@ pub fn plan(
         },
     })
 }
+
+/// Why a trigger made no run.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The tree at that commit is at fault (fmf, plan, types): its author can fix it.
+    Tree,
+    /// The tree is fine, the change selects no test.
+    NothingSelected,
+    /// Anything else (git, the store).
+    Other,
+}
+
+/// Plans a run off the async runtime (git, fmf, selection, partition), then stores it in one step.
+/// `note` goes first in the run's message (why everything was selected, say).
+pub async fn start(
+    context: &crate::daemon::context::Context,
+    request: TriggerRequest,
+    note: Option<String>,
+) -> Result<polarizer_shared::run::TriggerSummary, StartFailure> {
+    use polarizer_shared::protocol::AgentState;
+    let other = |message: String| StartFailure {
+        message,
+        kind: FailureKind::Other,
+    };
+    let agents = context
+        .store
+        .read(|reader| reader.agents())
+        .await
+        .map_err(|err| other(err.to_string()))?
+        .into_iter()
+        .filter(|agent| agent.state != AgentState::Revoked)
+        .map(|agent| agent.facts)
+        // A pool's platforms count as platforms a suite may go to, as many as it may make.
+        .chain(context.pools.slot_facts())
+        .collect::<Vec<_>>();
+    let store = context.store.clone();
+    let config = context.settings.runs.clone();
+    let data_dir = context.settings.data_dir.clone();
+    let planned = tokio::task::spawn_blocking(move || {
+        let reader = store
+            .reader()
+            .map_err(|err| (FailureKind::Other, err.to_string()))?;
+        plan(
+            request,
+            &config,
+            &data_dir,
+            &agents,
+            &|ids| reader.duration_history(ids).unwrap_or_default(),
+            crate::daemon::clock::now_ms(),
+        )
+        .map_err(|err| {
+            let kind = match &err {
+                TriggerError::Tree { .. }
+                | TriggerError::Plan { .. }
+                | TriggerError::Import(_)
+                | TriggerError::UnknownType(_)
+                | TriggerError::Selection(_) => FailureKind::Tree,
+                TriggerError::NothingSelected(_) => FailureKind::NothingSelected,
+                TriggerError::Repo { .. } => FailureKind::Other,
+            };
+            (kind, err.to_string())
+        })
+    })
+    .await;
+    let mut planned = match planned {
+        Ok(Ok(planned)) => planned,
+        Ok(Err((kind, message))) => {
+            return Err(StartFailure {
+                message: format!("trigger failed, no run created: {message}"),
+                kind,
+            })
+        }
+        Err(err) => return Err(other(format!("trigger failed: {err}"))),
+    };
+    if let Some(note) = note.filter(|note| !note.is_empty()) {
+        planned.run.message = if planned.run.message.is_empty() {
+            note
+        } else {
+            format!("{note}\n{}", planned.run.message)
+        };
+    }
+    if let Err(err) = context.store.import_catalog(planned.import).await {
+        return Err(other(format!("trigger failed, no run created: {err}")));
+    }
+    let run = planned.run;
+    let tests: usize = run.suites.iter().map(|(_, _, tests)| tests.len()).sum();
+    let serial = run
+        .suites
+        .iter()
+        .filter(|(kind, _, _)| kind == "serial")
+        .count();
+    let parallel = run.suites.len() - serial;
+    let commit = run.commit.clone();
+    let id = context
+        .store
+        .write(move |savepoint, path| crate::store::runs::create_run(savepoint, path, &run))
+        .await
+        .map_err(|err| other(format!("trigger failed, no run created: {err}")))?;
+    tracing::info!(run = id, tests, serial, parallel, commit = %commit, "run triggered");
+    context.scheduler.wake();
+    Ok(polarizer_shared::run::TriggerSummary {
+        run: id,
+        tests: tests as u64,
+        touched_features: planned.touched_features,
+        dependent_features: planned.dependent_features,
+        fail_open: planned.fail_open,
+        parallel_suites: parallel as u64,
+        serial_suites: serial as u64,
+        commit,
+    })
+}

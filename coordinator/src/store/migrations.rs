@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     LOST_HOLDER,
     PLATFORMS,
     SUITE_IMAGES,
+    TRIGGERS,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -276,4 +277,48 @@ CREATE TABLE platforms (
 const SUITE_IMAGES: &str = "
 ALTER TABLE suites ADD COLUMN containerfile TEXT NOT NULL DEFAULT '';
 ALTER TABLE platforms ADD COLUMN image TEXT NOT NULL DEFAULT '';
+";
+
+/// 11: triggers from outside (GitHub deliveries), stored before they are answered, and the reports
+/// they owe, stored before they are sent (triggers.rs).
+const TRIGGERS: &str = "
+CREATE TABLE triggers (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    delivery TEXT NOT NULL DEFAULT '',
+    repo TEXT NOT NULL DEFAULT '',
+    event TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT '',
+    sha TEXT NOT NULL DEFAULT '',
+    git_ref TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL CHECK (outcome IN ('received', 'run', 'ignored', 'duplicate', 'refused', 'failed')),
+    reason TEXT NOT NULL DEFAULT '',
+    run_id INTEGER,
+    change_json TEXT NOT NULL DEFAULT '',
+    fetch_ms INTEGER,
+    planned_ms INTEGER
+) STRICT;
+CREATE INDEX triggers_delivery ON triggers(source, delivery);
+CREATE INDEX triggers_change ON triggers(source, repo, sha, kind, received_ms);
+CREATE INDEX triggers_waiting ON triggers(id) WHERE outcome IN ('received', 'refused');
+CREATE TABLE reports (
+    trigger_id INTEGER PRIMARY KEY REFERENCES triggers(id),
+    target TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    context TEXT NOT NULL,
+    run_id INTEGER,
+    state TEXT NOT NULL,
+    text_json TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sent_version INTEGER NOT NULL DEFAULT 0,
+    check_run_id INTEGER,
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_try_ms INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    updated_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX reports_unsent ON reports(next_try_ms) WHERE sent_version < version;
+CREATE INDEX reports_open ON reports(run_id) WHERE state IN ('queued', 'running');
 ";

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod platforms;
 pub mod runs;
 pub mod sql;
+pub mod triggers;
 
 pub use sql::{insert_rows, insert_rows_sharing, Reader, StoreError};
 
