@@ -22,6 +22,8 @@ pub struct Call {
     pub body: Value,
     /// What the fake answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// A failure to answer the next call whose path contains `path_contains` with.
@@ -117,6 +119,11 @@ impl FakeGithub {
             .collect()
     }
 
+    /// Drops every failure not yet answered (GitHub has recovered).
+    pub fn clear_failures(&self) {
+        self.shared.lock().unwrap().failures.clear();
+    }
+
     /// Answers the next call whose path contains `path_contains` with `failure`.
     pub fn fail_next(&self, path_contains: &str, failure: Failure) {
         self.shared
@@ -161,6 +168,7 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at = std::time::Instant::now();
     let path = uri.path().to_string();
     let authorization = headers
         .get("authorization")
@@ -175,6 +183,7 @@ async fn answer(
         authorization,
         body,
         status: response.status().as_u16(),
+        at,
     });
     response
 }

@@ -149,13 +149,17 @@ fn github_metrics(github: &crate::daemon::github::Github) -> String {
          polarizer_github_reports_sent_total {}\n\
          # HELP polarizer_github_report_failures_total Tries at sending a report that failed (each is tried again).\n\
          # TYPE polarizer_github_report_failures_total counter\n\
-         polarizer_github_report_failures_total {}\n",
+         polarizer_github_report_failures_total {}\n\
+         # HELP polarizer_github_unrecorded_total Refused or duplicate deliveries not stored (a flood beyond the budget).\n\
+         # TYPE polarizer_github_unrecorded_total counter\n\
+         polarizer_github_unrecorded_total {}\n",
         load(&counters.deliveries),
         load(&counters.refused),
         load(&counters.duplicates),
         load(&counters.runs),
         load(&counters.reports_sent),
         load(&counters.report_failures),
+        load(&counters.unrecorded),
     )
 }
 

@@ -38,6 +38,11 @@ const REFUSED_RETRY: Duration = Duration::from_secs(600);
 /// The longest wait between tries of a report after errors.
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
 
+/// Lines of refused and duplicate deliveries being stored at once; beyond, they are counted only.
+const LINES_IN_FLIGHT: usize = 64;
+/// Delivery ids remembered for answering redeliveries without the store.
+const RECENT_DELIVERIES: usize = 10_000;
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct GithubMetrics {
@@ -47,6 +52,8 @@ pub struct GithubMetrics {
     pub runs: AtomicU64,
     pub reports_sent: AtomicU64,
     pub report_failures: AtomicU64,
+    /// Refused or duplicate deliveries not stored (a flood beyond the budget).
+    pub unrecorded: AtomicU64,
 }
 
 pub struct Github {
@@ -57,6 +64,10 @@ pub struct Github {
     wake_reporter: Notify,
     /// Triggers being planned now (so a wake does not plan one twice).
     planning: Mutex<BTreeSet<u64>>,
+    /// Delivery ids taken lately, with their triggers (cleared when full; the store still knows).
+    recent: Mutex<std::collections::HashMap<String, u64>>,
+    /// The budget for storing lines of refused and duplicate deliveries.
+    lines: Arc<Semaphore>,
     pub metrics: GithubMetrics,
 }
 
@@ -70,8 +81,48 @@ impl Github {
             wake_planner: Notify::new(),
             wake_reporter: Notify::new(),
             planning: Mutex::new(BTreeSet::new()),
+            recent: Mutex::new(std::collections::HashMap::new()),
+            lines: Arc::new(Semaphore::new(LINES_IN_FLIGHT)),
             metrics: GithubMetrics::default(),
         }))
+    }
+
+    /// The trigger a delivery id was taken as, if it was lately.
+    pub fn seen(&self, delivery: &str) -> Option<u64> {
+        if delivery.is_empty() {
+            return None;
+        }
+        self.recent.lock().expect("recent").get(delivery).copied()
+    }
+
+    pub fn remember(&self, delivery: &str, trigger: u64) {
+        if delivery.is_empty() {
+            return;
+        }
+        let mut recent = self.recent.lock().expect("recent");
+        if recent.len() >= RECENT_DELIVERIES {
+            recent.clear();
+        }
+        recent.insert(delivery.to_string(), trigger);
+    }
+
+    /// Stores a line that starts nothing (a refused or duplicate delivery) without waiting for it, within
+    /// a budget: false (and counted) when a flood has used it up.
+    pub fn record_line(&self, trigger: triggers::NewTrigger) -> bool {
+        let Ok(permit) = self.lines.clone().try_acquire_owned() else {
+            self.metrics.unrecorded.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let store = self.context.store.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .write(move |savepoint, path| {
+                    triggers::record(savepoint, &trigger, 0).map_err(sqlite_error(path))
+                })
+                .await;
+            drop(permit);
+        });
+        true
     }
 
     /// Starts the planner, the reporter and the watcher of runs; triggers a previous process recorded
@@ -182,22 +233,14 @@ impl Github {
             Ok(changes) => changes,
             Err(message) => {
                 warn!(trigger = id, repo = %change.repo, error = %message, "trigger failed: the change cannot be fetched");
-                self.finish(
-                    id,
-                    TriggerOutcome::Failed,
-                    &message,
-                    None,
-                    Some(fetch_ms),
-                    None,
-                )
-                .await;
-                self.report(
+                let outcome = (TriggerOutcome::Failed, ReportState::Error);
+                self.no_run(
                     id,
                     &repo,
                     &change,
-                    None,
-                    ReportState::Error,
-                    crate::core::github::trigger_failed_report(&message),
+                    outcome,
+                    &message,
+                    (Some(fetch_ms), None),
                 )
                 .await;
                 return;
@@ -264,19 +307,33 @@ impl Github {
                     FailureKind::NothingSelected => (TriggerOutcome::Ignored, ReportState::Success),
                     FailureKind::Other => (TriggerOutcome::Failed, ReportState::Error),
                 };
-                self.finish(id, outcome, &message, None, Some(fetch_ms), planned_ms)
-                    .await;
-                self.report(
+                self.no_run(
                     id,
                     &repo,
                     &change,
-                    None,
-                    state,
-                    crate::core::github::trigger_failed_report(&message),
+                    (outcome, state),
+                    &message,
+                    (Some(fetch_ms), planned_ms),
                 )
                 .await;
             }
         }
+    }
+
+    /// A trigger that made no run: what became of it, and the report that tells the author why.
+    async fn no_run(
+        &self,
+        id: u64,
+        repo: &config::RepoConfig,
+        change: &Change,
+        (outcome, state): (TriggerOutcome, ReportState),
+        message: &str,
+        (fetch_ms, planned_ms): (Option<u64>, Option<u64>),
+    ) {
+        self.finish(id, outcome, message, None, fetch_ms, planned_ms)
+            .await;
+        let text = crate::core::github::trigger_failed_report(message);
+        self.report(id, repo, change, None, state, text).await;
     }
 
     async fn finish(

@@ -22,6 +22,8 @@ use crate::store::triggers::{NewTrigger, Recorded};
 
 /// GitHub caps a delivery's payload at 25 MB.
 pub const BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// The whole body must arrive within this.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Is `signature` (`sha256=HEX`) the HMAC-SHA256 of `body` under `secret`? Constant time in the
 /// comparison (ring's `verify`).
@@ -41,6 +43,10 @@ pub fn signature_matches(secret: &[u8], body: &[u8], signature: &str) -> bool {
     }
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     ring::hmac::verify(&key, body, &tag).is_ok()
+}
+
+fn trigger_event(event: &str) -> String {
+    crate::core::github::truncate(event, 64)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -70,31 +76,22 @@ pub async fn receive(
     let delivery = delivery_id(raw_delivery).unwrap_or_default();
     let event = header(&headers, "x-github-event").to_string();
     let refuse = |status: StatusCode, reason: String| {
-        let github = github.clone();
-        let event = crate::core::github::truncate(&event, 64);
-        let delivery = delivery.clone();
-        async move {
-            github.metrics.refused.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, delivery = %delivery, event = %event, status = status.as_u16(), reason = %reason, "GitHub delivery refused");
-            let trigger = NewTrigger {
-                received_ms,
-                source: "github".into(),
-                delivery,
-                event,
-                outcome: Some(TriggerOutcome::Refused),
-                reason: format!("{} {reason} (from {peer})", status.as_u16()),
-                ..Default::default()
-            };
-            let _ = github
-                .context
-                .store
-                .write(move |savepoint, path| {
-                    crate::store::triggers::record(savepoint, &trigger, 0)
-                        .map_err(sqlite_error(path))
-                })
-                .await;
-            (status, format!("{reason}\n"))
+        github.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        let trigger = NewTrigger {
+            received_ms,
+            source: "github".into(),
+            delivery: delivery.clone(),
+            event: crate::core::github::truncate(&event, 64),
+            outcome: Some(TriggerOutcome::Refused),
+            reason: format!("{} {reason} (from {peer})", status.as_u16()),
+            ..Default::default()
+        };
+        // Anyone can send these: the log line and the stored line come out of a bounded budget, so a
+        // flood of forgeries neither fills the log nor holds up the store.
+        if github.record_line(trigger) {
+            warn!(%peer, delivery = %delivery, event = %trigger_event(&event), status = status.as_u16(), reason = %reason, "GitHub delivery refused");
         }
+        std::future::ready((status, format!("{reason}\n")))
     };
     if !raw_delivery.is_empty() && delivery.is_empty() {
         return refuse(
@@ -111,16 +108,25 @@ pub async fn receive(
         )
         .await;
     }
-    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(body) => body,
-        Err(_) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over the {BODY_LIMIT}-byte limit, or cut short"),
-            )
-            .await
-        }
-    };
+    // A sender that trickles its body is cut off rather than held open.
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+            Ok(Ok(body)) => body,
+            Err(_) => {
+                return refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("body not received within {} s", BODY_TIMEOUT.as_secs()),
+                )
+                .await
+            }
+            Ok(Err(_)) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body over the {BODY_LIMIT}-byte limit, or cut short"),
+                )
+                .await
+            }
+        };
     let signature = header(&headers, "x-hub-signature-256");
     if signature.is_empty() {
         return refuse(
@@ -145,6 +151,24 @@ pub async fn receive(
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the coordinator cannot store deliveries now; redeliver later\n".into(),
+        );
+    }
+    // A redelivery seen lately is answered from memory, before its body is read.
+    if let Some(of) = github.seen(&delivery) {
+        github.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+        let reason = format!("delivery {delivery} was received before (trigger {of})");
+        github.record_line(NewTrigger {
+            received_ms,
+            source: "github".into(),
+            delivery: delivery.clone(),
+            event: trigger_event(&event),
+            outcome: Some(TriggerOutcome::Duplicate),
+            reason,
+            ..Default::default()
+        });
+        return (
+            StatusCode::OK,
+            format!("duplicate of trigger {of}: nothing started\n"),
         );
     }
     let read = match read_delivery(&event, &body) {
@@ -216,6 +240,7 @@ pub async fn receive(
         }
         Ok(Recorded::Duplicate { id, of }) => {
             github.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            github.remember(&delivery, of);
             info!(trigger = id, of, delivery = %delivery, repo = %trigger.repo, sha = %trigger.sha, "GitHub delivery is a duplicate");
             (
                 StatusCode::OK,
@@ -223,6 +248,7 @@ pub async fn receive(
             )
         }
         Ok(Recorded::New(id)) => {
+            github.remember(&delivery, id);
             info!(trigger = id, delivery = %delivery, event = %trigger.event, repo = %trigger.repo, sha = %trigger.sha, outcome = %trigger.outcome.unwrap_or(TriggerOutcome::Received), "GitHub delivery");
             let (status, text) = answer;
             if status == StatusCode::ACCEPTED {
