@@ -64,6 +64,9 @@ pub struct TestRow {
     pub differs_by: String,
     pub removed: bool,
     pub source: String,
+    /// The Polarion work item id an import's log named for this test; empty until then.
+    #[serde(default)]
+    pub polarion_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod parallel;
 pub mod plans;
 pub mod platforms;
+pub mod polarion;
 pub mod protocol;
 pub mod record_codec;
 pub mod run;

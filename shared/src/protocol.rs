@@ -260,6 +260,27 @@ pub enum OperatorRequest {
     ListTriggers {
         limit: u32,
     },
+    /// The tests a query selects as a Polarion TestCase importer file: answered by `Text` pieces, or,
+    /// with `upload`, queued for upload and answered by `PolarionQueued`.
+    PolarionTestCases {
+        query: Box<crate::catalog::TestQuery>,
+        dry_run: bool,
+        upload: bool,
+    },
+    /// A run's results as one Polarion XUnit importer file. Answered by `Text` pieces.
+    PolarionXunit {
+        run: u64,
+        dry_run: bool,
+    },
+    /// Queue a run's results for upload to Polarion. Answered by `PolarionQueued`.
+    PolarionUpload {
+        run: u64,
+        dry_run: bool,
+    },
+    /// The newest `limit` Polarion imports. Answered by `PolarionImports`.
+    PolarionJobs {
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -281,6 +302,8 @@ pub enum OperatorResponse {
         metadata: Box<crate::metadata::TestMetadata>,
         source: crate::catalog::Source,
         removed: bool,
+        /// The Polarion work item id learnt for it; empty when none.
+        polarion_id: String,
     },
     Features(Vec<crate::catalog::FeatureRow>),
     Triggered(crate::run::TriggerSummary),
@@ -322,6 +345,16 @@ pub enum OperatorResponse {
         name: String,
     },
     Triggers(Vec<crate::triggers::TriggerRecord>),
+    /// A piece of a text too large for one frame; `last` ends it.
+    Text {
+        text: String,
+        last: bool,
+    },
+    /// The imports made, waiting to be uploaded.
+    PolarionQueued {
+        imports: Vec<u64>,
+    },
+    PolarionImports(Vec<crate::polarion::ImportRecord>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

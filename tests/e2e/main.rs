@@ -13,6 +13,7 @@ mod network;
 mod operations;
 mod plans;
 mod podman;
+mod polarion;
 mod pools;
 mod runs;
 mod shipping;

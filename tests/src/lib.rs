@@ -1,6 +1,7 @@
 //! `TestCluster`: boots a real coordinator and real agents (the built binaries) on loopback, each in its
 //! own temp dir with fresh certificates, and keeps their logs when a test fails.
 pub mod fake_github;
+pub mod fake_polarion;
 pub mod generate;
 pub mod podman;
 

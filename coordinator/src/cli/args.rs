@@ -66,6 +66,16 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Polarion: test cases from the catalog, results from runs, and the importers' jobs followed.
+    Polarion {
+        #[command(subcommand)]
+        action: PolarionAction,
+        /// Print JSON instead of a table or a sentence
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// What arrived from outside (GitHub webhooks), newest first: time, source, delivery id, repository,
     /// event, commit, and what became of it (a run, ignored and why, a duplicate, refused and why), with
     /// its report back.
@@ -162,6 +172,96 @@ pub enum Command {
     },
 }
 
+/// Which tests of the catalog: every filter given must hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestFilters {
+    /// Tests covering this feature, directly or through a feature that depends on it
+    #[arg(long)]
+    pub feature: Option<String>,
+    /// Tests that can run on this platform kind (vm, container, baremetal)
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long)]
+    pub distro: Option<String>,
+    /// unit, integration, functional, performance or acceptance
+    #[arg(long = "type")]
+    pub test_type: Option<String>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub tier: Option<String>,
+    #[arg(long)]
+    pub component: Option<String>,
+    /// A linked requirement: relation:target (verifies:REQ-123) or just the target
+    #[arg(long)]
+    pub linked: Option<String>,
+    /// Tests that need, create or modify this resource
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Tests that must run after this test (name it in `after`)
+    #[arg(long)]
+    pub depends_on: Option<String>,
+    /// Only tests whose metadata differs between distros (through adjust)
+    #[arg(long)]
+    pub differs_by_distro: bool,
+    /// Include tests that disappeared from their source
+    #[arg(long)]
+    pub include_removed: bool,
+}
+
+impl TestFilters {
+    pub fn query(self) -> polarizer_shared::catalog::TestQuery {
+        polarizer_shared::catalog::TestQuery {
+            feature: self.feature,
+            platform: self.platform,
+            arch: self.arch,
+            distro: self.distro,
+            test_type: self.test_type,
+            tag: self.tag,
+            tier: self.tier,
+            component: self.component,
+            linked: self.linked,
+            resource: self.resource,
+            depends_on: self.depends_on,
+            differs_by_distro: self.differs_by_distro,
+            include_removed: self.include_removed,
+        }
+    }
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum PolarionAction {
+    /// The catalog's tests as Polarion test cases: uploaded to the TestCase importer, or written to a
+    /// file with -o. Filters as in `tests list`.
+    ExportTests {
+        #[command(flatten)]
+        filters: TestFilters,
+        /// Polarion checks the import and changes nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the importer file here instead of uploading it
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Upload a run's results to the XUnit importer (in several files past `chunk` cases).
+    Upload {
+        run: u64,
+        /// Polarion checks the import and changes nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Every import: kind, run, Polarion's job ids, state, the test run's URL, what failed.
+    Jobs {
+        /// Show this many [default: 50]
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TestsAction {
     /// Import an fmf tree: a directory, or a git URL (cloned by the coordinator). Re-import is idempotent;
@@ -178,40 +278,8 @@ pub enum TestsAction {
     },
     /// List tests; every filter given must hold.
     List {
-        /// Tests covering this feature, directly or through a feature that depends on it
-        #[arg(long)]
-        feature: Option<String>,
-        /// Tests that can run on this platform kind (vm, container, baremetal)
-        #[arg(long)]
-        platform: Option<String>,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long)]
-        distro: Option<String>,
-        /// unit, integration, functional, performance or acceptance
-        #[arg(long = "type")]
-        test_type: Option<String>,
-        #[arg(long)]
-        tag: Option<String>,
-        #[arg(long)]
-        tier: Option<String>,
-        #[arg(long)]
-        component: Option<String>,
-        /// A linked requirement: relation:target (verifies:REQ-123) or just the target
-        #[arg(long)]
-        linked: Option<String>,
-        /// Tests that need, create or modify this resource
-        #[arg(long)]
-        resource: Option<String>,
-        /// Tests that must run after this test (name it in `after`)
-        #[arg(long)]
-        depends_on: Option<String>,
-        /// Only tests whose metadata differs between distros (through adjust)
-        #[arg(long)]
-        differs_by_distro: bool,
-        /// Include tests that disappeared from their source
-        #[arg(long)]
-        include_removed: bool,
+        #[command(flatten)]
+        filters: TestFilters,
     },
     /// A test's full, adjusted metadata and where it came from.
     Show { id: String },

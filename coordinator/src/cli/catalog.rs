@@ -31,35 +31,7 @@ pub(super) fn tests_request(action: TestsAction) -> anyhow::Result<OperatorReque
                 context,
             }
         }
-        TestsAction::List {
-            feature,
-            platform,
-            arch,
-            distro,
-            test_type,
-            tag,
-            tier,
-            component,
-            linked,
-            resource,
-            depends_on,
-            differs_by_distro,
-            include_removed,
-        } => OperatorRequest::ListTests(Box::new(polarizer_shared::catalog::TestQuery {
-            feature,
-            platform,
-            arch,
-            distro,
-            test_type,
-            tag,
-            tier,
-            component,
-            linked,
-            resource,
-            depends_on,
-            differs_by_distro,
-            include_removed,
-        })),
+        TestsAction::List { filters } => OperatorRequest::ListTests(Box::new(filters.query())),
         TestsAction::Show { id } => OperatorRequest::ShowTest { id },
         // Dispatched before any connection: a lint needs no coordinator.
         TestsAction::Lint { .. } => anyhow::bail!("`tests lint` runs without a coordinator"),
@@ -136,13 +108,17 @@ pub(super) fn print_catalog_response(response: OperatorResponse, json: bool) -> 
             metadata,
             source,
             removed,
+            polarion_id,
         } => {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({ "metadata": metadata, "source": source, "removed": removed })
-                    )?
+                    serde_json::to_string_pretty(&json!({
+                        "metadata": metadata,
+                        "source": source,
+                        "removed": removed,
+                        "polarion_id": polarion_id,
+                    }))?
                 );
             } else {
                 let mut value = serde_json::to_value(&metadata)?;
@@ -159,6 +135,9 @@ pub(super) fn print_catalog_response(response: OperatorResponse, json: bool) -> 
                     "source: {} {} {}",
                     source.location, source.git_ref, source.git_commit
                 );
+                if !polarion_id.is_empty() {
+                    println!("polarion: {polarion_id}");
+                }
                 if removed {
                     println!("removed: this test is no longer in its source");
                 }

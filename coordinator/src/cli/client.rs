@@ -150,6 +150,25 @@ impl OperatorClient {
         answer(self.session.stream.expect::<ServerFrame>().await)
     }
 
+    /// A text the coordinator sends in pieces (`Text` answers); `first` is the answer already read.
+    pub async fn collect_text(&mut self, first: OperatorResponse) -> anyhow::Result<String> {
+        let mut text = String::new();
+        let mut next = first;
+        loop {
+            match next {
+                OperatorResponse::Text { text: piece, last } => {
+                    text += &piece;
+                    if last {
+                        return Ok(text);
+                    }
+                }
+                OperatorResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from the coordinator: {other:?}"),
+            }
+            next = self.next().await?;
+        }
+    }
+
     pub async fn close(self) {
         self.session.stream.finish().await;
         self.session.connection.close(0u32.into(), b"done");

@@ -15,12 +15,15 @@ pub mod examples;
 pub mod format;
 pub mod lint;
 mod platforms;
+pub mod polarion;
 pub mod reports;
 pub mod runs;
 pub mod tail;
 mod triggers;
 
-pub use args::{AgentsAction, Cli, Command, PlatformsAction, TestsAction, TokensAction};
+pub use args::{
+    AgentsAction, Cli, Command, PlatformsAction, PolarionAction, TestsAction, TokensAction,
+};
 
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +68,16 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         } => {
             let mut client = OperatorClient::connect(&client).await?;
             let outcome = platforms::platforms_command(&mut client, action, json).await;
+            client.close().await;
+            outcome
+        }
+        Command::Polarion {
+            action,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = polarion::polarion_command(&mut client, action, json).await;
             client.close().await;
             outcome
         }

@@ -77,6 +77,8 @@ pub enum RunsAction {
 pub enum ReportFormat {
     Junit,
     Json,
+    /// Polarion's XUnit importer file, as `[polarion]` in the coordinator's config says
+    Polarion,
 }
 
 pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::Result<()> {
@@ -273,10 +275,20 @@ pub async fn report(
     format: ReportFormat,
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let detail = fetch(client, run).await?;
     let text = match format {
-        ReportFormat::Junit => crate::cli::reports::junit(&detail),
-        ReportFormat::Json => serde_json::to_string_pretty(&run_json(&detail))? + "\n",
+        ReportFormat::Junit => crate::cli::reports::junit(&fetch(client, run).await?),
+        ReportFormat::Json => {
+            serde_json::to_string_pretty(&run_json(&fetch(client, run).await?))? + "\n"
+        }
+        ReportFormat::Polarion => {
+            let first = client
+                .request(OperatorRequest::PolarionXunit {
+                    run,
+                    dry_run: false,
+                })
+                .await?;
+            client.collect_text(first).await?
+        }
     };
     match output {
         Some(path) => {

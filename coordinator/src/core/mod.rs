@@ -10,6 +10,7 @@ pub mod admission;
 pub mod github;
 pub mod partition;
 pub mod placement;
+pub mod polarion;
 pub mod pools;
 pub mod run;
 pub mod schedule;

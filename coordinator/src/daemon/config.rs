@@ -97,6 +97,9 @@ pub struct ServeSettings {
     /// the file only.
     #[arg(skip)]
     pub github: Option<Box<crate::daemon::github::config::GithubSettings>>,
+    /// Polarion's importer files: `[polarion]`, in the file only.
+    #[arg(skip)]
+    pub polarion: Option<Box<crate::daemon::polarion::config::PolarionToml>>,
 }
 
 /// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
@@ -136,6 +139,7 @@ pub struct ServeConfig {
     pub shipping: ShippingConfig,
     pub pools: Vec<crate::daemon::pools::config::PoolConfig>,
     pub github: Option<crate::daemon::github::config::GithubConfig>,
+    pub polarion: Option<crate::daemon::polarion::config::PolarionConfig>,
 }
 
 /// How runs are planned and retried.
@@ -240,6 +244,7 @@ impl ServeSettings {
                 self.pools
             },
             github: self.github.or(lower.github),
+            polarion: self.polarion.or(lower.polarion),
         }
     }
 
@@ -338,9 +343,14 @@ impl ServeSettings {
             .github
             .map(|settings| crate::daemon::github::config::validate(*settings))
             .transpose()?;
+        let polarion = self
+            .polarion
+            .map(|settings| crate::daemon::polarion::config::validate(*settings))
+            .transpose()?;
         Ok(ServeConfig {
             pools,
             github,
+            polarion,
             enroll,
             shipping,
             runs,
@@ -383,6 +393,7 @@ impl ServeConfig {
             shipping: ShippingConfig::default(),
             pools: Vec::new(),
             github: None,
+            polarion: None,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Context {
     pub shipping: Arc<crate::daemon::shipping::Shipping>,
     /// Pools of platforms made on demand, and their platforms.
     pub pools: Arc<crate::daemon::pools::Pools>,
+    /// `[polarion]`: importer files, uploads and their jobs.
+    pub polarion: Option<Arc<crate::daemon::polarion::Polarion>>,
 }
 
 impl Context {

@@ -23,6 +23,7 @@ pub mod local_agents;
 #[cfg(test)]
 pub(crate) mod loopback;
 mod operator;
+pub mod polarion;
 pub mod pools;
 pub mod scheduler;
 pub mod serve;

@@ -227,6 +227,42 @@ async fn watch_run(
 
 /// Tells the operator the coordinator is stopping, gives it a moment to receive everything sent so
 /// far, then closes the connection.
+fn no_polarion() -> OperatorResponse {
+    OperatorResponse::Error {
+        message: "the coordinator has no [polarion] in its config".into(),
+    }
+}
+
+fn queued(imports: Result<Vec<u64>, String>) -> OperatorResponse {
+    match imports {
+        Ok(imports) => OperatorResponse::PolarionQueued { imports },
+        Err(message) => OperatorResponse::Error { message },
+    }
+}
+
+/// Sends `text` in pieces of at most 1 MiB (whole characters), the last one marked.
+async fn send_text(stream: &mut FramedStream, text: &str) -> Result<(), ()> {
+    const PIECE: usize = 1 << 20;
+    let mut rest = text;
+    loop {
+        let mut end = rest.len().min(PIECE);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, after) = rest.split_at(end);
+        let last = after.is_empty();
+        let frame = ServerFrame::Operator(OperatorResponse::Text {
+            text: piece.to_string(),
+            last,
+        });
+        stream.send(&frame).await.map_err(drop)?;
+        if last {
+            return Ok(());
+        }
+        rest = after;
+    }
+}
+
 async fn say_shutting_down(connection: &quinn::Connection, mut stream: FramedStream) {
     let _ = tokio::time::timeout(GOODBYE_DEADLINE, async {
         let goodbye = ServerFrame::Operator(OperatorResponse::ShuttingDown);
@@ -292,12 +328,26 @@ pub(super) async fn operator_session(
             }
             OperatorRequest::ShowTest { id } => {
                 let wanted = id.clone();
-                match context.store.read(move |reader| reader.test(&wanted)).await {
-                    Ok(Some((metadata, source, removed))) => OperatorResponse::Test {
-                        metadata: Box::new(metadata),
-                        source,
-                        removed,
-                    },
+                let found = context
+                    .store
+                    .read(move |reader| {
+                        let found = reader.test(&wanted)?;
+                        let polarion_id = match &found {
+                            Some((metadata, _, _)) => reader.polarion_id(&metadata.id)?,
+                            None => None,
+                        };
+                        Ok(found.map(|found| (found, polarion_id.unwrap_or_default())))
+                    })
+                    .await;
+                match found {
+                    Ok(Some(((metadata, source, removed), polarion_id))) => {
+                        OperatorResponse::Test {
+                            metadata: Box::new(metadata),
+                            source,
+                            removed,
+                            polarion_id,
+                        }
+                    }
                     Ok(None) => OperatorResponse::Error {
                         message: format!("no test {id:?} in the catalog"),
                     },
@@ -406,6 +456,47 @@ pub(super) async fn operator_session(
                 }
                 Err(message) => OperatorResponse::Error { message },
             },
+            OperatorRequest::PolarionTestCases {
+                query,
+                dry_run,
+                upload,
+            } => match &context.polarion {
+                None => no_polarion(),
+                Some(polarion) if upload => queued(polarion.upload_tests(*query, dry_run).await),
+                Some(polarion) => match polarion.testcases_file(*query, dry_run).await {
+                    Ok(text) => match send_text(&mut stream, &text).await {
+                        Ok(()) => continue,
+                        Err(()) => return,
+                    },
+                    Err(message) => OperatorResponse::Error { message },
+                },
+            },
+            OperatorRequest::PolarionXunit { run, dry_run } => match &context.polarion {
+                None => no_polarion(),
+                Some(polarion) => match polarion.xunit_file(run, dry_run).await {
+                    Ok(text) => match send_text(&mut stream, &text).await {
+                        Ok(()) => continue,
+                        Err(()) => return,
+                    },
+                    Err(message) => OperatorResponse::Error { message },
+                },
+            },
+            OperatorRequest::PolarionUpload { run, dry_run } => match &context.polarion {
+                None => no_polarion(),
+                Some(polarion) => queued(polarion.upload_run(run, dry_run, "operator").await),
+            },
+            OperatorRequest::PolarionJobs { limit } => {
+                match context
+                    .store
+                    .read(move |reader| reader.imports(limit.clamp(1, 10_000)))
+                    .await
+                {
+                    Ok(imports) => OperatorResponse::PolarionImports(imports),
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
             OperatorRequest::ListFeatures => {
                 match context.store.read(|reader| reader.features()).await {
                     Ok(features) => OperatorResponse::Features(features),

@@ -104,6 +104,13 @@ pub async fn run(
         },
     ));
     pools.recover().await?;
+    let polarion = match config.polarion.clone() {
+        Some(polarion) => Some(
+            crate::daemon::polarion::Polarion::new(polarion, store.clone(), &data_dir.root)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let context = Context {
         store: store.clone(),
         settings: Arc::new(Settings {
@@ -124,8 +131,12 @@ pub async fn run(
             config.shipping,
         )),
         pools: pools.clone(),
+        polarion: polarion.clone(),
     };
     let tracker = TaskTracker::new();
+    if let Some(polarion) = &polarion {
+        polarion.spawn(&tracker, &context.fanout, shutdown.clone());
+    }
     let sessions_shutdown = shutdown.child_token();
 
     tracker.spawn(watch_gossip_liveness(

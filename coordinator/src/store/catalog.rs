@@ -559,8 +559,10 @@ impl Reader {
         }
         sql.push_str(
             " SELECT tests.id, tests.name, tests.summary, tests.test_type, tests.feature, tests.tier, tests.enabled,
-                     tests.platform_kind, tests.duration_seconds, tests.differs_by, tests.removed, sources.location
-              FROM tests JOIN sources ON sources.id = tests.source_id",
+                     tests.platform_kind, tests.duration_seconds, tests.differs_by, tests.removed, sources.location,
+                     coalesce(polarion_ids.polarion_id, '')
+              FROM tests JOIN sources ON sources.id = tests.source_id
+              LEFT JOIN polarion_ids ON polarion_ids.test_id = tests.id",
         );
         if !query.include_removed {
             conditions.push("tests.removed = 0".into());
@@ -659,6 +661,7 @@ impl Reader {
                     differs_by: row.get(9)?,
                     removed: row.get(10)?,
                     source: row.get(11)?,
+                    polarion_id: row.get(12)?,
                 })
             })
             .map_err(sqlite_error(&self.path))?;

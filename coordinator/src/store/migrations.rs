@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PLATFORMS,
     SUITE_IMAGES,
     TRIGGERS,
+    POLARION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -321,4 +322,36 @@ CREATE TABLE reports (
 ) STRICT;
 CREATE INDEX reports_unsent ON reports(next_try_ms) WHERE sent_version < version;
 CREATE INDEX reports_open ON reports(run_id) WHERE state IN ('queued', 'running');
+";
+
+/// 12: Polarion: the work item id learnt for each test, and every import (an XUnit file of a run, a
+/// TestCase file of the catalog) from waiting to be uploaded until Polarion's job ends (polarion.rs).
+const POLARION: &str = "
+CREATE TABLE polarion_ids (
+    test_id TEXT PRIMARY KEY NOT NULL,
+    polarion_id TEXT NOT NULL,
+    learnt_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE polarion_imports (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('xunit', 'testcase')),
+    origin TEXT NOT NULL,
+    run_id INTEGER,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    names_json TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL CHECK (state IN ('waiting', 'queued', 'running', 'success', 'failed')),
+    job_ids TEXT NOT NULL DEFAULT '',
+    testrun_url TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '',
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_try_ms INTEGER NOT NULL DEFAULT 0,
+    uploaded_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX polarion_imports_open ON polarion_imports(next_try_ms) WHERE state IN ('waiting', 'queued', 'running');
+CREATE UNIQUE INDEX polarion_imports_on_finish ON polarion_imports(run_id, part) WHERE origin = 'on-finish';
 ";

@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod migrations;
 pub mod platforms;
+pub mod polarion;
 pub mod runs;
 pub mod sql;
 pub mod triggers;

@@ -198,7 +198,7 @@ fn is_xml_char(character: char) -> bool {
 }
 
 /// `text` with every character XML 1.0 cannot carry replaced by U+FFFD.
-fn xml_safe(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn xml_safe(text: &str) -> std::borrow::Cow<'_, str> {
     if text.chars().all(is_xml_char) {
         return std::borrow::Cow::Borrowed(text);
     }
