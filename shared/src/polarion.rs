@@ -239,7 +239,8 @@ fn write_case(writer: &mut XmlWriter, case: &XunitCase) -> io::Result<()> {
             };
             match &case.verdict {
                 Verdict::Passed => {}
-                Verdict::Waiting { message } => outcome(writer, "skipped", message, "")?,
+                // The schema gives `<skipped>` text only, no attributes.
+                Verdict::Waiting { message } => outcome(writer, "skipped", "", message)?,
                 Verdict::Blocked { message } => outcome(writer, "error", message, "")?,
                 Verdict::Failed { message, detail } => outcome(writer, "failure", message, detail)?,
             }

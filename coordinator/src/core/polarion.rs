@@ -7,7 +7,8 @@
 //!   (also its title); `custom`: the fmf `id` in the custom field named by `custom_lookup_field`.
 //! - case importance from `tier` (0, 1 → critical, high; 2 → medium; else low); level from the type
 //!   (unit → component, integration → integration, else system); automation: automated; test type
-//!   functional, or non-functional for performance tests; components, tags, the test's command.
+//!   functional, or non-functional for performance tests; positive/negative from a `positive` or
+//!   `negative` tag; components, tags, the test's command; `link`s to Polarion work items.
 //! - results: pass, info → passed; fail, warn → failed; error, timeout, cancelled, and anything
 //!   unfinished → blocked with the reason; skipped → waiting.
 
@@ -215,6 +216,12 @@ pub fn test_case(
     ];
     if let Some(test_type) = test.test_type {
         custom_fields.push(("subtype1".into(), test_type.as_str().into()));
+    }
+    // Positive or negative, where a tag says so.
+    for posneg in ["positive", "negative"] {
+        if test.tags.iter().any(|tag| tag == posneg) {
+            custom_fields.push(("caseposneg".into(), posneg.into()));
+        }
     }
     if !test.components.is_empty() {
         custom_fields.push(("casecomponent".into(), test.components.join(", ")));
