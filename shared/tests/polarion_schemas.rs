@@ -117,5 +117,8 @@ fn testcase_files_are_valid_against_the_importer_schema() {
         ],
         items: vec![item, bare],
     };
-    assert_valid(&testcases(&import), &schema("testcase_importer/testcase-importer.xsd"));
+    assert_valid(
+        &testcases(&import),
+        &schema("testcase_importer/testcase-importer.xsd"),
+    );
 }
