@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         ),
         (
             "xunit-json",
-            format!("floor: the same run → JSON (serde_json)"),
+            "floor: the same run → JSON (serde_json)".to_string(),
         ),
     ] {
         let output = std::process::Command::new(std::env::current_exe()?)
