@@ -219,7 +219,15 @@ fn tests_become_test_cases_and_runs_go_to_polarion_with_every_job_followed() {
         .find(|test| test["name"] == "/tests/billing")
         .map(|test| test["id"].as_str().unwrap().to_string())
         .unwrap();
+    let login_id = tests
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|test| test["name"] == "/tests/login")
+        .map(|test| test["id"].as_str().unwrap().to_string())
+        .unwrap();
     fake.forget(&billing_id);
+    fake.add_item("Login works (copy)", &login_id);
     let imports = queued(cluster.operator(&["polarion", "upload", &run.to_string(), "--json"]));
     let mut messages = String::new();
     for id in &imports {
@@ -228,6 +236,10 @@ fn tests_become_test_cases_and_runs_go_to_polarion_with_every_job_followed() {
     }
     assert!(
         messages.contains("1 not found") && messages.contains(&billing_id),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("1 not unique") && messages.contains(&login_id),
         "{messages}"
     );
     fake.fail_next_job();
