@@ -546,6 +546,11 @@ impl Polarion {
                 imports::finished(savepoint, id, state, &message, &url, &learnt, now)
                     .map_err(sqlite_error(path))
             })
-            .await
+            .await?;
+        // A file Polarion took is not needed again; a failed one stays for a look.
+        if state == "success" {
+            let _ = std::fs::remove_file(&import.file);
+        }
+        Ok(())
     }
 }
