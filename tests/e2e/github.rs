@@ -102,14 +102,7 @@ fn coordinator(
         ),
     )
     .unwrap();
-    let mut cluster = TestCluster::new_coordinator_only_with(&[
-        "--gossip-interval-ms",
-        "100",
-        "--heartbeat-interval-ms",
-        "200",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let mut cluster = coordinator_with_config(&config);
     cluster.start_agent("vm-1", &[]);
     wait_for("the agent online", DEADLINE, || {
         cluster.online_names().len() == 1

@@ -98,14 +98,7 @@ fn tests_become_test_cases_and_runs_go_to_polarion_with_every_job_followed() {
         ),
     )
     .unwrap();
-    let mut cluster = TestCluster::new_coordinator_only_with(&[
-        "--gossip-interval-ms",
-        "100",
-        "--heartbeat-interval-ms",
-        "200",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let mut cluster = coordinator_with_config(&config);
     ok_json(cluster.operator(&["tests", "import", repo.to_str().unwrap(), "--json"]));
 
     // The catalog as an importer file: valid against the TestCase importer's schema.

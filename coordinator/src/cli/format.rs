@@ -110,3 +110,17 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Writes `text` to `output` (saying so on standard error), or prints it.
+pub fn write_or_print(text: &str, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

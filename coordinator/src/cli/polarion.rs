@@ -1,9 +1,6 @@
 //! `polarizer polarion`: the catalog's tests as Polarion test cases (a file, or an upload), a run's
 //! results uploaded, and every import followed (`jobs`).
 
-use std::path::PathBuf;
-
-use anyhow::Context as _;
 use polarizer_shared::polarion::ImportRecord;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use serde_json::json;
@@ -11,18 +8,6 @@ use serde_json::json;
 use super::args::PolarionAction;
 use super::client::OperatorClient;
 use super::format::{rfc3339, table};
-
-fn write_or_print(text: &str, output: Option<PathBuf>) -> anyhow::Result<()> {
-    match output {
-        Some(path) => {
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
-}
 
 fn queued(response: OperatorResponse, what: &str, json: bool) -> anyhow::Result<()> {
     match response {
@@ -68,7 +53,7 @@ pub(super) async fn polarion_command(
                 queued(first, "test cases", json)
             } else {
                 let text = client.collect_text(first).await?;
-                write_or_print(&text, output)
+                super::format::write_or_print(&text, output)
             }
         }
         PolarionAction::Upload { run, dry_run } => {

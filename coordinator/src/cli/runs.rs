@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::*;
 use serde_json::json;
@@ -290,15 +290,7 @@ pub async fn report(
             client.collect_text(first).await?
         }
     };
-    match output {
-        Some(path) => {
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
+    crate::cli::format::write_or_print(&text, output)
 }
 
 fn short(commit: &str) -> String {

@@ -28,18 +28,9 @@ fn percentile(samples: &[f64], percent: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|arg| arg == name)
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    let deliveries = arg("--deliveries", 200) as usize;
-    let seconds = arg("--seconds", 10);
+    let deliveries = polarizer_e2e::bench_arg("--deliveries", 200usize);
+    let seconds = polarizer_e2e::bench_arg("--seconds", 10u64);
     let dir = tempfile::tempdir()?;
     // The repository: a small fmf tree, and one commit per delivery (each touches a source file).
     let work = dir.path().join("work");

@@ -14,15 +14,6 @@ use polarizer::core::polarion::{test_cases, xunit_imports, PolarionSettings};
 use polarizer_shared::metadata::{Link, TestMetadata, TestType};
 use polarizer_shared::run::{RunDetail, RunRow, RunState, RunTestRow, TestStatus, TriggerKind};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|arg| arg == name)
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -170,8 +161,8 @@ fn measure(name: &str, tests: usize, cases: usize) -> (f64, usize, u64, u64) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let tests = arg("--tests", 100_000);
-    let cases = arg("--cases", 10_000);
+    let tests = polarizer_e2e::bench_arg("--tests", 100_000usize);
+    let cases = polarizer_e2e::bench_arg("--cases", 10_000usize);
     let args: Vec<String> = std::env::args().collect();
     if let Some(index) = args.iter().position(|arg| arg == "--only") {
         let name = args.get(index + 1).map(String::as_str).unwrap_or("");
