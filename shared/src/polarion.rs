@@ -256,12 +256,27 @@ fn write_case(writer: &mut XmlWriter, case: &XunitCase) -> io::Result<()> {
 
 /// The TestCase importer's file.
 pub fn testcases(import: &TestCaseImport) -> String {
-    let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
-    write_testcases(&mut writer, import).expect("writing XML into a Vec<u8> cannot fail");
+    testcases_streamed(import, &import.items, 0)
+}
+
+/// The TestCase importer's file with `import`'s header and the items `items` makes one at a time (its
+/// own `items` are not written), so a large export never holds every item at once. `capacity`: the
+/// bytes to reserve for the file.
+pub fn testcases_streamed<T: std::borrow::Borrow<TestCaseItem>>(
+    import: &TestCaseImport,
+    items: impl IntoIterator<Item = T>,
+    capacity: usize,
+) -> String {
+    let mut writer = Writer::new_with_indent(Vec::with_capacity(capacity), b' ', 2);
+    write_testcases(&mut writer, import, items).expect("writing XML into a Vec<u8> cannot fail");
     finish(writer)
 }
 
-fn write_testcases(writer: &mut XmlWriter, import: &TestCaseImport) -> io::Result<()> {
+fn write_testcases<T: std::borrow::Borrow<TestCaseItem>>(
+    writer: &mut XmlWriter,
+    import: &TestCaseImport,
+    items: impl IntoIterator<Item = T>,
+) -> io::Result<()> {
     writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     writer
         .create_element("testcases")
@@ -274,10 +289,9 @@ fn write_testcases(writer: &mut XmlWriter, import: &TestCaseImport) -> io::Resul
                 &import.response,
             )?;
             properties(writer, "properties", "property", &import.properties)?;
-            import
-                .items
-                .iter()
-                .try_for_each(|item| write_item(writer, item))
+            items
+                .into_iter()
+                .try_for_each(|item| write_item(writer, item.borrow()))
         })?;
     Ok(())
 }

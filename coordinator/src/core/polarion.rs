@@ -268,6 +268,27 @@ pub fn test_case(
     }
 }
 
+/// The TestCase importer file of `tests`, each item made as it is written; `known` gives a test's
+/// learnt work item id.
+pub fn test_cases_file(
+    settings: &PolarionSettings,
+    tests: &[TestMetadata],
+    known: &dyn Fn(&str) -> Option<String>,
+    dry_run: bool,
+) -> String {
+    let header = TestCaseImport {
+        items: Vec::new(),
+        ..test_cases(settings, &[], known, dry_run)
+    };
+    polarizer_shared::polarion::testcases_streamed(
+        &header,
+        tests
+            .iter()
+            .map(|test| test_case(settings, test, known(&test.id).as_deref())),
+        tests.len() * 1400,
+    )
+}
+
 /// The TestCase import of `tests`; `known` gives a test's learnt work item id.
 pub fn test_cases(
     settings: &PolarionSettings,

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use polarizer::core::polarion::{test_cases, xunit_imports, PolarionSettings};
+use polarizer::core::polarion::{test_cases_file, xunit_imports, PolarionSettings};
 use polarizer_shared::metadata::{Link, TestMetadata, TestType};
 use polarizer_shared::run::{RunDetail, RunRow, RunState, RunTestRow, TestStatus, TriggerKind};
 
@@ -121,8 +121,7 @@ fn measure(name: &str, tests: usize, cases: usize) -> (f64, usize, u64, u64) {
             let before = status_kib("VmRSS:");
             let started = Instant::now();
             let bytes = if name == "testcases-xml" {
-                let import = test_cases(&settings, &data, &|_| None, false);
-                polarizer_shared::polarion::testcases(&import).len()
+                test_cases_file(&settings, &data, &|_| None, false).len()
             } else {
                 serde_json::to_string(&data)
                     .map(|text| text.len())

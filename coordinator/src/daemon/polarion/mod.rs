@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::core::polarion::{lookup_id, parse_job_log, test_cases, xunit_imports};
+use crate::core::polarion::{lookup_id, parse_job_log, test_cases_file, xunit_imports};
 use crate::daemon::clock::now_ms;
 use crate::daemon::fanout::FanOut;
 use crate::store::polarion::{self as imports, NewImport, OpenImport};
@@ -198,13 +198,12 @@ impl Polarion {
         if tests.is_empty() {
             return Err("no test matches: nothing to export".into());
         }
-        let import = test_cases(
+        Ok(test_cases_file(
             &self.config.settings,
             &tests,
             &|test| known.get(test).cloned(),
             dry_run,
-        );
-        Ok(polarizer_shared::polarion::testcases(&import))
+        ))
     }
 
     fn require_url(&self) -> Result<(), String> {
@@ -326,7 +325,7 @@ impl Polarion {
             return Err("no test matches: nothing to export".into());
         }
         let settings = &self.config.settings;
-        let import = test_cases(settings, &tests, &|test| known.get(test).cloned(), dry_run);
+        let file = test_cases_file(settings, &tests, &|test| known.get(test).cloned(), dry_run);
         let mut names = BTreeMap::new();
         for test in &tests {
             // The log names a test case by its title, and by its custom id after the work item id.
@@ -339,10 +338,7 @@ impl Polarion {
             names.insert(test.id.clone(), test.id.clone());
         }
         let stamp = now_ms();
-        let path = self.write_file(
-            &format!("testcases-{stamp}.xml"),
-            &polarizer_shared::polarion::testcases(&import),
-        )?;
+        let path = self.write_file(&format!("testcases-{stamp}.xml"), &file)?;
         let ids = self
             .store_imports(vec![NewImport {
                 kind: "testcase",
