@@ -5,6 +5,7 @@ mod command_pools;
 mod discovery;
 mod disk;
 mod events;
+mod failures;
 mod foundation;
 mod github;
 mod hostile_trees;

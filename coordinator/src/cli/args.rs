@@ -76,6 +76,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Failure analysis. `cluster FILE`: any text, offline, one line at a time into templates; for every
+    /// input line, in order, one output line: its cluster id, a tab, the cluster's template.
+    Failures {
+        #[command(subcommand)]
+        action: FailuresAction,
+    },
     /// What arrived from outside (GitHub webhooks), newest first: time, source, delivery id, repository,
     /// event, commit, and what became of it (a run, ignored and why, a duplicate, refused and why), with
     /// its report back.
@@ -229,6 +235,20 @@ impl TestFilters {
             include_removed: self.include_removed,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailuresAction {
+    /// Cluster the lines of FILE (`-`: standard input), without a coordinator.
+    Cluster {
+        file: PathBuf,
+        /// Print JSON: every cluster (id, template, lines) and each line's cluster id
+        #[arg(long)]
+        json: bool,
+        /// A line joins a cluster when at least this share of its tokens match [default: 0.5]
+        #[arg(long, default_value_t = 0.5)]
+        similarity: f64,
+    },
 }
 
 // Parsed once per process: the size of a variant does not matter.

@@ -12,6 +12,7 @@ mod catalog;
 pub mod client;
 pub mod demo;
 pub mod examples;
+mod failures;
 pub mod format;
 pub mod lint;
 mod platforms;
@@ -22,7 +23,8 @@ pub mod tail;
 mod triggers;
 
 pub use args::{
-    AgentsAction, Cli, Command, PlatformsAction, PolarionAction, TestsAction, TokensAction,
+    AgentsAction, Cli, Command, FailuresAction, PlatformsAction, PolarionAction, TestsAction,
+    TokensAction,
 };
 
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
@@ -71,6 +73,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             client.close().await;
             outcome
         }
+        Command::Failures {
+            action:
+                FailuresAction::Cluster {
+                    file,
+                    json,
+                    similarity,
+                },
+        } => failures::cluster(&file, json, similarity),
         Command::Polarion {
             action,
             json,

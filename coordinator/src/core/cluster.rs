@@ -1,0 +1,375 @@
+//! Online clustering of text lines (failure messages, output) into templates, one line at a time, in
+//! bounded memory: the Drain idea (leaves keyed by token count, and optionally the first tokens; a
+//! similarity threshold in each leaf, whose size is bounded) with the variable parts masked before anything is compared, so
+//! that "timeout after 30 s on 10.0.0.7:8080" and "timeout after 12 s on 10.0.0.9:22" are one template
+//! from the first line on, and templates that converge are merged.
+//!
+//! Masked as `<*>`: numbers (with units and signs), hex, UUIDs, IPv4 addresses (with ports), paths and
+//! URLs, dates and times, quoted values, and the value of `key=value`.
+
+use std::collections::HashMap;
+
+/// A masked or generalised token.
+pub const WILDCARD: &str = "<*>";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// A line joins the most similar cluster of its leaf when at least this share of its tokens match.
+    pub similarity: f64,
+    /// Tokens (after the count) that key the tree. 0: the count alone, so a line whose first words
+    /// vary ("alice logged in", "bob logged in") still meets its template.
+    pub depth: usize,
+    /// Lines longer than this many tokens are compared on their first this many (and their count).
+    pub max_tokens: usize,
+    /// Clusters kept in one leaf; beyond, the least used is dropped from the leaf (it keeps its id).
+    pub max_leaf: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            similarity: 0.5,
+            depth: 0,
+            max_tokens: 200,
+            max_leaf: 200,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Cluster {
+    template: Vec<String>,
+    count: u64,
+    /// Merged into this cluster.
+    into: Option<u32>,
+}
+
+/// The clusters mined so far, and the tree that finds them.
+#[derive(Clone, Debug, Default)]
+pub struct Clusterer {
+    config: ClusterConfig,
+    /// By id − 1.
+    clusters: Vec<Cluster>,
+    leaves: HashMap<(usize, Vec<String>), Vec<u32>>,
+}
+
+fn trailing_punctuation(token: &str) -> (&str, &str) {
+    let core = token.trim_end_matches([',', ';', ':', '.', ')', ']', '}', '!', '?']);
+    (core, &token[core.len()..])
+}
+
+fn is_number(text: &str) -> bool {
+    let text = text.trim_start_matches(['+', '-', '(', '[', '#']);
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
+    let unit = &text[digits.len()..];
+    !digits.is_empty()
+        && unit.len() <= 3
+        && digits.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == ',' || c == '_')
+}
+
+fn is_hex(text: &str) -> bool {
+    let bare = text.strip_prefix("0x").unwrap_or(text);
+    let hex = bare.len() >= 6 && bare.chars().all(|c| c.is_ascii_hexdigit());
+    (text.starts_with("0x") && !bare.is_empty() && bare.chars().all(|c| c.is_ascii_hexdigit()))
+        || (hex && bare.chars().any(|c| c.is_ascii_digit()))
+}
+
+fn is_uuid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_ipv4(text: &str) -> bool {
+    let address = text.split_once(':').map_or(text, |(address, _)| address);
+    let parts: Vec<&str> = address.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|part| {
+            !part.is_empty() && part.len() <= 3 && part.chars().all(|c| c.is_ascii_digit())
+        })
+}
+
+fn is_path_or_url(text: &str) -> bool {
+    text.contains("://")
+        || ((text.starts_with('/') || text.starts_with("./") || text.starts_with("~/"))
+            && text.len() > 1
+            && text[1..].contains(|c: char| c.is_alphanumeric()))
+}
+
+fn is_time(text: &str) -> bool {
+    let digits = text.chars().filter(char::is_ascii_digit).count();
+    digits >= 4
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || "-:.TZ+/,".contains(c))
+        && (text.contains(':') || text.matches('-').count() == 2 || text.matches('/').count() == 2)
+}
+
+/// Whether a bare token (no trailing punctuation) is a variable part.
+fn variable(text: &str) -> bool {
+    is_number(text)
+        || is_hex(text)
+        || is_uuid(text)
+        || is_ipv4(text)
+        || is_path_or_url(text)
+        || is_time(text)
+}
+
+/// A line's tokens with the variable parts masked.
+pub fn mask(line: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut quoted: Option<char> = None;
+    for token in line.split_whitespace() {
+        if let Some(quote) = quoted {
+            if token
+                .trim_end_matches([',', ';', ':', '.', ')'])
+                .ends_with(quote)
+            {
+                quoted = None;
+            }
+            continue;
+        }
+        let first = token.chars().next().unwrap_or(' ');
+        if first == '\'' || first == '"' || first == '`' {
+            let (core, punctuation) = trailing_punctuation(token);
+            if !(core.len() > 1 && core.ends_with(first)) {
+                quoted = Some(first);
+            }
+            tokens.push(format!("{WILDCARD}{punctuation}"));
+            continue;
+        }
+        let (core, punctuation) = trailing_punctuation(token);
+        if variable(core) {
+            tokens.push(format!("{WILDCARD}{punctuation}"));
+        } else if let Some((key, value)) = core.split_once('=') {
+            if !key.is_empty() && !value.is_empty() {
+                tokens.push(format!("{key}={WILDCARD}{punctuation}"));
+            } else {
+                tokens.push(token.to_string());
+            }
+        } else {
+            tokens.push(token.to_string());
+        }
+    }
+    tokens
+}
+
+/// The share of positions where `template` matches `tokens` (a wildcard in the template matches).
+fn similarity(template: &[String], tokens: &[String]) -> f64 {
+    if template.is_empty() {
+        return 1.0;
+    }
+    let same = template
+        .iter()
+        .zip(tokens)
+        .filter(|(known, token)| known == token || known.as_str() == WILDCARD)
+        .count();
+    same as f64 / template.len() as f64
+}
+
+impl Clusterer {
+    pub fn new(config: ClusterConfig) -> Clusterer {
+        Clusterer {
+            config,
+            ..Clusterer::default()
+        }
+    }
+
+    fn key(&self, tokens: &[String]) -> (usize, Vec<String>) {
+        let prefix = tokens
+            .iter()
+            .take(self.config.depth)
+            .map(|token| {
+                if token.contains(WILDCARD) || token.chars().any(|c| c.is_ascii_digit()) {
+                    WILDCARD.to_string()
+                } else {
+                    token.clone()
+                }
+            })
+            .collect();
+        (tokens.len(), prefix)
+    }
+
+    /// The cluster `id` stands for now (after merges).
+    pub fn resolve(&self, mut id: u32) -> u32 {
+        while let Some(into) = self
+            .clusters
+            .get(id as usize - 1)
+            .and_then(|cluster| cluster.into)
+        {
+            id = into;
+        }
+        id
+    }
+
+    /// Adds a line; answers the id of the cluster it joined (or started).
+    pub fn add(&mut self, line: &str) -> u32 {
+        let mut tokens = mask(line);
+        tokens.truncate(self.config.max_tokens);
+        let key = self.key(&tokens);
+        let threshold = self.config.similarity;
+        let leaf = self.leaves.entry(key).or_default();
+        let best = leaf
+            .iter()
+            .map(|id| {
+                let cluster = &self.clusters[*id as usize - 1];
+                (*id, similarity(&cluster.template, &tokens))
+            })
+            .filter(|(_, score)| *score >= threshold)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((id, _)) => {
+                let cluster = &mut self.clusters[id as usize - 1];
+                cluster.count += 1;
+                let mut changed = false;
+                for (known, token) in cluster.template.iter_mut().zip(&tokens) {
+                    if known != token && known != WILDCARD {
+                        *known = WILDCARD.to_string();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    // A template that became another's: the two are one cluster from now on.
+                    let template = cluster.template.clone();
+                    if let Some(&twin) = leaf.iter().find(|other| {
+                        **other != id && self.clusters[**other as usize - 1].template == template
+                    }) {
+                        let count = self.clusters[id as usize - 1].count;
+                        self.clusters[id as usize - 1].into = Some(twin);
+                        self.clusters[twin as usize - 1].count += count;
+                        leaf.retain(|other| *other != id);
+                        return twin;
+                    }
+                }
+                id
+            }
+            None => {
+                self.clusters.push(Cluster {
+                    template: tokens,
+                    count: 1,
+                    into: None,
+                });
+                let id = self.clusters.len() as u32;
+                leaf.push(id);
+                if leaf.len() > self.config.max_leaf {
+                    let clusters = &self.clusters;
+                    if let Some(index) = leaf
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, id)| clusters[**id as usize - 1].count)
+                        .map(|(index, _)| index)
+                    {
+                        leaf.remove(index);
+                    }
+                }
+                id
+            }
+        }
+    }
+
+    /// A cluster's template, as text.
+    pub fn template(&self, id: u32) -> String {
+        let id = self.resolve(id);
+        self.clusters
+            .get(id as usize - 1)
+            .map(|cluster| cluster.template.join(" "))
+            .unwrap_or_default()
+    }
+
+    /// Every cluster not merged away: id, template, lines.
+    pub fn clusters(&self) -> Vec<(u32, String, u64)> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, cluster)| cluster.into.is_none())
+            .map(|(index, cluster)| (index as u32 + 1, cluster.template.join(" "), cluster.count))
+            .collect()
+    }
+}
+
+/// Clusters `lines` offline: for each line, in order, the id of its cluster at the end and that
+/// cluster's template.
+pub fn cluster_lines<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    config: ClusterConfig,
+) -> (Clusterer, Vec<u32>) {
+    let mut clusterer = Clusterer::new(config);
+    let ids: Vec<u32> = lines.into_iter().map(|line| clusterer.add(line)).collect();
+    let ids = ids.into_iter().map(|id| clusterer.resolve(id)).collect();
+    (clusterer, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variable_parts_are_masked() {
+        assert_eq!(
+            mask("timeout after 30s connecting to 10.0.0.7:8080 (attempt 3)"),
+            [
+                "timeout",
+                "after",
+                "<*>",
+                "connecting",
+                "to",
+                "<*>",
+                "(attempt",
+                "<*>)"
+            ]
+        );
+        assert_eq!(
+            mask("file '/etc/rhsm/rhsm.conf' missing at 2026-12-01T10:00:00Z, uuid 5f0c3d2a-1b2c-4d5e-8f90-0123456789ab"),
+            ["file", "<*>", "missing", "at", "<*>,", "uuid", "<*>"]
+        );
+        assert_eq!(
+            mask("status=503 reason=\"down\""),
+            ["status=<*>", "reason=<*>"]
+        );
+        assert_eq!(
+            mask("AssertionError: expected 'a b c' got x"),
+            ["AssertionError:", "expected", "<*>", "got", "x"]
+        );
+    }
+
+    #[test]
+    fn lines_of_one_template_share_a_cluster_and_others_do_not() {
+        let lines = [
+            "connection refused to 10.0.0.1:443",
+            "AssertionError: expected 200 but got 503",
+            "connection refused to 10.0.0.2:443",
+            "AssertionError: expected 200 but got 404",
+            "user alice not found in realm corp",
+            "user bob not found in realm corp",
+            "Segmentation fault (core dumped)",
+        ];
+        let (clusterer, ids) = cluster_lines(lines, ClusterConfig::default());
+        assert_eq!(ids[0], ids[2]);
+        assert_eq!(ids[1], ids[3]);
+        assert_eq!(ids[4], ids[5]);
+        let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "{ids:?}");
+        assert_eq!(
+            clusterer.template(ids[4]),
+            "user <*> not found in realm corp"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any text clusters without a panic, and every line's id names a live cluster.
+        #[test]
+        fn any_text_clusters(lines in proptest::collection::vec(".{0,80}", 0..40)) {
+            let (clusterer, ids) = cluster_lines(lines.iter().map(String::as_str), ClusterConfig::default());
+            let live: std::collections::BTreeSet<u32> = clusterer.clusters().iter().map(|(id, _, _)| *id).collect();
+            for id in ids {
+                proptest::prop_assert!(live.contains(&id));
+            }
+        }
+    }
+}
