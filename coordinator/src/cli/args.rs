@@ -248,6 +248,9 @@ pub enum FailuresAction {
         /// A line joins a cluster when at least this share of its tokens match [default: 0.5]
         #[arg(long, default_value_t = 0.5)]
         similarity: f64,
+        /// Lines go to the same leaf only with the same count and these first tokens [default: 2]
+        #[arg(long, default_value_t = 2)]
+        depth: usize,
     },
 }
 

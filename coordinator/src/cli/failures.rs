@@ -9,7 +9,12 @@ use serde_json::json;
 
 use crate::core::cluster::{cluster_lines, ClusterConfig};
 
-pub(super) fn cluster(file: &Path, json: bool, similarity: f64) -> anyhow::Result<()> {
+pub(super) fn cluster(
+    file: &Path,
+    json: bool,
+    similarity: f64,
+    depth: usize,
+) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&similarity) {
         anyhow::bail!("--similarity {similarity} is not between 0 and 1");
     }
@@ -29,6 +34,7 @@ pub(super) fn cluster(file: &Path, json: bool, similarity: f64) -> anyhow::Resul
     }
     let config = ClusterConfig {
         similarity,
+        depth,
         ..ClusterConfig::default()
     };
     let (clusterer, ids) = cluster_lines(lines.iter().map(String::as_str), config);

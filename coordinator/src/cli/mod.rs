@@ -79,8 +79,9 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                     file,
                     json,
                     similarity,
+                    depth,
                 },
-        } => failures::cluster(&file, json, similarity),
+        } => failures::cluster(&file, json, similarity, depth),
         Command::Polarion {
             action,
             json,

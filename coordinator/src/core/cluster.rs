@@ -23,15 +23,19 @@ pub struct ClusterConfig {
     pub max_tokens: usize,
     /// Clusters kept in one leaf; beyond, the least used is dropped from the leaf (it keeps its id).
     pub max_leaf: usize,
+    /// A line that meets no cluster of its leaf joins one of any leaf of its length when at least this
+    /// share of its tokens match (its first words may be the variable ones: "alice logged in").
+    pub fallback_similarity: f64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             similarity: 0.5,
-            depth: 0,
+            depth: 2,
             max_tokens: 200,
             max_leaf: 200,
+            fallback_similarity: 0.85,
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct Clusterer {
     /// By id − 1.
     clusters: Vec<Cluster>,
     leaves: HashMap<(usize, Vec<String>), Vec<u32>>,
+    /// Every leaf's clusters by line length, for the fallback.
+    by_length: HashMap<usize, Vec<u32>>,
 }
 
 fn trailing_punctuation(token: &str) -> (&str, &str) {
@@ -119,6 +125,23 @@ fn variable(text: &str) -> bool {
         || is_ipv4(text)
         || is_path_or_url(text)
         || is_time(text)
+        || is_identifier(text)
+        || DAYS_AND_MONTHS.contains(&text)
+}
+
+const DAYS_AND_MONTHS: [&str; 19] = [
+    "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// A name with digits in it, joined by `.`, `-` or `_` (`host-12.example.com`, `vm_3`, `build-1234`):
+/// an identifier, variable.
+fn is_identifier(text: &str) -> bool {
+    text.chars().any(|c| c.is_ascii_digit())
+        && text.contains(['.', '-', '_'])
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
 }
 
 /// A line's tokens with the variable parts masked.
@@ -145,8 +168,9 @@ pub fn mask(line: &str) -> Vec<String> {
             continue;
         }
         let (core, punctuation) = trailing_punctuation(token);
-        if variable(core) {
-            tokens.push(format!("{WILDCARD}{punctuation}"));
+        let opening = core.len() - core.trim_start_matches(['(', '[', '{', '<']).len();
+        if variable(&core[opening..]) {
+            tokens.push(format!("{}{WILDCARD}{punctuation}", &core[..opening]));
         } else if let Some((key, value)) = core.split_once('=') {
             if !key.is_empty() && !value.is_empty() {
                 tokens.push(format!("{key}={WILDCARD}{punctuation}"));
@@ -160,7 +184,9 @@ pub fn mask(line: &str) -> Vec<String> {
     tokens
 }
 
-/// The share of positions where `template` matches `tokens` (a wildcard in the template matches).
+/// The share of positions where `template` and `tokens` hold the same token (a masked value meets a
+/// wildcard). A wildcard the template generalised to does not match a constant token: if it did, a
+/// template that has generalised a few positions would draw in every line of its length and snowball.
 fn similarity(template: &[String], tokens: &[String]) -> f64 {
     if template.is_empty() {
         return 1.0;
@@ -168,7 +194,7 @@ fn similarity(template: &[String], tokens: &[String]) -> f64 {
     let same = template
         .iter()
         .zip(tokens)
-        .filter(|(known, token)| known == token || known.as_str() == WILDCARD)
+        .filter(|(known, token)| known == token)
         .count();
     same as f64 / template.len() as f64
 }
@@ -213,16 +239,39 @@ impl Clusterer {
         let mut tokens = mask(line);
         tokens.truncate(self.config.max_tokens);
         let key = self.key(&tokens);
-        let threshold = self.config.similarity;
+        let length = tokens.len();
+        let clusters = &self.clusters;
+        let best_of = |ids: &[u32], threshold: f64| {
+            ids.iter()
+                .map(|id| {
+                    (
+                        *id,
+                        similarity(&clusters[*id as usize - 1].template, &tokens),
+                    )
+                })
+                .filter(|(_, score)| *score >= threshold)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+        };
+        let in_leaf = best_of(
+            self.leaves.get(&key).map(Vec::as_slice).unwrap_or_default(),
+            self.config.similarity,
+        );
+        let best = in_leaf.or_else(|| {
+            let found = best_of(
+                self.by_length
+                    .get(&length)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+                self.config.fallback_similarity.max(self.config.similarity),
+            );
+            found
+        });
         let leaf = self.leaves.entry(key).or_default();
-        let best = leaf
-            .iter()
-            .map(|id| {
-                let cluster = &self.clusters[*id as usize - 1];
-                (*id, similarity(&cluster.template, &tokens))
-            })
-            .filter(|(_, score)| *score >= threshold)
-            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((id, _)) = best {
+            if in_leaf.is_none() && !leaf.contains(&id) {
+                leaf.push(id);
+            }
+        }
         match best {
             Some((id, _)) => {
                 let cluster = &mut self.clusters[id as usize - 1];
@@ -257,6 +306,11 @@ impl Clusterer {
                 });
                 let id = self.clusters.len() as u32;
                 leaf.push(id);
+                let same_length = self.by_length.entry(length).or_default();
+                same_length.push(id);
+                if same_length.len() > self.config.max_leaf * 4 {
+                    same_length.remove(0);
+                }
                 if leaf.len() > self.config.max_leaf {
                     let clusters = &self.clusters;
                     if let Some(index) = leaf
