@@ -516,25 +516,20 @@ async fn read(
     headers: HeaderMap,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
+    if !authorized(&state.shared.lock().unwrap(), &headers) {
+        return html(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+    }
     if let Some(kind) = endpoint.strip_suffix("-queue") {
-        queue(&state, kind, &headers, &query)
+        queue(&state, kind, &query)
     } else if endpoint.ends_with("-log") {
-        log(&state, &headers, &query)
+        log(&state, &query)
     } else {
         html(StatusCode::NOT_FOUND, "404 Not Found")
     }
 }
 
-fn queue(
-    state: &AppState,
-    kind: &str,
-    headers: &HeaderMap,
-    query: &BTreeMap<String, String>,
-) -> Response {
+fn queue(state: &AppState, kind: &str, query: &BTreeMap<String, String>) -> Response {
     let shared = state.shared.lock().unwrap();
-    if !authorized(&shared, headers) {
-        return html(StatusCode::UNAUTHORIZED, "401 Unauthorized");
-    }
     let wanted: Vec<u64> = query
         .get("jobIds")
         .map(|ids| ids.split(',').filter_map(|id| id.parse().ok()).collect())
@@ -569,11 +564,8 @@ fn queue(
         .into_response()
 }
 
-fn log(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> Response {
+fn log(state: &AppState, query: &BTreeMap<String, String>) -> Response {
     let shared = state.shared.lock().unwrap();
-    if !authorized(&shared, headers) {
-        return html(StatusCode::UNAUTHORIZED, "401 Unauthorized");
-    }
     let job = query
         .get("jobId")
         .and_then(|id| id.parse::<u64>().ok())

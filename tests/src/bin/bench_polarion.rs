@@ -115,47 +115,34 @@ fn measure(name: &str, tests: usize, cases: usize) -> (f64, usize, u64, u64) {
         project: "RHEL".into(),
         ..PolarionSettings::default()
     };
+    /// Times `export` over `data`, built first; the RSS before it and the peak after.
+    fn timed<T>(data: T, export: impl FnOnce(&T) -> usize) -> (f64, usize, u64, u64) {
+        let before = status_kib("VmRSS:");
+        let started = Instant::now();
+        let bytes = export(&data);
+        (
+            started.elapsed().as_secs_f64(),
+            bytes,
+            before,
+            status_kib("VmHWM:"),
+        )
+    }
     match name {
-        "testcases-xml" | "testcases-json" => {
-            let data = metadata(tests);
-            let before = status_kib("VmRSS:");
-            let started = Instant::now();
-            let bytes = if name == "testcases-xml" {
-                test_cases_file(&settings, &data, &|_| None, false).len()
-            } else {
-                serde_json::to_string(&data)
-                    .map(|text| text.len())
-                    .unwrap_or(0)
-            };
-            (
-                started.elapsed().as_secs_f64(),
-                bytes,
-                before,
-                status_kib("VmHWM:"),
-            )
-        }
-        _ => {
-            let data = run(cases);
-            let before = status_kib("VmRSS:");
-            let started = Instant::now();
-            let bytes = if name == "xunit-xml" {
-                let imports = xunit_imports(&settings, &data, &[], &|_| None, false, usize::MAX);
-                imports
-                    .iter()
-                    .map(|import| polarizer_shared::polarion::xunit(import).len())
-                    .sum()
-            } else {
-                serde_json::to_string(&data)
-                    .map(|text| text.len())
-                    .unwrap_or(0)
-            };
-            (
-                started.elapsed().as_secs_f64(),
-                bytes,
-                before,
-                status_kib("VmHWM:"),
-            )
-        }
+        "testcases-xml" => timed(metadata(tests), |data| {
+            test_cases_file(&settings, data, &|_| None, false).len()
+        }),
+        "testcases-json" => timed(metadata(tests), |data| {
+            serde_json::to_string(data).map_or(0, |text| text.len())
+        }),
+        "xunit-xml" => timed(run(cases), |data| {
+            xunit_imports(&settings, data, &[], &|_| None, false, usize::MAX)
+                .iter()
+                .map(|import| polarizer_shared::polarion::xunit(import).len())
+                .sum()
+        }),
+        _ => timed(run(cases), |data| {
+            serde_json::to_string(data).map_or(0, |text| text.len())
+        }),
     }
 }
 

@@ -386,6 +386,23 @@ impl Polarion {
         }
     }
 
+    /// Stores an import's state and message, and when it is looked at again.
+    async fn set_state(
+        &self,
+        id: u64,
+        state: String,
+        message: String,
+        next_try_ms: i64,
+        now: i64,
+    ) -> Result<(), crate::store::sql::StoreError> {
+        self.store
+            .write(move |savepoint, path| {
+                imports::set_state(savepoint, id, &state, &message, next_try_ms, now)
+                    .map_err(sqlite_error(path))
+            })
+            .await
+    }
+
     /// One step of an import: its upload, or a look at its jobs.
     async fn advance(&self, import: OpenImport) -> Result<(), crate::store::sql::StoreError> {
         let Some(api) = &self.api else { return Ok(()) };
@@ -401,11 +418,7 @@ impl Polarion {
                 Err(err) => {
                     let message = format!("the file {} is gone: {err}", import.file);
                     return self
-                        .store
-                        .write(move |savepoint, path| {
-                            imports::set_state(savepoint, id, "failed", &message, 0, now)
-                                .map_err(sqlite_error(path))
-                        })
+                        .set_state(id, "failed".to_string(), message, 0, now)
                         .await;
                 }
             };
@@ -424,11 +437,7 @@ impl Polarion {
                 }
                 Err(PolarionError::Refused(message)) => {
                     warn!(import = id, error = %message, "Polarion refused an import");
-                    self.store
-                        .write(move |savepoint, path| {
-                            imports::set_state(savepoint, id, "failed", &message, 0, now)
-                                .map_err(sqlite_error(path))
-                        })
+                    self.set_state(id, "failed".to_string(), message, 0, now)
                         .await
                 }
                 Err(PolarionError::Retry(message)) => {
@@ -450,13 +459,7 @@ impl Polarion {
             Err(err) => {
                 let message = format!("cannot follow jobs: {err}");
                 let state = import.state.clone();
-                return self
-                    .store
-                    .write(move |savepoint, path| {
-                        imports::set_state(savepoint, id, &state, &message, next, now)
-                            .map_err(sqlite_error(path))
-                    })
-                    .await;
+                return self.set_state(id, state, message, next, now).await;
             }
         };
         let done = |status: &str| status == "SUCCESS" || status == "FAILED";
@@ -481,13 +484,7 @@ impl Polarion {
                 import.state.as_str()
             }
             .to_string();
-            return self
-                .store
-                .write(move |savepoint, path| {
-                    imports::set_state(savepoint, id, &state, &message, next, now)
-                        .map_err(sqlite_error(path))
-                })
-                .await;
+            return self.set_state(id, state, message, next, now).await;
         }
         let failed_jobs: Vec<u64> = jobs
             .iter()
