@@ -344,29 +344,19 @@ fn app_jwt(app_id: u64, key: &jsonwebtoken::EncodingKey) -> Result<String, ApiEr
     })
 }
 
-/// A transport error's text without its URL (which names only the API host and path, but is noise).
+/// A transport error's text: what kind, and its causes, never the request's headers.
 fn without_url(err: &reqwest::Error) -> String {
-    let mut text = err.without_url_ref().to_string();
+    let mut text = if err.is_timeout() {
+        "timed out".to_string()
+    } else if err.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
         text += &format!(": {inner}");
         source = inner.source();
     }
     text
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        if self.is_timeout() {
-            "timed out".into()
-        } else if self.is_connect() {
-            "cannot connect".into()
-        } else {
-            "request failed".into()
-        }
-    }
 }
