@@ -2,6 +2,7 @@
 //!
 //! Plain data and codecs over bytes only: no sockets, no async runtime, no database.
 
+pub mod analysis;
 pub mod catalog;
 pub mod events;
 pub mod facts;

@@ -281,6 +281,28 @@ pub enum OperatorRequest {
     PolarionJobs {
         limit: u32,
     },
+    /// Failure clusters with failures in one run or since a time. Answered by `Failures`.
+    ListFailures {
+        run: Option<u64>,
+        since_ms: Option<i64>,
+    },
+    /// One failure cluster, its newest failures and why they matched. Answered by `Failure`.
+    ShowFailure {
+        id: u64,
+    },
+    /// Label a cluster as a known issue, or withdraw its label (`None`). Answered by `Labelled`.
+    LabelFailure {
+        id: u64,
+        label: Option<crate::analysis::FailureLabel>,
+    },
+    /// Tests that passed and failed on one commit with the same needs. Answered by `Flaky`.
+    ListFlaky {
+        since_ms: Option<i64>,
+    },
+    /// Per test and per host. Answered by `Stats`.
+    Stats {
+        since_ms: Option<i64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -355,6 +377,14 @@ pub enum OperatorResponse {
         imports: Vec<u64>,
     },
     PolarionImports(Vec<crate::polarion::ImportRecord>),
+    Failures(Vec<crate::analysis::FailureCluster>),
+    Failure(Box<crate::analysis::FailureDetail>),
+    Labelled {
+        id: u64,
+        label: Option<crate::analysis::FailureLabel>,
+    },
+    Flaky(Vec<crate::analysis::FlakyTest>),
+    Stats(Box<crate::analysis::Stats>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -411,6 +411,12 @@ pub struct RunTestRow {
     pub output_tail: String,
     pub subresults: Vec<SubResult>,
     pub lost_attempts: Vec<LostAttempt>,
+    /// A failure's cluster, and its label when it is a known issue.
+    pub cluster: Option<crate::analysis::ClusterRef>,
+    /// Quarantined: a failure that does not fail the run.
+    pub quarantined: bool,
+    /// Slower than its history: the p95 (ms) it exceeded by the slow factor.
+    pub slow_p95_ms: Option<u64>,
 }
 
 /// `polarizer runs show`: everything about one run.
@@ -422,6 +428,8 @@ pub struct RunDetail {
     pub message: String,
     pub suites: Vec<SuiteRow>,
     pub tests: Vec<RunTestRow>,
+    /// Its failures were all known system issues: the infrastructure's trouble, not the tests'.
+    pub infrastructure_trouble: bool,
 }
 
 /// What `polarizer runs watch` receives as a run progresses.

@@ -76,11 +76,35 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Failure analysis. `cluster FILE`: any text, offline, one line at a time into templates; for every
-    /// input line, in order, one output line: its cluster id, a tab, the cluster's template.
+    /// Failure clusters: each failure joins one as it is stored (its template, count, tests, first and
+    /// last seen, label). `show ID`, `label ID`, `unlabel ID`; `cluster FILE`: any text, offline, one
+    /// line at a time into templates (for every input line, in order: its cluster id, a tab, the template).
     Failures {
         #[command(subcommand)]
-        action: FailuresAction,
+        action: Option<FailuresAction>,
+        /// Only the failures of this run
+        #[arg(long)]
+        run: Option<u64>,
+        /// Only failures this recent: a number with s, m, h or d [default: 7d; all with --run]
+        #[arg(long, value_parser = parse_age)]
+        since: Option<std::time::Duration>,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Per test: results, pass rate, mean and p95 duration, flip rate, whether its last result was slow;
+    /// per agent and pool: the share of attempts lost to infrastructure.
+    Stats {
+        /// Only results this recent: a number with s, m, h or d [default: 30d]
+        #[arg(long, value_parser = parse_age, default_value = "30d")]
+        since: std::time::Duration,
+        /// Print JSON instead of tables
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// What arrived from outside (GitHub webhooks), newest first: time, source, delivery id, repository,
     /// event, commit, and what became of it (a run, ignored and why, a duplicate, refused and why), with
@@ -242,9 +266,6 @@ pub enum FailuresAction {
     /// Cluster the lines of FILE (`-`: standard input), without a coordinator.
     Cluster {
         file: PathBuf,
-        /// Print JSON: every cluster (id, template, lines) and each line's cluster id
-        #[arg(long)]
-        json: bool,
         /// A line joins a cluster when at least this share of its tokens match [default: 0.5]
         #[arg(long, default_value_t = 0.5)]
         similarity: f64,
@@ -252,6 +273,38 @@ pub enum FailuresAction {
         #[arg(long, default_value_t = 2)]
         depth: usize,
     },
+    /// One cluster: its template, label, the clusters merged into it, and its newest failures, each
+    /// with its masked tokens and how many of them equal the template's.
+    Show { id: u64 },
+    /// Label a cluster as a known issue: its failures, past and to come, carry the label.
+    Label {
+        id: u64,
+        /// The issue's id in its tracker, e.g. RHBZ#2101
+        #[arg(long, default_value = "")]
+        issue: String,
+        /// product | automation | system | no-defect
+        #[arg(long, value_parser = parse_label_kind)]
+        kind: polarizer_shared::analysis::LabelKind,
+        /// A note for whoever reads it
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Withdraw a cluster's label.
+    Unlabel { id: u64 },
+}
+
+fn parse_label_kind(text: &str) -> Result<polarizer_shared::analysis::LabelKind, String> {
+    polarizer_shared::analysis::LabelKind::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a kind: product, automation, system or no-defect"))
+}
+
+/// `7d`, `12h`: how far back, at most ten years.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let age = parse_ttl(text)?;
+    if age > std::time::Duration::from_secs(3650 * 86_400) {
+        return Err(format!("{text:?} is more than ten years"));
+    }
+    Ok(age)
 }
 
 // Parsed once per process: the size of a variant does not matter.
@@ -298,6 +351,13 @@ pub enum TestsAction {
         /// An adjust context dimension, key=value (repeatable), e.g. distro=rhel-9.4
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
+    },
+    /// Flaky tests: each test that passed and failed on the same commit with the same platform needs,
+    /// its flip rate (changes between pass and fail per result), and the runs and commits that show it.
+    Flaky {
+        /// Only results this recent: a number with s, m, h or d [default: 30d]
+        #[arg(long, value_parser = parse_age, default_value = "30d")]
+        since: std::time::Duration,
     },
     /// List tests; every filter given must hold.
     List {

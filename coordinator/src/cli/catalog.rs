@@ -35,6 +35,7 @@ pub(super) fn tests_request(action: TestsAction) -> anyhow::Result<OperatorReque
         TestsAction::Show { id } => OperatorRequest::ShowTest { id },
         // Dispatched before any connection: a lint needs no coordinator.
         TestsAction::Lint { .. } => anyhow::bail!("`tests lint` runs without a coordinator"),
+        TestsAction::Flaky { .. } => anyhow::bail!("`tests flaky` has its own answer"),
     })
 }
 

@@ -75,13 +75,54 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         }
         Command::Failures {
             action:
-                FailuresAction::Cluster {
+                Some(FailuresAction::Cluster {
                     file,
-                    json,
                     similarity,
                     depth,
-                },
+                }),
+            json,
+            ..
         } => failures::cluster(&file, json, similarity, depth),
+        Command::Failures {
+            action,
+            run,
+            since,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let outcome = failures::failures_command(&mut client, action, run, since, json).await;
+            client.close().await;
+            outcome
+        }
+        Command::Stats {
+            since,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client
+                .request(OperatorRequest::Stats {
+                    since_ms: Some(failures::since_ms(since)),
+                })
+                .await;
+            client.close().await;
+            failures::print_stats(response?, json)
+        }
+        Command::Tests {
+            action: TestsAction::Flaky { since },
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client
+                .request(OperatorRequest::ListFlaky {
+                    since_ms: Some(failures::since_ms(since)),
+                })
+                .await;
+            client.close().await;
+            failures::print_flaky(response?, json)
+        }
         Command::Polarion {
             action,
             json,

@@ -23,6 +23,13 @@ fn test_case(test: &RunTestRow, classname: &str) -> TestCase {
     } else {
         format!("{}: {}", test.status, test.message)
     };
+    if let Some(label) = test
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.label.as_ref())
+    {
+        case.message = format!("{} — {}", case.message, label.describe());
+    }
     if case.status == CaseStatus::Passed {
         case.message.clear();
     } else {
@@ -35,6 +42,20 @@ fn test_case(test: &RunTestRow, classname: &str) -> TestCase {
         ("polarizer.attempt".into(), test.attempt.to_string()),
         ("polarizer.id".into(), test.test.clone()),
     ];
+    if let Some(cluster) = &test.cluster {
+        case.properties
+            .push(("polarizer.cluster".into(), cluster.id.to_string()));
+        if let Some(label) = &cluster.label {
+            case.properties
+                .push(("polarizer.known_issue".into(), label.issue.clone()));
+            case.properties
+                .push(("polarizer.defect_type".into(), label.kind.as_str().into()));
+        }
+    }
+    if test.quarantined {
+        case.properties
+            .push(("polarizer.quarantined".into(), "true".into()));
+    }
     for lost in &test.lost_attempts {
         case.properties.push((
             format!("polarizer.lost_attempt.{}", lost.attempt),
@@ -123,6 +144,9 @@ mod tests {
             output_tail: "boom \u{1b}[31m\n".into(),
             subresults,
             lost_attempts: Vec::new(),
+            cluster: None,
+            quarantined: false,
+            slow_p95_ms: None,
         };
         RunDetail {
             run: RunRow {
@@ -141,6 +165,7 @@ mod tests {
             artifacts: vec!["pkg-1.0-1.el9".into()],
             changed: Vec::new(),
             message: String::new(),
+            infrastructure_trouble: false,
             suites: vec![SuiteRow {
                 id: 1,
                 ordinal: 1,

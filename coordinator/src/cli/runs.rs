@@ -427,10 +427,36 @@ fn test_line(row: &RunTestRow) -> String {
         line.push_str(&format!(", attempt {}", row.attempt));
     }
     line.push(')');
+    if let Some(note) = analysis_note(row) {
+        line.push_str(&format!(" — {note}"));
+    }
     if !row.message.is_empty() {
         line.push_str(&format!(": {}", row.message));
     }
     line
+}
+
+/// What analysis says of a result: quarantined, its failure cluster (a known issue when labelled),
+/// slower than its history.
+pub fn analysis_note(row: &RunTestRow) -> Option<String> {
+    let mut parts = Vec::new();
+    if row.quarantined {
+        parts.push("quarantined".to_string());
+    }
+    if let Some(cluster) = &row.cluster {
+        parts.push(match &cluster.label {
+            Some(label) => format!("{} (cluster {})", label.describe(), cluster.id),
+            None => format!("cluster {}", cluster.id),
+        });
+    }
+    if let (Some(p95), Some(duration)) = (row.slow_p95_ms, row.duration_ms) {
+        parts.push(format!(
+            "slow: {} against a p95 of {}",
+            seconds(duration),
+            seconds(p95)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 pub fn summary_line(detail: &RunDetail) -> String {
@@ -452,8 +478,13 @@ pub fn summary_line(detail: &RunDetail) -> String {
             )
         })
         .unwrap_or_default();
+    let trouble = if detail.infrastructure_trouble {
+        " — infrastructure trouble: every failure is a known system issue"
+    } else {
+        ""
+    };
     format!(
-        "run {} {}{elapsed}: {}",
+        "run {} {}{elapsed}: {}{trouble}",
         detail.run.id,
         detail.run.state,
         parts.join(", ")
@@ -530,10 +561,11 @@ fn describe(detail: &RunDetail) -> String {
                 test.agent.clone(),
                 test.attempt.to_string(),
                 test.duration_ms.map(seconds).unwrap_or_default(),
-                if test.message.is_empty() {
-                    test.reasons.first().cloned().unwrap_or_default()
-                } else {
-                    test.message.clone()
+                match (analysis_note(test), test.message.is_empty()) {
+                    (Some(note), true) => format!("[{note}]"),
+                    (Some(note), false) => format!("[{note}] {}", test.message),
+                    (None, true) => test.reasons.first().cloned().unwrap_or_default(),
+                    (None, false) => test.message.clone(),
                 },
             ]
         })
@@ -591,6 +623,7 @@ pub fn run_json(detail: &RunDetail) -> serde_json::Value {
     run["changed"] = json!(detail.changed);
     run["artifacts"] = json!(detail.artifacts);
     run["message"] = json!(detail.message);
+    run["infrastructure_trouble"] = json!(detail.infrastructure_trouble);
     run["suites"] = detail
         .suites
         .iter()
@@ -646,6 +679,14 @@ pub fn run_json(detail: &RunDetail) -> serde_json::Value {
                     "message": sub.message,
                 })).collect::<Vec<_>>(),
                 "output_tail": test.output_tail,
+                "cluster": test.cluster.as_ref().map(|cluster| json!({
+                    "id": cluster.id,
+                    "issue": cluster.label.as_ref().map(|label| label.issue.as_str()),
+                    "kind": cluster.label.as_ref().map(|label| label.kind.as_str()),
+                    "note": cluster.label.as_ref().map(|label| label.note.as_str()),
+                })),
+                "quarantined": test.quarantined,
+                "slow_p95_ms": test.slow_p95_ms,
             })
         })
         .collect();

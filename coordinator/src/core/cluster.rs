@@ -226,8 +226,9 @@ impl Clusterer {
     pub fn resolve(&self, mut id: u32) -> u32 {
         while let Some(into) = self
             .clusters
-            .get(id as usize - 1)
+            .get((id as usize).wrapping_sub(1))
             .and_then(|cluster| cluster.into)
+            .filter(|into| *into > 0)
         {
             id = into;
         }
@@ -236,6 +237,58 @@ impl Clusterer {
 
     /// Adds a line; answers the id of the cluster it joined (or started).
     pub fn add(&mut self, line: &str) -> u32 {
+        self.join(line).id
+    }
+
+    /// The config it clusters with.
+    pub fn config(&self) -> ClusterConfig {
+        self.config
+    }
+
+    /// Puts back a cluster as it was stored (ids from 1, in order; a gap stands for a cluster that
+    /// was never stored and matches nothing). A cluster merged into another is kept for its id alone.
+    pub fn restore(&mut self, id: u32, template: &str, count: u64, into: Option<u32>) {
+        while (self.clusters.len() as u32) + 1 < id {
+            self.clusters.push(Cluster {
+                template: Vec::new(),
+                count: 0,
+                into: Some(0),
+            });
+        }
+        let tokens: Vec<String> = template.split_whitespace().map(str::to_string).collect();
+        if (self.clusters.len() as u32) + 1 != id {
+            return;
+        }
+        self.clusters.push(Cluster {
+            template: tokens.clone(),
+            count,
+            into,
+        });
+        if into.is_none() {
+            let key = self.key(&tokens);
+            self.leaves.entry(key).or_default().push(id);
+            self.by_length.entry(tokens.len()).or_default().push(id);
+        }
+    }
+
+    /// How many ids were given out (merged and gaps included): the next cluster's id is one more.
+    pub fn issued(&self) -> u32 {
+        self.clusters.len() as u32
+    }
+
+    /// A cluster's template tokens, its line count and the cluster it was merged into.
+    pub fn cluster(&self, id: u32) -> Option<(String, u64, Option<u32>)> {
+        let cluster = self.clusters.get((id as usize).checked_sub(1)?)?;
+        Some((
+            cluster.template.join(" "),
+            cluster.count,
+            cluster.into.filter(|into| *into > 0),
+        ))
+    }
+
+    /// Adds a line: the cluster it joined (or started), and the cluster that was merged into that one
+    /// when the line made their templates converge.
+    pub fn join(&mut self, line: &str) -> Joined {
         let mut tokens = mask(line);
         tokens.truncate(self.config.max_tokens);
         let key = self.key(&tokens);
@@ -293,10 +346,13 @@ impl Clusterer {
                         self.clusters[id as usize - 1].into = Some(twin);
                         self.clusters[twin as usize - 1].count += count;
                         leaf.retain(|other| *other != id);
-                        return twin;
+                        return Joined {
+                            id: twin,
+                            merged: Some(id),
+                        };
                     }
                 }
-                id
+                Joined { id, merged: None }
             }
             None => {
                 self.clusters.push(Cluster {
@@ -322,7 +378,7 @@ impl Clusterer {
                         leaf.remove(index);
                     }
                 }
-                id
+                Joined { id, merged: None }
             }
         }
     }
@@ -345,6 +401,28 @@ impl Clusterer {
             .map(|(index, cluster)| (index as u32 + 1, cluster.template.join(" "), cluster.count))
             .collect()
     }
+}
+
+/// What [`Clusterer::join`] did with a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub id: u32,
+    /// A cluster merged into `id` by this line.
+    pub merged: Option<u32>,
+}
+
+/// Why a line sits in a cluster: its masked tokens, and how many of them equal the template's (of
+/// the template's count).
+pub fn explain(template: &str, line: &str, max_tokens: usize) -> (String, u32, u32) {
+    let mut tokens = mask(line);
+    tokens.truncate(max_tokens);
+    let template: Vec<String> = template.split_whitespace().map(str::to_string).collect();
+    let same = template
+        .iter()
+        .zip(&tokens)
+        .filter(|(known, token)| known == token || known.as_str() == WILDCARD)
+        .count();
+    (tokens.join(" "), same as u32, template.len() as u32)
 }
 
 /// Clusters `lines` offline: for each line, in order, the id of its cluster at the end and that

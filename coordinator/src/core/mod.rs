@@ -7,6 +7,7 @@
 //! (checked by `tests/layers.rs`).
 
 pub mod admission;
+pub mod analysis;
 pub mod cluster;
 pub mod github;
 pub mod partition;

@@ -100,6 +100,59 @@ pub struct ServeSettings {
     /// Polarion's importer files: `[polarion]`, in the file only.
     #[arg(skip)]
     pub polarion: Option<Box<crate::daemon::polarion::config::PolarionToml>>,
+    /// Failure analysis: `[analysis]`, in the file only.
+    #[arg(skip)]
+    pub analysis: Option<AnalysisToml>,
+}
+
+/// `[analysis]`: failure clustering, quarantine, slow results.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisToml {
+    pub enabled: Option<bool>,
+    pub slow_factor: Option<f64>,
+    pub slow_min_results: Option<usize>,
+    #[serde(default)]
+    pub quarantine: Vec<String>,
+    pub quarantine_flaky: Option<bool>,
+    pub release_after: Option<u32>,
+}
+
+impl AnalysisToml {
+    fn validate(self) -> Result<crate::core::analysis::AnalysisSettings, ConfigError> {
+        let defaults = crate::core::analysis::AnalysisSettings::default();
+        let slow_factor = self.slow_factor.unwrap_or(defaults.slow_factor);
+        if !(slow_factor.is_finite() && (1.0..=100.0).contains(&slow_factor)) {
+            return Err(ConfigError {
+                key: "analysis.slow_factor",
+                message: format!("{slow_factor} is not between 1 and 100"),
+            });
+        }
+        let release_after = self.release_after.unwrap_or(defaults.release_after);
+        if !(1..=1000).contains(&release_after) {
+            return Err(ConfigError {
+                key: "analysis.release_after",
+                message: format!("{release_after} is not between 1 and 1000"),
+            });
+        }
+        if let Some(bad) = self.quarantine.iter().find(|name| !name.starts_with('/')) {
+            return Err(ConfigError {
+                key: "analysis.quarantine",
+                message: format!("{bad:?} is not a test name (they start with /)"),
+            });
+        }
+        Ok(crate::core::analysis::AnalysisSettings {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            slow_factor,
+            slow_min_results: self
+                .slow_min_results
+                .unwrap_or(defaults.slow_min_results)
+                .max(1),
+            quarantine: self.quarantine,
+            quarantine_flaky: self.quarantine_flaky.unwrap_or(defaults.quarantine_flaky),
+            release_after,
+        })
+    }
 }
 
 /// Limits, from `ship_max_mb` and `ship_rate_kb_per_s`.
@@ -140,6 +193,7 @@ pub struct ServeConfig {
     pub pools: Vec<crate::daemon::pools::config::PoolConfig>,
     pub github: Option<crate::daemon::github::config::GithubConfig>,
     pub polarion: Option<crate::daemon::polarion::config::PolarionConfig>,
+    pub analysis: crate::core::analysis::AnalysisSettings,
 }
 
 /// How runs are planned and retried.
@@ -245,6 +299,7 @@ impl ServeSettings {
             },
             github: self.github.or(lower.github),
             polarion: self.polarion.or(lower.polarion),
+            analysis: self.analysis.or(lower.analysis),
         }
     }
 
@@ -347,7 +402,9 @@ impl ServeSettings {
             .polarion
             .map(|settings| crate::daemon::polarion::config::validate(*settings))
             .transpose()?;
+        let analysis = self.analysis.unwrap_or_default().validate()?;
         Ok(ServeConfig {
+            analysis,
             pools,
             github,
             polarion,
@@ -394,6 +451,7 @@ impl ServeConfig {
             pools: Vec::new(),
             github: None,
             polarion: None,
+            analysis: crate::core::analysis::AnalysisSettings::default(),
         }
     }
 }

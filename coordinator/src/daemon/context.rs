@@ -49,9 +49,20 @@ pub struct Context {
     pub pools: Arc<crate::daemon::pools::Pools>,
     /// `[polarion]`: importer files, uploads and their jobs.
     pub polarion: Option<Arc<crate::daemon::polarion::Polarion>>,
+    /// Failure clustering and quarantine, used by the store's writer at ingest.
+    pub analysis: crate::store::analysis::SharedAnalysis,
 }
 
 impl Context {
+    /// `[analysis]` as configured.
+    pub fn analysis_settings(&self) -> crate::core::analysis::AnalysisSettings {
+        self.analysis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .settings
+            .clone()
+    }
+
     /// Publishes what a committed write changed, wakes the scheduler when it may have work, and tells
     /// `agent` to stop attempts it no longer holds.
     pub fn publish(&self, agent: Option<&str>, effects: Vec<crate::store::runs::Effect>) {

@@ -10,6 +10,7 @@
 //! May import `store`, `core`, `data_dir`, `shared` and `transport`; never `cli`.
 
 mod agent_session;
+pub mod analysis;
 pub mod clock;
 pub mod config;
 pub mod context;

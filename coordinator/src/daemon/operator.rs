@@ -81,9 +81,16 @@ async fn run_detail(
     context: &Context,
     run: u64,
 ) -> Result<Option<polarizer_shared::run::RunDetail>, String> {
+    let settings = context.analysis_settings();
     let detail = context
         .store
-        .read(move |reader| reader.run(run))
+        .read(move |reader| {
+            let mut detail = reader.run(run)?;
+            if let Some(detail) = detail.as_mut() {
+                reader.flag_slow(detail, &settings)?;
+            }
+            Ok(detail)
+        })
         .await
         .map_err(|err| err.to_string())?;
     Ok(detail.map(|mut detail| {
@@ -445,6 +452,33 @@ pub(super) async fn operator_session(
                     },
                 }
             }
+            OperatorRequest::ListFailures { run, since_ms } => answer(
+                context
+                    .store
+                    .read(move |reader| reader.failures(run, since_ms))
+                    .await,
+                OperatorResponse::Failures,
+            ),
+            OperatorRequest::ShowFailure { id } => {
+                match context.store.read(move |reader| reader.failure(id)).await {
+                    Ok(Some(detail)) => OperatorResponse::Failure(Box::new(detail)),
+                    Ok(None) => OperatorResponse::Error {
+                        message: format!("no failure cluster {id}"),
+                    },
+                    Err(err) => OperatorResponse::Error {
+                        message: err.to_string(),
+                    },
+                }
+            }
+            OperatorRequest::LabelFailure { id, label } => {
+                crate::daemon::analysis::label(&context, id, label).await
+            }
+            OperatorRequest::ListFlaky { since_ms } => {
+                crate::daemon::analysis::flaky(&context, since_ms).await
+            }
+            OperatorRequest::Stats { since_ms } => {
+                crate::daemon::analysis::stats(&context, since_ms).await
+            }
             OperatorRequest::ListPlatforms => {
                 let (pools, platforms) = context.pools.list();
                 OperatorResponse::Platforms { pools, platforms }
@@ -511,4 +545,17 @@ pub(super) async fn operator_session(
         }
     }
     stream.finish().await;
+}
+
+/// A read's answer, or its error.
+fn answer<T>(
+    read: Result<T, crate::store::StoreError>,
+    respond: impl FnOnce(T) -> OperatorResponse,
+) -> OperatorResponse {
+    match read {
+        Ok(value) => respond(value),
+        Err(err) => OperatorResponse::Error {
+            message: err.to_string(),
+        },
+    }
 }

@@ -38,11 +38,20 @@ pub async fn ingest(
     let name = agent.to_string();
     let attempts = context.settings.runs.attempts;
     let events = context.fanout.events.clone();
+    let analysis = context.analysis.clone();
     let ingested = context
         .store
         .write_then(
             move |savepoint, path| {
-                runs::ingest(savepoint, path, &name, records, attempts, now_ms())
+                runs::ingest(
+                    savepoint,
+                    path,
+                    &name,
+                    records,
+                    attempts,
+                    now_ms(),
+                    &analysis,
+                )
             },
             // Published from the writer thread, in commit order: a follower that skips ids it has
             // seen never skips one it has not.

@@ -132,6 +132,7 @@ pub async fn run(
         )),
         pools: pools.clone(),
         polarion: polarion.clone(),
+        analysis: crate::store::analysis::Analysis::shared(config.analysis.clone()),
     };
     let tracker = TaskTracker::new();
     if let Some(polarion) = &polarion {

@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     SUITE_IMAGES,
     TRIGGERS,
     POLARION,
+    ANALYSIS,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -354,4 +355,32 @@ CREATE TABLE polarion_imports (
 ) STRICT;
 CREATE INDEX polarion_imports_open ON polarion_imports(next_try_ms) WHERE state IN ('waiting', 'queued', 'running');
 CREATE UNIQUE INDEX polarion_imports_on_finish ON polarion_imports(run_id, part) WHERE origin = 'on-finish';
+";
+
+/// 13: failure analysis: the clusters failures fall into (their templates, so a restarted coordinator
+/// goes on with the same ids) and the labels operators put on them; each failed result's cluster and
+/// the text it was clustered by; tests quarantined for being flaky (analysis.rs).
+const ANALYSIS: &str = "
+CREATE TABLE failure_clusters (
+    id INTEGER PRIMARY KEY,
+    template TEXT NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 0,
+    merged_into INTEGER,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    issue TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT '' CHECK (kind IN ('', 'product', 'automation', 'system', 'no-defect')),
+    note TEXT NOT NULL DEFAULT '',
+    labelled_ms INTEGER
+) STRICT;
+ALTER TABLE run_tests ADD COLUMN cluster_id INTEGER;
+ALTER TABLE run_tests ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE run_tests ADD COLUMN failure_text TEXT NOT NULL DEFAULT '';
+CREATE INDEX run_tests_by_cluster ON run_tests(cluster_id) WHERE cluster_id IS NOT NULL;
+CREATE TABLE quarantine (
+    name TEXT PRIMARY KEY NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    passes INTEGER NOT NULL DEFAULT 0
+) STRICT;
 ";

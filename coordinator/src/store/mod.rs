@@ -9,6 +9,7 @@
 //! May import `core` (for its types and decisions) and `shared`; never `daemon` or `cli`.
 
 mod agents;
+pub mod analysis;
 pub mod catalog;
 pub mod events;
 pub mod health;

@@ -568,7 +568,7 @@ pub fn maybe_finish_run(
     let (problems, infra, current): (i64, i64, RunState) = savepoint
         .query_row(
             "SELECT
-                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn')),
+                (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn') AND quarantined = 0),
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND infra = 1),
                 state FROM runs WHERE id = ?1",
             [run as i64],
@@ -696,6 +696,7 @@ pub fn ingest(
     records: Vec<Record>,
     max_attempts: u32,
     now_ms: i64,
+    analysis: &crate::store::analysis::SharedAnalysis,
 ) -> Result<Ingested, StoreError> {
     let on_sqlite = sqlite_error(path);
     let mut committed: u64 = savepoint
@@ -873,6 +874,19 @@ pub fn ingest(
                         ],
                     )
                     .map_err(&on_sqlite)?;
+                let analysed = analysis
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .on_result(
+                        savepoint,
+                        path,
+                        suite.run,
+                        &outcome.test,
+                        status,
+                        &outcome.message,
+                        &outcome.output_tail,
+                        now_ms,
+                    )?;
                 let summary = crate::store::events::result_summary(
                     &outcome.test,
                     status.as_str(),
@@ -906,6 +920,8 @@ pub fn ingest(
                     row.message = outcome.message;
                     row.output_tail = outcome.output_tail;
                     row.subresults = outcome.subresults;
+                    row.cluster = analysed.cluster;
+                    row.quarantined = analysed.quarantined;
                     effects.push(Effect::Update(RunUpdate::TestFinished {
                         run: suite.run,
                         row: Box::new(row),
@@ -976,7 +992,7 @@ fn test_in_suite(
     let mut statement = connection
         .prepare_cached(
             "SELECT test_id, name, suite_id, position, status, attempt, agent, started_ms, duration_ms, message,
-                    reasons_json, output_tail, subresults_json
+                    reasons_json, output_tail, subresults_json, cluster_id, quarantined
              FROM run_tests WHERE run_id = ?1 AND test_id = ?2 AND suite_id = ?3",
         )
         .map_err(sqlite_error(path))?;
@@ -1032,6 +1048,14 @@ fn test_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunTestRow> {
         output_tail: row.get(11)?,
         subresults: json_column(row, 12)?,
         lost_attempts: Vec::new(),
+        cluster: row
+            .get::<_, Option<i64>>(13)?
+            .map(|id| polarizer_shared::analysis::ClusterRef {
+                id: id as u64,
+                label: None,
+            }),
+        quarantined: row.get(14)?,
+        slow_p95_ms: None,
     })
 }
 
@@ -1075,12 +1099,13 @@ fn run_test_rows(
         .prepare_cached(
             if only.is_some() {
                 "SELECT test_id, name, suite_id, position, status, attempt, agent, started_ms, duration_ms, message,
-                        reasons_json, output_tail, subresults_json
+                        reasons_json, output_tail, subresults_json, cluster_id, quarantined
                  FROM run_tests WHERE run_id = ?1 AND test_id = ?2"
             } else {
                 "SELECT run_tests.test_id, run_tests.name, run_tests.suite_id, run_tests.position, run_tests.status,
                         run_tests.attempt, run_tests.agent, run_tests.started_ms, run_tests.duration_ms, run_tests.message,
-                        run_tests.reasons_json, run_tests.output_tail, run_tests.subresults_json
+                        run_tests.reasons_json, run_tests.output_tail, run_tests.subresults_json,
+                        run_tests.cluster_id, run_tests.quarantined
                  FROM run_tests JOIN suites ON suites.id = run_tests.suite_id
                  WHERE run_tests.run_id = ?1 AND ?2 IS NULL
                  ORDER BY suites.ordinal, run_tests.position"
@@ -1212,13 +1237,15 @@ impl Reader {
                 suites.push(row.map_err(&on_sqlite)?);
             }
         }
-        let tests = run_test_rows(&self.connection, &self.path, run, None)?;
+        let mut tests = run_test_rows(&self.connection, &self.path, run, None)?;
+        crate::store::analysis::fill_labels(&self.connection, &self.path, &mut tests)?;
         Ok(Some(RunDetail {
             run: row,
             artifacts: request.artifacts,
             changed: request.changed,
             message,
             suites,
+            infrastructure_trouble: crate::core::analysis::infrastructure_trouble(&tests),
             tests,
         }))
     }

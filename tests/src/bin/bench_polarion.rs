@@ -72,6 +72,7 @@ fn run(cases: usize) -> RunDetail {
         artifacts: vec!["subscription-manager-1.29.40-1.el9".into()],
         changed: Vec::new(),
         message: String::new(),
+        infrastructure_trouble: false,
         suites: Vec::new(),
         tests: (0..cases)
             .map(|n| {
@@ -103,6 +104,9 @@ fn run(cases: usize) -> RunDetail {
                     },
                     subresults: Vec::new(),
                     lost_attempts: Vec::new(),
+                    cluster: None,
+                    quarantined: false,
+                    slow_p95_ms: None,
                 }
             })
             .collect(),
