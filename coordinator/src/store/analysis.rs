@@ -84,6 +84,7 @@ impl Analysis {
         path: &Path,
         run: u64,
         test: &str,
+        name: Option<&str>,
         status: TestStatus,
         message: &str,
         output_tail: &str,
@@ -92,22 +93,10 @@ impl Analysis {
         let on_sqlite = sqlite_error(path);
         let failed = analysis::is_failure(status);
         let mut analysed = Analysed::default();
-        let name: Option<String> =
-            if self.settings.quarantine.is_empty() && !self.settings.quarantine_flaky {
-                None
-            } else {
-                connection
-                    .query_row(
-                        "SELECT name FROM run_tests WHERE run_id = ?1 AND test_id = ?2",
-                        params![run as i64, test],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(&on_sqlite)?
-            };
-        if let Some(name) = &name {
+        let watched = !self.settings.quarantine.is_empty() || self.settings.quarantine_flaky;
+        if let Some(name) = name.filter(|_| watched) {
             analysed.quarantined = failed && self.quarantined(connection, path, name)?;
-            if self.settings.quarantine_flaky && status == TestStatus::Pass || failed {
+            if status == TestStatus::Pass || failed {
                 self.track_quarantine(connection, path, run, test, name, failed, now_ms)?;
             }
         }
@@ -121,32 +110,21 @@ impl Analysis {
             }
             let (template, lines, _) = self.clusterer.cluster(id).unwrap_or_default();
             connection
-                .execute(
+                .prepare_cached(
                     "INSERT INTO failure_clusters (id, template, lines, first_ms, last_ms)
                      VALUES (?1, ?2, ?3, ?4, ?4)
                      ON CONFLICT (id) DO UPDATE SET template = ?2, lines = ?3, last_ms = ?4",
-                    params![id as i64, template, lines as i64, now_ms],
                 )
-                .map_err(&on_sqlite)?;
-            connection
-                .execute(
-                    "UPDATE run_tests SET cluster_id = ?3, failure_text = ?4, quarantined = ?5
-                     WHERE run_id = ?1 AND test_id = ?2",
-                    params![run as i64, test, id as i64, text, analysed.quarantined],
-                )
+                .and_then(|mut upsert| {
+                    upsert.execute(params![id as i64, template, lines as i64, now_ms])
+                })
                 .map_err(&on_sqlite)?;
             let label = labels(connection, path, &[u64::from(id)])?.remove(&u64::from(id));
             analysed.cluster = Some(ClusterRef {
                 id: u64::from(id),
                 label,
             });
-        } else if analysed.quarantined {
-            connection
-                .execute(
-                    "UPDATE run_tests SET quarantined = 1 WHERE run_id = ?1 AND test_id = ?2",
-                    params![run as i64, test],
-                )
-                .map_err(&on_sqlite)?;
+            analysed.text = text;
         }
         Ok(analysed)
     }
@@ -274,6 +252,8 @@ impl Analysis {
 pub struct Analysed {
     pub cluster: Option<ClusterRef>,
     pub quarantined: bool,
+    /// The text the failure was clustered by.
+    pub text: String,
 }
 
 /// Cluster `from` converged into `into`: its failures and label go there.

@@ -856,10 +856,25 @@ pub fn ingest(
                     TestDecision::StoreResult(status) => status,
                     TestDecision::Ignore | TestDecision::MarkRunning => continue,
                 };
+                let analysed = analysis
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .on_result(
+                        savepoint,
+                        path,
+                        suite.run,
+                        &outcome.test,
+                        row.as_ref().map(|row| row.name.as_str()),
+                        status,
+                        &outcome.message,
+                        &outcome.output_tail,
+                        now_ms,
+                    )?;
                 savepoint
                     .execute(
                         "UPDATE run_tests SET status = ?3, agent = ?4, started_ms = ?5, duration_ms = ?6, message = ?7,
-                                output_tail = ?8, subresults_json = ?9
+                                output_tail = ?8, subresults_json = ?9, cluster_id = ?10, quarantined = ?11,
+                                failure_text = ?12
                          WHERE run_id = ?1 AND test_id = ?2",
                         params![
                             suite.run as i64,
@@ -870,23 +885,13 @@ pub fn ingest(
                             outcome.duration_ms as i64,
                             outcome.message,
                             outcome.output_tail,
-                            json(&outcome.subresults)
+                            json(&outcome.subresults),
+                            analysed.cluster.as_ref().map(|cluster| cluster.id as i64),
+                            analysed.quarantined,
+                            analysed.text,
                         ],
                     )
                     .map_err(&on_sqlite)?;
-                let analysed = analysis
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .on_result(
-                        savepoint,
-                        path,
-                        suite.run,
-                        &outcome.test,
-                        status,
-                        &outcome.message,
-                        &outcome.output_tail,
-                        now_ms,
-                    )?;
                 let summary = crate::store::events::result_summary(
                     &outcome.test,
                     status.as_str(),

@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo build --release --workspace && ./target/release/bench-runs`
 //! (POLARIZER_BENCH_RESULTS sets how many results the ingest benchmark sends; default 50,000.)
+//! - failure analysis on and off: the same ingest with one result in five failing, rounds taking turns.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,8 +33,18 @@ fn main() -> anyhow::Result<()> {
         .and_then(|text| text.parse().ok())
         .unwrap_or(50_000);
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    runtime.block_on(ingest(results))?;
-    runtime.block_on(lost_agent())?;
+    // POLARIZER_BENCH_ONLY=ingest|analysis|lost runs one of them.
+    let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only == name;
+    if wanted("ingest") {
+        runtime.block_on(ingest(results))?;
+    }
+    if wanted("analysis") {
+        runtime.block_on(analysis_overhead(results, bench_arg("--rounds", 3)))?;
+    }
+    if wanted("lost") {
+        runtime.block_on(lost_agent())?;
+    }
     Ok(())
 }
 
@@ -105,6 +116,7 @@ async fn protocol_agent(
     data_dir: std::path::PathBuf,
     name: String,
     ready: Arc<tokio::sync::Barrier>,
+    failing: Option<usize>,
 ) -> anyhow::Result<Finished> {
     let trust = CaTrust::from_pem_file(&data_dir.join("ca.pem"))?;
     let endpoint = client_endpoint(tls::client_config(&trust)?, cluster_quic)?;
@@ -145,15 +157,19 @@ async fn protocol_agent(
                     let mut frames = Vec::new();
                     for test in &assignment.tests {
                         push(RecordBody::TestStarted { suite, test: test.id.clone() }, &mut records);
+                        let (status, message, output_tail) = match failing {
+                            Some(every) if results % every == 0 => failure(results / every),
+                            _ => (TestStatus::Pass, String::new(), "ok\n".to_string()),
+                        };
                         push(RecordBody::TestFinished(Box::new(TestOutcome {
                             suite,
                             test: test.id.clone(),
-                            status: TestStatus::Pass,
+                            status,
                             exit: Exit::Code(0),
                             started_ms: 0,
                             duration_ms: 12,
-                            message: String::new(),
-                            output_tail: "ok\n".into(),
+                            message,
+                            output_tail,
                             subresults: Vec::new(),
                         })), &mut records);
                         results += 1;
@@ -186,6 +202,27 @@ async fn protocol_agent(
     }
 }
 
+/// The `n`th failure: one of a few kinds, each with its variable parts varying, as real failures do.
+fn failure(n: usize) -> (TestStatus, String, String) {
+    let (message, tail) = match n % 5 {
+        0 => (format!("AssertionError: expected {} but got {}", n % 97, n % 89), String::new()),
+        1 => (
+            "exit code 1".into(),
+            format!("starting\nError: connection refused to 10.0.{}.{}:443\n", n % 250, n % 13),
+        ),
+        2 => (format!("timed out after {} s", 60 + n % 30), format!("waiting for /dev/sd{}\n", n % 7)),
+        3 => (
+            format!("subscription-manager register failed: HTTP {} from candlepin-{}.example.com", 500 + n % 4, n % 9),
+            String::new(),
+        ),
+        _ => (
+            "exit code 2".into(),
+            format!("Job for rhsmcertd-{}.service failed because the control process exited with error code.\n", n % 31),
+        ),
+    };
+    (TestStatus::Fail, message, tail)
+}
+
 fn rand_u64() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -193,8 +230,23 @@ fn rand_u64() -> u64 {
         .unwrap_or(7)
 }
 
-async fn ingest(results: usize) -> anyhow::Result<()> {
-    let cluster = TestCluster::new_coordinator_only();
+/// One ingest round: results committed and acknowledged per second, the seconds it took, and how long
+/// the trigger took. `failing`: every so many results fail; `analysis`: `[analysis] enabled`.
+async fn ingest_round(
+    results: usize,
+    failing: Option<usize>,
+    analysis: bool,
+) -> anyhow::Result<(f64, Duration, Duration, u64)> {
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), format!("[analysis]\nenabled = {analysis}\n"))?;
+    let cluster = TestCluster::new_coordinator_only_with(&[
+        "--gossip-interval-ms",
+        "100",
+        "--heartbeat-interval-ms",
+        "200",
+        "--config",
+        config.path().to_str().expect("a UTF-8 path"),
+    ]);
     let repo = cluster.path("repo");
     test_repo(&repo, results, "'true'", "")?;
     let ready = Arc::new(tokio::sync::Barrier::new(AGENTS + 1));
@@ -205,6 +257,7 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
             cluster.data_dir.clone(),
             format!("bench-{index}"),
             ready.clone(),
+            failing,
         )));
     }
     ready.wait().await;
@@ -232,8 +285,22 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     let OperatorResponse::Run(detail) = detail else {
         anyhow::bail!("no run detail");
     };
+    let expected = if failing.is_some() {
+        RunState::Failed
+    } else {
+        RunState::Passed
+    };
+    let clustered = detail
+        .tests
+        .iter()
+        .filter(|test| test.cluster.is_some())
+        .count();
     anyhow::ensure!(
-        detail.run.state == RunState::Passed && detail.run.done == results as u64,
+        analysis || clustered == 0,
+        "{clustered} results clustered with analysis off"
+    );
+    anyhow::ensure!(
+        detail.run.state == expected && detail.run.done == results as u64,
         "run {} {} with {} of {results} done",
         detail.run.id,
         detail.run.state,
@@ -242,6 +309,17 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     client.close().await;
     let elapsed = last - first;
     let rate = total as f64 / elapsed.as_secs_f64();
+    Ok((
+        rate,
+        elapsed,
+        trigger_time,
+        summary.parallel_suites + summary.serial_suites,
+    ))
+}
+
+async fn ingest(results: usize) -> anyhow::Result<()> {
+    let (rate, elapsed, trigger_time, suites) = ingest_round(results, None, true).await?;
+    let total = results;
     let raw = raw_sqlite_rate(results)?;
     println!(
         "| results ingest, {AGENTS} agents at once ({total} results = {} records, committed and acked) | {:.0} results/s ({:.2} s) | raw batched SQLite inserts of the same rows: {:.0} rows/s ({:.0} %) |",
@@ -253,8 +331,37 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     );
     println!(
         "| trigger of {results} tests (fetch, fmf, select, partition into {} suites, store) | {:.2} s | |",
-        summary.parallel_suites + summary.serial_suites,
+        suites,
         trigger_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Failure analysis on and off, rounds taking turns, one result in five failing: results/s of each.
+async fn analysis_overhead(results: usize, rounds: usize) -> anyhow::Result<()> {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(ingest_round(results, Some(5), false).await?.0);
+        on.push(ingest_round(results, Some(5), true).await?.0);
+    }
+    let list = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|rate| format!("{:.1}k", rate / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (on_median, off_median) = (median(on.clone()), median(off.clone()));
+    println!(
+        "| results ingest with failure analysis on, {AGENTS} agents, {results} results, 1 in 5 failing (median of {rounds} rounds) | {on_median:.0} results/s ({}) | analysis off: {off_median:.0} results/s ({}); on is {:+.1} % |",
+        list(&on),
+        list(&off),
+        100.0 * (on_median - off_median) / off_median
     );
     Ok(())
 }
