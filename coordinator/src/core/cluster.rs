@@ -493,6 +493,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn clusters_restored_from_their_templates_go_on_as_the_original() {
+        let lines: Vec<String> = (0..60)
+            .map(|n| match n % 3 {
+                0 => format!("connection refused to 10.0.0.{n}:443"),
+                1 => format!("user u{n}x not found in realm corp"),
+                _ => format!("AssertionError: expected {n} but got {}", n + 1),
+            })
+            .collect();
+        let mut original = Clusterer::new(ClusterConfig::default());
+        for line in &lines[..30] {
+            original.add(line);
+        }
+        // What the store keeps of each id: template, lines, merged into.
+        let mut restored = Clusterer::new(ClusterConfig::default());
+        for id in 1..=original.issued() {
+            let (template, count, into) = original.cluster(id).unwrap();
+            restored.restore(id, &template, count, into);
+        }
+        for line in &lines[30..] {
+            assert_eq!(original.add(line), restored.add(line), "{line}");
+        }
+        assert_eq!(original.clusters(), restored.clusters());
+        // A gap (a cluster never stored) matches nothing and keeps later ids in place.
+        let mut gapped = Clusterer::new(ClusterConfig::default());
+        gapped.restore(2, "disk full on <*>", 1, None);
+        assert_eq!(gapped.add("disk full on /var"), 2);
+        assert_eq!(gapped.add("something else entirely"), 3);
+    }
+
     proptest::proptest! {
         /// Any text clusters without a panic, and every line's id names a live cluster.
         #[test]

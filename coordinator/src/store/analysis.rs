@@ -28,6 +28,10 @@ pub struct Analysis {
     pub settings: AnalysisSettings,
     clusterer: Clusterer,
     loaded: bool,
+    /// Clusters changed in this batch, not stored yet, and when.
+    touched: BTreeMap<u32, i64>,
+    /// Labels read in this batch (labels change between batches only).
+    labels: HashMap<u32, Option<FailureLabel>>,
 }
 
 pub type SharedAnalysis = Arc<Mutex<Analysis>>;
@@ -38,6 +42,8 @@ impl Analysis {
             settings,
             clusterer: Clusterer::new(ClusterConfig::default()),
             loaded: false,
+            touched: BTreeMap::new(),
+            labels: HashMap::new(),
         }))
     }
 
@@ -90,7 +96,6 @@ impl Analysis {
         output_tail: &str,
         now_ms: i64,
     ) -> Result<Analysed, StoreError> {
-        let on_sqlite = sqlite_error(path);
         let failed = analysis::is_failure(status);
         let mut analysed = Analysed::default();
         let watched = !self.settings.quarantine.is_empty() || self.settings.quarantine_flaky;
@@ -105,21 +110,22 @@ impl Analysis {
             let text = analysis::failure_text(message, output_tail);
             let joined = self.clusterer.join(&text);
             let id = joined.id;
+            // Stored once per batch (`flush`): a batch's failures mostly fall into a few clusters.
+            self.touched.insert(id, now_ms);
             if let Some(merged) = joined.merged {
+                // The surviving row must exist before anything points at it.
+                self.flush(connection, path)?;
                 merge(connection, path, merged, id)?;
+                self.labels.remove(&id);
             }
-            let (template, lines, _) = self.clusterer.cluster(id).unwrap_or_default();
-            connection
-                .prepare_cached(
-                    "INSERT INTO failure_clusters (id, template, lines, first_ms, last_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?4)
-                     ON CONFLICT (id) DO UPDATE SET template = ?2, lines = ?3, last_ms = ?4",
-                )
-                .and_then(|mut upsert| {
-                    upsert.execute(params![id as i64, template, lines as i64, now_ms])
-                })
-                .map_err(&on_sqlite)?;
-            let label = labels(connection, path, &[u64::from(id)])?.remove(&u64::from(id));
+            let label = match self.labels.get(&id) {
+                Some(label) => label.clone(),
+                None => {
+                    let label = labels(connection, path, &[u64::from(id)])?.remove(&u64::from(id));
+                    self.labels.insert(id, label.clone());
+                    label
+                }
+            };
             analysed.cluster = Some(ClusterRef {
                 id: u64::from(id),
                 label,
@@ -127,6 +133,27 @@ impl Analysis {
             analysed.text = text;
         }
         Ok(analysed)
+    }
+
+    /// Stores the clusters this batch changed; the writer calls it at the end of each batch. Until
+    /// then their rows may lag (a batch is one transaction: nobody reads them in between).
+    pub fn flush(&mut self, connection: &Connection, path: &Path) -> Result<(), StoreError> {
+        let on_sqlite = sqlite_error(path);
+        let mut upsert = connection
+            .prepare_cached(
+                "INSERT INTO failure_clusters (id, template, lines, first_ms, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (id) DO UPDATE SET template = ?2, lines = ?3, last_ms = MAX(last_ms, ?4)",
+            )
+            .map_err(&on_sqlite)?;
+        for (id, at_ms) in std::mem::take(&mut self.touched) {
+            let (template, lines, _) = self.clusterer.cluster(id).unwrap_or_default();
+            upsert
+                .execute(params![id as i64, template, lines as i64, at_ms])
+                .map_err(&on_sqlite)?;
+        }
+        self.labels.clear();
+        Ok(())
     }
 
     fn quarantined(

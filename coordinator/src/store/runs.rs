@@ -957,6 +957,10 @@ pub fn ingest(
             }
         }
     }
+    analysis
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .flush(savepoint, path)?;
     for run in finished_runs {
         effects.extend(maybe_finish_run(savepoint, path, run, now_ms)?);
     }
