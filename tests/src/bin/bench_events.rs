@@ -18,7 +18,7 @@ use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 fn main() -> anyhow::Result<()> {
     let runtime = bench_runtime()?;
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    // POLARIZER_BENCH_ONLY=one|ten|latency|rss runs one of them.
+    // POLARIZER_BENCH_ONLY=one|ten|latency|analysis|rss runs one of them.
     let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only == name;
     if wanted("one") {
@@ -29,6 +29,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("latency") {
         runtime.block_on(tail_latency(10_000, Duration::from_secs(5)))?;
+    }
+    if wanted("analysis") {
+        runtime.block_on(analysis_overhead(200_000, bench_arg("--rounds", 3)))?;
     }
     if wanted("rss") {
         runtime.block_on(agent_rss(50_000, Duration::from_secs(5)))?;
@@ -43,7 +46,11 @@ const QUIET_AGENT: &[(&str, &str)] = &[
 ];
 
 fn start(agents: usize) -> (TestCluster, Vec<PathBuf>) {
-    let mut cluster = TestCluster::new_coordinator_only_with(&[]);
+    start_with(agents, &[])
+}
+
+fn start_with(agents: usize, serve_flags: &[&str]) -> (TestCluster, Vec<PathBuf>) {
+    let mut cluster = TestCluster::new_coordinator_only_with(serve_flags);
     let mut sockets = Vec::new();
     for index in 1..=agents {
         let name = format!("vm-{index}");
@@ -314,6 +321,41 @@ const ONE_AGENT_RUNS: usize = 3;
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// One agent's events committed per second with `[analysis] enabled` off and on, rounds taking turns.
+async fn analysis_overhead(count: usize, rounds: usize) -> anyhow::Result<()> {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for enabled in [false, true] {
+            let config = tempfile::NamedTempFile::new()?;
+            std::fs::write(config.path(), format!("[analysis]\nenabled = {enabled}\n"))?;
+            let (cluster, sockets) =
+                start_with(1, &["--config", config.path().to_str().expect("UTF-8")]);
+            let (rate, _) = flood_and_count(&cluster, &sockets, count, Counting::Store).await?;
+            drop(cluster);
+            if enabled {
+                on.push(rate)
+            } else {
+                off.push(rate)
+            }
+        }
+    }
+    let listed = |values: &[f64]| {
+        values
+            .iter()
+            .map(|value| format!("{:.0}k", value / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (on_rate, off_rate) = (median(on.clone()), median(off.clone()));
+    println!(
+        "| one agent's events committed and acked with failure analysis on ({count} small events), median of {rounds} | {on_rate:.0} events/s ({}) | analysis off: {off_rate:.0} events/s ({}); on is {:+.1} % |",
+        listed(&on),
+        listed(&off),
+        100.0 * (on_rate - off_rate) / off_rate
+    );
+    Ok(())
 }
 
 async fn one_agent(count: usize) -> anyhow::Result<()> {
