@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     /// A line that meets no cluster of its leaf joins one of any leaf of its length when at least this
     /// share of its tokens match (its first words may be the variable ones: "alice logged in").
     pub fallback_similarity: f64,
+    /// Clusters that differ in one word only, at one position, are one cluster with a wildcard there
+    /// once this many words have been seen there ("user alice", "user bob", …); fewer stay apart
+    /// ("VM started", "VM paused": different events).
+    pub variable_values: usize,
 }
 
 impl Default for ClusterConfig {
@@ -35,7 +39,8 @@ impl Default for ClusterConfig {
             depth: 2,
             max_tokens: 200,
             max_leaf: 200,
-            fallback_similarity: 0.85,
+            fallback_similarity: 0.8,
+            variable_values: 5,
         }
     }
 }
@@ -65,7 +70,7 @@ fn trailing_punctuation(token: &str) -> (&str, &str) {
 }
 
 fn is_number(text: &str) -> bool {
-    let text = text.trim_start_matches(['+', '-', '(', '[', '#']);
+    let text = text.trim_start_matches(['+', '-', '(', '[', '#', '<', '>', '~']);
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
     let unit = &text[digits.len()..];
     !digits.is_empty()
@@ -117,9 +122,29 @@ fn is_time(text: &str) -> bool {
         && (text.contains(':') || text.matches('-').count() == 2 || text.matches('/').count() == 2)
 }
 
+/// `host:port`, `name.example.com:8080`: an endpoint.
+fn is_endpoint(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !port.is_empty()
+            && port.chars().all(|c| c.is_ascii_digit())
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+    })
+}
+
+/// Units that may follow a number as a word of their own ("30 s", "<1 sec", "512 MB"): the number and
+/// its unit are one value.
+const UNITS: [&str; 24] = [
+    "s", "sec", "secs", "second", "seconds", "ms", "msec", "us", "ns", "min", "mins", "minute",
+    "minutes", "h", "hr", "hrs", "hour", "hours", "KB", "MB", "GB", "TB", "KiB", "MiB",
+];
+
 /// Whether a bare token (no trailing punctuation) is a variable part.
 fn variable(text: &str) -> bool {
-    is_number(text)
+    is_endpoint(text)
+        || is_number(text)
         || is_hex(text)
         || is_uuid(text)
         || is_ipv4(text)
@@ -144,8 +169,37 @@ fn is_identifier(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
 }
 
-/// A line's tokens with the variable parts masked.
+/// A line's tokens with the variable parts masked: a number's unit word joins its number, and an
+/// aside in parentheses that starts with a number ("(18.4 KB)", "(3 of 5)") is left out, so lines that
+/// have it and lines that don't are one template.
 pub fn mask(line: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut aside = false;
+    for token in masked_tokens(line) {
+        if aside {
+            if token.ends_with(')') || token.ends_with("),") || token.ends_with(").") {
+                aside = false;
+            }
+            continue;
+        }
+        // "(18.4" of "(18.4 KB)": a number opening a parenthesis that closes later.
+        if token == "(<*>" {
+            aside = true;
+            continue;
+        }
+        let (core, punctuation) = trailing_punctuation(&token);
+        if UNITS.contains(&core) && out.last().is_some_and(|last| last.ends_with(WILDCARD)) {
+            if let Some(last) = out.last_mut() {
+                last.push_str(punctuation);
+            }
+            continue;
+        }
+        out.push(token);
+    }
+    out
+}
+
+fn masked_tokens(line: &str) -> Vec<String> {
     let mut tokens = Vec::new();
     let mut quoted: Option<char> = None;
     for token in line.split_whitespace() {
@@ -187,16 +241,37 @@ pub fn mask(line: &str) -> Vec<String> {
 /// The share of positions where `template` and `tokens` hold the same token (a masked value meets a
 /// wildcard). A wildcard the template generalised to does not match a constant token: if it did, a
 /// template that has generalised a few positions would draw in every line of its length and snowball.
+///
+/// Two different words at one position (not masked, not generalised: "started" and "stopped") keep a
+/// line out whatever the rest: they are usually different events. Words that vary (user names) become
+/// a wildcard through [`Clusterer::join`]'s sibling rule instead.
 fn similarity(template: &[String], tokens: &[String]) -> f64 {
     if template.is_empty() {
         return 1.0;
     }
-    let same = template
-        .iter()
-        .zip(tokens)
-        .filter(|(known, token)| known == token)
-        .count();
+    let mut same = 0;
+    for (known, token) in template.iter().zip(tokens) {
+        if known == token {
+            same += 1;
+        } else if is_word(known) && is_word(token) {
+            return 0.0;
+        }
+    }
     same as f64 / template.len() as f64
+}
+
+/// Constant tokens, besides the varying word, that siblings must share to be one template: "boot
+/// (command <*>)" and "wait (command <*>)" are different events, "Invalid user alice from <*>" and
+/// "Invalid user bob from <*>" one.
+const SIBLING_CONSTANTS: usize = 3;
+
+/// A word of the line's own (letters, maybe digits; no masked part), trailing punctuation aside.
+fn is_word(token: &str) -> bool {
+    let core = trailing_punctuation(token).0;
+    core.len() >= 2
+        && !core.contains(WILDCARD)
+        && core.chars().all(|c| c.is_ascii_alphanumeric())
+        && core.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 impl Clusterer {
@@ -319,7 +394,7 @@ impl Clusterer {
             );
             found
         });
-        let leaf = self.leaves.entry(key).or_default();
+        let leaf = self.leaves.entry(key.clone()).or_default();
         if let Some((id, _)) = best {
             if in_leaf.is_none() && !leaf.contains(&id) {
                 leaf.push(id);
@@ -348,13 +423,20 @@ impl Clusterer {
                         leaf.retain(|other| *other != id);
                         return Joined {
                             id: twin,
-                            merged: Some(id),
+                            merged: vec![id],
                         };
                     }
                 }
-                Joined { id, merged: None }
+                Joined {
+                    id,
+                    merged: Vec::new(),
+                }
             }
             None => {
+                if let Some(joined) = self.generalise(&tokens) {
+                    return joined;
+                }
+                let leaf = self.leaves.entry(key).or_default();
                 self.clusters.push(Cluster {
                     template: tokens,
                     count: 1,
@@ -378,9 +460,68 @@ impl Clusterer {
                         leaf.remove(index);
                     }
                 }
-                Joined { id, merged: None }
+                Joined {
+                    id,
+                    merged: Vec::new(),
+                }
             }
         }
+    }
+
+    /// The sibling rule: when the line and enough clusters of its length differ from each other in one
+    /// word at one position only, that position is variable: the oldest of them takes a wildcard there
+    /// and the line, and the others merge into it.
+    fn generalise(&mut self, tokens: &[String]) -> Option<Joined> {
+        // What stays constant must still say what the line is.
+        let constants = tokens
+            .iter()
+            .filter(|token| !token.contains(WILDCARD))
+            .count();
+        if constants < SIBLING_CONSTANTS + 1 {
+            return None;
+        }
+        let mut by_position: HashMap<usize, Vec<u32>> = HashMap::new();
+        for id in self.by_length.get(&tokens.len())? {
+            let cluster = &self.clusters[*id as usize - 1];
+            if cluster.into.is_some() {
+                continue;
+            }
+            let mut differing = cluster
+                .template
+                .iter()
+                .zip(tokens)
+                .enumerate()
+                .filter(|(_, (known, token))| known != token);
+            if let (Some((position, (known, token))), None) = (differing.next(), differing.next()) {
+                if is_word(known) && is_word(token) {
+                    by_position.entry(position).or_default().push(*id);
+                }
+            }
+        }
+        let (position, mut siblings) = by_position
+            .into_iter()
+            .filter(|(_, ids)| ids.len() + 1 >= self.config.variable_values)
+            .min_by_key(|(position, _)| *position)?;
+        siblings.sort_unstable();
+        let target = siblings[0];
+        let merged = siblings.split_off(1);
+        let mut count = 1;
+        for id in &merged {
+            let cluster = &mut self.clusters[*id as usize - 1];
+            cluster.into = Some(target);
+            count += cluster.count;
+            let key = self.key(&self.clusters[*id as usize - 1].template.clone());
+            if let Some(leaf) = self.leaves.get_mut(&key) {
+                leaf.retain(|other| other != id);
+            }
+        }
+        if let Some(same_length) = self.by_length.get_mut(&tokens.len()) {
+            same_length.retain(|other| !merged.contains(other));
+        }
+        let cluster = &mut self.clusters[target as usize - 1];
+        cluster.count += count;
+        cluster.template[position] = WILDCARD.to_string();
+        Some(Joined { id: target, merged })
     }
 
     /// A cluster's template, as text.
@@ -404,11 +545,11 @@ impl Clusterer {
 }
 
 /// What [`Clusterer::join`] did with a line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Joined {
     pub id: u32,
-    /// A cluster merged into `id` by this line.
-    pub merged: Option<u32>,
+    /// Clusters merged into `id` by this line.
+    pub merged: Vec<u32>,
 }
 
 /// Why a line sits in a cluster: its masked tokens, and how many of them equal the template's (of
@@ -440,6 +581,18 @@ pub fn cluster_lines<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_asides_and_endpoints_are_part_of_their_value() {
+        assert_eq!(
+            mask("db.example.com:5432 closed, 451 bytes (18.4 KB) sent, lifetime <1 sec"),
+            ["<*>", "closed,", "<*>", "bytes", "sent,", "lifetime", "<<*>"]
+        );
+        assert_eq!(
+            mask("waited 30 s for lock (pid 7)"),
+            ["waited", "<*>", "for", "lock", "(pid", "<*>)"]
+        );
+    }
 
     #[test]
     fn variable_parts_are_masked() {
@@ -480,13 +633,26 @@ mod tests {
             "user alice not found in realm corp",
             "user bob not found in realm corp",
             "Segmentation fault (core dumped)",
+            "unit sshd.service started on node",
+            "unit sshd.service stopped on node",
+            "user carol not found in realm corp",
+            "user dave not found in realm corp",
+            "user erin not found in realm corp",
+            "user frank not found in realm corp",
         ];
         let (clusterer, ids) = cluster_lines(lines, ClusterConfig::default());
         assert_eq!(ids[0], ids[2]);
         assert_eq!(ids[1], ids[3]);
-        assert_eq!(ids[4], ids[5]);
+        // Two words at one place are two events...
+        assert_ne!(ids[7], ids[8]);
+        // ...five are a variable: the user names' clusters merged into one.
+        for user in 5..13 {
+            if user != 6 && user != 7 && user != 8 {
+                assert_eq!(ids[4], ids[user], "{ids:?}");
+            }
+        }
         let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
-        assert_eq!(distinct.len(), 4, "{ids:?}");
+        assert_eq!(distinct.len(), 6, "{ids:?}");
         assert_eq!(
             clusterer.template(ids[4]),
             "user <*> not found in realm corp"

@@ -112,10 +112,12 @@ impl Analysis {
             let id = joined.id;
             // Stored once per batch (`flush`): a batch's failures mostly fall into a few clusters.
             self.touched.insert(id, now_ms);
-            if let Some(merged) = joined.merged {
+            if !joined.merged.is_empty() {
                 // The surviving row must exist before anything points at it.
                 self.flush(connection, path)?;
-                merge(connection, path, merged, id)?;
+                for merged in joined.merged {
+                    merge(connection, path, merged, id)?;
+                }
                 self.labels.remove(&id);
             }
             let label = match self.labels.get(&id) {
