@@ -166,6 +166,8 @@ pub struct TestStats {
     /// Its last result took longer than its p95 × the slow factor.
     pub slow_last: bool,
     pub last_ms: Option<u64>,
+    /// The runs it had a result in.
+    pub runs: u64,
 }
 
 /// Per agent (a platform made by a pool carries the pool's name).

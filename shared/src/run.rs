@@ -419,6 +419,29 @@ pub struct RunTestRow {
     pub slow_p95_ms: Option<u64>,
 }
 
+impl RunTestRow {
+    /// The label of the cluster this failure joined, when that cluster is a known issue.
+    pub fn known_issue(&self) -> Option<&crate::analysis::FailureLabel> {
+        self.cluster.as_ref()?.label.as_ref()
+    }
+
+    /// Its message, after what analysis knows: "known issue RHBZ#2101, product bug — exit code 1",
+    /// "quarantined — exit code 1".
+    pub fn message_with_analysis(&self) -> String {
+        let mut parts = Vec::new();
+        if self.quarantined {
+            parts.push("quarantined".to_string());
+        }
+        if let Some(label) = self.known_issue() {
+            parts.push(label.describe());
+        }
+        if !self.message.is_empty() {
+            parts.push(self.message.clone());
+        }
+        parts.join(" — ")
+    }
+}
+
 /// `polarizer runs show`: everything about one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunDetail {

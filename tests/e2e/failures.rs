@@ -268,6 +268,7 @@ fn failures_cluster_at_ingest_labels_mark_known_issues_and_flaky_tests_are_quara
             .clone()
     };
     assert_eq!(test_stats("/tests/ok")["results"], 3);
+    assert_eq!(test_stats("/tests/ok")["runs"], 3);
     assert_eq!(test_stats("/tests/ok")["pass_rate"], 1.0);
     assert_eq!(test_stats("/tests/flaky")["flip_rate"], 1.0);
     assert_eq!(stats["agents"][0]["agent"], "vm-1");

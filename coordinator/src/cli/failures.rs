@@ -396,6 +396,7 @@ pub(super) fn print_stats(response: OperatorResponse, json: bool) -> anyhow::Res
             "infrastructure_runs": stats.infrastructure_runs,
             "tests": stats.tests.iter().map(|test| json!({
                 "test": test.test,
+                "runs": test.runs,
                 "results": test.results,
                 "passes": test.passes,
                 "failures": test.failures,
@@ -421,6 +422,7 @@ pub(super) fn print_stats(response: OperatorResponse, json: bool) -> anyhow::Res
         .map(|test| {
             vec![
                 test.test.clone(),
+                test.runs.to_string(),
                 test.results.to_string(),
                 format!("{:.0} %", test.pass_rate * 100.0),
                 ms(test.mean_ms),
@@ -439,6 +441,7 @@ pub(super) fn print_stats(response: OperatorResponse, json: bool) -> anyhow::Res
         table(
             &[
                 "TEST",
+                "RUNS",
                 "RESULTS",
                 "PASS RATE",
                 "MEAN",

@@ -220,4 +220,49 @@ mod tests {
         assert!(failing.system_out.contains("boom"), "{failing:?}");
         assert!(suite.cases[0].system_out.is_empty());
     }
+
+    /// A failure of a labelled cluster says so in every report: JUnit, GitHub's summary, Polarion.
+    #[test]
+    fn known_issues_and_infrastructure_trouble_reach_the_reports() {
+        use polarizer_shared::analysis::{ClusterRef, FailureLabel, LabelKind};
+        let mut detail = detail();
+        detail.tests[1].cluster = Some(ClusterRef {
+            id: 12,
+            label: Some(FailureLabel {
+                issue: "RHBZ#2101".into(),
+                kind: LabelKind::System,
+                note: String::new(),
+                labelled_ms: 1,
+            }),
+        });
+        detail.infrastructure_trouble =
+            crate::core::analysis::infrastructure_trouble(&detail.tests);
+        assert!(detail.infrastructure_trouble);
+        let report = junit::parse(junit(&detail).as_bytes()).unwrap();
+        let failing = &report.suites[0].cases[1];
+        assert!(failing
+            .properties
+            .contains(&("polarizer.known_issue".into(), "RHBZ#2101".into())));
+        assert!(failing
+            .properties
+            .contains(&("polarizer.defect_type".into(), "system".into())));
+        assert!(failing
+            .message
+            .ends_with("— known issue RHBZ#2101, system issue"));
+        let github = crate::core::github::run_report(&detail, "", &|name| name.to_string());
+        assert!(github
+            .summary
+            .contains("known issue RHBZ#2101, system issue — exit code 1"));
+        assert!(github.summary.contains("Infrastructure trouble"));
+        // Quarantined, it no longer counts: the run is not the infrastructure's alone to blame.
+        detail.tests[1].cluster = None;
+        detail.tests[1].quarantined = true;
+        assert!(!crate::core::analysis::infrastructure_trouble(
+            &detail.tests
+        ));
+        assert_eq!(
+            detail.tests[1].message_with_analysis(),
+            "quarantined — exit code 1"
+        );
+    }
 }

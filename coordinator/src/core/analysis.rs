@@ -236,6 +236,11 @@ pub fn test_stats(points: &[ResultPoint], slow_factor: f64, min_results: usize) 
                     slower_than(last, &earlier, slow_factor, min_results).is_some()
                 }),
                 last_ms,
+                runs: points
+                    .iter()
+                    .map(|point| point.run)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as u64,
             }
         })
         .collect()
@@ -341,5 +346,6 @@ mod tests {
         assert!(stats[0].slow_last);
         assert_eq!(stats[0].p95_ms, Some(400));
         assert_eq!(stats[0].pass_rate, 1.0);
+        assert_eq!(stats[0].runs, 6);
     }
 }

@@ -467,6 +467,9 @@ pub fn run_report(
     if !detail.message.is_empty() {
         summary += &format!("\n> {}\n", detail.message.replace('\n', "\n> "));
     }
+    if detail.infrastructure_trouble {
+        summary += "\nInfrastructure trouble: every failure is a known system issue.\n";
+    }
     if !problems.is_empty() {
         summary += "\n| test | result | message |\n|---|---|---|\n";
         for test in &problems {
@@ -474,7 +477,7 @@ pub fn run_report(
                 "| `{}` | {} | {} |\n",
                 markdown_cell(&test.name),
                 test.status.as_str(),
-                markdown_cell(&truncate(&test.message, 200))
+                markdown_cell(&truncate(&test.message_with_analysis(), 200))
             );
             if summary.len() + row.len() > SUMMARY_MAX {
                 summary += "| … | | |\n";

@@ -423,7 +423,11 @@ pub fn xunit_imports(
             name: test.name.clone(),
             classname: "polarizer".into(),
             time_seconds: test.duration_ms.map(|ms| ms as f64 / 1000.0),
-            verdict: verdict(test.status, &test.message, &test.output_tail),
+            verdict: verdict(
+                test.status,
+                &test.message_with_analysis(),
+                &test.output_tail,
+            ),
             system_out: if matches!(test.status, TestStatus::Pass | TestStatus::Info) {
                 String::new()
             } else {

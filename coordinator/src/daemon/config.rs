@@ -530,6 +530,37 @@ mod example_tests {
         settings: ServeSettings,
     }
 
+    /// `[analysis]`: a bad value names its key, an unknown key its file and line.
+    #[test]
+    fn analysis_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, "[analysis]\nslow_factor = 0.5\n").unwrap();
+        let settings: ServeSettings = polarizer_transport::daemon::read_toml(&path).unwrap();
+        let error = settings.validate().unwrap_err();
+        assert_eq!(error.key, "analysis.slow_factor");
+        std::fs::write(&path, "[analysis]\nquarantine = [\"tests/x\"]\n").unwrap();
+        let settings: ServeSettings = polarizer_transport::daemon::read_toml(&path).unwrap();
+        assert_eq!(settings.validate().unwrap_err().key, "analysis.quarantine");
+        std::fs::write(&path, "[analysis]\nquarantine_flakey = true\n").unwrap();
+        let error = polarizer_transport::daemon::read_toml::<ServeSettings>(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("coordinator.toml") && error.contains("quarantine_flakey"),
+            "{error}"
+        );
+        std::fs::write(
+            &path,
+            "[analysis]\nquarantine_flaky = true\nrelease_after = 3\n",
+        )
+        .unwrap();
+        let settings: ServeSettings = polarizer_transport::daemon::read_toml(&path).unwrap();
+        let config = settings.validate().unwrap();
+        assert!(config.analysis.quarantine_flaky && config.analysis.enabled);
+        assert_eq!(config.analysis.release_after, 3);
+    }
+
     /// config/coordinator.toml documents every key, and parses as it stands.
     #[test]
     fn the_example_config_names_every_key_and_is_valid() {
