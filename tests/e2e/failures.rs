@@ -61,16 +61,7 @@ fn trigger(cluster: &polarizer_e2e::TestCluster, repo: &std::path::Path) -> u64 
 }
 
 fn finished(cluster: &polarizer_e2e::TestCluster, run: u64) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    polarizer_e2e::wait_for(&format!("run {run} to finish"), DEADLINE, || {
-        let output = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
-        if !output.status.success() {
-            return false;
-        }
-        last = serde_json::from_slice(&output.stdout).unwrap();
-        !matches!(last["state"].as_str(), Some("queued" | "running"))
-    });
-    last
+    polarizer_e2e::wait_run_finished(cluster, run, DEADLINE)
 }
 
 fn cluster_of(run: &serde_json::Value, name: &str) -> serde_json::Value {

@@ -23,16 +23,7 @@ fn show(cluster: &TestCluster, run: u64) -> Value {
 
 /// Polls `runs show` until the run has a final state; returns it. Tolerates a coordinator that is down.
 fn wait_finished(cluster: &TestCluster, run: u64) -> Value {
-    let mut last = Value::Null;
-    wait_for(&format!("run {run} to finish"), RUN_DEADLINE, || {
-        let output = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
-        if !output.status.success() {
-            return false;
-        }
-        last = serde_json::from_slice(&output.stdout).unwrap();
-        !matches!(last["state"].as_str(), Some("queued" | "running"))
-    });
-    last
+    wait_run_finished(cluster, run, RUN_DEADLINE)
 }
 
 fn status_of(run: &Value, name: &str) -> String {

@@ -677,3 +677,33 @@ pub fn coordinator_with_config(config: &Path) -> TestCluster {
         config.to_str().expect("a UTF-8 path"),
     ])
 }
+
+/// The middle value (the upper of the two middle ones for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Rates as "24.6k, 30.6k": a benchmark's rounds, listed beside their median.
+pub fn thousands(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|value| format!("{:.1}k", value / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Polls `runs show` until run `run` has a final state, and returns it as JSON; tolerates a coordinator
+/// that is down for a while.
+pub fn wait_run_finished(cluster: &TestCluster, run: u64, timeout: Duration) -> Value {
+    let mut last = Value::Null;
+    wait_for(&format!("run {run} to finish"), timeout, || {
+        let output = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
+        if !output.status.success() {
+            return false;
+        }
+        last = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        !matches!(last["state"].as_str(), None | Some("queued" | "running"))
+    });
+    last
+}

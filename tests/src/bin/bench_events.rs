@@ -318,11 +318,6 @@ fn raw_sqlite_rate(rows: usize, checkpoints: bool) -> anyhow::Result<f64> {
 /// Runs of each side of the one-agent comparison; medians are compared (both sides vary run to run).
 const ONE_AGENT_RUNS: usize = 3;
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// One agent's events committed per second with `[analysis] enabled` off and on, rounds taking turns.
 async fn analysis_overhead(count: usize, rounds: usize) -> anyhow::Result<()> {
     let (mut on, mut off) = (Vec::new(), Vec::new());
@@ -341,13 +336,7 @@ async fn analysis_overhead(count: usize, rounds: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let listed = |values: &[f64]| {
-        values
-            .iter()
-            .map(|value| format!("{:.0}k", value / 1000.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let listed = thousands;
     let (on_rate, off_rate) = (median(on.clone()), median(off.clone()));
     println!(
         "| one agent's events committed and acked with failure analysis on ({count} small events), median of {rounds} | {on_rate:.0} events/s ({}) | analysis off: {off_rate:.0} events/s ({}); on is {:+.1} % |",
@@ -379,13 +368,7 @@ async fn one_agent(count: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let listed = |values: &[f64]| {
-        values
-            .iter()
-            .map(|value| format!("{:.0}k", value / 1000.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let listed = thousands;
     let (rate, raw_rate, bare_rate) = (
         median(rates.clone()),
         median(raw.clone()),

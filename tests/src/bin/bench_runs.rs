@@ -337,11 +337,6 @@ async fn ingest(results: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Failure analysis on and off, rounds taking turns, one result in five failing: results/s of each.
 async fn analysis_overhead(results: usize, rounds: usize) -> anyhow::Result<()> {
     let (mut on, mut off) = (Vec::new(), Vec::new());
@@ -357,13 +352,7 @@ async fn analysis_overhead(results: usize, rounds: usize) -> anyhow::Result<()> 
             }
         }
     }
-    let list = |rates: &[f64]| {
-        rates
-            .iter()
-            .map(|rate| format!("{:.1}k", rate / 1000.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = thousands;
     let (on_median, off_median) = (median(on.clone()), median(off.clone()));
     println!(
         "| results ingest with failure analysis on, {AGENTS} agents, {results} results, 1 in 5 failing (median of {rounds} rounds) | {on_median:.0} results/s ({}) | analysis off: {off_median:.0} results/s ({}); on is {:+.1} % |",
