@@ -91,6 +91,8 @@ fn failures_cluster_at_ingest_labels_mark_known_issues_and_flaky_tests_are_quara
     });
     // The flaky test fails when its marker is missing and passes when it is there, taking turns.
     let marker = dir.path().join("marker");
+    // Once this exists, the flaky test always passes.
+    let fixed = dir.path().join("fixed");
     let fmf = [
         ("net-a", "echo 'Error: connection refused to 10.0.0.1:443 after 3 tries'; exit 1".to_string()),
         ("net-b", "echo 'Error: connection refused to 10.0.9.7:8443 after 12 tries'; exit 1".into()),
@@ -99,8 +101,9 @@ fn failures_cluster_at_ingest_labels_mark_known_issues_and_flaky_tests_are_quara
         (
             "flaky",
             format!(
-                "if [ -e {m} ]; then rm {m}; else touch {m}; echo 'race: lock held by pid 4242'; exit 1; fi",
-                m = marker.display()
+                "if [ -e {f} ]; then exit 0; fi; if [ -e {m} ]; then rm {m}; else touch {m}; echo 'race: lock held by pid 4242'; exit 1; fi",
+                m = marker.display(),
+                f = fixed.display()
             ),
         ),
     ]
@@ -266,4 +269,14 @@ fn failures_cluster_at_ingest_labels_mark_known_issues_and_flaky_tests_are_quara
     assert_eq!(stats["agents"][0]["attempts"], 16);
     assert_eq!(stats["agents"][0]["infra_errors"], 0);
     assert_eq!(stats["runs"], 4);
+
+    // Fixed: two passes in a row (release_after = 2) release it from quarantine.
+    std::fs::write(&fixed, "").unwrap();
+    for _ in 0..2 {
+        let run = finished(&cluster, trigger(&cluster, &repo));
+        assert_eq!(tests_by_name(&run)["/tests/flaky"]["status"], "pass");
+    }
+    let flaky = ok_json(cluster.operator(&["tests", "flaky", "--json"]));
+    assert_eq!(flaky[0]["test"], "/tests/flaky");
+    assert_eq!(flaky[0]["quarantined"], false, "{flaky:#}");
 }
