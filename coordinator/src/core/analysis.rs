@@ -82,9 +82,22 @@ fn without_escapes(line: &str) -> String {
     out
 }
 
+/// Characters of a failure's text kept: enough for any message a person reads, bounded whatever a
+/// test prints on one line.
+pub const FAILURE_TEXT_MAX: usize = 1000;
+
 /// The line a failure is clustered by: its message's first line, or, when the message only says how
-/// the process ended ("exit code 1"), the output's last non-empty line.
+/// the process ended ("exit code 1"), the output's last non-empty line; at most [`FAILURE_TEXT_MAX`]
+/// characters.
 pub fn failure_text(message: &str, output_tail: &str) -> String {
+    let mut text = failure_line(message, output_tail);
+    if let Some((cut, _)) = text.char_indices().nth(FAILURE_TEXT_MAX) {
+        text.truncate(cut);
+    }
+    text
+}
+
+fn failure_line(message: &str, output_tail: &str) -> String {
     let first = message.lines().map(str::trim).find(|line| !line.is_empty());
     if let Some(first) = first.filter(|first| !says_only_how_it_ended(first)) {
         return without_escapes(first);
@@ -186,12 +199,17 @@ pub fn flaky(points: &[ResultPoint], quarantined: &[String]) -> Vec<FlakyTest> {
             quarantined: quarantined.iter().any(|name| name == test),
         });
     }
-    out.sort_by(|a, b| {
+    rank_flaky(&mut out);
+    out
+}
+
+/// Most flaky first (highest flip rate), then by name.
+pub fn rank_flaky(flaky: &mut [FlakyTest]) {
+    flaky.sort_by(|a, b| {
         b.flip_rate
             .total_cmp(&a.flip_rate)
             .then_with(|| a.test.cmp(&b.test))
     });
-    out
 }
 
 /// Per-test statistics over `points`, by test name.
@@ -298,6 +316,8 @@ mod tests {
         );
         assert_eq!(failure_text("exit code 2", ""), "exit code 2");
         assert_eq!(failure_text("", "\u{1b}[31mFAILED\u{1b}[0m x"), "FAILED x");
+        let long = "é".repeat(5000);
+        assert_eq!(failure_text(&long, "").chars().count(), FAILURE_TEXT_MAX);
     }
 
     fn point(test: &str, run: u64, commit: &str, passed: bool, ms: u64) -> ResultPoint {

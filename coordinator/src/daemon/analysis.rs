@@ -61,14 +61,19 @@ pub async fn flaky(context: &Context, since_ms: Option<i64>) -> OperatorResponse
     let settings = context.analysis_settings();
     let read = context
         .store
-        .read(move |reader| Ok((reader.result_points(since_ms)?, reader.quarantine()?)))
+        .read(move |reader| {
+            let mut quarantined = settings.quarantine;
+            quarantined.extend(reader.quarantine()?.into_iter().map(|(name, _)| name));
+            let mut flaky = Vec::new();
+            reader.each_test_results(since_ms, |points| {
+                flaky.extend(analysis::flaky(&points, &quarantined));
+            })?;
+            analysis::rank_flaky(&mut flaky);
+            Ok(flaky)
+        })
         .await;
     match read {
-        Ok((points, held)) => {
-            let mut quarantined = settings.quarantine;
-            quarantined.extend(held.into_iter().map(|(name, _)| name));
-            OperatorResponse::Flaky(analysis::flaky(&points, &quarantined))
-        }
+        Ok(flaky) => OperatorResponse::Flaky(flaky),
         Err(err) => OperatorResponse::Error {
             message: err.to_string(),
         },
@@ -80,7 +85,14 @@ pub async fn stats(context: &Context, since_ms: Option<i64>) -> OperatorResponse
     let read = context
         .store
         .read(move |reader| {
-            let points = reader.result_points(since_ms)?;
+            let mut tests = Vec::new();
+            reader.each_test_results(since_ms, |points| {
+                tests.extend(analysis::test_stats(
+                    &points,
+                    settings.slow_factor,
+                    settings.slow_min_results,
+                ));
+            })?;
             let hosts = reader.host_stats(since_ms)?;
             let runs = reader.runs_since(since_ms)?;
             let mut infrastructure_runs = 0;
@@ -89,13 +101,11 @@ pub async fn stats(context: &Context, since_ms: Option<i64>) -> OperatorResponse
                     infrastructure_runs += 1;
                 }
             }
-            Ok((points, hosts, runs.len() as u64, infrastructure_runs))
+            Ok((tests, hosts, runs.len() as u64, infrastructure_runs))
         })
         .await;
     match read {
-        Ok((points, hosts, runs, infrastructure_runs)) => {
-            let tests =
-                analysis::test_stats(&points, settings.slow_factor, settings.slow_min_results);
+        Ok((tests, hosts, runs, infrastructure_runs)) => {
             let mut pools: std::collections::BTreeMap<String, HostStats> = Default::default();
             for host in hosts.iter().filter(|host| !host.pool.is_empty()) {
                 let pool = pools.entry(host.pool.clone()).or_insert(HostStats {

@@ -640,8 +640,13 @@ impl Reader {
         }))
     }
 
-    /// Every pass and failure (quarantined or not) since `since_ms`, for flakiness and statistics.
-    pub fn result_points(&self, since_ms: Option<i64>) -> Result<Vec<ResultPoint>, StoreError> {
+    /// Every pass and failure (quarantined or not) since `since_ms`, one test at a time (in name
+    /// order), for flakiness and statistics: only one test's results are in memory at once.
+    pub fn each_test_results(
+        &self,
+        since_ms: Option<i64>,
+        mut visit: impl FnMut(Vec<ResultPoint>),
+    ) -> Result<(), StoreError> {
         let on_sqlite = sqlite_error(&self.path);
         let mut statement = self
             .connection
@@ -650,7 +655,8 @@ impl Reader {
                         COALESCE(rt.started_ms, r.created_ms), rt.duration_ms
                  FROM run_tests rt JOIN runs r ON r.id = rt.run_id JOIN suites s ON s.id = rt.suite_id
                  WHERE rt.status IN ('pass', 'fail', 'error', 'timeout')
-                   AND (?1 IS NULL OR COALESCE(rt.started_ms, r.created_ms) >= ?1)",
+                   AND (?1 IS NULL OR COALESCE(rt.started_ms, r.created_ms) >= ?1)
+                 ORDER BY rt.name",
             )
             .map_err(&on_sqlite)?;
         let rows = statement
@@ -666,7 +672,18 @@ impl Reader {
                 })
             })
             .map_err(&on_sqlite)?;
-        rows.collect::<Result<_, _>>().map_err(&on_sqlite)
+        let mut group: Vec<ResultPoint> = Vec::new();
+        for row in rows {
+            let point = row.map_err(&on_sqlite)?;
+            if group.first().is_some_and(|first| first.test != point.test) {
+                visit(std::mem::take(&mut group));
+            }
+            group.push(point);
+        }
+        if !group.is_empty() {
+            visit(group);
+        }
+        Ok(())
     }
 
     /// Tests quarantined for being flaky, with why.
