@@ -114,13 +114,6 @@ fn label_text(label: Option<&FailureLabel>) -> String {
     )
 }
 
-fn unexpected(other: OperatorResponse) -> anyhow::Error {
-    match other {
-        OperatorResponse::Error { message } => anyhow::anyhow!("{message}"),
-        other => anyhow::anyhow!("unexpected answer from the coordinator: {other:?}"),
-    }
-}
-
 pub(super) async fn failures_command(
     client: &mut OperatorClient,
     action: Option<FailuresAction>,
@@ -246,7 +239,7 @@ pub(super) async fn failures_command(
                 }
             }
         }
-        other => return Err(unexpected(other)),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
     }
     Ok(())
 }
@@ -300,7 +293,7 @@ fn describe_cluster(detail: &FailureDetail) -> String {
 pub(super) fn print_flaky(response: OperatorResponse, json: bool) -> anyhow::Result<()> {
     let flaky = match response {
         OperatorResponse::Flaky(flaky) => flaky,
-        other => return Err(unexpected(other)),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
     };
     if json {
         let rows: Vec<_> = flaky
@@ -378,7 +371,7 @@ pub(super) fn print_flaky(response: OperatorResponse, json: bool) -> anyhow::Res
 pub(super) fn print_stats(response: OperatorResponse, json: bool) -> anyhow::Result<()> {
     let stats = match response {
         OperatorResponse::Stats(stats) => stats,
-        other => return Err(unexpected(other)),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
     };
     let host_json = |host: &polarizer_shared::analysis::HostStats| {
         json!({
