@@ -445,109 +445,14 @@ impl Catalog {
         }
     }
 
-    /// Every whole-catalog problem, in a stable order: undeclared `depends`, duplicate ids, `after`
-    /// naming no test, cycles (errors); features named by tests but not declared (warnings).
+    /// Every whole-catalog problem, in a stable order: see [`problems_of`].
     pub fn problems(&self) -> Problems {
-        let mut problems = Problems::default();
-        // Membership only: hash sets (a catalog has 100,000 tests); graphs stay ordered so the cycle
-        // named is always the same one.
-        let feature_names: HashSet<&str> = self
-            .features
-            .iter()
-            .map(|feature| feature.name.as_str())
-            .collect();
-        for feature in &self.features {
-            for depends in &feature.depends {
-                if !feature_names.contains(depends.as_str()) {
-                    problems.errors.push(MetadataError::UnknownDependency {
-                        feature: feature.name.clone(),
-                        depends: depends.clone(),
-                    });
-                }
-            }
-        }
-        let mut ids: HashMap<&str, &str> = HashMap::with_capacity(self.tests.len());
-        for test in &self.tests {
-            if let Some(first) = ids.insert(&test.id, &test.name) {
-                problems.errors.push(MetadataError::DuplicateId {
-                    id: test.id.clone(),
-                    first: first.to_string(),
-                    second: test.name.clone(),
-                });
-            }
-            if !test.feature.is_empty() && !feature_names.contains(test.feature.as_str()) {
-                problems.warnings.push(MetadataWarning::UndeclaredFeature {
-                    test: test.name.clone(),
-                    feature: test.feature.clone(),
-                });
-            }
-        }
-        // `after` may name a test by id or by node name; resolve to names for the graph.
-        let mut name_of: HashMap<&str, &str> = HashMap::with_capacity(2 * self.tests.len());
-        name_of.extend(self.tests.iter().flat_map(|test| {
-            [
-                (test.id.as_str(), test.name.as_str()),
-                (test.name.as_str(), test.name.as_str()),
-            ]
-        }));
-        for test in &self.tests {
-            for after in &test.after {
-                if !name_of.contains_key(after.as_str()) {
-                    problems.errors.push(MetadataError::UnknownAfter {
-                        node: test.name.clone(),
-                        test: after.clone(),
-                    });
-                }
-            }
-        }
-        let feature_edges: BTreeMap<&str, Vec<&str>> = self
-            .features
-            .iter()
-            .map(|feature| {
-                (
-                    feature.name.as_str(),
-                    feature.depends.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        if let Some(cycle) = find_cycle(&feature_edges) {
-            problems.errors.push(MetadataError::FeatureCycle { cycle });
-        }
-        // A test that follows none cannot be in a cycle: only tests with `after` are searched from.
-        let after_edges: BTreeMap<&str, Vec<&str>> = self
-            .tests
-            .iter()
-            .filter(|test| !test.after.is_empty())
-            .map(|test| {
-                (
-                    test.name.as_str(),
-                    test.after
-                        .iter()
-                        .filter_map(|after| name_of.get(after.as_str()).copied())
-                        .collect(),
-                )
-            })
-            .collect();
-        if let Some(cycle) = find_cycle(&after_edges) {
-            problems.errors.push(MetadataError::AfterCycle { cycle });
-        }
-        problems
+        problems_of(&self.features, &self.tests)
     }
 
     /// Names of features tests name that are not declared, sorted, each once.
     pub fn undeclared_features(&self) -> Vec<String> {
-        let declared: HashSet<&str> = self
-            .features
-            .iter()
-            .map(|feature| feature.name.as_str())
-            .collect();
-        let undeclared: BTreeSet<&str> = self
-            .tests
-            .iter()
-            .map(|test| test.feature.as_str())
-            .filter(|feature| !feature.is_empty() && !declared.contains(feature))
-            .collect();
-        undeclared.into_iter().map(str::to_string).collect()
+        undeclared_features_of(&self.features, &self.tests)
     }
 
     /// Every feature that depends on `feature`, directly or transitively, including itself.
@@ -569,6 +474,143 @@ impl Catalog {
             }
         }
     }
+}
+
+/// What the whole-catalog checks read of a test: a catalog's tests, or the compact form an import
+/// keeps of them.
+pub trait TestRefs {
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn feature(&self) -> &str;
+    fn after(&self) -> impl Iterator<Item = &str>;
+}
+
+impl TestRefs for TestMetadata {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn feature(&self) -> &str {
+        &self.feature
+    }
+    fn after(&self) -> impl Iterator<Item = &str> {
+        self.after.iter().map(String::as_str)
+    }
+}
+
+impl<T: TestRefs> TestRefs for Box<T> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn feature(&self) -> &str {
+        (**self).feature()
+    }
+    fn after(&self) -> impl Iterator<Item = &str> {
+        (**self).after()
+    }
+}
+
+/// Every whole-catalog problem, in a stable order: undeclared `depends`, duplicate ids, `after`
+/// naming no test, cycles (errors); features named by tests but not declared (warnings).
+pub fn problems_of<T: TestRefs>(features: &[Feature], tests: &[T]) -> Problems {
+    let mut problems = Problems::default();
+    // Membership only: hash sets (a catalog has 100,000 tests); graphs stay ordered so the cycle
+    // named is always the same one.
+    let feature_names: HashSet<&str> = features
+        .iter()
+        .map(|feature| feature.name.as_str())
+        .collect();
+    for feature in features {
+        for depends in &feature.depends {
+            if !feature_names.contains(depends.as_str()) {
+                problems.errors.push(MetadataError::UnknownDependency {
+                    feature: feature.name.clone(),
+                    depends: depends.clone(),
+                });
+            }
+        }
+    }
+    let mut ids: HashMap<&str, &str> = HashMap::with_capacity(tests.len());
+    for test in tests {
+        if let Some(first) = ids.insert(test.id(), test.name()) {
+            problems.errors.push(MetadataError::DuplicateId {
+                id: test.id().to_string(),
+                first: first.to_string(),
+                second: test.name().to_string(),
+            });
+        }
+        if !test.feature().is_empty() && !feature_names.contains(test.feature()) {
+            problems.warnings.push(MetadataWarning::UndeclaredFeature {
+                test: test.name().to_string(),
+                feature: test.feature().to_string(),
+            });
+        }
+    }
+    // `after` may name a test by id or by node name; resolve to names for the graph.
+    let mut name_of: HashMap<&str, &str> = HashMap::with_capacity(2 * tests.len());
+    name_of.extend(
+        tests
+            .iter()
+            .flat_map(|test| [(test.id(), test.name()), (test.name(), test.name())]),
+    );
+    for test in tests {
+        for after in test.after() {
+            if !name_of.contains_key(after) {
+                problems.errors.push(MetadataError::UnknownAfter {
+                    node: test.name().to_string(),
+                    test: after.to_string(),
+                });
+            }
+        }
+    }
+    let feature_edges: BTreeMap<&str, Vec<&str>> = features
+        .iter()
+        .map(|feature| {
+            (
+                feature.name.as_str(),
+                feature.depends.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    if let Some(cycle) = find_cycle(&feature_edges) {
+        problems.errors.push(MetadataError::FeatureCycle { cycle });
+    }
+    // A test that follows none cannot be in a cycle: only tests with `after` are searched from.
+    let after_edges: BTreeMap<&str, Vec<&str>> = tests
+        .iter()
+        .filter(|test| test.after().next().is_some())
+        .map(|test| {
+            (
+                test.name(),
+                test.after()
+                    .filter_map(|after| name_of.get(after).copied())
+                    .collect(),
+            )
+        })
+        .collect();
+    if let Some(cycle) = find_cycle(&after_edges) {
+        problems.errors.push(MetadataError::AfterCycle { cycle });
+    }
+    problems
+}
+
+/// Names of features tests name that are not declared, sorted, each once.
+pub fn undeclared_features_of<T: TestRefs>(features: &[Feature], tests: &[T]) -> Vec<String> {
+    let declared: HashSet<&str> = features
+        .iter()
+        .map(|feature| feature.name.as_str())
+        .collect();
+    let undeclared: BTreeSet<&str> = tests
+        .iter()
+        .map(|test| test.feature())
+        .filter(|feature| !feature.is_empty() && !declared.contains(feature))
+        .collect();
+    undeclared.into_iter().map(str::to_string).collect()
 }
 
 /// A cycle in a directed graph, named from its first node back to it, if there is one.

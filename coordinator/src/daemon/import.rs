@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use polarizer_shared::catalog::Source;
 use polarizer_shared::fmf::{AdjustOptions, Context, FmfError, FmfValue, Tree};
 use polarizer_shared::lint::{lint_tree, place_problems, LintOptions, Report};
-use polarizer_shared::metadata::{Catalog, CatalogItem};
+use polarizer_shared::metadata::{
+    undeclared_features_of, Catalog, CatalogItem, Feature, TestMetadata, TestRefs,
+};
 use polarizer_transport::git::{self, RepoGuard, RepoLocks};
 
-use crate::store::catalog::{FacetPostings, Import, TestRowData};
+use crate::store::catalog::{FacetPostings, Import, ImportedTest, TestRowData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -57,21 +59,29 @@ pub fn prepare(
         let commit = git(path, &["rev-parse", "HEAD"], "rev-parse", location).unwrap_or_default();
         (path.to_path_buf(), commit, None)
     };
-    let (catalog, rows, warnings) = read_catalog(&tree_path, context)?;
+    // Each test is made compact on the core that read it: the whole metadata of every test is never
+    // held at once.
+    let TreeRead {
+        tests,
+        features,
+        warnings,
+    } = read_tree(&tree_path, context, |test, row| {
+        Box::new(ImportedTest::new(test, row))
+    })?;
     let source = Source {
         location: location.to_string(),
         git_ref: git_ref.to_string(),
         git_commit,
         tree_path: tree_path.display().to_string(),
     };
-    let mut import = Import::new(source, catalog, rows, now_ms);
+    let mut import = Import::of_tests(source, tests, features, now_ms);
     import.warnings = warnings;
     Ok(import)
 }
 
 /// Checks a prepared import's catalog whole (references resolve, no cycles) and gathers its facets.
 pub fn check(import: &Import) -> Result<FacetPostings, ImportError> {
-    let problems = import.catalog.problems();
+    let problems = import.problems();
     if !problems.errors.is_empty() {
         // Placed in the files read (only now, on the way to refusing the import).
         let report = place_problems(Path::new(&import.source.tree_path), &problems.errors, &[]);
@@ -102,6 +112,69 @@ pub fn read_catalog(
     tree_path: &Path,
     context: &[(String, String)],
 ) -> Result<(Catalog, Vec<TestRowData>, Vec<String>), ImportError> {
+    let TreeRead {
+        tests: read,
+        features,
+        warnings,
+    } = read_tree(tree_path, context, |test, row| {
+        Box::new(ReadTest { test, row })
+    })?;
+    let mut catalog = Catalog {
+        tests: Vec::with_capacity(read.len()),
+        features,
+    };
+    let mut rows = Vec::with_capacity(read.len());
+    for read in read {
+        let ReadTest { test, row } = *read;
+        catalog.tests.push(test);
+        rows.push(row);
+    }
+    Ok((catalog, rows, warnings))
+}
+
+/// A test read whole, with its stored form.
+struct ReadTest {
+    test: TestMetadata,
+    row: TestRowData,
+}
+
+impl TestRefs for ReadTest {
+    fn id(&self) -> &str {
+        &self.test.id
+    }
+    fn name(&self) -> &str {
+        &self.test.name
+    }
+    fn feature(&self) -> &str {
+        &self.test.feature
+    }
+    fn after(&self) -> impl Iterator<Item = &str> {
+        self.test.after()
+    }
+}
+
+/// A tree's tests (as kept), in tree order, its features, and its warnings (placed).
+struct TreeRead<K> {
+    tests: Vec<K>,
+    features: Vec<Feature>,
+    warnings: Vec<String>,
+}
+
+/// What one node of the tree gave.
+enum Kept<K> {
+    Test(K),
+    Feature(Box<Feature>),
+    Nothing,
+}
+
+/// Reads the tree's nodes on every core, each test kept as `keep` makes it of its metadata and stored
+/// form, in tree order; with the features and the tree's warnings, placed. When a node has an error,
+/// the error is the report of every problem of the tree.
+fn read_tree<K: TestRefs + Send>(
+    tree_path: &Path,
+    context: &[(String, String)],
+    keep: impl Fn(TestMetadata, TestRowData) -> K + Sync,
+) -> Result<TreeRead<K>, ImportError> {
     let mut fmf_context = Context::new();
     for (key, value) in context {
         fmf_context = fmf_context.with_dimension(key, [value.as_str()]);
@@ -114,18 +187,17 @@ pub fn read_catalog(
                 return Err(());
             }
             let warned = !reading.warnings.is_empty();
-            let item = reading.value;
-            // Adjust rules stay in each node's (inherited) data: a test differs by distro when one
-            // conditions on it.
-            let row = match &item {
+            let kept = match reading.value {
+                // Adjust rules stay in each node's (inherited) data: a test differs by distro when
+                // one conditions on it.
                 Some(CatalogItem::Test(test)) => {
-                    Some(TestRowData::new(test, distro_conditions(node).join("; ")))
+                    let row = TestRowData::new(&test, distro_conditions(node).join("; "));
+                    Kept::Test(keep(test, row))
                 }
-                _ => None,
+                Some(CatalogItem::Feature(feature)) => Kept::Feature(Box::new(feature)),
+                None => Kept::Nothing,
             };
-            // Boxed: a test is about a kilobyte, and the results are gathered from every core and
-            // collected before the catalog takes them. Each is then copied once, not three times.
-            Ok(Box::new((item, row, warned)))
+            Ok((kept, warned))
         })
         .map_err(|err| match err {
             // A file that does not parse stops the reading: the report lists every such file.
@@ -137,30 +209,39 @@ pub fn read_catalog(
             }
             other => ImportError::Fmf(other),
         })?;
-    let mut rows = Vec::with_capacity(visited.len());
-    let mut node_problems = (false, false);
-    let catalog = Catalog::assemble(visited.into_iter().filter_map(|visited| match visited {
-        Ok(visited) => {
-            let (item, row, warned) = *visited;
-            node_problems.1 |= warned;
-            rows.extend(row);
-            Some(Ok(item))
+    let mut tests = Vec::with_capacity(visited.len());
+    let mut features = Vec::new();
+    let (mut node_errors, mut node_warnings) = (false, false);
+    for visited in visited {
+        match visited {
+            Ok((kept, warned)) => {
+                node_warnings |= warned;
+                match kept {
+                    Kept::Test(test) => tests.push(test),
+                    Kept::Feature(feature) => features.push(*feature),
+                    Kept::Nothing => {}
+                }
+            }
+            Err(()) => node_errors = true,
         }
-        Err(()) => {
-            node_problems.0 = true;
-            None
-        }
-    }))?;
-    let (node_errors, node_warnings) = node_problems;
+    }
     // Problems are rare: only then is the tree read again, for the report that places each one.
-    if node_errors || node_warnings || !catalog.undeclared_features().is_empty() {
+    if node_errors || node_warnings || !undeclared_features_of(&features, &tests).is_empty() {
         let report = lint_tree(tree_path, &fmf_context, LintOptions::default())?;
         if report.has_errors() || node_errors {
             return Err(ImportError::Invalid(Box::new(report)));
         }
-        return Ok((catalog, rows, report.warning_lines()));
+        return Ok(TreeRead {
+            tests,
+            features,
+            warnings: report.warning_lines(),
+        });
     }
-    Ok((catalog, rows, Vec::new()))
+    Ok(TreeRead {
+        tests,
+        features,
+        warnings: Vec::new(),
+    })
 }
 
 /// The `when` conditions of a node's adjust rules that look at the distro.

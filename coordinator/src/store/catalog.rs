@@ -2,12 +2,13 @@
 //! Written by the store's one writer (`write_tests`, then `write_facets_and_features`, in one transaction
 //! of its own per import); read with indexed queries.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use polarizer_shared::metadata::{Catalog, Compact, Feature, TestMetadata};
+use polarizer_shared::metadata::{
+    problems_of, Catalog, Compact, Feature, Problems, TestMetadata, TestRefs, TestType,
+};
 use rusqlite::{params, OptionalExtension};
 
 pub use polarizer_shared::catalog::{FeatureRow, ImportSummary, Source, TestQuery, TestRow};
@@ -16,9 +17,10 @@ use crate::store::sql::{sqlite_error, Reader, StoreError};
 
 pub struct Import {
     pub source: Source,
-    pub catalog: Catalog,
-    /// One per `catalog.tests`, in the same order: the stored form, worked out off the writer thread.
-    pub rows: Vec<TestRowData>,
+    /// In tree order, each with its stored form (worked out off the writer thread). Boxed: gathered
+    /// from every core, each test is then moved as a pointer, never copied.
+    pub tests: Vec<Box<ImportedTest>>,
+    pub features: Vec<Feature>,
     pub now_ms: i64,
     /// The tree's warnings, placed (`file:line: warning: …`): the import's answer carries them.
     pub warnings: Vec<String>,
@@ -28,30 +30,199 @@ pub struct Import {
 pub type FacetPostings = Vec<(&'static str, String, Vec<u32>)>;
 
 impl Import {
+    /// The import of a catalog whose tests' stored forms are `rows` (one per test, in order).
     pub fn new(source: Source, catalog: Catalog, rows: Vec<TestRowData>, now_ms: i64) -> Import {
+        let tests = catalog
+            .tests
+            .into_iter()
+            .zip(rows)
+            .map(|(test, row)| Box::new(ImportedTest::new(test, row)))
+            .collect();
+        Import::of_tests(source, tests, catalog.features, now_ms)
+    }
+
+    pub fn of_tests(
+        source: Source,
+        tests: Vec<Box<ImportedTest>>,
+        features: Vec<Feature>,
+        now_ms: i64,
+    ) -> Import {
         Import {
             source,
-            catalog,
-            rows,
+            tests,
+            features,
             now_ms,
             warnings: Vec::new(),
         }
     }
 
+    /// The whole-catalog problems of its tests and features (see `metadata::problems_of`).
+    pub fn problems(&self) -> Problems {
+        problems_of(&self.features, &self.tests)
+    }
+
     /// Its facets, gathered on every core: the writer then looks up each distinct value once, instead
     /// of each of a million test-value pairs.
     pub fn facet_postings(&self) -> FacetPostings {
-        facet_postings(&self.catalog.tests)
+        facet_postings(&self.tests)
     }
 }
 
-fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
-    /// A facet value, borrowed from the tests: an entry of one of [`LISTS`], or a link.
-    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-    enum Key<'t> {
-        List(usize, &'t str),
-        Link(&'t str, &'t str),
+/// What an import keeps of a test: the columns and facets the store writes, what the whole-tree checks
+/// read, and its stored form. Its strings are kept end to end in one allocation, the rest of its
+/// metadata only in the stored JSON: a 100,000-test import holds a fraction of what whole
+/// `TestMetadata` would take, in a few allocations per test rather than dozens (small allocations
+/// made on every core are what fragments the heap).
+#[derive(Debug)]
+pub struct ImportedTest {
+    /// id, name, summary, feature, tier and platform kind, then the values of each facet kind
+    /// ([`FACET_KINDS`]; links as `relation:target`), end to end.
+    text: Box<str>,
+    /// Where each string of `text` ends.
+    ends: Box<[u32]>,
+    /// Per facet kind: the index in `ends` just past its last value.
+    list_ends: [u32; FACET_KINDS.len()],
+    pub test_type: Option<TestType>,
+    pub enabled: bool,
+    pub duration_seconds: u64,
+    pub row: TestRowData,
+}
+
+/// The single strings an [`ImportedTest`] keeps, in order, before its lists.
+const FIELDS: usize = 6;
+
+impl ImportedTest {
+    /// Keeps what the store needs of `test`, whose stored form is `row`.
+    pub fn new(test: TestMetadata, row: TestRowData) -> ImportedTest {
+        let platform_kind = test.platform.kind_text();
+        let fields = [
+            &test.id,
+            &test.name,
+            &test.summary,
+            &test.feature,
+            &test.tier,
+            &platform_kind,
+        ];
+        let lists = lists(&test);
+        let values = lists.iter().map(|list| list.len()).sum::<usize>() + test.links.len();
+        let length = fields.iter().map(|field| field.len()).sum::<usize>()
+            + lists
+                .iter()
+                .flat_map(|list| list.iter())
+                .map(String::len)
+                .sum::<usize>()
+            + test
+                .links
+                .iter()
+                .map(|link| link.relation.len() + 1 + link.target.len())
+                .sum::<usize>();
+        let mut text = String::with_capacity(length);
+        let mut ends = Vec::with_capacity(FIELDS + values);
+        let mut end = |text: &String| ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        for field in fields {
+            text.push_str(field);
+            end(&text);
+        }
+        let mut list_ends = [0; FACET_KINDS.len()];
+        let mut count = FIELDS;
+        for (place, list) in lists.iter().enumerate() {
+            for value in list.iter() {
+                text.push_str(value);
+                end(&text);
+            }
+            count += list.len();
+            list_ends[place] = count as u32;
+        }
+        for link in &test.links {
+            text.push_str(&link.relation);
+            text.push(':');
+            text.push_str(&link.target);
+            end(&text);
+        }
+        list_ends[lists.len()] = (count + test.links.len()) as u32;
+        ImportedTest {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+            list_ends,
+            test_type: test.test_type,
+            enabled: test.enabled,
+            duration_seconds: test.duration_seconds,
+            row,
+        }
     }
+
+    /// The `index`th string kept.
+    fn string(&self, index: usize) -> &str {
+        let start = match index {
+            0 => 0,
+            _ => self.ends[index - 1] as usize,
+        };
+        self.text
+            .get(start..self.ends[index] as usize)
+            .unwrap_or_default()
+    }
+
+    pub fn id(&self) -> &str {
+        self.string(0)
+    }
+
+    pub fn name(&self) -> &str {
+        self.string(1)
+    }
+
+    pub fn summary(&self) -> &str {
+        self.string(2)
+    }
+
+    pub fn feature(&self) -> &str {
+        self.string(3)
+    }
+
+    pub fn tier(&self) -> &str {
+        self.string(4)
+    }
+
+    /// `vm`, `vm|baremetal`, or empty for any kind.
+    pub fn platform_kind(&self) -> &str {
+        self.string(5)
+    }
+
+    /// The values of the `kind`th facet kind ([`FACET_KINDS`]; links as `relation:target`).
+    fn list(&self, kind: usize) -> impl Iterator<Item = &str> {
+        let start = match kind {
+            0 => FIELDS,
+            _ => self.list_ends[kind - 1] as usize,
+        };
+        (start..self.list_ends[kind] as usize).map(|index| self.string(index))
+    }
+
+    /// Its facets: one (kind, value) per value of each multi-valued filter.
+    pub fn facets(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        FACET_KINDS
+            .iter()
+            .enumerate()
+            .flat_map(|(place, kind)| self.list(place).map(move |value| (*kind, value)))
+    }
+}
+
+impl TestRefs for ImportedTest {
+    fn id(&self) -> &str {
+        self.id()
+    }
+    fn name(&self) -> &str {
+        self.name()
+    }
+    fn feature(&self) -> &str {
+        self.feature()
+    }
+    fn after(&self) -> impl Iterator<Item = &str> {
+        self.list(AFTER)
+    }
+}
+
+fn facet_postings(tests: &[Box<ImportedTest>]) -> FacetPostings {
+    /// A facet value, borrowed from the tests: its place in [`FACET_KINDS`], and the value.
+    type Key<'t> = (usize, &'t str);
     /// Distinct values numbered as they are first seen.
     #[derive(Default)]
     struct Numbered<'t> {
@@ -75,14 +246,10 @@ fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
         // The chunk, borrowed from `tests` itself: the keys outlive this call.
         for (offset, test) in tests[start..start + part.len()].iter().enumerate() {
             let place = (start + offset) as u32;
-            for (list_index, (_, list)) in LISTS.iter().enumerate() {
-                for value in list(test) {
-                    pairs.push((values.number(Key::List(list_index, value)), place));
+            for kind in 0..FACET_KINDS.len() {
+                for value in test.list(kind) {
+                    pairs.push((values.number((kind, value)), place));
                 }
-            }
-            for link in &test.links {
-                let key = Key::Link(link.relation.as_str(), link.target.as_str());
-                pairs.push((values.number(key), place));
             }
         }
         (values, pairs)
@@ -117,13 +284,10 @@ fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
         .iter()
         .enumerate()
         .map(|(number, key)| {
-            let (kind, value) = match *key {
-                Key::List(list_index, value) => (LISTS[list_index].0, value.to_string()),
-                Key::Link(relation, target) => ("link", link_value(relation, target)),
-            };
+            let (kind, value) = *key;
             (
-                kind,
-                value,
+                FACET_KINDS[kind],
+                value.to_string(),
                 places[starts[number]..starts[number + 1]].to_vec(),
             )
         })
@@ -133,6 +297,7 @@ fn facet_postings(tests: &[TestMetadata]) -> FacetPostings {
 }
 
 /// What the store writes for one test, computed before the writer sees it.
+#[derive(Debug, Default)]
 pub struct TestRowData {
     pub metadata_json: String,
     /// The `when` conditions on distro of its adjust rules, `; `-separated: its metadata differs by distro.
@@ -175,79 +340,56 @@ fn json_of(test: &TestMetadata) -> String {
     })
 }
 
-/// Where a test keeps the values of one multi-valued filter.
-type ListOf = fn(&TestMetadata) -> &[String];
-
-/// The multi-valued filters kept as facets, with where a test keeps each; links are the one more.
-const LISTS: [(&str, ListOf); 8] = [
-    ("tag", |test| &test.tags),
-    ("component", |test| &test.components),
-    ("needs", |test| &test.resources.needs),
-    ("creates", |test| &test.resources.creates),
-    ("modifies", |test| &test.resources.modifies),
-    ("after", |test| &test.after),
-    ("arch", |test| &test.platform.arch),
-    ("distro", |test| &test.platform.distro),
-];
-
-/// A link's facet value: `relation:target`.
-fn link_value(relation: &str, target: &str) -> String {
-    let mut value = String::with_capacity(relation.len() + 1 + target.len());
-    value.push_str(relation);
-    value.push(':');
-    value.push_str(target);
-    value
+/// A test's multi-valued filters kept as facets, in the order of [`FACET_KINDS`] (links are the one
+/// more, last).
+fn lists(test: &TestMetadata) -> [&[String]; FACET_KINDS.len() - 1] {
+    [
+        &test.tags,
+        &test.components,
+        &test.resources.needs,
+        &test.resources.creates,
+        &test.resources.modifies,
+        &test.after,
+        &test.platform.arch,
+        &test.platform.distro,
+    ]
 }
 
-/// Facets: one row per (test, kind, value), for every multi-valued filter.
-fn facets(test: &TestMetadata) -> Vec<(&'static str, Cow<'_, str>)> {
-    let mut rows: Vec<(&'static str, Cow<'_, str>)> = LISTS
-        .iter()
-        .flat_map(|(kind, list)| {
-            list(test)
-                .iter()
-                .map(move |value| (*kind, Cow::from(value.as_str())))
-        })
-        .collect();
-    rows.extend(
-        test.links
-            .iter()
-            .map(|link| ("link", Cow::from(link_value(&link.relation, &link.target)))),
-    );
-    rows
-}
+/// The place of `after` in [`FACET_KINDS`].
+const AFTER: usize = 5;
 
 /// A test's row, as bound to the `tests` columns.
 struct StoredTest<'a> {
     key: i64,
     source_id: i64,
     now_ms: i64,
-    test: &'a TestMetadata,
-    row: &'a TestRowData,
+    test: &'a ImportedTest,
+    id: &'a str,
+    name: &'a str,
+    summary: &'a str,
+    feature: &'a str,
+    tier: &'a str,
+    platform_kind: &'a str,
     test_type: &'static str,
-    /// `vm`, `vm|baremetal`, or empty for any kind.
-    platform_kind: String,
     duration_seconds: i64,
 }
 
 impl<'a> StoredTest<'a> {
     const WIDTH: usize = 15;
 
-    fn new(
-        key: i64,
-        source_id: i64,
-        now_ms: i64,
-        test: &'a TestMetadata,
-        row: &'a TestRowData,
-    ) -> StoredTest<'a> {
+    fn new(key: i64, source_id: i64, now_ms: i64, test: &'a ImportedTest) -> StoredTest<'a> {
         StoredTest {
             key,
             source_id,
             now_ms,
             test,
-            row,
+            id: test.id(),
+            name: test.name(),
+            summary: test.summary(),
+            feature: test.feature(),
+            tier: test.tier(),
+            platform_kind: test.platform_kind(),
             test_type: test.test_type.map(|kind| kind.as_str()).unwrap_or(""),
-            platform_kind: test.platform.kind_text(),
             duration_seconds: test.duration_seconds as i64,
         }
     }
@@ -258,18 +400,18 @@ impl<'a> StoredTest<'a> {
     fn bind<'s>(&'s self, values: &mut Vec<&'s dyn rusqlite::ToSql>) {
         values.extend([
             &self.key as &dyn rusqlite::ToSql,
-            &self.test.id,
-            &self.test.name,
-            &self.test.summary,
+            &self.id,
+            &self.name,
+            &self.summary,
             &self.test_type,
-            &self.test.feature,
-            &self.test.tier,
+            &self.feature,
+            &self.tier,
             &self.test.enabled,
             &self.platform_kind,
             &self.duration_seconds,
-            &self.row.differs_by,
-            &self.row.metadata_json,
-            &self.row.digest,
+            &self.test.row.differs_by,
+            &self.test.row.metadata_json,
+            &self.test.row.digest,
             &self.source_id,
             &self.now_ms,
         ]);
@@ -333,14 +475,14 @@ pub fn write_tests(
     }
     let facet_ids = FacetIds::load(transaction)?;
     // Per test (by its place in the catalog): its key, when its facets are to be written.
-    let mut facets_to_write: Vec<Option<i64>> = vec![None; import.catalog.tests.len()];
+    let mut facets_to_write: Vec<Option<i64>> = vec![None; import.tests.len()];
     let mut summary = ImportSummary {
-        tests: import.catalog.tests.len() as u64,
-        features: import.catalog.features.len() as u64,
+        tests: import.tests.len() as u64,
+        features: import.features.len() as u64,
         warnings: import.warnings.clone(),
         ..ImportSummary::default()
     };
-    let mut present: HashSet<i64> = HashSet::with_capacity(import.catalog.tests.len());
+    let mut present: HashSet<i64> = HashSet::with_capacity(import.tests.len());
     // New tests get the next keys, in tree order: their rows append to the table.
     let mut next_key: i64 =
         transaction.query_row("SELECT coalesce(max(key), 0) + 1 FROM tests", [], |row| {
@@ -358,22 +500,16 @@ pub fn write_tests(
             transaction.prepare_cached("SELECT metadata_json FROM tests WHERE key = ?1")?;
         let mut drop_facet = transaction
             .prepare_cached("DELETE FROM test_facets WHERE value_id = ?1 AND test_key = ?2")?;
-        for (index, (test, row)) in import.catalog.tests.iter().zip(&import.rows).enumerate() {
-            let Some(before) = existing.get(&test.id) else {
-                new_tests.push(StoredTest::new(
-                    next_key,
-                    source_id,
-                    import.now_ms,
-                    test,
-                    row,
-                ));
+        for (index, test) in import.tests.iter().enumerate() {
+            let Some(before) = existing.get(test.id()) else {
+                new_tests.push(StoredTest::new(next_key, source_id, import.now_ms, test));
                 facets_to_write[index] = Some(next_key);
                 next_key += 1;
                 summary.added += 1;
                 continue;
             };
             present.insert(before.key);
-            let unchanged = before.digest == row.digest;
+            let unchanged = before.digest == test.row.digest;
             if unchanged && before.source_id == source_id && !before.removed {
                 continue;
             }
@@ -382,15 +518,15 @@ pub fn write_tests(
                 // The facets the stored metadata gave it go; the new ones are added below.
                 let json: String = old_json.query_row([before.key], |row| row.get(0))?;
                 if let Ok(old) = serde_json::from_str::<TestMetadata>(&json) {
-                    for (kind, value) in facets(&old) {
-                        if let Some(id) = facet_ids.get(kind, &value) {
+                    for (kind, value) in ImportedTest::new(old, TestRowData::default()).facets() {
+                        if let Some(id) = facet_ids.get(kind, value) {
                             drop_facet.execute([id, before.key])?;
                         }
                     }
                 }
                 facets_to_write[index] = Some(before.key);
             }
-            let stored = StoredTest::new(before.key, source_id, import.now_ms, test, row);
+            let stored = StoredTest::new(before.key, source_id, import.now_ms, test);
             let mut values = Vec::with_capacity(StoredTest::WIDTH);
             stored.bind(&mut values);
             update.execute(values.as_slice())?;
@@ -467,7 +603,7 @@ pub fn write_facets_and_features(
         "DELETE FROM feature_depends WHERE feature IN (SELECT name FROM features WHERE source_id = ?1)",
         [source_id],
     )?;
-    for feature in &import.catalog.features {
+    for feature in &import.features {
         transaction.execute(
             "INSERT INTO features (name, source_id, removed, description, paths_json) VALUES (?1, ?2, 0, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET source_id = ?2, removed = 0, description = ?3, paths_json = ?4",
@@ -488,7 +624,8 @@ struct FacetIds {
     ids: HashMap<&'static str, HashMap<String, i64>>,
 }
 
-/// Every facet kind `facets` produces, to turn a stored kind back into a `&'static str`.
+/// Every facet kind, in the order an [`ImportedTest`] keeps them; also turns a stored kind back into a
+/// `&'static str`.
 const FACET_KINDS: [&str; 9] = [
     "tag",
     "component",
@@ -802,6 +939,84 @@ mod tests {
     use super::*;
     use polarizer_shared::metadata::Link;
 
+    /// What an import keeps of a test reads back as the metadata said: every column, and every facet
+    /// in kind order, with empty strings and lists anywhere and text beyond ASCII.
+    #[test]
+    fn an_imported_test_keeps_its_columns_and_facets() {
+        let mut test = TestMetadata {
+            id: "ÿ-1".into(),
+            name: "/tests/ünïcode".into(),
+            summary: String::new(),
+            feature: "area/cli".into(),
+            tier: "1".into(),
+            enabled: true,
+            duration_seconds: 90,
+            test_type: Some(TestType::Functional),
+            tags: vec!["fast".into(), String::new(), "ß".into()],
+            after: vec!["/tests/a".into()],
+            links: vec![
+                Link {
+                    relation: "verifies".into(),
+                    target: "REQ-1".into(),
+                    note: "ignored".into(),
+                },
+                Link {
+                    relation: "relates".into(),
+                    target: "https://x/y:z".into(),
+                    note: String::new(),
+                },
+            ],
+            ..TestMetadata::default()
+        };
+        test.resources.modifies = vec!["state".into()];
+        test.platform.distro = vec!["rhel-9".into()];
+        test.platform.kind = vec![
+            polarizer_shared::facts::PlatformKind::Vm,
+            polarizer_shared::facts::PlatformKind::Baremetal,
+        ];
+        let kept = ImportedTest::new(test.clone(), TestRowData::new(&test, String::new()));
+        assert_eq!(
+            (
+                kept.id(),
+                kept.name(),
+                kept.summary(),
+                kept.feature(),
+                kept.tier()
+            ),
+            ("ÿ-1", "/tests/ünïcode", "", "area/cli", "1")
+        );
+        assert_eq!(kept.platform_kind(), "vm|baremetal");
+        assert_eq!(
+            (kept.test_type, kept.enabled, kept.duration_seconds),
+            (Some(TestType::Functional), true, 90)
+        );
+        assert_eq!(
+            kept.facets().collect::<Vec<_>>(),
+            [
+                ("tag", "fast"),
+                ("tag", ""),
+                ("tag", "ß"),
+                ("modifies", "state"),
+                ("after", "/tests/a"),
+                ("distro", "rhel-9"),
+                ("link", "verifies:REQ-1"),
+                ("link", "relates:https://x/y:z"),
+            ]
+        );
+        assert_eq!(TestRefs::after(&kept).collect::<Vec<_>>(), ["/tests/a"]);
+        // Nothing at all kept but its id.
+        let bare = TestMetadata {
+            id: "bare".into(),
+            ..TestMetadata::default()
+        };
+        let kept = ImportedTest::new(bare, TestRowData::default());
+        assert_eq!(
+            (kept.id(), kept.name(), kept.platform_kind()),
+            ("bare", "", "")
+        );
+        assert_eq!(kept.facets().count(), 0);
+    }
+
     /// Postings gathered in parallel chunks say what each test's own facets say, values sorted and
     /// each value's tests ascending.
     #[test]
@@ -830,9 +1045,13 @@ mod tests {
             .collect();
         let mut expected: BTreeMap<(&str, String), Vec<u32>> = BTreeMap::new();
         for (place, test) in tests.iter().enumerate() {
-            for (kind, value) in facets(test) {
+            let facets = test.tags.iter().map(|tag| ("tag", tag.clone())).chain([
+                ("needs", test.resources.needs[0].clone()),
+                ("link", format!("verifies:{}", test.links[0].target)),
+            ]);
+            for (kind, value) in facets {
                 expected
-                    .entry((kind, value.into_owned()))
+                    .entry((kind, value))
                     .or_default()
                     .push(place as u32);
             }
@@ -840,6 +1059,10 @@ mod tests {
         let expected: FacetPostings = expected
             .into_iter()
             .map(|((kind, value), places)| (kind, value, places))
+            .collect();
+        let tests: Vec<Box<ImportedTest>> = tests
+            .into_iter()
+            .map(|test| Box::new(ImportedTest::new(test, TestRowData::default())))
             .collect();
         assert_eq!(facet_postings(&tests), expected);
         assert_eq!(expected.len(), 7 + 1 + 1_000 + 11);
