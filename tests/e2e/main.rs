@@ -1,5 +1,6 @@
 //! End-to-end tests: real `polarizer` and `polarizer-agent` processes on loopback.
 
+mod api;
 mod catalog;
 mod command_pools;
 mod discovery;

@@ -159,7 +159,7 @@ async fn run_examples(args: &ClientArgs, workspace: &Path) -> anyhow::Result<()>
             std::process::id(),
             summary.run
         ));
-        std::fs::write(&report, crate::cli::reports::junit(&detail))
+        std::fs::write(&report, crate::core::reports::junit(&detail))
             .with_context(|| format!("cannot write {}", report.display()))?;
         println!("\nJUnit report: {}\n", report.display());
         Ok(())

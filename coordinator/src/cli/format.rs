@@ -2,38 +2,8 @@
 //! whose field names are a public interface.
 
 use polarizer_shared::protocol::AgentRecord;
-use serde_json::json;
 
-pub fn rfc3339(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-/// One agent as `polarizer agents --json` prints it. Field names are a public interface: add, never rename.
-pub fn agent_json(agent: &AgentRecord) -> serde_json::Value {
-    let facts = &agent.facts;
-    json!({
-        "name": agent.name,
-        "state": agent.state.as_str(),
-        "platform": facts.platform.as_str(),
-        "arch": facts.arch,
-        "os": facts.os,
-        "distro": facts.distro(),
-        "distro_id": facts.distro_id,
-        "distro_version": facts.distro_version,
-        "kernel": facts.kernel,
-        "hostname": facts.hostname,
-        "cpus": facts.cpus,
-        "memory_bytes": facts.memory_bytes,
-        "labels": facts.labels,
-        "agent_version": facts.agent_version,
-        "address": agent.address,
-        "gossip_live": agent.gossip_live,
-        "first_seen": rfc3339(agent.first_seen_ms),
-        "last_seen": rfc3339(agent.last_seen_ms),
-    })
-}
+pub use crate::core::views::{agent_json, rfc3339};
 
 pub fn agents_table(agents: &[AgentRecord]) -> String {
     let rows: Vec<Vec<String>> = agents

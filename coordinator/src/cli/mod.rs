@@ -17,7 +17,6 @@ pub mod format;
 pub mod lint;
 mod platforms;
 pub mod polarion;
-pub mod reports;
 pub mod runs;
 pub mod tail;
 mod triggers;

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::args::PlatformsAction;
 use super::client::OperatorClient;
-use super::format::{rfc3339, table};
+use super::format::table;
+use crate::core::views::{in_use, platforms_json};
 
 pub(super) async fn platforms_command(
     client: &mut OperatorClient,
@@ -23,10 +24,7 @@ pub(super) async fn platforms_command(
             };
             let now = chrono::Utc::now().timestamp_millis();
             if json {
-                let value = json!({
-                    "pools": pools.iter().map(|pool| pool_json(pool, &platforms)).collect::<Vec<_>>(),
-                    "platforms": platforms.iter().map(|platform| platform_json(platform, now)).collect::<Vec<_>>(),
-                });
+                let value = platforms_json(&pools, &platforms, now);
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&value).context("cannot encode JSON")?
@@ -53,47 +51,11 @@ pub(super) async fn platforms_command(
     Ok(())
 }
 
-fn in_use(pool: &PoolRecord, platforms: &[PlatformRecord]) -> usize {
-    platforms
-        .iter()
-        .filter(|platform| platform.pool == pool.name && platform.state.counts())
-        .count()
-}
-
-fn pool_json(pool: &PoolRecord, platforms: &[PlatformRecord]) -> serde_json::Value {
-    json!({
-        "name": pool.name,
-        "provisioner": pool.provisioner,
-        "max": pool.max,
-        "min_ready": pool.min_ready,
-        "reuse": pool.reuse,
-        "platforms": in_use(pool, platforms),
-    })
-}
-
 fn suite_text(platform: &PlatformRecord) -> String {
     platform
         .suite
         .map(|suite| format!("{}/{}", suite.run, suite.suite))
         .unwrap_or_default()
-}
-
-fn platform_json(platform: &PlatformRecord, now_ms: i64) -> serde_json::Value {
-    json!({
-        "name": platform.name,
-        "pool": platform.pool,
-        "state": platform.state.as_str(),
-        "age_seconds": (now_ms - platform.created_ms).max(0) / 1000,
-        "created": rfc3339(platform.created_ms),
-        "state_since": rfc3339(platform.state_ms),
-        "run": platform.suite.map(|suite| suite.run),
-        "suite": platform.suite.map(|suite| suite.suite),
-        "agent": platform.name,
-        "provider_id": platform.provider_id,
-        "address": platform.address,
-        "tries": platform.tries,
-        "error": platform.error,
-    })
 }
 
 fn age(ms: i64) -> String {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::bail;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::*;
-use serde_json::json;
 
 use crate::cli::client::{CoordinatorStopped, OperatorClient};
 use crate::cli::format::{rfc3339, table};
+use crate::core::views::{note_warnings, run_json, run_row_json, triggered_json};
 
 #[derive(Debug, clap::Args)]
 pub struct TriggerArgs {
@@ -109,31 +109,14 @@ pub async fn trigger(client: &mut OperatorClient, args: TriggerArgs) -> anyhow::
     };
     // The tree's warnings (an undeclared feature, say) are in the run's note, one per line.
     let detail = fetch(client, summary.run).await?;
-    let warnings: Vec<&str> = detail
-        .message
-        .lines()
-        .filter(|line| line.contains(": warning: "))
-        .collect();
+    let warnings = note_warnings(&detail.message);
     if !args.json {
         for warning in &warnings {
             eprintln!("{warning}");
         }
     }
     if args.json {
-        println!(
-            "{}",
-            json!({
-                "run": summary.run,
-                "tests": summary.tests,
-                "commit": summary.commit,
-                "features": summary.touched_features,
-                "dependent_features": summary.dependent_features,
-                "fail_open": summary.fail_open,
-                "parallel_suites": summary.parallel_suites,
-                "serial_suites": summary.serial_suites,
-                "warnings": warnings,
-            })
-        );
+        println!("{}", triggered_json(&summary, &warnings));
     } else {
         println!("{}", trigger_sentence_in_plan(&summary, &plan));
     }
@@ -276,7 +259,7 @@ pub async fn report(
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let text = match format {
-        ReportFormat::Junit => crate::cli::reports::junit(&fetch(client, run).await?),
+        ReportFormat::Junit => crate::core::reports::junit(&fetch(client, run).await?),
         ReportFormat::Json => {
             serde_json::to_string_pretty(&run_json(&fetch(client, run).await?))? + "\n"
         }
@@ -598,97 +581,4 @@ fn needs_text(suite: &SuiteRow) -> String {
     } else {
         parts.join(" ")
     }
-}
-
-/// One run as `runs --json` lists it. Field names are a public interface: add, never rename.
-pub fn run_row_json(run: &RunRow) -> serde_json::Value {
-    json!({
-        "id": run.id,
-        "state": run.state.as_str(),
-        "kind": run.kind.as_str(),
-        "repo": run.repo,
-        "ref": run.git_ref,
-        "commit": run.commit,
-        "created": rfc3339(run.created_ms),
-        "finished": run.finished_ms.map(rfc3339),
-        "tests": run.tests,
-        "done": run.done,
-        "problems": run.problems,
-    })
-}
-
-/// `runs show --json` and `report --format json`. Field names are a public interface.
-pub fn run_json(detail: &RunDetail) -> serde_json::Value {
-    let mut run = run_row_json(&detail.run);
-    run["changed"] = json!(detail.changed);
-    run["artifacts"] = json!(detail.artifacts);
-    run["message"] = json!(detail.message);
-    run["infrastructure_trouble"] = json!(detail.infrastructure_trouble);
-    run["suites"] = detail
-        .suites
-        .iter()
-        .map(|suite| {
-            json!({
-                "id": suite.id,
-                "ordinal": suite.ordinal,
-                "kind": suite.kind,
-                "platform": suite.platform.map(|kind| kind.as_str()),
-                "arch": suite.arch,
-                "distro": suite.distro,
-                "state": suite.state,
-                "attempt": suite.attempt,
-                "agent": suite.agent,
-                "waiting_for": suite.waiting_for,
-                "versions": {
-                    "commit": suite.versions.commit,
-                    "agent_version": suite.versions.agent_version,
-                    "packages": suite.versions.packages.iter().cloned().collect::<BTreeMap<_, _>>(),
-                    "artifacts": detail.artifacts,
-                },
-                "started": suite.started_ms.map(rfc3339),
-                "finished": suite.finished_ms.map(rfc3339),
-            })
-        })
-        .collect();
-    run["tests"] = detail
-        .tests
-        .iter()
-        .map(|test| {
-            json!({
-                "test": test.test,
-                "name": test.name,
-                "suite": test.suite,
-                "status": test.status.as_str(),
-                "agent": test.agent,
-                "attempt": test.attempt,
-                "duration_ms": test.duration_ms,
-                "started": test.started_ms.map(rfc3339),
-                "message": test.message,
-                "why": test.reasons,
-                "lost_attempts": test.lost_attempts.iter().map(|lost| json!({
-                    "attempt": lost.attempt,
-                    "agent": lost.agent,
-                    "message": lost.message,
-                    "at": rfc3339(lost.at_ms),
-                })).collect::<Vec<_>>(),
-                "subresults": test.subresults.iter().map(|sub| json!({
-                    "name": sub.name,
-                    "classname": sub.classname,
-                    "status": sub.status.as_str(),
-                    "duration_ms": sub.duration_ms,
-                    "message": sub.message,
-                })).collect::<Vec<_>>(),
-                "output_tail": test.output_tail,
-                "cluster": test.cluster.as_ref().map(|cluster| json!({
-                    "id": cluster.id,
-                    "issue": cluster.label.as_ref().map(|label| label.issue.as_str()),
-                    "kind": cluster.label.as_ref().map(|label| label.kind.as_str()),
-                    "note": cluster.label.as_ref().map(|label| label.note.as_str()),
-                })),
-                "quarantined": test.quarantined,
-                "slow_p95_ms": test.slow_p95_ms,
-            })
-        })
-        .collect();
-    run
 }

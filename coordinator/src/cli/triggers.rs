@@ -3,9 +3,9 @@
 use anyhow::Context;
 use polarizer_shared::protocol::OperatorResponse;
 use polarizer_shared::triggers::TriggerRecord;
-use serde_json::json;
 
 use super::format::{rfc3339, table};
+use crate::core::views::trigger_json;
 
 pub(super) fn print(response: OperatorResponse, json: bool) -> anyhow::Result<()> {
     let triggers = match response {
@@ -62,24 +62,4 @@ fn outcome_text(trigger: &TriggerRecord) -> String {
         text += &trigger.reason.replace('\n', " ");
     }
     text
-}
-
-fn trigger_json(trigger: &TriggerRecord) -> serde_json::Value {
-    json!({
-        "id": trigger.id,
-        "time": rfc3339(trigger.received_ms),
-        "received_ms": trigger.received_ms,
-        "source": trigger.source,
-        "delivery": trigger.delivery,
-        "repo": trigger.repo,
-        "event": trigger.event,
-        "sha": trigger.sha,
-        "ref": trigger.git_ref,
-        "outcome": trigger.outcome.as_str(),
-        "reason": trigger.reason,
-        "run": trigger.run,
-        "report": trigger.report,
-        "fetch_ms": trigger.fetch_ms,
-        "planned_ms": trigger.planned_ms,
-    })
 }

@@ -1,5 +1,6 @@
-//! The coordinator's HTTP side: `/healthz` for probes, `/metrics` in Prometheus text format, and
-//! `/hooks/github` for GitHub's webhooks when `[github]` is configured.
+//! The coordinator's HTTP side: `/healthz` for probes, `/metrics` in Prometheus text format (both
+//! unauthenticated, nothing secret in them), the JSON API under `/api/` (operator token), and
+//! `/hooks/github` for GitHub's webhooks when `[github]` is configured (their own signature check).
 
 use std::sync::Arc;
 
@@ -25,15 +26,18 @@ pub struct HttpState {
     pub github: Option<Arc<crate::daemon::github::Github>>,
 }
 
+/// Serves `/healthz`, `/metrics`, the JSON API (`api`, see `daemon::api`) and GitHub's webhooks.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
+    api: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(api);
     if let Some(github) = state.github {
         router = router.merge(
             Router::new()

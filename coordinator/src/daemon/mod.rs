@@ -11,6 +11,7 @@
 
 mod agent_session;
 pub mod analysis;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod context;

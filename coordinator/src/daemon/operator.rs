@@ -312,90 +312,6 @@ pub(super) async fn operator_session(
             Err(_) => return,
         };
         let response = match request {
-            OperatorRequest::ListAgents => match context.sessions.list_agents(&context.store).await
-            {
-                Ok(agents) => OperatorResponse::Agents(agents),
-                Err(err) => OperatorResponse::Error {
-                    message: err.to_string(),
-                },
-            },
-            OperatorRequest::RevokeAgent { name } => revoke(&context, &name).await,
-            OperatorRequest::ImportTests {
-                location,
-                git_ref,
-                context: adjust,
-            } => import(&context, location, git_ref, adjust).await,
-            OperatorRequest::ListTests(query) => {
-                match context.store.read(move |reader| reader.tests(&query)).await {
-                    Ok(tests) => OperatorResponse::Tests(tests),
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::ShowTest { id } => {
-                let wanted = id.clone();
-                let found = context
-                    .store
-                    .read(move |reader| {
-                        let found = reader.test(&wanted)?;
-                        let polarion_id = match &found {
-                            Some((metadata, _, _)) => reader.polarion_id(&metadata.id)?,
-                            None => None,
-                        };
-                        Ok(found.map(|found| (found, polarion_id.unwrap_or_default())))
-                    })
-                    .await;
-                match found {
-                    Ok(Some(((metadata, source, removed), polarion_id))) => {
-                        OperatorResponse::Test {
-                            metadata: Box::new(metadata),
-                            source,
-                            removed,
-                            polarion_id,
-                        }
-                    }
-                    Ok(None) => OperatorResponse::Error {
-                        message: format!("no test {id:?} in the catalog"),
-                    },
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::Trigger(request) => trigger(&context, *request).await,
-            OperatorRequest::ListRuns { limit } => {
-                match context.store.read(move |reader| reader.runs(limit)).await {
-                    Ok(runs) => OperatorResponse::Runs(runs),
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::ShowRun { run } => match run_detail(&context, run).await {
-                Ok(Some(detail)) => OperatorResponse::Run(Box::new(detail)),
-                Ok(None) => OperatorResponse::Error {
-                    message: format!("no run {run}"),
-                },
-                Err(message) => OperatorResponse::Error { message },
-            },
-            OperatorRequest::CancelRun { run } => {
-                match crate::daemon::scheduler::end_run(&context, run, RunEnd::Cancel).await {
-                    Ok(()) => match run_detail(&context, run).await {
-                        Ok(Some(detail)) => OperatorResponse::Cancelled {
-                            run,
-                            state: detail.run.state,
-                        },
-                        Ok(None) => OperatorResponse::Error {
-                            message: format!("no run {run}"),
-                        },
-                        Err(message) => OperatorResponse::Error { message },
-                    },
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
             OperatorRequest::Tail(query) => {
                 let ended = crate::daemon::tail::tail(
                     &mut stream,
@@ -427,76 +343,12 @@ pub(super) async fn operator_session(
                     Err(_) => return,
                 }
             }
-            OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(&context),
-            OperatorRequest::ApproveAgent { name } => match context.store.approve(&name).await {
-                Ok(()) => {
-                    info!(agent = %name, "agent approved");
-                    OperatorResponse::Approved { name }
-                }
-                Err(err) => OperatorResponse::Error {
-                    message: err.to_string(),
-                },
-            },
-            OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
-                create_host_token(&context, name, ttl_ms).await
-            }
-            OperatorRequest::ListTriggers { limit } => {
-                match context
-                    .store
-                    .read(move |reader| reader.triggers(limit.clamp(1, 10_000)))
-                    .await
-                {
-                    Ok(triggers) => OperatorResponse::Triggers(triggers),
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::ListFailures { run, since_ms } => answer(
-                context
-                    .store
-                    .read(move |reader| reader.failures(run, since_ms))
-                    .await,
-                OperatorResponse::Failures,
-            ),
-            OperatorRequest::ShowFailure { id } => {
-                match context.store.read(move |reader| reader.failure(id)).await {
-                    Ok(Some(detail)) => OperatorResponse::Failure(Box::new(detail)),
-                    Ok(None) => OperatorResponse::Error {
-                        message: format!("no failure cluster {id}"),
-                    },
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::LabelFailure { id, label } => {
-                crate::daemon::analysis::label(&context, id, label).await
-            }
-            OperatorRequest::ListFlaky { since_ms } => {
-                crate::daemon::analysis::flaky(&context, since_ms).await
-            }
-            OperatorRequest::Stats { since_ms } => {
-                crate::daemon::analysis::stats(&context, since_ms).await
-            }
-            OperatorRequest::ListPlatforms => {
-                let (pools, platforms) = context.pools.list();
-                OperatorResponse::Platforms { pools, platforms }
-            }
-            OperatorRequest::DestroyPlatform { name } => match context.pools.destroy_now(&name) {
-                Ok(()) => {
-                    info!(platform = %name, "platform destroyed by an operator");
-                    OperatorResponse::PlatformDestroyed { name }
-                }
-                Err(message) => OperatorResponse::Error { message },
-            },
             OperatorRequest::PolarionTestCases {
                 query,
                 dry_run,
-                upload,
+                upload: false,
             } => match &context.polarion {
                 None => no_polarion(),
-                Some(polarion) if upload => queued(polarion.upload_tests(*query, dry_run).await),
                 Some(polarion) => match polarion.testcases_file(*query, dry_run).await {
                     Ok(text) => match send_text(&mut stream, &text).await {
                         Ok(()) => continue,
@@ -515,36 +367,211 @@ pub(super) async fn operator_session(
                     Err(message) => OperatorResponse::Error { message },
                 },
             },
-            OperatorRequest::PolarionUpload { run, dry_run } => match &context.polarion {
-                None => no_polarion(),
-                Some(polarion) => queued(polarion.upload_run(run, dry_run, "operator").await),
-            },
-            OperatorRequest::PolarionJobs { limit } => {
-                match context
-                    .store
-                    .read(move |reader| reader.imports(limit.clamp(1, 10_000)))
-                    .await
-                {
-                    Ok(imports) => OperatorResponse::PolarionImports(imports),
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
-            OperatorRequest::ListFeatures => {
-                match context.store.read(|reader| reader.features()).await {
-                    Ok(features) => OperatorResponse::Features(features),
-                    Err(err) => OperatorResponse::Error {
-                        message: err.to_string(),
-                    },
-                }
-            }
+            request => respond(&context, request).await,
         };
         if stream.send(&ServerFrame::Operator(response)).await.is_err() {
             return;
         }
     }
     stream.finish().await;
+}
+
+/// The answer to a request that has one: everything but the streams (`tail`, `replay`, `runs watch`,
+/// Polarion's files), which the operator's session sends itself. The HTTP API answers with it too.
+pub async fn respond(context: &Context, request: OperatorRequest) -> OperatorResponse {
+    match request {
+        OperatorRequest::ListAgents => match context.sessions.list_agents(&context.store).await {
+            Ok(agents) => OperatorResponse::Agents(agents),
+            Err(err) => OperatorResponse::Error {
+                message: err.to_string(),
+            },
+        },
+        OperatorRequest::RevokeAgent { name } => revoke(context, &name).await,
+        OperatorRequest::ImportTests {
+            location,
+            git_ref,
+            context: adjust,
+        } => import(context, location, git_ref, adjust).await,
+        OperatorRequest::ListTests(query) => {
+            match context.store.read(move |reader| reader.tests(&query)).await {
+                Ok(tests) => OperatorResponse::Tests(tests),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::ShowTest { id } => {
+            let wanted = id.clone();
+            let found = context
+                .store
+                .read(move |reader| {
+                    let found = reader.test(&wanted)?;
+                    let polarion_id = match &found {
+                        Some((metadata, _, _)) => reader.polarion_id(&metadata.id)?,
+                        None => None,
+                    };
+                    Ok(found.map(|found| (found, polarion_id.unwrap_or_default())))
+                })
+                .await;
+            match found {
+                Ok(Some(((metadata, source, removed), polarion_id))) => OperatorResponse::Test {
+                    metadata: Box::new(metadata),
+                    source,
+                    removed,
+                    polarion_id,
+                },
+                Ok(None) => OperatorResponse::Error {
+                    message: format!("no test {id:?} in the catalog"),
+                },
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::Trigger(request) => trigger(context, *request).await,
+        OperatorRequest::ListRuns { limit } => {
+            match context.store.read(move |reader| reader.runs(limit)).await {
+                Ok(runs) => OperatorResponse::Runs(runs),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::ShowRun { run } => match run_detail(context, run).await {
+            Ok(Some(detail)) => OperatorResponse::Run(Box::new(detail)),
+            Ok(None) => OperatorResponse::Error {
+                message: format!("no run {run}"),
+            },
+            Err(message) => OperatorResponse::Error { message },
+        },
+        OperatorRequest::CancelRun { run } => {
+            match crate::daemon::scheduler::end_run(context, run, RunEnd::Cancel).await {
+                Ok(()) => match run_detail(context, run).await {
+                    Ok(Some(detail)) => OperatorResponse::Cancelled {
+                        run,
+                        state: detail.run.state,
+                    },
+                    Ok(None) => OperatorResponse::Error {
+                        message: format!("no run {run}"),
+                    },
+                    Err(message) => OperatorResponse::Error { message },
+                },
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::RotateEnrollmentToken => rotate_enrollment_token(context),
+        OperatorRequest::ApproveAgent { name } => match context.store.approve(&name).await {
+            Ok(()) => {
+                info!(agent = %name, "agent approved");
+                OperatorResponse::Approved { name }
+            }
+            Err(err) => OperatorResponse::Error {
+                message: err.to_string(),
+            },
+        },
+        OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
+            create_host_token(context, name, ttl_ms).await
+        }
+        OperatorRequest::ListTriggers { limit } => {
+            match context
+                .store
+                .read(move |reader| reader.triggers(limit.clamp(1, 10_000)))
+                .await
+            {
+                Ok(triggers) => OperatorResponse::Triggers(triggers),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::ListFailures { run, since_ms } => answer(
+            context
+                .store
+                .read(move |reader| reader.failures(run, since_ms))
+                .await,
+            OperatorResponse::Failures,
+        ),
+        OperatorRequest::ShowFailure { id } => {
+            match context.store.read(move |reader| reader.failure(id)).await {
+                Ok(Some(detail)) => OperatorResponse::Failure(Box::new(detail)),
+                Ok(None) => OperatorResponse::Error {
+                    message: format!("no failure cluster {id}"),
+                },
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::LabelFailure { id, label } => {
+            crate::daemon::analysis::label(context, id, label).await
+        }
+        OperatorRequest::ListFlaky { since_ms } => {
+            crate::daemon::analysis::flaky(context, since_ms).await
+        }
+        OperatorRequest::Stats { since_ms } => {
+            crate::daemon::analysis::stats(context, since_ms).await
+        }
+        OperatorRequest::ListPlatforms => {
+            let (pools, platforms) = context.pools.list();
+            OperatorResponse::Platforms { pools, platforms }
+        }
+        OperatorRequest::DestroyPlatform { name } => match context.pools.destroy_now(&name) {
+            Ok(()) => {
+                info!(platform = %name, "platform destroyed by an operator");
+                OperatorResponse::PlatformDestroyed { name }
+            }
+            Err(message) => OperatorResponse::Error { message },
+        },
+        OperatorRequest::PolarionUpload { run, dry_run } => match &context.polarion {
+            None => no_polarion(),
+            Some(polarion) => queued(polarion.upload_run(run, dry_run, "operator").await),
+        },
+        OperatorRequest::PolarionJobs { limit } => {
+            match context
+                .store
+                .read(move |reader| reader.imports(limit.clamp(1, 10_000)))
+                .await
+            {
+                Ok(imports) => OperatorResponse::PolarionImports(imports),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::ListFeatures => {
+            match context.store.read(|reader| reader.features()).await {
+                Ok(features) => OperatorResponse::Features(features),
+                Err(err) => OperatorResponse::Error {
+                    message: err.to_string(),
+                },
+            }
+        }
+        OperatorRequest::PolarionTestCases {
+            query,
+            dry_run,
+            upload,
+        } => match &context.polarion {
+            None => no_polarion(),
+            Some(polarion) if upload => queued(polarion.upload_tests(*query, dry_run).await),
+            Some(_) => streamed_only(),
+        },
+        OperatorRequest::PolarionXunit { .. } => match &context.polarion {
+            None => no_polarion(),
+            Some(_) => streamed_only(),
+        },
+        OperatorRequest::Tail(_)
+        | OperatorRequest::Replay { .. }
+        | OperatorRequest::WatchRun { .. } => streamed_only(),
+    }
+}
+
+/// A stream asked where only one answer can be given.
+fn streamed_only() -> OperatorResponse {
+    OperatorResponse::Error {
+        message: "this request streams its answer: ask it over the operator protocol".into(),
+    }
 }
 
 /// A read's answer, or its error.

@@ -180,9 +180,11 @@ pub async fn run(
             pools: context.pools.clone(),
             github: github.clone(),
         };
+        let api = crate::daemon::api::router(context.clone());
         let shutdown = shutdown.clone();
         async move {
-            if let Err(err) = crate::daemon::http::serve(http_listener, state, shutdown).await {
+            if let Err(err) = crate::daemon::http::serve(http_listener, state, api, shutdown).await
+            {
                 tracing::error!(error = %err, "http server failed");
             }
         }

@@ -1,6 +1,7 @@
-//! Reports of a run. JUnit XML: one `<testsuite>` per suite, its properties carrying the version chain;
-//! one case per test; a test's JUnit sub-results as a nested `<testsuite>` named after it; the output of
-//! failing tests kept (capped by the writer). JSON is `runs show --json`.
+//! Reports of a run (`polarizer report`, `/api/runs/{id}/report`). JUnit XML: one `<testsuite>` per
+//! suite, its properties carrying the version chain; one case per test; a test's JUnit sub-results as a
+//! nested `<testsuite>` named after it; the output of failing tests kept (capped by the writer). JSON is
+//! `runs show --json`.
 
 use polarizer_shared::junit::{self, CaseStatus, Report, TestCase, TestSuite};
 use polarizer_shared::run::{RunDetail, RunTestRow, TestStatus};
@@ -74,7 +75,7 @@ pub fn junit(detail: &RunDetail) -> String {
     for suite in &detail.suites {
         let mut out = TestSuite::new(format!("suite {} ({})", suite.ordinal, suite.kind));
         out.hostname = (!suite.agent.is_empty()).then(|| suite.agent.clone());
-        out.timestamp = suite.started_ms.map(crate::cli::format::rfc3339);
+        out.timestamp = suite.started_ms.map(crate::core::views::rfc3339);
         out.time_seconds = suite
             .started_ms
             .zip(suite.finished_ms)

@@ -1,0 +1,380 @@
+//! The JSON API under `/api/`, on the coordinator's HTTP port: the operator protocol's answers for
+//! browsers, dashboards and scripts. Authorised as operators are (the operator token, sent as a bearer
+//! token), answered by the same handlers (`operator::respond`), and written as the CLI's `--json` writes
+//! them (`core::views`): a field has one name everywhere.
+//!
+//! Errors are JSON too, `{"error": "…"}`: 401 without the operator token, 404 for a run or path that
+//! does not exist, 400 for a request that cannot be honoured (the sentence says which field or why).
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use polarizer_shared::catalog::TestQuery;
+use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
+use polarizer_shared::run::{TriggerKind, TriggerRequest};
+use polarizer_transport::state_files::secret_digest;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::core::views;
+use crate::daemon::clock::now_ms;
+use crate::daemon::context::Context;
+use crate::daemon::operator::respond;
+
+/// How many runs and triggers a listing gives unless `?limit=` says otherwise (as the CLI's).
+const DEFAULT_RUNS: u32 = 20;
+const DEFAULT_TRIGGERS: u32 = 50;
+
+/// The `/api/` routes, each behind the operator token.
+pub fn router(context: Context) -> Router {
+    Router::new()
+        .route("/api/agents", get(agents))
+        .route("/api/tests", get(tests))
+        .route("/api/features", get(features))
+        .route("/api/runs", get(runs).post(trigger))
+        .route("/api/runs/{run}", get(run))
+        .route("/api/runs/{run}/report", get(report))
+        .route("/api/runs/{run}/cancel", post(cancel))
+        .route("/api/triggers", get(triggers))
+        .route("/api/platforms", get(platforms))
+        .route("/api/{*rest}", get(unknown).post(unknown))
+        .layer(middleware::from_fn_with_state(context.clone(), authorise))
+        .with_state(context)
+}
+
+/// Lets a request through only with `Authorization: Bearer <operator token>`.
+async fn authorise(State(context): State<Context>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token)
+            if !token.is_empty()
+                && secret_digest(token) == context.settings.operator_token_digest =>
+        {
+            next.run(request).await
+        }
+        Some(_) => unauthorised("the bearer token is not this coordinator's operator token"),
+        None => unauthorised("the operator token is needed: Authorization: Bearer TOKEN"),
+    }
+}
+
+fn unauthorised(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": why })),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The operator handlers' answer, or their error as a 400.
+async fn ask(context: &Context, request: OperatorRequest) -> Result<OperatorResponse, Response> {
+    match respond(context, request).await {
+        OperatorResponse::Error { message } => Err(error(StatusCode::BAD_REQUEST, message)),
+        response => Ok(response),
+    }
+}
+
+/// [`ask`] about run `run`: a 404 when there is no such run.
+async fn ask_about_run(
+    context: &Context,
+    run: u64,
+    request: OperatorRequest,
+) -> Result<OperatorResponse, Response> {
+    match respond(context, request).await {
+        OperatorResponse::Error { message } if message == format!("no run {run}") => {
+            Err(error(StatusCode::NOT_FOUND, message))
+        }
+        OperatorResponse::Error { message } => Err(error(StatusCode::BAD_REQUEST, message)),
+        response => Ok(response),
+    }
+}
+
+fn unexpected(response: &OperatorResponse) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer: {response:?}"),
+    )
+}
+
+async fn unknown(Path(rest): Path<String>) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such API path: /api/{rest}"),
+    )
+}
+
+async fn agents(State(context): State<Context>) -> Response {
+    match ask(&context, OperatorRequest::ListAgents).await {
+        Ok(OperatorResponse::Agents(agents)) => {
+            Json(agents.iter().map(views::agent_json).collect::<Vec<_>>()).into_response()
+        }
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+/// `tests list`'s filters, named as its flags are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TestFilters {
+    feature: Option<String>,
+    platform: Option<String>,
+    arch: Option<String>,
+    distro: Option<String>,
+    #[serde(rename = "type")]
+    test_type: Option<String>,
+    tag: Option<String>,
+    tier: Option<String>,
+    component: Option<String>,
+    linked: Option<String>,
+    resource: Option<String>,
+    depends_on: Option<String>,
+    #[serde(default)]
+    differs_by_distro: bool,
+    #[serde(default)]
+    include_removed: bool,
+}
+
+async fn tests(
+    State(context): State<Context>,
+    filters: Result<Query<TestFilters>, QueryRejection>,
+) -> Response {
+    let Query(filters) = match filters {
+        Ok(filters) => filters,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let query = TestQuery {
+        feature: filters.feature,
+        platform: filters.platform,
+        arch: filters.arch,
+        distro: filters.distro,
+        test_type: filters.test_type,
+        tag: filters.tag,
+        tier: filters.tier,
+        component: filters.component,
+        linked: filters.linked,
+        resource: filters.resource,
+        depends_on: filters.depends_on,
+        differs_by_distro: filters.differs_by_distro,
+        include_removed: filters.include_removed,
+    };
+    match ask(&context, OperatorRequest::ListTests(Box::new(query))).await {
+        Ok(OperatorResponse::Tests(tests)) => Json(tests).into_response(),
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+async fn features(State(context): State<Context>) -> Response {
+    match ask(&context, OperatorRequest::ListFeatures).await {
+        Ok(OperatorResponse::Features(features)) => Json(features).into_response(),
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+/// `?limit=`, or `default`, within 1–10,000; a bad query's reason.
+fn limit_of(limit: Result<Query<Limit>, QueryRejection>, default: u32) -> Result<u32, String> {
+    match limit {
+        Ok(Query(Limit { limit })) => Ok(limit.unwrap_or(default).clamp(1, 10_000)),
+        Err(rejection) => Err(rejection.body_text()),
+    }
+}
+
+async fn runs(
+    State(context): State<Context>,
+    limit: Result<Query<Limit>, QueryRejection>,
+) -> Response {
+    let limit = match limit_of(limit, DEFAULT_RUNS) {
+        Ok(limit) => limit,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match ask(&context, OperatorRequest::ListRuns { limit }).await {
+        Ok(OperatorResponse::Runs(runs)) => {
+            Json(runs.iter().map(views::run_row_json).collect::<Vec<_>>()).into_response()
+        }
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+async fn run(State(context): State<Context>, Path(run): Path<u64>) -> Response {
+    match ask_about_run(&context, run, OperatorRequest::ShowRun { run }).await {
+        Ok(OperatorResponse::Run(detail)) => Json(views::run_json(&detail)).into_response(),
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportFormat {
+    format: Option<String>,
+}
+
+async fn report(
+    State(context): State<Context>,
+    Path(run): Path<u64>,
+    format: Result<Query<ReportFormat>, QueryRejection>,
+) -> Response {
+    let format = match format {
+        Ok(Query(ReportFormat { format })) => format.unwrap_or_else(|| "json".into()),
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    if !matches!(format.as_str(), "json" | "junit") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("format {format:?} is not one of json, junit"),
+        );
+    }
+    let detail = match ask_about_run(&context, run, OperatorRequest::ShowRun { run }).await {
+        Ok(OperatorResponse::Run(detail)) => detail,
+        Ok(other) => return unexpected(&other),
+        Err(response) => return response,
+    };
+    if format == "junit" {
+        return (
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            crate::core::reports::junit(&detail),
+        )
+            .into_response();
+    }
+    Json(views::run_json(&detail)).into_response()
+}
+
+/// `POST /api/runs`: `polarizer trigger`'s arguments, named as its flags are; lists for the repeatable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    /// A git URL, or a directory in a git work tree on the coordinator's host.
+    repo: String,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    changed: Vec<String>,
+    #[serde(default)]
+    feature: Vec<String>,
+    #[serde(default, rename = "type")]
+    test_type: Vec<String>,
+    #[serde(default)]
+    artifact: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    /// `KEY=VALUE` adjust context dimensions.
+    #[serde(default)]
+    context: Vec<String>,
+    /// A tmt plan of the tree (`/plans/smoke`).
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+async fn trigger(
+    State(context): State<Context>,
+    body: Result<Json<TriggerBody>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let kind = body.kind.as_deref().unwrap_or("manual");
+    let Some(kind) = TriggerKind::parse(kind) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("kind {kind:?} is not one of commit, build, manual"),
+        );
+    };
+    let adjust = match crate::core::source::parse_context(&body.context) {
+        Ok(adjust) => adjust,
+        Err(err) => return error(StatusCode::BAD_REQUEST, format!("context: {err}")),
+    };
+    let request = TriggerRequest {
+        repo: body.repo,
+        git_ref: body.git_ref.unwrap_or_else(|| "HEAD".into()),
+        kind,
+        changed: body.changed,
+        features: body.feature,
+        test_types: body.test_type,
+        artifacts: body.artifact,
+        all: body.all,
+        context: adjust,
+        plan: body.plan.unwrap_or_default(),
+    };
+    let summary = match ask(&context, OperatorRequest::Trigger(Box::new(request))).await {
+        Ok(OperatorResponse::Triggered(summary)) => summary,
+        Ok(other) => return unexpected(&other),
+        Err(response) => return response,
+    };
+    // The tree's warnings are in the run's note, as `polarizer trigger` shows them.
+    let message = match ask(&context, OperatorRequest::ShowRun { run: summary.run }).await {
+        Ok(OperatorResponse::Run(detail)) => detail.message,
+        _ => String::new(),
+    };
+    let location = format!("/api/runs/{}", summary.run);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(views::triggered_json(
+            &summary,
+            &views::note_warnings(&message),
+        )),
+    )
+        .into_response()
+}
+
+async fn cancel(State(context): State<Context>, Path(run): Path<u64>) -> Response {
+    match ask_about_run(&context, run, OperatorRequest::CancelRun { run }).await {
+        Ok(OperatorResponse::Cancelled { run, state }) => {
+            Json(json!({ "run": run, "state": state.as_str() })).into_response()
+        }
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+async fn triggers(
+    State(context): State<Context>,
+    limit: Result<Query<Limit>, QueryRejection>,
+) -> Response {
+    let limit = match limit_of(limit, DEFAULT_TRIGGERS) {
+        Ok(limit) => limit,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match ask(&context, OperatorRequest::ListTriggers { limit }).await {
+        Ok(OperatorResponse::Triggers(triggers)) => {
+            Json(triggers.iter().map(views::trigger_json).collect::<Vec<_>>()).into_response()
+        }
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}
+
+async fn platforms(State(context): State<Context>) -> Response {
+    match ask(&context, OperatorRequest::ListPlatforms).await {
+        Ok(OperatorResponse::Platforms { pools, platforms }) => {
+            Json(views::platforms_json(&pools, &platforms, now_ms())).into_response()
+        }
+        Ok(other) => unexpected(&other),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,266 @@
+//! The JSON API under `/api/` on the coordinator's HTTP port: the operator token as a bearer token, the
+//! same answers as the CLI's `--json`, triggers and cancels, errors that name what is wrong.
+
+use std::time::Duration;
+
+use polarizer_e2e::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// One API call: its status, `Location` and `WWW-Authenticate` headers, and its body (JSON when it is).
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    authenticate: Option<String>,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text))
+    }
+}
+
+struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(cluster: &TestCluster) -> Api {
+        Api {
+            base: format!("http://{}", cluster.http),
+            token: read(&cluster.data_dir.join("operator-token"))
+                .trim()
+                .to_string(),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.runtime.block_on(async {
+            let mut request = self.client.request(method, format!("{}{path}", self.base));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("the coordinator answers HTTP");
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok())
+                    .map(str::to_string)
+            };
+            Answer {
+                status: response.status(),
+                location: header(reqwest::header::LOCATION),
+                authenticate: header(reqwest::header::WWW_AUTHENTICATE),
+                text: response.text().await.unwrap_or_default(),
+            }
+        })
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        self.call(reqwest::Method::GET, path, Some(&self.token), None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(reqwest::Method::POST, path, Some(&self.token), Some(body))
+    }
+}
+
+#[test]
+fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
+    let cluster = TestCluster::builder().agents(1).start();
+    let api = Api::new(&cluster);
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "/pass:\n  test: \"true\"\n  tag: [smoke]\n/fail:\n  test: echo boom; exit 1\n",
+            ),
+        ],
+    );
+
+    // Without the operator token, or with another, nothing is answered; probes stay open.
+    let anonymous = api.call(reqwest::Method::GET, "/api/runs", None, None);
+    assert_eq!(
+        anonymous.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        anonymous.text
+    );
+    assert_eq!(anonymous.authenticate.as_deref(), Some("Bearer"));
+    assert!(anonymous.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("operator token"));
+    let wrong = api.call(
+        reqwest::Method::GET,
+        "/api/agents",
+        Some("not-the-token"),
+        None,
+    );
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.text);
+    let refused_trigger = api.call(
+        reqwest::Method::POST,
+        "/api/runs",
+        Some("not-the-token"),
+        Some(json!({ "repo": repo, "all": true })),
+    );
+    assert_eq!(refused_trigger.status, StatusCode::UNAUTHORIZED);
+    assert!(http_get(cluster.http, "/healthz").starts_with("HTTP/1.1 200"));
+
+    // Bad triggers name what is wrong and start nothing.
+    let unknown_field = api.post("/api/runs", json!({ "repo": repo, "colour": "red" }));
+    assert_eq!(
+        unknown_field.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        unknown_field.text
+    );
+    assert!(unknown_field.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    let bad_kind = api.post("/api/runs", json!({ "repo": repo, "kind": "nightly" }));
+    assert_eq!(
+        bad_kind.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        bad_kind.text
+    );
+    assert!(bad_kind.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("nightly"));
+    assert_eq!(api.get("/api/runs").json(), json!([]));
+
+    // A trigger: 201, where the run is, and what `trigger --json` says.
+    let triggered = api.post(
+        "/api/runs",
+        json!({ "repo": repo, "all": true, "context": ["distro=fedora-40"] }),
+    );
+    assert_eq!(triggered.status, StatusCode::CREATED, "{}", triggered.text);
+    let run = triggered.json()["run"].as_u64().expect("a run id");
+    assert_eq!(triggered.location, Some(format!("/api/runs/{run}")));
+    assert_eq!(triggered.json()["tests"], 2);
+
+    // The run as it goes, then finished: the same JSON as `runs show --json`.
+    let mut seen = Value::Null;
+    wait_for("the run to finish, seen through the API", DEADLINE, || {
+        seen = api.get(&format!("/api/runs/{run}")).json();
+        !matches!(seen["state"].as_str(), None | Some("queued" | "running"))
+    });
+    assert_eq!(seen["state"], "failed", "{seen:#}");
+    let shown = ok_json(cluster.operator(&["runs", "show", &run.to_string(), "--json"]));
+    assert_eq!(seen, shown);
+    assert_eq!(api.get(&format!("/api/runs/{run}/report")).json(), shown);
+    let listed = ok_json(cluster.operator(&["runs", "--json"]));
+    assert_eq!(api.get("/api/runs").json(), listed);
+    assert_eq!(
+        api.get("/api/runs?limit=1")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let bad_limit = api.get("/api/runs?limit=many");
+    assert_eq!(bad_limit.status, StatusCode::BAD_REQUEST);
+    assert!(bad_limit.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit"));
+
+    let junit = api.get(&format!("/api/runs/{run}/report?format=junit"));
+    assert_eq!(junit.status, StatusCode::OK);
+    assert!(junit.text.starts_with("<?xml"), "{}", junit.text);
+    assert!(junit.text.contains("/tests/fail"), "{}", junit.text);
+    let pdf = api.get(&format!("/api/runs/{run}/report?format=pdf"));
+    assert_eq!(pdf.status, StatusCode::BAD_REQUEST);
+    assert!(pdf.json()["error"].as_str().unwrap().contains("pdf"));
+
+    // The catalog the trigger stored, filtered as `tests list` filters.
+    assert_eq!(
+        api.get("/api/tests?tag=smoke").json(),
+        ok_json(cluster.operator(&["tests", "list", "--tag", "smoke", "--json"]))
+    );
+    assert_eq!(api.get("/api/tests").json().as_array().unwrap().len(), 2);
+    let bad_filter = api.get("/api/tests?colour=red");
+    assert_eq!(bad_filter.status, StatusCode::BAD_REQUEST);
+    assert!(bad_filter.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    assert_eq!(
+        api.get("/api/features").json(),
+        ok_json(cluster.operator(&["features", "--json"]))
+    );
+
+    // Agents, triggers and platforms as the CLI lists them (an agent's last_seen moves on).
+    let agents = api.get("/api/agents").json();
+    let cli_agents = ok_json(cluster.operator(&["agents", "--json"]));
+    let without_last_seen = |mut agents: Value| {
+        for agent in agents.as_array_mut().unwrap() {
+            agent.as_object_mut().unwrap().remove("last_seen");
+        }
+        agents
+    };
+    assert_eq!(without_last_seen(agents), without_last_seen(cli_agents));
+    assert_eq!(
+        api.get("/api/triggers").json(),
+        ok_json(cluster.operator(&["triggers", "--json"]))
+    );
+    assert_eq!(
+        api.get("/api/platforms").json(),
+        json!({ "pools": [], "platforms": [] })
+    );
+
+    // Cancelling a finished run says how it ended; what does not exist is a 404 that says so.
+    let cancelled = api.post(&format!("/api/runs/{run}/cancel"), json!({}));
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    assert_eq!(cancelled.json(), json!({ "run": run, "state": "failed" }));
+    let missing = api.get("/api/runs/999");
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.json()["error"].as_str().unwrap().contains("999"));
+    let cancel_missing = api.post("/api/runs/999/cancel", json!({}));
+    assert_eq!(
+        cancel_missing.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        cancel_missing.text
+    );
+    let no_repo = api.post(
+        "/api/runs",
+        json!({ "repo": cluster.path("nothing-here"), "all": true }),
+    );
+    assert_eq!(no_repo.status, StatusCode::BAD_REQUEST, "{}", no_repo.text);
+    assert!(no_repo.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing-here"));
+    let nowhere = api.get("/api/nowhere");
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert!(nowhere.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("/api/nowhere"));
+}
