@@ -71,6 +71,21 @@ impl EventRow {
 }
 
 /// The filters of `polarizer tail`; every one given must hold.
+/// `--since` (and the API's `since`): a duration back from `now_ms` (`10m`, `1h 30m`) as a time, or an
+/// event id (digits only) to resume after. Returns (since_ms, after_id); the reason when it is neither.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<(Option<i64>, Option<u64>), String> {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        let id = text
+            .parse::<u64>()
+            .map_err(|err| format!("not an event id: {err}"))?;
+        return Ok((None, Some(id)));
+    }
+    match crate::metadata::parse_duration_seconds(text) {
+        Some(seconds) => Ok((Some(now_ms - seconds as i64 * 1000), None)),
+        None => Err("give a duration (10m, 30s, 2h) or an event id (digits)".into()),
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TailQuery {
     pub agents: Vec<String>,

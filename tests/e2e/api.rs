@@ -82,6 +82,60 @@ impl Api {
     fn post(&self, path: &str, body: Value) -> Answer {
         self.call(reqwest::Method::POST, path, Some(&self.token), Some(body))
     }
+
+    /// Opens the WebSocket at `path` with the operator token (or `token`): the socket, or the status
+    /// the handshake was refused with.
+    fn websocket(&self, path: &str, token: Option<&str>) -> Result<Socket, StatusCode> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}{path}", self.base.replacen("http", "ws", 1))
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        self.runtime.block_on(async {
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((socket, _)) => Ok(socket),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    Err(StatusCode::from_u16(response.status().as_u16()).unwrap())
+                }
+                Err(err) => panic!("websocket {path}: {err}"),
+            }
+        })
+    }
+
+    /// The next message: a JSON text, or the close code; `None` when nothing came before `deadline`.
+    fn next(&self, socket: &mut Socket, deadline: Duration) -> Option<Received> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.runtime.block_on(async {
+            loop {
+                let message = tokio::time::timeout(deadline, socket.next()).await.ok()??;
+                match message.expect("a websocket message") {
+                    Message::Text(text) => {
+                        return Some(Received::Json(serde_json::from_str(&text).unwrap()))
+                    }
+                    Message::Close(frame) => {
+                        return Some(Received::Closed(
+                            frame.map(|frame| (u16::from(frame.code), frame.reason.to_string())),
+                        ))
+                    }
+                    _ => continue,
+                }
+            }
+        })
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Debug, PartialEq)]
+enum Received {
+    Json(Value),
+    Closed(Option<(u16, String)>),
 }
 
 #[test]
@@ -233,6 +287,69 @@ fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
         api.get("/api/platforms").json(),
         json!({ "pools": [], "platforms": [] })
     );
+
+    // Events over a WebSocket: what is stored, as `tail --json` has it, then the end and a normal close.
+    assert_eq!(
+        api.websocket("/api/events?follow=false&since=0", None)
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        api.websocket("/api/events?test=/tests/fail", Some(&api.token))
+            .err(),
+        Some(StatusCode::BAD_REQUEST)
+    );
+    let stored_lines = cluster.operator(&["tail", "--json", "--no-follow", "--since", "0"]);
+    assert!(stored_lines.status.success());
+    let stored: Vec<Value> = String::from_utf8_lossy(&stored_lines.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(!stored.is_empty(), "the run left events");
+    let mut socket = api
+        .websocket("/api/events?follow=false&since=0", Some(&api.token))
+        .unwrap();
+    let mut received = Vec::new();
+    loop {
+        match api.next(&mut socket, DEADLINE) {
+            Some(Received::Json(value)) if value.get("end").is_some() => break,
+            Some(Received::Json(value)) => received.push(value),
+            other => panic!("before the end: {other:?}"),
+        }
+    }
+    assert_eq!(received, stored);
+    assert_eq!(
+        api.next(&mut socket, DEADLINE),
+        Some(Received::Closed(Some((1000, "done".into()))))
+    );
+
+    // Live: an event a test's app emits reaches a WebSocket following the kind, as it happens (from
+    // the last event seen: whether it lands before or after the follower subscribes, it arrives).
+    let last_seen = stored.last().unwrap()["id"].as_u64().unwrap();
+    let mut live = api
+        .websocket(
+            &format!("/api/events?kind=app&since={last_seen}"),
+            Some(&api.token),
+        )
+        .unwrap();
+    let sent = emit(
+        &cluster.path("agent-vm-1").join("emit.sock"),
+        &["--kind", "app", "--data", r#"{"state":"registered"}"#],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    match api.next(&mut live, DEADLINE) {
+        Some(Received::Json(event)) => {
+            assert_eq!(event["kind"], "app", "{event}");
+            assert_eq!(event["agent"], "vm-1", "{event}");
+            assert_eq!(event["data"], json!({ "state": "registered" }), "{event}");
+            assert!(event["id"].as_u64().unwrap() > last_seen, "{event}");
+        }
+        other => panic!("no live event: {other:?}"),
+    }
 
     // Cancelling a finished run says how it ended; what does not exist is a 404 that says so.
     let cancelled = api.post(&format!("/api/runs/{run}/cancel"), json!({}));

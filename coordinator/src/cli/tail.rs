@@ -6,9 +6,9 @@ use std::io::{IsTerminal, Write};
 use anyhow::bail;
 use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
-use serde_json::json;
 
 use crate::cli::client::{CoordinatorStopped, OperatorClient};
+use crate::core::views::event_json;
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -44,18 +44,8 @@ pub struct TailArgs {
 pub fn tail_query(args: &TailArgs, now_ms: i64) -> anyhow::Result<TailQuery> {
     let (since_ms, after_id) = match args.since.as_deref() {
         None => (None, None),
-        Some(text) if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) => {
-            let id = text
-                .parse::<u64>()
-                .map_err(|err| anyhow::anyhow!("--since {text}: not an event id: {err}"))?;
-            (None, Some(id))
-        }
-        Some(text) => {
-            let Some(seconds) = polarizer_shared::metadata::parse_duration_seconds(text) else {
-                bail!("--since {text:?}: give a duration (10m, 30s, 2h) or an event id (digits)");
-            };
-            (Some(now_ms - seconds as i64 * 1000), None)
-        }
+        Some(text) => polarizer_shared::events::parse_since(text, now_ms)
+            .map_err(|why| anyhow::anyhow!("--since {text:?}: {why}"))?,
     };
     if args.test.is_some() && args.run.is_none() {
         bail!("--test needs --run: test names repeat across runs");
@@ -197,23 +187,4 @@ impl Printer {
             )
         }
     }
-}
-
-/// One event as `tail --json` prints it. Field names are a public interface: add, never rename.
-pub fn event_json(event: &EventRow) -> serde_json::Value {
-    let data: serde_json::Value =
-        serde_json::from_str(&event.data).unwrap_or_else(|_| json!(event.data));
-    json!({
-        "id": event.id,
-        "agent": event.agent,
-        "seq": event.seq,
-        "time": crate::cli::format::rfc3339(event.agent_ms),
-        "received": crate::cli::format::rfc3339(event.received_ms),
-        "kind": event.kind,
-        "run": event.run,
-        "suite": event.suite,
-        "test": event.test,
-        "summary": event.summary,
-        "data": data,
-    })
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use polarizer_shared::events::EventRow;
 use polarizer_shared::platforms::{PlatformRecord, PoolRecord};
 use polarizer_shared::protocol::AgentRecord;
 use polarizer_shared::run::{RunDetail, RunRow, TriggerSummary};
@@ -225,5 +226,24 @@ fn platform_json(platform: &PlatformRecord, now_ms: i64) -> serde_json::Value {
         "address": platform.address,
         "tries": platform.tries,
         "error": platform.error,
+    })
+}
+
+/// One event as `tail --json` prints it. Field names are a public interface: add, never rename.
+pub fn event_json(event: &EventRow) -> serde_json::Value {
+    let data: serde_json::Value =
+        serde_json::from_str(&event.data).unwrap_or_else(|_| json!(event.data));
+    json!({
+        "id": event.id,
+        "agent": event.agent,
+        "seq": event.seq,
+        "time": rfc3339(event.agent_ms),
+        "received": rfc3339(event.received_ms),
+        "kind": event.kind,
+        "run": event.run,
+        "suite": event.suite,
+        "test": event.test,
+        "summary": event.summary,
+        "data": data,
     })
 }

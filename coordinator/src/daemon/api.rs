@@ -7,32 +7,51 @@
 //! does not exist, 400 for a request that cannot be honoured (the sentence says which field or why).
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRef, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use polarizer_shared::catalog::TestQuery;
+use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::{TriggerKind, TriggerRequest};
 use polarizer_transport::state_files::secret_digest;
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::core::views;
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
 use crate::daemon::operator::respond;
+use crate::daemon::tail::{Ended, Sink};
 
 /// How many runs and triggers a listing gives unless `?limit=` says otherwise (as the CLI's).
 const DEFAULT_RUNS: u32 = 20;
 const DEFAULT_TRIGGERS: u32 = 50;
 
+/// What the API's handlers read: the daemon's context, and the token that says it is stopping (a
+/// WebSocket then closes with 1001 and where to resume).
+#[derive(Clone)]
+struct ApiState {
+    context: Context,
+    shutdown: CancellationToken,
+}
+
+impl FromRef<ApiState> for Context {
+    fn from_ref(state: &ApiState) -> Context {
+        state.context.clone()
+    }
+}
+
 /// The `/api/` routes, each behind the operator token.
-pub fn router(context: Context) -> Router {
+pub fn router(context: Context, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/api/agents", get(agents))
+        .route("/api/events", get(events))
         .route("/api/tests", get(tests))
         .route("/api/features", get(features))
         .route("/api/runs", get(runs).post(trigger))
@@ -43,7 +62,7 @@ pub fn router(context: Context) -> Router {
         .route("/api/platforms", get(platforms))
         .route("/api/{*rest}", get(unknown).post(unknown))
         .layer(middleware::from_fn_with_state(context.clone(), authorise))
-        .with_state(context)
+        .with_state(ApiState { context, shutdown })
 }
 
 /// Lets a request through only with `Authorization: Bearer <operator token>`.
@@ -376,5 +395,158 @@ async fn platforms(State(context): State<Context>) -> Response {
         }
         Ok(other) => unexpected(&other),
         Err(response) => response,
+    }
+}
+
+/// `/api/events`' filters: `tail`'s, named as its flags are; lists comma-separated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFilters {
+    agent: Option<String>,
+    kind: Option<String>,
+    run: Option<u64>,
+    test: Option<String>,
+    /// A duration back (`10m`) or the id of the last event seen, to resume after it.
+    since: Option<String>,
+    /// How many stored events first when `since` is not given (20).
+    n: Option<u32>,
+    grep: Option<String>,
+    /// `false`: what is stored, then `{"end": true}` and a normal close.
+    follow: Option<bool>,
+}
+
+fn list(text: Option<String>) -> Vec<String> {
+    text.iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn tail_query(filters: EventFilters) -> Result<TailQuery, String> {
+    let (since_ms, after_id) = match filters.since.as_deref() {
+        None => (None, None),
+        Some(text) => polarizer_shared::events::parse_since(text, now_ms())
+            .map_err(|why| format!("since {text:?}: {why}"))?,
+    };
+    if filters.test.is_some() && filters.run.is_none() {
+        return Err("test needs run: test names repeat across runs".into());
+    }
+    Ok(TailQuery {
+        agents: list(filters.agent),
+        kinds: list(filters.kind),
+        run: filters.run,
+        test: filters.test,
+        limit: match filters.since {
+            Some(_) => None,
+            None => Some(filters.n.unwrap_or(20)),
+        },
+        since_ms,
+        after_id,
+        grep: filters.grep,
+        follow: filters.follow.unwrap_or(true),
+    })
+}
+
+/// `GET /api/events` as a WebSocket: `polarizer tail` live, one event per text message as `tail --json`
+/// writes it. A client that falls behind is sent `{"lagged": N, "resume": ID}` and goes on from the
+/// store (it misses nothing; ingest never waits for it). Closes 1000 when a `follow=false` tail is done
+/// (after `{"end": true}`), 1001 when the coordinator stops (the reason names `since=ID` to resume),
+/// 1008 when the tail cannot be served (`{"error": …}` first).
+async fn events(
+    State(state): State<ApiState>,
+    filters: Result<Query<EventFilters>, QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let query = match filters {
+        Ok(Query(filters)) => tail_query(filters),
+        Err(rejection) => Err(rejection.body_text()),
+    };
+    let query = match query {
+        Ok(query) => query,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    upgrade.on_upgrade(move |socket| follow_events(state, socket, query))
+}
+
+async fn follow_events(state: ApiState, socket: WebSocket, query: TailQuery) {
+    let mut sink = WebSocketSink {
+        socket,
+        last_id: query.after_id.unwrap_or(0),
+        failed: false,
+    };
+    let ended = crate::daemon::tail::tail(
+        &mut sink,
+        &state.context.store,
+        &state.context.fanout,
+        query,
+        &state.shutdown,
+    )
+    .await;
+    let (code, reason) = match ended {
+        Ok(Ended::Done) if sink.failed => (1008, "the tail could not be served".to_string()),
+        Ok(Ended::Done) => (1000, "done".to_string()),
+        Ok(Ended::ShuttingDown) => (
+            1001,
+            format!(
+                "the coordinator is shutting down; resume with since={}",
+                sink.last_id
+            ),
+        ),
+        // The client went away.
+        Err(_) => return,
+    };
+    let _ = sink
+        .socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// A tail's answer over a WebSocket: JSON text messages.
+struct WebSocketSink {
+    socket: WebSocket,
+    /// The id of the last event sent: where a client resumes.
+    last_id: u64,
+    /// An error was answered.
+    failed: bool,
+}
+
+impl WebSocketSink {
+    async fn text(&mut self, value: serde_json::Value) -> Result<(), axum::Error> {
+        self.socket
+            .send(Message::Text(value.to_string().into()))
+            .await
+    }
+}
+
+impl Sink for WebSocketSink {
+    type Error = axum::Error;
+
+    async fn events(&mut self, events: &[&EventRow]) -> Result<(), axum::Error> {
+        for event in events {
+            self.text(views::event_json(event)).await?;
+            self.last_id = event.id;
+        }
+        Ok(())
+    }
+
+    async fn answer(&mut self, response: OperatorResponse) -> Result<(), axum::Error> {
+        match response {
+            OperatorResponse::Lagged { missed } => {
+                let resume = self.last_id;
+                self.text(json!({ "lagged": missed, "resume": resume }))
+                    .await
+            }
+            OperatorResponse::EventsEnd => self.text(json!({ "end": true })).await,
+            OperatorResponse::Error { message } => {
+                self.failed = true;
+                self.text(json!({ "error": message })).await
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -180,7 +180,7 @@ pub async fn run(
             pools: context.pools.clone(),
             github: github.clone(),
         };
-        let api = crate::daemon::api::router(context.clone());
+        let api = crate::daemon::api::router(context.clone(), shutdown.clone());
         let shutdown = shutdown.clone();
         async move {
             if let Err(err) = crate::daemon::http::serve(http_listener, state, api, shutdown).await

@@ -60,8 +60,35 @@ async fn send_events(stream: &mut FramedStream, events: &[&EventRow]) -> Result<
     Ok(())
 }
 
-async fn error(stream: &mut FramedStream, message: String) -> Result<Ended, StreamError> {
-    send(stream, OperatorResponse::Error { message }).await?;
+/// Where a tail's answer goes: an operator's QUIC stream, or a WebSocket of the HTTP API.
+pub trait Sink: Send {
+    type Error: Send;
+    /// Events, in order.
+    fn events(
+        &mut self,
+        events: &[&EventRow],
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+    /// One of the answers a tail gives besides events: `Lagged`, `EventsEnd`, `Error`.
+    fn answer(
+        &mut self,
+        response: OperatorResponse,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+impl Sink for FramedStream {
+    type Error = StreamError;
+
+    async fn events(&mut self, events: &[&EventRow]) -> Result<(), StreamError> {
+        send_events(self, events).await
+    }
+
+    async fn answer(&mut self, response: OperatorResponse) -> Result<(), StreamError> {
+        send(self, response).await
+    }
+}
+
+async fn error<S: Sink>(stream: &mut S, message: String) -> Result<Ended, S::Error> {
+    stream.answer(OperatorResponse::Error { message }).await?;
     Ok(Ended::Done)
 }
 
@@ -72,8 +99,8 @@ enum Progress {
 }
 
 /// One `tail`: its filters, its stream, and the last event id it has sent or passed over.
-struct Follower<'a> {
-    stream: &'a mut FramedStream,
+struct Follower<'a, S> {
+    stream: &'a mut S,
     store: &'a StoreHandle,
     query: TailQuery,
     grep: Option<fancy_regex::Regex>,
@@ -81,7 +108,7 @@ struct Follower<'a> {
     page: PageLimit,
 }
 
-impl Follower<'_> {
+impl<S: Sink> Follower<'_, S> {
     fn wanted(&self, event: &EventRow) -> bool {
         crate::store::events::matches(&self.query, event)
             && self.grep.as_ref().is_none_or(|regex| {
@@ -91,7 +118,7 @@ impl Follower<'_> {
     }
 
     /// Sends the stored events after `last_id`, a page at a time, until a page comes back short.
-    async fn catch_up(&mut self, shutdown: &CancellationToken) -> Result<Progress, StreamError> {
+    async fn catch_up(&mut self, shutdown: &CancellationToken) -> Result<Progress, S::Error> {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(Progress::Stop(Ended::ShuttingDown));
@@ -110,7 +137,7 @@ impl Follower<'_> {
             };
             self.last_id = last.id;
             let wanted: Vec<&EventRow> = page.iter().filter(|event| self.wanted(event)).collect();
-            send_events(self.stream, &wanted).await?;
+            self.stream.events(&wanted).await?;
             if !limit.filled_by(&page) {
                 return Ok(Progress::CaughtUp);
             }
@@ -118,24 +145,24 @@ impl Follower<'_> {
     }
 }
 
-pub async fn tail(
-    stream: &mut FramedStream,
+pub async fn tail<S: Sink>(
+    stream: &mut S,
     store: &StoreHandle,
     fanout: &FanOut,
     query: TailQuery,
     shutdown: &CancellationToken,
-) -> Result<Ended, StreamError> {
+) -> Result<Ended, S::Error> {
     tail_paged(stream, store, fanout, query, shutdown, PAGE).await
 }
 
-async fn tail_paged(
-    stream: &mut FramedStream,
+async fn tail_paged<S: Sink>(
+    stream: &mut S,
     store: &StoreHandle,
     fanout: &FanOut,
     query: TailQuery,
     shutdown: &CancellationToken,
     page: PageLimit,
-) -> Result<Ended, StreamError> {
+) -> Result<Ended, S::Error> {
     let grep = match query.grep.as_deref().map(fancy_regex::Regex::new) {
         Some(Err(err)) => return error(stream, format!("--grep: {err}")).await,
         Some(Ok(regex)) => Some(regex),
@@ -163,7 +190,7 @@ async fn tail_paged(
         return Ok(ended);
     }
     if !follow {
-        send(follower.stream, OperatorResponse::EventsEnd).await?;
+        follower.stream.answer(OperatorResponse::EventsEnd).await?;
         return Ok(Ended::Done);
     }
     // What committed while the store was read is both stored and live: skipped by id.
@@ -207,11 +234,14 @@ async fn tail_paged(
                 LiveEvent::Stored { .. } => {}
             }
         }
-        send_events(follower.stream, &events).await?;
+        follower.stream.events(&events).await?;
         drop(events);
         drop(batch);
         if let Some(missed) = lagged {
-            send(follower.stream, OperatorResponse::Lagged { missed }).await?;
+            follower
+                .stream
+                .answer(OperatorResponse::Lagged { missed })
+                .await?;
             // A fresh place at the ring's head, taken before the store is read: whatever the store
             // does not have yet, the ring will.
             live = fanout.events.subscribe();
