@@ -351,6 +351,76 @@ fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
         other => panic!("no live event: {other:?}"),
     }
 
+    // A run watched over a WebSocket: as it stands, each result as it lands, the end, the final run.
+    let marker = cluster.path("gate-open");
+    let gated = git_repo(
+        &cluster.path("gated-repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                &format!(
+                    "/gated:\n  test: while [ ! -e {} ]; do sleep 0.05; done\n/quick:\n  test: \"true\"\n",
+                    marker.display()
+                ),
+            ),
+        ],
+    );
+    let watched = api
+        .post("/api/runs", json!({ "repo": gated, "all": true }))
+        .json()["run"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        api.websocket("/api/runs/999/watch", Some(&api.token)).err(),
+        Some(StatusCode::NOT_FOUND)
+    );
+    let mut watch = api
+        .websocket(&format!("/api/runs/{watched}/watch"), Some(&api.token))
+        .unwrap();
+    let Some(Received::Json(first)) = api.next(&mut watch, DEADLINE) else {
+        panic!("no first message");
+    };
+    assert_eq!(first["type"], "run", "{first}");
+    assert!(
+        matches!(first["run"]["state"].as_str(), Some("queued" | "running")),
+        "{first}"
+    );
+    std::fs::write(&marker, "").unwrap();
+    let mut messages = Vec::new();
+    let closed = loop {
+        match api.next(&mut watch, DEADLINE) {
+            Some(Received::Json(message)) => messages.push(message),
+            Some(Received::Closed(frame)) => break frame,
+            None => panic!("the watch went quiet: {messages:#?}"),
+        }
+    };
+    assert_eq!(closed, Some((1000, "done".into())));
+    let gated_result = messages
+        .iter()
+        .find(|message| {
+            message["type"] == "test_finished" && message["test"]["name"] == "/tests/gated"
+        })
+        .unwrap_or_else(|| panic!("no result for /tests/gated: {messages:#?}"));
+    assert_eq!(gated_result["test"]["status"], "pass");
+    assert_eq!(gated_result["run"], watched);
+    let finished_at = messages
+        .iter()
+        .position(|message| message["type"] == "run_finished")
+        .unwrap_or_else(|| panic!("no run_finished: {messages:#?}"));
+    assert_eq!(messages[finished_at]["state"], "passed");
+    let last = messages.last().unwrap();
+    assert_eq!(last["type"], "run");
+    assert_eq!(
+        finished_at + 2,
+        messages.len(),
+        "the final run comes last: {messages:#?}"
+    );
+    assert_eq!(
+        last["run"],
+        ok_json(cluster.operator(&["runs", "show", &watched.to_string(), "--json"]))
+    );
+
     // Cancelling a finished run says how it ended; what does not exist is a 404 that says so.
     let cancelled = api.post(&format!("/api/runs/{run}/cancel"), json!({}));
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);

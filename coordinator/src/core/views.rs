@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use polarizer_shared::events::EventRow;
 use polarizer_shared::platforms::{PlatformRecord, PoolRecord};
 use polarizer_shared::protocol::AgentRecord;
-use polarizer_shared::run::{RunDetail, RunRow, TriggerSummary};
+use polarizer_shared::run::{RunDetail, RunRow, RunTestRow, RunUpdate, TriggerSummary};
 use polarizer_shared::triggers::TriggerRecord;
 use serde_json::json;
 
@@ -92,47 +92,46 @@ pub fn run_json(detail: &RunDetail) -> serde_json::Value {
             })
         })
         .collect();
-    run["tests"] = detail
-        .tests
-        .iter()
-        .map(|test| {
-            json!({
-                "test": test.test,
-                "name": test.name,
-                "suite": test.suite,
-                "status": test.status.as_str(),
-                "agent": test.agent,
-                "attempt": test.attempt,
-                "duration_ms": test.duration_ms,
-                "started": test.started_ms.map(rfc3339),
-                "message": test.message,
-                "why": test.reasons,
-                "lost_attempts": test.lost_attempts.iter().map(|lost| json!({
-                    "attempt": lost.attempt,
-                    "agent": lost.agent,
-                    "message": lost.message,
-                    "at": rfc3339(lost.at_ms),
-                })).collect::<Vec<_>>(),
-                "subresults": test.subresults.iter().map(|sub| json!({
-                    "name": sub.name,
-                    "classname": sub.classname,
-                    "status": sub.status.as_str(),
-                    "duration_ms": sub.duration_ms,
-                    "message": sub.message,
-                })).collect::<Vec<_>>(),
-                "output_tail": test.output_tail,
-                "cluster": test.cluster.as_ref().map(|cluster| json!({
-                    "id": cluster.id,
-                    "issue": cluster.label.as_ref().map(|label| label.issue.as_str()),
-                    "kind": cluster.label.as_ref().map(|label| label.kind.as_str()),
-                    "note": cluster.label.as_ref().map(|label| label.note.as_str()),
-                })),
-                "quarantined": test.quarantined,
-                "slow_p95_ms": test.slow_p95_ms,
-            })
-        })
-        .collect();
+    run["tests"] = detail.tests.iter().map(test_json).collect();
     run
+}
+
+/// One test of a run, as `runs show --json` has it in `tests`.
+pub fn test_json(test: &RunTestRow) -> serde_json::Value {
+    json!({
+        "test": test.test,
+        "name": test.name,
+        "suite": test.suite,
+        "status": test.status.as_str(),
+        "agent": test.agent,
+        "attempt": test.attempt,
+        "duration_ms": test.duration_ms,
+        "started": test.started_ms.map(rfc3339),
+        "message": test.message,
+        "why": test.reasons,
+        "lost_attempts": test.lost_attempts.iter().map(|lost| json!({
+            "attempt": lost.attempt,
+            "agent": lost.agent,
+            "message": lost.message,
+            "at": rfc3339(lost.at_ms),
+        })).collect::<Vec<_>>(),
+        "subresults": test.subresults.iter().map(|sub| json!({
+            "name": sub.name,
+            "classname": sub.classname,
+            "status": sub.status.as_str(),
+            "duration_ms": sub.duration_ms,
+            "message": sub.message,
+        })).collect::<Vec<_>>(),
+        "output_tail": test.output_tail,
+        "cluster": test.cluster.as_ref().map(|cluster| json!({
+            "id": cluster.id,
+            "issue": cluster.label.as_ref().map(|label| label.issue.as_str()),
+            "kind": cluster.label.as_ref().map(|label| label.kind.as_str()),
+            "note": cluster.label.as_ref().map(|label| label.note.as_str()),
+        })),
+        "quarantined": test.quarantined,
+        "slow_p95_ms": test.slow_p95_ms,
+    })
 }
 
 /// One trigger as `triggers --json` lists it. Field names are a public interface.
@@ -246,4 +245,47 @@ pub fn event_json(event: &EventRow) -> serde_json::Value {
         "summary": event.summary,
         "data": data,
     })
+}
+
+/// A run's update as `/api/runs/{id}/watch` sends it: `type` says which, a finished test is the object
+/// `test_json` writes.
+pub fn update_json(update: &RunUpdate) -> serde_json::Value {
+    match update {
+        RunUpdate::TestStarted {
+            run,
+            test,
+            agent,
+            attempt,
+        } => {
+            json!({ "type": "test_started", "run": run, "test": test, "agent": agent, "attempt": attempt })
+        }
+        RunUpdate::TestFinished { run, row } => {
+            json!({ "type": "test_finished", "run": run, "test": test_json(row) })
+        }
+        RunUpdate::Output {
+            run,
+            test,
+            stream,
+            line,
+        } => json!({ "type": "output", "run": run, "test": test, "stream": stream, "line": line }),
+        RunUpdate::Requeued {
+            run,
+            suite,
+            attempt,
+            agent,
+        } => {
+            json!({ "type": "requeued", "run": run, "suite": suite, "attempt": attempt, "agent": agent })
+        }
+        RunUpdate::RunFinished { run, state } => {
+            json!({ "type": "run_finished", "run": run, "state": state.as_str() })
+        }
+        RunUpdate::Reinstated {
+            run,
+            suite,
+            attempt,
+            agent,
+        } => {
+            json!({ "type": "reinstated", "run": run, "suite": suite, "attempt": attempt, "agent": agent })
+        }
+    }
 }

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use polarizer_shared::catalog::TestQuery;
 use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
-use polarizer_shared::run::{TriggerKind, TriggerRequest};
+use polarizer_shared::run::{RunUpdate, TriggerKind, TriggerRequest};
 use polarizer_transport::state_files::secret_digest;
 use serde::Deserialize;
 use serde_json::json;
@@ -58,6 +58,7 @@ pub fn router(context: Context, shutdown: CancellationToken) -> Router {
         .route("/api/runs/{run}", get(run))
         .route("/api/runs/{run}/report", get(report))
         .route("/api/runs/{run}/cancel", post(cancel))
+        .route("/api/runs/{run}/watch", get(watch))
         .route("/api/triggers", get(triggers))
         .route("/api/platforms", get(platforms))
         .route("/api/{*rest}", get(unknown).post(unknown))
@@ -475,6 +476,7 @@ async fn follow_events(state: ApiState, socket: WebSocket, query: TailQuery) {
         socket,
         last_id: query.after_id.unwrap_or(0),
         failed: false,
+        run_finished: false,
     };
     let ended = crate::daemon::tail::tail(
         &mut sink,
@@ -484,6 +486,12 @@ async fn follow_events(state: ApiState, socket: WebSocket, query: TailQuery) {
         &state.shutdown,
     )
     .await;
+    close(sink, ended).await;
+}
+
+/// Closes a WebSocket as its stream ended: 1000 done, 1001 the coordinator stopping (the reason says
+/// where to resume), 1008 an error answered; nothing when the client went away.
+async fn close(mut sink: WebSocketSink, ended: Result<Ended, axum::Error>) {
     let (code, reason) = match ended {
         Ok(Ended::Done) if sink.failed => (1008, "the tail could not be served".to_string()),
         Ok(Ended::Done) => (1000, "done".to_string()),
@@ -513,6 +521,8 @@ struct WebSocketSink {
     last_id: u64,
     /// An error was answered.
     failed: bool,
+    /// A run's `run_finished` was sent (the final run follows).
+    run_finished: bool,
 }
 
 impl WebSocketSink {
@@ -546,7 +556,72 @@ impl Sink for WebSocketSink {
                 self.failed = true;
                 self.text(json!({ "error": message })).await
             }
+            OperatorResponse::Run(detail) => {
+                self.text(json!({ "type": "run", "run": views::run_json(&detail) }))
+                    .await
+            }
+            OperatorResponse::Update(update) => {
+                self.run_finished |= matches!(update, RunUpdate::RunFinished { .. });
+                self.text(views::update_json(&update)).await
+            }
             _ => Ok(()),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchOptions {
+    /// Also every line of test output as it arrives.
+    #[serde(default)]
+    output: bool,
+}
+
+/// `GET /api/runs/{id}/watch` as a WebSocket: `{"type": "run", "run": …}` (the run as `runs show
+/// --json` has it), then each update as it commits (`test_started`, `test_finished` with the test,
+/// `output` with `?output=true`, `requeued`, `reinstated`, `run_finished`), then the final run, and a
+/// close 1000. A watcher that falls behind is sent the whole run again instead of slowing ingest.
+async fn watch(
+    State(state): State<ApiState>,
+    Path(run): Path<u64>,
+    options: Result<Query<WatchOptions>, QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let output = match options {
+        Ok(Query(options)) => options.output,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    // A run that does not exist is a 404 before any upgrade.
+    if let Err(response) =
+        ask_about_run(&state.context, run, OperatorRequest::ShowRun { run }).await
+    {
+        return response;
+    }
+    upgrade.on_upgrade(move |socket| watch_socket(state, socket, run, output))
+}
+
+async fn watch_socket(state: ApiState, socket: WebSocket, run: u64, output: bool) {
+    let mut sink = WebSocketSink {
+        socket,
+        last_id: 0,
+        failed: false,
+        run_finished: false,
+    };
+    let ended =
+        crate::daemon::operator::watch_run(&mut sink, &state.context, run, output, &state.shutdown)
+            .await;
+    // After `run_finished`, the run as it ended, complete.
+    let ended = match ended {
+        Ok(Ended::Done) if sink.run_finished => {
+            match respond(&state.context, OperatorRequest::ShowRun { run }).await {
+                OperatorResponse::Run(detail) if detail.run.state.is_final() => sink
+                    .text(json!({ "type": "run", "run": views::run_json(&detail) }))
+                    .await
+                    .map(|()| Ended::Done),
+                _ => Ok(Ended::Done),
+            }
+        }
+        other => other,
+    };
+    close(sink, ended).await;
 }

@@ -13,7 +13,7 @@ use tracing::info;
 use crate::core::run::{RunEnd, SuiteState};
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
-use crate::daemon::tail::Ended;
+use crate::daemon::tail::{Ended, Sink};
 
 /// How long a stopping coordinator gives an operator to receive what was sent before it closes.
 const GOODBYE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -169,38 +169,33 @@ async fn revoke(context: &Context, name: &str) -> OperatorResponse {
     }
 }
 
-/// Streams a run: a snapshot, then every committed change, until the run is finished or the
-/// coordinator stops. A watcher that falls behind gets a fresh snapshot instead of slowing anyone down.
-async fn watch_run(
-    stream: &mut FramedStream,
+/// Streams a run (`runs watch`, `/api/runs/{id}/watch`): a snapshot, then every committed change, until
+/// the run is finished or the coordinator stops. A watcher that falls behind gets a fresh snapshot
+/// instead of slowing anyone down.
+pub(crate) async fn watch_run<S: Sink>(
+    stream: &mut S,
     context: &Context,
     run: u64,
     output: bool,
     shutdown: &CancellationToken,
-) -> Result<Ended, StreamError> {
+) -> Result<Ended, S::Error> {
     let mut updates = context.fanout.updates.subscribe();
     loop {
         let detail = match run_detail(context, run).await {
             Ok(Some(detail)) => detail,
             Ok(None) => {
                 let message = format!("no run {run}");
-                stream
-                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
-                    .await?;
+                stream.answer(OperatorResponse::Error { message }).await?;
                 return Ok(Ended::Done);
             }
             Err(message) => {
-                stream
-                    .send(&ServerFrame::Operator(OperatorResponse::Error { message }))
-                    .await?;
+                stream.answer(OperatorResponse::Error { message }).await?;
                 return Ok(Ended::Done);
             }
         };
         let finished = detail.run.state.is_final();
         stream
-            .send(&ServerFrame::Operator(OperatorResponse::Run(Box::new(
-                detail,
-            ))))
+            .answer(OperatorResponse::Run(Box::new(detail)))
             .await?;
         if finished {
             return Ok(Ended::Done);
@@ -217,9 +212,7 @@ async fn watch_run(
                         continue;
                     }
                     let done = matches!(update, RunUpdate::RunFinished { .. });
-                    stream
-                        .send(&ServerFrame::Operator(OperatorResponse::Update(update)))
-                        .await?;
+                    stream.answer(OperatorResponse::Update(update)).await?;
                     if done {
                         return Ok(Ended::Done);
                     }
@@ -232,8 +225,6 @@ async fn watch_run(
     }
 }
 
-/// Tells the operator the coordinator is stopping, gives it a moment to receive everything sent so
-/// far, then closes the connection.
 fn no_polarion() -> OperatorResponse {
     OperatorResponse::Error {
         message: "the coordinator has no [polarion] in its config".into(),
@@ -270,6 +261,8 @@ async fn send_text(stream: &mut FramedStream, text: &str) -> Result<(), ()> {
     }
 }
 
+/// Tells the operator the coordinator is stopping, gives it a moment to receive everything sent so
+/// far, then closes the connection.
 async fn say_shutting_down(connection: &quinn::Connection, mut stream: FramedStream) {
     let _ = tokio::time::timeout(GOODBYE_DEADLINE, async {
         let goodbye = ServerFrame::Operator(OperatorResponse::ShuttingDown);
