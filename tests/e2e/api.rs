@@ -451,3 +451,84 @@ fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
         .unwrap()
         .contains("/api/nowhere"));
 }
+
+/// The Python client as its README shows it, against a real coordinator and agent: a trigger, its
+/// results watched as they land, the run, its JUnit report, its events, and errors with their status.
+#[test]
+fn the_python_client_triggers_watches_reads_and_tails() {
+    let python = match python_client() {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let cluster = TestCluster::builder().agents(1).start();
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "/pass:\n  test: \"true\"\n/fail:\n  test: echo boom; exit 1\n",
+            ),
+        ],
+    );
+    let script = r#"
+import os
+from polarizer_client import Client, PolarizerError
+
+url = os.environ["POLARIZER_URL"]
+c = Client(url, token_file=os.environ["TOKEN_FILE"])
+try:
+    Client(url, token="not-the-token").runs()
+    raise SystemExit("a wrong token was accepted")
+except PolarizerError as refused:
+    assert refused.status == 401, refused
+
+run = c.trigger(repo=os.environ["REPO"], all=True, context={"distro": "fedora-40"})
+assert run.tests == 2, run
+results = {result.name: result.status for result in c.watch(run.id)}
+assert results == {"/tests/pass": "pass", "/tests/fail": "fail"}, results
+
+final = c.run(run.id)
+assert final.state == "failed" and final.finished, final
+assert sorted(result.name for result in final.results) == ["/tests/fail", "/tests/pass"], final
+assert c.runs()[0].id == run.id
+assert "<testsuite" in c.report(run.id, "junit")
+assert c.report(run.id)["id"] == run.id
+assert c.cancel(run.id) == "failed"
+assert [agent["name"] for agent in c.agents()] == ["vm-1"]
+assert len(c.tests()) == 2
+
+events = list(c.tail(run=run.id, since=0, follow=False))
+assert events and all(event.run == run.id for event in events), events
+assert "result" in {event.kind for event in events}, events
+
+for call, status, words in [
+    (lambda: c.run(999), 404, "999"),
+    (lambda: c.trigger(repo=os.environ["REPO"], kind="nightly"), 400, "nightly"),
+    (lambda: list(c.tail(test="/tests/pass")), 400, "run"),
+]:
+    try:
+        call()
+        raise SystemExit(f"no error where {status} was due")
+    except PolarizerError as failed:
+        assert failed.status == status and words in failed.message, failed
+print("ok")
+"#;
+    let output = std::process::Command::new(&python)
+        .args(["-c", script])
+        .env("POLARIZER_URL", format!("http://{}", cluster.http))
+        .env("TOKEN_FILE", cluster.data_dir.join("operator-token"))
+        .env("REPO", &repo)
+        .env("NO_PROXY", "*")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -643,6 +643,49 @@ pub fn tmt_command() -> Result<Command, String> {
     Ok(command)
 }
 
+/// The Python that has `polarizer_client` (`clients/python`) installed, as its README says (`pip install
+/// ./clients/python`, which brings `websockets` from PyPI), in a venv under `target/`; the package is
+/// reinstalled every call so it is this tree's. `Err` says why it cannot be had: the only reason a test
+/// that needs it may skip.
+pub fn python_client() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join("target").join("python-client");
+    let python = venv.join("bin").join("python");
+    let run = |command: &mut Command, what: &str| -> Result<(), String> {
+        let output = command
+            .output()
+            .map_err(|err| format!("cannot run {what}: {err}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let complaint = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = complaint.lines().rev().take(3).collect();
+        Err(format!(
+            "{what} failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ))
+    };
+    if !python.exists() {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
+    let package = root.join("clients").join("python");
+    let has_websockets = Command::new(&python)
+        .args(["-c", "import websockets.sync.client"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    let mut install = Command::new(&python);
+    install.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
+    if has_websockets {
+        // Only this tree's client again: no trip to PyPI.
+        install.args(["--no-deps", "--force-reinstall"]);
+    }
+    run(install.arg(&package), "pip install ./clients/python")?;
+    Ok(python)
+}
+
 /// `bytes` of noise that git cannot compress (xorshift), the same for the same seed.
 pub fn noise(bytes: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
