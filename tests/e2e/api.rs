@@ -421,6 +421,60 @@ fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
         ok_json(cluster.operator(&["runs", "show", &watched.to_string(), "--json"]))
     );
 
+    // The OpenAPI document: open, generated from the handlers, naming every route and the bearer scheme.
+    let document = api.call(reqwest::Method::GET, "/api/openapi.json", None, None);
+    assert_eq!(document.status, StatusCode::OK, "{}", document.text);
+    let document = document.json();
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3."),
+        "{document:#}"
+    );
+    let paths: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = vec![
+        "/api/agents",
+        "/api/events",
+        "/api/features",
+        "/api/platforms",
+        "/api/runs",
+        "/api/runs/{run}",
+        "/api/runs/{run}/cancel",
+        "/api/runs/{run}/report",
+        "/api/runs/{run}/watch",
+        "/api/tests",
+        "/api/triggers",
+    ];
+    expected.sort();
+    let mut documented = paths.clone();
+    documented.sort();
+    assert_eq!(documented, expected);
+    assert_eq!(
+        document["components"]["securitySchemes"]["operator_token"]["scheme"],
+        "bearer"
+    );
+    assert!(document["paths"]["/api/runs"]["post"]["requestBody"].is_object());
+    let filters: Vec<&str> = document["paths"]["/api/tests"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|parameter| parameter["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        filters.contains(&"depends-on") && filters.contains(&"type"),
+        "{filters:?}"
+    );
+    // Every documented path that is a plain GET answers (not the API's 404 for unknown paths).
+    for path in &paths {
+        if path.contains('{') || *path == "/api/events" {
+            continue;
+        }
+        assert_eq!(api.get(path).status, StatusCode::OK, "{path}");
+    }
+
     // Cancelling a finished run says how it ended; what does not exist is a 404 that says so.
     let cancelled = api.post(&format!("/api/runs/{run}/cancel"), json!({}));
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);

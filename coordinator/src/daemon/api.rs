@@ -22,6 +22,7 @@ use polarizer_transport::state_files::secret_digest;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::core::views;
 use crate::daemon::clock::now_ms;
@@ -64,6 +65,47 @@ pub fn router(context: Context, shutdown: CancellationToken) -> Router {
         .route("/api/{*rest}", get(unknown).post(unknown))
         .layer(middleware::from_fn_with_state(context.clone(), authorise))
         .with_state(ApiState { context, shutdown })
+        // What the API is: no secret in it, open like /healthz.
+        .route("/api/openapi.json", get(openapi))
+}
+
+/// The API's OpenAPI 3.1 document, generated from the handlers' annotations below.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Polarizer",
+        description = "The coordinator's JSON API: the answers of the CLI's --json, behind the operator token."
+    ),
+    paths(agents, tests, features, runs, trigger, run, report, cancel, watch, triggers, platforms, events),
+    components(schemas(TriggerBody)),
+    modifiers(&OperatorToken),
+    security(("operator_token" = []))
+)]
+struct ApiDoc;
+
+/// The bearer scheme every path but this document's needs.
+struct OperatorToken;
+
+impl utoipa::Modify for OperatorToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "operator_token",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("the coordinator's operator-token file"))
+                        .build(),
+                ),
+            );
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 /// Lets a request through only with `Authorization: Bearer <operator token>`.
@@ -136,6 +178,9 @@ async fn unknown(Path(rest): Path<String>) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/api/agents", responses(
+    (status = 200, description = "The inventory, as `agents --json`", body = Vec<serde_json::Value>),
+    (status = 401, description = "No operator token")))]
 async fn agents(State(context): State<Context>) -> Response {
     match ask(&context, OperatorRequest::ListAgents).await {
         Ok(OperatorResponse::Agents(agents)) => {
@@ -147,7 +192,8 @@ async fn agents(State(context): State<Context>) -> Response {
 }
 
 /// `tests list`'s filters, named as its flags are.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct TestFilters {
     feature: Option<String>,
@@ -168,6 +214,10 @@ struct TestFilters {
     include_removed: bool,
 }
 
+#[utoipa::path(get, path = "/api/tests", params(TestFilters), responses(
+    (status = 200, description = "The catalog, filtered as `tests list --json`", body = Vec<serde_json::Value>),
+    (status = 400, description = "An unknown or bad filter, named"),
+    (status = 401, description = "No operator token")))]
 async fn tests(
     State(context): State<Context>,
     filters: Result<Query<TestFilters>, QueryRejection>,
@@ -198,6 +248,9 @@ async fn tests(
     }
 }
 
+#[utoipa::path(get, path = "/api/features", responses(
+    (status = 200, description = "The feature graph, as `features --json`", body = Vec<serde_json::Value>),
+    (status = 401, description = "No operator token")))]
 async fn features(State(context): State<Context>) -> Response {
     match ask(&context, OperatorRequest::ListFeatures).await {
         Ok(OperatorResponse::Features(features)) => Json(features).into_response(),
@@ -206,9 +259,11 @@ async fn features(State(context): State<Context>) -> Response {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct Limit {
+    /// How many, newest first (runs 20, triggers 50 by default; at most 10,000).
     limit: Option<u32>,
 }
 
@@ -220,6 +275,10 @@ fn limit_of(limit: Result<Query<Limit>, QueryRejection>, default: u32) -> Result
     }
 }
 
+#[utoipa::path(get, path = "/api/runs", params(Limit), responses(
+    (status = 200, description = "The newest runs, as `runs --json`", body = Vec<serde_json::Value>),
+    (status = 400, description = "A bad limit"),
+    (status = 401, description = "No operator token")))]
 async fn runs(
     State(context): State<Context>,
     limit: Result<Query<Limit>, QueryRejection>,
@@ -237,6 +296,10 @@ async fn runs(
     }
 }
 
+#[utoipa::path(get, path = "/api/runs/{run}", params(("run" = u64, Path, description = "The run's id")), responses(
+    (status = 200, description = "The run, as `runs show --json`", body = serde_json::Value),
+    (status = 404, description = "No such run"),
+    (status = 401, description = "No operator token")))]
 async fn run(State(context): State<Context>, Path(run): Path<u64>) -> Response {
     match ask_about_run(&context, run, OperatorRequest::ShowRun { run }).await {
         Ok(OperatorResponse::Run(detail)) => Json(views::run_json(&detail)).into_response(),
@@ -245,12 +308,19 @@ async fn run(State(context): State<Context>, Path(run): Path<u64>) -> Response {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ReportFormat {
+    /// `json` (the default) or `junit`.
     format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/runs/{run}/report", params(("run" = u64, Path, description = "The run's id"), ReportFormat), responses(
+    (status = 200, description = "The run's report: JSON as `runs show --json`, or JUnit XML", body = serde_json::Value),
+    (status = 400, description = "A format that is not json or junit"),
+    (status = 404, description = "No such run"),
+    (status = 401, description = "No operator token")))]
 async fn report(
     State(context): State<Context>,
     Path(run): Path<u64>,
@@ -282,7 +352,7 @@ async fn report(
 }
 
 /// `POST /api/runs`: `polarizer trigger`'s arguments, named as its flags are; lists for the repeatable.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TriggerBody {
     /// A git URL, or a directory in a git work tree on the coordinator's host.
@@ -309,6 +379,10 @@ struct TriggerBody {
     plan: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/runs", request_body = TriggerBody, responses(
+    (status = 201, description = "The run made, as `trigger --json`; `Location` is its path", body = serde_json::Value),
+    (status = 400, description = "A bad field, named, or a tree that cannot be run, and why"),
+    (status = 401, description = "No operator token")))]
 async fn trigger(
     State(context): State<Context>,
     body: Result<Json<TriggerBody>, JsonRejection>,
@@ -362,6 +436,10 @@ async fn trigger(
         .into_response()
 }
 
+#[utoipa::path(post, path = "/api/runs/{run}/cancel", params(("run" = u64, Path, description = "The run's id")), responses(
+    (status = 200, description = "`{\"run\", \"state\"}`: cancelled, or how it had already ended", body = serde_json::Value),
+    (status = 404, description = "No such run"),
+    (status = 401, description = "No operator token")))]
 async fn cancel(State(context): State<Context>, Path(run): Path<u64>) -> Response {
     match ask_about_run(&context, run, OperatorRequest::CancelRun { run }).await {
         Ok(OperatorResponse::Cancelled { run, state }) => {
@@ -372,6 +450,10 @@ async fn cancel(State(context): State<Context>, Path(run): Path<u64>) -> Respons
     }
 }
 
+#[utoipa::path(get, path = "/api/triggers", params(Limit), responses(
+    (status = 200, description = "What arrived and what became of it, as `triggers --json`", body = Vec<serde_json::Value>),
+    (status = 400, description = "A bad limit"),
+    (status = 401, description = "No operator token")))]
 async fn triggers(
     State(context): State<Context>,
     limit: Result<Query<Limit>, QueryRejection>,
@@ -389,6 +471,9 @@ async fn triggers(
     }
 }
 
+#[utoipa::path(get, path = "/api/platforms", responses(
+    (status = 200, description = "Pools and platforms, as `platforms --json`", body = serde_json::Value),
+    (status = 401, description = "No operator token")))]
 async fn platforms(State(context): State<Context>) -> Response {
     match ask(&context, OperatorRequest::ListPlatforms).await {
         Ok(OperatorResponse::Platforms { pools, platforms }) => {
@@ -400,7 +485,8 @@ async fn platforms(State(context): State<Context>) -> Response {
 }
 
 /// `/api/events`' filters: `tail`'s, named as its flags are; lists comma-separated.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventFilters {
     agent: Option<String>,
@@ -455,6 +541,10 @@ fn tail_query(filters: EventFilters) -> Result<TailQuery, String> {
 /// store (it misses nothing; ingest never waits for it). Closes 1000 when a `follow=false` tail is done
 /// (after `{"end": true}`), 1001 when the coordinator stops (the reason names `since=ID` to resume),
 /// 1008 when the tail cannot be served (`{"error": …}` first).
+#[utoipa::path(get, path = "/api/events", params(EventFilters), responses(
+    (status = 101, description = "A WebSocket: one event per text message, as `tail --json`"),
+    (status = 400, description = "A bad filter, named"),
+    (status = 401, description = "No operator token")))]
 async fn events(
     State(state): State<ApiState>,
     filters: Result<Query<EventFilters>, QueryRejection>,
@@ -569,7 +659,8 @@ impl Sink for WebSocketSink {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct WatchOptions {
     /// Also every line of test output as it arrives.
@@ -581,6 +672,10 @@ struct WatchOptions {
 /// --json` has it), then each update as it commits (`test_started`, `test_finished` with the test,
 /// `output` with `?output=true`, `requeued`, `reinstated`, `run_finished`), then the final run, and a
 /// close 1000. A watcher that falls behind is sent the whole run again instead of slowing ingest.
+#[utoipa::path(get, path = "/api/runs/{run}/watch", params(("run" = u64, Path, description = "The run's id"), WatchOptions), responses(
+    (status = 101, description = "A WebSocket: the run, each update as it commits, the final run"),
+    (status = 404, description = "No such run"),
+    (status = 401, description = "No operator token")))]
 async fn watch(
     State(state): State<ApiState>,
     Path(run): Path<u64>,
