@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|text| text.parse().ok())
         .unwrap_or(50_000);
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    // POLARIZER_BENCH_ONLY=ingest|analysis|lost runs one of them.
+    // POLARIZER_BENCH_ONLY=ingest|analysis|lost|api runs one of them.
     let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only == name;
     if wanted("ingest") {
@@ -44,6 +44,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("lost") {
         runtime.block_on(lost_agent())?;
+    }
+    if wanted("api") {
+        runtime.block_on(ingest_round(10_000, Some(5), true, true))?;
     }
     Ok(())
 }
@@ -231,11 +234,13 @@ fn rand_u64() -> u64 {
 }
 
 /// One ingest round: results committed and acknowledged per second, the seconds it took, and how long
-/// the trigger took. `failing`: every so many results fail; `analysis`: `[analysis] enabled`.
+/// the trigger took. `failing`: every so many results fail; `analysis`: `[analysis] enabled`; `api`:
+/// then time reading the finished run through the HTTP API beside the operator protocol.
 async fn ingest_round(
     results: usize,
     failing: Option<usize>,
     analysis: bool,
+    api: bool,
 ) -> anyhow::Result<(f64, Duration, Duration, u64)> {
     let config = tempfile::NamedTempFile::new()?;
     std::fs::write(config.path(), format!("[analysis]\nenabled = {analysis}\n"))?;
@@ -306,6 +311,9 @@ async fn ingest_round(
         detail.run.state,
         detail.run.done
     );
+    if api {
+        api_latency(&cluster, &mut client, summary.run, results).await?;
+    }
     client.close().await;
     let elapsed = last - first;
     let rate = total as f64 / elapsed.as_secs_f64();
@@ -318,7 +326,7 @@ async fn ingest_round(
 }
 
 async fn ingest(results: usize) -> anyhow::Result<()> {
-    let (rate, elapsed, trigger_time, suites) = ingest_round(results, None, true).await?;
+    let (rate, elapsed, trigger_time, suites) = ingest_round(results, None, true, false).await?;
     let total = results;
     let raw = raw_sqlite_rate(results)?;
     println!(
@@ -344,7 +352,7 @@ async fn analysis_overhead(results: usize, rounds: usize) -> anyhow::Result<()> 
     // last one being removed, its memory given back).
     for round in 0..rounds {
         for analysis in [round % 2 == 0, round % 2 == 1] {
-            let rate = ingest_round(results, Some(5), analysis).await?.0;
+            let rate = ingest_round(results, Some(5), analysis, false).await?.0;
             if analysis {
                 on.push(rate);
             } else {
@@ -453,6 +461,62 @@ async fn lost_agent() -> anyhow::Result<()> {
         "| lost agent (kill -9 mid-suite) → its tests running on another agent, 5 runs | median {:.2} s, max {:.2} s | ≤ 10 s (Buildkite: 4 min) |",
         samples[samples.len() / 2].as_secs_f64(),
         samples[samples.len() - 1].as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `GET /api/runs/{id}` of the finished run of `tests` tests, timed from this process (HTTP/1.1 on
+/// loopback, a kept-alive connection), beside the same run read over the operator protocol (QUIC,
+/// postcard) from the same process: p50 and p99 of 50 each, after 5 not counted.
+async fn api_latency(
+    cluster: &TestCluster,
+    client: &mut OperatorClient,
+    run: u64,
+    tests: usize,
+) -> anyhow::Result<()> {
+    const TIMED: usize = 50;
+    let token = read_private(&cluster.data_dir.join("operator-token"))?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("http://{}/api/runs/{run}", cluster.http);
+    let mut api = Vec::new();
+    let mut bytes = 0;
+    for round in 0..TIMED + 5 {
+        let started = Instant::now();
+        let response = http.get(&url).bearer_auth(token.trim()).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        let body = response.bytes().await?;
+        if round >= 5 {
+            api.push(started.elapsed());
+        }
+        bytes = body.len();
+    }
+    let mut quic = Vec::new();
+    for round in 0..TIMED + 5 {
+        let started = Instant::now();
+        let OperatorResponse::Run(_) = client.request(OperatorRequest::ShowRun { run }).await?
+        else {
+            anyhow::bail!("no run detail");
+        };
+        if round >= 5 {
+            quic.push(started.elapsed());
+        }
+    }
+    let percentile = |times: &mut Vec<Duration>, p: f64| {
+        times.sort();
+        let rank = ((p * times.len() as f64).ceil() as usize).clamp(1, times.len());
+        times[rank - 1].as_secs_f64() * 1000.0
+    };
+    println!(
+        "| `GET /api/runs/{{id}}` of a {tests}-test run ({:.1} MB of JSON), {TIMED} requests | p50 {:.1} ms, p99 {:.1} ms | `runs show` over QUIC, same run: p50 {:.1} ms, p99 {:.1} ms |",
+        bytes as f64 / 1e6,
+        percentile(&mut api, 0.5),
+        percentile(&mut api, 0.99),
+        percentile(&mut quic, 0.5),
+        percentile(&mut quic, 0.99),
     );
     Ok(())
 }
