@@ -129,6 +129,25 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Whether a ping arrives before `deadline` (other messages are passed over).
+    fn pinged(&self, socket: &mut Socket, deadline: Duration) -> bool {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.runtime.block_on(async {
+            let waited = tokio::time::timeout(deadline, async {
+                while let Some(message) = socket.next().await {
+                    if let Ok(Message::Ping(_)) = message {
+                        return true;
+                    }
+                }
+                false
+            });
+            waited.await.unwrap_or(false)
+        })
+    }
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -350,6 +369,11 @@ fn the_json_api_answers_as_the_cli_does_behind_the_operator_token() {
         }
         other => panic!("no live event: {other:?}"),
     }
+    // Quiet, it is pinged at the agents' heartbeat interval (200 ms here), so dead clients are found.
+    assert!(
+        api.pinged(&mut live, DEADLINE),
+        "no ping on a quiet WebSocket"
+    );
 
     // A run watched over a WebSocket: as it stands, each result as it lands, the end, the final run.
     let marker = cluster.path("gate-open");

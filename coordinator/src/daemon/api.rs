@@ -567,6 +567,7 @@ async fn follow_events(state: ApiState, socket: WebSocket, query: TailQuery) {
         last_id: query.after_id.unwrap_or(0),
         failed: false,
         run_finished: false,
+        heartbeat: state.context.settings.heartbeat_interval,
     };
     let ended = crate::daemon::tail::tail(
         &mut sink,
@@ -613,6 +614,8 @@ struct WebSocketSink {
     failed: bool,
     /// A run's `run_finished` was sent (the final run follows).
     run_finished: bool,
+    /// After how long without a message a ping goes (the agents' heartbeat interval).
+    heartbeat: std::time::Duration,
 }
 
 impl WebSocketSink {
@@ -656,6 +659,14 @@ impl Sink for WebSocketSink {
             }
             _ => Ok(()),
         }
+    }
+
+    fn heartbeat_every(&self) -> Option<std::time::Duration> {
+        Some(self.heartbeat)
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), axum::Error> {
+        self.socket.send(Message::Ping(Default::default())).await
     }
 }
 
@@ -701,6 +712,7 @@ async fn watch_socket(state: ApiState, socket: WebSocket, run: u64, output: bool
         last_id: 0,
         failed: false,
         run_finished: false,
+        heartbeat: state.context.settings.heartbeat_interval,
     };
     let ended =
         crate::daemon::operator::watch_run(&mut sink, &state.context, run, output, &state.shutdown)

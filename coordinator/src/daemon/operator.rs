@@ -180,6 +180,7 @@ pub(crate) async fn watch_run<S: Sink>(
     shutdown: &CancellationToken,
 ) -> Result<Ended, S::Error> {
     let mut updates = context.fanout.updates.subscribe();
+    let quiet = stream.heartbeat_every();
     loop {
         let detail = match run_detail(context, run).await {
             Ok(Some(detail)) => detail,
@@ -205,6 +206,10 @@ pub(crate) async fn watch_run<S: Sink>(
                 biased;
                 () = shutdown.cancelled() => return Ok(Ended::ShuttingDown),
                 received = updates.recv() => received,
+                () = crate::daemon::tail::quiet_for(quiet) => {
+                    stream.heartbeat().await?;
+                    continue;
+                }
             };
             match received {
                 Ok(update) if update.run() == run => {

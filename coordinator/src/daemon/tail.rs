@@ -73,6 +73,24 @@ pub trait Sink: Send {
         &mut self,
         response: OperatorResponse,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+    /// After how long a quiet stream says it is alive ([`heartbeat`](Self::heartbeat)); `None`: never
+    /// (QUIC has keep-alives of its own).
+    fn heartbeat_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Said when nothing else was for [`heartbeat_every`](Self::heartbeat_every): the client (and any
+    /// proxy between) sees the stream alive, and a client that is gone is found.
+    fn heartbeat(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Waits `quiet` (forever when `None`): a heartbeat's turn.
+pub async fn quiet_for(quiet: Option<std::time::Duration>) {
+    match quiet {
+        Some(quiet) => tokio::time::sleep(quiet).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Sink for FramedStream {
@@ -194,11 +212,16 @@ async fn tail_paged<S: Sink>(
         return Ok(Ended::Done);
     }
     // What committed while the store was read is both stored and live: skipped by id.
+    let quiet = follower.stream.heartbeat_every();
     loop {
         let first = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(Ended::ShuttingDown),
             received = live.recv() => received,
+            () = quiet_for(quiet) => {
+                follower.stream.heartbeat().await?;
+                continue;
+            }
         };
         let mut batch: Vec<LiveEvent> = Vec::new();
         let mut lagged = None;
