@@ -149,19 +149,27 @@ async fn ask(context: &Context, request: OperatorRequest) -> Result<OperatorResp
     }
 }
 
+/// A 404 when there is no run `run` (asked of the store, not read from an error's wording).
+async fn run_must_exist(context: &Context, run: u64) -> Result<(), Response> {
+    match context
+        .store
+        .read(move |reader| reader.run_exists(run))
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(error(StatusCode::NOT_FOUND, format!("no run {run}"))),
+        Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+    }
+}
+
 /// [`ask`] about run `run`: a 404 when there is no such run.
 async fn ask_about_run(
     context: &Context,
     run: u64,
     request: OperatorRequest,
 ) -> Result<OperatorResponse, Response> {
-    match respond(context, request).await {
-        OperatorResponse::Error { message } if message == format!("no run {run}") => {
-            Err(error(StatusCode::NOT_FOUND, message))
-        }
-        OperatorResponse::Error { message } => Err(error(StatusCode::BAD_REQUEST, message)),
-        response => Ok(response),
-    }
+    run_must_exist(context, run).await?;
+    ask(context, request).await
 }
 
 fn unexpected(response: &OperatorResponse) -> Response {
@@ -698,9 +706,7 @@ async fn watch(
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
     // A run that does not exist is a 404 before any upgrade.
-    if let Err(response) =
-        ask_about_run(&state.context, run, OperatorRequest::ShowRun { run }).await
-    {
+    if let Err(response) = run_must_exist(&state.context, run).await {
         return response;
     }
     upgrade.on_upgrade(move |socket| watch_socket(state, socket, run, output))

@@ -20,8 +20,6 @@ pub enum ImportError {
     NoSuchDirectory { location: String },
     #[error("{0}")]
     Fmf(#[from] polarizer_shared::fmf::FmfError),
-    #[error("{0}")]
-    Metadata(#[from] polarizer_shared::metadata::MetadataError),
     /// The tree's metadata cannot be used: every error, placed, in one report.
     #[error("{}", .0.errors_text())]
     Invalid(Box<Report>),

@@ -1183,6 +1183,17 @@ impl Reader {
         rows.collect::<Result<_, _>>().map_err(&on_sqlite)
     }
 
+    /// Whether run `run` exists (one indexed lookup, nothing read of it).
+    pub fn run_exists(&self, run: u64) -> Result<bool, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+                [run as i64],
+                |row| row.get(0),
+            )
+            .map_err(sqlite_error(&self.path))
+    }
+
     pub fn run(&self, run: u64) -> Result<Option<RunDetail>, StoreError> {
         let on_sqlite = sqlite_error(&self.path);
         let found = self
