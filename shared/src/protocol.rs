@@ -303,6 +303,11 @@ pub enum OperatorRequest {
     Stats {
         since_ms: Option<i64>,
     },
+    /// A one-time link that logs a browser in to the web view and leads it to `path` (`/runs/7`).
+    /// Answered by `WebLogin`.
+    WebLogin {
+        path: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -385,6 +390,11 @@ pub enum OperatorResponse {
     },
     Flaky(Vec<crate::analysis::FlakyTest>),
     Stats(Box<crate::analysis::Stats>),
+    /// The login link (good once) and when it expires.
+    WebLogin {
+        url: String,
+        expires_ms: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,3 +20,4 @@ mod pools;
 mod runs;
 mod shipping;
 mod tmt_trees;
+mod web;

@@ -119,6 +119,21 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Log a browser in to the web view: prints a link, good once for five minutes, that opens PATH
+    /// (and opens it, on a desktop).
+    Open {
+        /// The page to open: /runs, /runs/7, /agents, /tests, /features, /triggers
+        #[arg(default_value = "/runs")]
+        path: String,
+        /// Only print the link, even on a desktop
+        #[arg(long)]
+        no_browser: bool,
+        /// Print JSON (`url`, `expires`) instead of the link alone
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Enrollment tokens: `rotate` writes a new one to the data dir's agent-token, in effect at once.
     Tokens {
         #[command(subcommand)]

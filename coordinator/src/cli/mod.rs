@@ -132,6 +132,17 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             client.close().await;
             outcome
         }
+        Command::Open {
+            path,
+            no_browser,
+            json,
+            client,
+        } => {
+            let mut client = OperatorClient::connect(&client).await?;
+            let response = client.request(OperatorRequest::WebLogin { path }).await;
+            client.close().await;
+            open_link(response?, json, no_browser)
+        }
         Command::Triggers {
             limit,
             json,
@@ -266,6 +277,37 @@ fn hand_over_host_token(token: &str, output: Option<&std::path::Path>) -> anyhow
             polarizer_transport::state_files::write_private(path, format!("{token}\n").as_bytes())?
         }
         None => println!("{token}"),
+    }
+    Ok(())
+}
+
+/// Prints the login link (and opens it in the desktop's browser, unless told not to).
+fn open_link(response: OperatorResponse, json: bool, no_browser: bool) -> anyhow::Result<()> {
+    let (url, expires_ms) = match response {
+        OperatorResponse::WebLogin { url, expires_ms } => (url, expires_ms),
+        OperatorResponse::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "url": url, "expires": crate::core::views::rfc3339(expires_ms) })
+        );
+    } else {
+        println!("{url}");
+        eprintln!("This link logs one browser in, once, within five minutes.");
+    }
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+    if desktop && !no_browser {
+        // The URL is the coordinator's own link (http(s)://…), never an option.
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod analysis;
 pub mod cluster;
 pub mod github;
+pub mod pages;
 pub mod partition;
 pub mod placement;
 pub mod polarion;

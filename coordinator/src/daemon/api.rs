@@ -18,7 +18,6 @@ use polarizer_shared::catalog::TestQuery;
 use polarizer_shared::events::{EventRow, TailQuery};
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::{RunUpdate, TriggerKind, TriggerRequest};
-use polarizer_transport::state_files::secret_digest;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -108,23 +107,12 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// Lets a request through only with `Authorization: Bearer <operator token>`.
+/// Lets a request through only with `Authorization: Bearer <operator token>`, or a logged-in browser's
+/// session cookie from this site (`daemon::web`).
 async fn authorise(State(context): State<Context>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token)
-            if !token.is_empty()
-                && secret_digest(token) == context.settings.operator_token_digest =>
-        {
-            next.run(request).await
-        }
-        Some(_) => unauthorised("the bearer token is not this coordinator's operator token"),
-        None => unauthorised("the operator token is needed: Authorization: Bearer TOKEN"),
+    match crate::daemon::web::refusal(&context, &request) {
+        None => next.run(request).await,
+        Some(why) => unauthorised(why),
     }
 }
 

@@ -27,9 +27,13 @@ pub struct ServeSettings {
     /// QUIC listen address for agents and operators [default: 0.0.0.0:7701]
     #[arg(long, env = "POLARIZER_QUIC")]
     pub quic: Option<SocketAddr>,
-    /// HTTP listen address for /healthz and /metrics [default: 127.0.0.1:7702]
+    /// HTTP listen address for /healthz, /metrics, the API and the web view [default: 127.0.0.1:7702]
     #[arg(long, env = "POLARIZER_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Where browsers reach the HTTP port (a reverse proxy's https://… URL, say), for the links
+    /// `polarizer open` prints [default: http://HTTP-ADDRESS]
+    #[arg(long, env = "POLARIZER_WEB_URL")]
+    pub web_url: Option<String>,
     /// The address other hosts reach this one at, when listening on 0.0.0.0 [default: detected]
     #[arg(long, env = "POLARIZER_ADVERTISE")]
     pub advertise: Option<std::net::IpAddr>,
@@ -179,6 +183,8 @@ pub struct ServeConfig {
     pub gossip: SocketAddr,
     pub quic: SocketAddr,
     pub http: SocketAddr,
+    /// `web_url` without a trailing `/`; `None`: the HTTP address as served.
+    pub web_url: Option<String>,
     pub advertise: Option<std::net::IpAddr>,
     pub join: Vec<String>,
     pub cluster: String,
@@ -266,6 +272,7 @@ impl ServeSettings {
             gossip: self.gossip.or(lower.gossip),
             quic: self.quic.or(lower.quic),
             http: self.http.or(lower.http),
+            web_url: self.web_url.or(lower.web_url),
             advertise: self.advertise.or(lower.advertise),
             join: if self.join.is_empty() {
                 lower.join
@@ -393,6 +400,18 @@ impl ServeSettings {
             max_bytes: ship_max_mb << 20,
             rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
         };
+        let web_url = match self.web_url {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            Some(url) => {
+                return Err(ConfigError {
+                    key: "web_url",
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                })
+            }
+        };
         let pools = crate::daemon::pools::config::validate_pools(self.pools)?;
         let github = self
             .github
@@ -420,6 +439,7 @@ impl ServeSettings {
             gossip: self.gossip.unwrap_or(([0, 0, 0, 0], 7700).into()),
             quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
             http: self.http.unwrap_or(([127, 0, 0, 1], 7702).into()),
+            web_url,
             advertise: self.advertise,
             join: self.join,
             cluster,
@@ -437,6 +457,7 @@ impl ServeConfig {
             gossip: ([127, 0, 0, 1], 0).into(),
             quic: ([127, 0, 0, 1], 0).into(),
             http: ([127, 0, 0, 1], 0).into(),
+            web_url: None,
             advertise: None,
             join: Vec::new(),
             cluster: polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string(),

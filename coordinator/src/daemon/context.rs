@@ -51,6 +51,8 @@ pub struct Context {
     pub polarion: Option<Arc<crate::daemon::polarion::Polarion>>,
     /// Failure clustering and quarantine, used by the store's writer at ingest.
     pub analysis: crate::store::analysis::SharedAnalysis,
+    /// The web view's login links and browser sessions.
+    pub web: Arc<crate::daemon::web::logins::Logins>,
 }
 
 impl Context {

@@ -35,3 +35,4 @@ pub mod shipping;
 pub mod tail;
 pub mod transfers;
 pub mod trigger;
+pub mod web;

@@ -472,6 +472,13 @@ pub async fn respond(context: &Context, request: OperatorRequest) -> OperatorRes
         OperatorRequest::CreateEnrollmentToken { name, ttl_ms } => {
             create_host_token(context, name, ttl_ms).await
         }
+        OperatorRequest::WebLogin { path } => match context.web.link(&path, now_ms()) {
+            Ok((url, expires_ms)) => {
+                info!(path = %path, "a web login link was given");
+                OperatorResponse::WebLogin { url, expires_ms }
+            }
+            Err(message) => OperatorResponse::Error { message },
+        },
         OperatorRequest::ListTriggers { limit } => {
             match context
                 .store

@@ -78,6 +78,10 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
+    let web_url = config
+        .web_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", advertised_addr(http_addr, config.advertise)));
 
     let (gossip_live_tx, gossip_live_rx) = watch::channel(BTreeSet::new());
     let fanout = Arc::new(FanOut::default());
@@ -133,6 +137,7 @@ pub async fn run(
         pools: pools.clone(),
         polarion: polarion.clone(),
         analysis: crate::store::analysis::Analysis::shared(config.analysis.clone()),
+        web: Arc::new(crate::daemon::web::Logins::new(&web_url)),
     };
     let tracker = TaskTracker::new();
     if let Some(polarion) = &polarion {
@@ -180,7 +185,8 @@ pub async fn run(
             pools: context.pools.clone(),
             github: github.clone(),
         };
-        let api = crate::daemon::api::router(context.clone(), shutdown.clone());
+        let api = crate::daemon::api::router(context.clone(), shutdown.clone())
+            .merge(crate::daemon::web::router(context.clone()));
         let shutdown = shutdown.clone();
         async move {
             if let Err(err) = crate::daemon::http::serve(http_listener, state, api, shutdown).await
@@ -198,7 +204,7 @@ pub async fn run(
     );
     println!("  quic            {quic_advertised}");
     println!(
-        "  http            http://{http_addr} (/healthz, /metrics{})",
+        "  http            http://{http_addr} (/healthz, /metrics, /api/, the web view at {web_url}{})",
         if github.is_some() {
             ", /hooks/github"
         } else {

@@ -1,0 +1,200 @@
+//! The web view: logged in through `polarizer open`'s one-time link, with a session cookie that the
+//! pages and the API take as they take the operator token, and driven in real headless Chromium
+//! (tests/web/view.py) as a developer following a run would.
+
+use std::path::{Path, PathBuf};
+
+use polarizer_e2e::*;
+use reqwest::StatusCode;
+
+/// `polarizer open PATH --no-browser`'s link.
+fn login_link(cluster: &TestCluster, path: &str) -> String {
+    let output = cluster.operator(&["open", path, "--no-browser"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        url.starts_with(&format!("http://{}/login?code=", cluster.http)),
+        "{url}"
+    );
+    url
+}
+
+/// What the browser test needs, or why it cannot run here.
+fn browser() -> Result<PathBuf, String> {
+    for needed in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        if !Path::new(needed).exists() {
+            return Err(format!(
+                "{needed} is missing (Debian's chromium, chromium-driver)"
+            ));
+        }
+    }
+    let python = PathBuf::from("/usr/bin/python3");
+    let selenium = std::process::Command::new(&python)
+        .args(["-c", "import selenium.webdriver"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !selenium {
+        return Err("Debian's python3-selenium is missing".into());
+    }
+    Ok(python)
+}
+
+#[test]
+fn the_web_view_follows_a_run_live_in_a_real_browser() {
+    let cluster = TestCluster::builder().agents(1).start();
+    let marker = cluster.path("gate-open");
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "features.fmf",
+                "/features:\n  /checkout:\n    paths: [src/**]\n",
+            ),
+            (
+                "tests/main.fmf",
+                &format!(
+                    "feature: checkout\n/fail:\n  test: echo boom from the failing test; exit 1\n/gated:\n  test: while [ ! -e {} ]; do sleep 0.05; done\n",
+                    marker.display()
+                ),
+            ),
+        ],
+    );
+    let triggered = cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--all",
+        "--json",
+    ]);
+    assert!(
+        triggered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
+    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
+        .as_u64()
+        .unwrap();
+
+    // Without a session, a page says how to log in; the API answers 401 as before.
+    let base = format!("http://{}", cluster.http);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        runtime.block_on(async {
+            let mut request = client.get(format!("{base}{path}"));
+            if let Some(cookie) = cookie {
+                request = request.header("Cookie", cookie);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            (status, headers, response.text().await.unwrap())
+        })
+    };
+    let (status, headers, page) = get(&format!("/runs/{run}"), None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        page.contains(&format!("polarizer open /runs/{run}")),
+        "{page}"
+    );
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+
+    // A link logs in once: a cookie (HttpOnly, SameSite), then the page it names.
+    let link = login_link(&cluster, &format!("/runs/{run}"));
+    let path = link.strip_prefix(&base).unwrap().to_string();
+    let (status, headers, _) = get(&path, None);
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], format!("/runs/{run}").as_str());
+    let set_cookie = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let (status, _, page) = get(&path, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a link is good once");
+    assert!(page.contains("expired or was used"), "{page}");
+    let (status, _, page) = get(&format!("/runs/{run}"), Some(&cookie));
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("/tests/gated") && page.contains("data-page=\"run\""),
+        "{page}"
+    );
+    let (status, _, runs) = get("/api/runs", Some(&cookie));
+    assert_eq!(status, StatusCode::OK, "{runs}");
+    let (status, _, _) = get("/api/runs", Some("polarizer_session=forged"));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Another site cannot act with a visitor's cookie; this one can.
+    let post = |origin: Option<&str>| {
+        runtime.block_on(async {
+            let mut request = client
+                .post(format!("{base}/api/runs/999/cancel"))
+                .header("Cookie", &cookie);
+            if let Some(origin) = origin {
+                request = request.header("Origin", origin);
+            }
+            request.send().await.unwrap().status()
+        })
+    };
+    assert_eq!(post(Some("https://evil.example")), StatusCode::UNAUTHORIZED);
+    assert_eq!(post(None), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(Some(&base)),
+        StatusCode::NOT_FOUND,
+        "no run 999, but allowed"
+    );
+    let refused = cluster.operator(&["open", "//evil.example/", "--no-browser"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a path of the web view"));
+
+    let python = match browser() {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("skipped the browser part: {why}");
+            std::fs::write(&marker, "").unwrap();
+            return;
+        }
+    };
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("web-artifacts");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("web")
+        .join("view.py");
+    let mut browse = std::process::Command::new(&python);
+    browse
+        .arg(&script)
+        .env("LOGIN_URL", login_link(&cluster, &format!("/runs/{run}")))
+        .env("RUN", run.to_string())
+        .env("MARKER", &marker)
+        .env("ARTIFACTS", &artifacts)
+        .env("NO_PROXY", "*");
+    // Each of the script's waits has its own deadline (60 s).
+    let output = browse.output().unwrap();
+    let _ = std::fs::write(&marker, "");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
+        "the browser test failed (screenshots in {}):\nstdout: {}\nstderr: {}\ncoordinator: {}",
+        artifacts.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        cluster
+            .coordinator
+            .as_ref()
+            .map(|c| c.log_text())
+            .unwrap_or_default()
+    );
+}
