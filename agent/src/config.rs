@@ -110,6 +110,10 @@ pub struct AgentSettings {
     /// The Unix socket (mode 0660) for custom events from `polarizer-agent emit`, or off [default: STATE_DIR/emit.sock]
     #[arg(long, env = "POLARIZER_EMIT_SOCKET")]
     pub emit_socket: Option<PathBuf>,
+    /// A loopback address (127.0.0.1:7703) where a web app under test sends custom events over a
+    /// WebSocket, as on the emit socket: the browser bridge (clients/js) [default: off]
+    #[arg(long, env = "POLARIZER_EMIT_WEBSOCKET")]
+    pub emit_websocket: Option<std::net::SocketAddr>,
     /// Fetch a run's tests from their git URL directly when this host can reach it (and holds any
     /// credentials it needs), rather than have the coordinator ship them; shipping remains the fallback
     /// [default: false]
@@ -134,6 +138,8 @@ pub struct EventsConfig {
     pub rpm_dbpath: Option<PathBuf>,
     pub dpkg_status: Option<PathBuf>,
     pub emit_socket: Option<PathBuf>,
+    /// The browser bridge's WebSocket address: loopback only.
+    pub emit_websocket: Option<std::net::SocketAddr>,
 }
 
 fn off_or<T>(
@@ -229,6 +235,7 @@ impl AgentSettings {
             rpm_dbpath: self.rpm_dbpath.or(lower.rpm_dbpath),
             dpkg_status: self.dpkg_status.or(lower.dpkg_status),
             emit_socket: self.emit_socket.or(lower.emit_socket),
+            emit_websocket: self.emit_websocket.or(lower.emit_websocket),
             fetch_tests_directly: self.fetch_tests_directly.or(lower.fetch_tests_directly),
             test_cache_max_mb: self.test_cache_max_mb.or(lower.test_cache_max_mb),
         }
@@ -361,6 +368,17 @@ impl AgentSettings {
                 |path: &PathBuf| is_off(path),
                 || Some(state_dir.join("emit.sock")),
             ),
+            emit_websocket: match self.emit_websocket {
+                Some(address) if !address.ip().is_loopback() => {
+                    return Err(ConfigError {
+                        key: "emit_websocket",
+                        message: format!(
+                            "{address} is not a loopback address: the bridge takes events from this host only (127.0.0.1:7703)"
+                        ),
+                    })
+                }
+                address => address,
+            },
         };
         let test_cache_max_mb = self.test_cache_max_mb.unwrap_or(4096);
         if !(16..=16_777_216).contains(&test_cache_max_mb) {
@@ -485,6 +503,29 @@ mod tests {
     /// systemd gives a stopping agent more than its default drain, with minutes left for the kill, the
     /// cleanups and the last acknowledgements, and signals only the agent: otherwise the tests it drains
     /// would be killed under it.
+    #[test]
+    fn the_browser_bridge_listens_on_loopback_only() {
+        let bridge = |address: &str| {
+            AgentSettings {
+                emit_websocket: Some(address.parse().unwrap()),
+                ..minimal()
+            }
+            .validate()
+            .map(|config| config.events.emit_websocket)
+        };
+        assert_eq!(
+            bridge("127.0.0.1:7703").unwrap(),
+            Some("127.0.0.1:7703".parse().unwrap())
+        );
+        assert!(bridge("[::1]:7703").is_ok());
+        let err = bridge("0.0.0.0:7703").unwrap_err().to_string();
+        assert!(
+            err.contains("emit_websocket") && err.contains("loopback"),
+            "{err}"
+        );
+        assert_eq!(minimal().validate().unwrap().events.emit_websocket, None);
+    }
+
     #[test]
     fn the_drain_timeout_is_given_in_milliseconds_or_as_a_duration_never_both() {
         let validate =

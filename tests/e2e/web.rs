@@ -3,6 +3,7 @@
 //! (tests/web/view.py) as a developer following a run would.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use polarizer_e2e::*;
 use reqwest::StatusCode;
@@ -197,4 +198,143 @@ fn the_web_view_follows_a_run_live_in_a_real_browser() {
             .map(|c| c.log_text())
             .unwrap_or_default()
     );
+}
+
+/// The browser bridge: a page's redux-shaped store, in real Chromium, sends its state changes and actions
+/// through clients/js to the agent's `--emit-websocket`, and they are stored as events of the test that
+/// was running, in order; what is not an event is refused with the reason.
+#[test]
+fn the_browser_bridge_stores_a_pages_state_changes_as_events_of_the_running_test() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bridge = format!("127.0.0.1:{port}");
+    let mut cluster = TestCluster::new_coordinator_only();
+    cluster.start_agent("vm-1", &[("--emit-websocket", &bridge)]);
+    wait_for("vm-1 online", Duration::from_secs(30), || {
+        cluster.online_names() == ["vm-1"]
+    });
+    let marker = cluster.path("gate-open");
+    let repo = git_repo(
+        &cluster.path("repo"),
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                &format!(
+                    "/cockpit:\n  test: while [ ! -e {} ]; do sleep 0.05; done\n",
+                    marker.display()
+                ),
+            ),
+        ],
+    );
+    let triggered = cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--all",
+        "--json",
+    ]);
+    assert!(triggered.status.success());
+    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
+        .as_u64()
+        .unwrap();
+    wait_for("/tests/cockpit running", Duration::from_secs(60), || {
+        let shown = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&shown.stdout)
+            .is_ok_and(|run| run["tests"][0]["status"] == "running")
+    });
+
+    // What is not an event is answered with the reason, and the connection stays usable.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{bridge}"))
+            .await
+            .unwrap();
+        let mut ask = async |message: Message| {
+            socket.send(message).await.unwrap();
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => text.to_string(),
+                other => panic!("no answer: {other:?}"),
+            }
+        };
+        assert!(ask(Message::text("{\"kind\": \"Bad Kind\", \"data\": 1}"))
+            .await
+            .starts_with("error: kind \"Bad Kind\""));
+        assert!(ask(Message::text("not json"))
+            .await
+            .starts_with("error: not a JSON object"));
+        assert!(ask(Message::binary(vec![1, 2]))
+            .await
+            .contains("text message"));
+        assert_eq!(
+            ask(Message::text(
+                "{\"kind\": \"probe\", \"data\": {\"from\": \"rust\"}}"
+            ))
+            .await,
+            "ok"
+        );
+    });
+
+    match browser() {
+        Ok(python) => {
+            let artifacts = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("web-artifacts");
+            let output = std::process::Command::new(python)
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("web")
+                        .join("bridge.py"),
+                )
+                .env("BRIDGE_URL", format!("ws://{bridge}"))
+                .env("MARKER", &marker)
+                .env("ARTIFACTS", &artifacts)
+                .env("NO_PROXY", "*")
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
+                "the bridge's browser test failed (screenshots in {}):\nstdout: {}\nstderr: {}",
+                artifacts.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+        }
+        Err(why) => {
+            eprintln!("skipped the browser part: {why}");
+            std::fs::write(&marker, "").unwrap();
+        }
+    }
+
+    let mut app = Vec::new();
+    wait_for("the page's events stored", Duration::from_secs(60), || {
+        app = cluster.stored_events(&["--run", &run.to_string(), "--kind", "app"]);
+        app.len() >= 3 || (browser().is_err() && app.is_empty())
+    });
+    for event in &app {
+        assert_eq!(event["test"], "/tests/cockpit", "{event}");
+        assert_eq!(event["agent"], "vm-1", "{event}");
+    }
+    if browser().is_ok() {
+        let data: Vec<&serde_json::Value> = app.iter().map(|event| &event["data"]).collect();
+        assert_eq!(
+            data,
+            [
+                &serde_json::json!("unregistered"),
+                &serde_json::json!({ "type": "register" }),
+                &serde_json::json!("registered"),
+            ],
+            "{app:#?}"
+        );
+        assert_eq!(app[2]["summary"], "registration: registered");
+    }
+    let probe = cluster.stored_events(&["--run", &run.to_string(), "--kind", "probe"]);
+    assert_eq!(probe.len(), 1, "{probe:#?}");
+    assert_eq!(probe[0]["test"], "/tests/cockpit");
 }

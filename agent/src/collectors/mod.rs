@@ -7,6 +7,7 @@
 
 pub mod dbus;
 pub mod emit;
+pub mod emit_websocket;
 pub mod files;
 pub mod packages;
 
@@ -67,6 +68,23 @@ pub fn start(config: &AgentConfig, spool: &SharedSpool, shutdown: &CancellationT
                 ));
             }
             Err(err) => warn!(error = %err, "custom events: cannot open the socket"),
+        }
+    }
+    if let Some(address) = events.emit_websocket {
+        match std::net::TcpListener::bind(address).and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        }) {
+            Ok(listener) => {
+                tokio::spawn(emit_websocket::serve(
+                    listener,
+                    spool.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(err) => {
+                warn!(address = %address, error = %err, "browser bridge: cannot listen")
+            }
         }
     }
 }
