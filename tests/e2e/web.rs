@@ -338,3 +338,183 @@ fn the_browser_bridge_stores_a_pages_state_changes_as_events_of_the_running_test
     assert_eq!(probe.len(), 1, "{probe:#?}");
     assert_eq!(probe[0]["test"], "/tests/cockpit");
 }
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with openssl: (ca.pem, cert, key at 0600).
+fn certificate_for_loopback(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "http.key",
+                "-out",
+                "http.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "http.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "http.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("http.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    (
+        dir.join("ca.pem"),
+        dir.join("http.pem"),
+        dir.join("http.key"),
+    )
+}
+
+/// With `http_cert_file` and `http_key_file`, the HTTP port speaks only HTTPS: probes, the API, the
+/// login links and the Python client (with `ca_file`) all go over TLS; a key others can read is refused.
+#[test]
+fn the_http_port_serves_https_with_a_configured_certificate() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificate_for_loopback(certificates.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    // A key readable by others is refused, naming the key.
+    let loose = certificates.path().join("loose.key");
+    std::fs::copy(key, &loose).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let checked = std::process::Command::new(binary("polarizer"))
+        .args(["serve", "--check-config", "--data-dir"])
+        .arg(certificates.path().join("data"))
+        .args(["--http-cert-file", cert, "--http-key-file"])
+        .arg(&loose)
+        .output()
+        .unwrap();
+    let complaint = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success());
+    assert!(
+        complaint.contains("http_key_file") && complaint.contains("chmod 600"),
+        "{complaint}"
+    );
+
+    let cluster = TestCluster::new_coordinator_only_with(&[
+        "--heartbeat-interval-ms",
+        "200",
+        "--http-cert-file",
+        cert,
+        "--http-key-file",
+        key,
+    ]);
+    let token = read(&cluster.data_dir.join("operator-token"));
+    let base = format!("https://{}", cluster.http);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let trusting = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let health = trusting
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let agents = trusting
+            .get(format!("{base}/api/agents"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(agents.status(), StatusCode::OK);
+        // Plain HTTP is not answered; neither is a client that does not trust the certificate.
+        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+        let clear = plain
+            .get(format!("http://{}/healthz", cluster.http))
+            .send()
+            .await;
+        assert!(clear.is_err() || !clear.unwrap().status().is_success());
+        assert!(plain.get(format!("{base}/healthz")).send().await.is_err());
+    });
+    let link = cluster.operator(&["open", "/agents", "--no-browser"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).starts_with(&format!("{base}/login?code=")),
+        "{}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+
+    let python = match python_client() {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("skipped the Python client over HTTPS: {why}");
+            return;
+        }
+    };
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import os\nfrom polarizer_client import Client\n\
+             c = Client(os.environ['URL'], token_file=os.environ['TOKEN_FILE'], ca_file=os.environ['CA_FILE'])\n\
+             assert c.agents() == [] and c.runs() == [], 'answers'\nprint('ok')",
+        ])
+        .env("URL", &base)
+        .env("TOKEN_FILE", cluster.data_dir.join("operator-token"))
+        .env("CA_FILE", &ca)
+        .env("NO_PROXY", "*")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -38,7 +38,7 @@ pub enum Command {
         #[arg(long)]
         check_config: bool,
         #[command(flatten)]
-        settings: ServeSettings,
+        settings: Box<ServeSettings>,
     },
     /// Create the data directory (database, CA, server certificate, tokens) without serving; idempotent.
     Init {

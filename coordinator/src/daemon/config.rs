@@ -30,6 +30,12 @@ pub struct ServeSettings {
     /// HTTP listen address for /healthz, /metrics, the API and the web view [default: 127.0.0.1:7702]
     #[arg(long, env = "POLARIZER_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Serve HTTPS on the HTTP port with this certificate chain (PEM); needs http_key_file [default: plain HTTP]
+    #[arg(long, env = "POLARIZER_HTTP_CERT_FILE")]
+    pub http_cert_file: Option<PathBuf>,
+    /// The key of http_cert_file (PEM, mode 0600)
+    #[arg(long, env = "POLARIZER_HTTP_KEY_FILE")]
+    pub http_key_file: Option<PathBuf>,
     /// Where browsers reach the HTTP port (a reverse proxy's https://… URL, say), for the links
     /// `polarizer open` prints [default: http://HTTP-ADDRESS]
     #[arg(long, env = "POLARIZER_WEB_URL")]
@@ -185,6 +191,8 @@ pub struct ServeConfig {
     pub http: SocketAddr,
     /// `web_url` without a trailing `/`; `None`: the HTTP address as served.
     pub web_url: Option<String>,
+    /// HTTPS with this certificate chain and key (files), or plain HTTP.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     pub advertise: Option<std::net::IpAddr>,
     pub join: Vec<String>,
     pub cluster: String,
@@ -273,6 +281,8 @@ impl ServeSettings {
             quic: self.quic.or(lower.quic),
             http: self.http.or(lower.http),
             web_url: self.web_url.or(lower.web_url),
+            http_cert_file: self.http_cert_file.or(lower.http_cert_file),
+            http_key_file: self.http_key_file.or(lower.http_key_file),
             advertise: self.advertise.or(lower.advertise),
             join: if self.join.is_empty() {
                 lower.join
@@ -400,6 +410,31 @@ impl ServeSettings {
             max_bytes: ship_max_mb << 20,
             rate_bytes_per_s: self.ship_rate_kb_per_s.unwrap_or(0).saturating_mul(1024),
         };
+        let http_tls = match (self.http_cert_file, self.http_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                // Checked now, so `--check-config` and a start say what is wrong with them.
+                crate::daemon::http_tls::server_config(&cert, &key).map_err(|message| {
+                    ConfigError {
+                        key: "http_cert_file",
+                        message,
+                    }
+                })?;
+                Some((cert, key))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    key: "http_key_file",
+                    message: "http_cert_file needs http_key_file (the certificate's key)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    key: "http_cert_file",
+                    message: "http_key_file needs http_cert_file (the certificate)".into(),
+                })
+            }
+        };
         let web_url = match self.web_url {
             None => None,
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -440,6 +475,7 @@ impl ServeSettings {
             quic: self.quic.unwrap_or(([0, 0, 0, 0], 7701).into()),
             http: self.http.unwrap_or(([127, 0, 0, 1], 7702).into()),
             web_url,
+            http_tls,
             advertise: self.advertise,
             join: self.join,
             cluster,
@@ -458,6 +494,7 @@ impl ServeConfig {
             quic: ([127, 0, 0, 1], 0).into(),
             http: ([127, 0, 0, 1], 0).into(),
             web_url: None,
+            http_tls: None,
             advertise: None,
             join: Vec::new(),
             cluster: polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string(),

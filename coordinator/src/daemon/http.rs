@@ -26,13 +26,18 @@ pub struct HttpState {
     pub github: Option<Arc<crate::daemon::github::Github>>,
 }
 
-/// Serves `/healthz`, `/metrics`, the JSON API (`api`, see `daemon::api`) and GitHub's webhooks.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves `/healthz`, `/metrics`, the JSON API and web view (`api`, see `daemon::api`, `daemon::web`)
+/// and GitHub's webhooks, on `listener`: plain TCP, or TLS (`daemon::http_tls`).
+pub async fn serve<L>(
+    listener: L,
     state: HttpState,
     api: Router,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -50,10 +55,35 @@ pub async fn serve(
     }
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router.into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
+}
+
+/// The address a request came from, over plain TCP or TLS (`ConnectInfo<Peer>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::daemon::http_tls::TlsListener>,
+    > for Peer
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, crate::daemon::http_tls::TlsListener>,
+    ) -> Peer {
+        Peer(*stream.remote_addr())
+    }
 }
 
 /// 200 `ok` while the store commits; 503 with the reason while it cannot (agents' records then stay

@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod github;
 pub mod host_tokens;
 pub mod http;
+pub mod http_tls;
 pub mod identity;
 pub mod import;
 pub mod local_agents;

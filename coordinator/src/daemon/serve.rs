@@ -78,10 +78,19 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
-    let web_url = config
-        .web_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", advertised_addr(http_addr, config.advertise)));
+    let http_tls = match &config.http_tls {
+        Some((cert, key)) => {
+            Some(crate::daemon::http_tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
+    let web_url = config.web_url.clone().unwrap_or_else(|| {
+        format!(
+            "{scheme}://{}",
+            advertised_addr(http_addr, config.advertise)
+        )
+    });
 
     let (gossip_live_tx, gossip_live_rx) = watch::channel(BTreeSet::new());
     let fanout = Arc::new(FanOut::default());
@@ -189,8 +198,20 @@ pub async fn run(
             .merge(crate::daemon::web::router(context.clone()));
         let shutdown = shutdown.clone();
         async move {
-            if let Err(err) = crate::daemon::http::serve(http_listener, state, api, shutdown).await
-            {
+            let served = match http_tls {
+                Some(tls) => match crate::daemon::http_tls::TlsListener::new(
+                    http_listener,
+                    tls,
+                    shutdown.clone(),
+                ) {
+                    Ok(listener) => {
+                        crate::daemon::http::serve(listener, state, api, shutdown).await
+                    }
+                    Err(err) => Err(err),
+                },
+                None => crate::daemon::http::serve(http_listener, state, api, shutdown).await,
+            };
+            if let Err(err) = served {
                 tracing::error!(error = %err, "http server failed");
             }
         }
@@ -204,7 +225,7 @@ pub async fn run(
     );
     println!("  quic            {quic_advertised}");
     println!(
-        "  http            http://{http_addr} (/healthz, /metrics, /api/, the web view at {web_url}{})",
+        "  http            {scheme}://{http_addr} (/healthz, /metrics, /api/, the web view at {web_url}{})",
         if github.is_some() {
             ", /hooks/github"
         } else {

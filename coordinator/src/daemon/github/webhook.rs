@@ -4,7 +4,6 @@
 //! in the log and in `polarizer triggers`; only a signed change to a configured repository can
 //! start a run.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -66,7 +65,7 @@ fn delivery_id(text: &str) -> Option<String> {
 
 pub async fn receive(
     State(github): State<Arc<Github>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::daemon::http::Peer(peer)): ConnectInfo<crate::daemon::http::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {
