@@ -24,6 +24,25 @@ fn login_link(cluster: &TestCluster, path: &str) -> String {
     url
 }
 
+/// `polarizer trigger --repo REPO --all`: the run it made.
+fn trigger_all(cluster: &TestCluster, repo: &Path) -> u64 {
+    let triggered = cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--all",
+        "--json",
+    ]);
+    assert!(
+        triggered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
+        .as_u64()
+        .unwrap()
+}
+
 /// What the browser test needs, or why it cannot run here.
 fn browser() -> Result<PathBuf, String> {
     for needed in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
@@ -65,21 +84,7 @@ fn the_web_view_follows_a_run_live_in_a_real_browser() {
             ),
         ],
     );
-    let triggered = cluster.operator(&[
-        "trigger",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--all",
-        "--json",
-    ]);
-    assert!(
-        triggered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&triggered.stderr)
-    );
-    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
-        .as_u64()
-        .unwrap();
+    let run = trigger_all(&cluster, &repo);
 
     // Without a session, a page says how to log in; the API answers 401 as before.
     let base = format!("http://{}", cluster.http);
@@ -230,17 +235,7 @@ fn the_browser_bridge_stores_a_pages_state_changes_as_events_of_the_running_test
             ),
         ],
     );
-    let triggered = cluster.operator(&[
-        "trigger",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--all",
-        "--json",
-    ]);
-    assert!(triggered.status.success());
-    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout).unwrap()["run"]
-        .as_u64()
-        .unwrap();
+    let run = trigger_all(&cluster, &repo);
     wait_for("/tests/cockpit running", Duration::from_secs(60), || {
         let shown = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
         serde_json::from_slice::<serde_json::Value>(&shown.stdout)

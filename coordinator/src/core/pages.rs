@@ -89,6 +89,11 @@ pub fn login_needed(why: &str, path: &str) -> Markup {
     )
 }
 
+/// A table's head: one column header each.
+fn columns(names: &[&str]) -> Markup {
+    html! { thead { tr { @for name in names { th scope="col" { (name) } } } } }
+}
+
 /// A state or status as a badge: its word always written, the colour only a help.
 fn badge(state: &str) -> Markup {
     html! { span class={ "badge s-" (state) } { (state) } }
@@ -124,11 +129,7 @@ pub fn runs(runs: &[RunRow]) -> Markup {
             div.scroll {
                 table {
                     caption { "The newest runs; this list follows new ones as they come." }
-                    thead { tr {
-                        th scope="col" { "Run" } th scope="col" { "State" } th scope="col" { "Kind" }
-                        th scope="col" { "Repository" } th scope="col" { "Ref" } th scope="col" { "Commit" }
-                        th scope="col" { "Done" } th scope="col" { "Problems" } th scope="col" { "Created" }
-                    } }
+                    (columns(&["Run", "State", "Kind", "Repository", "Ref", "Commit", "Done", "Problems", "Created"]))
                     tbody #rows { (runs_rows(runs)) }
                 }
             }
@@ -198,11 +199,7 @@ pub fn run(detail: &RunDetail) -> Markup {
             div.scroll {
                 table #tests {
                     caption { "Each test of the run; open a test's name for its output and sub-results." }
-                    thead { tr {
-                        th scope="col" { "Test" } th scope="col" { "Status" } th scope="col" { "Attempt" }
-                        th scope="col" { "Duration" } th scope="col" { "Agent" } th scope="col" { "Suite" }
-                        th scope="col" { "Why selected" }
-                    } }
+                    (columns(&["Test", "Status", "Attempt", "Duration", "Agent", "Suite", "Why selected"]))
                     tbody { @for test in &detail.tests { (test_row(test)) } }
                 }
             }
@@ -220,11 +217,7 @@ fn suites(suites: &[SuiteRow], artifacts: &[String]) -> Markup {
     html! {
         table {
             caption { "Suites: where each part of the run ran, and the versions it ran against." }
-            thead { tr {
-                th scope="col" { "Suite" } th scope="col" { "Kind" } th scope="col" { "Platform" }
-                th scope="col" { "State" } th scope="col" { "Attempt" } th scope="col" { "Agent" }
-                th scope="col" { "Versions" }
-            } }
+            (columns(&["Suite", "Kind", "Platform", "State", "Attempt", "Agent", "Versions"]))
             tbody {
                 @for suite in suites {
                     tr data-suite=(suite.id) {
@@ -300,12 +293,7 @@ pub fn agents(agents: &[AgentRecord], busy: &[Busy]) -> Markup {
             div.scroll {
                 table {
                     caption { "The inventory: every agent, its state, facts, labels and what it runs now." }
-                    thead { tr {
-                        th scope="col" { "Agent" } th scope="col" { "State" } th scope="col" { "Platform" }
-                        th scope="col" { "Distro" } th scope="col" { "CPUs" } th scope="col" { "Memory" }
-                        th scope="col" { "Labels" } th scope="col" { "Running" } th scope="col" { "Version" }
-                        th scope="col" { "Last seen" }
-                    } }
+                    (columns(&["Agent", "State", "Platform", "Distro", "CPUs", "Memory", "Labels", "Running", "Version", "Last seen"]))
                     tbody #rows { (agents_rows(agents, busy)) }
                 }
             }
@@ -389,11 +377,7 @@ pub fn tests(tests: &[TestRow], filters: &[(&str, String)], error: Option<&str>)
             div.scroll {
                 table {
                     caption { "The imported tests and their metadata." }
-                    thead { tr {
-                        th scope="col" { "Test" } th scope="col" { "Summary" } th scope="col" { "Type" }
-                        th scope="col" { "Feature" } th scope="col" { "Tier" } th scope="col" { "Platform" }
-                        th scope="col" { "Duration" } th scope="col" { "Enabled" } th scope="col" { "Polarion" }
-                    } }
+                    (columns(&["Test", "Summary", "Type", "Feature", "Tier", "Platform", "Duration", "Enabled", "Polarion"]))
                     tbody {
                         @for test in tests.iter().take(TESTS_SHOWN) {
                             tr {
@@ -430,10 +414,7 @@ pub fn features(features: &[FeatureRow]) -> Markup {
             div.scroll {
                 table {
                     caption { "The feature graph." }
-                    thead { tr {
-                        th scope="col" { "Feature" } th scope="col" { "Depends on" } th scope="col" { "Depended on by" }
-                        th scope="col" { "Paths" } th scope="col" { "Own tests" } th scope="col" { "Selected by a change" }
-                    } }
+                    (columns(&["Feature", "Depends on", "Depended on by", "Paths", "Own tests", "Selected by a change"]))
                     tbody {
                         @for feature in features {
                             tr id={ "feature-" (feature.name) } {
@@ -468,11 +449,7 @@ pub fn triggers(triggers: &[TriggerRecord]) -> Markup {
             div.scroll {
                 table {
                     caption { "Webhooks and messages that arrived, newest first, and what became of each." }
-                    thead { tr {
-                        th scope="col" { "Time" } th scope="col" { "Source" } th scope="col" { "Repository" }
-                        th scope="col" { "Event" } th scope="col" { "Commit" } th scope="col" { "Outcome" }
-                        th scope="col" { "Run" } th scope="col" { "Report" }
-                    } }
+                    (columns(&["Time", "Source", "Repository", "Event", "Commit", "Outcome", "Run", "Report"]))
                     tbody {
                         @for trigger in triggers {
                             tr {

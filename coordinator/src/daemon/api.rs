@@ -14,8 +14,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::SinkExt;
 use polarizer_shared::catalog::TestQuery;
-use polarizer_shared::events::{EventRow, TailQuery};
+use polarizer_shared::events::TailQuery;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 use polarizer_shared::run::{RunUpdate, TriggerKind, TriggerRequest};
 use serde::Deserialize;
@@ -27,7 +28,7 @@ use crate::core::views;
 use crate::daemon::clock::now_ms;
 use crate::daemon::context::Context;
 use crate::daemon::operator::respond;
-use crate::daemon::tail::{Ended, Sink};
+use crate::daemon::tail::{Ended, Outgoing, Sink};
 
 /// How many runs and triggers a listing gives unless `?limit=` says otherwise (as the CLI's).
 const DEFAULT_RUNS: u32 = 20;
@@ -625,12 +626,15 @@ impl WebSocketSink {
 impl Sink for WebSocketSink {
     type Error = axum::Error;
 
-    async fn events(&mut self, events: &[&EventRow]) -> Result<(), axum::Error> {
+    async fn events(&mut self, events: &[Outgoing<'_>]) -> Result<(), axum::Error> {
+        // One message each, written out together: a batch costs one flush, not one per event.
         for event in events {
-            self.text(views::event_json(event)).await?;
-            self.last_id = event.id;
+            self.socket
+                .feed(Message::Text(event.json().into_owned().into()))
+                .await?;
+            self.last_id = event.row().id;
         }
-        Ok(())
+        self.socket.flush().await
     }
 
     async fn answer(&mut self, response: OperatorResponse) -> Result<(), axum::Error> {

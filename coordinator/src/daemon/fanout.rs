@@ -21,10 +21,37 @@ pub const LIVE_EVENTS: usize = 16_384;
 /// by its id. With [`LIVE_EVENTS`], the ring holds at most about 36 MiB.
 pub const LIVE_EVENT_MAX_BYTES: usize = 2048;
 
+/// A committed event in the ring. Its JSON (as `tail --json` and the API's WebSockets send it) is
+/// written once, by the first follower that needs it, and shared by every other.
+#[derive(Debug)]
+pub struct LiveRow {
+    row: EventRow,
+    json: std::sync::OnceLock<Box<str>>,
+}
+
+impl LiveRow {
+    pub fn new(row: EventRow) -> LiveRow {
+        LiveRow {
+            row,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn row(&self) -> &EventRow {
+        &self.row
+    }
+
+    /// The event as `tail --json` prints it.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| crate::core::views::event_json(&self.row).to_string().into())
+    }
+}
+
 /// A committed event as followers receive it.
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
-    Event(Arc<EventRow>),
+    Event(Arc<LiveRow>),
     /// Committed, but too large for the ring: read it from the store.
     Stored {
         id: u64,
@@ -37,13 +64,13 @@ impl LiveEvent {
         if event.approximate_bytes() > LIVE_EVENT_MAX_BYTES {
             LiveEvent::Stored { id: event.id }
         } else {
-            LiveEvent::Event(Arc::new(event))
+            LiveEvent::Event(Arc::new(LiveRow::new(event)))
         }
     }
 
     pub fn id(&self) -> u64 {
         match self {
-            LiveEvent::Event(event) => event.id,
+            LiveEvent::Event(event) => event.row.id,
             LiveEvent::Stored { id } => *id,
         }
     }

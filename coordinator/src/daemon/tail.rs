@@ -11,7 +11,7 @@ use polarizer_transport::{FramedStream, StreamError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::fanout::{FanOut, LiveEvent};
+use crate::daemon::fanout::{FanOut, LiveEvent, LiveRow};
 use crate::store::events::{PageLimit, TimelineCursor};
 use crate::store::StoreHandle;
 
@@ -40,8 +40,36 @@ async fn send(stream: &mut FramedStream, response: OperatorResponse) -> Result<(
     stream.send(&ServerFrame::Operator(response)).await
 }
 
+/// An event as a tail sends it: read from the store, or from the live ring (whose JSON is written once
+/// for every follower).
+#[derive(Clone, Copy, Debug)]
+pub enum Outgoing<'a> {
+    Stored(&'a EventRow),
+    Live(&'a LiveRow),
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn row(self) -> &'a EventRow {
+        match self {
+            Outgoing::Stored(row) => row,
+            Outgoing::Live(live) => live.row(),
+        }
+    }
+
+    /// The event as `tail --json` prints it.
+    pub fn json(self) -> std::borrow::Cow<'a, str> {
+        match self {
+            Outgoing::Stored(row) => crate::core::views::event_json(row).to_string().into(),
+            Outgoing::Live(live) => live.json().into(),
+        }
+    }
+}
+
 /// Sends events in as few frames as the budget allows, encoded from the rows themselves.
-async fn send_events(stream: &mut FramedStream, events: &[&EventRow]) -> Result<(), StreamError> {
+async fn send_events(
+    stream: &mut FramedStream,
+    events: &[Outgoing<'_>],
+) -> Result<(), StreamError> {
     let mut start = 0;
     while start < events.len() {
         let mut end = start;
@@ -50,10 +78,11 @@ async fn send_events(stream: &mut FramedStream, events: &[&EventRow]) -> Result<
             && (end == start || bytes < FRAME_BUDGET_BYTES)
             && end - start < BATCH
         {
-            bytes += events[end].approximate_bytes();
+            bytes += events[end].row().approximate_bytes();
             end += 1;
         }
-        let frame = polarizer_shared::protocol::events_frame(&events[start..end]);
+        let rows: Vec<&EventRow> = events[start..end].iter().map(|event| event.row()).collect();
+        let frame = polarizer_shared::protocol::events_frame(&rows);
         stream.send_encoded(&frame).await?;
         start = end;
     }
@@ -66,7 +95,7 @@ pub trait Sink: Send {
     /// Events, in order.
     fn events(
         &mut self,
-        events: &[&EventRow],
+        events: &[Outgoing<'_>],
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
     /// One of the answers a tail gives besides events: `Lagged`, `EventsEnd`, `Error`.
     fn answer(
@@ -96,7 +125,7 @@ pub async fn quiet_for(quiet: Option<std::time::Duration>) {
 impl Sink for FramedStream {
     type Error = StreamError;
 
-    async fn events(&mut self, events: &[&EventRow]) -> Result<(), StreamError> {
+    async fn events(&mut self, events: &[Outgoing<'_>]) -> Result<(), StreamError> {
         send_events(self, events).await
     }
 
@@ -154,7 +183,11 @@ impl<S: Sink> Follower<'_, S> {
                 return Ok(Progress::CaughtUp);
             };
             self.last_id = last.id;
-            let wanted: Vec<&EventRow> = page.iter().filter(|event| self.wanted(event)).collect();
+            let wanted: Vec<Outgoing> = page
+                .iter()
+                .filter(|event| self.wanted(event))
+                .map(Outgoing::Stored)
+                .collect();
             self.stream.events(&wanted).await?;
             if !limit.filled_by(&page) {
                 return Ok(Progress::CaughtUp);
@@ -239,15 +272,15 @@ async fn tail_paged<S: Sink>(
         }
         // Sent from the ring up to the first event it could not hold; from there on, from the store.
         let mut from_store = lagged.is_some();
-        let mut events: Vec<&EventRow> = Vec::new();
+        let mut events: Vec<Outgoing> = Vec::new();
         for item in &batch {
             match item {
-                LiveEvent::Event(event) if event.id > follower.last_id => {
-                    if follower.wanted(event) {
+                LiveEvent::Event(event) if event.row().id > follower.last_id => {
+                    if follower.wanted(event.row()) {
                         // Encoded from the published rows themselves: no copy per follower.
-                        events.push(event);
+                        events.push(Outgoing::Live(event));
                     }
-                    follower.last_id = event.id;
+                    follower.last_id = event.row().id;
                 }
                 LiveEvent::Event(_) => {}
                 LiveEvent::Stored { id } if *id > follower.last_id => {
@@ -314,7 +347,11 @@ async fn send_timeline(
         };
         let Some(last) = page.last() else { break };
         after = Some(TimelineCursor::after(last));
-        send_events(stream, &page.iter().collect::<Vec<_>>()).await?;
+        send_events(
+            stream,
+            &page.iter().map(Outgoing::Stored).collect::<Vec<_>>(),
+        )
+        .await?;
         if !limit.filled_by(&page) {
             break;
         }
@@ -438,7 +475,7 @@ mod tests {
         for event in &stored {
             fanout
                 .events
-                .send(LiveEvent::Event(Arc::new(event.clone())))
+                .send(LiveEvent::Event(Arc::new(LiveRow::new(event.clone()))))
                 .unwrap();
         }
         let mut lagged = Vec::new();

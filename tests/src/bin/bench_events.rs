@@ -18,7 +18,7 @@ use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 fn main() -> anyhow::Result<()> {
     let runtime = bench_runtime()?;
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    // POLARIZER_BENCH_ONLY=one|ten|latency|analysis|rss runs one of them.
+    // POLARIZER_BENCH_ONLY=one|ten|latency|fanout|analysis|rss runs one of them.
     let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only == name;
     if wanted("one") {
@@ -32,6 +32,13 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("analysis") {
         runtime.block_on(analysis_overhead(200_000, bench_arg("--rounds", 3)))?;
+    }
+    if wanted("fanout") {
+        runtime.block_on(websocket_fanout(
+            bench_arg("--followers", 100),
+            10_000,
+            Duration::from_secs(5),
+        ))?;
     }
     if wanted("rss") {
         runtime.block_on(agent_rss(50_000, Duration::from_secs(5)))?;
@@ -418,6 +425,114 @@ async fn tail_latency(per_second: u64, duration: Duration) -> anyhow::Result<()>
         at(0.5),
         at(0.99),
         at(1.0)
+    );
+    Ok(())
+}
+
+/// The send time an event's JSON carries (`"sent_us":N`), found without parsing the rest: the followers
+/// share the machine with the coordinator they measure.
+fn sent_micros(text: &str) -> Option<u128> {
+    let start = text.find("\"sent_us\":")? + "\"sent_us\":".len();
+    let digits: &str = &text[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// `followers` WebSockets on `/api/events` (as browsers following the web view would) and one
+/// `polarizer tail` over QUIC, all following while one agent emits `per_second` events for `duration`:
+/// each one's delivery delays (created on the agent → received), and what the WebSockets were told they
+/// missed (`lagged`).
+async fn websocket_fanout(
+    followers: usize,
+    per_second: u64,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let (cluster, sockets) = start(1);
+    let count = (per_second as f64 * duration.as_secs_f64()) as usize;
+    let token = read(&cluster.data_dir.join("operator-token"));
+    let url = format!("ws://{}/api/events?kind=bench&n=0", cluster.http);
+    let mut sockets_open = Vec::new();
+    for _ in 0..followers {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )?;
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {}", token.trim()).parse()?);
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        sockets_open.push(socket);
+    }
+    let mut tasks = Vec::new();
+    for mut socket in sockets_open {
+        tasks.push(tokio::spawn(async move {
+            let mut delays = Vec::with_capacity(count);
+            let mut lagged = 0u64;
+            while delays.len() + (lagged as usize) < count {
+                let next = tokio::time::timeout(Duration::from_secs(20), socket.next()).await;
+                let Ok(Some(Ok(message))) = next else { break };
+                let received = now_micros();
+                let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+                    continue;
+                };
+                match sent_micros(&text) {
+                    Some(sent) => {
+                        delays.push(Duration::from_micros(received.saturating_sub(sent) as u64))
+                    }
+                    None if text.starts_with("{\"lagged\"") => {
+                        let value: serde_json::Value = serde_json::from_str(&text)?;
+                        lagged += value["lagged"].as_u64().unwrap_or(0);
+                    }
+                    None => {}
+                }
+            }
+            anyhow::Ok((delays, lagged))
+        }));
+    }
+    let mut client = OperatorClient::connect(&client_args(&cluster)).await?;
+    let tail = tokio::spawn(async move {
+        let outcome = follow(&mut client, count, true).await;
+        (client, outcome)
+    });
+    let pid = cluster
+        .coordinator
+        .as_ref()
+        .map(|process| process.pid())
+        .unwrap_or(0);
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let writer = flood(&sockets[0], count, Some(per_second));
+    let mut all = Vec::new();
+    let (mut lagged, mut short) = (0u64, 0usize);
+    for task in tasks {
+        let (delays, missed) = task.await??;
+        short += usize::from(delays.len() + (missed as usize) < count);
+        lagged += missed;
+        all.extend(delays);
+    }
+    let (client, outcome) = tail.await?;
+    let _ = writer.join();
+    let cpu = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    client.close().await;
+    let (mut tail_delays, _) = outcome?;
+    anyhow::ensure!(!all.is_empty(), "no WebSocket follower received an event");
+    all.sort();
+    tail_delays.sort();
+    let at = |delays: &[Duration], p: f64| {
+        delays[((delays.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0
+    };
+    println!(
+        "| {followers} WebSocket followers of /api/events at {per_second} events/s ({count} events each, {} delivered in all; {lagged} skipped as lagged, {short} followers short): created on the agent → received | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; coordinator CPU {:.0} % of one core | `polarizer tail` in the same run: p50 {:.1} ms, p99 {:.1} ms |",
+        all.len(),
+        at(&all, 0.5),
+        at(&all, 0.99),
+        at(&all, 1.0),
+        cpu * 100.0,
+        at(&tail_delays, 0.5),
+        at(&tail_delays, 0.99),
     );
     Ok(())
 }
