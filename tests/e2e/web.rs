@@ -64,27 +64,13 @@ fn browser() -> Result<PathBuf, String> {
 }
 
 #[test]
-fn the_web_view_follows_a_run_live_in_a_real_browser() {
-    let cluster = TestCluster::builder().agents(1).start();
-    let marker = cluster.path("gate-open");
-    let repo = git_repo(
-        &cluster.path("repo"),
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "features.fmf",
-                "/features:\n  /checkout:\n    paths: [src/**]\n",
-            ),
-            (
-                "tests/main.fmf",
-                &format!(
-                    "feature: checkout\n/fail:\n  test: echo boom from the failing test; exit 1\n/gated:\n  test: while [ ! -e {} ]; do sleep 0.05; done\n",
-                    marker.display()
-                ),
-            ),
-        ],
-    );
-    let run = trigger_all(&cluster, &repo);
+fn the_web_view_follows_a_run_of_the_demo_repository_live_in_a_real_browser() {
+    // No agent yet: the demo's run waits queued until the browser watches it.
+    let mut cluster = TestCluster::new_coordinator_only();
+    let examples = cluster.path("examples");
+    polarizer::cli::examples::materialize(&examples).unwrap();
+    let run = trigger_all(&cluster, &examples);
+    let ready = cluster.path("browser-watching");
 
     // Without a session, a page says how to log in; the API answers 401 as before.
     let base = format!("http://{}", cluster.http);
@@ -135,7 +121,7 @@ fn the_web_view_follows_a_run_live_in_a_real_browser() {
     let (status, _, page) = get(&format!("/runs/{run}"), Some(&cookie));
     assert_eq!(status, StatusCode::OK);
     assert!(
-        page.contains("/tests/gated") && page.contains("data-page=\"run\""),
+        page.contains("/tests/register/unregister") && page.contains("data-page=\"run\""),
         "{page}"
     );
     let (status, _, runs) = get("/api/runs", Some(&cookie));
@@ -169,7 +155,6 @@ fn the_web_view_follows_a_run_live_in_a_real_browser() {
         Ok(python) => python,
         Err(why) => {
             eprintln!("skipped the browser part: {why}");
-            std::fs::write(&marker, "").unwrap();
             return;
         }
     };
@@ -185,12 +170,21 @@ fn the_web_view_follows_a_run_live_in_a_real_browser() {
         .arg(&script)
         .env("LOGIN_URL", login_link(&cluster, &format!("/runs/{run}")))
         .env("RUN", run.to_string())
-        .env("MARKER", &marker)
+        .env("READY", &ready)
         .env("ARTIFACTS", &artifacts)
-        .env("NO_PROXY", "*");
-    // Each of the script's waits has its own deadline (60 s).
-    let output = browse.output().unwrap();
-    let _ = std::fs::write(&marker, "");
+        .env("NO_PROXY", "*")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut browsing = browse.spawn().unwrap();
+    // When the page shows the run queued and live, an agent comes and runs it.
+    wait_for(
+        "the browser watching the queued run",
+        Duration::from_secs(90),
+        || ready.exists() || browsing.try_wait().unwrap().is_some(),
+    );
+    cluster.start_agent("vm-1", &[]);
+    // Each of the script's waits has its own deadline (90 s).
+    let output = browsing.wait_with_output().unwrap();
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
         "the browser test failed (screenshots in {}):\nstdout: {}\nstderr: {}\ncoordinator: {}",

@@ -1,8 +1,9 @@
 """Drives the web view in real headless Chromium (Debian's chromium and chromium-driver, Debian's
 python3-selenium), as a developer following a run would: log in through the link `polarizer open`
-printed, watch the run go from queued or running to its end without reloading the page, open the failing
-test's output, then visit every other page. On failure, a screenshot and the page's HTML are kept in
-$ARTIFACTS. Run by tests/e2e/web.rs, which starts the coordinator and agent and holds the gate."""
+printed, watch a run of the demo repository go from queued to its end without reloading the page, open
+the failing test's output, then visit every other page. On failure, a screenshot, the page's HTML and the
+browser's console are kept in $ARTIFACTS. Run by tests/e2e/web.rs, which starts an agent for the queued
+run once this script says (the file $READY) that it is watching."""
 
 import os
 import pathlib
@@ -17,9 +18,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 LOGIN_URL = os.environ["LOGIN_URL"]
 RUN = os.environ["RUN"]
-MARKER = pathlib.Path(os.environ["MARKER"])
+READY = pathlib.Path(os.environ["READY"])
 ARTIFACTS = pathlib.Path(os.environ["ARTIFACTS"])
-WAIT = 60
+WAIT = 90
 
 
 def browser():
@@ -51,26 +52,41 @@ def follow_a_run(driver):
           lambda d: d.current_url.endswith(f"/runs/{RUN}") and
           d.find_element(By.TAG_NAME, "body").get_attribute("data-page") == "run")
     state = text(driver, "#run-state")
-    assert state in ("queued", "running"), f"the gated run is {state!r} before its gate opens"
+    assert state == "queued", f"the run is {state!r} before any agent is there"
     # A mark only this page load has: a reload would lose it.
     driver.execute_script("window.polarizerSameLoad = true;")
     until(driver, "the page says it is live",
           lambda d: text(d, "#live").startswith("Live"))
-    MARKER.write_text("")
+    READY.write_text("")
+    until(driver, "the run's state turns to running on the open page",
+          lambda d: text(d, "#run-state") in ("running", "failed"))
     until(driver, "the run's state turns to failed on the open page",
           lambda d: text(d, "#run-state") == "failed")
     assert driver.execute_script("return window.polarizerSameLoad === true"), "the page was reloaded"
-    until(driver, "the suite shows done",
-          lambda d: text(d, "tr[data-suite] td.state") == "done")
-    assert text(driver, "#run-done") == "2 / 2", text(driver, "#run-done")
-    until(driver, "the gated test shows pass",
-          lambda d: text(d, 'tr[data-test="/tests/gated"] td.status') == "pass")
-    row = 'tr[data-test="/tests/fail"]'
+    until(driver, "every suite shows done",
+          lambda d: d.execute_script(
+              "return [...document.querySelectorAll('tr[data-suite] td.state .badge')]"
+              ".every((badge) => badge.textContent === 'done')"))
+    until(driver, "the suites' version chains are shown",
+          lambda d: text(d, "tr[data-suite] td.versions").startswith("tests "))
+    done, total = text(driver, "#run-done").split(" / ")
+    assert done == total, text(driver, "#run-done")
+    assert text(driver, 'tr[data-test="/tests/register/basic"] td.status') == "pass"
+    row = 'tr[data-test="/tests/register/unregister"]'
     assert text(driver, f"{row} td.status") == "fail"
     driver.find_element(By.CSS_SELECTOR, f"{row} summary").click()
     output = driver.find_element(By.CSS_SELECTOR, f"{row} pre.output")
     until(driver, "the failing test's output is shown", lambda d: output.is_displayed())
-    assert "boom from the failing test" in output.text, output.text
+    assert "consumer certificate still present" in output.text, output.text
+    until(driver, "the timeline lists the run's events",
+          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) > 0)
+    # Replay plays the timeline again, in order.
+    count = len(driver.find_elements(By.CSS_SELECTOR, "#timeline li"))
+    driver.find_element(By.ID, "replay").click()
+    until(driver, "the replay starts from the first event",
+          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) < count)
+    until(driver, "the replay shows every event again",
+          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) == count)
     if os.environ.get("KEEP_SCREENSHOTS"):
         driver.save_screenshot(str(ARTIFACTS / "run.png"))
     until(driver, "the timeline lists the run's events",
@@ -78,6 +94,8 @@ def follow_a_run(driver):
     # Replay plays the timeline again, in order.
     count = len(driver.find_elements(By.CSS_SELECTOR, "#timeline li"))
     driver.find_element(By.ID, "replay").click()
+    until(driver, "the replay starts from the first event",
+          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) < count)
     until(driver, "the replay shows every event again",
           lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) == count)
 
@@ -94,10 +112,10 @@ def other_pages(driver):
         driver.set_window_size(1280, 1800)
     driver.find_element(By.LINK_TEXT, "Tests").click()
     until(driver, "the tests page lists the imported tests",
-          lambda d: "/tests/fail" in text(d, "main"))
+          lambda d: "/tests/register/unregister" in text(d, "main"))
     driver.find_element(By.LINK_TEXT, "Features").click()
     until(driver, "the features page shows the graph",
-          lambda d: "checkout" in text(d, "main"))
+          lambda d: "register" in text(d, "#feature-register"))
     driver.find_element(By.LINK_TEXT, "Triggers").click()
     until(driver, "the triggers page answers", lambda d: text(d, "h1") == "Triggers")
     # Logged out, the pages ask for a new link.

@@ -230,7 +230,7 @@ fn suites(suites: &[SuiteRow], artifacts: &[String]) -> Markup {
                         td.state { (badge(&suite.state)) @if !suite.waiting_for.is_empty() { " " small { (suite.waiting_for) } } }
                         td.attempt { (suite.attempt) }
                         td.agent { (suite.agent) }
-                        td.wrap {
+                        td.wrap.versions {
                             @if !suite.versions.commit.is_empty() { "tests " code { (short(&suite.versions.commit)) } }
                             @if !suite.versions.agent_version.is_empty() { " · agent " (suite.versions.agent_version) }
                             @for (package, version) in &suite.versions.packages { " · " (package) " " (version) }

@@ -115,6 +115,13 @@ function followRun(run) {
       if (suite.waiting_for) state.append(" ", element("small", "", suite.waiting_for));
       cell(row, "attempt").textContent = suite.attempt;
       cell(row, "agent").textContent = suite.agent;
+      const versions = suite.versions;
+      const parts = [];
+      if (versions.commit) parts.push(`tests ${versions.commit.slice(0, 12)}`);
+      if (versions.agent_version) parts.push(`agent ${versions.agent_version}`);
+      for (const [name, version] of Object.entries(versions.packages)) parts.push(`${name} ${version}`);
+      parts.push(...versions.artifacts);
+      cell(row, "versions").textContent = parts.join(" · ");
     }
   };
 
