@@ -36,6 +36,14 @@ pub struct GossipError {
 
 impl Gossip {
     pub async fn start(config: GossipConfig) -> Result<Gossip, GossipError> {
+        Self::start_on(config, &UdpTransport).await
+    }
+
+    /// [`start`](Self::start) over another transport (a benchmark's, counting bytes).
+    pub async fn start_on(
+        config: GossipConfig,
+        transport: &dyn chitchat::transport::Transport,
+    ) -> Result<Gossip, GossipError> {
         // The generation must grow at every restart so peers drop the previous incarnation's state.
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -58,7 +66,7 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let handle = chitchat::spawn_chitchat(chitchat_config, config.advertised, &UdpTransport)
+        let handle = chitchat::spawn_chitchat(chitchat_config, config.advertised, transport)
             .await
             .map_err(|source| GossipError {
                 addr: config.listen_addr,

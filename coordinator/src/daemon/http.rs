@@ -36,7 +36,8 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    crate::daemon::http_tls::Peer:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -55,35 +56,10 @@ where
     }
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<Peer>(),
+        router.into_make_service_with_connect_info::<crate::daemon::http_tls::Peer>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
-}
-
-/// The address a request came from, over plain TCP or TLS (`ConnectInfo<Peer>`).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub std::net::SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, crate::daemon::http_tls::TlsListener>,
-    > for Peer
-{
-    fn connect_info(
-        stream: axum::serve::IncomingStream<'_, crate::daemon::http_tls::TlsListener>,
-    ) -> Peer {
-        Peer(*stream.remote_addr())
-    }
 }
 
 /// 200 `ok` while the store commits; 503 with the reason while it cannot (agents' records then stay

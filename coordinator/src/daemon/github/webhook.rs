@@ -65,7 +65,7 @@ fn delivery_id(text: &str) -> Option<String> {
 
 pub async fn receive(
     State(github): State<Arc<Github>>,
-    ConnectInfo(crate::daemon::http::Peer(peer)): ConnectInfo<crate::daemon::http::Peer>,
+    ConnectInfo(crate::daemon::http_tls::Peer(peer)): ConnectInfo<crate::daemon::http_tls::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {

@@ -1,0 +1,580 @@
+//! Many agents on one coordinator (issue 21), printed as a Markdown row for BENCHMARKS.md.
+//!
+//! `./target/release/bench-scale --agents N` starts a real `polarizer serve` (production intervals:
+//! gossip every 200 ms, heartbeats every 500 ms) and N simulated agents in a few worker processes of this
+//! same binary. Each simulated agent is what the real one is on the network: a chitchat node on its own
+//! loopback UDP port (seeded with the coordinator, advertising its role and name) and a QUIC session
+//! speaking the real protocol (enrollment hello, facts, heartbeats; assignments answered test by test,
+//! each taking `--test-seconds`). Gossip bytes are counted by a transport wrapped around chitchat's UDP
+//! one. Measured:
+//! - the time until the coordinator counts all N online (its `/metrics`);
+//! - gossip bytes per second per agent, and at the coordinator (what agents send it and receive from
+//!   it), over a 10 s window in steady state, with gossip sends the kernel refused (a datagram over
+//!   64 KiB: a digest of too many nodes);
+//! - the coordinator's CPU (share of one core) and RSS over that window;
+//! - the loss of 1 % of the agents (their worker killed with SIGKILL: no goodbye, as a dead host) → the
+//!   coordinator counting them offline;
+//! - a run of `--tests` tests (10,000 by default) spread over the agents left: its time beside the
+//!   ideal (tests × seconds ÷ agents), and results per second.
+//!
+//! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500`
+//! (`--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::ChitchatEnvelope;
+use polarizer_e2e::*;
+use polarizer_shared::membership::*;
+use polarizer_shared::protocol::*;
+use polarizer_shared::run::*;
+use polarizer_shared::AgentFacts;
+use polarizer_transport::client::{client_endpoint, connect};
+use polarizer_transport::gossip::{Gossip, GossipConfig};
+use polarizer_transport::state_files::read_private;
+use polarizer_transport::tls;
+use polarizer_transport::CaTrust;
+
+/// What a worker counts, printed as one line of numbers each second.
+#[derive(Default)]
+struct Counters {
+    online: AtomicU64,
+    gossip_sent: AtomicU64,
+    gossip_received: AtomicU64,
+    to_coordinator: AtomicU64,
+    from_coordinator: AtomicU64,
+    refused_sends: AtomicU64,
+    results: AtomicU64,
+}
+
+impl Counters {
+    fn line(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        format!(
+            "{} {} {} {} {} {} {}",
+            load(&self.online),
+            load(&self.gossip_sent),
+            load(&self.gossip_received),
+            load(&self.to_coordinator),
+            load(&self.from_coordinator),
+            load(&self.refused_sends),
+            load(&self.results),
+        )
+    }
+}
+
+/// chitchat's UDP transport, counting bytes.
+struct Counting {
+    counters: Arc<Counters>,
+    coordinator: SocketAddr,
+}
+
+struct CountingSocket {
+    inner: Box<dyn Socket>,
+    counters: Arc<Counters>,
+    coordinator: SocketAddr,
+}
+
+#[async_trait]
+impl Transport for Counting {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        Ok(Box::new(CountingSocket {
+            inner: UdpTransport.open(listen_addr).await?,
+            counters: self.counters.clone(),
+            coordinator: self.coordinator,
+        }))
+    }
+}
+
+#[async_trait]
+impl Socket for CountingSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let sent = self.inner.send(to, envelope).await;
+        match &sent {
+            Ok(outcome) => {
+                let bytes = outcome.num_bytes_sent as u64;
+                self.counters
+                    .gossip_sent
+                    .fetch_add(bytes, Ordering::Relaxed);
+                if to == self.coordinator {
+                    self.counters
+                        .to_coordinator
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                self.counters.refused_sends.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sent
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        let received = self.inner.recv().await?;
+        let bytes = received.num_bytes_received as u64;
+        self.counters
+            .gossip_received
+            .fetch_add(bytes, Ordering::Relaxed);
+        if received.from_addr == self.coordinator {
+            self.counters
+                .from_coordinator
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(received)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--worker") {
+        return worker();
+    }
+    bench()
+}
+
+/// One simulated agent: gossip, then its QUIC session until the connection ends.
+async fn agent(
+    name: String,
+    endpoint: quinn::Endpoint,
+    coordinator_quic: SocketAddr,
+    coordinator_gossip: SocketAddr,
+    token: String,
+    counters: Arc<Counters>,
+    test_time: Duration,
+) -> anyhow::Result<()> {
+    // A port picked free may be taken by another agent before chitchat binds it: another, then.
+    let mut tries = 0;
+    let gossip = loop {
+        tries += 1;
+        let listen = free_udp_addr();
+        let started = Gossip::start_on(
+            GossipConfig {
+                node_id: agent_node_id(&name),
+                listen_addr: listen,
+                advertise_addr: listen,
+                seeds: vec![coordinator_gossip.to_string()],
+                cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+                interval: Duration::from_millis(200),
+                advertised: vec![
+                    (KEY_ROLE.into(), ROLE_AGENT.into()),
+                    (KEY_AGENT_NAME.into(), name.clone()),
+                ],
+            },
+            &Counting {
+                counters: counters.clone(),
+                coordinator: coordinator_gossip,
+            },
+        )
+        .await;
+        match started {
+            Ok(gossip) => break gossip,
+            Err(err) if tries >= 5 => return Err(err.into()),
+            Err(_) => continue,
+        }
+    };
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        peer: Peer::Agent {
+            credential: AgentCredential::Enroll {
+                token,
+                secret: format!("secret-{name}"),
+            },
+            facts: Box::new(AgentFacts::for_test(&name)),
+            incarnation: std::process::id() as u64,
+        },
+    };
+    let session = connect(&endpoint, coordinator_quic, hello, Duration::from_secs(60)).await?;
+    counters.online.fetch_add(1, Ordering::Relaxed);
+    let mut stream = session.stream;
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    let mut seq = session.welcome.records_committed;
+    let mut queue: VecDeque<(SuiteRef, String)> = VecDeque::new();
+    let mut running: Option<(SuiteRef, String, tokio::time::Instant)> = None;
+    let outcome = loop {
+        let due = running.as_ref().map(|(_, _, due)| *due);
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await?;
+            }
+            () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                let (suite, test, _) = running.take().expect("a test runs");
+                seq += 1;
+                let mut records = vec![Record {
+                    seq,
+                    at_ms: 0,
+                    body: RecordBody::TestFinished(Box::new(TestOutcome {
+                        suite,
+                        test,
+                        status: TestStatus::Pass,
+                        exit: Exit::Code(0),
+                        started_ms: 0,
+                        duration_ms: test_time.as_millis() as u64,
+                        message: String::new(),
+                        output_tail: String::new(),
+                        subresults: Vec::new(),
+                    })),
+                }];
+                counters.results.fetch_add(1, Ordering::Relaxed);
+                match queue.pop_front() {
+                    Some((next_suite, next)) => {
+                        seq += 1;
+                        records.push(Record { seq, at_ms: 0, body: RecordBody::TestStarted { suite: next_suite, test: next.clone() } });
+                        running = Some((next_suite, next, tokio::time::Instant::now() + test_time));
+                    }
+                    None => {
+                        seq += 1;
+                        records.push(Record { seq, at_ms: 0, body: RecordBody::SuiteFinished { suite, error: None } });
+                    }
+                }
+                stream.send(&ClientFrame::Agent(AgentMessage::Records(records))).await?;
+            }
+            frame = stream.recv::<ServerFrame>() => match frame {
+                Ok(Some(ServerFrame::Agent(CoordinatorMessage::Assign(assignment)))) => {
+                    let suite = assignment.suite;
+                    queue.extend(assignment.tests.iter().map(|test| (suite, test.id.clone())));
+                    if running.is_none() {
+                        if let Some((suite, test)) = queue.pop_front() {
+                            seq += 1;
+                            let started = Record { seq, at_ms: 0, body: RecordBody::TestStarted { suite, test: test.clone() } };
+                            stream.send(&ClientFrame::Agent(AgentMessage::Records(vec![started]))).await?;
+                            running = Some((suite, test, tokio::time::Instant::now() + test_time));
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(anyhow::anyhow!("{name}: {err}")),
+            }
+        }
+    };
+    counters.online.fetch_sub(1, Ordering::Relaxed);
+    gossip.shutdown().await;
+    outcome
+}
+
+/// `--worker --first I --count C --quic ADDR --gossip ADDR --data-dir D --test-seconds S`: C agents,
+/// named agent-I…, counters on stdout each second.
+fn worker() -> anyhow::Result<()> {
+    let first: usize = bench_arg("--first", 0);
+    let count: usize = bench_arg("--count", 1);
+    let quic: SocketAddr = bench_arg("--quic", "127.0.0.1:7701".parse()?);
+    let gossip: SocketAddr = bench_arg("--gossip", "127.0.0.1:7700".parse()?);
+    let data_dir: PathBuf = bench_arg("--data-dir", PathBuf::from("."));
+    let test_time = Duration::from_secs_f64(bench_arg("--test-seconds", 1.0));
+    let runtime = bench_runtime()?;
+    runtime.block_on(async move {
+        let counters = Arc::new(Counters::default());
+        let trust = CaTrust::from_pem_file(&data_dir.join("ca.pem"))?;
+        // One endpoint for the worker's agents: one UDP socket, their connections told apart by QUIC.
+        let endpoint = client_endpoint(tls::client_config(&trust)?, quic)?;
+        let token = read_private(&data_dir.join("agent-token"))?;
+        for index in first..first + count {
+            let (endpoint, token, counters) = (endpoint.clone(), token.clone(), counters.clone());
+            tokio::spawn(async move {
+                let name = format!("agent-{index:05}");
+                if let Err(err) = agent(
+                    name.clone(),
+                    endpoint,
+                    quic,
+                    gossip,
+                    token,
+                    counters,
+                    test_time,
+                )
+                .await
+                {
+                    eprintln!("{name}: {err:#}");
+                }
+            });
+            // Arrivals spread a little, as hosts booting are.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            println!("{}", counters.line());
+        }
+    })
+}
+
+/// The workers' latest counters, summed, by the workers still there.
+#[derive(Clone, Copy, Default, Debug)]
+struct Totals {
+    gossip_sent: u64,
+    gossip_received: u64,
+    to_coordinator: u64,
+    from_coordinator: u64,
+    refused_sends: u64,
+    results: u64,
+}
+
+fn totals(latest: &Mutex<Vec<Option<[u64; 7]>>>) -> Totals {
+    let latest = latest.lock().expect("counters");
+    let mut totals = Totals::default();
+    for line in latest.iter().flatten() {
+        totals.gossip_sent += line[1];
+        totals.gossip_received += line[2];
+        totals.to_coordinator += line[3];
+        totals.from_coordinator += line[4];
+        totals.refused_sends += line[5];
+        totals.results += line[6];
+    }
+    totals
+}
+
+/// How many agents the coordinator counts online (its `/metrics`).
+fn online(http: SocketAddr) -> Option<u64> {
+    let mut stream = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("polarizer_agents{state=\"online\"} "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    fields
+        .get(11..13)
+        .map(|both| {
+            both.iter()
+                .filter_map(|t| t.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0)
+        / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Polls `done` every 100 ms until it holds or `deadline` passes: the time it took, if it held.
+fn time_until(deadline: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn tests_repo(root: &Path, count: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join(".fmf"))?;
+    std::fs::create_dir_all(root.join("tests"))?;
+    std::fs::write(root.join(".fmf/version"), "1\n")?;
+    let mut fmf = String::from("test: \"true\"\nduration: 1m\n");
+    for index in 0..count {
+        fmf.push_str(&format!("/t{index:06}: {{}}\n"));
+    }
+    std::fs::write(root.join("tests/main.fmf"), fmf)?;
+    git_repo_at(root)
+}
+
+fn git_repo_at(root: &Path) -> anyhow::Result<()> {
+    for args in [
+        &["init", "--quiet", "--initial-branch", "main"][..],
+        &["add", "."],
+        &["commit", "--quiet", "-m", "tests"],
+    ] {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args([
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.invalid",
+            ])
+            .args(args)
+            .status()?;
+        anyhow::ensure!(status.success(), "git {args:?} failed");
+    }
+    Ok(())
+}
+
+fn bench() -> anyhow::Result<()> {
+    let agents: usize = bench_arg("--agents", 100);
+    let processes: usize = bench_arg("--processes", 4).max(2);
+    let test_count: usize = bench_arg("--tests", 10_000);
+    let test_seconds: f64 = bench_arg("--test-seconds", 1.0);
+    let cluster = TestCluster::new_coordinator_only_with(&[]);
+    let pid = cluster
+        .coordinator
+        .as_ref()
+        .map(|process| process.pid())
+        .unwrap_or(0);
+    // The first worker holds the 1 % that will be lost; the others share the rest.
+    let lost = (agents / 100).max(1);
+    let mut shares = vec![lost];
+    let rest = agents - lost;
+    for index in 0..processes - 1 {
+        shares.push(rest / (processes - 1) + usize::from(index < rest % (processes - 1)));
+    }
+    let latest: Arc<Mutex<Vec<Option<[u64; 7]>>>> = Arc::new(Mutex::new(vec![None; shares.len()]));
+    let mut workers = Vec::new();
+    let started = Instant::now();
+    let mut first = 0;
+    for (slot, count) in shares.iter().enumerate() {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--worker",
+                "--first",
+                &first.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .args([
+                "--quic",
+                &cluster.quic.to_string(),
+                "--gossip",
+                &cluster.gossip.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&cluster.data_dir)
+            .args(["--test-seconds", &test_seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let latest = latest.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let numbers: Vec<u64> = line.split(' ').filter_map(|n| n.parse().ok()).collect();
+                if let Ok(numbers) = <[u64; 7]>::try_from(numbers) {
+                    latest.lock().expect("counters")[slot] = Some(numbers);
+                }
+            }
+        });
+        workers.push(child);
+        first += count;
+    }
+    let all_online = time_until(Duration::from_secs(180), || {
+        online(cluster.http) == Some(agents as u64)
+    });
+    let online_text = match all_online {
+        Some(_) => format!("{:.1} s", started.elapsed().as_secs_f64()),
+        None => format!(
+            "not all: {} of {agents} after 180 s",
+            online(cluster.http).unwrap_or(0)
+        ),
+    };
+
+    // Steady state: 10 s of gossip and heartbeats, nothing else.
+    const WINDOW: Duration = Duration::from_secs(10);
+    let (before, cpu_before, window_started) = (totals(&latest), cpu_seconds(pid), Instant::now());
+    std::thread::sleep(WINDOW);
+    let after = totals(&latest);
+    let window = window_started.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(pid) - cpu_before) / window;
+    let rss = rss_mib(pid);
+    let per_agent = ((after.gossip_sent - before.gossip_sent)
+        + (after.gossip_received - before.gossip_received)) as f64
+        / window
+        / agents as f64;
+    let at_coordinator = ((after.to_coordinator - before.to_coordinator)
+        + (after.from_coordinator - before.from_coordinator)) as f64
+        / window;
+    let refused = after.refused_sends - before.refused_sends;
+
+    // 1 % lost at once, as dead hosts: their worker killed, nothing said.
+    let online_before = online(cluster.http).unwrap_or(0);
+    let killed = Instant::now();
+    unsafe { libc::kill(workers[0].id() as i32, libc::SIGKILL) };
+    let _ = workers[0].wait();
+    latest.lock().expect("counters")[0] = None;
+    let detected = time_until(Duration::from_secs(120), || {
+        online(cluster.http).is_some_and(|now| now + lost as u64 <= online_before)
+    });
+    let loss_text = match detected {
+        Some(_) => format!("{:.1} s", killed.elapsed().as_secs_f64()),
+        None => "not within 120 s".into(),
+    };
+
+    // A run of many short tests over the agents left.
+    let repo = cluster.path("scale-tests");
+    tests_repo(&repo, test_count)?;
+    let results_before = totals(&latest).results;
+    let run_started = Instant::now();
+    let triggered = cluster.operator(&[
+        "trigger",
+        "--repo",
+        repo.to_str().unwrap_or_default(),
+        "--all",
+        "--json",
+    ]);
+    anyhow::ensure!(
+        triggered.status.success(),
+        "trigger: {}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
+    let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout)?["run"]
+        .as_u64()
+        .unwrap_or(0);
+    let finished = time_until(Duration::from_secs(1800), || {
+        let shown = cluster.operator(&["runs", "--json", "--limit", "1"]);
+        serde_json::from_slice::<serde_json::Value>(&shown.stdout).is_ok_and(|runs| {
+            runs[0]["id"] == run
+                && matches!(
+                    runs[0]["state"].as_str(),
+                    Some("passed" | "failed" | "error")
+                )
+        })
+    });
+    let remaining = (agents - lost) as f64;
+    let ideal = test_count as f64 * test_seconds / remaining;
+    let run_text = match finished {
+        Some(_) => {
+            let took = run_started.elapsed().as_secs_f64();
+            format!(
+                "{took:.1} s (ideal {ideal:.1} s, {:.1}×); {:.0} results/s",
+                took / ideal,
+                (totals(&latest).results - results_before) as f64 / took
+            )
+        }
+        None => "not finished within 30 min".into(),
+    };
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    println!(
+        "| {agents} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
+        cpu * 100.0
+    );
+    Ok(())
+}
