@@ -53,13 +53,15 @@ struct Counters {
     from_coordinator: AtomicU64,
     refused_sends: AtomicU64,
     results: AtomicU64,
+    /// Sessions that ended with an error (the coordinator closed them: no heartbeat in time, say).
+    lost_sessions: AtomicU64,
 }
 
 impl Counters {
     fn line(&self) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         format!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {}",
             load(&self.online),
             load(&self.gossip_sent),
             load(&self.gossip_received),
@@ -67,6 +69,7 @@ impl Counters {
             load(&self.from_coordinator),
             load(&self.refused_sends),
             load(&self.results),
+            load(&self.lost_sessions),
         )
     }
 }
@@ -160,7 +163,7 @@ async fn agent(
 ) -> anyhow::Result<()> {
     // A port picked free may be taken by another agent before chitchat binds it: another, then.
     let mut tries = 0;
-    let gossip = loop {
+    let _gossip = loop {
         tries += 1;
         let listen = free_udp_addr();
         let started = Gossip::start_on(
@@ -188,18 +191,42 @@ async fn agent(
             Err(_) => continue,
         }
     };
+    // As the real agent: a lost session is reconnected after a pause, with the credential issued.
+    let mut credential = AgentCredential::Enroll {
+        token,
+        secret: format!("secret-{name}"),
+    };
+    loop {
+        let outcome = session(&name, &endpoint, coordinator_quic, credential, &counters, test_time).await;
+        if let Err(err) = outcome {
+            counters.lost_sessions.fetch_add(1, Ordering::Relaxed);
+            eprintln!("{name}: {err:#}");
+        }
+        credential = AgentCredential::Issued {
+            secret: format!("secret-{name}"),
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One QUIC session of a simulated agent, until it ends.
+async fn session(
+    name: &str,
+    endpoint: &quinn::Endpoint,
+    coordinator_quic: SocketAddr,
+    credential: AgentCredential,
+    counters: &Counters,
+    test_time: Duration,
+) -> anyhow::Result<()> {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         peer: Peer::Agent {
-            credential: AgentCredential::Enroll {
-                token,
-                secret: format!("secret-{name}"),
-            },
-            facts: Box::new(AgentFacts::for_test(&name)),
+            credential,
+            facts: Box::new(AgentFacts::for_test(name)),
             incarnation: std::process::id() as u64,
         },
     };
-    let session = connect(&endpoint, coordinator_quic, hello, Duration::from_secs(60)).await?;
+    let session = connect(endpoint, coordinator_quic, hello, Duration::from_secs(60)).await?;
     counters.online.fetch_add(1, Ordering::Relaxed);
     let mut stream = session.stream;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
@@ -264,7 +291,6 @@ async fn agent(
         }
     };
     counters.online.fetch_sub(1, Ordering::Relaxed);
-    gossip.shutdown().await;
     outcome
 }
 
@@ -322,9 +348,10 @@ struct Totals {
     from_coordinator: u64,
     refused_sends: u64,
     results: u64,
+    lost_sessions: u64,
 }
 
-fn totals(latest: &Mutex<Vec<Option<[u64; 7]>>>) -> Totals {
+fn totals(latest: &Mutex<Vec<Option<[u64; 8]>>>) -> Totals {
     let latest = latest.lock().expect("counters");
     let mut totals = Totals::default();
     for line in latest.iter().flatten() {
@@ -334,6 +361,7 @@ fn totals(latest: &Mutex<Vec<Option<[u64; 7]>>>) -> Totals {
         totals.from_coordinator += line[4];
         totals.refused_sends += line[5];
         totals.results += line[6];
+        totals.lost_sessions += line[7];
     }
     totals
 }
@@ -427,6 +455,18 @@ fn git_repo_at(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker processes, killed however the benchmark ends.
+struct Workers(Vec<std::process::Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
 fn bench() -> anyhow::Result<()> {
     let agents: usize = bench_arg("--agents", 100);
     let processes: usize = bench_arg("--processes", 4).max(2);
@@ -445,8 +485,8 @@ fn bench() -> anyhow::Result<()> {
     for index in 0..processes - 1 {
         shares.push(rest / (processes - 1) + usize::from(index < rest % (processes - 1)));
     }
-    let latest: Arc<Mutex<Vec<Option<[u64; 7]>>>> = Arc::new(Mutex::new(vec![None; shares.len()]));
-    let mut workers = Vec::new();
+    let latest: Arc<Mutex<Vec<Option<[u64; 8]>>>> = Arc::new(Mutex::new(vec![None; shares.len()]));
+    let mut workers = Workers(Vec::new());
     let started = Instant::now();
     let mut first = 0;
     for (slot, count) in shares.iter().enumerate() {
@@ -475,12 +515,12 @@ fn bench() -> anyhow::Result<()> {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let numbers: Vec<u64> = line.split(' ').filter_map(|n| n.parse().ok()).collect();
-                if let Ok(numbers) = <[u64; 7]>::try_from(numbers) {
+                if let Ok(numbers) = <[u64; 8]>::try_from(numbers) {
                     latest.lock().expect("counters")[slot] = Some(numbers);
                 }
             }
         });
-        workers.push(child);
+        workers.0.push(child);
         first += count;
     }
     let all_online = time_until(Duration::from_secs(180), || {
@@ -510,12 +550,13 @@ fn bench() -> anyhow::Result<()> {
         + (after.from_coordinator - before.from_coordinator)) as f64
         / window;
     let refused = after.refused_sends - before.refused_sends;
+    let dropped = after.lost_sessions - before.lost_sessions;
 
     // 1 % lost at once, as dead hosts: their worker killed, nothing said.
     let online_before = online(cluster.http).unwrap_or(0);
     let killed = Instant::now();
-    unsafe { libc::kill(workers[0].id() as i32, libc::SIGKILL) };
-    let _ = workers[0].wait();
+    unsafe { libc::kill(workers.0[0].id() as i32, libc::SIGKILL) };
+    let _ = workers.0[0].wait();
     latest.lock().expect("counters")[0] = None;
     let detected = time_until(Duration::from_secs(120), || {
         online(cluster.http).is_some_and(|now| now + lost as u64 <= online_before)
@@ -568,12 +609,9 @@ fn bench() -> anyhow::Result<()> {
         }
         None => "not finished within 30 min".into(),
     };
-    for worker in &mut workers {
-        let _ = worker.kill();
-        let _ = worker.wait();
-    }
+    drop(workers);
     println!(
-        "| {agents} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
+        "| {agents} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {dropped} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
         cpu * 100.0
     );
     Ok(())
