@@ -750,3 +750,32 @@ pub fn wait_run_finished(cluster: &TestCluster, run: u64, timeout: Duration) -> 
     });
     last
 }
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    fields
+        .get(11..13)
+        .map(|both| {
+            both.iter()
+                .filter_map(|t| t.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0)
+        / 100.0
+}
+
+/// Process `pid`'s resident memory now (VmRSS), in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}

@@ -89,15 +89,6 @@ def follow_a_run(driver):
           lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) == count)
     if os.environ.get("KEEP_SCREENSHOTS"):
         driver.save_screenshot(str(ARTIFACTS / "run.png"))
-    until(driver, "the timeline lists the run's events",
-          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) > 0)
-    # Replay plays the timeline again, in order.
-    count = len(driver.find_elements(By.CSS_SELECTOR, "#timeline li"))
-    driver.find_element(By.ID, "replay").click()
-    until(driver, "the replay starts from the first event",
-          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) < count)
-    until(driver, "the replay shows every event again",
-          lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) == count)
 
 
 def other_pages(driver):

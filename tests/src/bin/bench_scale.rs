@@ -197,7 +197,15 @@ async fn agent(
         secret: format!("secret-{name}"),
     };
     loop {
-        let outcome = session(&name, &endpoint, coordinator_quic, credential, &counters, test_time).await;
+        let outcome = session(
+            &name,
+            &endpoint,
+            coordinator_quic,
+            credential,
+            &counters,
+            test_time,
+        )
+        .await;
         if let Err(err) = outcome {
             counters.lost_sessions.fetch_add(1, Ordering::Relaxed);
             eprintln!("{name}: {err:#}");
@@ -382,33 +390,6 @@ fn online(http: SocketAddr) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    fields
-        .get(11..13)
-        .map(|both| {
-            both.iter()
-                .filter_map(|t| t.parse::<f64>().ok())
-                .sum::<f64>()
-        })
-        .unwrap_or(0.0)
-        / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Polls `done` every 100 ms until it holds or `deadline` passes: the time it took, if it held.
 fn time_until(deadline: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -421,38 +402,13 @@ fn time_until(deadline: Duration, mut done: impl FnMut() -> bool) -> Option<Dura
     None
 }
 
-fn tests_repo(root: &Path, count: usize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(root.join(".fmf"))?;
-    std::fs::create_dir_all(root.join("tests"))?;
-    std::fs::write(root.join(".fmf/version"), "1\n")?;
+/// A repository of `count` tests that pass at once (each simulated agent takes `--test-seconds`).
+fn tests_repo(root: &Path, count: usize) {
     let mut fmf = String::from("test: \"true\"\nduration: 1m\n");
     for index in 0..count {
         fmf.push_str(&format!("/t{index:06}: {{}}\n"));
     }
-    std::fs::write(root.join("tests/main.fmf"), fmf)?;
-    git_repo_at(root)
-}
-
-fn git_repo_at(root: &Path) -> anyhow::Result<()> {
-    for args in [
-        &["init", "--quiet", "--initial-branch", "main"][..],
-        &["add", "."],
-        &["commit", "--quiet", "-m", "tests"],
-    ] {
-        let status = Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args([
-                "-c",
-                "user.name=bench",
-                "-c",
-                "user.email=bench@example.invalid",
-            ])
-            .args(args)
-            .status()?;
-        anyhow::ensure!(status.success(), "git {args:?} failed");
-    }
-    Ok(())
+    git_repo(root, &[(".fmf/version", "1\n"), ("tests/main.fmf", &fmf)]);
 }
 
 /// The worker processes, killed however the benchmark ends.
@@ -568,7 +524,7 @@ fn bench() -> anyhow::Result<()> {
 
     // A run of many short tests over the agents left.
     let repo = cluster.path("scale-tests");
-    tests_repo(&repo, test_count)?;
+    tests_repo(&repo, test_count);
     let results_before = totals(&latest).results;
     let run_started = Instant::now();
     let triggered = cluster.operator(&[
