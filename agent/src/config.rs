@@ -342,8 +342,14 @@ impl AgentSettings {
             dbus_match: self.dbus_match.unwrap_or_default(),
             watch: self.watch,
             watch_recursive: self.watch_recursive.unwrap_or(true),
-            watch_include: self.watch_include,
-            watch_exclude: self.watch_exclude,
+            watch_include: crate::collectors::files::checked_globs(
+                "watch_include",
+                self.watch_include,
+            )?,
+            watch_exclude: crate::collectors::files::checked_globs(
+                "watch_exclude",
+                self.watch_exclude,
+            )?,
             watch_debounce: millis_setting(
                 "watch_debounce_ms",
                 self.watch_debounce_ms,

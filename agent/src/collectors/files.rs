@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify_debouncer_full::notify::event::{EventKind, ModifyKind, RenameMode};
 use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -23,12 +22,39 @@ pub struct FileWatch {
     pub debounce: Duration,
 }
 
-fn glob_set(patterns: &[String], key: &str) -> Result<GlobSet, String> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(Glob::new(pattern).map_err(|err| format!("{key} glob {pattern:?}: {err}"))?);
+/// Checks the `watch_include` / `watch_exclude` globs of the configuration, naming the key and the
+/// pattern of the first bad one.
+pub fn checked_globs(
+    key: &'static str,
+    patterns: Vec<String>,
+) -> Result<Vec<String>, crate::config::ConfigError> {
+    for pattern in &patterns {
+        if let Err(err) = fast_glob::validate(pattern) {
+            return Err(crate::config::ConfigError {
+                key,
+                message: format!("glob {pattern:?}: {:?} at byte {}", err.kind, err.index),
+            });
+        }
     }
-    builder.build().map_err(|err| format!("{key}: {err}"))
+    Ok(patterns)
+}
+
+/// Whether a changed path matches one of the globs: a glob with a `/` is matched against the whole
+/// path (`*` within one directory, `**` across any), one without against the file's name, wherever
+/// it is (`*.conf`).
+fn matches(globs: &[String], path: &Path) -> bool {
+    let whole = path.to_string_lossy();
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy())
+        .unwrap_or_default();
+    globs.iter().any(|glob| {
+        if glob.contains('/') {
+            fast_glob::glob_match(glob, whole.as_ref())
+        } else {
+            fast_glob::glob_match(glob, name.as_ref())
+        }
+    })
 }
 
 /// What one debounced notify event means, as (action, path, second path for a rename).
@@ -59,8 +85,6 @@ pub fn start(
     spool: SharedSpool,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let include = glob_set(&watch.include, "watch_include")?;
-    let exclude = glob_set(&watch.exclude, "watch_exclude")?;
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(watch.debounce, None, move |result: DebounceEventResult| {
         let _ = events_tx.send(result);
@@ -87,7 +111,7 @@ pub fn start(
         return Ok(());
     }
     let wanted = move |path: &Path| {
-        (watch.include.is_empty() || include.is_match(path)) && !exclude.is_match(path)
+        (watch.include.is_empty() || matches(&watch.include, path)) && !matches(&watch.exclude, path)
     };
     tokio::spawn(async move {
         // The debouncer lives as long as this task.
@@ -142,4 +166,39 @@ pub fn start(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn globs(patterns: &[&str]) -> Vec<String> {
+        patterns.iter().map(|pattern| pattern.to_string()).collect()
+    }
+
+    #[test]
+    fn a_glob_without_a_slash_matches_the_name_one_with_a_slash_the_path() {
+        let names = globs(&["*.conf", "id_[a-z]sa"]);
+        assert!(matches(&names, Path::new("/etc/rhsm/rhsm.conf")));
+        assert!(matches(&names, Path::new("/root/.ssh/id_rsa")));
+        assert!(!matches(&names, Path::new("/etc/rhsm/rhsm.conf.bak")));
+        let paths = globs(&["/etc/*.conf", "/var/log/**/*.{log,txt}"]);
+        assert!(matches(&paths, Path::new("/etc/yum.conf")));
+        assert!(!matches(&paths, Path::new("/etc/rhsm/rhsm.conf")));
+        assert!(matches(&paths, Path::new("/var/log/rhsm/rhsm.log")));
+        assert!(matches(&paths, Path::new("/var/log/a/b/c.txt")));
+        assert!(!matches(&paths, Path::new("/var/lib/x.log")));
+        assert!(!matches(&[], Path::new("/etc/yum.conf")));
+    }
+
+    #[test]
+    fn a_bad_glob_names_its_key_and_pattern() {
+        let err = checked_globs("watch_include", globs(&["*.log", "/etc/{a,b"])).unwrap_err();
+        assert_eq!(err.key, "watch_include");
+        assert!(err.message.contains("/etc/{a,b"), "{}", err.message);
+        assert_eq!(
+            checked_globs("watch_exclude", globs(&["**/*.swp"])).unwrap(),
+            globs(&["**/*.swp"])
+        );
+    }
 }
