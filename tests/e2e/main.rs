@@ -1,6 +1,7 @@
 //! End-to-end tests: real `polarizer` and `polarizer-agent` processes on loopback.
 
 mod api;
+mod bus;
 mod catalog;
 mod command_pools;
 mod discovery;

@@ -4,6 +4,7 @@ pub mod fake_github;
 pub mod fake_polarion;
 pub mod generate;
 pub mod podman;
+pub mod rabbitmq;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

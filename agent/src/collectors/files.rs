@@ -111,7 +111,8 @@ pub fn start(
         return Ok(());
     }
     let wanted = move |path: &Path| {
-        (watch.include.is_empty() || matches(&watch.include, path)) && !matches(&watch.exclude, path)
+        (watch.include.is_empty() || matches(&watch.include, path))
+            && !matches(&watch.exclude, path)
     };
     tokio::spawn(async move {
         // The debouncer lives as long as this task.

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod analysis;
+pub mod bus;
 pub mod cluster;
 pub mod github;
 pub mod pages;

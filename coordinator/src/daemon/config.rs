@@ -107,6 +107,10 @@ pub struct ServeSettings {
     /// the file only.
     #[arg(skip)]
     pub github: Option<Box<crate::daemon::github::config::GithubSettings>>,
+    /// Message buses: `[[bus]]` and `[[bus.rules]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub bus: Vec<crate::daemon::bus::config::BusSettings>,
     /// Polarion's importer files: `[polarion]`, in the file only.
     #[arg(skip)]
     pub polarion: Option<Box<crate::daemon::polarion::config::PolarionToml>>,
@@ -208,6 +212,7 @@ pub struct ServeConfig {
     pub github: Option<crate::daemon::github::config::GithubConfig>,
     pub polarion: Option<crate::daemon::polarion::config::PolarionConfig>,
     pub analysis: crate::core::analysis::AnalysisSettings,
+    pub buses: crate::daemon::bus::config::BusesConfig,
 }
 
 /// How runs are planned and retried.
@@ -315,6 +320,11 @@ impl ServeSettings {
                 self.pools
             },
             github: self.github.or(lower.github),
+            bus: if self.bus.is_empty() {
+                lower.bus
+            } else {
+                self.bus
+            },
             polarion: self.polarion.or(lower.polarion),
             analysis: self.analysis.or(lower.analysis),
         }
@@ -457,7 +467,9 @@ impl ServeSettings {
             .map(|settings| crate::daemon::polarion::config::validate(*settings))
             .transpose()?;
         let analysis = self.analysis.unwrap_or_default().validate()?;
+        let buses = crate::daemon::bus::config::validate(self.bus)?;
         Ok(ServeConfig {
+            buses,
             analysis,
             pools,
             github,
@@ -509,6 +521,7 @@ impl ServeConfig {
             pools: Vec::new(),
             github: None,
             polarion: None,
+            buses: Default::default(),
             analysis: crate::core::analysis::AnalysisSettings::default(),
         }
     }

@@ -12,6 +12,7 @@
 mod agent_session;
 pub mod analysis;
 pub mod api;
+pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod context;

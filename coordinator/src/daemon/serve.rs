@@ -185,6 +185,10 @@ pub async fn run(
         }
         None => None,
     };
+    if !config.buses.buses.is_empty() {
+        let buses = crate::daemon::bus::Buses::new(config.buses.clone(), context.clone(), &web_url);
+        buses.spawn(&tracker, shutdown.clone());
+    }
     tracker.spawn({
         let state = HttpState {
             store: store.clone(),

@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     TRIGGERS,
     POLARION,
     ANALYSIS,
+    BUS,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -383,4 +384,31 @@ CREATE TABLE quarantine (
     since_ms INTEGER NOT NULL,
     passes INTEGER NOT NULL DEFAULT 0
 ) STRICT;
+";
+
+/// 14: message buses: the runs a build message started, with what their CI messages say of the build,
+/// and every CI message from stored to sent (bus.rs).
+const BUS: &str = "
+CREATE TABLE bus_runs (
+    run_id INTEGER PRIMARY KEY,
+    trigger_id INTEGER NOT NULL REFERENCES triggers(id),
+    bus TEXT NOT NULL,
+    build_json TEXT NOT NULL,
+    rule_name TEXT NOT NULL,
+    announced TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX bus_runs_open ON bus_runs(run_id) WHERE announced NOT IN ('complete', 'error');
+CREATE TABLE bus_outbox (
+    id INTEGER PRIMARY KEY,
+    bus TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    run_id INTEGER,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER,
+    tries INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX bus_outbox_unsent ON bus_outbox(bus, id) WHERE sent_ms IS NULL;
 ";

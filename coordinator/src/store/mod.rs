@@ -10,6 +10,7 @@
 
 mod agents;
 pub mod analysis;
+pub mod bus;
 pub mod catalog;
 pub mod events;
 pub mod health;

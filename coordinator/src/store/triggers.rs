@@ -336,14 +336,20 @@ impl Reader {
     }
 
     /// Triggers recorded and not yet planned, oldest first, with what planning needs.
-    pub fn received_triggers(&self) -> Result<Vec<(u64, String)>, StoreError> {
+    /// Triggers of a source (`github`, `bus:NAME`) recorded and not planned yet.
+    pub fn received_triggers(&self, source: &str) -> Result<Vec<(u64, String)>, StoreError> {
         let on_sqlite = sqlite_error(&self.path);
         let mut statement = self
             .connection
-            .prepare("SELECT id, change_json FROM triggers WHERE outcome = 'received' ORDER BY id")
+            .prepare(
+                "SELECT id, change_json FROM triggers WHERE outcome = 'received' AND source = ?1
+                 ORDER BY id",
+            )
             .map_err(&on_sqlite)?;
         let rows = statement
-            .query_map([], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))
+            .query_map([source], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+            })
             .map_err(&on_sqlite)?;
         rows.collect::<Result<_, _>>().map_err(&on_sqlite)
     }

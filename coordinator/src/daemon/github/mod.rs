@@ -158,7 +158,7 @@ impl Github {
             let waiting = self
                 .context
                 .store
-                .read(|reader| reader.received_triggers())
+                .read(|reader| reader.received_triggers("github"))
                 .await
                 .unwrap_or_else(|err| {
                     warn!(error = %err, "cannot read the triggers waiting to be planned");

@@ -1,0 +1,347 @@
+//! AMQP 0-9-1 (RabbitMQ, Fedora Messaging) with lapin: a durable queue bound to the configured topics
+//! on the exchange, a prefetch window, each delivery acknowledged once stored (rejected without requeue
+//! when malformed, given back when the store failed); CI messages published with publisher confirms.
+//! A lost connection is retried across the URL list with a growing wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config::BusConfig;
+use super::{Buses, Verdict};
+use crate::daemon::clock::now_ms;
+use crate::store::bus as store_bus;
+use crate::store::sql::sqlite_error;
+
+/// The longest wait between connection tries.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Messages sent per read of the outbox.
+const PUBLISH_BATCH: u32 = 100;
+
+/// A URL without its password, for log lines.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn connect(bus: &BusConfig, url: &str, role: &str) -> Result<Connection, String> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("polarizer {role} {}", bus.name).into());
+    let runtime = lapin::runtime::default_runtime().map_err(|err| err.to_string())?;
+    let tls = OwnedTLSConfig {
+        identity: match (&bus.tls.cert_pem, &bus.tls.key_pem) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: cert.clone().into_bytes(),
+                key: key.clone().into_bytes(),
+            }),
+            _ => None,
+        },
+        cert_chain: bus.tls.ca_pem.clone(),
+    };
+    let connecting = Connection::connect_with_config(url, properties, tls, runtime);
+    match tokio::time::timeout(Duration::from_secs(20), connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("no answer in 20 s".into()),
+    }
+}
+
+/// Waits before the next try: 1 s doubling to a minute; false on shutdown.
+async fn wait(tries: u32, shutdown: &CancellationToken) -> bool {
+    let wait = Duration::from_secs(1u64 << tries.min(6)).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Consumes the bus's queue until shutdown, reconnecting across its URLs.
+pub async fn consume(buses: Arc<Buses>, bus: BusConfig, shutdown: CancellationToken) {
+    let mut tries = 0u32;
+    let mut next = 0usize;
+    loop {
+        let url = bus.urls[next % bus.urls.len()].clone();
+        next += 1;
+        let began = Instant::now();
+        match consume_from(&buses, &bus, &url, &shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus consumer: connection lost or refused; trying again");
+            }
+        }
+        // A connection that held a while starts the waits over.
+        tries = if began.elapsed() > Duration::from_secs(30) {
+            0
+        } else {
+            tries + 1
+        };
+        if !wait(tries, &shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn consume_from(
+    buses: &Buses,
+    bus: &BusConfig,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let connection = connect(bus, url, "consumer").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|err| err.to_string())?;
+    channel
+        .basic_qos(bus.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|err| format!("prefetch: {err}"))?;
+    channel
+        .queue_declare(
+            bus.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|err| format!("queue {}: {err}", bus.queue))?;
+    for topic in &bus.topics {
+        channel
+            .queue_bind(
+                bus.queue.as_str().into(),
+                bus.exchange.as_str().into(),
+                topic.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|err| format!("binding {topic} on {}: {err}", bus.exchange))?;
+    }
+    let mut consumer = channel
+        .basic_consume(
+            bus.queue.as_str().into(),
+            format!("polarizer-{}", bus.name).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|err| format!("consuming {}: {err}", bus.queue))?;
+    info!(bus = %bus.name, url = %shown(url), queue = %bus.queue, topics = bus.topics.len(), "bus consumer: connected");
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = connection.close(200, "coordinator stopping".into()).await;
+                return Ok(());
+            }
+            delivery = consumer.next() => delivery,
+        };
+        let delivery = match delivery {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Err("the broker ended the consumer".into()),
+        };
+        let topic = delivery.routing_key.as_str().to_string();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .filter(|id| !id.is_empty())
+            // Without an id, the message's own bytes identify it (a redelivery has the same ones).
+            .unwrap_or_else(|| format!("sha256:{}", digest(&delivery.data)));
+        let acked = match buses
+            .take(&bus.name, &topic, &message_id, &delivery.data)
+            .await
+        {
+            Verdict::Accept => delivery.ack(BasicAckOptions::default()).await,
+            Verdict::Reject(_) => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        multiple: false,
+                    })
+                    .await
+            }
+            Verdict::Release(reason) => {
+                warn!(bus = %bus.name, topic = %topic, message_id = %message_id, error = %reason, "build message given back to the broker");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+            }
+        };
+        acked.map_err(|err| format!("acknowledging {message_id}: {err}"))?;
+    }
+}
+
+fn digest(data: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, data);
+    hash.as_ref()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Sends the bus's stored CI messages until shutdown, each confirmed by the broker before it is
+/// marked sent; reconnects across the URLs when the broker is away.
+pub async fn publish(
+    buses: Arc<Buses>,
+    bus: BusConfig,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut tries = 0u32;
+    let mut next = 0usize;
+    loop {
+        let url = bus.urls[next % bus.urls.len()].clone();
+        next += 1;
+        let began = Instant::now();
+        match publish_to(&buses, &bus, &url, &wake, &shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus publisher: cannot send; the messages stay stored");
+            }
+        }
+        tries = if began.elapsed() > Duration::from_secs(30) {
+            0
+        } else {
+            tries + 1
+        };
+        if !wait(tries, &shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn publish_to(
+    buses: &Buses,
+    bus: &BusConfig,
+    url: &str,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let connection = connect(bus, url, "publisher").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|err| err.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|err| format!("publisher confirms: {err}"))?;
+    info!(bus = %bus.name, url = %shown(url), "bus publisher: connected");
+    loop {
+        let name = bus.name.clone();
+        let due = buses
+            .context
+            .store
+            .read(move |reader| reader.unsent_bus_messages(&name, PUBLISH_BATCH))
+            .await
+            .map_err(|err| err.to_string())?;
+        for message in &due {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "sent-at".into(),
+                AMQPValue::LongString(crate::core::views::rfc3339(now_ms()).into()),
+            );
+            let properties = BasicProperties::default()
+                .with_message_id(ShortString::from(message.message_id.as_str()))
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let confirmed = channel
+                .basic_publish(
+                    bus.exchange.as_str().into(),
+                    message.topic.as_str().into(),
+                    BasicPublishOptions::default(),
+                    message.body.as_bytes(),
+                    properties,
+                )
+                .await;
+            let confirmed = match confirmed {
+                Ok(confirm) => confirm.await.map_err(|err| err.to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            let id = message.id;
+            match confirmed {
+                Ok(confirmation) if !confirmation.is_nack() => {
+                    buses
+                        .context
+                        .store
+                        .write(move |savepoint, path| {
+                            store_bus::sent(savepoint, id, now_ms()).map_err(sqlite_error(path))
+                        })
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    buses
+                        .metrics
+                        .published
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(bus = %bus.name, topic = %message.topic, message_id = %message.message_id, "CI message sent");
+                }
+                outcome => {
+                    let error = match outcome {
+                        Ok(_) => "the broker refused it (nack)".to_string(),
+                        Err(err) => err,
+                    };
+                    let stored_error = error.clone();
+                    let _ = buses
+                        .context
+                        .store
+                        .write(move |savepoint, path| {
+                            store_bus::not_sent(savepoint, id, &stored_error)
+                                .map_err(sqlite_error(path))
+                        })
+                        .await;
+                    return Err(format!(
+                        "{} ({}): {error}",
+                        message.topic, message.message_id
+                    ));
+                }
+            }
+        }
+        if due.len() as u32 == PUBLISH_BATCH {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = connection.close(200, "coordinator stopping".into()).await;
+                return Ok(());
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_log_lines() {
+        assert_eq!(
+            super::shown("amqps://fedora:secret@rabbitmq.example/%2Fpublic_pubsub"),
+            "amqps://…@rabbitmq.example/%2Fpublic_pubsub"
+        );
+        assert_eq!(
+            super::shown("amqp://127.0.0.1:5672"),
+            "amqp://127.0.0.1:5672"
+        );
+    }
+}
