@@ -3,6 +3,7 @@
 //! once per message however often it is delivered; malformed and unfinished builds start nothing; every
 //! run is announced back on the bus as CI messages (queued, running, complete), read by a real consumer.
 
+use std::path::Path;
 use std::time::Duration;
 
 use polarizer_e2e::rabbitmq::RabbitMq;
@@ -76,26 +77,18 @@ fn check_ci_message(topic: &str, body: &Value) {
     }
 }
 
-#[test]
-fn build_messages_start_runs_once_and_runs_are_announced_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = RabbitMq::start(&dir.path().join("rabbitmq"));
-    // A dashboard's queue for the CI messages, there before anything is published.
+/// A broker with a dashboard's queue for the CI messages (there before anything is published), a tests
+/// repository with `tests_fmf`, and a coordinator consuming the broker's Koji topics with one agent.
+fn bus_cluster(dir: &Path, tests_fmf: &str) -> (RabbitMq, TestCluster) {
+    let broker = RabbitMq::start(&dir.join("rabbitmq"));
     broker.client(&["listen", "dashboard", "org.fedoraproject.prod.ci.#"]);
-    let tests = dir.path().join("tests");
+    let tests = dir.join("tests");
     std::fs::create_dir_all(&tests).unwrap();
     git_repo(
         &tests,
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n\
-                 /attach:\n    extra-polarizer-type: acceptance\n    test: 'echo no pool; exit 1'\n",
-            ),
-        ],
+        &[(".fmf/version", "1\n"), ("tests/main.fmf", tests_fmf)],
     );
-    let config = dir.path().join("coordinator.toml");
+    let config = dir.join("coordinator.toml");
     std::fs::write(
         &config,
         format!(
@@ -122,6 +115,17 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
             .log_text()
             .contains("bus consumer: connected")
     });
+    (broker, cluster)
+}
+
+#[test]
+fn build_messages_start_runs_once_and_runs_are_announced_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, cluster) = bus_cluster(
+        dir.path(),
+        "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n\
+         /attach:\n    extra-polarizer-type: acceptance\n    test: 'echo no pool; exit 1'\n",
+    );
 
     // What starts nothing: not JSON, a failed build, another package.
     broker.publish(STATE_CHANGE, "bad-1", "{not json");
@@ -193,6 +197,14 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
         detail["suites"][0]["versions"]["artifacts"][0],
         "subscription-manager-1.29.40-1.fc41"
     );
+    // The run names the message that started it.
+    let message = detail["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("build-1")
+            && message.contains(STATE_CHANGE)
+            && message.contains("bus fedora"),
+        "{detail}"
+    );
 
     // The run announced on the bus: queued, running, complete, one per category of its tests.
     let mut announced = Vec::new();
@@ -246,4 +258,191 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
     };
     assert_eq!(result("functional"), "passed");
     assert_eq!(result("validation"), "failed");
+}
+
+#[test]
+fn a_broker_that_restarts_loses_nothing_and_starts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("broker-restarting");
+    let (mut broker, cluster) = bus_cluster(
+        dir.path(),
+        &format!(
+            "framework: shell\n/register:\n    extra-polarizer-type: functional\n    \
+             test: 'while [ ! -e {} ]; do sleep 0.1; done'\n",
+            gate.display()
+        ),
+    );
+    let complete = build_state_change("subscription-manager", "1.fc41", 1);
+    broker.publish(STATE_CHANGE, "build-1", &complete);
+    wait_for("the build's run", DEADLINE, || {
+        triggers(&cluster)
+            .iter()
+            .any(|line| line["delivery"] == "build-1" && line["outcome"] == "run")
+    });
+    let run = runs(&cluster)[0]["id"].as_u64().unwrap();
+
+    // The broker goes down while the run goes on; the run ends while it is down.
+    broker.kill();
+    std::fs::write(&gate, "").unwrap();
+    let detail = wait_run_finished(&cluster, run, DEADLINE);
+    assert_eq!(detail["state"], "passed", "{detail}");
+    wait_for("the publisher to find the broker gone", DEADLINE, || {
+        cluster
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("bus publisher: cannot send")
+    });
+
+    // Back: the complete message stored meanwhile is sent, a new build starts a run, and build-1,
+    // delivered again, does not.
+    broker.restart();
+    broker.publish(STATE_CHANGE, "build-1", &complete);
+    broker.publish(
+        STATE_CHANGE,
+        "build-2",
+        &build_state_change("subscription-manager", "2.fc41", 1),
+    );
+    let mut announced = Vec::new();
+    wait_for("the complete CI message of the run", DEADLINE, || {
+        announced.extend(broker.drain("dashboard"));
+        announced.iter().any(|(topic, message_id, _)| {
+            topic.ends_with(".test.complete")
+                && message_id.starts_with(&format!("polarizer-run-{run}-"))
+        })
+    });
+    wait_for("the second build's run", DEADLINE, || {
+        triggers(&cluster)
+            .iter()
+            .any(|line| line["delivery"] == "build-2" && line["outcome"] == "run")
+    });
+    let started = runs(&cluster);
+    assert_eq!(started.len(), 2, "{started:#?}");
+    let lines = triggers(&cluster);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line["delivery"] == "build-1" && line["outcome"] == "run")
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+    let (_, _, body) = announced
+        .iter()
+        .find(|(topic, _, _)| topic.ends_with(".test.complete"))
+        .unwrap();
+    assert_eq!(body["test"]["result"], "passed");
+    assert_eq!(
+        body["artifact"]["nvr"],
+        "subscription-manager-1.29.40-1.fc41"
+    );
+}
+
+#[test]
+fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = RabbitMq::start_with(&dir.path().join("rabbitmq"), &["rabbitmq_amqp1_0"]);
+    // UMB's consumer queue, and a dashboard's, before anything is sent.
+    broker.client(&[
+        "listen",
+        "umb-builds",
+        "VirtualTopic.eng.brew.build.complete",
+    ]);
+    broker.client(&["listen", "dashboard", "VirtualTopic.eng.ci.#"]);
+    let tests = dir.path().join("tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    git_repo(
+        &tests,
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n",
+            ),
+        ],
+    );
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[bus]]\nname = \"umb\"\nprotocol = \"amqp1\"\nurls = [\"amqp://guest:guest@127.0.0.1:{}\"]\n\
+             subscription = \"/queue/umb-builds\"\npublish_prefix = \"VirtualTopic.eng.ci\"\n\
+             publish_address = \"/topic/{{topic}}\"\n\n\
+             [[bus.rules]]\nmatch = {{ package = \"subscription-manager\", owner = \"jdoe\" }}\ntests = {:?}\n\
+             test_types = [\"functional\"]\n",
+            broker.port,
+            tests.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut cluster = coordinator_with_config(&config);
+    cluster.start_agent("vm-1", &[]);
+    wait_for("the agent online", DEADLINE, || {
+        cluster.online_names().len() == 1
+    });
+    wait_for("the consumer attached", DEADLINE, || {
+        cluster
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("bus consumer: connected")
+    });
+
+    // As Koji's protonmsg sends it: the JSON as a text value; `info` is the build before the change.
+    let umb = serde_json::json!({
+        "attribute": "state", "old": 0, "new": 1,
+        "info": {"id": 3215436, "build_id": 3215436, "nvr": "subscription-manager-1.29.40-1.el9",
+                 "name": "subscription-manager", "version": "1.29.40", "release": "1.el9",
+                 "owner_name": "jdoe", "task_id": 65432101, "state": 0, "completion_time": null,
+                 "source": "git://pkgs.example/rpms/subscription-manager#0a1b2c"}
+    })
+    .to_string();
+    let address = "/topic/VirtualTopic.eng.brew.build.complete";
+    broker.client1(&["send", address, "umb-bad", "{nope"]);
+    broker.client1(&["send", address, "umb-1", &umb]);
+    wait_for("the build's run", DEADLINE, || {
+        triggers(&cluster)
+            .iter()
+            .any(|line| line["delivery"] == "umb-1" && line["outcome"] == "run")
+    });
+    let lines = triggers(&cluster);
+    let bad = lines
+        .iter()
+        .find(|line| line["delivery"] == "umb-bad")
+        .unwrap();
+    assert_eq!(
+        (bad["source"].as_str(), bad["outcome"].as_str()),
+        (Some("bus:umb"), Some("refused"))
+    );
+    let run = runs(&cluster)[0]["id"].as_u64().unwrap();
+    let detail = wait_run_finished(&cluster, run, DEADLINE);
+    assert_eq!(detail["state"], "passed", "{detail}");
+
+    let mut announced = Vec::new();
+    wait_for("the complete CI message", DEADLINE, || {
+        announced.extend(broker.drain1("/queue/dashboard"));
+        announced
+            .iter()
+            .any(|(topic, _, _)| topic.ends_with(".test.complete"))
+    });
+    let (topic, message_id, body) = announced
+        .iter()
+        .find(|(topic, _, _)| topic.ends_with(".test.complete"))
+        .unwrap();
+    assert_eq!(topic, "VirtualTopic.eng.ci.brew-build.test.complete");
+    assert!(
+        message_id.starts_with(&format!("polarizer-run-{run}-")),
+        "{message_id}"
+    );
+    check_ci_message(topic, body);
+    assert_eq!(body["artifact"]["type"], "brew-build");
+    assert_eq!(
+        body["artifact"]["nvr"],
+        "subscription-manager-1.29.40-1.el9"
+    );
+    assert_eq!(body["artifact"]["id"], 65432101);
+    assert_eq!(body["artifact"]["issuer"], "jdoe");
+    assert_eq!(body["test"]["result"], "passed");
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub struct RabbitMq {
     pub port: u16,
+    dist: u16,
     child: Child,
     pub dir: PathBuf,
 }
@@ -20,12 +21,65 @@ const PYTHON: &str = "/usr/bin/python3";
 impl RabbitMq {
     /// Starts a broker in `dir` and waits until it takes connections (up to a minute).
     pub fn start(dir: &Path) -> RabbitMq {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`RabbitMq::start`] with these plugins on (`rabbitmq_amqp1_0` serves AMQP 1.0 on the same port).
+    pub fn start_with(dir: &Path, plugins: &[&str]) -> RabbitMq {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .unwrap();
         let port = crate::free_tcp_addr().port();
         let dist = crate::free_tcp_addr().port();
-        let log = std::fs::File::create(dir.join("rabbitmq.log")).unwrap();
-        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        let child = Self::spawn(dir, port, dist);
+        let broker = RabbitMq {
+            port,
+            dist,
+            child,
+            dir: dir.to_path_buf(),
+        };
+        broker.wait_listening();
+        broker
+    }
+
+    /// Kills the broker at once (as a crash would), keeping its data.
+    pub fn kill(&mut self) {
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port with the same data (durable queues and persistent
+    /// messages survive).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.dir, self.port, self.dist);
+        self.wait_listening();
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ did not listen within a minute: {}",
+                std::fs::read_to_string(self.dir.join("rabbitmq.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(dir: &Path, port: u16, dist: u16) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("rabbitmq.log"))
+            .unwrap();
+        Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
             .current_dir(dir)
             .env("HOME", dir)
             .env("RABBITMQ_NODENAME", format!("polarizer-{port}@localhost"))
@@ -43,22 +97,7 @@ impl RabbitMq {
             .stderr(log)
             .process_group(0)
             .spawn()
-            .expect("rabbitmq-server (Debian's rabbitmq-server package; scripts/test installs it)");
-        let broker = RabbitMq {
-            port,
-            child,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "RabbitMQ did not listen within a minute: {}",
-                std::fs::read_to_string(dir.join("rabbitmq.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        broker
+            .expect("rabbitmq-server (Debian's rabbitmq-server package; scripts/test installs it)")
     }
 
     pub fn url(&self) -> String {
@@ -82,6 +121,28 @@ impl RabbitMq {
         output
     }
 
+    /// Runs `tests/bus/amqp1.py` (Qpid Proton, AMQP 1.0) with these arguments against this broker.
+    pub fn client1(&self, args: &[&str]) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bus/amqp1.py");
+        let output = Command::new(PYTHON)
+            .arg(script)
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("python3 with proton");
+        assert!(
+            output.status.success(),
+            "amqp1.py {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Every message waiting at an AMQP 1.0 address, taken: (subject, message id, body).
+    pub fn drain1(&self, address: &str) -> Vec<(String, String, serde_json::Value)> {
+        lines(&self.client1(&["drain", address]))
+    }
+
     /// Publishes `body` to amq.topic with this routing key and message id.
     pub fn publish(&self, topic: &str, message_id: &str, body: &str) {
         self.client(&["publish", topic, message_id, body]);
@@ -89,29 +150,30 @@ impl RabbitMq {
 
     /// Every message waiting in `queue`, taken: (routing key, message id, body).
     pub fn drain(&self, queue: &str) -> Vec<(String, String, serde_json::Value)> {
-        let output = self.client(&["drain", queue]);
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                let body = serde_json::from_str(value["body"].as_str().unwrap_or_default())
-                    .unwrap_or(serde_json::Value::Null);
-                (
-                    value["topic"].as_str().unwrap_or_default().to_string(),
-                    value["message_id"].as_str().unwrap_or_default().to_string(),
-                    body,
-                )
-            })
-            .collect()
+        lines(&self.client(&["drain", queue]))
     }
+}
+
+/// The clients' JSON lines as (topic, message id, body parsed).
+fn lines(output: &Output) -> Vec<(String, String, serde_json::Value)> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let body = serde_json::from_str(value["body"].as_str().unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+            (
+                value["topic"].as_str().unwrap_or_default().to_string(),
+                value["message_id"].as_str().unwrap_or_default().to_string(),
+                body,
+            )
+        })
+        .collect()
 }
 
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         // The server script starts erl in its group: end them all.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        self.kill();
     }
 }

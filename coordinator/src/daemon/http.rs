@@ -24,6 +24,7 @@ pub struct HttpState {
     pub shipping: Arc<crate::daemon::shipping::Shipping>,
     pub pools: Arc<crate::daemon::pools::Pools>,
     pub github: Option<Arc<crate::daemon::github::Github>>,
+    pub buses: Option<Arc<crate::daemon::bus::Buses>>,
 }
 
 /// Serves `/healthz`, `/metrics`, the JSON API and web view (`api`, see `daemon::api`, `daemon::web`)
@@ -135,6 +136,11 @@ async fn metrics(State(state): State<HttpState>) -> String {
         state.shipping.builds(),
     ) + &platform_metrics(&state.pools)
         + &state.github.as_deref().map(github_metrics).unwrap_or_default()
+        + &state
+            .buses
+            .as_deref()
+            .map(crate::daemon::bus::Buses::metrics_text)
+            .unwrap_or_default()
 }
 
 fn github_metrics(github: &crate::daemon::github::Github) -> String {

@@ -185,10 +185,11 @@ pub async fn run(
         }
         None => None,
     };
-    if !config.buses.buses.is_empty() {
+    let buses = (!config.buses.buses.is_empty()).then(|| {
         let buses = crate::daemon::bus::Buses::new(config.buses.clone(), context.clone(), &web_url);
         buses.spawn(&tracker, shutdown.clone());
-    }
+        buses
+    });
     tracker.spawn({
         let state = HttpState {
             store: store.clone(),
@@ -197,6 +198,7 @@ pub async fn run(
             shipping: context.shipping.clone(),
             pools: context.pools.clone(),
             github: github.clone(),
+            buses: buses.clone(),
         };
         let api = crate::daemon::api::router(context.clone(), shutdown.clone())
             .merge(crate::daemon::web::router(context.clone()));

@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const PUBLISH_BATCH: u32 = 100;
 
 /// A URL without its password, for log lines.
-fn shown(url: &str) -> String {
+pub(super) fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://…@{}", &url[..scheme], &url[at + 1..])
@@ -62,7 +62,7 @@ async fn connect(bus: &BusConfig, url: &str, role: &str) -> Result<Connection, S
 }
 
 /// Waits before the next try: 1 s doubling to a minute; false on shutdown.
-async fn wait(tries: u32, shutdown: &CancellationToken) -> bool {
+pub(super) async fn wait(tries: u32, shutdown: &CancellationToken) -> bool {
     let wait = Duration::from_secs(1u64 << tries.min(6)).min(BACKOFF_MAX);
     tokio::select! {
         _ = shutdown.cancelled() => false,
@@ -190,7 +190,7 @@ async fn consume_from(
     }
 }
 
-fn digest(data: &[u8]) -> String {
+pub(super) fn digest(data: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, data);
     hash.as_ref()[..16]
         .iter()

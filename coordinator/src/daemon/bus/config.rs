@@ -17,15 +17,18 @@ use crate::core::bus::{Contact, Match};
 #[serde(deny_unknown_fields)]
 pub struct BusSettings {
     pub name: Option<String>,
-    /// `amqp091` (RabbitMQ, Fedora Messaging); `amqp1` and `stomp` are refused for now.
+    /// `amqp091` (RabbitMQ, Fedora Messaging) or `amqp1` (UMB); `stomp` is refused for now.
     pub protocol: Option<String>,
     #[serde(default)]
     pub urls: Vec<String>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
-    /// AMQP 1.0 / STOMP: the address consumed from.
+    /// AMQP 1.0: the address consumed from (UMB: `queue://Consumer.<client>.<name>.VirtualTopic.…`).
     pub subscription: Option<String>,
+    /// AMQP 1.0: where a CI message of `{topic}` is sent [default: `topic://{topic}`, ActiveMQ's and
+    /// Artemis' form; RabbitMQ's AMQP 1.0 plugin takes `/topic/{topic}`].
+    pub publish_address: Option<String>,
     /// AMQP 0-9-1: the exchange the queue is bound to [default: amq.topic].
     pub exchange: Option<String>,
     /// AMQP 0-9-1: the durable queue consumed from, bound to each of `topics`.
@@ -76,6 +79,7 @@ pub struct MatchSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Amqp091,
+    Amqp1,
 }
 
 /// The client certificate and the broker's CA, read when the configuration is.
@@ -108,6 +112,8 @@ pub struct BusConfig {
     pub exchange: String,
     pub queue: String,
     pub topics: Vec<String>,
+    pub subscription: String,
+    pub publish_address: String,
     pub publish_prefix: Option<String>,
     pub prefetch: u16,
     pub namespace: String,
@@ -185,11 +191,12 @@ fn validate_bus(settings: BusSettings, names: &[String]) -> Result<BusConfig, Co
     }
     let protocol = match settings.protocol.as_deref() {
         Some("amqp091") => Protocol::Amqp091,
-        Some(other @ ("amqp1" | "stomp")) => {
+        Some("amqp1") => Protocol::Amqp1,
+        Some(other @ "stomp") => {
             return Err(bad(
                 "bus.protocol",
                 &name,
-                format!("{other:?} is not supported yet (amqp091 is)"),
+                format!("{other:?} is not supported yet (amqp091 and amqp1 are)"),
             ))
         }
         Some(other) => {
@@ -230,18 +237,56 @@ fn validate_bus(settings: BusSettings, names: &[String]) -> Result<BusConfig, Co
         ));
     }
     let queue = settings.queue.unwrap_or_default();
-    if queue.is_empty() {
-        return Err(bad(
-            "bus.queue",
-            &name,
-            "amqp091 consumes from a durable queue: name it".into(),
-        ));
+    let subscription = settings.subscription.unwrap_or_default();
+    match protocol {
+        Protocol::Amqp091 if queue.is_empty() => {
+            return Err(bad(
+                "bus.queue",
+                &name,
+                "amqp091 consumes from a durable queue: name it".into(),
+            ))
+        }
+        Protocol::Amqp091 if !subscription.is_empty() => {
+            return Err(bad(
+                "bus.subscription",
+                &name,
+                "amqp091 consumes from `queue` bound to `topics`".into(),
+            ))
+        }
+        Protocol::Amqp1 if subscription.is_empty() => {
+            return Err(bad(
+                "bus.subscription",
+                &name,
+                "amqp1 consumes from an address: name it (UMB: queue://Consumer.<client>.<name>.VirtualTopic.…)".into(),
+            ))
+        }
+        Protocol::Amqp1 if !queue.is_empty() || !settings.topics.is_empty() => {
+            return Err(bad(
+                "bus.queue",
+                &name,
+                "amqp1 consumes from `subscription`; queue and topics are amqp091's".into(),
+            ))
+        }
+        Protocol::Amqp1
+            if settings.urls.iter().any(|url| url.starts_with("amqps://"))
+                && tls.ca_pem.is_none() =>
+        {
+            return Err(bad(
+                "bus.ca_file",
+                &name,
+                "amqps:// needs the broker's CA (it is pinned; the system's CAs are not used)".into(),
+            ))
+        }
+        _ => {}
     }
-    if settings.subscription.is_some() {
+    let publish_address = settings
+        .publish_address
+        .unwrap_or_else(|| "topic://{topic}".into());
+    if !publish_address.contains("{topic}") {
         return Err(bad(
-            "bus.subscription",
+            "bus.publish_address",
             &name,
-            "amqp091 consumes from `queue` bound to `topics`".into(),
+            format!("{publish_address:?} does not say where the topic goes ({{topic}})"),
         ));
     }
     Ok(BusConfig {
@@ -254,6 +299,8 @@ fn validate_bus(settings: BusSettings, names: &[String]) -> Result<BusConfig, Co
             .unwrap_or_else(|| "amq.topic".into()),
         queue,
         topics: settings.topics,
+        subscription,
+        publish_address,
         publish_prefix: settings
             .publish_prefix
             .filter(|prefix| !prefix.trim_matches('.').is_empty()),
@@ -389,7 +436,9 @@ mod tests {
     fn errors_name_the_bus_and_key() {
         for (text, key, words) in [
             ("[[bus]]\nname = \"a\"\nprotocol = \"mqtt\"\nurls = [\"amqp://x\"]\nqueue = \"q\"", "bus.protocol", "mqtt"),
-            ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqp://x\"]", "bus.protocol", "not supported yet"),
+            ("[[bus]]\nname = \"a\"\nprotocol = \"stomp\"\nurls = [\"amqp://x\"]", "bus.protocol", "not supported yet"),
+            ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqp://x\"]", "bus.subscription", "address"),
+            ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqps://x\"]\nsubscription = \"q\"", "bus.ca_file", "pinned"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"http://x\"]\nqueue = \"q\"", "bus.urls", "http://x"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"amqp://x\"]", "bus.queue", "durable queue"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"amqp://x\"]\nqueue = \"q\"\n[[bus.rules]]\ntests = \"t\"\nmatch = { package = \"[\" }", "bus.rules.match", "match.package"),

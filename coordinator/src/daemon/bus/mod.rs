@@ -5,6 +5,7 @@
 //! nothing.
 
 pub mod amqp091;
+pub mod amqp1;
 pub mod config;
 
 use std::collections::BTreeSet;
@@ -26,7 +27,7 @@ use crate::store::bus as store_bus;
 use crate::store::sql::sqlite_error;
 use crate::store::triggers::{self, NewTrigger, Recorded};
 
-use config::{BusConfig, BusesConfig, Rule};
+use config::{BusConfig, BusesConfig, Protocol, Rule};
 
 /// Counters for `/metrics` and the benchmark.
 #[derive(Default)]
@@ -55,6 +56,8 @@ pub enum Verdict {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Planned {
     bus: String,
+    message_id: String,
+    topic: String,
     rule: String,
     build: Build,
     request: TriggerRequest,
@@ -95,18 +98,34 @@ impl Buses {
     /// Starts each bus's consumer and publisher, the planner and the announcer.
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
         for (index, bus) in self.config.buses.iter().enumerate() {
-            tracker.spawn(amqp091::consume(
-                self.clone(),
-                bus.clone(),
-                shutdown.clone(),
-            ));
-            if bus.publish_prefix.is_some() {
-                tracker.spawn(amqp091::publish(
-                    self.clone(),
-                    bus.clone(),
-                    self.publishers[index].clone(),
-                    shutdown.clone(),
-                ));
+            let wake = self.publishers[index].clone();
+            match bus.protocol {
+                Protocol::Amqp091 => {
+                    tracker.spawn(amqp091::consume(
+                        self.clone(),
+                        bus.clone(),
+                        shutdown.clone(),
+                    ));
+                    if bus.publish_prefix.is_some() {
+                        tracker.spawn(amqp091::publish(
+                            self.clone(),
+                            bus.clone(),
+                            wake,
+                            shutdown.clone(),
+                        ));
+                    }
+                }
+                Protocol::Amqp1 => {
+                    tracker.spawn(amqp1::consume(self.clone(), bus.clone(), shutdown.clone()));
+                    if bus.publish_prefix.is_some() {
+                        tracker.spawn(amqp1::publish(
+                            self.clone(),
+                            bus.clone(),
+                            wake,
+                            shutdown.clone(),
+                        ));
+                    }
+                }
             }
         }
         tracker.spawn(self.clone().planner(shutdown.clone()));
@@ -130,6 +149,28 @@ impl Buses {
         });
     }
 
+    /// The counters in Prometheus' text format, for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let counters = &self.metrics;
+        [
+            ("received", "Messages taken from the buses.", &counters.received),
+            ("matched", "Build messages that matched a rule.", &counters.matched),
+            ("unmatched", "Messages acknowledged that start nothing (no rule, a build not complete).", &counters.unmatched),
+            ("malformed", "Messages refused as malformed (never redelivered).", &counters.malformed),
+            ("duplicates", "Messages delivered again and not started again.", &counters.duplicates),
+            ("runs", "Runs started by build messages.", &counters.runs),
+            ("published", "CI messages the brokers confirmed.", &counters.published),
+        ]
+        .iter()
+        .map(|(name, help, counter)| {
+            format!(
+                "# HELP polarizer_bus_{name}_total {help}\n# TYPE polarizer_bus_{name}_total counter\npolarizer_bus_{name}_total {}\n",
+                counter.load(Ordering::Relaxed)
+            )
+        })
+        .collect()
+    }
+
     fn rules_for<'a>(&'a self, bus: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
         self.config
             .rules
@@ -147,27 +188,7 @@ impl Buses {
                 tracing::debug!(bus, topic, message_id, reason = %reason, "build message starts nothing");
                 return Verdict::Accept;
             }
-            Err(reason) => {
-                self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                warn!(bus, topic, message_id, error = %reason, "malformed build message refused");
-                let line = NewTrigger {
-                    received_ms: now_ms(),
-                    source: format!("bus:{bus}"),
-                    delivery: message_id.to_string(),
-                    event: topic.to_string(),
-                    outcome: Some(TriggerOutcome::Refused),
-                    reason: reason.clone(),
-                    ..NewTrigger::default()
-                };
-                let _ = self
-                    .context
-                    .store
-                    .write(move |savepoint, path| {
-                        triggers::record(savepoint, &line, 0).map_err(sqlite_error(path))
-                    })
-                    .await;
-                return Verdict::Reject(reason);
-            }
+            Err(reason) => return self.refuse(bus, topic, message_id, reason).await,
         };
         let matching: Vec<&Rule> = self
             .rules_for(bus)
@@ -194,6 +215,8 @@ impl Buses {
             };
             let planned = Planned {
                 bus: bus.to_string(),
+                message_id: message_id.to_string(),
+                topic: topic.to_string(),
                 rule: rule.name.clone(),
                 build: build.clone(),
                 request,
@@ -248,6 +271,36 @@ impl Buses {
         }
     }
 
+    /// A malformed message: logged naming bus, topic and message id, listed by `polarizer triggers` as
+    /// refused (the store keeps the newest thousand), never redelivered.
+    pub async fn refuse(
+        &self,
+        bus: &str,
+        topic: &str,
+        message_id: &str,
+        reason: String,
+    ) -> Verdict {
+        self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        warn!(bus, topic, message_id, error = %reason, "malformed build message refused");
+        let line = NewTrigger {
+            received_ms: now_ms(),
+            source: format!("bus:{bus}"),
+            delivery: message_id.to_string(),
+            event: topic.to_string(),
+            outcome: Some(TriggerOutcome::Refused),
+            reason: reason.clone(),
+            ..NewTrigger::default()
+        };
+        let _ = self
+            .context
+            .store
+            .write(move |savepoint, path| {
+                triggers::record(savepoint, &line, 0).map_err(sqlite_error(path))
+            })
+            .await;
+        Verdict::Reject(reason)
+    }
+
     /// Starts a run for each stored bus trigger, until shutdown; a previous process's leftovers first.
     async fn planner(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
@@ -295,7 +348,10 @@ impl Buses {
                 return;
             }
         };
-        let note = format!("build {} from bus {}", planned.build.nvr, planned.bus);
+        let note = format!(
+            "started by build {}: message {} ({}) on bus {}",
+            planned.build.nvr, planned.message_id, planned.topic, planned.bus
+        );
         match crate::daemon::trigger::start(&self.context, planned.request.clone(), Some(note))
             .await
         {
