@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use polarizer_e2e::pki::{Pki, Use};
 use polarizer_e2e::rabbitmq::RabbitMq;
 use polarizer_e2e::*;
 use serde_json::Value;
@@ -445,4 +446,92 @@ fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
     assert_eq!(body["artifact"]["id"], 65432101);
     assert_eq!(body["artifact"]["issuer"], "jdoe");
     assert_eq!(body["test"]["result"], "passed");
+}
+
+#[test]
+fn tls_pins_the_broker_s_ca_and_presents_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "broker");
+    let (server, server_key) = pki.issue("server", &["127.0.0.1"], Use::Server);
+    let (client, client_key) = pki.issue("client", &["polarizer"], Use::Client);
+    let (expired, expired_key) = pki.issue("expired", &["polarizer"], Use::ExpiredClient);
+    let stranger = Pki::new(&dir.path().join("stranger"), "stranger");
+    let broker = RabbitMq::start_tls(&dir.path().join("rabbitmq"), &pki.ca, &server, &server_key);
+    let tests = dir.path().join("tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    git_repo(
+        &tests,
+        &[
+            (".fmf/version", "1\n"),
+            (
+                "tests/main.fmf",
+                "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n",
+            ),
+        ],
+    );
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2F", broker.tls_port);
+    // Three buses on one broker: the right CA and certificate, an expired certificate, another CA.
+    let bus = |name: &str, ca: &Path, cert: &Path, key: &Path| {
+        format!(
+            "[[bus]]\nname = {name:?}\nprotocol = \"amqp091\"\nurls = [{url:?}]\nqueue = \"polarizer-{name}\"\n\
+             topics = [{STATE_CHANGE:?}]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n\n"
+        )
+    };
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}{}[[bus.rules]]\nbus = \"fedora\"\nmatch = {{ package = \"subscription-manager\" }}\ntests = {:?}\n\
+             test_types = [\"functional\"]\n",
+            bus("fedora", &pki.ca, &client, &client_key),
+            bus("expired", &pki.ca, &expired, &expired_key),
+            bus("stranger", &stranger.ca, &client, &client_key),
+            tests.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let cluster = coordinator_with_config(&config);
+    let log = || cluster.coordinator.as_ref().unwrap().log_text();
+    wait_for("the three buses tried", DEADLINE, || {
+        let log = log();
+        log.contains("bus consumer: connected bus=fedora")
+            && log.lines().any(|line| {
+                line.contains("bus=expired") && line.contains("connection lost or refused")
+            })
+            && log.lines().any(|line| {
+                line.contains("bus=stranger") && line.contains("connection lost or refused")
+            })
+    });
+    let text = log();
+    let stranger_line = text
+        .lines()
+        .find(|line| line.contains("bus=stranger") && line.contains("refused"))
+        .unwrap();
+    assert!(stranger_line.contains("UnknownIssuer"), "{stranger_line}");
+    let expired_line = text
+        .lines()
+        .find(|line| line.contains("bus=expired") && line.contains("refused"))
+        .unwrap();
+    assert!(
+        expired_line.contains("CertificateExpired"),
+        "{expired_line}"
+    );
+    assert!(
+        !text.contains("bus consumer: connected bus=expired")
+            && !text.contains("bus consumer: connected bus=stranger"),
+        "{text}"
+    );
+    assert!(!text.contains("BEGIN PRIVATE KEY"), "a key in the log");
+
+    // Over the pinned, mutually authenticated connection, a build starts its run.
+    broker.publish(
+        STATE_CHANGE,
+        "tls-1",
+        &build_state_change("subscription-manager", "1.fc41", 1),
+    );
+    wait_for("the build's run", DEADLINE, || {
+        triggers(&cluster)
+            .iter()
+            .any(|line| line["delivery"] == "tls-1" && line["outcome"] == "run")
+    });
 }

@@ -3,6 +3,7 @@
 pub mod fake_github;
 pub mod fake_polarion;
 pub mod generate;
+pub mod pki;
 pub mod podman;
 pub mod rabbitmq;
 

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub struct RabbitMq {
     pub port: u16,
+    /// The TLS listener's port (started by [`RabbitMq::start_tls`] only).
+    pub tls_port: u16,
     dist: u16,
     child: Child,
     pub dir: PathBuf,
@@ -26,6 +28,16 @@ impl RabbitMq {
 
     /// [`RabbitMq::start`] with these plugins on (`rabbitmq_amqp1_0` serves AMQP 1.0 on the same port).
     pub fn start_with(dir: &Path, plugins: &[&str]) -> RabbitMq {
+        Self::launch(dir, plugins, None)
+    }
+
+    /// [`RabbitMq::start`] with a TLS listener too (`tls_port`): this CA, server certificate and key,
+    /// and a client certificate signed by the CA required of every TLS client.
+    pub fn start_tls(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> RabbitMq {
+        Self::launch(dir, &[], Some((ca, cert, key)))
+    }
+
+    fn launch(dir: &Path, plugins: &[&str], tls: Option<(&Path, &Path, &Path)>) -> RabbitMq {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(
             dir.join("enabled_plugins"),
@@ -34,14 +46,40 @@ impl RabbitMq {
         .unwrap();
         let port = crate::free_tcp_addr().port();
         let dist = crate::free_tcp_addr().port();
+        let tls_port = crate::free_tcp_addr().port();
+        if let Some((ca, cert, key)) = tls {
+            std::fs::write(
+                dir.join("rabbitmq.conf"),
+                format!(
+                    "listeners.ssl.default = {tls_port}\n\
+                     ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                     ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                ),
+            )
+            .unwrap();
+        }
         let child = Self::spawn(dir, port, dist);
         let broker = RabbitMq {
             port,
             dist,
+            tls_port,
             child,
             dir: dir.to_path_buf(),
         };
         broker.wait_listening();
+        if tls.is_some() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "RabbitMQ's TLS listener did not open"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         broker
     }
 

@@ -11,8 +11,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,20 +41,38 @@ pub(super) fn shown(url: &str) -> String {
 }
 
 async fn connect(bus: &BusConfig, url: &str, role: &str) -> Result<Connection, String> {
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|err: String| format!("{}: {err}", shown(url)))?;
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("polarizer {role} {}", bus.name).into());
     let runtime = lapin::runtime::default_runtime().map_err(|err| err.to_string())?;
-    let tls = OwnedTLSConfig {
-        identity: match (&bus.tls.cert_pem, &bus.tls.key_pem) {
-            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
-                pem: cert.clone().into_bytes(),
-                key: key.clone().into_bytes(),
-            }),
-            _ => None,
-        },
-        cert_chain: bus.tls.ca_pem.clone(),
+    // TLS is ours: the broker's CA pinned, the client certificate presented (bus::tls).
+    let tls = match uri.scheme {
+        AMQPScheme::AMQPS => Some(RustlsConnector::from(super::tls::client_config(bus)?)),
+        AMQPScheme::AMQP => None,
     };
-    let connecting = Connection::connect_with_config(url, properties, tls, runtime);
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let connecting = Connection::connector(
+        uri,
+        runtime,
+        async move |_uri, runtime| {
+            // Each of the host's addresses in turn.
+            let mut stream = Err(std::io::Error::other(format!("{host} has no address")));
+            for address in tokio::net::lookup_host((host.as_str(), port)).await? {
+                stream = AsyncTcpStream::connect(&runtime, address).await;
+                if stream.is_ok() {
+                    break;
+                }
+            }
+            let stream = stream?;
+            match &tls {
+                Some(connector) => Ok(stream.into_rustls(connector, &host).await?),
+                None => Ok(stream),
+            }
+        },
+        properties,
+    );
     match tokio::time::timeout(Duration::from_secs(20), connecting).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(err)) => Err(err.to_string()),

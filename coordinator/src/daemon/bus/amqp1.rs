@@ -79,39 +79,6 @@ fn target(url: &str) -> Result<Target, String> {
     })
 }
 
-/// A TLS client that trusts only the bus's CA and presents its client certificate.
-fn tls_client(bus: &BusConfig) -> Result<tokio_rustls::TlsConnector, String> {
-    let ca = bus.tls.ca_pem.as_deref().ok_or_else(|| {
-        "amqps:// needs ca_file: the broker's CA is pinned, the system's are not used".to_string()
-    })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
-        let cert: rustls_pki_types::CertificateDer<'static> =
-            cert.map_err(|err| format!("ca_file: {err}"))?;
-        roots.add(cert).map_err(|err| format!("ca_file: {err}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| err.to_string())?
-        .with_root_certificates(roots);
-    let config = match (&bus.tls.cert_pem, &bus.tls.key_pem) {
-        (Some(cert), Some(key)) => {
-            let chain = rustls_pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
-                .map_err(|err| format!("cert_file: {err}"))?;
-            let key: rustls_pki_types::PrivateKeyDer<'static> =
-                rustls_pki_types::pem::PemObject::from_pem_slice(key.as_bytes())
-                    .map_err(|_| "key_file: no private key in it".to_string())?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|err| format!("cert_file and key_file: {err}"))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 async fn open(bus: &BusConfig, url: &str, role: &str) -> Result<ConnectionHandle<()>, String> {
     let target = target(url)?;
     let connecting = async {
@@ -122,7 +89,7 @@ async fn open(bus: &BusConfig, url: &str, role: &str) -> Result<ConnectionHandle
         if target.tls {
             let name = rustls_pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|err| format!("{}: {err}", target.host))?;
-            let stream = tls_client(bus)?
+            let stream = tokio_rustls::TlsConnector::from(super::tls::client_config(bus)?)
                 .connect(name, tcp)
                 .await
                 .map_err(|err| format!("TLS: {err}"))?;

@@ -267,9 +267,8 @@ fn validate_bus(settings: BusSettings, names: &[String]) -> Result<BusConfig, Co
                 "amqp1 consumes from `subscription`; queue and topics are amqp091's".into(),
             ))
         }
-        Protocol::Amqp1
-            if settings.urls.iter().any(|url| url.starts_with("amqps://"))
-                && tls.ca_pem.is_none() =>
+        _ if settings.urls.iter().any(|url| url.starts_with("amqps://"))
+            && tls.ca_pem.is_none() =>
         {
             return Err(bad(
                 "bus.ca_file",

@@ -7,6 +7,7 @@
 pub mod amqp091;
 pub mod amqp1;
 pub mod config;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,9 @@ pub struct BusMetrics {
     pub runs: AtomicU64,
     pub published: AtomicU64,
 }
+
+/// Triggers planned at once.
+const PLANNERS: usize = 4;
 
 /// What a consumer does with a delivery once its message was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +307,8 @@ impl Buses {
 
     /// Starts a run for each stored bus trigger, until shutdown; a previous process's leftovers first.
     async fn planner(self: Arc<Self>, shutdown: CancellationToken) {
+        // Each plan reads a tree (and fetches it when it is a URL): a few at once.
+        let permits = Arc::new(tokio::sync::Semaphore::new(PLANNERS));
         loop {
             for bus in &self.config.buses {
                 let source = format!("bus:{}", bus.name);
@@ -319,10 +325,14 @@ impl Buses {
                     if !self.planning.lock().expect("planning").insert(id) {
                         continue;
                     }
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
                     let buses = self.clone();
                     tokio::spawn(async move {
                         buses.plan(id, &change_json).await;
                         buses.planning.lock().expect("planning").remove(&id);
+                        drop(permit);
                     });
                 }
             }
