@@ -115,8 +115,8 @@ fn main() -> anyhow::Result<()> {
     let gap = Duration::from_millis(polarizer_e2e::bench_arg("--gap-ms", 20u64));
     let dir = tempfile::tempdir()?;
     let broker = RabbitMq::start(&dir.path().join("rabbitmq"));
+    // As many workers as the coordinator's runtime has (one per core).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
         .enable_all()
         .build()?;
     let (_connection, publisher) = runtime.block_on(channel(&broker))?;
