@@ -35,7 +35,12 @@ pub(super) fn print(response: OperatorResponse, json: bool) -> anyhow::Result<()
                 trigger.delivery.clone(),
                 trigger.repo.clone(),
                 trigger.event.clone(),
-                trigger.sha.chars().take(12).collect(),
+                // A commit, shortened; a build's NVR (bus triggers), whole.
+                if trigger.source.starts_with("bus:") {
+                    trigger.sha.clone()
+                } else {
+                    trigger.sha.chars().take(12).collect()
+                },
                 outcome_text(trigger),
                 trigger.report.clone(),
             ]

@@ -3,7 +3,8 @@
 //! each delivery accepted once stored, rejected when malformed, released when the store failed; CI
 //! messages sent to `publish_address` and settled by the broker before they are marked sent.
 //!
-//! TLS is ours (tokio-rustls on ring, the broker's CA pinned, the client certificate presented);
+//! TLS is ours (tokio-rustls on ring, `bus::tls`: the broker's CA pinned when `ca_file` is given, the
+//! client certificate presented);
 //! SASL is PLAIN when the URL carries a user and password, ANONYMOUS otherwise.
 
 use std::collections::HashMap;

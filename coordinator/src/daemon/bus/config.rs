@@ -267,15 +267,6 @@ fn validate_bus(settings: BusSettings, names: &[String]) -> Result<BusConfig, Co
                 "amqp1 consumes from `subscription`; queue and topics are amqp091's".into(),
             ))
         }
-        _ if settings.urls.iter().any(|url| url.starts_with("amqps://"))
-            && tls.ca_pem.is_none() =>
-        {
-            return Err(bad(
-                "bus.ca_file",
-                &name,
-                "amqps:// needs the broker's CA (it is pinned; the system's CAs are not used)".into(),
-            ))
-        }
         _ => {}
     }
     let publish_address = settings
@@ -437,7 +428,7 @@ mod tests {
             ("[[bus]]\nname = \"a\"\nprotocol = \"mqtt\"\nurls = [\"amqp://x\"]\nqueue = \"q\"", "bus.protocol", "mqtt"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"stomp\"\nurls = [\"amqp://x\"]", "bus.protocol", "not supported yet"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqp://x\"]", "bus.subscription", "address"),
-            ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqps://x\"]\nsubscription = \"q\"", "bus.ca_file", "pinned"),
+            ("[[bus]]\nname = \"a\"\nprotocol = \"amqp1\"\nurls = [\"amqps://x\"]\nsubscription = \"q\"\nca_file = \"/nonexistent/ca.pem\"", "bus.ca_file", "/nonexistent/ca.pem"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"http://x\"]\nqueue = \"q\"", "bus.urls", "http://x"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"amqp://x\"]", "bus.queue", "durable queue"),
             ("[[bus]]\nname = \"a\"\nprotocol = \"amqp091\"\nurls = [\"amqp://x\"]\nqueue = \"q\"\n[[bus.rules]]\ntests = \"t\"\nmatch = { package = \"[\" }", "bus.rules.match", "match.package"),

@@ -449,29 +449,7 @@ impl Buses {
             let Some(state) = RunState::parse(&bus_run.run_state) else {
                 continue;
             };
-            let due = match state {
-                RunState::Queued => Announce::Queued,
-                RunState::Running => Announce::Running,
-                RunState::Passed | RunState::Failed => Announce::Complete,
-                RunState::Error | RunState::Cancelled => Announce::Error,
-            };
-            let announced = Announce::parse(&bus_run.announced);
-            // What is due and not sent yet: queued first for a run that began before it was announced.
-            let mut states = Vec::new();
-            if announced.is_none() {
-                states.push(Announce::Queued);
-            }
-            if due == Announce::Running && announced < Some(Announce::Running) {
-                states.push(Announce::Running);
-            }
-            if due.is_final() {
-                states.push(due);
-            }
-            states.dedup();
-            let states: Vec<Announce> = states
-                .into_iter()
-                .filter(|state| Some(*state) > announced)
-                .collect();
+            let states = due_states(state, Announce::parse(&bus_run.announced));
             let Some(last) = states.last().copied() else {
                 continue;
             };
@@ -555,6 +533,26 @@ impl Buses {
     }
 }
 
+/// The CI messages a run's state calls for that were not sent yet, in order: queued first (also for a
+/// run that began, or ended, before it was announced), running once it runs, then its end.
+fn due_states(state: RunState, announced: Option<Announce>) -> Vec<Announce> {
+    let due = match state {
+        RunState::Queued => Announce::Queued,
+        RunState::Running => Announce::Running,
+        RunState::Passed | RunState::Failed => Announce::Complete,
+        RunState::Error | RunState::Cancelled => Announce::Error,
+    };
+    let mut states = vec![Announce::Queued];
+    if due == Announce::Running {
+        states.push(Announce::Running);
+    }
+    if due.is_final() {
+        states.push(due);
+    }
+    states.retain(|state| Some(*state) > announced);
+    states
+}
+
 /// The run's categories from its counted tests: failed if any failed, needs_inspection if any errored
 /// or none ran, passed otherwise.
 fn categories(counts: &[(String, String, u64)]) -> Vec<CategoryResult> {
@@ -603,4 +601,52 @@ fn categories(counts: &[(String, String, u64)]) -> Vec<CategoryResult> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_state_is_announced_once_in_order() {
+        assert_eq!(due_states(RunState::Queued, None), [Announce::Queued]);
+        assert_eq!(due_states(RunState::Queued, Some(Announce::Queued)), []);
+        assert_eq!(
+            due_states(RunState::Running, Some(Announce::Queued)),
+            [Announce::Running]
+        );
+        // A run that ended before it was announced at all (the broker was away).
+        assert_eq!(
+            due_states(RunState::Failed, None),
+            [Announce::Queued, Announce::Complete]
+        );
+        assert_eq!(
+            due_states(RunState::Error, Some(Announce::Running)),
+            [Announce::Error]
+        );
+        assert_eq!(due_states(RunState::Passed, Some(Announce::Complete)), []);
+    }
+
+    #[test]
+    fn a_category_is_as_bad_as_its_worst_test() {
+        let counts = [
+            ("functional".to_string(), "pass".to_string(), 3),
+            ("functional".to_string(), "fail".to_string(), 1),
+            ("acceptance".to_string(), "pass".to_string(), 2),
+            ("acceptance".to_string(), "error".to_string(), 1),
+            (String::new(), "pass".to_string(), 1),
+            ("performance".to_string(), "pass".to_string(), 4),
+        ];
+        let found = categories(&counts);
+        let result = |test_type: &str| {
+            found
+                .iter()
+                .find(|category| category.test_type == test_type)
+                .map(|category| (category.result.as_str(), category.tests))
+        };
+        assert_eq!(result("functional"), Some(("failed", 5)));
+        assert_eq!(result("acceptance"), Some(("needs_inspection", 3)));
+        assert_eq!(result("performance"), Some(("passed", 4)));
+        assert_eq!(categories(&[])[0].result, "needs_inspection");
+    }
 }

@@ -1,5 +1,6 @@
-//! The TLS client of a bus's connections: rustls on ring, trusting only the bus's CA (`ca_file`, pinned:
-//! the system's CAs are not used), presenting its client certificate when it has one.
+//! The TLS client of a bus's connections: rustls on ring, trusting only the bus's CA when `ca_file` is
+//! given (pinned: the system's CAs are then not used), the system's CAs otherwise; presenting its client
+//! certificate when it has one.
 
 use std::sync::Arc;
 
@@ -9,13 +10,24 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::config::BusConfig;
 
 pub fn client_config(bus: &BusConfig) -> Result<Arc<rustls::ClientConfig>, String> {
-    let ca = bus.tls.ca_pem.as_deref().ok_or_else(|| {
-        "amqps:// needs ca_file: the broker's CA is pinned, the system's are not used".to_string()
-    })?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        let cert = cert.map_err(|err| format!("ca_file: {err}"))?;
-        roots.add(cert).map_err(|err| format!("ca_file: {err}"))?;
+    match bus.tls.ca_pem.as_deref() {
+        Some(ca) => {
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let cert = cert.map_err(|err| format!("ca_file: {err}"))?;
+                roots.add(cert).map_err(|err| format!("ca_file: {err}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(
+                    "no ca_file, and no CA certificate in the system's store to trust the broker with"
+                        .into(),
+                );
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
