@@ -27,20 +27,6 @@ fn build_state_change(name: &str, release: &str, new: u64) -> String {
     .to_string()
 }
 
-fn triggers(cluster: &TestCluster) -> Vec<Value> {
-    ok_json(cluster.operator(&["triggers", "--json"]))
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn runs(cluster: &TestCluster) -> Vec<Value> {
-    ok_json(cluster.operator(&["runs", "--json"]))
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// The keys CI messages v1 requires of every message, and of each state's.
 fn check_ci_message(topic: &str, body: &Value) {
     for key in [
@@ -78,11 +64,13 @@ fn check_ci_message(topic: &str, body: &Value) {
     }
 }
 
-/// A broker with a dashboard's queue for the CI messages (there before anything is published), a tests
-/// repository with `tests_fmf`, and a coordinator consuming the broker's Koji topics with one agent.
-fn bus_cluster(dir: &Path, tests_fmf: &str) -> (RabbitMq, TestCluster) {
-    let broker = RabbitMq::start(&dir.join("rabbitmq"));
-    broker.client(&["listen", "dashboard", "org.fedoraproject.prod.ci.#"]);
+/// A functional test that passes, as a tests tree's `tests/main.fmf`.
+const ONE_TEST: &str =
+    "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n";
+
+/// A tests repository with `tests_fmf`, a coordinator configured by `toml` (given the repository's
+/// directory) with one agent, once a bus consumer is connected.
+fn bus_coordinator(dir: &Path, tests_fmf: &str, toml: impl FnOnce(&Path) -> String) -> TestCluster {
     let tests = dir.join("tests");
     std::fs::create_dir_all(&tests).unwrap();
     git_repo(
@@ -90,8 +78,29 @@ fn bus_cluster(dir: &Path, tests_fmf: &str) -> (RabbitMq, TestCluster) {
         &[(".fmf/version", "1\n"), ("tests/main.fmf", tests_fmf)],
     );
     let config = dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
+    std::fs::write(&config, toml(&tests)).unwrap();
+    let mut cluster = coordinator_with_config(&config);
+    cluster.start_agent("vm-1", &[]);
+    wait_for("the agent online", DEADLINE, || {
+        cluster.online_names().len() == 1
+    });
+    wait_for("a bus consumer connected", DEADLINE, || {
+        cluster
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("bus consumer: connected")
+    });
+    cluster
+}
+
+/// A broker with a dashboard's queue for the CI messages (there before anything is published), and a
+/// coordinator consuming the broker's Koji topics into runs of `tests_fmf`.
+fn bus_cluster(dir: &Path, tests_fmf: &str) -> (RabbitMq, TestCluster) {
+    let broker = RabbitMq::start(&dir.join("rabbitmq"));
+    broker.client(&["listen", "dashboard", "org.fedoraproject.prod.ci.#"]);
+    let cluster = bus_coordinator(dir, tests_fmf, |tests| {
         format!(
             "[[bus]]\nname = \"fedora\"\nprotocol = \"amqp091\"\nurls = [{:?}]\nqueue = \"polarizer-rhsm\"\n\
              topics = [{STATE_CHANGE:?}, {TAG:?}]\npublish_prefix = \"org.fedoraproject.prod.ci\"\n\
@@ -100,21 +109,7 @@ fn bus_cluster(dir: &Path, tests_fmf: &str) -> (RabbitMq, TestCluster) {
              test_types = [\"functional\", \"acceptance\"]\nname = \"tier1\"\n",
             broker.url(),
             tests.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let mut cluster = coordinator_with_config(&config);
-    cluster.start_agent("vm-1", &[]);
-    wait_for("the agent online", DEADLINE, || {
-        cluster.online_names().len() == 1
-    });
-    wait_for("the consumer's queue bound", DEADLINE, || {
-        cluster
-            .coordinator
-            .as_ref()
-            .unwrap()
-            .log_text()
-            .contains("bus consumer: connected")
+        )
     });
     (broker, cluster)
 }
@@ -149,7 +144,7 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
         "the refused message and both deliveries recorded",
         DEADLINE,
         || {
-            let lines = triggers(&cluster);
+            let lines = cluster.triggers();
             lines
                 .iter()
                 .filter(|line| line["delivery"] == "build-1")
@@ -158,7 +153,7 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
                 && lines.iter().any(|line| line["delivery"] == "bad-1")
         },
     );
-    let lines = triggers(&cluster);
+    let lines = cluster.triggers();
     let bad = lines
         .iter()
         .find(|line| line["delivery"] == "bad-1")
@@ -185,11 +180,12 @@ fn build_messages_start_runs_once_and_runs_are_announced_back() {
         .contains("received before"));
 
     wait_for("the build's run", DEADLINE, || {
-        triggers(&cluster)
+        cluster
+            .triggers()
             .iter()
             .any(|line| line["delivery"] == "build-1" && line["outcome"] == "run")
     });
-    let started = runs(&cluster);
+    let started = cluster.runs();
     assert_eq!(started.len(), 1, "{started:#?}");
     let run = started[0]["id"].as_u64().unwrap();
     let detail = wait_run_finished(&cluster, run, DEADLINE);
@@ -276,11 +272,12 @@ fn a_broker_that_restarts_loses_nothing_and_starts_nothing_twice() {
     let complete = build_state_change("subscription-manager", "1.fc41", 1);
     broker.publish(STATE_CHANGE, "build-1", &complete);
     wait_for("the build's run", DEADLINE, || {
-        triggers(&cluster)
+        cluster
+            .triggers()
             .iter()
             .any(|line| line["delivery"] == "build-1" && line["outcome"] == "run")
     });
-    let run = runs(&cluster)[0]["id"].as_u64().unwrap();
+    let run = cluster.runs()[0]["id"].as_u64().unwrap();
 
     // The broker goes down while the run goes on; the run ends while it is down.
     broker.kill();
@@ -314,13 +311,14 @@ fn a_broker_that_restarts_loses_nothing_and_starts_nothing_twice() {
         })
     });
     wait_for("the second build's run", DEADLINE, || {
-        triggers(&cluster)
+        cluster
+            .triggers()
             .iter()
             .any(|line| line["delivery"] == "build-2" && line["outcome"] == "run")
     });
-    let started = runs(&cluster);
+    let started = cluster.runs();
     assert_eq!(started.len(), 2, "{started:#?}");
-    let lines = triggers(&cluster);
+    let lines = cluster.triggers();
     assert_eq!(
         lines
             .iter()
@@ -351,21 +349,7 @@ fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
         "VirtualTopic.eng.brew.build.complete",
     ]);
     broker.client(&["listen", "dashboard", "VirtualTopic.eng.ci.#"]);
-    let tests = dir.path().join("tests");
-    std::fs::create_dir_all(&tests).unwrap();
-    git_repo(
-        &tests,
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n",
-            ),
-        ],
-    );
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
+    let cluster = bus_coordinator(dir.path(), ONE_TEST, |tests| {
         format!(
             "[[bus]]\nname = \"umb\"\nprotocol = \"amqp1\"\nurls = [\"amqp://guest:guest@127.0.0.1:{}\"]\n\
              subscription = \"/queue/umb-builds\"\npublish_prefix = \"VirtualTopic.eng.ci\"\n\
@@ -374,21 +358,7 @@ fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
              test_types = [\"functional\"]\n",
             broker.port,
             tests.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let mut cluster = coordinator_with_config(&config);
-    cluster.start_agent("vm-1", &[]);
-    wait_for("the agent online", DEADLINE, || {
-        cluster.online_names().len() == 1
-    });
-    wait_for("the consumer attached", DEADLINE, || {
-        cluster
-            .coordinator
-            .as_ref()
-            .unwrap()
-            .log_text()
-            .contains("bus consumer: connected")
+        )
     });
 
     // As Koji's protonmsg sends it: the JSON as a text value; `info` is the build before the change.
@@ -404,11 +374,12 @@ fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
     broker.client1(&["send", address, "umb-bad", "{nope"]);
     broker.client1(&["send", address, "umb-1", &umb]);
     wait_for("the build's run", DEADLINE, || {
-        triggers(&cluster)
+        cluster
+            .triggers()
             .iter()
             .any(|line| line["delivery"] == "umb-1" && line["outcome"] == "run")
     });
-    let lines = triggers(&cluster);
+    let lines = cluster.triggers();
     let bad = lines
         .iter()
         .find(|line| line["delivery"] == "umb-bad")
@@ -417,7 +388,7 @@ fn a_brew_build_on_amqp1_starts_a_run_announced_back_over_amqp1() {
         (bad["source"].as_str(), bad["outcome"].as_str()),
         (Some("bus:umb"), Some("refused"))
     );
-    let run = runs(&cluster)[0]["id"].as_u64().unwrap();
+    let run = cluster.runs()[0]["id"].as_u64().unwrap();
     let detail = wait_run_finished(&cluster, run, DEADLINE);
     assert_eq!(detail["state"], "passed", "{detail}");
 
@@ -457,18 +428,6 @@ fn tls_pins_the_broker_s_ca_and_presents_the_client_certificate() {
     let (expired, expired_key) = pki.issue("expired", &["polarizer"], Use::ExpiredClient);
     let stranger = Pki::new(&dir.path().join("stranger"), "stranger");
     let broker = RabbitMq::start_tls(&dir.path().join("rabbitmq"), &pki.ca, &server, &server_key);
-    let tests = dir.path().join("tests");
-    std::fs::create_dir_all(&tests).unwrap();
-    git_repo(
-        &tests,
-        &[
-            (".fmf/version", "1\n"),
-            (
-                "tests/main.fmf",
-                "framework: shell\n/register:\n    extra-polarizer-type: functional\n    test: 'true'\n",
-            ),
-        ],
-    );
     let url = format!("amqps://guest:guest@127.0.0.1:{}/%2F", broker.tls_port);
     // Three buses on one broker: the right CA and certificate, an expired certificate, another CA.
     let bus = |name: &str, ca: &Path, cert: &Path, key: &Path| {
@@ -477,9 +436,7 @@ fn tls_pins_the_broker_s_ca_and_presents_the_client_certificate() {
              topics = [{STATE_CHANGE:?}]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n\n"
         )
     };
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
+    let cluster = bus_coordinator(dir.path(), ONE_TEST, |tests| {
         format!(
             "{}{}{}[[bus.rules]]\nbus = \"fedora\"\nmatch = {{ package = \"subscription-manager\" }}\ntests = {:?}\n\
              test_types = [\"functional\"]\n",
@@ -487,10 +444,8 @@ fn tls_pins_the_broker_s_ca_and_presents_the_client_certificate() {
             bus("expired", &pki.ca, &expired, &expired_key),
             bus("stranger", &stranger.ca, &client, &client_key),
             tests.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let cluster = coordinator_with_config(&config);
+        )
+    });
     let log = || cluster.coordinator.as_ref().unwrap().log_text();
     wait_for("the three buses tried", DEADLINE, || {
         let log = log();
@@ -530,7 +485,8 @@ fn tls_pins_the_broker_s_ca_and_presents_the_client_certificate() {
         &build_state_change("subscription-manager", "1.fc41", 1),
     );
     wait_for("the build's run", DEADLINE, || {
-        triggers(&cluster)
+        cluster
+            .triggers()
             .iter()
             .any(|line| line["delivery"] == "tls-1" && line["outcome"] == "run")
     });

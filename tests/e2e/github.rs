@@ -122,20 +122,6 @@ fn with_token(dir: &Path, fake: &FakeGithub, bare: &Path) -> TestCluster {
     )
 }
 
-fn triggers(cluster: &TestCluster) -> Vec<Value> {
-    ok_json(cluster.operator(&["triggers", "--json"]))
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn runs(cluster: &TestCluster) -> Vec<Value> {
-    ok_json(cluster.operator(&["runs", "--json"]))
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn send(cluster: &TestCluster, event: &str, delivery: &str, body: &Value) -> (u16, String) {
     deliver(
         cluster.http,
@@ -201,7 +187,7 @@ fn a_signed_push_runs_the_tests_it_touches_and_its_status_says_how_they_went() {
     assert_eq!(names.len(), 2, "{run:#}");
     assert!(!names.contains(&"/tests/billing"), "{names:?}");
     assert_eq!(run["commit"], after.as_str());
-    let listed = triggers(&cluster);
+    let listed = cluster.triggers();
     assert_eq!(listed[0]["outcome"], "run", "{listed:#?}");
     assert_eq!(listed[0]["run"], 1);
     assert_eq!(listed[0]["event"], "push");
@@ -212,7 +198,7 @@ fn a_signed_push_runs_the_tests_it_touches_and_its_status_says_how_they_went() {
     );
     assert!(listed[0]["fetch_ms"].as_u64().is_some(), "{listed:#?}");
     wait_for("the final status recorded as delivered", DEADLINE, || {
-        triggers(&cluster)[0]["report"] == "statuses failure delivered"
+        cluster.triggers()[0]["report"] == "statuses failure delivered"
     });
 
     // GitHub's redelivery (same id), and an org hook's copy (another id, same commit): no new run.
@@ -268,11 +254,11 @@ fn a_signed_push_runs_the_tests_it_touches_and_its_status_says_how_they_went() {
     // The answer comes before the body is read: a client still sending may see the connection close
     // first (0); the stored line below says 413 either way.
     assert!(matches!(too_big.0, 413 | 0), "{:?}", too_big.0);
-    assert_eq!(runs(&cluster).len(), 1, "no delivery above started a run");
+    assert_eq!(cluster.runs().len(), 1, "no delivery above started a run");
     // Lines of refused and duplicate deliveries are stored after the answer.
     let mut listed = Vec::new();
     wait_for("every delivery listed", DEADLINE, || {
-        listed = triggers(&cluster);
+        listed = cluster.triggers();
         [
             "d0000001-0000-0000-0000-000000000002",
             "e1",
@@ -498,9 +484,9 @@ fn pull_requests_report_check_runs_with_annotations_and_a_broken_tree_fails_nami
         !summary.contains("[unclosed"),
         "no file contents: {summary}"
     );
-    let listed = triggers(&cluster);
+    let listed = cluster.triggers();
     assert_eq!(listed[0]["outcome"], "failed", "{listed:#?}");
-    assert_eq!(runs(&cluster).len(), 1, "a broken tree starts no run");
+    assert_eq!(cluster.runs().len(), 1, "a broken tree starts no run");
 
     // A pull request whose head ref no longer exists: an error check, no run.
     let gone = pull_request_payload(
@@ -523,14 +509,14 @@ fn pull_requests_report_check_runs_with_annotations_and_a_broken_tree_fails_nami
     );
     assert_eq!(status, 202);
     wait_for("the missing head's trigger failed", DEADLINE, || {
-        let listed = triggers(&cluster);
+        let listed = cluster.triggers();
         listed[0]["outcome"] == "failed"
             && listed[0]["reason"]
                 .as_str()
                 .unwrap()
                 .contains("cannot be fetched")
     });
-    assert_eq!(runs(&cluster).len(), 1);
+    assert_eq!(cluster.runs().len(), 1);
 }
 
 #[test]
@@ -559,12 +545,12 @@ fn a_report_github_does_not_take_is_kept_across_a_coordinator_kill_and_delivered
     );
     assert_eq!(status, 202, "{text}");
     wait_for("a report that did not get through", DEADLINE, || {
-        triggers(&cluster)[0]["report"]
+        cluster.triggers()[0]["report"]
             .as_str()
             .unwrap()
             .contains("not delivered")
     });
-    let listed = triggers(&cluster);
+    let listed = cluster.triggers();
     let report = listed[0]["report"].as_str().unwrap();
     assert!(
         report.contains("secondary rate limit") || report.contains("502"),
@@ -588,6 +574,6 @@ fn a_report_github_does_not_take_is_kept_across_a_coordinator_kill_and_delivered
         "{statuses:#?}"
     );
     wait_for("the report recorded as delivered", DEADLINE, || {
-        triggers(&cluster)[0]["report"] == "statuses success delivered"
+        cluster.triggers()[0]["report"] == "statuses success delivered"
     });
 }

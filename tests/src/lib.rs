@@ -547,6 +547,22 @@ impl TestCluster {
             .and_then(|agent| agent["state"].as_str().map(String::from))
     }
 
+    /// `polarizer triggers --json`: what arrived from outside, newest first.
+    pub fn triggers(&self) -> Vec<Value> {
+        ok_json(self.operator(&["triggers", "--json"]))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `polarizer runs --json`.
+    pub fn runs(&self) -> Vec<Value> {
+        ok_json(self.operator(&["runs", "--json"]))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn online_names(&self) -> Vec<String> {
         self.inventory()
             .into_iter()

@@ -4,7 +4,7 @@
 //! A lost connection is retried across the URL list with a growing wait.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -20,25 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::BusConfig;
+use super::link::{digest, not_sent, reconnecting, sent, shown, Role};
 use super::{Buses, Verdict};
 use crate::daemon::clock::now_ms;
-use crate::store::bus as store_bus;
-use crate::store::sql::sqlite_error;
 
-/// The longest wait between connection tries.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Messages sent per read of the outbox.
 const PUBLISH_BATCH: u32 = 100;
-
-/// A URL without its password, for log lines.
-pub(super) fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
 
 async fn connect(bus: &BusConfig, url: &str, role: &str) -> Result<Connection, String> {
     let uri: AMQPUri = url
@@ -80,39 +67,13 @@ async fn connect(bus: &BusConfig, url: &str, role: &str) -> Result<Connection, S
     }
 }
 
-/// Waits before the next try: 1 s doubling to a minute; false on shutdown.
-pub(super) async fn wait(tries: u32, shutdown: &CancellationToken) -> bool {
-    let wait = Duration::from_secs(1u64 << tries.min(6)).min(BACKOFF_MAX);
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
-}
-
 /// Consumes the bus's queue until shutdown, reconnecting across its URLs.
 pub async fn consume(buses: Arc<Buses>, bus: BusConfig, shutdown: CancellationToken) {
-    let mut tries = 0u32;
-    let mut next = 0usize;
-    loop {
-        let url = bus.urls[next % bus.urls.len()].clone();
-        next += 1;
-        let began = Instant::now();
-        match consume_from(&buses, &bus, &url, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus consumer: connection lost or refused; trying again");
-            }
-        }
-        // A connection that held a while starts the waits over.
-        tries = if began.elapsed() > Duration::from_secs(30) {
-            0
-        } else {
-            tries + 1
-        };
-        if !wait(tries, &shutdown).await {
-            return;
-        }
-    }
+    reconnecting(&bus, Role::Consumer, &shutdown, |url| {
+        let (buses, bus, shutdown) = (&buses, &bus, &shutdown);
+        async move { consume_from(buses, bus, &url, shutdown).await }
+    })
+    .await;
 }
 
 async fn consume_from(
@@ -209,14 +170,6 @@ async fn consume_from(
     }
 }
 
-pub(super) fn digest(data: &[u8]) -> String {
-    let hash = ring::digest::digest(&ring::digest::SHA256, data);
-    hash.as_ref()[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
 /// Sends the bus's stored CI messages until shutdown, each confirmed by the broker before it is
 /// marked sent; reconnects across the URLs when the broker is away.
 pub async fn publish(
@@ -225,27 +178,11 @@ pub async fn publish(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut tries = 0u32;
-    let mut next = 0usize;
-    loop {
-        let url = bus.urls[next % bus.urls.len()].clone();
-        next += 1;
-        let began = Instant::now();
-        match publish_to(&buses, &bus, &url, &wake, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus publisher: cannot send; the messages stay stored");
-            }
-        }
-        tries = if began.elapsed() > Duration::from_secs(30) {
-            0
-        } else {
-            tries + 1
-        };
-        if !wait(tries, &shutdown).await {
-            return;
-        }
-    }
+    reconnecting(&bus, Role::Publisher, &shutdown, |url| {
+        let (buses, bus, wake, shutdown) = (&buses, &bus, &wake, &shutdown);
+        async move { publish_to(buses, bus, &url, wake, shutdown).await }
+    })
+    .await;
 }
 
 async fn publish_to(
@@ -298,41 +235,14 @@ async fn publish_to(
                 Ok(confirm) => confirm.await.map_err(|err| err.to_string()),
                 Err(err) => Err(err.to_string()),
             };
-            let id = message.id;
             match confirmed {
-                Ok(confirmation) if !confirmation.is_nack() => {
-                    buses
-                        .context
-                        .store
-                        .write(move |savepoint, path| {
-                            store_bus::sent(savepoint, id, now_ms()).map_err(sqlite_error(path))
-                        })
-                        .await
-                        .map_err(|err| err.to_string())?;
-                    buses
-                        .metrics
-                        .published
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    info!(bus = %bus.name, topic = %message.topic, message_id = %message.message_id, "CI message sent");
-                }
+                Ok(confirmation) if !confirmation.is_nack() => sent(buses, bus, message).await?,
                 outcome => {
                     let error = match outcome {
                         Ok(_) => "the broker refused it (nack)".to_string(),
                         Err(err) => err,
                     };
-                    let stored_error = error.clone();
-                    let _ = buses
-                        .context
-                        .store
-                        .write(move |savepoint, path| {
-                            store_bus::not_sent(savepoint, id, &stored_error)
-                                .map_err(sqlite_error(path))
-                        })
-                        .await;
-                    return Err(format!(
-                        "{} ({}): {error}",
-                        message.topic, message.message_id
-                    ));
+                    return Err(not_sent(buses, message, error).await);
                 }
             }
         }
@@ -347,20 +257,5 @@ async fn publish_to(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_stay_out_of_log_lines() {
-        assert_eq!(
-            super::shown("amqps://fedora:secret@rabbitmq.example/%2Fpublic_pubsub"),
-            "amqps://…@rabbitmq.example/%2Fpublic_pubsub"
-        );
-        assert_eq!(
-            super::shown("amqp://127.0.0.1:5672"),
-            "amqp://127.0.0.1:5672"
-        );
     }
 }

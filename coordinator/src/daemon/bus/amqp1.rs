@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::receiver::CreditMode;
@@ -24,12 +24,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::amqp091::{digest, shown, wait};
 use super::config::BusConfig;
+use super::link::{digest, not_sent, reconnecting, sent, shown, Role};
 use super::{Buses, Verdict};
-use crate::daemon::clock::now_ms;
-use crate::store::bus as store_bus;
-use crate::store::sql::sqlite_error;
 
 /// Messages sent per read of the outbox.
 const PUBLISH_BATCH: u32 = 100;
@@ -173,27 +170,11 @@ fn body_bytes(body: &Body<Value>) -> Result<Vec<u8>, String> {
 
 /// Consumes the bus's subscription until shutdown, reconnecting across its URLs.
 pub async fn consume(buses: Arc<Buses>, bus: BusConfig, shutdown: CancellationToken) {
-    let mut tries = 0u32;
-    let mut next = 0usize;
-    loop {
-        let url = bus.urls[next % bus.urls.len()].clone();
-        next += 1;
-        let began = Instant::now();
-        match consume_from(&buses, &bus, &url, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus consumer: connection lost or refused; trying again");
-            }
-        }
-        tries = if began.elapsed() > Duration::from_secs(30) {
-            0
-        } else {
-            tries + 1
-        };
-        if !wait(tries, &shutdown).await {
-            return;
-        }
-    }
+    reconnecting(&bus, Role::Consumer, &shutdown, |url| {
+        let (buses, bus, shutdown) = (&buses, &bus, &shutdown);
+        async move { consume_from(buses, bus, &url, shutdown).await }
+    })
+    .await;
 }
 
 async fn consume_from(
@@ -274,27 +255,11 @@ pub async fn publish(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut tries = 0u32;
-    let mut next = 0usize;
-    loop {
-        let url = bus.urls[next % bus.urls.len()].clone();
-        next += 1;
-        let began = Instant::now();
-        match publish_to(&buses, &bus, &url, &wake, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                warn!(bus = %bus.name, url = %shown(&url), error = %err, "bus publisher: cannot send; the messages stay stored");
-            }
-        }
-        tries = if began.elapsed() > Duration::from_secs(30) {
-            0
-        } else {
-            tries + 1
-        };
-        if !wait(tries, &shutdown).await {
-            return;
-        }
-    }
+    reconnecting(&bus, Role::Publisher, &shutdown, |url| {
+        let (buses, bus, wake, shutdown) = (&buses, &bus, &wake, &shutdown);
+        async move { publish_to(buses, bus, &url, wake, shutdown).await }
+    })
+    .await;
 }
 
 async fn publish_to(
@@ -347,41 +312,14 @@ async fn publish_to(
                 .value(message.body.clone())
                 .build();
             let outcome = sender.send(amqp_message).await;
-            let id = message.id;
             match outcome {
-                Ok(outcome) if outcome.is_accepted() => {
-                    buses
-                        .context
-                        .store
-                        .write(move |savepoint, path| {
-                            store_bus::sent(savepoint, id, now_ms()).map_err(sqlite_error(path))
-                        })
-                        .await
-                        .map_err(|err| err.to_string())?;
-                    buses
-                        .metrics
-                        .published
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    info!(bus = %bus.name, topic = %message.topic, message_id = %message.message_id, "CI message sent");
-                }
+                Ok(outcome) if outcome.is_accepted() => sent(buses, bus, message).await?,
                 outcome => {
                     let error = match outcome {
                         Ok(outcome) => format!("the broker did not accept it: {outcome:?}"),
                         Err(err) => err.to_string(),
                     };
-                    let stored_error = error.clone();
-                    let _ = buses
-                        .context
-                        .store
-                        .write(move |savepoint, path| {
-                            store_bus::not_sent(savepoint, id, &stored_error)
-                                .map_err(sqlite_error(path))
-                        })
-                        .await;
-                    return Err(format!(
-                        "{} ({}): {error}",
-                        message.topic, message.message_id
-                    ));
+                    return Err(not_sent(buses, message, error).await);
                 }
             }
         }

@@ -7,6 +7,7 @@
 pub mod amqp091;
 pub mod amqp1;
 pub mod config;
+mod link;
 mod tls;
 
 use std::collections::BTreeSet;
