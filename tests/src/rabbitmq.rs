@@ -144,33 +144,25 @@ impl RabbitMq {
 
     /// Runs `tests/bus/amqp.py` with these arguments against this broker.
     pub fn client(&self, args: &[&str]) -> Output {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bus/amqp.py");
-        let output = Command::new(PYTHON)
-            .arg(script)
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("python3 with pika");
-        assert!(
-            output.status.success(),
-            "amqp.py {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        self.script("amqp.py", args)
     }
 
     /// Runs `tests/bus/amqp1.py` (Qpid Proton, AMQP 1.0) with these arguments against this broker.
     pub fn client1(&self, args: &[&str]) -> Output {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bus/amqp1.py");
+        self.script("amqp1.py", args)
+    }
+
+    fn script(&self, name: &str, args: &[&str]) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bus").join(name);
         let output = Command::new(PYTHON)
             .arg(script)
             .arg(self.port.to_string())
             .args(args)
             .output()
-            .expect("python3 with proton");
+            .expect("Debian's python3 (with python3-pika and python3-qpid-proton)");
         assert!(
             output.status.success(),
-            "amqp1.py {args:?}: {}",
+            "{name} {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         output
