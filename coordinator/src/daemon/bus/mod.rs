@@ -186,6 +186,7 @@ impl Buses {
     /// Reads one delivery and stores the triggers it makes: the consumer acknowledges on `Accept`.
     pub async fn take(&self, bus: &str, topic: &str, message_id: &str, body: &[u8]) -> Verdict {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
+        let (topic, message_id) = (&bounded_topic(topic), &bounded_id(message_id));
         let build = match messages::read(body) {
             Ok(Reading::Build(build)) => *build,
             Ok(Reading::NotFinished(reason)) => {
@@ -272,7 +273,12 @@ impl Buses {
                 self.wake_planner.notify_one();
                 Verdict::Accept
             }
-            Err(err) => Verdict::Release(format!("cannot store the trigger: {err}")),
+            Err(err) => {
+                // Given back at once, the message would come straight back to a store that is failing:
+                // the consumer (one message at a time) waits a second first.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Verdict::Release(format!("cannot store the trigger: {err}"))
+            }
         }
     }
 
@@ -286,6 +292,7 @@ impl Buses {
         reason: String,
     ) -> Verdict {
         self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        let (topic, message_id) = (&bounded_topic(topic), &bounded_id(message_id));
         warn!(bus, topic, message_id, error = %reason, "malformed build message refused");
         let line = NewTrigger {
             received_ms: now_ms(),
@@ -554,6 +561,28 @@ fn due_states(state: RunState, announced: Option<Announce>) -> Vec<Announce> {
     states
 }
 
+/// The longest message id and topic stored and logged as given (both come from the broker's
+/// publishers).
+const ID_MAX: usize = 256;
+
+/// A message id as stored: a longer one is replaced by its digest, the same for every redelivery.
+fn bounded_id(message_id: &str) -> String {
+    if message_id.len() <= ID_MAX {
+        message_id.to_string()
+    } else {
+        format!("sha256:{}", link::digest(message_id.as_bytes()))
+    }
+}
+
+/// A topic as stored and logged: cut at `ID_MAX` bytes (on a character boundary).
+fn bounded_topic(topic: &str) -> String {
+    let mut end = topic.len().min(ID_MAX);
+    while !topic.is_char_boundary(end) {
+        end -= 1;
+    }
+    topic[..end].to_string()
+}
+
 /// The run's categories from its counted tests: failed if any failed, needs_inspection if any errored
 /// or none ran, passed otherwise.
 fn categories(counts: &[(String, String, u64)]) -> Vec<CategoryResult> {
@@ -607,6 +636,16 @@ fn categories(counts: &[(String, String, u64)]) -> Vec<CategoryResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_ids_and_topics_are_bounded() {
+        assert_eq!(bounded_id("build-1"), "build-1");
+        let long = "x".repeat(10_000);
+        assert_eq!(bounded_id(&long), bounded_id(&long));
+        assert!(bounded_id(&long).starts_with("sha256:") && bounded_id(&long).len() < 64);
+        assert_eq!(bounded_topic(&"é".repeat(200)).len(), 256);
+        assert_eq!(bounded_topic("a.b"), "a.b");
+    }
 
     #[test]
     fn each_state_is_announced_once_in_order() {
