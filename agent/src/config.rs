@@ -60,6 +60,11 @@ pub struct AgentSettings {
     /// Gossip cluster id [default: polarizer]
     #[arg(long, env = "POLARIZER_CLUSTER")]
     pub cluster: Option<String>,
+    /// The gossip cell this agent joins (its site, rack or pool: `brno-lab`): agents gossip only with
+    /// their cell and the coordinator, so gossip does not grow with the whole fleet. Same seeds as
+    /// without; letters, digits, `-`, `_`, `.` [default: none, the cluster's one cell]
+    #[arg(long, env = "POLARIZER_CELL")]
+    pub cell: Option<String>,
     /// Gossip interval in milliseconds [default: 200]
     #[arg(long, env = "POLARIZER_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
@@ -176,6 +181,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub platform: Option<PlatformKind>,
     pub cluster: String,
+    /// Empty: the default cell.
+    pub cell: String,
     pub gossip_interval: Duration,
     pub reconnect_max: Duration,
     pub spool_max_bytes: u64,
@@ -208,6 +215,7 @@ impl AgentSettings {
             labels,
             platform: self.platform.or(lower.platform),
             cluster: self.cluster.or(lower.cluster),
+            cell: self.cell.or(lower.cell),
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
             spool_max_mb: self.spool_max_mb.or(lower.spool_max_mb),
@@ -281,6 +289,15 @@ impl AgentSettings {
                 .unwrap_or_default()
                 .to_string(),
         };
+        let cell = self.cell.clone().unwrap_or_default();
+        if !cell.is_empty() {
+            polarizer_shared::membership::check_cell_name(&cell).map_err(|message| {
+                ConfigError {
+                    key: "cell",
+                    message,
+                }
+            })?;
+        }
         validate_agent_name(&name).map_err(|message| ConfigError {
             key: "name",
             message,
@@ -409,6 +426,7 @@ impl AgentSettings {
             cluster: self
                 .cluster
                 .unwrap_or_else(|| polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string()),
+            cell,
             gossip_interval,
             reconnect_max,
             drain_timeout,
@@ -498,6 +516,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("label"), "{err}");
+        let err = AgentSettings {
+            cell: Some("brno lab".into()),
+            ..minimal()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("cell") && err.contains("brno lab"), "{err}");
         assert!(AgentSettings {
             join: vec![],
             ..minimal()

@@ -107,7 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         listen_addr: gossip_listen,
         advertise_addr: advertised_addr(gossip_listen, config.advertise),
         seeds: config.join.clone(),
-        cluster_id: config.cluster.clone(),
+        cluster_id: polarizer_shared::membership::cell_cluster_id(&config.cluster, &config.cell),
         interval: config.gossip_interval,
         advertised: vec![
             (KEY_ROLE.into(), ROLE_AGENT.into()),

@@ -86,3 +86,42 @@ fn dead_coordinator_addresses_in_gossip_do_not_delay_a_reconnect() {
         runtime.block_on(rogue.shutdown());
     }
 }
+
+/// Gossip cells (issue 21): agents of two cells and of the default one, seeded with the coordinator's one
+/// gossip address, all come online; the coordinator counts each cell's members; an agent of a cell the
+/// coordinator does not join never finds it, and the coordinator's log names that cell and its peer.
+#[test]
+fn agents_in_cells_find_the_coordinator_through_its_one_gossip_port() {
+    let mut cluster = TestCluster::new_coordinator_only_with(&["--cells", "brno,westford"]);
+    for (name, cell) in [
+        ("a1", "brno"),
+        ("a2", "brno"),
+        ("b1", "westford"),
+        ("x1", "elsewhere"),
+    ] {
+        cluster.start_agent(name, &[("--cell", cell)]);
+    }
+    cluster.start_agent("d1", &[]);
+    wait_for("the agents of the coordinator's cells online", WAIT, || {
+        ["a1", "a2", "b1", "d1"]
+            .iter()
+            .all(|name| cluster.agent_state(name).as_deref() == Some("online"))
+    });
+    wait_for("each cell's members counted", WAIT, || {
+        let metrics = http_get(cluster.http, "/metrics");
+        metrics.contains("polarizer_gossip_cell_members{cell=\"brno\"} 2\n")
+            && metrics.contains("polarizer_gossip_cell_members{cell=\"westford\"} 1\n")
+            && metrics.contains("polarizer_gossip_cell_members{cell=\"\"} 1\n")
+    });
+    let coordinator = cluster.coordinator.as_ref().expect("coordinator");
+    wait_for("the refused cell named in the log", WAIT, || {
+        let log = coordinator.log_text();
+        log.contains("elsewhere") && log.contains("not one of the coordinator's `cells`")
+    });
+    assert_eq!(
+        cluster.agent_state("x1"),
+        None,
+        "x1 never reached the coordinator"
+    );
+    assert!(!http_get(cluster.http, "/metrics").contains("cell=\"elsewhere\""));
+}

@@ -5,9 +5,13 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use chitchat::transport::UdpTransport;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use polarizer_shared::membership::*;
+
+use crate::cells::{CellsConfig, Hub};
 
 #[derive(Clone, Debug)]
 pub struct GossipConfig {
@@ -23,7 +27,17 @@ pub struct GossipConfig {
 }
 
 pub struct Gossip {
-    handle: ChitchatHandle,
+    inner: Inner,
+}
+
+enum Inner {
+    /// An agent: one node in its cell.
+    One(ChitchatHandle),
+    /// The coordinator: a node in every cell, behind one socket.
+    Cells {
+        hub: Arc<Hub>,
+        router: tokio::task::JoinHandle<()>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +48,38 @@ pub struct GossipError {
     pub source: anyhow::Error,
 }
 
+/// The generation must grow at every restart so peers drop the previous incarnation's state.
+fn new_generation() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn chitchat_config(config: &GossipConfig, generation: u64) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(config.node_id.clone(), generation, config.advertise_addr),
+        cluster_id: config.cluster_id.clone(),
+        gossip_interval: config.interval,
+        listen_addr: config.listen_addr,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            // Without this a fresh cluster takes 10 s+ to notice its first dead node.
+            initial_interval: config.interval,
+            dead_node_grace_period: Duration::from_secs(3600),
+            ..FailureDetectorConfig::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    }
+}
+
 impl Gossip {
+    /// One node, in the cell `config.cluster_id` names (see [`cell_cluster_id`]).
+    ///
+    /// [`cell_cluster_id`]: polarizer_shared::membership::cell_cluster_id
     pub async fn start(config: GossipConfig) -> Result<Gossip, GossipError> {
         Self::start_on(config, &UdpTransport).await
     }
@@ -44,53 +89,81 @@ impl Gossip {
         config: GossipConfig,
         transport: &dyn chitchat::transport::Transport,
     ) -> Result<Gossip, GossipError> {
-        // The generation must grow at every restart so peers drop the previous incarnation's state.
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id, generation, config.advertise_addr),
-            cluster_id: config.cluster_id,
-            gossip_interval: config.interval,
-            listen_addr: config.listen_addr,
-            seed_nodes: config.seeds,
-            failure_detector_config: FailureDetectorConfig {
-                // Without this a fresh cluster takes 10 s+ to notice its first dead node.
-                initial_interval: config.interval,
-                dead_node_grace_period: Duration::from_secs(3600),
-                ..FailureDetectorConfig::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
-        };
-        let handle = chitchat::spawn_chitchat(chitchat_config, config.advertised, transport)
+        let handle = chitchat::spawn_chitchat(
+            chitchat_config(&config, new_generation()),
+            config.advertised,
+            transport,
+        )
+        .await
+        .map_err(|source| GossipError {
+            addr: config.listen_addr,
+            source,
+        })?;
+        Ok(Gossip {
+            inner: Inner::One(handle),
+        })
+    }
+
+    /// The coordinator's gossip: a member of the cluster `config.cluster_id` (the default cell) and of
+    /// each cell of it whose agents gossip with it, all on the one address (see [`crate::cells`]).
+    pub async fn start_cells(
+        config: GossipConfig,
+        cells: CellsConfig,
+    ) -> Result<Gossip, GossipError> {
+        let addr = config.listen_addr;
+        let failed = |source: anyhow::Error| GossipError { addr, source };
+        let (hub, socket, outgoing) = Hub::bind(config, new_generation(), cells)
             .await
-            .map_err(|source| GossipError {
-                addr: config.listen_addr,
-                source,
-            })?;
-        Ok(Gossip { handle })
+            .map_err(failed)?;
+        let router = tokio::spawn(hub.clone().route(socket, outgoing));
+        if let Err(err) = hub.join(DEFAULT_CELL).await {
+            router.abort();
+            return Err(failed(err));
+        }
+        Ok(Gossip {
+            inner: Inner::Cells { hub, router },
+        })
+    }
+
+    /// The address gossip listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.inner {
+            Inner::One(handle) => Some(handle.chitchat_id().gossip_advertise_addr),
+            Inner::Cells { hub, .. } => Some(hub.local_addr()),
+        }
+    }
+
+    /// Each cell's chitchat state, by cell name ("" for the default cell).
+    fn chitchats(&self) -> Vec<(String, Arc<tokio::sync::Mutex<Chitchat>>)> {
+        match &self.inner {
+            Inner::One(handle) => vec![(String::new(), handle.chitchat())],
+            Inner::Cells { hub, .. } => {
+                let cells = hub.cells.lock().expect("cells lock");
+                let mut chitchats: Vec<_> = cells
+                    .iter()
+                    .map(|(name, cell)| (name.clone(), cell.handle.chitchat()))
+                    .collect();
+                chitchats.sort_by(|a, b| a.0.cmp(&b.0));
+                chitchats
+            }
+        }
     }
 
     /// QUIC addresses advertised by live nodes claiming to be coordinators, newest incarnation first.
     /// Unauthenticated: dial them through pinned TLS only.
     pub async fn coordinator_candidates(&self) -> Vec<SocketAddr> {
-        let chitchat = self.handle.chitchat();
-        let chitchat = chitchat.lock().await;
-        let mut candidates: Vec<(u64, SocketAddr)> = chitchat
-            .live_nodes()
-            .filter_map(|id| {
+        let mut candidates: Vec<(u64, SocketAddr)> = Vec::new();
+        for (_, chitchat) in self.chitchats() {
+            let chitchat = chitchat.lock().await;
+            candidates.extend(chitchat.live_nodes().filter_map(|id| {
                 let state = chitchat.node_state(id)?;
                 if state.get(KEY_ROLE) != Some(ROLE_COORDINATOR) {
                     return None;
                 }
                 let addr = state.get(KEY_QUIC_ADDR)?.parse().ok()?;
                 Some((id.generation_id, addr))
-            })
-            .collect();
+            }));
+        }
         candidates.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
         let mut seen = BTreeSet::new();
         candidates
@@ -100,22 +173,45 @@ impl Gossip {
             .collect()
     }
 
-    /// Names of agents gossip currently sees alive.
+    /// Names of agents gossip currently sees alive, in any cell.
     pub async fn live_agent_names(&self) -> BTreeSet<String> {
-        let chitchat = self.handle.chitchat();
-        let chitchat = chitchat.lock().await;
-        chitchat
-            .live_nodes()
-            .filter_map(|id| {
+        let mut names = BTreeSet::new();
+        for (_, chitchat) in self.chitchats() {
+            let chitchat = chitchat.lock().await;
+            names.extend(chitchat.live_nodes().filter_map(|id| {
                 let state = chitchat.node_state(id)?;
                 (state.get(KEY_ROLE) == Some(ROLE_AGENT))
                     .then(|| state.get(KEY_AGENT_NAME).map(str::to_string))?
-            })
-            .collect()
+            }));
+        }
+        names
+    }
+
+    /// Every cell this node is in, with how many other nodes it sees alive there ("" is the default
+    /// cell).
+    pub async fn cells(&self) -> Vec<(String, usize)> {
+        let mut cells = Vec::new();
+        for (name, chitchat) in self.chitchats() {
+            let chitchat = chitchat.lock().await;
+            let own = chitchat.self_chitchat_id().clone();
+            cells.push((name, chitchat.live_nodes().filter(|id| **id != own).count()));
+        }
+        cells
     }
 
     pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+        match self.inner {
+            Inner::One(handle) => {
+                let _ = handle.shutdown().await;
+            }
+            Inner::Cells { hub, router } => {
+                router.abort();
+                let cells: Vec<_> = hub.cells.lock().expect("cells lock").drain().collect();
+                for (_, cell) in cells {
+                    let _ = cell.handle.shutdown().await;
+                }
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! framed streams over them, and gossip membership. The agent and the coordinator's CLI client use the
 //! same client side, so there is one place where trust is decided.
 
+pub mod cells;
 pub mod client;
 pub mod daemon;
 pub mod framed;

@@ -115,6 +115,10 @@ pub fn plan(input: &ScheduleInput<'_>) -> Plan {
         }
     }
 
+    let mut by_order: Vec<&AgentView<'_>> = input.online.iter().collect();
+    by_order.sort_by(|a, b| a.name.cmp(b.name));
+    let mut resume: HashMap<&PlatformNeeds, usize> = HashMap::new();
+    let mut waiting_for: HashMap<&PlatformNeeds, String> = HashMap::new();
     let mut busy: BTreeSet<&str> = BTreeSet::new();
     for suite in input
         .active
@@ -159,22 +163,41 @@ pub fn plan(input: &ScheduleInput<'_>) -> Plan {
             });
             continue;
         }
-        let candidate = input
-            .online
+        // Suites with the same needs take agents in name order: the next one's search starts where the
+        // last one's ended (those before were busy, draining or unfit, and stay so in this step), so a
+        // step costs the online agents once per kind of needs, not once per queued suite.
+        let shared = suite.containerfile.is_empty();
+        let start = if shared {
+            *resume.get(&suite.needs).unwrap_or(&0)
+        } else {
+            0
+        };
+        let found = by_order[start.min(by_order.len())..]
             .iter()
-            .filter(|agent| {
+            .position(|agent| {
                 !agent.draining
                     && !busy.contains(agent.name)
                     && facts_match(agent.facts, &suite.needs)
                     && made_for_match(agent.facts, suite.suite, &suite.containerfile)
             })
-            .min_by(|a, b| a.name.cmp(b.name));
-        let Some(agent) = candidate else {
-            let facts: Vec<_> = input.online.iter().map(|agent| agent.facts).collect();
-            plan.waiting.insert(
-                suite.suite,
-                waiting_reason(&suite.needs, &facts, busy.len()),
+            .map(|offset| start + offset);
+        if shared {
+            resume.insert(
+                &suite.needs,
+                found.map_or(by_order.len(), |index| index + 1),
             );
+        }
+        let Some(agent) = found.map(|index| by_order[index]) else {
+            let reason = match waiting_for.get(&suite.needs) {
+                Some(reason) if shared => reason.clone(),
+                _ => {
+                    let facts: Vec<_> = input.online.iter().map(|agent| agent.facts).collect();
+                    let reason = waiting_reason(&suite.needs, &facts, busy.len());
+                    waiting_for.insert(&suite.needs, reason.clone());
+                    reason
+                }
+            };
+            plan.waiting.insert(suite.suite, reason);
             continue;
         };
         busy.insert(agent.name);
@@ -267,6 +290,93 @@ mod tests {
             Some("waiting for an agent with platform vm: all 1 busy (1 suites running)")
         );
         assert!(plan.waiting.contains_key(&4));
+    }
+
+    #[test]
+    fn each_suite_gets_the_first_fitting_agent_by_name_as_a_scan_of_all_would_give() {
+        // Agents of three kinds, some draining, some busy; queued suites of interleaved needs.
+        let kinds = [
+            PlatformKind::Vm,
+            PlatformKind::Container,
+            PlatformKind::Baremetal,
+        ];
+        let names: Vec<String> = (0..60).map(|index| format!("agent-{index:03}")).collect();
+        let all_facts: Vec<AgentFacts> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| facts(name, kinds[(index * 7) % 3]))
+            .collect();
+        let online: Vec<AgentView<'_>> = names
+            .iter()
+            .zip(&all_facts)
+            .enumerate()
+            .rev()
+            .map(|(index, (name, facts))| AgentView {
+                name,
+                incarnation: 7,
+                facts,
+                draining: index % 11 == 0,
+            })
+            .collect();
+        let mut active = vec![
+            suite(1, SuiteState::Running, "agent-004", None),
+            suite(2, SuiteState::Running, "agent-017", None),
+        ];
+        let wanted = [
+            Some(PlatformKind::Vm),
+            None,
+            Some(PlatformKind::Container),
+            Some(PlatformKind::Vm),
+        ];
+        for suite_id in 3..70 {
+            active.push(suite(
+                suite_id,
+                SuiteState::Queued,
+                "",
+                wanted[suite_id as usize % 4],
+            ));
+        }
+        let seen = HashSet::new();
+        let plan = plan(&ScheduleInput {
+            active: &active,
+            online: &online,
+            seen: &seen,
+            restart_grace_until_ms: 0,
+            now_ms: 10,
+        });
+        // The reference: every suite scans every agent.
+        let mut busy: BTreeSet<&str> = ["agent-004", "agent-017"].into();
+        let mut expected = Vec::new();
+        for queued in &active[2..] {
+            let fit = online
+                .iter()
+                .filter(|agent| {
+                    !agent.draining
+                        && !busy.contains(agent.name)
+                        && facts_match(agent.facts, &queued.needs)
+                })
+                .min_by(|a, b| a.name.cmp(b.name));
+            match fit {
+                Some(agent) => {
+                    busy.insert(agent.name);
+                    expected.push(Action::Assign {
+                        suite: queued.suite_ref(),
+                        agent: agent.name.to_string(),
+                        incarnation: 7,
+                    });
+                }
+                None => assert!(
+                    plan.waiting.contains_key(&queued.suite),
+                    "suite {} waits",
+                    queued.suite
+                ),
+            }
+        }
+        assert!(
+            expected.len() > 20 && plan.waiting.len() > 10,
+            "both cases are exercised"
+        );
+        assert_eq!(plan.actions, expected);
     }
 
     #[test]

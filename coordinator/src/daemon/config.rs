@@ -50,6 +50,14 @@ pub struct ServeSettings {
     /// Gossip cluster id; nodes of other clusters are ignored [default: polarizer]
     #[arg(long, env = "POLARIZER_CLUSTER")]
     pub cluster: Option<String>,
+    /// Gossip cells this coordinator joins besides the default one, comma-separated or repeated; empty:
+    /// any cell its agents name, up to max_cells [default: empty]
+    #[arg(long, env = "POLARIZER_CELLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub cells: Vec<String>,
+    /// At most this many gossip cells (the default one included), 1..=4096 [default: 256]
+    #[arg(long, env = "POLARIZER_MAX_CELLS")]
+    pub max_cells: Option<usize>,
     /// Gossip interval in milliseconds [default: 200]
     #[arg(long, env = "POLARIZER_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
@@ -200,6 +208,7 @@ pub struct ServeConfig {
     pub advertise: Option<std::net::IpAddr>,
     pub join: Vec<String>,
     pub cluster: String,
+    pub cells: polarizer_transport::cells::CellsConfig,
     pub gossip_interval: Duration,
     pub heartbeat_interval: Duration,
     pub runs: RunsConfig,
@@ -295,6 +304,12 @@ impl ServeSettings {
                 self.join
             },
             cluster: self.cluster.or(lower.cluster),
+            cells: if self.cells.is_empty() {
+                lower.cells
+            } else {
+                self.cells
+            },
+            max_cells: self.max_cells.or(lower.max_cells),
             gossip_interval_ms: self.gossip_interval_ms.or(lower.gossip_interval_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             commit_types: self.commit_types.or(lower.commit_types),
@@ -352,6 +367,23 @@ impl ServeSettings {
                 message: "must not be empty".into(),
             });
         }
+        for cell in &self.cells {
+            polarizer_shared::membership::check_cell_name(cell).map_err(|message| ConfigError {
+                key: "cells",
+                message,
+            })?;
+        }
+        let max_cells = self.max_cells.unwrap_or(256);
+        if !(1..=4096).contains(&max_cells) {
+            return Err(ConfigError {
+                key: "max_cells",
+                message: format!("{max_cells} is not between 1 and 4096"),
+            });
+        }
+        let cells = polarizer_transport::cells::CellsConfig {
+            allowed: self.cells.clone(),
+            max: max_cells,
+        };
         let defaults = RunsConfig::default();
         let attempts = self.attempts.unwrap_or(defaults.attempts);
         if !(1..=10).contains(&attempts) {
@@ -491,6 +523,7 @@ impl ServeSettings {
             advertise: self.advertise,
             join: self.join,
             cluster,
+            cells,
             gossip_interval,
             heartbeat_interval,
         })
@@ -510,6 +543,7 @@ impl ServeConfig {
             advertise: None,
             join: Vec::new(),
             cluster: polarizer_shared::membership::DEFAULT_CLUSTER_ID.to_string(),
+            cells: Default::default(),
             gossip_interval: Duration::from_millis(100),
             heartbeat_interval: Duration::from_millis(200),
             runs: RunsConfig::default(),

@@ -25,6 +25,7 @@ pub struct HttpState {
     pub pools: Arc<crate::daemon::pools::Pools>,
     pub github: Option<Arc<crate::daemon::github::Github>>,
     pub buses: Option<Arc<crate::daemon::bus::Buses>>,
+    pub gossip: Arc<polarizer_transport::Gossip>,
 }
 
 /// Serves `/healthz`, `/metrics`, the JSON API and web view (`api`, see `daemon::api`, `daemon::web`)
@@ -141,6 +142,21 @@ async fn metrics(State(state): State<HttpState>) -> String {
             .as_deref()
             .map(crate::daemon::bus::Buses::metrics_text)
             .unwrap_or_default()
+        + &cell_metrics(&state.gossip.cells().await)
+}
+
+/// The gossip cells the coordinator is in, and how many other nodes it sees alive in each.
+fn cell_metrics(cells: &[(String, usize)]) -> String {
+    let mut text = String::from(
+        "# HELP polarizer_gossip_cell_members Nodes the coordinator sees alive in each gossip cell (\"\" is the default cell).\n\
+         # TYPE polarizer_gossip_cell_members gauge\n",
+    );
+    for (cell, members) in cells {
+        text.push_str(&format!(
+            "polarizer_gossip_cell_members{{cell=\"{cell}\"}} {members}\n"
+        ));
+    }
+    text
 }
 
 fn github_metrics(github: &crate::daemon::github::Github) -> String {

@@ -59,18 +59,21 @@ pub async fn run(
     let gossip_listen = concrete_udp_addr(config.gossip)
         .with_context(|| format!("cannot listen for gossip on {}", config.gossip))?;
     let gossip_advertised = advertised_addr(gossip_listen, config.advertise);
-    let gossip = Gossip::start(GossipConfig {
-        node_id: coordinator_node_id(&quic_advertised.to_string()),
-        listen_addr: gossip_listen,
-        advertise_addr: gossip_advertised,
-        seeds: config.join.clone(),
-        cluster_id: config.cluster.clone(),
-        interval: config.gossip_interval,
-        advertised: vec![
-            (KEY_ROLE.to_string(), ROLE_COORDINATOR.to_string()),
-            (KEY_QUIC_ADDR.to_string(), quic_advertised.to_string()),
-        ],
-    })
+    let gossip = Gossip::start_cells(
+        GossipConfig {
+            node_id: coordinator_node_id(&quic_advertised.to_string()),
+            listen_addr: gossip_listen,
+            advertise_addr: gossip_advertised,
+            seeds: config.join.clone(),
+            cluster_id: config.cluster.clone(),
+            interval: config.gossip_interval,
+            advertised: vec![
+                (KEY_ROLE.to_string(), ROLE_COORDINATOR.to_string()),
+                (KEY_QUIC_ADDR.to_string(), quic_advertised.to_string()),
+            ],
+        },
+        config.cells.clone(),
+    )
     .await?;
     let gossip = Arc::new(gossip);
 
@@ -199,6 +202,7 @@ pub async fn run(
             pools: context.pools.clone(),
             github: github.clone(),
             buses: buses.clone(),
+            gossip: gossip.clone(),
         };
         let api = crate::daemon::api::router(context.clone(), shutdown.clone())
             .merge(crate::daemon::web::router(context.clone()));

@@ -24,9 +24,13 @@ use crate::store::{Enrollment, StoreError};
 /// From the first packet to a finished TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
-/// Connections between their first packet and an admitted hello. More at once are refused at the door:
-/// each may hold a stream window of buffered bytes, and none has said who it is yet.
+/// Connections between their first packet and an admitted hello: each may hold a stream window of
+/// buffered bytes, and none has said who it is yet. More wait at the door (quinn holds only their first
+/// packet) for up to `ADMISSION_WAIT`, as thousands of agents do when they all reconnect after a
+/// coordinator restart; past `MAX_WAITING` of those, or that wait, they are refused and retry later.
 const MAX_UNAUTHENTICATED: usize = 64;
+const MAX_WAITING: usize = 8192;
+const ADMISSION_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown`, each on its own task.
 pub async fn accept_loop(
@@ -36,6 +40,7 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    let at_the_door = Arc::new(Semaphore::new(MAX_WAITING));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -43,16 +48,26 @@ pub async fn accept_loop(
         };
         let Some(incoming) = incoming else { break };
         let peer = incoming.remote_address();
-        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+        let Ok(waiting) = at_the_door.clone().try_acquire_owned() else {
             context.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, "refused a connection: {MAX_UNAUTHENTICATED} others have not said who they are yet");
+            warn!(%peer, "refused a connection: {MAX_WAITING} others wait to be let in");
             incoming.refuse();
             continue;
         };
         let context = context.clone();
         let shutdown = shutdown.clone();
+        let unauthenticated = unauthenticated.clone();
         tracker.spawn(
             async move {
+                let admitted =
+                    tokio::time::timeout(ADMISSION_WAIT, unauthenticated.acquire_owned()).await;
+                drop(waiting);
+                let Ok(Ok(permit)) = admitted else {
+                    context.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+                    warn!("refused a connection: {MAX_UNAUTHENTICATED} others had not said who they are for {ADMISSION_WAIT:?}");
+                    incoming.refuse();
+                    return;
+                };
                 match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
                     Ok(Ok(connection)) => {
                         context.metrics.connections.fetch_add(1, Ordering::Relaxed);

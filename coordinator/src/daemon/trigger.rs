@@ -138,13 +138,16 @@ enum PlanLookupError {
     Plan(PlanError),
 }
 
-/// Fetches, reads, selects and partitions. `agents` is the inventory (for how many platforms each suite
-/// could use); `history` gives a test's mean past duration in seconds.
+/// Fetches, reads, selects and partitions. `agents` is the inventory, each with whether it can take a
+/// suite now (online, or a slot a pool may make): a group of tests is split over the platforms ready for
+/// it, and over the whole inventory only when none is (an offline agent counted as a slot would leave
+/// its share waiting until another finishes, doubling the run); `history` gives a test's mean past
+/// duration in seconds.
 pub fn plan(
     request: TriggerRequest,
     config: &RunsConfig,
     data_dir: &Path,
-    agents: &[AgentFacts],
+    agents: &[(AgentFacts, bool)],
     history: &dyn Fn(&[&str]) -> BTreeMap<String, f64>,
     now_ms: i64,
 ) -> Result<Planned, TriggerError> {
@@ -266,11 +269,12 @@ pub fn plan(
                 .unwrap_or(test.duration_seconds as f64)
         },
         &|needs| {
-            agents
-                .iter()
-                .filter(|facts| facts_match(facts, needs))
-                .count()
-                .max(1)
+            let matching = || agents.iter().filter(|(facts, _)| facts_match(facts, needs));
+            match matching().filter(|(_, ready)| *ready).count() {
+                0 => matching().count(),
+                ready => ready,
+            }
+            .max(1)
         },
     );
     let reasons = |id: &str| -> Vec<String> {
@@ -368,9 +372,15 @@ pub async fn start(
         .map_err(|err| other(err.to_string()))?
         .into_iter()
         .filter(|agent| agent.state != AgentState::Revoked)
-        .map(|agent| agent.facts)
+        .map(|agent| (agent.facts, agent.state == AgentState::Online))
         // A pool's platforms count as platforms a suite may go to, as many as it may make.
-        .chain(context.pools.slot_facts())
+        .chain(
+            context
+                .pools
+                .slot_facts()
+                .into_iter()
+                .map(|facts| (facts, true)),
+        )
         .collect::<Vec<_>>();
     let store = context.store.clone();
     let config = context.settings.runs.clone();
