@@ -308,6 +308,12 @@ pub enum OperatorRequest {
     WebLogin {
         path: String,
     },
+    /// One page of the inventory, by name: the agents named after `after` (all from the start when
+    /// empty), at most `limit`. Answered by `Agents`.
+    ListAgentsPage {
+        after: String,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -124,4 +124,18 @@ fn agents_in_cells_find_the_coordinator_through_its_one_gossip_port() {
         "x1 never reached the coordinator"
     );
     assert!(!http_get(cluster.http, "/metrics").contains("cell=\"elsewhere\""));
+
+    // The inventory in pages, by name: each starts after the last name of the one before.
+    let page = |args: &[&str]| -> Vec<String> {
+        let listed = ok_json(cluster.operator(&[&["agents", "--json"], args].concat()));
+        listed
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|agent| agent["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(page(&["--limit", "2"]), ["a1", "a2"]);
+    assert_eq!(page(&["--limit", "2", "--after", "a2"]), ["b1", "d1"]);
+    assert!(page(&["--after", "d1"]).is_empty());
 }

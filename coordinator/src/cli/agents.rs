@@ -12,12 +12,18 @@ pub(super) async fn agents_command(
     client: &mut OperatorClient,
     action: Option<AgentsAction>,
     json: bool,
+    page: (String, Option<u32>),
 ) -> anyhow::Result<()> {
     match action {
         None => {
-            let OperatorResponse::Agents(agents) =
-                client.request(OperatorRequest::ListAgents).await?
-            else {
+            let request = match page {
+                (after, None) if after.is_empty() => OperatorRequest::ListAgents,
+                (after, limit) => OperatorRequest::ListAgentsPage {
+                    after,
+                    limit: limit.unwrap_or(u32::MAX),
+                },
+            };
+            let OperatorResponse::Agents(agents) = client.request(request).await? else {
                 anyhow::bail!("the coordinator answered a listing with something else");
             };
             if json {

@@ -53,6 +53,12 @@ pub enum Command {
         /// Print JSON (an array of objects) instead of a table
         #[arg(long, global = true)]
         json: bool,
+        /// List at most this many agents (a page, in name order; the next starts `--after` the last)
+        #[arg(long)]
+        limit: Option<u32>,
+        /// List the agents named after this one (the last of the previous page)
+        #[arg(long, default_value = "")]
+        after: String,
         #[command(flatten)]
         client: ClientArgs,
     },

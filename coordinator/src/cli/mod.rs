@@ -55,10 +55,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         Command::Agents {
             action,
             json,
+            limit,
+            after,
             client,
         } => {
             let mut client = OperatorClient::connect(&client).await?;
-            let outcome = agents::agents_command(&mut client, action, json).await;
+            let outcome = agents::agents_command(&mut client, action, json, (after, limit)).await;
             client.close().await;
             outcome
         }

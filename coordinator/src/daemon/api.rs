@@ -175,11 +175,37 @@ async fn unknown(Path(rest): Path<String>) -> Response {
     )
 }
 
-#[utoipa::path(get, path = "/api/agents", responses(
+/// A page of the inventory, as `agents --limit --after`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AgentsPage {
+    /// At most this many agents, in name order.
+    limit: Option<u32>,
+    /// The agents named after this one (the last of the previous page).
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/agents", params(AgentsPage), responses(
     (status = 200, description = "The inventory, as `agents --json`", body = Vec<serde_json::Value>),
+    (status = 400, description = "A bad query"),
     (status = 401, description = "No operator token")))]
-async fn agents(State(context): State<Context>) -> Response {
-    match ask(&context, OperatorRequest::ListAgents).await {
+async fn agents(
+    State(context): State<Context>,
+    page: Result<Query<AgentsPage>, QueryRejection>,
+) -> Response {
+    let request = match page {
+        Ok(Query(AgentsPage {
+            limit: None,
+            after: None,
+        })) => OperatorRequest::ListAgents,
+        Ok(Query(AgentsPage { limit, after })) => OperatorRequest::ListAgentsPage {
+            after: after.unwrap_or_default(),
+            limit: limit.unwrap_or(u32::MAX),
+        },
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    match ask(&context, request).await {
         Ok(OperatorResponse::Agents(agents)) => {
             Json(agents.iter().map(views::agent_json).collect::<Vec<_>>()).into_response()
         }

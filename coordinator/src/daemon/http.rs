@@ -83,12 +83,19 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(state): State<HttpState>) -> String {
-    let agents = state
-        .sessions
-        .list_agents(&state.store)
+    // Counted, not listed: thousands of agents' facts are not read for a scrape.
+    let (revoked, pending, admitted) = state
+        .store
+        .read(|reader| reader.agent_counts())
         .await
         .unwrap_or_default();
-    let count = |state: AgentState| agents.iter().filter(|agent| agent.state == state).count();
+    let online = state.sessions.online_count() as u64;
+    let count = |wanted: AgentState| match wanted {
+        AgentState::Online => online,
+        AgentState::Offline => admitted.saturating_sub(online),
+        AgentState::Revoked => revoked,
+        AgentState::Pending => pending,
+    };
     let counters = &state.metrics;
     let load =
         |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);

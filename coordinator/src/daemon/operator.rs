@@ -384,6 +384,16 @@ pub async fn respond(context: &Context, request: OperatorRequest) -> OperatorRes
                 message: err.to_string(),
             },
         },
+        OperatorRequest::ListAgentsPage { after, limit } => match context
+            .sessions
+            .list_agents_page(&context.store, after, Some(limit))
+            .await
+        {
+            Ok(agents) => OperatorResponse::Agents(agents),
+            Err(err) => OperatorResponse::Error {
+                message: err.to_string(),
+            },
+        },
         OperatorRequest::RevokeAgent { name } => revoke(context, &name).await,
         OperatorRequest::ImportTests {
             location,

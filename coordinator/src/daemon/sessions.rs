@@ -196,10 +196,27 @@ impl Sessions {
         }
     }
 
+    /// Agents with a live session.
+    pub fn online_count(&self) -> usize {
+        self.live.lock().expect("sessions lock").sessions.len()
+    }
+
     /// The inventory as operators see it: stored rows, with live sessions' last frame time and gossip's
     /// view.
     pub async fn list_agents(&self, store: &StoreHandle) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut agents = store.read(|reader| reader.agents()).await?;
+        self.list_agents_page(store, String::new(), None).await
+    }
+
+    /// One page of [`list_agents`](Self::list_agents): the agents named after `after`, at most `limit`.
+    pub async fn list_agents_page(
+        &self,
+        store: &StoreHandle,
+        after: String,
+        limit: Option<u32>,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut agents = store
+            .read(move |reader| reader.agents_page(&after, limit))
+            .await?;
         let gossip_live = self.gossip_live.borrow().clone();
         let now = Instant::now();
         let wall_now = now_ms();

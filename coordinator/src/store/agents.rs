@@ -278,13 +278,41 @@ impl Reader {
     }
 
     /// Every agent, by name. `gossip_live` is left false: the caller knows gossip, the store does not.
+    /// How many agents are revoked, pending approval, and neither (online or offline), without reading
+    /// their facts: `/metrics` with thousands of agents.
+    pub fn agent_counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        self.connection
+            .query_row(
+                "SELECT COALESCE(SUM(state = 'revoked'), 0),
+                        COALESCE(SUM(state != 'revoked' AND NOT approved), 0),
+                        COALESCE(SUM(state != 'revoked' AND approved), 0)
+                 FROM agents",
+                [],
+                |row| {
+                    let count = |index| row.get::<_, i64>(index).map(|count| count.max(0) as u64);
+                    Ok((count(0)?, count(1)?, count(2)?))
+                },
+            )
+            .map_err(sqlite_error(&self.path))
+    }
+
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents_page("", None)
+    }
+
+    /// The agents named after `after` in name order, at most `limit` of them.
+    pub fn agents_page(
+        &self,
+        after: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms, approved FROM agents ORDER BY name")
+            .prepare("SELECT name, state, facts_json, address, first_seen_ms, last_seen_ms, approved FROM agents WHERE name > ?1 ORDER BY name LIMIT ?2")
             .map_err(sqlite_error(&self.path))?;
+        let limit = limit.map_or(-1, i64::from);
         let rows = statement
-            .query_map([], |row| {
+            .query_map(rusqlite::params![after, limit], |row| {
                 let state = match agent_state(row, 1)? {
                     AgentState::Revoked => AgentState::Revoked,
                     _ if !row.get::<_, bool>(6)? => AgentState::Pending,

@@ -17,8 +17,9 @@
 //! - a run of `--tests` tests (10,000 by default) spread over the agents left: its time beside the
 //!   ideal (tests × seconds ÷ agents), and results per second.
 //!
-//! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500`
-//! (`--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
+//! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500 --cell-size 100`
+//! (`--cell-size Z`: agents in gossip cells of Z, 0 (the default) for one flat cluster as before cells;
+//! `--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -151,16 +152,31 @@ fn main() -> anyhow::Result<()> {
     bench()
 }
 
+/// Who a simulated agent is.
+struct Simulated {
+    name: String,
+    /// Its gossip cell, "" for the default one.
+    cell: String,
+    /// The enrollment token.
+    token: String,
+    /// How long each of its tests takes.
+    test_time: Duration,
+}
+
 /// One simulated agent: gossip, then its QUIC session until the connection ends.
 async fn agent(
-    name: String,
+    me: Simulated,
     endpoint: quinn::Endpoint,
     coordinator_quic: SocketAddr,
     coordinator_gossip: SocketAddr,
-    token: String,
     counters: Arc<Counters>,
-    test_time: Duration,
 ) -> anyhow::Result<()> {
+    let Simulated {
+        name,
+        cell,
+        token,
+        test_time,
+    } = me;
     // A port picked free may be taken by another agent before chitchat binds it: another, then.
     let mut tries = 0;
     let _gossip = loop {
@@ -172,7 +188,7 @@ async fn agent(
                 listen_addr: listen,
                 advertise_addr: listen,
                 seeds: vec![coordinator_gossip.to_string()],
-                cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+                cluster_id: cell_cluster_id(DEFAULT_CLUSTER_ID, &cell),
                 interval: Duration::from_millis(200),
                 advertised: vec![
                     (KEY_ROLE.into(), ROLE_AGENT.into()),
@@ -302,8 +318,8 @@ async fn session(
     outcome
 }
 
-/// `--worker --first I --count C --quic ADDR --gossip ADDR --data-dir D --test-seconds S`: C agents,
-/// named agent-I…, counters on stdout each second.
+/// `--worker --first I --count C --quic ADDR --gossip ADDR --data-dir D --test-seconds S --cell-size Z`:
+/// C agents, named agent-I…, in cells of Z by index (0: the default cell), counters on stdout each second.
 fn worker() -> anyhow::Result<()> {
     let first: usize = bench_arg("--first", 0);
     let count: usize = bench_arg("--count", 1);
@@ -311,6 +327,7 @@ fn worker() -> anyhow::Result<()> {
     let gossip: SocketAddr = bench_arg("--gossip", "127.0.0.1:7700".parse()?);
     let data_dir: PathBuf = bench_arg("--data-dir", PathBuf::from("."));
     let test_time = Duration::from_secs_f64(bench_arg("--test-seconds", 1.0));
+    let cell_size: usize = bench_arg("--cell-size", 0);
     let runtime = bench_runtime()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());
@@ -322,17 +339,18 @@ fn worker() -> anyhow::Result<()> {
             let (endpoint, token, counters) = (endpoint.clone(), token.clone(), counters.clone());
             tokio::spawn(async move {
                 let name = format!("agent-{index:05}");
-                if let Err(err) = agent(
-                    name.clone(),
-                    endpoint,
-                    quic,
-                    gossip,
+                // Agents index..index+cell_size share a cell; 0: all in the default one.
+                let cell = match cell_size {
+                    0 => String::new(),
+                    size => format!("cell-{}", index / size),
+                };
+                let me = Simulated {
+                    name: name.clone(),
+                    cell,
                     token,
-                    counters,
                     test_time,
-                )
-                .await
-                {
+                };
+                if let Err(err) = agent(me, endpoint, quic, gossip, counters).await {
                     eprintln!("{name}: {err:#}");
                 }
             });
@@ -428,6 +446,7 @@ fn bench() -> anyhow::Result<()> {
     let processes: usize = bench_arg("--processes", 4).max(2);
     let test_count: usize = bench_arg("--tests", 10_000);
     let test_seconds: f64 = bench_arg("--test-seconds", 1.0);
+    let cell_size: usize = bench_arg("--cell-size", 0);
     let cluster = TestCluster::new_coordinator_only_with(&[]);
     let pid = cluster
         .coordinator
@@ -463,6 +482,7 @@ fn bench() -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(&cluster.data_dir)
             .args(["--test-seconds", &test_seconds.to_string()])
+            .args(["--cell-size", &cell_size.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -566,8 +586,12 @@ fn bench() -> anyhow::Result<()> {
         None => "not finished within 30 min".into(),
     };
     drop(workers);
+    let cells = match cell_size {
+        0 => "one".to_string(),
+        size => format!("{} of {size}", agents.div_ceil(size)),
+    };
     println!(
-        "| {agents} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {dropped} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
+        "| {agents} | {cells} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {dropped} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
         cpu * 100.0
     );
     Ok(())
