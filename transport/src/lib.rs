@@ -38,6 +38,49 @@ pub fn transport_config() -> quinn::TransportConfig {
     config
 }
 
+/// Receive buffer asked for on the coordinator's QUIC socket (the kernel caps it at
+/// `net.core.rmem_max`): thousands of agents' heartbeats, and their handshakes after a restart, arrive
+/// in bursts that overflow a default buffer of 208 KiB, and a dropped handshake packet costs its agent
+/// a retransmission timeout.
+pub const SERVER_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// A UDP socket for a QUIC endpoint, bound to `addr`, with the receive and send buffers asked for
+/// (as large as the kernel allows up to `buffer` bytes; a refusal leaves its default).
+pub fn quic_socket(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // As quinn's own binding: an IPv6 wildcard takes IPv4 too.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC server endpoint on `addr`, its socket's buffers sized for thousands of agents.
+pub fn server_endpoint(
+    config: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = quic_socket(addr, SERVER_RECEIVE_BUFFER)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+}
+
 /// Bidirectional streams a peer may have open at once on one connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Bytes a peer may send on a stream ahead of what has been read (quinn's default, named).

@@ -157,37 +157,54 @@ pub async fn reinstate(context: &Context, agent: &str, incarnation: u64) -> Resu
     Ok(())
 }
 
-/// Leases the suite to the agent and sends it the assignment.
-async fn assign(
-    context: &Context,
-    suite: SuiteRef,
-    agent: String,
-    incarnation: u64,
-) -> Result<(), StoreError> {
-    let name = agent.clone();
-    let leased = context
-        .store
-        .write(move |savepoint, path| {
-            runs::lease(savepoint, path, suite.suite, &name, incarnation, now_ms())
-        })
-        .await?;
-    if !leased {
-        // Someone got there first; the agent is free for another suite in the next step.
-        context.scheduler.wake();
+/// Leases each suite to its agent and sends it the assignment: one commit and one read for all of a
+/// step's leases (a run over thousands of agents is thousands of leases in its first step).
+async fn assign(context: &Context, leases: Vec<(SuiteRef, String, u64)>) -> Result<(), StoreError> {
+    if leases.is_empty() {
         return Ok(());
     }
-    context.pools.leased(&agent, suite).await;
-    let packages = context.settings.runs.packages.clone();
-    let assignment = context
+    let wanted = leases.clone();
+    let leased: Vec<bool> = context
         .store
-        .read(move |reader| reader.assignment(suite, &packages))
+        .write(move |savepoint, path| {
+            let now = now_ms();
+            wanted
+                .iter()
+                .map(|(suite, agent, incarnation)| {
+                    runs::lease(savepoint, path, suite.suite, agent, *incarnation, now)
+                })
+                .collect()
+        })
         .await?;
-    if let Some(assignment) = assignment {
-        info!(suite = %suite, agent = %agent, tests = assignment.tests.len(), "suite dispatched");
-        // If the session just ended, the next step sees the agent gone and revokes the lease.
-        context
-            .sessions
-            .send_to_agent(&agent, CoordinatorMessage::Assign(Box::new(assignment)));
+    let mut granted = Vec::new();
+    for ((suite, agent, _), leased) in leases.into_iter().zip(leased) {
+        if leased {
+            context.pools.leased(&agent, suite).await;
+            granted.push((suite, agent));
+        } else {
+            // Someone got there first; the agent is free for another suite in the next step.
+            context.scheduler.wake();
+        }
+    }
+    let packages = context.settings.runs.packages.clone();
+    let suites: Vec<SuiteRef> = granted.iter().map(|(suite, _)| *suite).collect();
+    let assignments = context
+        .store
+        .read(move |reader| {
+            suites
+                .into_iter()
+                .map(|suite| reader.assignment(suite, &packages))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for ((suite, agent), assignment) in granted.into_iter().zip(assignments) {
+        if let Some(assignment) = assignment {
+            info!(suite = %suite, agent = %agent, tests = assignment.tests.len(), "suite dispatched");
+            // If the session just ended, the next step sees the agent gone and revokes the lease.
+            context
+                .sessions
+                .send_to_agent(&agent, CoordinatorMessage::Assign(Box::new(assignment)));
+        }
     }
     Ok(())
 }
@@ -226,6 +243,8 @@ async fn step(context: &Context) -> Result<(), StoreError> {
     } else {
         plan_pools(context, &active, &online, &platforms, &plan)
     };
+    // Everything else first, in order; then the step's leases together.
+    let mut leases = Vec::new();
     for action in plan.actions {
         match action {
             Action::EndRunAtDeadline { run } => {
@@ -243,9 +262,10 @@ async fn step(context: &Context) -> Result<(), StoreError> {
                 suite,
                 agent,
                 incarnation,
-            } => assign(context, suite, agent, incarnation).await?,
+            } => leases.push((suite, agent, incarnation)),
         }
     }
+    assign(context, leases).await?;
     context.pools.apply(pool_plan.actions).await?;
     let mut waiting = plan.waiting;
     waiting.extend(pool_plan.waiting);

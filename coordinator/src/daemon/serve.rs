@@ -51,7 +51,7 @@ pub async fn run(
     let (store, store_writer) = Store::open(&data_dir.database())?;
 
     let server_config = tls::server_config(identity.chain, identity.key)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.quic)
+    let endpoint = polarizer_transport::server_endpoint(server_config, config.quic)
         .with_context(|| format!("cannot listen for QUIC on {}", config.quic))?;
     let quic_listen = endpoint.local_addr()?;
     let quic_advertised = advertised_addr(quic_listen, config.advertise);

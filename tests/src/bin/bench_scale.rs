@@ -19,6 +19,7 @@
 //!
 //! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500 --cell-size 100`
 //! (`--cell-size Z`: agents in gossip cells of Z, 0 (the default) for one flat cluster as before cells;
+//! `--gossip-ms T`: the agents' gossip round, 200 ms by default as the real agent's;
 //! `--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
 
 use std::collections::VecDeque;
@@ -38,7 +39,7 @@ use polarizer_shared::membership::*;
 use polarizer_shared::protocol::*;
 use polarizer_shared::run::*;
 use polarizer_shared::AgentFacts;
-use polarizer_transport::client::{client_endpoint, connect};
+use polarizer_transport::client::connect;
 use polarizer_transport::gossip::{Gossip, GossipConfig};
 use polarizer_transport::state_files::read_private;
 use polarizer_transport::tls;
@@ -161,6 +162,8 @@ struct Simulated {
     token: String,
     /// How long each of its tests takes.
     test_time: Duration,
+    /// Its gossip round.
+    gossip_interval: Duration,
 }
 
 /// One simulated agent: gossip, then its QUIC session until the connection ends.
@@ -176,6 +179,7 @@ async fn agent(
         cell,
         token,
         test_time,
+        gossip_interval,
     } = me;
     // A port picked free may be taken by another agent before chitchat binds it: another, then.
     let mut tries = 0;
@@ -189,7 +193,7 @@ async fn agent(
                 advertise_addr: listen,
                 seeds: vec![coordinator_gossip.to_string()],
                 cluster_id: cell_cluster_id(DEFAULT_CLUSTER_ID, &cell),
-                interval: Duration::from_millis(200),
+                interval: gossip_interval,
                 advertised: vec![
                     (KEY_ROLE.into(), ROLE_AGENT.into()),
                     (KEY_AGENT_NAME.into(), name.clone()),
@@ -207,12 +211,18 @@ async fn agent(
             Err(_) => continue,
         }
     };
-    // As the real agent: a lost session is reconnected after a pause, with the credential issued.
-    let mut credential = AgentCredential::Enroll {
-        token,
-        secret: format!("secret-{name}"),
-    };
+    // As the real agent: a lost session is reconnected after a pause, with the credential issued once
+    // the coordinator took the enrollment.
+    let mut enrolled = false;
     loop {
+        let secret = format!("secret-{name}");
+        let credential = match enrolled {
+            false => AgentCredential::Enroll {
+                token: token.clone(),
+                secret,
+            },
+            true => AgentCredential::Issued { secret },
+        };
         let outcome = session(
             &name,
             &endpoint,
@@ -220,15 +230,13 @@ async fn agent(
             credential,
             &counters,
             test_time,
+            &mut enrolled,
         )
         .await;
         if let Err(err) = outcome {
             counters.lost_sessions.fetch_add(1, Ordering::Relaxed);
             eprintln!("{name}: {err:#}");
         }
-        credential = AgentCredential::Issued {
-            secret: format!("secret-{name}"),
-        };
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -241,6 +249,7 @@ async fn session(
     credential: AgentCredential,
     counters: &Counters,
     test_time: Duration,
+    enrolled: &mut bool,
 ) -> anyhow::Result<()> {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -251,6 +260,7 @@ async fn session(
         },
     };
     let session = connect(endpoint, coordinator_quic, hello, Duration::from_secs(60)).await?;
+    *enrolled = true;
     counters.online.fetch_add(1, Ordering::Relaxed);
     let mut stream = session.stream;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
@@ -328,12 +338,24 @@ fn worker() -> anyhow::Result<()> {
     let data_dir: PathBuf = bench_arg("--data-dir", PathBuf::from("."));
     let test_time = Duration::from_secs_f64(bench_arg("--test-seconds", 1.0));
     let cell_size: usize = bench_arg("--cell-size", 0);
+    let gossip_interval = Duration::from_millis(bench_arg("--gossip-ms", 200));
     let runtime = bench_runtime()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());
         let trust = CaTrust::from_pem_file(&data_dir.join("ca.pem"))?;
         // One endpoint for the worker's agents: one UDP socket, their connections told apart by QUIC.
-        let endpoint = client_endpoint(tls::client_config(&trust)?, quic)?;
+        // Its socket's buffers as large as the coordinator's: hundreds of agents' packets share it.
+        let socket = polarizer_transport::quic_socket(
+            ([127, 0, 0, 1], 0).into(),
+            polarizer_transport::SERVER_RECEIVE_BUFFER,
+        )?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        endpoint.set_default_client_config(tls::client_config(&trust)?);
         let token = read_private(&data_dir.join("agent-token"))?;
         for index in first..first + count {
             let (endpoint, token, counters) = (endpoint.clone(), token.clone(), counters.clone());
@@ -349,6 +371,7 @@ fn worker() -> anyhow::Result<()> {
                     cell,
                     token,
                     test_time,
+                    gossip_interval,
                 };
                 if let Err(err) = agent(me, endpoint, quic, gossip, counters).await {
                     eprintln!("{name}: {err:#}");
@@ -447,6 +470,7 @@ fn bench() -> anyhow::Result<()> {
     let test_count: usize = bench_arg("--tests", 10_000);
     let test_seconds: f64 = bench_arg("--test-seconds", 1.0);
     let cell_size: usize = bench_arg("--cell-size", 0);
+    let gossip_ms: u64 = bench_arg("--gossip-ms", 200);
     let cluster = TestCluster::new_coordinator_only_with(&[]);
     let pid = cluster
         .coordinator
@@ -483,6 +507,7 @@ fn bench() -> anyhow::Result<()> {
             .arg(&cluster.data_dir)
             .args(["--test-seconds", &test_seconds.to_string()])
             .args(["--cell-size", &cell_size.to_string()])
+            .args(["--gossip-ms", &gossip_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -562,6 +587,10 @@ fn bench() -> anyhow::Result<()> {
     let run = serde_json::from_slice::<serde_json::Value>(&triggered.stdout)?["run"]
         .as_u64()
         .unwrap_or(0);
+    eprintln!(
+        "bench-scale: run {run} planned and queued {:.1} s after the trigger",
+        run_started.elapsed().as_secs_f64()
+    );
     let finished = time_until(Duration::from_secs(1800), || {
         let shown = cluster.operator(&["runs", "--json", "--limit", "1"]);
         serde_json::from_slice::<serde_json::Value>(&shown.stdout).is_ok_and(|runs| {
@@ -587,8 +616,8 @@ fn bench() -> anyhow::Result<()> {
     };
     drop(workers);
     let cells = match cell_size {
-        0 => "one".to_string(),
-        size => format!("{} of {size}", agents.div_ceil(size)),
+        0 => format!("one, every {gossip_ms} ms"),
+        size => format!("{} of {size}, every {gossip_ms} ms", agents.div_ceil(size)),
     };
     println!(
         "| {agents} | {cells} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {dropped} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
