@@ -41,6 +41,8 @@ impl Default for CellsConfig {
     }
 }
 
+/// The coordinator gossips in a cell other than the default one at most this often.
+pub const CELL_GOSSIP_FLOOR: Duration = Duration::from_secs(1);
 /// Datagrams waiting for one cell's chitchat: past this, as a full socket buffer would, they are dropped.
 const INBOX: usize = 1024;
 /// Peers whose cell the hub remembers; past this the memory starts over (live peers are relearned
@@ -123,6 +125,9 @@ impl Hub {
         if !cell.is_empty() {
             // Its members come to the coordinator; the seeds it was given are the default cell's.
             config.seeds.clear();
+            // Its members tell each other what the coordinator says: it need not gossip in each of a
+            // hundred cells as often as in one.
+            config.interval = config.interval.max(CELL_GOSSIP_FLOOR);
         }
         let handle = chitchat::spawn_chitchat(
             chitchat_config(&config, self.generation),

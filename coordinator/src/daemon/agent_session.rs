@@ -76,6 +76,10 @@ pub(super) async fn agent_session(
     }
     info!(enrolled, address = %connection.remote_address(), platform = %facts.platform, "agent online");
     let mut liveness_check = tokio::time::interval(context.settings.heartbeat_interval / 2);
+    // Stream frames QUIC has received from the agent: they count as its word even before this task
+    // reads them (a coordinator behind on thousands of sessions must not call their agents silent).
+    // Keep-alive pings are not stream frames: a hung agent still falls silent.
+    let mut stream_frames = connection.stats().frame_rx.stream;
     let mut in_flight: Option<IngestFuture> = None;
     let mut waiting = Gathering::default();
     let transfers = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS));
@@ -177,6 +181,11 @@ pub(super) async fn agent_session(
             _ = liveness_check.tick() => {
                 // While its records wait for our store, the agent is not silent: we are not listening.
                 if in_flight.is_some() {
+                    context.sessions.touch(&name, connection_id);
+                }
+                let received = connection.stats().frame_rx.stream;
+                if received != stream_frames {
+                    stream_frames = received;
                     context.sessions.touch(&name, connection_id);
                 }
                 let gossip_sees_alive = context.sessions.gossip_sees_alive(&name);

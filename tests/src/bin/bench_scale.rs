@@ -19,7 +19,9 @@
 //!
 //! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500 --cell-size 100`
 //! (`--cell-size Z`: agents in gossip cells of Z, 0 (the default) for one flat cluster as before cells;
-//! `--gossip-ms T`: the agents' gossip round, 200 ms by default as the real agent's;
+//! `--gossip-ms T`: the agents' gossip round, 200 ms by default as the real agent's; `--heartbeat-ms H`:
+//! the coordinator's `heartbeat_interval_ms`, 500 by default; `--arrival-ms A`: each worker starts an
+//! agent every A ms, 2 by default;
 //! `--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
 
 use std::collections::VecDeque;
@@ -263,7 +265,10 @@ async fn session(
     *enrolled = true;
     counters.online.fetch_add(1, Ordering::Relaxed);
     let mut stream = session.stream;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    // As the real agent: at the interval the coordinator's welcome names.
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(
+        session.welcome.heartbeat_interval_ms.max(50),
+    )));
     let mut seq = session.welcome.records_committed;
     let mut queue: VecDeque<(SuiteRef, String)> = VecDeque::new();
     let mut running: Option<(SuiteRef, String, tokio::time::Instant)> = None;
@@ -339,6 +344,7 @@ fn worker() -> anyhow::Result<()> {
     let test_time = Duration::from_secs_f64(bench_arg("--test-seconds", 1.0));
     let cell_size: usize = bench_arg("--cell-size", 0);
     let gossip_interval = Duration::from_millis(bench_arg("--gossip-ms", 200));
+    let arrival = Duration::from_millis(bench_arg("--arrival-ms", 2));
     let runtime = bench_runtime()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());
@@ -378,7 +384,7 @@ fn worker() -> anyhow::Result<()> {
                 }
             });
             // Arrivals spread a little, as hosts booting are.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(arrival).await;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -471,7 +477,12 @@ fn bench() -> anyhow::Result<()> {
     let test_seconds: f64 = bench_arg("--test-seconds", 1.0);
     let cell_size: usize = bench_arg("--cell-size", 0);
     let gossip_ms: u64 = bench_arg("--gossip-ms", 200);
-    let cluster = TestCluster::new_coordinator_only_with(&[]);
+    let heartbeat_ms: u64 = bench_arg("--heartbeat-ms", 500);
+    let arrival_ms: u64 = bench_arg("--arrival-ms", 2);
+    let cluster = TestCluster::new_coordinator_only_with(&[
+        "--heartbeat-interval-ms",
+        &heartbeat_ms.to_string(),
+    ]);
     let pid = cluster
         .coordinator
         .as_ref()
@@ -508,6 +519,7 @@ fn bench() -> anyhow::Result<()> {
             .args(["--test-seconds", &test_seconds.to_string()])
             .args(["--cell-size", &cell_size.to_string()])
             .args(["--gossip-ms", &gossip_ms.to_string()])
+            .args(["--arrival-ms", &arrival_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -618,7 +630,7 @@ fn bench() -> anyhow::Result<()> {
     let cells = match cell_size {
         0 => format!("one, every {gossip_ms} ms"),
         size => format!("{} of {size}, every {gossip_ms} ms", agents.div_ceil(size)),
-    };
+    } + &format!("; heartbeat {heartbeat_ms} ms");
     println!(
         "| {agents} | {cells} | {online_text} | {per_agent:.0} B/s | {at_coordinator:.0} B/s | {refused} | {dropped} | {:.0} % | {rss:.0} MiB | {lost} lost: offline after {loss_text} | {test_count} × {test_seconds} s tests: {run_text} |",
         cpu * 100.0
