@@ -19,7 +19,7 @@ use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket
 use chitchat::{ChitchatEnvelope, ChitchatHandle, ChitchatMessage};
 
 use crate::gossip::{chitchat_config, GossipConfig};
-use polarizer_shared::membership::{cell_cluster_id, check_cell_name, DEFAULT_CELL};
+use polarizer_shared::membership::{cell_cluster_id, check_cell_name, DEFAULT_CELL, MAX_CELL_NAME};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -225,9 +225,11 @@ impl Hub {
             None
         };
         if let Some(reason) = refusal {
+            // A peer's cluster id may be as long as a datagram: what is kept and logged of it is not.
+            let shown: String = cell.chars().take(MAX_CELL_NAME + 1).collect();
             let mut refused = self.refused.lock().expect("refused lock");
-            if refused.len() < MAX_REFUSED_NAMES && refused.insert(cell.clone()) {
-                warn!(peer = %from, cell = %cell.escape_debug(), "gossip of a cell this coordinator does not join: {reason}");
+            if refused.len() < MAX_REFUSED_NAMES && refused.insert(shown.clone()) {
+                warn!(peer = %from, cell = %shown.escape_debug(), "gossip of a cell this coordinator does not join: {reason}");
             }
             return None;
         }
