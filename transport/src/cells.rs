@@ -103,10 +103,6 @@ impl Hub {
         Ok((Arc::new(hub), socket, outgoing))
     }
 
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
     /// Starts the chitchat of one cell on this hub's socket.
     pub(crate) async fn join(&self, cell: &str) -> anyhow::Result<()> {
         let cluster_id = cell_cluster_id(&self.cluster, cell);

@@ -125,14 +125,6 @@ impl Gossip {
         })
     }
 
-    /// The address gossip listens on.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match &self.inner {
-            Inner::One(handle) => Some(handle.chitchat_id().gossip_advertise_addr),
-            Inner::Cells { hub, .. } => Some(hub.local_addr()),
-        }
-    }
-
     /// Each cell's chitchat state, by cell name ("" for the default cell).
     fn chitchats(&self) -> Vec<(String, Arc<tokio::sync::Mutex<Chitchat>>)> {
         match &self.inner {
