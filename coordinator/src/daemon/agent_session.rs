@@ -52,7 +52,7 @@ pub(super) async fn agent_session(
             connection: connection.clone(),
             last_frame: Instant::now(),
             incarnation,
-            facts: facts.clone(),
+            facts: std::sync::Arc::new(facts.clone()),
             outbox,
             draining: false,
         },

@@ -211,6 +211,16 @@ async fn assign(context: &Context, leases: Vec<(SuiteRef, String, u64)>) -> Resu
 
 async fn step(context: &Context) -> Result<(), StoreError> {
     let active = context.store.read(|reader| reader.active_suites()).await?;
+    if active.is_empty() && context.pools.is_empty() {
+        // Nothing queued or held, no pool to keep warm: idle agents coming and going cost nothing.
+        context
+            .scheduler
+            .waiting
+            .lock()
+            .expect("waiting lock")
+            .clear();
+        return Ok(());
+    }
     let online = context.sessions.online_agents();
     let platforms = context.pools.snapshot();
     let platform_states: HashMap<&str, PlatformState> = platforms
@@ -220,17 +230,20 @@ async fn step(context: &Context) -> Result<(), StoreError> {
     let views: Vec<AgentView<'_>> = online
         .iter()
         .map(|agent| AgentView {
-            name: &agent.name,
+            name: agent.name(),
             incarnation: agent.incarnation,
             facts: &agent.facts,
             // A platform that ran its suite (or is being cleaned or destroyed) takes no other.
             draining: agent.draining
                 || platform_states
-                    .get(agent.name.as_str())
+                    .get(agent.name())
                     .is_some_and(|state| !state.takes_suites()),
         })
         .collect();
-    let seen = context.sessions.seen();
+    // Only holders of a lease are looked up (the grace after a restart is for them).
+    let seen = context
+        .sessions
+        .seen_among(active.iter().map(|suite| suite.agent.as_str()));
     let plan = schedule::plan(&ScheduleInput {
         active: &active,
         online: &views,
@@ -294,7 +307,7 @@ fn plan_pools(
             containerfile: &suite.containerfile,
         })
         .collect();
-    let online_names: BTreeSet<&str> = online.iter().map(|agent| agent.name.as_str()).collect();
+    let online_names: BTreeSet<&str> = online.iter().map(|agent| agent.name()).collect();
     let mut busy: BTreeSet<&str> = active
         .iter()
         .filter(|suite| suite.state == SuiteState::Running)

@@ -3,7 +3,7 @@
 //! for identity).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use polarizer_shared::protocol::{close_code, AgentRecord, AgentState, CoordinatorMessage};
@@ -22,21 +22,27 @@ pub struct LiveSession {
     pub connection: quinn::Connection,
     pub last_frame: Instant,
     pub incarnation: u64,
-    pub facts: AgentFacts,
+    /// Shared with every scheduling step's view: a step over thousands of agents copies no facts.
+    pub facts: Arc<AgentFacts>,
     /// Bounded by [`OUTBOX_MESSAGES`].
     pub outbox: mpsc::Sender<CoordinatorMessage>,
     /// The agent said it is stopping: it keeps what it holds and is given nothing new.
     pub draining: bool,
 }
 
-/// An online agent as the scheduler sees it.
+/// An online agent as the scheduler sees it: cheap to take for thousands of agents (the facts are
+/// shared, the name is the facts' own).
 #[derive(Clone)]
 pub struct OnlineAgent {
-    pub name: String,
     pub incarnation: u64,
-    pub facts: AgentFacts,
-    pub outbox: mpsc::Sender<CoordinatorMessage>,
+    pub facts: Arc<AgentFacts>,
     pub draining: bool,
+}
+
+impl OnlineAgent {
+    pub fn name(&self) -> &str {
+        &self.facts.name
+    }
 }
 
 /// The sessions and the names revoked while this process runs, under one lock: a session registers
@@ -132,7 +138,9 @@ impl Sessions {
     }
 
     pub fn update_facts(&self, name: &str, connection_id: usize, facts: AgentFacts) {
-        self.with_own_session(name, connection_id, |session| session.facts = facts);
+        self.with_own_session(name, connection_id, |session| {
+            session.facts = Arc::new(facts)
+        });
     }
 
     /// The agent is stopping: from now on this session is given no new suite.
@@ -153,8 +161,14 @@ impl Sessions {
         self.gossip_live.borrow().contains(name)
     }
 
-    pub fn seen(&self) -> HashSet<String> {
-        self.seen.lock().expect("seen lock").clone()
+    /// Those of `names` that have had a session with this process.
+    pub fn seen_among<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
+        let seen = self.seen.lock().expect("seen lock");
+        names
+            .into_iter()
+            .filter(|name| seen.contains(*name))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Every agent with a live session.
@@ -163,12 +177,10 @@ impl Sessions {
             .lock()
             .expect("sessions lock")
             .sessions
-            .iter()
-            .map(|(name, session)| OnlineAgent {
-                name: name.clone(),
+            .values()
+            .map(|session| OnlineAgent {
                 incarnation: session.incarnation,
                 facts: session.facts.clone(),
-                outbox: session.outbox.clone(),
                 draining: session.draining,
             })
             .collect()
@@ -247,7 +259,7 @@ mod tests {
             connection: connection.clone(),
             last_frame: Instant::now(),
             incarnation: 1,
-            facts: AgentFacts::for_test("vm-1"),
+            facts: Arc::new(AgentFacts::for_test("vm-1")),
             outbox: mpsc::channel(OUTBOX_MESSAGES).0,
             draining: false,
         }

@@ -14,8 +14,9 @@
 //! - the coordinator's CPU (share of one core) and RSS over that window;
 //! - the loss of 1 % of the agents (their worker killed with SIGKILL: no goodbye, as a dead host) → the
 //!   coordinator counting them offline;
-//! - a run of `--tests` tests (10,000 by default) spread over the agents left: its time beside the
-//!   ideal (tests × seconds ÷ agents), and results per second.
+//! - a run of `--tests` tests (10,000 by default) spread over the agents left: from the moment
+//!   `polarizer trigger` starts to the run's end as the coordinator stored it, beside the ideal
+//!   (tests × seconds ÷ agents), and results per second.
 //!
 //! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500 --cell-size 100`
 //! (`--cell-size Z`: agents in gossip cells of Z, 0 (the default) for one flat cluster as before cells;
@@ -584,6 +585,7 @@ fn bench() -> anyhow::Result<()> {
     tests_repo(&repo, test_count);
     let results_before = totals(&latest).results;
     let run_started = Instant::now();
+    let run_started_ms = chrono::Utc::now().timestamp_millis();
     let triggered = cluster.operator(&[
         "trigger",
         "--repo",
@@ -603,21 +605,31 @@ fn bench() -> anyhow::Result<()> {
         "bench-scale: run {run} planned and queued {:.1} s after the trigger",
         run_started.elapsed().as_secs_f64()
     );
-    let finished = time_until(Duration::from_secs(1800), || {
+    // The run's end as the coordinator stored it: an operator's poll waits its turn at a coordinator
+    // this busy, and that wait is not the run's.
+    let mut ended = None;
+    time_until(Duration::from_secs(1800), || {
         let shown = cluster.operator(&["runs", "--json", "--limit", "1"]);
-        serde_json::from_slice::<serde_json::Value>(&shown.stdout).is_ok_and(|runs| {
-            runs[0]["id"] == run
-                && matches!(
-                    runs[0]["state"].as_str(),
-                    Some("passed" | "failed" | "error")
-                )
-        })
+        let Ok(runs) = serde_json::from_slice::<serde_json::Value>(&shown.stdout) else {
+            return false;
+        };
+        let over = runs[0]["id"] == run
+            && matches!(
+                runs[0]["state"].as_str(),
+                Some("passed" | "failed" | "error")
+            );
+        if over {
+            ended = runs[0]["finished"]
+                .as_str()
+                .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
+        }
+        over
     });
     let remaining = (agents - lost) as f64;
     let ideal = test_count as f64 * test_seconds / remaining;
-    let run_text = match finished {
-        Some(_) => {
-            let took = run_started.elapsed().as_secs_f64();
+    let run_text = match ended {
+        Some(ended) => {
+            let took = (ended.timestamp_millis() - run_started_ms) as f64 / 1000.0;
             format!(
                 "{took:.1} s (ideal {ideal:.1} s, {:.1}×); {:.0} results/s",
                 took / ideal,
