@@ -3,6 +3,7 @@
 //! an error naming the column, never a guess. An agent not `approved` (enrolled under `--enroll approve`)
 //! is listed as `pending` and never goes online.
 
+use crate::store::sql::Cached;
 use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -36,13 +37,13 @@ pub(super) fn enroll(connection: &Connection, enrollment: &Enrollment) -> rusqli
         ..
     } = enrollment;
     let exists = connection
-        .query_row("SELECT 1 FROM agents WHERE name = ?1", [name], |_| Ok(()))
+        .row("SELECT 1 FROM agents WHERE name = ?1", [name], |_| Ok(()))
         .optional()?
         .is_some();
     if exists {
         return Ok(false);
     }
-    connection.execute(
+    connection.run(
         "INSERT INTO agents (name, credential_sha256, state, facts_json, address, first_seen_ms, last_seen_ms, approved)
          VALUES (?1, ?2, CASE WHEN ?6 THEN 'online' ELSE 'offline' END, ?3, ?4, ?5, ?5, ?6)",
         params![name, credential_sha256, facts_json(facts), address, now_ms, approved],
@@ -56,7 +57,7 @@ pub(super) fn approve(
     name: &str,
 ) -> rusqlite::Result<Result<(), StoreError>> {
     let row: Option<(String, bool)> = connection
-        .query_row(
+        .row(
             "SELECT state, approved FROM agents WHERE name = ?1",
             [name],
             |row| Ok((row.get(0)?, row.get(1)?)),
@@ -74,7 +75,7 @@ pub(super) fn approve(
             state: "approved",
         }),
         Some((_, false)) => {
-            connection.execute("UPDATE agents SET approved = 1 WHERE name = ?1", [&name])?;
+            connection.run("UPDATE agents SET approved = 1 WHERE name = ?1", [&name])?;
             Ok(())
         }
     })
@@ -88,7 +89,7 @@ pub(super) fn create_host_token(
     now_ms: i64,
     expires_ms: i64,
 ) -> rusqlite::Result<()> {
-    connection.execute(
+    connection.run(
         "INSERT INTO host_tokens (digest, name, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
         params![digest, name, now_ms, expires_ms],
     )?;
@@ -102,7 +103,7 @@ pub(super) fn spend_host_token(
     name: &str,
     now_ms: i64,
 ) -> rusqlite::Result<bool> {
-    let changed = connection.execute(
+    let changed = connection.run(
         "UPDATE host_tokens SET used_ms = ?3
          WHERE digest = ?1 AND name = ?2 AND used_ms IS NULL AND expires_ms > ?3",
         params![digest, name, now_ms],
@@ -118,7 +119,7 @@ pub(super) fn connected(
     address: &str,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
-    connection.execute(
+    connection.run(
         "UPDATE agents SET state = 'online', facts_json = ?2, address = ?3, last_seen_ms = ?4
          WHERE name = ?1 AND state != 'revoked'",
         params![name, facts_json(facts), address, now_ms],
@@ -131,7 +132,7 @@ pub(super) fn facts_changed(
     name: &str,
     facts: &AgentFacts,
 ) -> rusqlite::Result<()> {
-    connection.execute(
+    connection.run(
         "UPDATE agents SET facts_json = ?2 WHERE name = ?1",
         params![name, facts_json(facts)],
     )?;
@@ -143,7 +144,7 @@ pub(super) fn disconnected(
     name: &str,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
-    connection.execute(
+    connection.run(
         "UPDATE agents SET state = 'offline', last_seen_ms = ?2 WHERE name = ?1 AND state = 'online'",
         params![name, now_ms],
     )?;
@@ -152,7 +153,7 @@ pub(super) fn disconnected(
 
 /// Marks an agent revoked; false when there is no such agent.
 pub(super) fn revoke(connection: &Connection, name: &str, now_ms: i64) -> rusqlite::Result<bool> {
-    let changed = connection.execute(
+    let changed = connection.run(
         "UPDATE agents SET state = 'revoked', revoked_at_ms = ?2 WHERE name = ?1",
         params![name, now_ms],
     )?;
@@ -161,7 +162,7 @@ pub(super) fn revoke(connection: &Connection, name: &str, now_ms: i64) -> rusqli
 
 /// At start: no connection survives a coordinator restart.
 pub(super) fn all_offline(connection: &Connection) -> rusqlite::Result<()> {
-    connection.execute(
+    connection.run(
         "UPDATE agents SET state = 'offline' WHERE state = 'online'",
         [],
     )?;
@@ -245,7 +246,7 @@ impl Reader {
     /// A per-host enrollment token by its digest.
     pub fn host_token(&self, digest: &str) -> Result<Option<HostToken>, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT name, expires_ms, used_ms IS NOT NULL FROM host_tokens WHERE digest = ?1",
                 [digest],
                 |row| {
@@ -262,7 +263,7 @@ impl Reader {
 
     pub fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT credential_sha256, state, approved FROM agents WHERE name = ?1",
                 [name],
                 |row| {
@@ -282,7 +283,7 @@ impl Reader {
     /// their facts: `/metrics` with thousands of agents.
     pub fn agent_counts(&self) -> Result<(u64, u64, u64), StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT COALESCE(SUM(state = 'revoked'), 0),
                         COALESCE(SUM(state != 'revoked' AND NOT approved), 0),
                         COALESCE(SUM(state != 'revoked' AND approved), 0)

@@ -3,6 +3,7 @@
 //! coordinator's clock and the run / suite / test it belongs to. Written in batches by the store's one
 //! writer (inside record ingest), read by `tail` and `replay`, trimmed by age and size.
 
+use crate::store::sql::Cached;
 use std::path::Path;
 
 use polarizer_shared::events::{kind, EventRow, TailQuery};
@@ -84,7 +85,7 @@ impl NewEvent<'_> {
 /// they can be inserted a few hundred rows per statement.
 pub fn next_id(savepoint: &Savepoint<'_>, path: &Path) -> Result<u64, StoreError> {
     savepoint
-        .query_row("SELECT coalesce(max(id), 0) + 1 FROM events", [], |row| {
+        .row("SELECT coalesce(max(id), 0) + 1 FROM events", [], |row| {
             row.get::<_, i64>(0)
         })
         .map(|id| id as u64)
@@ -421,26 +422,26 @@ pub fn trim(
 ) -> Result<u64, StoreError> {
     let on_sqlite = sqlite_error(path);
     let mut deleted = savepoint
-        .execute(
+        .run(
             "DELETE FROM events WHERE received_ms < ?1",
             [now_ms - max_age_ms],
         )
         .map_err(&on_sqlite)? as u64;
     let used: i64 = savepoint
-        .query_row(
+        .row(
             "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())",
             [],
             |row| row.get(0),
         )
         .map_err(&on_sqlite)?;
     let page_size: i64 = savepoint
-        .query_row("SELECT page_size FROM pragma_page_size()", [], |row| {
+        .row("SELECT page_size FROM pragma_page_size()", [], |row| {
             row.get(0)
         })
         .map_err(&on_sqlite)?;
     if (used * page_size) as u64 > max_bytes {
         deleted += savepoint
-            .execute(
+            .run(
                 "DELETE FROM events WHERE id <= (SELECT MIN(id) + (MAX(id) - MIN(id)) / 10 FROM events)",
                 [],
             )

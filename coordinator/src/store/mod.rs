@@ -209,6 +209,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     connection
         .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")
         .map_err(sqlite_error(path))?;
+    connection.set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE);
     Ok(connection)
 }
 

@@ -5,6 +5,7 @@
 //! A suite's lease is (agent, incarnation, attempt). Records from an agent count only for the attempt it
 //! currently holds; anything else is acknowledged and dropped, so a result is never counted twice.
 
+use crate::store::sql::Cached;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -64,7 +65,7 @@ pub struct NewRun {
 pub fn create_run(savepoint: &Savepoint<'_>, path: &Path, run: &NewRun) -> Result<u64, StoreError> {
     let on_sqlite = sqlite_error(path);
     savepoint
-        .execute(
+        .run(
             "INSERT INTO runs (state, kind, repo, fetch_url, git_ref, git_commit, tree_path, trigger_json, message, created_ms, deadline_ms)
              VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -263,7 +264,7 @@ pub fn lease(
         return Ok(false);
     }
     savepoint
-        .execute(
+        .run(
             "UPDATE suites SET state = ?5, agent = ?2, incarnation = ?3, started_ms = ?4,
                  lost_agent = '', lost_incarnation = 0, lost_attempt = 0
              WHERE id = ?1",
@@ -277,7 +278,7 @@ pub fn lease(
         )
         .map_err(&on_sqlite)?;
     savepoint
-        .execute(
+        .run(
             "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2)
              WHERE id = ?1 AND state = 'queued'",
             params![current.run as i64, now_ms],
@@ -328,7 +329,7 @@ pub fn reinstate(
         }
         let id = suite as i64;
         savepoint
-            .execute(
+            .run(
                 "UPDATE suites SET state = ?2, attempt = ?3, agent = ?4, incarnation = ?5, started_ms = ?6,
                      lost_agent = '', lost_incarnation = 0, lost_attempt = 0
                  WHERE id = ?1",
@@ -343,7 +344,7 @@ pub fn reinstate(
             )
             .map_err(&on_sqlite)?;
         savepoint
-            .execute(
+            .run(
                 "DELETE FROM lost_attempts
                  WHERE run_id = ?1 AND attempt = ?3 AND agent = ?4
                    AND test_id IN (SELECT test_id FROM run_tests WHERE suite_id = ?2)",
@@ -351,7 +352,7 @@ pub fn reinstate(
             )
             .map_err(&on_sqlite)?;
         savepoint
-            .execute(
+            .run(
                 "UPDATE run_tests SET attempt = ?2, agent = ?3
                  WHERE suite_id = ?1 AND status = 'queued' AND attempt = ?4",
                 params![id, lost.attempt, agent, lease.attempt],
@@ -432,7 +433,7 @@ fn apply_suite_decision(
     let suite = lease.suite as i64;
     let record_lost = |message: &str| {
         savepoint
-            .execute(
+            .run(
                 "INSERT INTO lost_attempts (run_id, test_id, attempt, agent, message, at_ms)
                  SELECT run_id, test_id, ?2, ?3, ?4, ?5 FROM run_tests
                  WHERE suite_id = ?1 AND status IN ('queued', 'running')",
@@ -443,7 +444,7 @@ fn apply_suite_decision(
     // The suite is done; its unfinished tests end as errors.
     let close = |infra: bool, message: &str| {
         savepoint
-            .execute(
+            .run(
                 "UPDATE suites SET state = ?3, finished_ms = ?2 WHERE id = ?1",
                 params![suite, now_ms, SuiteState::Done.as_str()],
             )
@@ -470,7 +471,7 @@ fn apply_suite_decision(
             // A lost holder is remembered: back as the same process before anyone else begins the
             // suite, it takes the attempt back (`reinstate`). The right-hand sides read the old row.
             savepoint
-                .execute(
+                .run(
                     "UPDATE suites SET state = ?3, attempt = ?2, agent = '', incarnation = 0, started_ms = NULL,
                          lost_agent = CASE WHEN ?4 THEN agent ELSE '' END,
                          lost_incarnation = CASE WHEN ?4 THEN incarnation ELSE 0 END,
@@ -480,7 +481,7 @@ fn apply_suite_decision(
                 )
                 .map_err(&on_sqlite)?;
             savepoint
-                .execute(
+                .run(
                     "UPDATE run_tests SET status = 'queued', attempt = ?2, agent = '', started_ms = NULL
                      WHERE suite_id = ?1 AND status IN ('queued', 'running')",
                     params![suite, attempt],
@@ -529,7 +530,7 @@ fn finish_unfinished(
     let mut effects = Vec::new();
     for (run_id, test_id) in ids {
         savepoint
-            .execute(
+            .run(
                 "UPDATE run_tests SET status = ?3, infra = ?4, message = ?5 WHERE run_id = ?1 AND test_id = ?2",
                 params![run_id, test_id, status.as_str(), infra, message],
             )
@@ -554,7 +555,7 @@ pub fn maybe_finish_run(
     let on_sqlite = sqlite_error(path);
     // Called after every result: one index probe, and the counting only once nothing is left.
     let unfinished = savepoint
-        .query_row(
+        .row(
             "SELECT 1 FROM run_tests WHERE run_id = ?1 AND status IN ('queued', 'running') LIMIT 1",
             [run as i64],
             |_| Ok(()),
@@ -566,7 +567,7 @@ pub fn maybe_finish_run(
         return Ok(Vec::new());
     }
     let (problems, infra, current): (i64, i64, RunState) = savepoint
-        .query_row(
+        .row(
             "SELECT
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND status IN ('fail', 'error', 'timeout', 'warn') AND quarantined = 0),
                 (SELECT COUNT(*) FROM run_tests WHERE run_id = ?1 AND infra = 1),
@@ -584,13 +585,13 @@ pub fn maybe_finish_run(
         return Ok(Vec::new());
     };
     savepoint
-        .execute(
+        .run(
             "UPDATE runs SET state = ?2, finished_ms = ?3 WHERE id = ?1",
             params![run as i64, final_state.as_str(), now_ms],
         )
         .map_err(&on_sqlite)?;
     savepoint
-        .execute(
+        .run(
             "UPDATE suites SET state = ?3, finished_ms = COALESCE(finished_ms, ?2)
              WHERE run_id = ?1 AND state IN ('queued', 'running')",
             params![run as i64, now_ms, SuiteState::Done.as_str()],
@@ -613,7 +614,7 @@ pub fn end_run(
 ) -> Result<(StopOrders, Vec<Effect>), StoreError> {
     let on_sqlite = sqlite_error(path);
     let current = savepoint
-        .query_row(
+        .row(
             "SELECT state FROM runs WHERE id = ?1",
             [run as i64],
             |row| run_state(row, 0),
@@ -655,13 +656,13 @@ pub fn end_run(
     match decision.state {
         Some(state) => {
             savepoint
-                .execute(
+                .run(
                     "UPDATE runs SET state = ?4, finished_ms = ?2, message = ?3 WHERE id = ?1",
                     params![run as i64, now_ms, decision.message, state.as_str()],
                 )
                 .map_err(&on_sqlite)?;
             savepoint
-                .execute(
+                .run(
                     "UPDATE suites SET state = ?3, finished_ms = ?2 WHERE run_id = ?1 AND state IN ('queued', 'running')",
                     params![run as i64, now_ms, SuiteState::Cancelled.as_str()],
                 )
@@ -670,7 +671,7 @@ pub fn end_run(
         }
         None => {
             savepoint
-                .execute(
+                .run(
                     "UPDATE runs SET message = ?2 WHERE id = ?1",
                     params![run as i64, decision.message],
                 )
@@ -700,7 +701,7 @@ pub fn ingest(
 ) -> Result<Ingested, StoreError> {
     let on_sqlite = sqlite_error(path);
     let mut committed: u64 = savepoint
-        .query_row(
+        .row(
             "SELECT records_committed FROM agents WHERE name = ?1",
             [agent],
             |row| row.get::<_, i64>(0),
@@ -801,7 +802,7 @@ pub fn ingest(
                     continue;
                 }
                 savepoint
-                    .execute(
+                    .run(
                         "UPDATE suites SET versions_json = ?2 WHERE id = ?1",
                         params![suite.suite as i64, json(&versions)],
                     )
@@ -820,7 +821,7 @@ pub fn ingest(
                     TestDecision::RefuseStale(suite) => effects.push(Effect::Stale(suite)),
                     TestDecision::MarkRunning => {
                         savepoint
-                            .execute(
+                            .run(
                                 "UPDATE run_tests SET status = 'running', agent = ?3, started_ms = ?4
                                  WHERE run_id = ?1 AND test_id = ?2",
                                 params![suite.run as i64, test, agent, record.at_ms],
@@ -871,7 +872,7 @@ pub fn ingest(
                         now_ms,
                     )?;
                 savepoint
-                    .execute(
+                    .run(
                         "UPDATE run_tests SET status = ?3, agent = ?4, started_ms = ?5, duration_ms = ?6, message = ?7,
                                 output_tail = ?8, subresults_json = ?9, cluster_id = ?10, quarantined = ?11,
                                 failure_text = ?12
@@ -973,7 +974,7 @@ pub fn ingest(
         .collect();
     crate::store::events::insert_rows(savepoint, path, agent, now_ms, &events)?;
     savepoint
-        .execute(
+        .run(
             "UPDATE agents SET records_committed = ?2 WHERE name = ?1",
             params![agent, committed as i64],
         )
@@ -1163,7 +1164,7 @@ impl Reader {
     /// The highest record sequence number of `agent` already committed.
     pub fn records_committed(&self, agent: &str) -> Result<u64, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT records_committed FROM agents WHERE name = ?1",
                 [agent],
                 |row| row.get::<_, i64>(0),
@@ -1186,7 +1187,7 @@ impl Reader {
     /// Whether run `run` exists (one indexed lookup, nothing read of it).
     pub fn run_exists(&self, run: u64) -> Result<bool, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
                 [run as i64],
                 |row| row.get(0),
@@ -1198,7 +1199,7 @@ impl Reader {
         let on_sqlite = sqlite_error(&self.path);
         let found = self
             .connection
-            .query_row(
+            .row(
                 &format!("{RUN_ROW_SELECT} WHERE runs.id = ?1"),
                 [run as i64],
                 run_row,
@@ -1210,7 +1211,7 @@ impl Reader {
         };
         let (trigger_json, message): (String, String) = self
             .connection
-            .query_row(
+            .row(
                 "SELECT trigger_json, message FROM runs WHERE id = ?1",
                 [run as i64],
                 |row| Ok((row.get(0)?, row.get(1)?)),
@@ -1343,7 +1344,7 @@ impl Reader {
         agent: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT runs.fetch_url, runs.git_commit FROM suites JOIN runs ON runs.id = suites.run_id
                  WHERE suites.run_id = ?1 AND suites.id = ?2 AND suites.attempt = ?3 AND suites.agent = ?4
                        AND suites.state = 'running'",
@@ -1357,7 +1358,7 @@ impl Reader {
     /// Where a run's tests come from: (repository, commit, the fmf tree's path in it).
     pub fn run_source(&self, run: u64) -> Result<Option<(String, String, String)>, StoreError> {
         self.connection
-            .query_row(
+            .row(
                 "SELECT fetch_url, git_commit, tree_path FROM runs WHERE id = ?1",
                 [run as i64],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
@@ -1375,7 +1376,7 @@ impl Reader {
         let on_sqlite = sqlite_error(&self.path);
         let run: Option<(String, String, String, String)> = self
             .connection
-            .query_row(
+            .row(
                 "SELECT fetch_url, git_ref, git_commit, tree_path FROM runs WHERE id = ?1",
                 [suite.run as i64],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),

@@ -625,6 +625,9 @@ fn bench() -> anyhow::Result<()> {
         }
         over
     });
+    if ended.is_some() {
+        run_breakdown(&cluster, run, run_started_ms);
+    }
     let remaining = (agents - lost) as f64;
     let ideal = test_count as f64 * test_seconds / remaining;
     let run_text = match ended {
@@ -648,4 +651,40 @@ fn bench() -> anyhow::Result<()> {
         cpu * 100.0
     );
     Ok(())
+}
+
+/// Where a run's time went, on stderr: when its suites were leased and when they were stored finished,
+/// counted from the trigger.
+fn run_breakdown(cluster: &TestCluster, run: u64, started_ms: i64) {
+    let shown = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
+    let Ok(detail) = serde_json::from_slice::<serde_json::Value>(&shown.stdout) else {
+        return;
+    };
+    let seconds = |field: &str| -> Vec<f64> {
+        let mut times: Vec<f64> = detail["suites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|suite| suite[field].as_str())
+            .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
+            .map(|time| (time.timestamp_millis() - started_ms) as f64 / 1000.0)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
+    };
+    let quantiles = |times: &[f64]| match times {
+        [] => "none".to_string(),
+        _ => format!(
+            "first {:.2} s, median {:.2} s, p99 {:.2} s, last {:.2} s",
+            times[0],
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+            times[times.len() - 1]
+        ),
+    };
+    eprintln!(
+        "bench-scale: run {run} from the trigger: suites leased {}; suites finished {}",
+        quantiles(&seconds("started")),
+        quantiles(&seconds("finished"))
+    );
 }
