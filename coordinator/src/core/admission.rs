@@ -124,16 +124,24 @@ fn known(stored: &StoredAgent, name: String) -> Admission {
     }
 }
 
-/// How long an agent may be silent before its connection counts as gone. Gossip is only a hint: when it
-/// no longer sees the agent alive, silence is believed sooner, but never without silence on the
+/// How long an agent may be silent before its connection counts as gone: three heartbeats. Gossip is
+/// only a hint: while it still sees the agent alive, the wait is longer by as much again, but by half a
+/// second at most (a retransmission or two on a lossy path; frames QUIC has received count as the
+/// agent's word even before the session reads them, so a busy coordinator needs no more). Gossip's
+/// own failure detector takes many rounds to call a node dead, so with thousands of agents gossiping
+/// slowly in cells its hint would otherwise only lengthen the wait. Never without silence on the
 /// authenticated connection itself.
 pub fn silence_allowed(heartbeat_interval: Duration, gossip_sees_alive: bool) -> Duration {
+    let silence = heartbeat_interval * 3;
     if gossip_sees_alive {
-        heartbeat_interval * 6
+        silence + silence.min(GOSSIP_PATIENCE)
     } else {
-        heartbeat_interval * 3
+        silence
     }
 }
+
+/// The most that gossip's word that an agent is alive adds to the wait for its heartbeat.
+const GOSSIP_PATIENCE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
@@ -352,5 +360,12 @@ mod tests {
         let beat = Duration::from_millis(500);
         assert!(silence_allowed(beat, false) < silence_allowed(beat, true));
         assert!(silence_allowed(beat, false) > beat * 2);
+        // A dead host of thousands is offline within 5 s at a heartbeat a second, gossip or not.
+        let beat = Duration::from_secs(1);
+        assert_eq!(silence_allowed(beat, true), Duration::from_millis(3500));
+        assert_eq!(silence_allowed(beat, false), Duration::from_secs(3));
+        // Fast heartbeats keep the wait of twice three beats.
+        let beat = Duration::from_millis(50);
+        assert_eq!(silence_allowed(beat, true), Duration::from_millis(300));
     }
 }

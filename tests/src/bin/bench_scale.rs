@@ -272,25 +272,26 @@ async fn session(
     )));
     let mut seq = session.welcome.records_committed;
     let mut queue: VecDeque<(SuiteRef, String)> = VecDeque::new();
-    let mut running: Option<(SuiteRef, String, tokio::time::Instant)> = None;
+    // The test running: its suite, id, when it ends, and when it started (wall clock, as the agent's).
+    let mut running: Option<(SuiteRef, String, tokio::time::Instant, i64)> = None;
     let outcome = loop {
-        let due = running.as_ref().map(|(_, _, due)| *due);
+        let due = running.as_ref().map(|(_, _, due, _)| *due);
         tokio::select! {
             _ = heartbeat.tick() => {
                 stream.send(&ClientFrame::Agent(AgentMessage::Heartbeat)).await?;
             }
             () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
-                let (suite, test, _) = running.take().expect("a test runs");
+                let (suite, test, _, started_ms) = running.take().expect("a test runs");
                 seq += 1;
                 let mut records = vec![Record {
                     seq,
-                    at_ms: 0,
+                    at_ms: wall_ms(),
                     body: RecordBody::TestFinished(Box::new(TestOutcome {
                         suite,
                         test,
                         status: TestStatus::Pass,
                         exit: Exit::Code(0),
-                        started_ms: 0,
+                        started_ms,
                         duration_ms: test_time.as_millis() as u64,
                         message: String::new(),
                         output_tail: String::new(),
@@ -301,12 +302,12 @@ async fn session(
                 match queue.pop_front() {
                     Some((next_suite, next)) => {
                         seq += 1;
-                        records.push(Record { seq, at_ms: 0, body: RecordBody::TestStarted { suite: next_suite, test: next.clone() } });
-                        running = Some((next_suite, next, tokio::time::Instant::now() + test_time));
+                        records.push(Record { seq, at_ms: wall_ms(), body: RecordBody::TestStarted { suite: next_suite, test: next.clone() } });
+                        running = Some((next_suite, next, tokio::time::Instant::now() + test_time, wall_ms()));
                     }
                     None => {
                         seq += 1;
-                        records.push(Record { seq, at_ms: 0, body: RecordBody::SuiteFinished { suite, error: None } });
+                        records.push(Record { seq, at_ms: wall_ms(), body: RecordBody::SuiteFinished { suite, error: None } });
                     }
                 }
                 stream.send(&ClientFrame::Agent(AgentMessage::Records(records))).await?;
@@ -318,9 +319,9 @@ async fn session(
                     if running.is_none() {
                         if let Some((suite, test)) = queue.pop_front() {
                             seq += 1;
-                            let started = Record { seq, at_ms: 0, body: RecordBody::TestStarted { suite, test: test.clone() } };
+                            let started = Record { seq, at_ms: wall_ms(), body: RecordBody::TestStarted { suite, test: test.clone() } };
                             stream.send(&ClientFrame::Agent(AgentMessage::Records(vec![started]))).await?;
-                            running = Some((suite, test, tokio::time::Instant::now() + test_time));
+                            running = Some((suite, test, tokio::time::Instant::now() + test_time, wall_ms()));
                         }
                     }
                 }
@@ -682,9 +683,35 @@ fn run_breakdown(cluster: &TestCluster, run: u64, started_ms: i64) {
             times[times.len() - 1]
         ),
     };
+    // A suite's first test started (the agent's clock, as it reports it): its assignment arrived.
+    let mut first_started: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    for test in detail["tests"].as_array().into_iter().flatten() {
+        let (Some(suite), Some(started)) = (
+            test["suite"].as_u64(),
+            test["started"]
+                .as_str()
+                .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok()),
+        ) else {
+            continue;
+        };
+        let at = (started.timestamp_millis() - started_ms) as f64 / 1000.0;
+        let (first, last) = first_started.entry(suite).or_insert((at, at));
+        *first = first.min(at);
+        *last = last.max(at);
+    }
+    let mut arrived: Vec<f64> = first_started.values().map(|(first, _)| *first).collect();
+    arrived.sort_by(f64::total_cmp);
+    let mut last_started: Vec<f64> = first_started.values().map(|(_, last)| *last).collect();
+    last_started.sort_by(f64::total_cmp);
     eprintln!(
-        "bench-scale: run {run} from the trigger: suites leased {}; suites finished {}",
+        "bench-scale: run {run} from the trigger: suites leased {}; their first test started on the agent {}; their last {}; suites stored finished {}",
         quantiles(&seconds("started")),
+        quantiles(&arrived),
+        quantiles(&last_started),
         quantiles(&seconds("finished"))
     );
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
