@@ -12,6 +12,7 @@
 //!   it), over a 10 s window in steady state, with gossip sends the kernel refused (a datagram over
 //!   64 KiB: a digest of too many nodes);
 //! - the coordinator's CPU (share of one core) and RSS over that window;
+//! - `polarizer agents --json` with all N online, and one page of it (`--limit 500`), on stderr;
 //! - the loss of 1 % of the agents (their worker killed with SIGKILL: no goodbye, as a dead host) → the
 //!   coordinator counting them offline;
 //! - a run of `--tests` tests (10,000 by default) spread over the agents left: from the moment
@@ -566,6 +567,22 @@ fn bench() -> anyhow::Result<()> {
         / window;
     let refused = after.refused_sends - before.refused_sends;
     let dropped = after.lost_sessions - before.lost_sessions;
+
+    // The inventory as an operator reads it, with every agent online: all of it, then one page.
+    let listed = |args: &[&str]| {
+        let started = Instant::now();
+        let output = cluster.operator(args);
+        let rows = serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .ok()
+            .and_then(|rows| rows.as_array().map(Vec::len))
+            .unwrap_or(0);
+        (rows, started.elapsed().as_secs_f64())
+    };
+    let (all_rows, all_took) = listed(&["agents", "--json"]);
+    let (page_rows, page_took) = listed(&["agents", "--json", "--limit", "500"]);
+    eprintln!(
+        "bench-scale: `polarizer agents --json`: {all_rows} rows in {all_took:.2} s; with `--limit 500`: {page_rows} rows in {page_took:.2} s"
+    );
 
     // 1 % lost at once, as dead hosts: their worker killed, nothing said.
     let online_before = online(cluster.http).unwrap_or(0);
