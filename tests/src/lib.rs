@@ -717,6 +717,27 @@ pub fn noise(bytes: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The nearest-rank percentile of `samples` (sorted here); with 20 samples p99 is the slowest. NaN for
+/// no samples.
+pub fn percentile(samples: &[f64], percent: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time as `runs show --json` prints it.
+pub fn unix_ms(field: &Value) -> anyhow::Result<i64> {
+    use anyhow::Context;
+    let text = field.as_str().context("a time")?;
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .with_context(|| format!("time {text:?}"))?
+        .timestamp_millis())
+}
+
 /// The value after `--NAME` among this process's arguments, or `default`.
 pub fn bench_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();

@@ -3,12 +3,11 @@
 //! an error naming the column, never a guess. An agent not `approved` (enrolled under `--enroll approve`)
 //! is listed as `pending` and never goes online.
 
-use crate::store::sql::Cached;
 use polarizer_shared::protocol::{AgentRecord, AgentState};
 use polarizer_shared::AgentFacts;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::sql::{sqlite_error, unknown_value, Reader, StoreError};
+use super::sql::{sqlite_error, unknown_value, Cached, Reader, StoreError};
 use crate::core::admission::{HostToken, StoredAgent};
 
 /// A new agent, as admission decided to enroll it.

@@ -3,13 +3,12 @@
 //! coordinator's clock and the run / suite / test it belongs to. Written in batches by the store's one
 //! writer (inside record ingest), read by `tail` and `replay`, trimmed by age and size.
 
-use crate::store::sql::Cached;
 use std::path::Path;
 
 use polarizer_shared::events::{kind, EventRow, TailQuery};
 use rusqlite::{OptionalExtension, Savepoint};
 
-use crate::store::sql::{sqlite_error, Reader, StoreError};
+use crate::store::sql::{sqlite_error, Cached, Reader, StoreError};
 
 /// An event about to be stored (its id comes from the insert).
 /// Owned, so the stored row moves into the one published to followers without a copy.

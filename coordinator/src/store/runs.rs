@@ -5,7 +5,6 @@
 //! A suite's lease is (agent, incarnation, attempt). Records from an agent count only for the attempt it
 //! currently holds; anything else is acknowledged and dropped, so a result is never counted twice.
 
-use crate::store::sql::Cached;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,7 +18,7 @@ use crate::core::run::{
     TestDecision, TestRecord,
 };
 use crate::core::schedule::ActiveSuite;
-use crate::store::sql::{sqlite_error, unknown_value, Reader, StoreError};
+use crate::store::sql::{sqlite_error, unknown_value, Cached, Reader, StoreError};
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")

@@ -22,17 +22,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use polarizer_e2e::rabbitmq::RabbitMq;
-use polarizer_e2e::{git_repo, TestCluster};
+use polarizer_e2e::{git_repo, percentile, TestCluster};
 
 const TOPIC: &str = "org.fedoraproject.prod.buildsys.build.state.change";
 const PREFETCH: u16 = 25;
-
-fn percentile(samples: &[f64], percent: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 fn body(name: &str, release: u64) -> Vec<u8> {
     serde_json::json!({

@@ -15,18 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use polarizer_e2e::fake_github::{push_payload, sign, FakeGithub};
-use polarizer_e2e::{git, git_repo, ok_json, wait_for, write_secret, TestCluster};
+use polarizer_e2e::{git, git_repo, ok_json, percentile, wait_for, write_secret, TestCluster};
 use serde_json::Value;
 
 const SECRET: &str = "bench-secret";
 const REPO: &str = "octo/bench";
-
-fn percentile(samples: &[f64], percent: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 fn main() -> anyhow::Result<()> {
     let deliveries = polarizer_e2e::bench_arg("--deliveries", 200usize);

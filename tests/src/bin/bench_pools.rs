@@ -13,27 +13,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use polarizer_e2e::{git_repo, http_get, ok_json, podman, wait_for, TestCluster};
+use polarizer_e2e::{
+    git_repo, http_get, ok_json, percentile, podman, unix_ms, wait_for, TestCluster,
+};
 use serde_json::Value;
 
 const MAX: u32 = 4;
 const DEADLINE: Duration = Duration::from_secs(300);
-
-/// Milliseconds since the epoch of an RFC 3339 time as `runs show --json` prints it.
-fn unix_ms(field: &Value) -> anyhow::Result<i64> {
-    let text = field.as_str().context("a time")?;
-    Ok(chrono::DateTime::parse_from_rfc3339(text)
-        .with_context(|| format!("time {text:?}"))?
-        .timestamp_millis())
-}
-
-/// The nearest-rank percentile of `samples` (sorted here); with 20 samples p99 is the slowest.
-fn percentile(samples: &[f64], percent: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 /// A coordinator with one podman pool of `image` and no agents.
 fn pool_cluster(

@@ -637,9 +637,7 @@ fn bench() -> anyhow::Result<()> {
                 Some("passed" | "failed" | "error")
             );
         if over {
-            ended = runs[0]["finished"]
-                .as_str()
-                .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
+            ended = unix_ms(&runs[0]["finished"]).ok();
         }
         over
     });
@@ -650,7 +648,7 @@ fn bench() -> anyhow::Result<()> {
     let ideal = test_count as f64 * test_seconds / remaining;
     let run_text = match ended {
         Some(ended) => {
-            let took = (ended.timestamp_millis() - run_started_ms) as f64 / 1000.0;
+            let took = (ended - run_started_ms) as f64 / 1000.0;
             format!(
                 "{took:.1} s (ideal {ideal:.1} s, {:.1}×); {:.0} results/s",
                 took / ideal,
@@ -671,61 +669,53 @@ fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a run's time went, on stderr: when its suites were leased and when they were stored finished,
-/// counted from the trigger.
+/// Where a run's time went, on stderr, counted from the trigger: when its suites were leased, when their
+/// first and last tests began on the agents (their clocks, as they report them), and when the suites
+/// were stored finished.
 fn run_breakdown(cluster: &TestCluster, run: u64, started_ms: i64) {
     let shown = cluster.operator(&["runs", "show", &run.to_string(), "--json"]);
     let Ok(detail) = serde_json::from_slice::<serde_json::Value>(&shown.stdout) else {
         return;
     };
-    let seconds = |field: &str| -> Vec<f64> {
-        let mut times: Vec<f64> = detail["suites"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|suite| suite[field].as_str())
-            .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-            .map(|time| (time.timestamp_millis() - started_ms) as f64 / 1000.0)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times
+    let since_trigger = |time: &serde_json::Value| {
+        unix_ms(time)
+            .ok()
+            .map(|ms| (ms - started_ms) as f64 / 1000.0)
     };
-    let quantiles = |times: &[f64]| match times {
-        [] => "none".to_string(),
-        _ => format!(
-            "first {:.2} s, median {:.2} s, p99 {:.2} s, last {:.2} s",
-            times[0],
-            times[times.len() / 2],
-            times[times.len() * 99 / 100],
-            times[times.len() - 1]
-        ),
-    };
-    // A suite's first test started (the agent's clock, as it reports it): its assignment arrived.
-    let mut first_started: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    let suites = || detail["suites"].as_array().into_iter().flatten();
+    let leased: Vec<f64> = suites()
+        .filter_map(|suite| since_trigger(&suite["started"]))
+        .collect();
+    let finished: Vec<f64> = suites()
+        .filter_map(|suite| since_trigger(&suite["finished"]))
+        .collect();
+    let mut tests_begun: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
     for test in detail["tests"].as_array().into_iter().flatten() {
-        let (Some(suite), Some(started)) = (
-            test["suite"].as_u64(),
-            test["started"]
-                .as_str()
-                .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok()),
-        ) else {
+        let (Some(suite), Some(at)) = (test["suite"].as_u64(), since_trigger(&test["started"]))
+        else {
             continue;
         };
-        let at = (started.timestamp_millis() - started_ms) as f64 / 1000.0;
-        let (first, last) = first_started.entry(suite).or_insert((at, at));
+        let (first, last) = tests_begun.entry(suite).or_insert((at, at));
         *first = first.min(at);
         *last = last.max(at);
     }
-    let mut arrived: Vec<f64> = first_started.values().map(|(first, _)| *first).collect();
-    arrived.sort_by(f64::total_cmp);
-    let mut last_started: Vec<f64> = first_started.values().map(|(_, last)| *last).collect();
-    last_started.sort_by(f64::total_cmp);
+    let first: Vec<f64> = tests_begun.values().map(|(first, _)| *first).collect();
+    let last: Vec<f64> = tests_begun.values().map(|(_, last)| *last).collect();
+    let quantiles = |times: &[f64]| {
+        format!(
+            "first {:.2} s, median {:.2} s, p99 {:.2} s, last {:.2} s",
+            percentile(times, 0.0),
+            percentile(times, 50.0),
+            percentile(times, 99.0),
+            percentile(times, 100.0)
+        )
+    };
     eprintln!(
-        "bench-scale: run {run} from the trigger: suites leased {}; their first test started on the agent {}; their last {}; suites stored finished {}",
-        quantiles(&seconds("started")),
-        quantiles(&arrived),
-        quantiles(&last_started),
-        quantiles(&seconds("finished"))
+        "bench-scale: run {run} from the trigger: suites leased {}; their first test began on the agent {}; their last {}; suites stored finished {}",
+        quantiles(&leased),
+        quantiles(&first),
+        quantiles(&last),
+        quantiles(&finished)
     );
 }
 
