@@ -1,7 +1,7 @@
 //! Benchmark: importing a large generated fmf tree with our reader and with Python fmf, in the same run,
 //! printed as a Markdown table for BENCHMARKS.md.
 //!
-//! Run: `cargo build -j 1 --release -p polarizer-e2e --bin bench-metadata && ./target/release/bench-metadata`
+//! Run: `cargo build -j 1 --release -p polarizer-bench --bin bench-metadata && ./target/release/bench-metadata`
 //! (`--directories N --tests M` for a quicker run; the default is 1000 × 100 = 100,000 tests; `--tree DIR`
 //! writes the tree there, or reuses the one already there, and keeps it).
 

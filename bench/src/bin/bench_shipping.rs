@@ -3,7 +3,7 @@
 //! QUIC); then the incremental transfer for a one-file change. Printed as a Markdown table for
 //! BENCHMARKS.md.
 //!
-//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-e2e --bins &&
+//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
 //! ./target/release/bench-shipping` (`--agents N --megabytes M`; defaults 10 and 100).
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Benchmarks for the foundation, printed as a Markdown table for BENCHMARKS.md:
 //! agent start → online, kill -9 → offline, idle agent RSS, frame codec rate, QUIC frames/s.
 //!
-//! Run: `cargo build --release --workspace && cargo run --release -p polarizer-e2e --bin bench`
+//! Run: `cargo build --release --workspace && cargo run --release -p polarizer-bench --bin bench`
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //!    each of a new NVR: from publishing it (confirmed by the broker) to its run stored (the run's
 //!    `created_ms`), the tests' repository a local git work tree (as a cached one is).
 //!
-//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-e2e --bins && ./target/release/bench-bus`
+//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-bench --bins && ./target/release/bench-bus`
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

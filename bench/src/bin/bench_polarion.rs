@@ -5,7 +5,7 @@
 //! a process of its own (this binary with `--only NAME`), so its peak RSS (VmHWM) is its own; the RSS
 //! before the export (the data built) is shown too.
 //!
-//! Run: `cargo build -j 2 --release -p polarizer-e2e --bins && ./target/release/bench-polarion`
+//! Run: `cargo build -j 2 --release -p polarizer-bench --bins && ./target/release/bench-polarion`
 //! (`--tests N` [100000], `--cases N` [10000]).
 
 use std::time::Instant;

@@ -4,7 +4,7 @@
 //! (the floor); then platforms created and destroyed per minute by a pool of 4, beside 4 parallel loops
 //! of `podman run -d` + `podman rm -f` (the floor). Printed as a Markdown table for BENCHMARKS.md.
 //!
-//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-e2e --bins &&
+//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
 //! ./target/release/bench-pools` (`--suites N` [20], `--churn N` [40]). Root only: where podman cannot run
 //! containers it says why and exits 0.
 

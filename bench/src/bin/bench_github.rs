@@ -8,7 +8,7 @@
 //!    same signed delivery again and again (each is read, its signature checked, its body parsed and
 //!    recorded as a duplicate), beside a bare HMAC-SHA256 (ring) over the same body on one core.
 //!
-//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-e2e --bins &&
+//! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
 //! ./target/release/bench-github` (`--deliveries N` [200], `--seconds S` [10]).
 
 use std::time::{Duration, Instant};
