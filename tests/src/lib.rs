@@ -738,16 +738,6 @@ pub fn unix_ms(field: &Value) -> anyhow::Result<i64> {
         .timestamp_millis())
 }
 
-/// The value after `--NAME` among this process's arguments, or `default`.
-pub fn bench_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|arg| arg == name)
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A coordinator started with the `coordinator.toml` at `config` (fast gossip, as the other tests).
 pub fn coordinator_with_config(config: &Path) -> TestCluster {
     TestCluster::new_coordinator_only_with(&[

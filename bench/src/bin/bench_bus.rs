@@ -102,10 +102,27 @@ fn received(metrics: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Build messages from a real RabbitMQ broker into the coordinator (BENCHMARKS.md, "Message buses").
+#[derive(clap::Parser)]
+struct Args {
+    /// Messages published for the ingest figure.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Builds announced one after another for the trigger latency.
+    #[arg(long, default_value_t = 500)]
+    builds: u64,
+    /// The pause between two of those builds.
+    #[arg(long, default_value_t = 20)]
+    gap_ms: u64,
+}
+
 fn main() -> anyhow::Result<()> {
-    let messages = polarizer_e2e::bench_arg("--messages", 20_000u64);
-    let builds = polarizer_e2e::bench_arg("--builds", 500u64);
-    let gap = Duration::from_millis(polarizer_e2e::bench_arg("--gap-ms", 20u64));
+    let Args {
+        messages,
+        builds,
+        gap_ms,
+    } = clap::Parser::parse();
+    let gap = Duration::from_millis(gap_ms);
     let dir = tempfile::tempdir()?;
     let broker = RabbitMq::start(&dir.path().join("rabbitmq"));
     // As many workers as the coordinator's runtime has (one per core).

@@ -15,12 +15,25 @@ use polarizer_e2e::*;
 use polarizer_shared::events::TailQuery;
 use polarizer_shared::protocol::{OperatorRequest, OperatorResponse};
 
+/// Live events end to end (BENCHMARKS.md, "Live events").
+#[derive(clap::Parser)]
+struct Args {
+    /// Only one figure.
+    #[arg(long, env = "POLARIZER_BENCH_ONLY", value_parser = ["one", "ten", "latency", "analysis", "fanout", "rss"])]
+    only: Option<String>,
+    /// Rounds of the analysis overhead, each with analysis off and on.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// WebSocket followers of the fan-out figure.
+    #[arg(long, default_value_t = 100)]
+    followers: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = bench_runtime()?;
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    // POLARIZER_BENCH_ONLY=one|ten|latency|fanout|analysis|rss runs one of them.
-    let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
-    let wanted = |name: &str| only.is_empty() || only == name;
+    let args = <Args as clap::Parser>::parse();
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
     if wanted("one") {
         runtime.block_on(one_agent(400_000))?;
     }
@@ -31,11 +44,11 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(tail_latency(10_000, Duration::from_secs(5)))?;
     }
     if wanted("analysis") {
-        runtime.block_on(analysis_overhead(200_000, bench_arg("--rounds", 3)))?;
+        runtime.block_on(analysis_overhead(200_000, args.rounds))?;
     }
     if wanted("fanout") {
         runtime.block_on(websocket_fanout(
-            bench_arg("--followers", 100),
+            args.followers,
             10_000,
             Duration::from_secs(5),
         ))?;

@@ -21,9 +21,22 @@ use serde_json::Value;
 const SECRET: &str = "bench-secret";
 const REPO: &str = "octo/bench";
 
+/// GitHub deliveries into the coordinator (BENCHMARKS.md, "GitHub webhooks").
+#[derive(clap::Parser)]
+struct Args {
+    /// Deliveries sent, one commit each.
+    #[arg(long, default_value_t = 200)]
+    deliveries: usize,
+    /// Over how many seconds they are sent.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
 fn main() -> anyhow::Result<()> {
-    let deliveries = polarizer_e2e::bench_arg("--deliveries", 200usize);
-    let seconds = polarizer_e2e::bench_arg("--seconds", 10u64);
+    let Args {
+        deliveries,
+        seconds,
+    } = clap::Parser::parse();
     let dir = tempfile::tempdir()?;
     // The repository: a small fmf tree, and one commit per delivery (each touches a source file).
     let work = dir.path().join("work");

@@ -33,44 +33,22 @@ hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 print(json.dumps({"import_fmf": imported - started, "load": finished - imported, "tests": len(tests), "peak_rss_kib": hwm}))
 "#;
 
+/// Importing a generated fmf tree of 100,000 tests, beside Python's fmf (BENCHMARKS.md, "Test metadata").
+#[derive(clap::Parser)]
 struct Arguments {
+    /// Directories in the generated tree.
+    #[arg(long, default_value_t = DEFAULT_DIRECTORIES)]
     directories: usize,
+    /// Tests in each directory.
+    #[arg(long = "tests", default_value_t = DEFAULT_TESTS_PER_DIRECTORY)]
     tests_per_directory: usize,
-    /// `--tree DIR`: generate the tree there (when it has none yet) and keep it, e.g. for `perf record`.
+    /// Generate the tree there (when it has none yet) and keep it, e.g. for `perf record`.
+    #[arg(long)]
     tree: Option<std::path::PathBuf>,
 }
 
-fn parse_arguments() -> anyhow::Result<Arguments> {
-    let mut arguments = Arguments {
-        directories: DEFAULT_DIRECTORIES,
-        tests_per_directory: DEFAULT_TESTS_PER_DIRECTORY,
-        tree: None,
-    };
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value = raw
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        if flag == "--tree" {
-            arguments.tree = Some(value.into());
-            continue;
-        }
-        let number: usize = value
-            .parse()
-            .with_context(|| format!("{flag} {value}: not a number"))?;
-        match flag.as_str() {
-            "--directories" => arguments.directories = number,
-            "--tests" => arguments.tests_per_directory = number,
-            other => {
-                bail!("unknown argument {other} (expected --directories N --tests M --tree DIR)")
-            }
-        }
-    }
-    Ok(arguments)
-}
-
 fn main() -> anyhow::Result<()> {
-    let arguments = parse_arguments()?;
+    let arguments = <Arguments as clap::Parser>::parse();
     let directory = tempfile::Builder::new()
         .prefix("polarizer-bench-metadata-")
         .tempdir()?;

@@ -150,13 +150,24 @@ fn measure(name: &str, tests: usize, cases: usize) -> (f64, usize, u64, u64) {
     }
 }
 
+/// Polarion importer files from large runs and catalogues (BENCHMARKS.md, "Polarion importer files").
+#[derive(clap::Parser)]
+struct Args {
+    /// Tests in the catalogue exported as test cases.
+    #[arg(long, default_value_t = 100_000)]
+    tests: usize,
+    /// Cases in the run exported as XUnit.
+    #[arg(long, default_value_t = 10_000)]
+    cases: usize,
+    /// One export measured in this process (the benchmark runs each in a child of its own).
+    #[arg(long, hide = true)]
+    only: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let tests = polarizer_e2e::bench_arg("--tests", 100_000usize);
-    let cases = polarizer_e2e::bench_arg("--cases", 10_000usize);
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(index) = args.iter().position(|arg| arg == "--only") {
-        let name = args.get(index + 1).map(String::as_str).unwrap_or("");
-        let (seconds, bytes, before, peak) = measure(name, tests, cases);
+    let Args { tests, cases, only } = clap::Parser::parse();
+    if let Some(name) = only {
+        let (seconds, bytes, before, peak) = measure(&name, tests, cases);
         println!("{seconds} {bytes} {before} {peak}");
         return Ok(());
     }

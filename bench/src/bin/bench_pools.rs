@@ -161,21 +161,20 @@ fn metric(cluster: &TestCluster, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Platforms on demand: podman containers made, used and removed (BENCHMARKS.md, "Platforms on demand").
+#[derive(clap::Parser)]
+struct Args {
+    /// Suites run on platforms made for them.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    suites: u32,
+    /// Platforms made and removed one after another for the leak check.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    churn: u32,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut suites = 20;
-    let mut churn = 40;
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value: usize = raw
-            .next()
-            .and_then(|value| value.parse().ok())
-            .with_context(|| format!("{flag} needs a number"))?;
-        match flag.as_str() {
-            "--suites" => suites = value.max(1),
-            "--churn" => churn = value.max(1),
-            other => bail!("unknown argument {other} (expected --suites N --churn N)"),
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
+    let (suites, churn) = (args.suites as usize, args.churn as usize);
     let Some(containers_conf) = podman::containers_conf() else {
         eprintln!("bench-pools: nothing measured");
         return Ok(());

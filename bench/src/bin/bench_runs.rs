@@ -26,21 +26,31 @@ const AGENTS: usize = 10;
 /// Records per frame, as the real agent sends them.
 const BATCH: usize = 512;
 
+/// Results ingest and recovery end to end (BENCHMARKS.md, "Runs").
+#[derive(clap::Parser)]
+struct Args {
+    /// Only one figure.
+    #[arg(long, env = "POLARIZER_BENCH_ONLY", value_parser = ["ingest", "analysis", "lost", "api"])]
+    only: Option<String>,
+    /// Results ingested.
+    #[arg(long, env = "POLARIZER_BENCH_RESULTS", default_value_t = 50_000)]
+    results: usize,
+    /// Rounds of the analysis overhead, each with analysis off and on.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = bench_runtime()?;
-    let results: usize = std::env::var("POLARIZER_BENCH_RESULTS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(50_000);
+    let args = <Args as clap::Parser>::parse();
+    let results = args.results;
     println!("| what | result | baseline / target |\n| --- | --- | --- |");
-    // POLARIZER_BENCH_ONLY=ingest|analysis|lost|api runs one of them.
-    let only = std::env::var("POLARIZER_BENCH_ONLY").unwrap_or_default();
-    let wanted = |name: &str| only.is_empty() || only == name;
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
     if wanted("ingest") {
         runtime.block_on(ingest(results))?;
     }
     if wanted("analysis") {
-        runtime.block_on(analysis_overhead(results, bench_arg("--rounds", 3)))?;
+        runtime.block_on(analysis_overhead(results, args.rounds))?;
     }
     if wanted("lost") {
         runtime.block_on(lost_agent())?;

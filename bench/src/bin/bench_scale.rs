@@ -149,12 +149,54 @@ impl Socket for CountingSocket {
     }
 }
 
+/// Many simulated agents on one real coordinator: one row of BENCHMARKS.md's table.
+#[derive(clap::Parser)]
+struct Args {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Worker processes the agents are spread over (at least 2: the first holds the 1 % lost).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..))]
+    processes: u16,
+    /// Tests in the run.
+    #[arg(long, default_value_t = 10_000)]
+    tests: usize,
+    /// How long each test takes.
+    #[arg(long, default_value_t = 1.0)]
+    test_seconds: f64,
+    /// Agents per gossip cell, by index (0: all in the default cell, today's flat design).
+    #[arg(long, default_value_t = 0)]
+    cell_size: usize,
+    /// The agents' gossip round.
+    #[arg(long, default_value_t = 200)]
+    gossip_ms: u64,
+    /// The coordinator's `heartbeat_interval_ms`.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// How often each worker starts one agent.
+    #[arg(long, default_value_t = 2)]
+    arrival_ms: u64,
+    /// A worker process of the benchmark (started by it): agents `--first` to `--first` + `--count`.
+    #[arg(long, hide = true)]
+    worker: bool,
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+    #[arg(long, hide = true, default_value_t = 1)]
+    count: usize,
+    #[arg(long, hide = true, default_value = "127.0.0.1:7701")]
+    quic: SocketAddr,
+    #[arg(long, hide = true, default_value = "127.0.0.1:7700")]
+    gossip: SocketAddr,
+    #[arg(long, hide = true, default_value = ".")]
+    data_dir: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--worker") {
-        return worker();
+    let args = <Args as clap::Parser>::parse();
+    if args.worker {
+        return worker(&args);
     }
-    bench()
+    bench(&args)
 }
 
 /// Who a simulated agent is.
@@ -338,16 +380,13 @@ async fn session(
 
 /// `--worker --first I --count C --quic ADDR --gossip ADDR --data-dir D --test-seconds S --cell-size Z`:
 /// C agents, named agent-I…, in cells of Z by index (0: the default cell), counters on stdout each second.
-fn worker() -> anyhow::Result<()> {
-    let first: usize = bench_arg("--first", 0);
-    let count: usize = bench_arg("--count", 1);
-    let quic: SocketAddr = bench_arg("--quic", "127.0.0.1:7701".parse()?);
-    let gossip: SocketAddr = bench_arg("--gossip", "127.0.0.1:7700".parse()?);
-    let data_dir: PathBuf = bench_arg("--data-dir", PathBuf::from("."));
-    let test_time = Duration::from_secs_f64(bench_arg("--test-seconds", 1.0));
-    let cell_size: usize = bench_arg("--cell-size", 0);
-    let gossip_interval = Duration::from_millis(bench_arg("--gossip-ms", 200));
-    let arrival = Duration::from_millis(bench_arg("--arrival-ms", 2));
+fn worker(args: &Args) -> anyhow::Result<()> {
+    let (first, count, quic, gossip) = (args.first, args.count, args.quic, args.gossip);
+    let data_dir = args.data_dir.clone();
+    let test_time = Duration::from_secs_f64(args.test_seconds);
+    let cell_size = args.cell_size;
+    let gossip_interval = Duration::from_millis(args.gossip_ms);
+    let arrival = Duration::from_millis(args.arrival_ms);
     let runtime = bench_runtime()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());
@@ -473,15 +512,15 @@ impl Drop for Workers {
     }
 }
 
-fn bench() -> anyhow::Result<()> {
-    let agents: usize = bench_arg("--agents", 100);
-    let processes: usize = bench_arg("--processes", 4).max(2);
-    let test_count: usize = bench_arg("--tests", 10_000);
-    let test_seconds: f64 = bench_arg("--test-seconds", 1.0);
-    let cell_size: usize = bench_arg("--cell-size", 0);
-    let gossip_ms: u64 = bench_arg("--gossip-ms", 200);
-    let heartbeat_ms: u64 = bench_arg("--heartbeat-ms", 500);
-    let arrival_ms: u64 = bench_arg("--arrival-ms", 2);
+fn bench(args: &Args) -> anyhow::Result<()> {
+    let agents = args.agents;
+    let processes = usize::from(args.processes);
+    let test_count = args.tests;
+    let test_seconds = args.test_seconds;
+    let cell_size = args.cell_size;
+    let gossip_ms = args.gossip_ms;
+    let heartbeat_ms = args.heartbeat_ms;
+    let arrival_ms = args.arrival_ms;
     let cluster = TestCluster::new_coordinator_only_with(&[
         "--heartbeat-interval-ms",
         &heartbeat_ms.to_string(),

@@ -61,21 +61,19 @@ fn timed_run(cluster: &TestCluster, repo: &Path) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Tests shipped from the coordinator to agents (BENCHMARKS.md, "Shipping tests to agents").
+#[derive(clap::Parser)]
+struct Args {
+    /// Agents the tree is shipped to at once.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// The size of the test tree.
+    #[arg(long, default_value_t = 100)]
+    megabytes: usize,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut agents = 10;
-    let mut megabytes = 100;
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value: usize = raw
-            .next()
-            .and_then(|value| value.parse().ok())
-            .with_context(|| format!("{flag} needs a number"))?;
-        match flag.as_str() {
-            "--agents" => agents = value,
-            "--megabytes" => megabytes = value,
-            other => bail!("unknown argument {other} (expected --agents N --megabytes M)"),
-        }
-    }
+    let Args { agents, megabytes } = clap::Parser::parse();
     let work = tempfile::Builder::new()
         .prefix("polarizer-bench-shipping-")
         .tempdir()?;
