@@ -17,10 +17,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(420);
 
 /// The ansible-playbook scripts/test installs (POLARIZER_ANSIBLE_VENV, else target/ansible-venv).
 fn ansible_playbook() -> PathBuf {
-    let venv = std::env::var_os("POLARIZER_ANSIBLE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ansible-venv"));
-    venv.join("bin/ansible-playbook")
+    ansible_venv().join("bin/ansible-playbook")
 }
 
 /// An IPv4 address of this machine that a host in another network namespace reaches through its default

@@ -27,16 +27,7 @@ pub fn cluster_with_pools_env(
 ) -> TestCluster {
     let config = config_dir.join("coordinator.toml");
     std::fs::write(&config, pools).unwrap();
-    let mut serve = vec![
-        "--gossip-interval-ms",
-        "100",
-        "--heartbeat-interval-ms",
-        "200",
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    serve.extend(flags);
-    TestCluster::new_coordinator_only_with_env(&serve, env)
+    coordinator_with_config_env(&config, flags, env)
 }
 
 /// A script that appends its argument to `log`, as a destroy script that only records.
@@ -485,10 +476,7 @@ fn a_container_left_by_a_killed_coordinator_is_removed_when_it_starts_again() {
 
 /// The ansible venv the test script makes (ansible-core), if there is one.
 fn ansible_bin() -> Option<PathBuf> {
-    let venv = std::env::var_os("POLARIZER_ANSIBLE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ansible-venv"));
-    let bin = venv.join("bin");
+    let bin = ansible_venv().join("bin");
     if bin.join("ansible-playbook").exists() {
         Some(bin)
     } else {

@@ -738,16 +738,34 @@ pub fn unix_ms(field: &Value) -> anyhow::Result<i64> {
         .timestamp_millis())
 }
 
+/// The ansible venv scripts/test makes (as root): `POLARIZER_ANSIBLE_VENV`, else `target/ansible-venv`.
+pub fn ansible_venv() -> PathBuf {
+    std::env::var_os("POLARIZER_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ansible-venv"))
+}
+
 /// A coordinator started with the `coordinator.toml` at `config` (fast gossip, as the other tests).
 pub fn coordinator_with_config(config: &Path) -> TestCluster {
-    TestCluster::new_coordinator_only_with(&[
+    coordinator_with_config_env(config, &[], Vec::new())
+}
+
+/// [`coordinator_with_config`] with more `serve` flags and these variables in its environment.
+pub fn coordinator_with_config_env(
+    config: &Path,
+    flags: &[&str],
+    env: Vec<(String, PathBuf)>,
+) -> TestCluster {
+    let mut serve = vec![
         "--gossip-interval-ms",
         "100",
         "--heartbeat-interval-ms",
         "200",
         "--config",
         config.to_str().expect("a UTF-8 path"),
-    ])
+    ];
+    serve.extend(flags);
+    TestCluster::new_coordinator_only_with_env(&serve, env)
 }
 
 /// The middle value (the upper of the two middle ones for an even count).

@@ -37,15 +37,9 @@ fn pool_cluster(
         ),
     )
     .expect("write coordinator.toml");
-    TestCluster::new_coordinator_only_with_env(
-        &[
-            "--gossip-interval-ms",
-            "100",
-            "--heartbeat-interval-ms",
-            "200",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+    polarizer_e2e::coordinator_with_config_env(
+        &config,
+        &[],
         vec![(containers_conf.0.to_string(), containers_conf.1.clone())],
     )
 }
