@@ -1,11 +1,11 @@
 //! Benchmark: message buses (issue 18), a release coordinator against a real RabbitMQ (Debian's).
 //!
-//! 1. Throughput of messages that start nothing: `--messages N` [20000] Fedora build messages of a
+//! 1. Throughput of messages that start nothing: `--messages N` Fedora build messages of a
 //!    package no rule names, waiting in the coordinator's queue before it starts; from its first to its
 //!    last message taken (`polarizer_bus_received_total` on /metrics), beside a bare lapin consumer
 //!    (same prefetch, receive and acknowledge, nothing else) draining the same number from a queue of
 //!    its own, in the same run.
-//! 2. Latency: `--builds N` [500] build messages that match a rule, sent one every `--gap-ms` [20],
+//! 2. Latency: `--builds N` build messages that match a rule, sent one every `--gap-ms`,
 //!    each of a new NVR: from publishing it (confirmed by the broker) to its run stored (the run's
 //!    `created_ms`), the tests' repository a local git work tree (as a cached one is).
 //!

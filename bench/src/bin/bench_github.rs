@@ -9,7 +9,7 @@
 //!    recorded as a duplicate), beside a bare HMAC-SHA256 (ring) over the same body on one core.
 //!
 //! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
-//! ./target/release/bench-github` (`--deliveries N` [200], `--seconds S` [10]).
+//! ./target/release/bench-github` (`--help` lists the flags).
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,7 @@
 //! printed as a Markdown table for BENCHMARKS.md.
 //!
 //! Run: `cargo build -j 1 --release -p polarizer-bench --bin bench-metadata && ./target/release/bench-metadata`
-//! (`--directories N --tests M` for a quicker run; the default is 1000 × 100 = 100,000 tests; `--tree DIR`
-//! writes the tree there, or reuses the one already there, and keeps it).
+//! (`--directories N --tests M` for a quicker run, `--tree DIR` to keep the tree; `--help` lists them).
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! before the export (the data built) is shown too.
 //!
 //! Run: `cargo build -j 2 --release -p polarizer-bench --bins && ./target/release/bench-polarion`
-//! (`--tests N` [100000], `--cases N` [10000]).
+//! (`--help` lists the flags).
 
 use std::time::Instant;
 

@@ -5,7 +5,7 @@
 //! of `podman run -d` + `podman rm -f` (the floor). Printed as a Markdown table for BENCHMARKS.md.
 //!
 //! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
-//! ./target/release/bench-pools` (`--suites N` [20], `--churn N` [40]). Root only: where podman cannot run
+//! ./target/release/bench-pools` (`--help` lists the flags). Root only: where podman cannot run
 //! containers it says why and exits 0.
 
 use std::path::Path;

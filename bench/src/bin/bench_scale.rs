@@ -20,11 +20,7 @@
 //!   (tests × seconds ÷ agents), and results per second.
 //!
 //! Run: `cargo build --release --workspace && ./target/release/bench-scale --agents 500 --cell-size 100`
-//! (`--cell-size Z`: agents in gossip cells of Z, 0 (the default) for one flat cluster as before cells;
-//! `--gossip-ms T`: the agents' gossip round, 200 ms by default as the real agent's; `--heartbeat-ms H`:
-//! the coordinator's `heartbeat_interval_ms`, 500 by default; `--arrival-ms A`: each worker starts an
-//! agent every A ms, 2 by default;
-//! `--processes P` workers, 4 by default; `--test-seconds S`, 1 by default.)
+//! (`--help` lists the flags and their defaults).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};

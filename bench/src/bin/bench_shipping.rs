@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run: `cargo build -j 2 --release -p polarizer -p polarizer-agent -p polarizer-bench --bins &&
-//! ./target/release/bench-shipping` (`--agents N --megabytes M`; defaults 10 and 100).
+//! ./target/release/bench-shipping` (`--help` lists the flags).
 
 use std::path::Path;
 use std::process::Command;
